@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Build the block library, the tools and the tests. Run ./configure first.
+
+ifeq ($(wildcard config-host.mak),)
+$(error Please run ./configure first)
+endif
+include config-host.mak
+SRC_PATH ?= .
+vpath %.c $(SRC_PATH)
+vpath %.h $(SRC_PATH)
+include $(SRC_PATH)/Makefile.objs
+
+QEMU_CFLAGS = $(CFLAGS) -I. -I$(SRC_PATH) -MMD -MP
+
+all: $(tools-y)
+
+%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(QEMU_CFLAGS) -c -o $@ $<
+
+libqemublock.a: $(util-obj-y) $(block-obj-y)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+qemu-img: qemu-img.o libqemublock.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+qemu-io: qemu-io.o qemu-io-cmds.o libqemublock.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+tests/unit/%: tests/unit/%.o libqemublock.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+check-unit: $(unit-tests-y)
+	@$(SRC_PATH)/tests/unit/run-unit-tests $(unit-tests-y)
+
+check-iotests: $(tools-y)
+	@cd $(SRC_PATH)/tests/qemu-iotests && \
+	  BUILD_DIR=$(CURDIR) ./check-all
+
+check: all $(unit-tests-y)
+	@BUILD_DIR=$(CURDIR) SRC_PATH=$(SRC_PATH) \
+	  $(SRC_PATH)/tests/run-all $(unit-tests-y)
+
+# Sanitizer run: a separate out-of-tree ASan+UBSan build running the suite.
+check-asan:
+	@mkdir -p build-asan && cd build-asan && \
+	  $(SRC_PATH)/configure --enable-asan --enable-werror \
+	    --disable-rbd >/dev/null && \
+	  $(MAKE) --no-print-directory check
+
+install: all
+	install -d $(DESTDIR)$(prefix)/bin
+	install -m 755 $(tools-y) $(DESTDIR)$(prefix)/bin
+
+clean:
+	rm -f *.o */*.o */*/*.o *.d */*.d */*/*.d libqemublock.a $(tools-y) \
+	      $(unit-tests-y)
+
+distclean: clean
+	rm -f config-host.mak config-host.h
+	rm -rf build-asan
+
+.PHONY: all check check-unit check-iotests check-asan install clean distclean
+
+-include $(wildcard *.d */*.d */*/*.d)

@@ -1,0 +1,314 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Public block-layer API used by qemu-img, qemu-io and qemu-nbd.
+ *
+ * Every synchronous function below may be called from outside or inside a
+ * coroutine: outside, it runs the request in a new coroutine and polls the
+ * event loop until it completes. Byte offsets and lengths are int64_t.
+ * Failures return a negative errno; functions with an Error ** also describe
+ * the failure there.
+ */
+#ifndef BLOCK_H
+#define BLOCK_H
+
+#include "util/osdep.h"
+#include "util/error.h"
+#include "util/iov.h"
+#include "util/option.h"
+#include "util/coroutine.h"
+
+typedef struct BlockDriver BlockDriver;
+typedef struct BlockDriverState BlockDriverState;
+
+/* Open flags */
+#define BDRV_O_RDWR         0x0002  /* open read-write */
+#define BDRV_O_NOCACHE      0x0020  /* bypass the host page cache (O_DIRECT) */
+#define BDRV_O_NATIVE_AIO   0x0080  /* use Linux native AIO (needs NOCACHE) */
+#define BDRV_O_NO_BACKING   0x0100  /* do not open the backing file */
+#define BDRV_O_NO_FLUSH     0x0200  /* cache=unsafe: flushes are no-ops */
+#define BDRV_O_COPY_ON_READ 0x0400  /* copy data read from backing into image */
+#define BDRV_O_UNMAP        0x4000  /* discard requests reach the file */
+#define BDRV_O_PROTOCOL     0x8000  /* open only the protocol layer */
+
+/* Request flags */
+typedef enum BdrvRequestFlags {
+    BDRV_REQ_COPY_ON_READ = 0x1,
+    BDRV_REQ_ZERO_WRITE   = 0x2,
+    BDRV_REQ_MAY_UNMAP    = 0x4,    /* zeroes may be written as a hole */
+    BDRV_REQ_FUA          = 0x10,   /* durable when the request completes */
+    BDRV_REQ_SERIALISING  = 0x80,
+    BDRV_REQ_NO_FALLBACK  = 0x100,  /* fail rather than write zero buffers */
+} BdrvRequestFlags;
+
+/* block_status result bits (same values as QEMU) */
+#define BDRV_BLOCK_DATA         0x01  /* reads return data from a file */
+#define BDRV_BLOCK_ZERO         0x02  /* reads return zeroes */
+#define BDRV_BLOCK_OFFSET_VALID 0x04  /* *map is valid in *file */
+#define BDRV_BLOCK_RAW          0x08  /* internal: ask bs->file */
+#define BDRV_BLOCK_ALLOCATED    0x10  /* this layer determines the content */
+#define BDRV_BLOCK_EOF          0x20  /* the range reaches the end of image */
+
+typedef enum PreallocMode {
+    PREALLOC_MODE_OFF = 0,
+    PREALLOC_MODE_METADATA,
+    PREALLOC_MODE_FALLOC,
+    PREALLOC_MODE_FULL,
+} PreallocMode;
+/* "off", "metadata", "falloc", "full" -> mode; -EINVAL if unknown. */
+int qemu_prealloc_parse(const char *str, PreallocMode *mode);
+const char *qemu_prealloc_name(PreallocMode mode);
+
+typedef struct BlockDriverInfo {
+    int cluster_size;           /* 0 if not applicable */
+    int64_t vm_state_offset;
+    bool is_dirty;
+} BlockDriverInfo;
+
+/* Format-specific information for qemu-img info: typed key/value items. */
+typedef enum InfoItemType {
+    INFO_ITEM_STRING,
+    INFO_ITEM_INT,
+    INFO_ITEM_BOOL,
+} InfoItemType;
+typedef struct InfoItem {
+    char *key;                  /* json name, e.g. "lazy-refcounts" */
+    InfoItemType type;
+    char *str;
+    int64_t num;
+    bool flag;
+} InfoItem;
+typedef struct ImageInfoSpecific {
+    char *type;                 /* "add-cow", "fvd", ... */
+    GPtrArray *items;           /* of InfoItem * */
+} ImageInfoSpecific;
+ImageInfoSpecific *image_info_specific_new(const char *type);
+void image_info_add_str(ImageInfoSpecific *info, const char *key,
+                        const char *value);
+void image_info_add_int(ImageInfoSpecific *info, const char *key, int64_t v);
+void image_info_add_bool(ImageInfoSpecific *info, const char *key, bool v);
+void image_info_specific_free(ImageInfoSpecific *info);
+
+typedef enum BdrvCheckMode {
+    BDRV_FIX_LEAKS  = 1,
+    BDRV_FIX_ERRORS = 2,
+} BdrvCheckMode;
+
+typedef struct BdrvCheckResult {
+    int corruptions;
+    int leaks;
+    int check_errors;
+    int corruptions_fixed;
+    int leaks_fixed;
+    int64_t image_end_offset;   /* 0 if unknown */
+    int64_t allocated_clusters;
+    int64_t total_clusters;
+    int64_t fragmented_clusters;
+    int64_t compressed_clusters;
+} BdrvCheckResult;
+
+typedef struct QEMUSnapshotInfo {
+    char id_str[128];
+    char name[256];
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;            /* -1ULL if unknown */
+} QEMUSnapshotInfo;
+
+/* ---- registry ---- */
+/* Register every built-in driver (idempotent). */
+void bdrv_init(void);
+BlockDriver *bdrv_find_format(const char *format_name);
+/*
+ * The protocol driver for filename: by "proto:" prefix or, when none
+ * matches, "file". Errors when the prefix names an unknown protocol.
+ */
+BlockDriver *bdrv_find_protocol(const char *filename, Error **errp);
+/* Calls it(opaque, name) for every format name, sorted. */
+void bdrv_iterate_format(void (*it)(void *opaque, const char *name),
+                         void *opaque);
+const char *bdrv_driver_name(const BlockDriver *drv);
+const QemuOptDesc *bdrv_driver_create_opts(const BlockDriver *drv);
+bool bdrv_driver_supports_backing(const BlockDriver *drv);
+
+/*
+ * cache modes: writeback, none, writethrough, directsync, unsafe (and "off" =
+ * none). Sets BDRV_O_NOCACHE / BDRV_O_NO_FLUSH in *flags (others kept) and
+ * *writethrough.
+ */
+int bdrv_parse_cache_mode(const char *mode, int *flags, bool *writethrough);
+/* aio modes: threads, native. */
+int bdrv_parse_aio(const char *mode, int *flags);
+
+/* ---- open / close / create ---- */
+/*
+ * Open filename as a graph: protocol node chosen by prefix, format node on
+ * top (fmt, or probed; raw as the fallback), backing chain below unless
+ * BDRV_O_NO_BACKING. options (borrowed, may be NULL) holds driver options;
+ * keys "file.X" go to the protocol node, "backing.X" to the backing node,
+ * "driver" overrides fmt and "filename" may replace filename. Unknown keys
+ * are errors. The returned node is a root: requests outside [0, length) fail
+ * with -EIO, and its write cache setting applies (see set_enable_write_cache).
+ */
+BlockDriverState *bdrv_open(const char *filename, const char *fmt,
+                            QemuOpts *options, int flags, Error **errp);
+void bdrv_ref(BlockDriverState *bs);
+/* Drops a reference; the last one drains, closes and frees the graph. */
+void bdrv_unref(BlockDriverState *bs);
+
+/*
+ * Create an image of format drv at filename. opts must hold "size" (unless the
+ * driver takes it from a backing file) plus any driver option. Validates opts
+ * against the driver's create_opts.
+ */
+int bdrv_create(BlockDriver *drv, const char *filename, QemuOpts *opts,
+                Error **errp);
+/* Create the protocol-level object for filename (e.g. an empty file). */
+int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp);
+
+/* ---- properties ---- */
+const char *bdrv_get_format_name(BlockDriverState *bs);
+const char *bdrv_get_filename(BlockDriverState *bs);
+BlockDriverState *bdrv_get_file(BlockDriverState *bs);      /* or NULL */
+BlockDriverState *bdrv_get_backing(BlockDriverState *bs);   /* or NULL */
+/* Backing file name as stored in the image ("" if none). */
+const char *bdrv_get_backing_filename(BlockDriverState *bs);
+/* Backing name resolved against the image's directory; g_free; NULL if none */
+char *bdrv_get_full_backing_filename(BlockDriverState *bs);
+const char *bdrv_get_backing_format(BlockDriverState *bs);  /* "" if none */
+int bdrv_get_flags(BlockDriverState *bs);
+bool bdrv_is_read_only(BlockDriverState *bs);
+uint32_t bdrv_get_request_alignment(BlockDriverState *bs);
+int64_t bdrv_getlength(BlockDriverState *bs);
+/* Host bytes used by the image (all its files), or -errno. */
+int64_t bdrv_get_allocated_file_size(BlockDriverState *bs);
+int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
+/* NULL if the driver has nothing specific; free with ..._free. */
+ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
+                                          Error **errp);
+/* True if a newly created image of this node reads as zeroes. */
+bool bdrv_has_zero_init(BlockDriverState *bs);
+/* Root nodes only: false makes every write flush afterwards. */
+void bdrv_set_enable_write_cache(BlockDriverState *bs, bool wce);
+bool bdrv_get_enable_write_cache(BlockDriverState *bs);
+
+/* ---- synchronous I/O ---- */
+int bdrv_pread(BlockDriverState *bs, int64_t offset, int64_t bytes,
+               void *buf, BdrvRequestFlags flags);
+int bdrv_pwrite(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                const void *buf, BdrvRequestFlags flags);
+int bdrv_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                QEMUIOVector *qiov, BdrvRequestFlags flags);
+int bdrv_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                 QEMUIOVector *qiov, BdrvRequestFlags flags);
+int bdrv_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                       BdrvRequestFlags flags);
+int bdrv_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes);
+int bdrv_flush(BlockDriverState *bs);
+/*
+ * Status of [offset, offset+bytes) in bs alone: returns BDRV_BLOCK_* bits
+ * for the first *pnum bytes (> 0 unless bytes == 0 or at EOF), or -errno.
+ * map/file, when non-NULL, receive the host offset/node if OFFSET_VALID.
+ */
+int bdrv_block_status(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                      int64_t *pnum, int64_t *map, BlockDriverState **file);
+/*
+ * Same through the backing chain from bs down to (not including) base;
+ * *depth (optional) is the number of backing links followed (0 = bs).
+ * Unallocated everywhere: 0 (or BDRV_BLOCK_ZERO past a backing's end).
+ */
+int bdrv_block_status_above(BlockDriverState *bs, BlockDriverState *base,
+                            int64_t offset, int64_t bytes, int64_t *pnum,
+                            int64_t *map, BlockDriverState **file,
+                            int *depth);
+/* 1 if allocated in bs itself, 0 if not (for *pnum bytes), or -errno. */
+int bdrv_is_allocated(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                      int64_t *pnum);
+int bdrv_truncate(BlockDriverState *bs, int64_t offset, bool exact,
+                  PreallocMode prealloc, Error **errp);
+/* Fills *res (zeroed first). -ENOTSUP if the format has no check. */
+int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
+/* Rewrite the backing file name/format in the image header. */
+int bdrv_change_backing_file(BlockDriverState *bs, const char *backing_file,
+                             const char *backing_fmt, Error **errp);
+/* Replace the open backing node (NULL detaches); does not touch the header. */
+void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing);
+int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
+                       Error **errp);
+/* Wait until no request is in flight on bs or below. */
+void bdrv_drain(BlockDriverState *bs);
+
+/* ---- snapshots and VM state ---- */
+int bdrv_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn,
+                         Error **errp);
+int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
+                       Error **errp);
+int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
+                         const char *name, Error **errp);
+/* Returns the count (>= 0) and a g_malloc'd array, or -errno. */
+int bdrv_snapshot_list(BlockDriverState *bs, QEMUSnapshotInfo **psn_info);
+/* Find by id, then by name. 0 or -ENOENT. */
+int bdrv_snapshot_find(BlockDriverState *bs, QEMUSnapshotInfo *sn,
+                       const char *name_or_id);
+bool bdrv_can_snapshot(BlockDriverState *bs);
+/* Return bytes transferred or -errno. */
+int bdrv_save_vmstate(BlockDriverState *bs, const uint8_t *buf, int64_t pos,
+                      int size);
+int bdrv_load_vmstate(BlockDriverState *bs, uint8_t *buf, int64_t pos,
+                      int size);
+
+/* ---- asynchronous I/O (completion from the event loop) ---- */
+typedef void BlockCompletionFunc(void *opaque, int ret);
+void bdrv_aio_preadv(BlockDriverState *bs, int64_t offset, QEMUIOVector *qiov,
+                     BdrvRequestFlags flags, BlockCompletionFunc *cb,
+                     void *opaque);
+void bdrv_aio_pwritev(BlockDriverState *bs, int64_t offset,
+                      QEMUIOVector *qiov, BdrvRequestFlags flags,
+                      BlockCompletionFunc *cb, void *opaque);
+void bdrv_aio_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                            int64_t bytes, BdrvRequestFlags flags,
+                            BlockCompletionFunc *cb, void *opaque);
+void bdrv_aio_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                       BlockCompletionFunc *cb, void *opaque);
+void bdrv_aio_flush(BlockDriverState *bs, BlockCompletionFunc *cb,
+                    void *opaque);
+
+/* ---- coroutine I/O (for drivers and coroutine-based tools) ---- */
+int coroutine_fn bdrv_co_preadv(BlockDriverState *bs, int64_t offset,
+                                int64_t bytes, QEMUIOVector *qiov,
+                                BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_preadv_part(BlockDriverState *bs, int64_t offset,
+                                     int64_t bytes, QEMUIOVector *qiov,
+                                     size_t qiov_offset,
+                                     BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_pwritev(BlockDriverState *bs, int64_t offset,
+                                 int64_t bytes, QEMUIOVector *qiov,
+                                 BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_pwritev_part(BlockDriverState *bs, int64_t offset,
+                                      int64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_pread(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes, void *buf,
+                               BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_pwrite(BlockDriverState *bs, int64_t offset,
+                                int64_t bytes, const void *buf,
+                                BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
+                                  int64_t bytes);
+int coroutine_fn bdrv_co_flush(BlockDriverState *bs);
+int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
+                                      int64_t bytes, int64_t *pnum,
+                                      int64_t *map, BlockDriverState **file);
+int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,
+                                  bool exact, PreallocMode prealloc,
+                                  Error **errp);
+
+/* blkdebug hook: formats announce metadata events ("bitmap_update", ...). */
+void bdrv_debug_event(BlockDriverState *bs, const char *event);
+#define BLKDBG_EVENT(bs, evt) bdrv_debug_event(bs, evt)
+
+#endif

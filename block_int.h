@@ -1,0 +1,228 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * What a driver sees: the BlockDriver callback table and BlockDriverState.
+ *
+ * Calling context: every callback except bdrv_probe, bdrv_getlength,
+ * bdrv_refresh_limits and bdrv_debug_event runs in coroutine context, so any
+ * callback may call bdrv_co_*() on its children and yield. All run in the
+ * event-loop thread.
+ */
+#ifndef BLOCK_INT_H
+#define BLOCK_INT_H
+
+#include "block.h"
+
+#define BLOCK_PROBE_BUF_SIZE 2048
+
+typedef struct BlockLimits {
+    /* Offset and length of every read/write the driver receives are
+     * multiples of this (power of two; 1 means byte-granular). */
+    uint32_t request_alignment;
+    /* Largest read/write passed in one call (0: no limit); a multiple of
+     * request_alignment. Larger requests are split by the layer. */
+    uint64_t max_transfer;
+    /* Preferred granularity for zeroes/discard (0: request_alignment). */
+    uint32_t pwrite_zeroes_alignment;
+    uint32_t pdiscard_alignment;
+    /* Memory alignment needed for buffers (O_DIRECT), power of two. */
+    uint32_t min_mem_alignment;
+} BlockLimits;
+
+typedef struct BdrvTrackedRequest BdrvTrackedRequest;
+
+struct BlockDriver {
+    /* ---- identity ---- */
+    const char *format_name;
+    int instance_size;              /* bytes of bs->opaque */
+    const char *protocol_name;      /* set for protocols: "file", "sheepdog" */
+    bool is_filter;                 /* passes requests to bs->file */
+    bool supports_backing;
+    const QemuOptDesc *create_opts; /* qemu-img create -o */
+    const QemuOptDesc *open_opts;   /* runtime options for bdrv_open */
+
+    /* ---- probing ---- */
+    /* Score 0..100 that buf (the first bytes of the image, zero padded to
+     * BLOCK_PROBE_BUF_SIZE; buf_size is how many were read) is ours. */
+    int (*bdrv_probe)(const uint8_t *buf, int buf_size, const char *filename);
+    /* Protocols: score for a filename without a "name:" prefix. */
+    int (*bdrv_probe_device)(const char *filename);
+
+    /* ---- open / close / create ---- */
+    /*
+     * Formats: bs->file is open. Set bs->backing_file / bs->backing_format
+     * when the image has a backing file; the layer opens it afterwards.
+     * Protocols: bs->filename is the whole name. options holds only the keys
+     * listed in open_opts (validated). flags are BDRV_O_*.
+     */
+    int coroutine_fn (*bdrv_open)(BlockDriverState *bs, QemuOpts *options,
+                                  int flags, Error **errp);
+    /* Release everything; the layer has drained and flushed bs. */
+    void coroutine_fn (*bdrv_close)(BlockDriverState *bs);
+    /* Fill bs->bl (the layer pre-fills defaults from bs->file). */
+    void (*bdrv_refresh_limits)(BlockDriverState *bs, Error **errp);
+    /* opts is validated against create_opts. */
+    int coroutine_fn (*bdrv_create)(const char *filename, QemuOpts *opts,
+                                    Error **errp);
+
+    /* ---- requests ----
+     * Promises for preadv/pwritev: offset and bytes are multiples of
+     * bs->bl.request_alignment, bytes <= bl.max_transfer when set, bytes > 0,
+     * qiov (from qiov_offset) covers exactly bytes; flags only contain bits
+     * the driver listed in supported_write_flags (writes) or none (reads).
+     * The range does not overlap any serialising request in flight.
+     */
+    int coroutine_fn (*bdrv_co_preadv)(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, QEMUIOVector *qiov,
+                                       size_t qiov_offset,
+                                       BdrvRequestFlags flags);
+    int coroutine_fn (*bdrv_co_pwritev)(BlockDriverState *bs, int64_t offset,
+                                        int64_t bytes, QEMUIOVector *qiov,
+                                        size_t qiov_offset,
+                                        BdrvRequestFlags flags);
+    /* May return -ENOTSUP: the layer then writes zero buffers (unless
+     * BDRV_REQ_NO_FALLBACK). flags: MAY_UNMAP, FUA, NO_FALLBACK subsets of
+     * supported_zero_flags. Range aligned to request_alignment. */
+    int coroutine_fn (*bdrv_co_pwrite_zeroes)(BlockDriverState *bs,
+                                              int64_t offset, int64_t bytes,
+                                              BdrvRequestFlags flags);
+    /* Advisory; -ENOTSUP is treated as success by the layer. */
+    int coroutine_fn (*bdrv_co_pdiscard)(BlockDriverState *bs, int64_t offset,
+                                         int64_t bytes);
+    /* Write the driver's cached metadata to bs->file (the layer flushes
+     * bs->file afterwards). */
+    int coroutine_fn (*bdrv_co_flush)(BlockDriverState *bs);
+    /* Protocols: make every completed write durable (fdatasync). Skipped
+     * with BDRV_O_NO_FLUSH. */
+    int coroutine_fn (*bdrv_co_flush_to_disk)(BlockDriverState *bs);
+    /*
+     * Status of [offset, offset+bytes) (bytes > 0, inside the image). Return
+     * BDRV_BLOCK_* for the first *pnum bytes (1 <= *pnum <= bytes). Without
+     * this callback: formats report DATA|ALLOCATED; filters pass to
+     * bs->file. BDRV_BLOCK_RAW asks the layer to query *file at *map.
+     */
+    int coroutine_fn (*bdrv_co_block_status)(BlockDriverState *bs,
+                                             bool want_zero, int64_t offset,
+                                             int64_t bytes, int64_t *pnum,
+                                             int64_t *map,
+                                             BlockDriverState **file);
+    int coroutine_fn (*bdrv_co_truncate)(BlockDriverState *bs, int64_t offset,
+                                         bool exact, PreallocMode prealloc,
+                                         Error **errp);
+    /* Virtual size in bytes (cheap; no I/O). */
+    int64_t (*bdrv_getlength)(BlockDriverState *bs);
+    /* Default: sum over bs->file (and driver-opened files via the hook). */
+    int64_t (*bdrv_get_allocated_file_size)(BlockDriverState *bs);
+
+    /* ---- information and maintenance ---- */
+    int (*bdrv_get_info)(BlockDriverState *bs, BlockDriverInfo *bdi);
+    ImageInfoSpecific *(*bdrv_get_specific_info)(BlockDriverState *bs,
+                                                 Error **errp);
+    bool (*bdrv_has_zero_init)(BlockDriverState *bs);
+    int coroutine_fn (*bdrv_co_check)(BlockDriverState *bs,
+                                      BdrvCheckResult *res,
+                                      BdrvCheckMode fix);
+    /* opts validated against create_opts; only the keys given change. */
+    int coroutine_fn (*bdrv_amend_options)(BlockDriverState *bs,
+                                           QemuOpts *opts, bool force,
+                                           Error **errp);
+    int coroutine_fn (*bdrv_change_backing_file)(BlockDriverState *bs,
+                                                 const char *backing_file,
+                                                 const char *backing_fmt);
+
+    /* ---- snapshots and VM state ---- */
+    int coroutine_fn (*bdrv_snapshot_create)(BlockDriverState *bs,
+                                             QEMUSnapshotInfo *sn,
+                                             Error **errp);
+    int coroutine_fn (*bdrv_snapshot_goto)(BlockDriverState *bs,
+                                           const char *snapshot_id,
+                                           Error **errp);
+    int coroutine_fn (*bdrv_snapshot_delete)(BlockDriverState *bs,
+                                             const char *snapshot_id,
+                                             const char *name, Error **errp);
+    int coroutine_fn (*bdrv_snapshot_list)(BlockDriverState *bs,
+                                           QEMUSnapshotInfo **psn_info);
+    int coroutine_fn (*bdrv_co_save_vmstate)(BlockDriverState *bs,
+                                             QEMUIOVector *qiov, int64_t pos);
+    int coroutine_fn (*bdrv_co_load_vmstate)(BlockDriverState *bs,
+                                             QEMUIOVector *qiov, int64_t pos);
+
+    /* ---- testing ---- */
+    void (*bdrv_debug_event)(BlockDriverState *bs, const char *event);
+
+    /* raw-like formats: snapshots and VM state go to bs->file. */
+    bool passthrough_snapshots;
+    /* Request flags the driver honours on writes / zero writes. */
+    BdrvRequestFlags supported_write_flags;
+    BdrvRequestFlags supported_zero_flags;
+};
+
+struct BdrvTrackedRequest {
+    BlockDriverState *bs;
+    int64_t offset, bytes;
+    bool is_write;
+    bool serialising;
+    int64_t overlap_offset, overlap_bytes;   /* range used for overlap tests */
+    Coroutine *co;
+    CoQueue wait_queue;                      /* waiters on this request */
+    BdrvTrackedRequest *waiting_for;
+    BdrvTrackedRequest *next, *prev;
+};
+
+struct BlockDriverState {
+    BlockDriver *drv;
+    void *opaque;
+    int refcnt;
+
+    char filename[PATH_MAX];            /* as opened (with protocol prefix) */
+    char backing_file[PATH_MAX];        /* as stored in the image header */
+    char backing_format[32];            /* as stored; "" if none */
+
+    BlockDriverState *file;             /* protocol/data child (formats) */
+    BlockDriverState *backing;          /* backing child, or NULL */
+
+    int open_flags;                     /* BDRV_O_* */
+    bool read_only;
+    bool is_root;                       /* bounds-check requests */
+    bool enable_write_cache;            /* root only: false = writethrough */
+    bool copy_on_read;
+
+    BlockLimits bl;
+    int64_t total_bytes;                /* cached length, -1 if unknown */
+
+    /* request tracking */
+    BdrvTrackedRequest *tracked_requests;
+    unsigned serialising_in_flight;
+    unsigned in_flight;                 /* requests not yet completed */
+    CoQueue flush_queue;
+    bool flush_active;
+    bool probed;                        /* format chosen by probing */
+    int backing_depth;                  /* links below the opened root */
+};
+
+/* Driver registration (called from bdrv_init via each driver's init). */
+void bdrv_register(BlockDriver *drv);
+void bdrv_file_init(void);
+void bdrv_raw_init(void);
+void bdrv_blkdebug_init(void);
+/* Best probe score of every format for buf, or NULL (used by raw to refuse
+ * writes that would make a probed image look like another format). */
+BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
+                            const char *filename, int *score);
+
+/*
+ * Open a child node: protocol (by prefix) with an optional format on top.
+ * fmt NULL and allow_probe false means "protocol node only". Used by formats
+ * that keep extra files (add-cow's raw image, FVD's data file).
+ */
+BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
+                                  QemuOpts *options, int flags,
+                                  bool allow_probe, Error **errp);
+
+/* Run fn(opaque) in a coroutine and poll until it returns (or call directly
+ * when already in a coroutine). */
+void bdrv_run_co(CoroutineEntry *fn, void *opaque);
+
+/* Refresh bs->total_bytes from the driver. */
+int bdrv_refresh_total_bytes(BlockDriverState *bs);
+
+#endif

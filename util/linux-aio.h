@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Linux native AIO (libaio) for aio=native. Requests from many coroutines are
+ * batched into io_submit(); completions arrive on an eventfd watched by the
+ * event loop and resume the submitting coroutine.
+ */
+#ifndef QEMU_LINUX_AIO_H
+#define QEMU_LINUX_AIO_H
+
+#include "util/osdep.h"
+#include "util/error.h"
+#include "util/iov.h"
+
+typedef struct LinuxAioState LinuxAioState;
+
+enum {
+    QEMU_AIO_READ = 1,
+    QEMU_AIO_WRITE = 2,
+};
+
+LinuxAioState *laio_init(Error **errp);
+void laio_cleanup(LinuxAioState *s);
+/*
+ * Submit a read or write of qiov at offset on fd and wait for it. Returns
+ * -errno on failure; a short transfer is reported as -EIO for writes and
+ * zero-filled for reads past the end of the file.
+ */
+int coroutine_fn laio_co_submit(LinuxAioState *s, int fd, uint64_t offset,
+                                QEMUIOVector *qiov, int type);
+
+#endif
