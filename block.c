@@ -1,0 +1,1433 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Block layer graph management: the driver registry, format probing, opening
+ * and closing nodes with their protocol and backing children, image creation,
+ * node properties, and the synchronous/asynchronous wrappers for the tools.
+ */
+#include "block_int.h"
+#include "util/aio.h"
+#include "util/cutils.h"
+
+#define BACKING_CHAIN_MAX 64
+
+static GPtrArray *bdrv_drivers;
+
+/* ---- registry ---- */
+
+void bdrv_register(BlockDriver *drv)
+{
+    g_ptr_array_add(bdrv_drivers, drv);
+}
+
+void bdrv_init(void)
+{
+    if (bdrv_drivers) {
+        return;
+    }
+    bdrv_drivers = g_ptr_array_new();
+    bdrv_file_init();
+    bdrv_raw_init();
+    bdrv_blkdebug_init();
+}
+
+BlockDriver *bdrv_find_format(const char *format_name)
+{
+    bdrv_init();
+    for (guint i = 0; i < bdrv_drivers->len; i++) {
+        BlockDriver *drv = g_ptr_array_index(bdrv_drivers, i);
+        if (!strcmp(drv->format_name, format_name)) {
+            return drv;
+        }
+    }
+    return NULL;
+}
+
+/* A "proto:" prefix is a colon that comes before any slash. */
+static bool path_has_protocol(const char *path, size_t *len)
+{
+    const char *colon = strchr(path, ':');
+    const char *slash = strchr(path, '/');
+
+    if (!colon || (slash && slash < colon) || colon == path) {
+        return false;
+    }
+    *len = colon - path;
+    return true;
+}
+
+BlockDriver *bdrv_find_protocol(const char *filename, Error **errp)
+{
+    size_t len;
+
+    bdrv_init();
+    if (!path_has_protocol(filename, &len)) {
+        return bdrv_find_format("file");
+    }
+    /* "sheepdog+unix://" style names select the base protocol. */
+    size_t base_len = strcspn(filename, "+:");
+    for (guint i = 0; i < bdrv_drivers->len; i++) {
+        BlockDriver *drv = g_ptr_array_index(bdrv_drivers, i);
+        if (drv->protocol_name &&
+            strlen(drv->protocol_name) == MIN(len, base_len) &&
+            !strncmp(drv->protocol_name, filename, MIN(len, base_len))) {
+            return drv;
+        }
+    }
+    error_setg(errp, "Unknown protocol '%.*s'", (int)len, filename);
+    return NULL;
+}
+
+static gint bdrv_name_cmp(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+void bdrv_iterate_format(void (*it)(void *opaque, const char *name),
+                         void *opaque)
+{
+    bdrv_init();
+    GPtrArray *names = g_ptr_array_new();
+    for (guint i = 0; i < bdrv_drivers->len; i++) {
+        BlockDriver *drv = g_ptr_array_index(bdrv_drivers, i);
+        g_ptr_array_add(names, (gpointer)drv->format_name);
+    }
+    g_ptr_array_sort(names, bdrv_name_cmp);
+    for (guint i = 0; i < names->len; i++) {
+        it(opaque, g_ptr_array_index(names, i));
+    }
+    g_ptr_array_free(names, TRUE);
+}
+
+const char *bdrv_driver_name(const BlockDriver *drv)
+{
+    return drv->format_name;
+}
+
+const QemuOptDesc *bdrv_driver_create_opts(const BlockDriver *drv)
+{
+    return drv->create_opts;
+}
+
+bool bdrv_driver_supports_backing(const BlockDriver *drv)
+{
+    return drv->supports_backing;
+}
+
+BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
+                            const char *filename, int *score)
+{
+    BlockDriver *best = NULL;
+    int best_score = 0;
+
+    bdrv_init();
+    for (guint i = 0; i < bdrv_drivers->len; i++) {
+        BlockDriver *drv = g_ptr_array_index(bdrv_drivers, i);
+        if (drv->bdrv_probe) {
+            int s = drv->bdrv_probe(buf, buf_size, filename);
+            if (s > best_score) {
+                best_score = s;
+                best = drv;
+            }
+        }
+    }
+    if (score) {
+        *score = best_score;
+    }
+    return best;
+}
+
+int bdrv_parse_cache_mode(const char *mode, int *flags, bool *writethrough)
+{
+    *flags &= ~(BDRV_O_NOCACHE | BDRV_O_NO_FLUSH);
+    if (!strcmp(mode, "off") || !strcmp(mode, "none")) {
+        *flags |= BDRV_O_NOCACHE;
+        *writethrough = false;
+    } else if (!strcmp(mode, "directsync")) {
+        *flags |= BDRV_O_NOCACHE;
+        *writethrough = true;
+    } else if (!strcmp(mode, "writeback")) {
+        *writethrough = false;
+    } else if (!strcmp(mode, "unsafe")) {
+        *flags |= BDRV_O_NO_FLUSH;
+        *writethrough = false;
+    } else if (!strcmp(mode, "writethrough")) {
+        *writethrough = true;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+int bdrv_parse_aio(const char *mode, int *flags)
+{
+    if (!strcmp(mode, "native")) {
+        *flags |= BDRV_O_NATIVE_AIO;
+    } else if (!strcmp(mode, "threads")) {
+        *flags &= ~BDRV_O_NATIVE_AIO;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+int qemu_prealloc_parse(const char *str, PreallocMode *mode)
+{
+    static const char *const names[] = { "off", "metadata", "falloc", "full" };
+    for (unsigned i = 0; i < ARRAY_SIZE(names); i++) {
+        if (!strcmp(str, names[i])) {
+            *mode = i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+const char *qemu_prealloc_name(PreallocMode mode)
+{
+    static const char *const names[] = { "off", "metadata", "falloc", "full" };
+    return mode < ARRAY_SIZE(names) ? names[mode] : "?";
+}
+
+/* ---- format-specific info ---- */
+
+ImageInfoSpecific *image_info_specific_new(const char *type)
+{
+    ImageInfoSpecific *info = g_new0(ImageInfoSpecific, 1);
+    info->type = g_strdup(type);
+    info->items = g_ptr_array_new();
+    return info;
+}
+
+static InfoItem *image_info_add(ImageInfoSpecific *info, const char *key,
+                                InfoItemType type)
+{
+    InfoItem *item = g_new0(InfoItem, 1);
+    item->key = g_strdup(key);
+    item->type = type;
+    g_ptr_array_add(info->items, item);
+    return item;
+}
+
+void image_info_add_str(ImageInfoSpecific *info, const char *key,
+                        const char *value)
+{
+    image_info_add(info, key, INFO_ITEM_STRING)->str = g_strdup(value);
+}
+
+void image_info_add_int(ImageInfoSpecific *info, const char *key, int64_t v)
+{
+    image_info_add(info, key, INFO_ITEM_INT)->num = v;
+}
+
+void image_info_add_bool(ImageInfoSpecific *info, const char *key, bool v)
+{
+    image_info_add(info, key, INFO_ITEM_BOOL)->flag = v;
+}
+
+void image_info_specific_free(ImageInfoSpecific *info)
+{
+    if (!info) {
+        return;
+    }
+    for (guint i = 0; i < info->items->len; i++) {
+        InfoItem *item = g_ptr_array_index(info->items, i);
+        g_free(item->key);
+        g_free(item->str);
+        g_free(item);
+    }
+    g_ptr_array_free(info->items, TRUE);
+    g_free(info->type);
+    g_free(info);
+}
+
+/* ---- running coroutines from synchronous code ---- */
+
+typedef struct RunCo {
+    CoroutineEntry *fn;
+    void *opaque;
+    bool done;
+} RunCo;
+
+static void coroutine_fn bdrv_run_co_entry(void *opaque)
+{
+    RunCo *rc = opaque;
+    rc->fn(rc->opaque);
+    rc->done = true;
+}
+
+void bdrv_run_co(CoroutineEntry *fn, void *opaque)
+{
+    if (qemu_in_coroutine()) {
+        fn(opaque);
+        return;
+    }
+    RunCo rc = { .fn = fn, .opaque = opaque };
+    Coroutine *co = qemu_coroutine_create(bdrv_run_co_entry, &rc);
+    qemu_coroutine_enter(co);
+    AIO_WAIT_WHILE(!rc.done);
+}
+
+/* ---- opening ---- */
+
+static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
+                                  int flags)
+{
+    BlockDriverState *bs = g_new0(BlockDriverState, 1);
+    bs->drv = drv;
+    bs->refcnt = 1;
+    bs->total_bytes = -1;
+    bs->enable_write_cache = true;
+    bs->open_flags = flags;
+    bs->read_only = !(flags & BDRV_O_RDWR);
+    bs->opaque = g_malloc0(MAX(drv->instance_size, 1));
+    bs->bl.request_alignment = 1;
+    bs->bl.min_mem_alignment = 1;
+    pstrcpy(bs->filename, sizeof(bs->filename), filename ? filename : "");
+    qemu_co_queue_init(&bs->flush_queue);
+    return bs;
+}
+
+static void bdrv_free(BlockDriverState *bs)
+{
+    g_free(bs->opaque);
+    g_free(bs);
+}
+
+int bdrv_refresh_total_bytes(BlockDriverState *bs)
+{
+    if (!bs->drv || !bs->drv->bdrv_getlength) {
+        bs->total_bytes = bs->file ? bdrv_getlength(bs->file) : -ENOMEDIUM;
+    } else {
+        bs->total_bytes = bs->drv->bdrv_getlength(bs);
+    }
+    return bs->total_bytes < 0 ? (int)bs->total_bytes : 0;
+}
+
+static void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    if (bs->file) {
+        bs->bl.min_mem_alignment = bs->file->bl.min_mem_alignment;
+        if (bs->drv->is_filter) {
+            bs->bl = bs->file->bl;
+        }
+    }
+    if (bs->drv->bdrv_refresh_limits) {
+        bs->drv->bdrv_refresh_limits(bs, errp);
+    }
+    assert(bs->bl.request_alignment &&
+           !(bs->bl.request_alignment & (bs->bl.request_alignment - 1)));
+}
+
+/* Check leftover options against the driver's table; split known ones. */
+static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
+                                   Error **errp)
+{
+    const QemuOptDesc *descs[2] = { drv->open_opts, NULL };
+    static const QemuOptDesc none[] = { { NULL } };
+
+    if (!drv->open_opts) {
+        descs[0] = none;
+    }
+    return qemu_opts_validate(opts, descs, errp);
+}
+
+typedef struct OpenArgs {
+    const char *filename;
+    const char *fmt;
+    QemuOpts *options;
+    int flags;
+    bool allow_probe;
+    int depth;
+    BlockDriverState *result;
+    Error *err;
+} OpenArgs;
+
+static BlockDriverState *coroutine_fn
+bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
+                  int flags, BlockDriverState *file, Error **errp)
+{
+    BlockDriverState *bs = bdrv_new(drv, filename, flags);
+    int ret;
+
+    bs->file = file;
+    ret = bdrv_validate_open_opts(drv, opts, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (!drv->bdrv_open) {
+        error_setg(errp, "Driver '%s' cannot open images", drv->format_name);
+        goto fail;
+    }
+    ret = drv->bdrv_open(bs, opts, flags, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    Error *local_err = NULL;
+    bdrv_refresh_limits(bs, &local_err);
+    if (local_err) {
+        error_propagate(errp, local_err);
+        if (drv->bdrv_close) {
+            drv->bdrv_close(bs);
+        }
+        goto fail;
+    }
+    ret = bdrv_refresh_total_bytes(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not get the size of '%s'",
+                         filename);
+        if (drv->bdrv_close) {
+            drv->bdrv_close(bs);
+        }
+        goto fail;
+    }
+    return bs;
+
+fail:
+    bs->file = NULL;
+    bdrv_free(bs);
+    return NULL;
+}
+
+static BlockDriver *coroutine_fn bdrv_co_probe(BlockDriverState *file,
+                                               const char *filename,
+                                               Error **errp)
+{
+    uint8_t buf[BLOCK_PROBE_BUF_SIZE] = { 0 };
+    int64_t len = bdrv_getlength(file);
+    int n;
+
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not determine size of '%s'",
+                         filename);
+        return NULL;
+    }
+    n = (int)MIN(len, (int64_t)sizeof(buf));
+    if (n > 0) {
+        int ret = bdrv_co_pread(file, 0, n, buf, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not read image for "
+                             "determining its format");
+            return NULL;
+        }
+    }
+    BlockDriver *drv = bdrv_probe_all(buf, n, filename, NULL);
+    if (!drv) {
+        drv = bdrv_find_format("raw");
+    }
+    return drv;
+}
+
+static bool backing_name_allowed(const char *name, Error **errp)
+{
+    size_t len;
+    /* A header is data: it may name image files, not configuration files
+     * that other drivers would interpret (blkdebug rules). */
+    if (path_has_protocol(name, &len) &&
+        (!strncmp(name, "blkdebug", len) || !strncmp(name, "json", len))) {
+        error_setg(errp, "Backing file name '%s' names a protocol that is "
+                   "not allowed in an image header", name);
+        return false;
+    }
+    return true;
+}
+
+static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
+                                             QemuOpts *backing_opts,
+                                             int depth, Error **errp);
+
+static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
+                                                         Error **errp)
+{
+    QemuOpts *opts = a->options ? qemu_opts_clone(a->options)
+                                : qemu_opts_new();
+    QemuOpts *file_opts = NULL, *backing_opts = NULL;
+    BlockDriverState *file = NULL, *bs = NULL;
+    BlockDriver *proto, *fmt_drv = NULL;
+    char *drvname = qemu_opt_get_del(opts, "driver");
+    char *fname = qemu_opt_get_del(opts, "filename");
+    const char *filename = a->filename ? a->filename : fname;
+    const char *fmt = drvname ? drvname : a->fmt;
+    bool probed = false;
+
+    if (!filename || !*filename) {
+        error_setg(errp, "The 'file' block driver requires a file name");
+        goto out;
+    }
+    if (fmt) {
+        fmt_drv = bdrv_find_format(fmt);
+        if (!fmt_drv) {
+            error_setg(errp, "Unknown driver '%s'", fmt);
+            goto out;
+        }
+    }
+    file_opts = qemu_opts_extract_prefix(opts, "file");
+    backing_opts = qemu_opts_extract_prefix(opts, "backing");
+
+    /* A protocol named as the format (-f file, -f blkdebug) is the node. */
+    if (fmt_drv && fmt_drv->protocol_name) {
+        if (file_opts) {
+            error_setg(errp, "Invalid parameter 'file' for protocol '%s'",
+                       fmt_drv->format_name);
+            goto out;
+        }
+        bs = bdrv_co_open_node(fmt_drv, filename, opts, a->flags, NULL,
+                               errp);
+        goto out;
+    }
+    proto = bdrv_find_protocol(filename, errp);
+    if (!proto) {
+        goto out;
+    }
+    if (a->flags & BDRV_O_PROTOCOL) {
+        bs = bdrv_co_open_node(proto, filename, file_opts ? file_opts : opts,
+                               a->flags, NULL, errp);
+        goto out;
+    }
+    if (!file_opts) {
+        file_opts = qemu_opts_new();
+    }
+    file = bdrv_co_open_node(proto, filename, file_opts, a->flags, NULL,
+                             errp);
+    if (!file) {
+        goto out;
+    }
+    if (!fmt_drv) {
+        if (!a->allow_probe) {
+            bs = file;
+            file = NULL;
+            goto out;
+        }
+        fmt_drv = bdrv_co_probe(file, filename, errp);
+        if (!fmt_drv) {
+            goto out;
+        }
+        probed = true;
+    }
+    if (probed && !strcmp(fmt_drv->format_name, "raw") &&
+        (a->flags & BDRV_O_RDWR) && a->depth == 0) {
+        fprintf(stderr, "WARNING: Image format was not specified for '%s' "
+                "and probing guessed raw.\n"
+                "         Automatically detecting the format is dangerous "
+                "for raw images, write operations on block 0 will be "
+                "restricted.\n"
+                "         Specify the 'raw' format explicitly to remove the "
+                "restrictions.\n", filename);
+    }
+    bs = bdrv_new(fmt_drv, filename, a->flags);
+    bs->probed = probed;
+    bs->file = file;
+    bs->backing_depth = a->depth;
+    file = NULL;
+    int ret = bdrv_validate_open_opts(fmt_drv, opts, errp);
+    if (ret < 0) {
+        goto fail_bs;
+    }
+    ret = fmt_drv->bdrv_open(bs, opts, a->flags, errp);
+    if (ret < 0) {
+        goto fail_bs;
+    }
+    Error *local_err = NULL;
+    bdrv_refresh_limits(bs, &local_err);
+    if (local_err) {
+        error_propagate(errp, local_err);
+        goto fail_close;
+    }
+    ret = bdrv_refresh_total_bytes(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not get the size of '%s'",
+                         filename);
+        goto fail_close;
+    }
+    if (!(a->flags & BDRV_O_NO_BACKING) && bs->backing_file[0]) {
+        ret = bdrv_co_open_backing(bs, backing_opts, a->depth, errp);
+        if (ret < 0) {
+            goto fail_close;
+        }
+    } else if (backing_opts && qemu_opts_count(backing_opts)) {
+        error_setg(errp, "Image has no backing file to apply 'backing.' "
+                   "options to");
+        goto fail_close;
+    }
+    goto out;
+
+fail_close:
+    if (fmt_drv->bdrv_close) {
+        fmt_drv->bdrv_close(bs);
+    }
+fail_bs:
+    bdrv_unref(bs->file);
+    bs->file = NULL;
+    bdrv_free(bs);
+    bs = NULL;
+out:
+    if (file) {
+        bdrv_unref(file);
+    }
+    if (file_opts) {
+        qemu_opts_del(file_opts);
+    }
+    if (backing_opts) {
+        qemu_opts_del(backing_opts);
+    }
+    qemu_opts_del(opts);
+    g_free(drvname);
+    g_free(fname);
+    return bs;
+}
+
+static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
+                                             QemuOpts *backing_opts,
+                                             int depth, Error **errp)
+{
+    Error *local_err = NULL;
+    char *name;
+
+    if (depth + 1 >= BACKING_CHAIN_MAX) {
+        error_setg(errp, "Backing file chain of '%s' is longer than %d "
+                   "images (a loop?)", bs->filename, BACKING_CHAIN_MAX);
+        return -ELOOP;
+    }
+    if (!backing_name_allowed(bs->backing_file, errp)) {
+        return -EPERM;
+    }
+    name = bdrv_get_full_backing_filename(bs);
+    OpenArgs a = {
+        .filename = name,
+        .fmt = bs->backing_format[0] ? bs->backing_format : NULL,
+        .options = backing_opts,
+        .flags = (bs->open_flags & ~(BDRV_O_RDWR | BDRV_O_COPY_ON_READ)),
+        .allow_probe = true,
+        .depth = depth + 1,
+    };
+    bs->backing = bdrv_co_open_graph(&a, &local_err);
+    g_free(name);
+    if (!bs->backing) {
+        error_propagate(errp, local_err);
+        error_prepend(errp, "Could not open backing file: ");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void coroutine_fn bdrv_open_entry(void *opaque)
+{
+    OpenArgs *a = opaque;
+    a->result = bdrv_co_open_graph(a, &a->err);
+}
+
+BlockDriverState *bdrv_open(const char *filename, const char *fmt,
+                            QemuOpts *options, int flags, Error **errp)
+{
+    OpenArgs a = {
+        .filename = filename, .fmt = fmt, .options = options,
+        .flags = flags, .allow_probe = true,
+    };
+
+    bdrv_init();
+    bdrv_run_co(bdrv_open_entry, &a);
+    if (!a.result) {
+        error_propagate(errp, a.err);
+        return NULL;
+    }
+    a.result->is_root = true;
+    return a.result;
+}
+
+BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
+                                  QemuOpts *options, int flags,
+                                  bool allow_probe, Error **errp)
+{
+    OpenArgs a = {
+        .filename = filename, .fmt = fmt, .options = options,
+        .flags = flags, .allow_probe = allow_probe, .depth = 1,
+    };
+
+    bdrv_init();
+    bdrv_run_co(bdrv_open_entry, &a);
+    if (!a.result) {
+        error_propagate(errp, a.err);
+    }
+    return a.result;
+}
+
+void bdrv_ref(BlockDriverState *bs)
+{
+    bs->refcnt++;
+}
+
+static void coroutine_fn bdrv_close_entry(void *opaque)
+{
+    BlockDriverState *bs = opaque;
+    if (!bs->read_only) {
+        bdrv_co_flush(bs);
+    }
+    if (bs->drv->bdrv_close) {
+        bs->drv->bdrv_close(bs);
+    }
+}
+
+void bdrv_unref(BlockDriverState *bs)
+{
+    if (!bs) {
+        return;
+    }
+    assert(bs->refcnt > 0);
+    if (--bs->refcnt > 0) {
+        return;
+    }
+    bdrv_drain(bs);
+    bdrv_run_co(bdrv_close_entry, bs);
+    bdrv_unref(bs->backing);
+    bdrv_unref(bs->file);
+    bdrv_free(bs);
+}
+
+/* ---- creation ---- */
+
+typedef struct CreateArgs {
+    BlockDriver *drv;
+    const char *filename;
+    QemuOpts *opts;
+    Error *err;
+    int ret;
+} CreateArgs;
+
+static void coroutine_fn bdrv_create_entry(void *opaque)
+{
+    CreateArgs *c = opaque;
+    c->ret = c->drv->bdrv_create(c->filename, c->opts, &c->err);
+}
+
+int bdrv_create(BlockDriver *drv, const char *filename, QemuOpts *opts,
+                Error **errp)
+{
+    static const QemuOptDesc none[] = { { NULL } };
+    const QemuOptDesc *descs[2] = { drv->create_opts ? drv->create_opts
+                                                     : none, NULL };
+    CreateArgs c = { .drv = drv, .filename = filename, .opts = opts };
+
+    if (!drv->bdrv_create) {
+        error_setg(errp, "Driver '%s' does not support image creation",
+                   drv->format_name);
+        return -ENOTSUP;
+    }
+    if (qemu_opts_validate(opts, descs, errp) < 0) {
+        return -EINVAL;
+    }
+    bdrv_run_co(bdrv_create_entry, &c);
+    if (c.ret < 0) {
+        if (!c.err) {
+            error_setg_errno(&c.err, -c.ret, "Could not create '%s'",
+                             filename);
+        }
+        error_propagate(errp, c.err);
+    }
+    return c.ret;
+}
+
+int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
+{
+    BlockDriver *proto = bdrv_find_protocol(filename, errp);
+    QemuOpts *popts;
+    int ret;
+
+    if (!proto) {
+        return -ENOENT;
+    }
+    /* Pass only the options the protocol understands. */
+    popts = qemu_opts_new();
+    for (size_t i = 0; opts && i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+        qemu_opts_nth(opts, i, &name, &value);
+        for (const QemuOptDesc *d = proto->create_opts; d && d->name; d++) {
+            if (!strcmp(d->name, name)) {
+                qemu_opt_set(popts, name, value);
+            }
+        }
+    }
+    ret = bdrv_create(proto, filename, popts, errp);
+    qemu_opts_del(popts);
+    return ret;
+}
+
+/* ---- properties ---- */
+
+const char *bdrv_get_format_name(BlockDriverState *bs)
+{
+    return bs->drv ? bs->drv->format_name : NULL;
+}
+
+const char *bdrv_get_filename(BlockDriverState *bs)
+{
+    return bs->filename;
+}
+
+BlockDriverState *bdrv_get_file(BlockDriverState *bs)
+{
+    return bs->file;
+}
+
+BlockDriverState *bdrv_get_backing(BlockDriverState *bs)
+{
+    return bs->backing;
+}
+
+const char *bdrv_get_backing_filename(BlockDriverState *bs)
+{
+    return bs->backing_file;
+}
+
+char *bdrv_get_full_backing_filename(BlockDriverState *bs)
+{
+    if (!bs->backing_file[0]) {
+        return NULL;
+    }
+    return path_combine(bs->filename, bs->backing_file);
+}
+
+const char *bdrv_get_backing_format(BlockDriverState *bs)
+{
+    return bs->backing_format;
+}
+
+int bdrv_get_flags(BlockDriverState *bs)
+{
+    return bs->open_flags;
+}
+
+bool bdrv_is_read_only(BlockDriverState *bs)
+{
+    return bs->read_only;
+}
+
+uint32_t bdrv_get_request_alignment(BlockDriverState *bs)
+{
+    return bs->bl.request_alignment;
+}
+
+int64_t bdrv_getlength(BlockDriverState *bs)
+{
+    if (!bs->drv) {
+        return -ENOMEDIUM;
+    }
+    if (bs->drv->bdrv_getlength) {
+        return bs->drv->bdrv_getlength(bs);
+    }
+    if (bs->file) {
+        return bdrv_getlength(bs->file);
+    }
+    return -ENOTSUP;
+}
+
+int64_t bdrv_get_allocated_file_size(BlockDriverState *bs)
+{
+    if (bs->drv->bdrv_get_allocated_file_size) {
+        return bs->drv->bdrv_get_allocated_file_size(bs);
+    }
+    if (bs->file) {
+        return bdrv_get_allocated_file_size(bs->file);
+    }
+    return -ENOTSUP;
+}
+
+int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    memset(bdi, 0, sizeof(*bdi));
+    if (!bs->drv->bdrv_get_info) {
+        if (bs->drv->is_filter && bs->file) {
+            return bdrv_get_info(bs->file, bdi);
+        }
+        return -ENOTSUP;
+    }
+    return bs->drv->bdrv_get_info(bs, bdi);
+}
+
+ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
+                                          Error **errp)
+{
+    if (bs->drv->bdrv_get_specific_info) {
+        return bs->drv->bdrv_get_specific_info(bs, errp);
+    }
+    return NULL;
+}
+
+bool bdrv_has_zero_init(BlockDriverState *bs)
+{
+    if (bs->backing) {
+        return false;
+    }
+    if (bs->drv->bdrv_has_zero_init) {
+        return bs->drv->bdrv_has_zero_init(bs);
+    }
+    if (bs->drv->is_filter && bs->file) {
+        return bdrv_has_zero_init(bs->file);
+    }
+    return false;
+}
+
+void bdrv_set_enable_write_cache(BlockDriverState *bs, bool wce)
+{
+    bs->enable_write_cache = wce;
+}
+
+bool bdrv_get_enable_write_cache(BlockDriverState *bs)
+{
+    return bs->enable_write_cache;
+}
+
+/* ---- synchronous wrappers ---- */
+
+typedef enum {
+    SYNC_READ, SYNC_WRITE, SYNC_ZEROES, SYNC_DISCARD, SYNC_FLUSH,
+    SYNC_STATUS, SYNC_STATUS_ABOVE, SYNC_TRUNCATE, SYNC_CHECK, SYNC_BACKING,
+    SYNC_AMEND, SYNC_SN_CREATE, SYNC_SN_GOTO, SYNC_SN_DELETE, SYNC_SN_LIST,
+    SYNC_VM_SAVE, SYNC_VM_LOAD,
+} SyncOp;
+
+typedef struct SyncArgs {
+    SyncOp op;
+    BlockDriverState *bs, *base;
+    int64_t offset, bytes;
+    QEMUIOVector *qiov;
+    BdrvRequestFlags flags;
+    int64_t *pnum, *map;
+    BlockDriverState **file;
+    int *depth;
+    bool exact, force;
+    PreallocMode prealloc;
+    BdrvCheckResult *res;
+    BdrvCheckMode fix;
+    const char *s1, *s2;
+    QemuOpts *opts;
+    QEMUSnapshotInfo *sn;
+    QEMUSnapshotInfo **psn;
+    Error **errp;
+    int ret;
+} SyncArgs;
+
+static int coroutine_fn bdrv_co_check(BlockDriverState *bs,
+                                      BdrvCheckResult *res,
+                                      BdrvCheckMode fix)
+{
+    memset(res, 0, sizeof(*res));
+    if (!bs->drv->bdrv_co_check) {
+        return -ENOTSUP;
+    }
+    return bs->drv->bdrv_co_check(bs, res, fix);
+}
+
+/* Drivers without snapshot callbacks hand them to their file (raw, filters) */
+static BlockDriverState *bdrv_snapshot_node(BlockDriverState *bs)
+{
+    while (bs && bs->drv && !bs->drv->bdrv_snapshot_list &&
+           (bs->drv->passthrough_snapshots || bs->drv->is_filter)) {
+        bs = bs->file;
+    }
+    return (bs && bs->drv && bs->drv->bdrv_snapshot_list) ? bs : NULL;
+}
+
+static BlockDriverState *bdrv_vmstate_node(BlockDriverState *bs)
+{
+    while (bs && bs->drv && !bs->drv->bdrv_co_save_vmstate &&
+           (bs->drv->passthrough_snapshots || bs->drv->is_filter)) {
+        bs = bs->file;
+    }
+    return (bs && bs->drv && bs->drv->bdrv_co_save_vmstate) ? bs : NULL;
+}
+
+static int coroutine_fn bdrv_co_snapshot_op(SyncArgs *a)
+{
+    BlockDriverState *bs = bdrv_snapshot_node(a->bs);
+
+    if (!bs) {
+        error_setg(a->errp, "Block format '%s' used by device '' does not "
+                   "support internal snapshots",
+                   a->bs->drv->format_name);
+        return -ENOTSUP;
+    }
+    switch (a->op) {
+    case SYNC_SN_CREATE:
+        if (bs->read_only) {
+            error_setg(a->errp, "Image is read-only");
+            return -EACCES;
+        }
+        return bs->drv->bdrv_snapshot_create(bs, a->sn, a->errp);
+    case SYNC_SN_GOTO:
+        if (!bs->drv->bdrv_snapshot_goto) {
+            return -ENOTSUP;
+        }
+        return bs->drv->bdrv_snapshot_goto(bs, a->s1, a->errp);
+    case SYNC_SN_DELETE:
+        if (!bs->drv->bdrv_snapshot_delete) {
+            return -ENOTSUP;
+        }
+        return bs->drv->bdrv_snapshot_delete(bs, a->s1, a->s2, a->errp);
+    case SYNC_SN_LIST:
+        return bs->drv->bdrv_snapshot_list(bs, a->psn);
+    default:
+        abort();
+    }
+}
+
+static int coroutine_fn bdrv_co_vmstate(SyncArgs *a)
+{
+    BlockDriverState *bs = bdrv_vmstate_node(a->bs);
+    int ret;
+
+    if (!bs) {
+        return -ENOTSUP;
+    }
+    if (a->op == SYNC_VM_SAVE) {
+        if (bs->read_only) {
+            return -EPERM;
+        }
+        ret = bs->drv->bdrv_co_save_vmstate(bs, a->qiov, a->offset);
+    } else {
+        if (!bs->drv->bdrv_co_load_vmstate) {
+            return -ENOTSUP;
+        }
+        ret = bs->drv->bdrv_co_load_vmstate(bs, a->qiov, a->offset);
+    }
+    return ret < 0 ? ret : (int)a->qiov->size;
+}
+
+static void coroutine_fn bdrv_sync_entry(void *opaque)
+{
+    SyncArgs *a = opaque;
+    BlockDriverState *bs = a->bs;
+
+    switch (a->op) {
+    case SYNC_READ:
+        a->ret = bdrv_co_preadv(bs, a->offset, a->bytes, a->qiov, a->flags);
+        break;
+    case SYNC_WRITE:
+        a->ret = bdrv_co_pwritev(bs, a->offset, a->bytes, a->qiov, a->flags);
+        break;
+    case SYNC_ZEROES:
+        a->ret = bdrv_co_pwrite_zeroes(bs, a->offset, a->bytes, a->flags);
+        break;
+    case SYNC_DISCARD:
+        a->ret = bdrv_co_pdiscard(bs, a->offset, a->bytes);
+        break;
+    case SYNC_FLUSH:
+        a->ret = bdrv_co_flush(bs);
+        break;
+    case SYNC_STATUS:
+        a->ret = bdrv_co_block_status(bs, a->offset, a->bytes, a->pnum,
+                                      a->map, a->file);
+        break;
+    case SYNC_STATUS_ABOVE: {
+        BlockDriverState *p = bs;
+        int64_t bytes = a->bytes;
+        int d = 0;
+        a->ret = 0;
+        *a->pnum = bytes;
+        for (; p && p != a->base; p = p->backing, d++) {
+            int64_t len = bdrv_getlength(p);
+            if (len >= 0 && a->offset >= len && p != bs) {
+                /* Past the end of a shorter backing file: reads as zero. */
+                a->ret = BDRV_BLOCK_ZERO;
+                *a->pnum = bytes;
+                break;
+            }
+            int ret = bdrv_co_block_status(p, a->offset, bytes, a->pnum,
+                                           a->map, a->file);
+            if (ret < 0 || (ret & BDRV_BLOCK_ALLOCATED) || *a->pnum == 0) {
+                a->ret = ret;
+                break;
+            }
+            bytes = *a->pnum;
+            if (!p->backing || p->backing == a->base) {
+                a->ret = ret & ~BDRV_BLOCK_EOF;
+                d++;
+                break;
+            }
+        }
+        if (a->depth) {
+            *a->depth = d;
+        }
+        break;
+    }
+    case SYNC_TRUNCATE:
+        a->ret = bdrv_co_truncate(bs, a->offset, a->exact, a->prealloc,
+                                  a->errp);
+        break;
+    case SYNC_CHECK:
+        a->ret = bdrv_co_check(bs, a->res, a->fix);
+        break;
+    case SYNC_BACKING:
+        if (!bs->drv->bdrv_change_backing_file) {
+            error_setg(a->errp, "Format '%s' does not support backing files",
+                       bs->drv->format_name);
+            a->ret = -ENOTSUP;
+            break;
+        }
+        if (bs->read_only) {
+            error_setg(a->errp, "Image is read-only");
+            a->ret = -EACCES;
+            break;
+        }
+        a->ret = bs->drv->bdrv_change_backing_file(bs, a->s1, a->s2);
+        if (a->ret < 0) {
+            error_setg_errno(a->errp, -a->ret,
+                             "Could not change the backing file");
+        } else {
+            pstrcpy(bs->backing_file, sizeof(bs->backing_file),
+                    a->s1 ? a->s1 : "");
+            pstrcpy(bs->backing_format, sizeof(bs->backing_format),
+                    a->s2 ? a->s2 : "");
+        }
+        break;
+    case SYNC_AMEND:
+        if (!bs->drv->bdrv_amend_options) {
+            error_setg(a->errp, "Format driver '%s' does not support option "
+                       "amendment", bs->drv->format_name);
+            a->ret = -ENOTSUP;
+            break;
+        }
+        a->ret = bs->drv->bdrv_amend_options(bs, a->opts, a->force, a->errp);
+        if (a->ret >= 0) {
+            bdrv_refresh_total_bytes(bs);
+        }
+        break;
+    case SYNC_SN_CREATE:
+    case SYNC_SN_GOTO:
+    case SYNC_SN_DELETE:
+    case SYNC_SN_LIST:
+        a->ret = bdrv_co_snapshot_op(a);
+        break;
+    case SYNC_VM_SAVE:
+    case SYNC_VM_LOAD:
+        a->ret = bdrv_co_vmstate(a);
+        break;
+    }
+}
+
+static int bdrv_sync(SyncArgs *a)
+{
+    bdrv_run_co(bdrv_sync_entry, a);
+    return a->ret;
+}
+
+int bdrv_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                QEMUIOVector *qiov, BdrvRequestFlags flags)
+{
+    SyncArgs a = { .op = SYNC_READ, .bs = bs, .offset = offset,
+                   .bytes = bytes, .qiov = qiov, .flags = flags };
+    return bdrv_sync(&a);
+}
+
+int bdrv_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                 QEMUIOVector *qiov, BdrvRequestFlags flags)
+{
+    SyncArgs a = { .op = SYNC_WRITE, .bs = bs, .offset = offset,
+                   .bytes = bytes, .qiov = qiov, .flags = flags };
+    return bdrv_sync(&a);
+}
+
+int bdrv_pread(BlockDriverState *bs, int64_t offset, int64_t bytes,
+               void *buf, BdrvRequestFlags flags)
+{
+    QEMUIOVector qiov;
+    if (bytes < 0 || bytes > SIZE_MAX) {
+        return -EINVAL;
+    }
+    qemu_iovec_init_buf(&qiov, buf, bytes);
+    return bdrv_preadv(bs, offset, bytes, &qiov, flags);
+}
+
+int bdrv_pwrite(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                const void *buf, BdrvRequestFlags flags)
+{
+    QEMUIOVector qiov;
+    if (bytes < 0 || bytes > SIZE_MAX) {
+        return -EINVAL;
+    }
+    qemu_iovec_init_buf(&qiov, (void *)buf, bytes);
+    return bdrv_pwritev(bs, offset, bytes, &qiov, flags);
+}
+
+int bdrv_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                       BdrvRequestFlags flags)
+{
+    SyncArgs a = { .op = SYNC_ZEROES, .bs = bs, .offset = offset,
+                   .bytes = bytes, .flags = flags };
+    return bdrv_sync(&a);
+}
+
+int bdrv_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    SyncArgs a = { .op = SYNC_DISCARD, .bs = bs, .offset = offset,
+                   .bytes = bytes };
+    return bdrv_sync(&a);
+}
+
+int bdrv_flush(BlockDriverState *bs)
+{
+    SyncArgs a = { .op = SYNC_FLUSH, .bs = bs };
+    return bdrv_sync(&a);
+}
+
+int bdrv_block_status(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                      int64_t *pnum, int64_t *map, BlockDriverState **file)
+{
+    int64_t dummy;
+    SyncArgs a = { .op = SYNC_STATUS, .bs = bs, .offset = offset,
+                   .bytes = bytes, .pnum = pnum ? pnum : &dummy, .map = map,
+                   .file = file };
+    return bdrv_sync(&a);
+}
+
+int bdrv_block_status_above(BlockDriverState *bs, BlockDriverState *base,
+                            int64_t offset, int64_t bytes, int64_t *pnum,
+                            int64_t *map, BlockDriverState **file,
+                            int *depth)
+{
+    int64_t dummy;
+    SyncArgs a = { .op = SYNC_STATUS_ABOVE, .bs = bs, .base = base,
+                   .offset = offset, .bytes = bytes,
+                   .pnum = pnum ? pnum : &dummy, .map = map, .file = file,
+                   .depth = depth };
+    return bdrv_sync(&a);
+}
+
+int bdrv_is_allocated(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                      int64_t *pnum)
+{
+    int ret = bdrv_block_status(bs, offset, bytes, pnum, NULL, NULL);
+    if (ret < 0) {
+        return ret;
+    }
+    return !!(ret & BDRV_BLOCK_ALLOCATED);
+}
+
+int bdrv_truncate(BlockDriverState *bs, int64_t offset, bool exact,
+                  PreallocMode prealloc, Error **errp)
+{
+    SyncArgs a = { .op = SYNC_TRUNCATE, .bs = bs, .offset = offset,
+                   .exact = exact, .prealloc = prealloc, .errp = errp };
+    return bdrv_sync(&a);
+}
+
+int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix)
+{
+    SyncArgs a = { .op = SYNC_CHECK, .bs = bs, .res = res, .fix = fix };
+    return bdrv_sync(&a);
+}
+
+int bdrv_change_backing_file(BlockDriverState *bs, const char *backing_file,
+                             const char *backing_fmt, Error **errp)
+{
+    SyncArgs a = { .op = SYNC_BACKING, .bs = bs, .s1 = backing_file,
+                   .s2 = backing_fmt, .errp = errp };
+    return bdrv_sync(&a);
+}
+
+void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing)
+{
+    if (backing) {
+        bdrv_ref(backing);
+    }
+    bdrv_unref(bs->backing);
+    bs->backing = backing;
+}
+
+int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
+                       Error **errp)
+{
+    static const QemuOptDesc none[] = { { NULL } };
+    const QemuOptDesc *descs[2] = { bs->drv->create_opts ?
+                                    bs->drv->create_opts : none, NULL };
+    if (qemu_opts_validate(opts, descs, errp) < 0) {
+        return -EINVAL;
+    }
+    SyncArgs a = { .op = SYNC_AMEND, .bs = bs, .opts = opts, .force = force,
+                   .errp = errp };
+    return bdrv_sync(&a);
+}
+
+int bdrv_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn,
+                         Error **errp)
+{
+    SyncArgs a = { .op = SYNC_SN_CREATE, .bs = bs, .sn = sn, .errp = errp };
+    return bdrv_sync(&a);
+}
+
+int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
+                       Error **errp)
+{
+    SyncArgs a = { .op = SYNC_SN_GOTO, .bs = bs, .s1 = snapshot_id,
+                   .errp = errp };
+    return bdrv_sync(&a);
+}
+
+int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
+                         const char *name, Error **errp)
+{
+    SyncArgs a = { .op = SYNC_SN_DELETE, .bs = bs, .s1 = snapshot_id,
+                   .s2 = name, .errp = errp };
+    return bdrv_sync(&a);
+}
+
+int bdrv_snapshot_list(BlockDriverState *bs, QEMUSnapshotInfo **psn_info)
+{
+    SyncArgs a = { .op = SYNC_SN_LIST, .bs = bs, .psn = psn_info };
+    *psn_info = NULL;
+    return bdrv_sync(&a);
+}
+
+bool bdrv_can_snapshot(BlockDriverState *bs)
+{
+    BlockDriverState *node = bdrv_snapshot_node(bs);
+    return node && !node->read_only;
+}
+
+int bdrv_snapshot_find(BlockDriverState *bs, QEMUSnapshotInfo *sn,
+                       const char *name_or_id)
+{
+    QEMUSnapshotInfo *list;
+    int n = bdrv_snapshot_list(bs, &list);
+    int ret = -ENOENT;
+
+    for (int pass = 0; pass < 2 && ret < 0; pass++) {
+        for (int i = 0; i < n; i++) {
+            const char *key = pass == 0 ? list[i].id_str : list[i].name;
+            if (!strcmp(key, name_or_id)) {
+                *sn = list[i];
+                ret = 0;
+                break;
+            }
+        }
+    }
+    g_free(list);
+    return n < 0 ? n : ret;
+}
+
+int bdrv_save_vmstate(BlockDriverState *bs, const uint8_t *buf, int64_t pos,
+                      int size)
+{
+    QEMUIOVector qiov;
+    qemu_iovec_init_buf(&qiov, (void *)buf, size);
+    SyncArgs a = { .op = SYNC_VM_SAVE, .bs = bs, .offset = pos,
+                   .qiov = &qiov };
+    return bdrv_sync(&a);
+}
+
+int bdrv_load_vmstate(BlockDriverState *bs, uint8_t *buf, int64_t pos,
+                      int size)
+{
+    QEMUIOVector qiov;
+    qemu_iovec_init_buf(&qiov, buf, size);
+    SyncArgs a = { .op = SYNC_VM_LOAD, .bs = bs, .offset = pos,
+                   .qiov = &qiov };
+    return bdrv_sync(&a);
+}
+
+/* ---- asynchronous wrappers ---- */
+
+typedef struct AioArgs {
+    SyncArgs a;
+    BlockCompletionFunc *cb;
+    void *opaque;
+    bool submitting;
+    bool done;
+} AioArgs;
+
+static void bdrv_aio_complete(void *opaque)
+{
+    AioArgs *acb = opaque;
+    acb->cb(acb->opaque, acb->a.ret);
+    g_free(acb);
+}
+
+static void coroutine_fn bdrv_aio_entry(void *opaque)
+{
+    AioArgs *acb = opaque;
+
+    acb->a.bs->in_flight++;
+    bdrv_sync_entry(&acb->a);
+    acb->a.bs->in_flight--;
+    acb->done = true;
+    /* Callbacks never run before the submitting function returned. */
+    if (!acb->submitting) {
+        bdrv_aio_complete(acb);
+    }
+}
+
+static void bdrv_aio_submit(AioArgs *acb)
+{
+    acb->submitting = true;
+    qemu_coroutine_enter(qemu_coroutine_create(bdrv_aio_entry, acb));
+    acb->submitting = false;
+    if (acb->done) {
+        aio_bh_schedule_oneshot(qemu_get_aio_context(), bdrv_aio_complete,
+                                acb);
+    }
+}
+
+static AioArgs *bdrv_aio_new(SyncOp op, BlockDriverState *bs, int64_t offset,
+                             int64_t bytes, QEMUIOVector *qiov,
+                             BdrvRequestFlags flags, BlockCompletionFunc *cb,
+                             void *opaque)
+{
+    AioArgs *acb = g_new0(AioArgs, 1);
+    acb->a.op = op;
+    acb->a.bs = bs;
+    acb->a.offset = offset;
+    acb->a.bytes = bytes;
+    acb->a.qiov = qiov;
+    acb->a.flags = flags;
+    acb->cb = cb;
+    acb->opaque = opaque;
+    return acb;
+}
+
+void bdrv_aio_preadv(BlockDriverState *bs, int64_t offset, QEMUIOVector *qiov,
+                     BdrvRequestFlags flags, BlockCompletionFunc *cb,
+                     void *opaque)
+{
+    bdrv_aio_submit(bdrv_aio_new(SYNC_READ, bs, offset, qiov->size, qiov,
+                                 flags, cb, opaque));
+}
+
+void bdrv_aio_pwritev(BlockDriverState *bs, int64_t offset,
+                      QEMUIOVector *qiov, BdrvRequestFlags flags,
+                      BlockCompletionFunc *cb, void *opaque)
+{
+    bdrv_aio_submit(bdrv_aio_new(SYNC_WRITE, bs, offset, qiov->size, qiov,
+                                 flags, cb, opaque));
+}
+
+void bdrv_aio_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                            int64_t bytes, BdrvRequestFlags flags,
+                            BlockCompletionFunc *cb, void *opaque)
+{
+    bdrv_aio_submit(bdrv_aio_new(SYNC_ZEROES, bs, offset, bytes, NULL, flags,
+                                 cb, opaque));
+}
+
+void bdrv_aio_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                       BlockCompletionFunc *cb, void *opaque)
+{
+    bdrv_aio_submit(bdrv_aio_new(SYNC_DISCARD, bs, offset, bytes, NULL, 0,
+                                 cb, opaque));
+}
+
+void bdrv_aio_flush(BlockDriverState *bs, BlockCompletionFunc *cb,
+                    void *opaque)
+{
+    bdrv_aio_submit(bdrv_aio_new(SYNC_FLUSH, bs, 0, 0, NULL, 0, cb, opaque));
+}
+
+/* ---- blkdebug events ---- */
+
+void bdrv_debug_event(BlockDriverState *bs, const char *event)
+{
+    while (bs && bs->drv) {
+        if (bs->drv->bdrv_debug_event) {
+            bs->drv->bdrv_debug_event(bs, event);
+            return;
+        }
+        bs = bs->file;
+    }
+}

@@ -1,0 +1,403 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * blkdebug: a filter for tests that fails requests with a chosen errno when
+ * a named event happens. Events are the requests themselves ("read",
+ * "write", "flush", "zero", "discard", "truncate") and whatever format
+ * drivers announce with BLKDBG_EVENT ("bitmap_update", "journal_write", ...):
+ * a matching rule becomes active and the next request through this node
+ * (the request that raised it, for request events) fails.
+ *
+ * Name: blkdebug:RULES_FILE:IMAGE (RULES_FILE may be empty), or options
+ * config=, image=, and one inline rule with event=, errno=, once=, offset=.
+ *
+ * Rules file (ini style):
+ *   [inject-error]
+ *   event = "write"      # required
+ *   errno = "5"          # default EIO
+ *   once = "on"          # remove the rule after it fired once
+ *   offset = "65536"     # only requests touching this byte
+ */
+#include "block_int.h"
+#include "util/cutils.h"
+
+typedef struct BlkdebugRule {
+    char *event;
+    int error;
+    bool once;
+    int64_t offset;              /* -1: any */
+    bool active;                 /* event seen, waiting for a request */
+} BlkdebugRule;
+
+typedef struct BDRVBlkdebugState {
+    GPtrArray *rules;            /* of BlkdebugRule * */
+} BDRVBlkdebugState;
+
+static const QemuOptDesc blkdebug_open_opts[] = {
+    { "config", QEMU_OPT_STRING, "Path to the rules file" },
+    { "image", QEMU_OPT_STRING, "The image to open below the filter" },
+    { "event", QEMU_OPT_STRING, "Inline rule: event that triggers it" },
+    { "errno", QEMU_OPT_NUMBER, "Inline rule: error to return" },
+    { "once", QEMU_OPT_BOOL, "Inline rule: fire only once" },
+    { "offset", QEMU_OPT_SIZE, "Inline rule: only at this byte offset" },
+    { NULL }
+};
+
+static void blkdebug_rule_free(gpointer p)
+{
+    BlkdebugRule *r = p;
+    g_free(r->event);
+    g_free(r);
+}
+
+static char *blkdebug_unquote(char *v)
+{
+    v = g_strstrip(v);
+    size_t n = strlen(v);
+    if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+        v[n - 1] = '\0';
+        v++;
+    }
+    return v;
+}
+
+static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
+                             const char *err, const char *once,
+                             const char *offset, Error **errp)
+{
+    BlkdebugRule *r;
+    int64_t e = EIO;
+    bool o = false;
+    uint64_t off = 0;
+
+    if (!event || !*event) {
+        error_setg(errp, "blkdebug: rule needs an 'event'");
+        return -EINVAL;
+    }
+    if (err && (qemu_strtoi64(err, NULL, 0, &e) < 0 || e <= 0 ||
+                e > 4095)) {
+        error_setg(errp, "blkdebug: invalid errno '%s'", err);
+        return -EINVAL;
+    }
+    if (once && !qemu_parse_bool(once, &o)) {
+        error_setg(errp, "blkdebug: invalid value for 'once': '%s'", once);
+        return -EINVAL;
+    }
+    if (offset && qemu_strtosz(offset, NULL, &off) < 0) {
+        error_setg(errp, "blkdebug: invalid offset '%s'", offset);
+        return -EINVAL;
+    }
+    r = g_new0(BlkdebugRule, 1);
+    r->event = g_strdup(event);
+    r->error = (int)e;
+    r->once = o;
+    r->offset = offset ? (int64_t)off : -1;
+    g_ptr_array_add(s->rules, r);
+    return 0;
+}
+
+typedef struct RuleText {
+    char *event, *err, *once, *offset;
+} RuleText;
+
+static int blkdebug_flush_section(BDRVBlkdebugState *s, RuleText *t,
+                                  bool in_rule, Error **errp)
+{
+    int ret = 0;
+    if (in_rule) {
+        ret = blkdebug_add_rule(s, t->event, t->err, t->once, t->offset,
+                                errp);
+    }
+    g_free(t->event);
+    g_free(t->err);
+    g_free(t->once);
+    g_free(t->offset);
+    memset(t, 0, sizeof(*t));
+    return ret;
+}
+
+static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
+                                Error **errp)
+{
+    char *text = NULL;
+    GError *gerr = NULL;
+    RuleText t = { 0 };
+    bool in_rule = false;
+    int ret = 0;
+
+    if (!g_file_get_contents(path, &text, NULL, &gerr)) {
+        error_setg(errp, "Could not read blkdebug config file '%s': %s", path,
+                   gerr->message);
+        g_error_free(gerr);
+        return -EINVAL;
+    }
+    char **lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i] && ret == 0; i++) {
+        char *line = g_strstrip(lines[i]);
+        if (!*line || line[0] == '#' || line[0] == ';') {
+            continue;
+        }
+        if (line[0] == '[') {
+            ret = blkdebug_flush_section(s, &t, in_rule, errp);
+            if (!strcmp(line, "[inject-error]")) {
+                in_rule = true;
+            } else {
+                error_setg(errp, "blkdebug: %s:%d: unknown section %s", path,
+                           i + 1, line);
+                ret = -EINVAL;
+            }
+            continue;
+        }
+        char *eq = strchr(line, '=');
+        if (!eq || !in_rule) {
+            error_setg(errp, "blkdebug: %s:%d: expected 'key = value' in an "
+                       "[inject-error] section", path, i + 1);
+            ret = -EINVAL;
+            break;
+        }
+        *eq = '\0';
+        char *key = g_strstrip(line);
+        char *val = blkdebug_unquote(eq + 1);
+        char **slot = !strcmp(key, "event") ? &t.event :
+                      !strcmp(key, "errno") ? &t.err :
+                      !strcmp(key, "once") ? &t.once :
+                      !strcmp(key, "offset") ? &t.offset : NULL;
+        if (!slot) {
+            error_setg(errp, "blkdebug: %s:%d: unknown key '%s'", path, i + 1,
+                       key);
+            ret = -EINVAL;
+            break;
+        }
+        g_free(*slot);
+        *slot = g_strdup(val);
+    }
+    if (ret == 0) {
+        ret = blkdebug_flush_section(s, &t, in_rule, errp);
+    } else {
+        blkdebug_flush_section(s, &t, false, NULL);
+    }
+    g_strfreev(lines);
+    g_free(text);
+    return ret;
+}
+
+static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
+                                      int flags, Error **errp)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+    const char *config = qemu_opt_get(options, "config");
+    const char *image = qemu_opt_get(options, "image");
+    char *cfg_from_name = NULL;
+    const char *rest;
+    int ret;
+
+    s->rules = g_ptr_array_new_with_free_func(blkdebug_rule_free);
+    if (strstart(bs->filename, "blkdebug:", &rest)) {
+        const char *colon = strchr(rest, ':');
+        if (!colon) {
+            error_setg(errp, "blkdebug: expected blkdebug:RULES:IMAGE");
+            ret = -EINVAL;
+            goto fail;
+        }
+        cfg_from_name = g_strndup(rest, colon - rest);
+        if (!config && *cfg_from_name) {
+            config = cfg_from_name;
+        }
+        if (!image) {
+            image = colon + 1;
+        }
+    } else if (!image) {
+        image = bs->filename;
+    }
+    if (!image || !*image) {
+        error_setg(errp, "blkdebug: no image given");
+        ret = -EINVAL;
+        goto fail;
+    }
+    if (config) {
+        ret = blkdebug_read_config(s, config, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    if (qemu_opt_has(options, "event")) {
+        ret = blkdebug_add_rule(s, qemu_opt_get(options, "event"),
+                                qemu_opt_get(options, "errno"),
+                                qemu_opt_get(options, "once"),
+                                qemu_opt_get(options, "offset"), errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    bs->file = bdrv_open_child(image, NULL, NULL, flags, false, errp);
+    if (!bs->file) {
+        ret = -EINVAL;
+        goto fail;
+    }
+    g_free(cfg_from_name);
+    return 0;
+
+fail:
+    g_free(cfg_from_name);
+    g_ptr_array_free(s->rules, TRUE);
+    s->rules = NULL;
+    return ret;
+}
+
+static void coroutine_fn blkdebug_close(BlockDriverState *bs)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+    if (s->rules) {
+        g_ptr_array_free(s->rules, TRUE);
+    }
+}
+
+static void blkdebug_debug_event(BlockDriverState *bs, const char *event)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+    for (guint i = 0; i < s->rules->len; i++) {
+        BlkdebugRule *r = g_ptr_array_index(s->rules, i);
+        if (!strcmp(r->event, event)) {
+            r->active = true;
+        }
+    }
+}
+
+/*
+ * Announce the request's own event, then fail it if an active rule matches
+ * its range. Returns 0 or -errno.
+ */
+static int blkdebug_check(BlockDriverState *bs, const char *event,
+                          int64_t offset, int64_t bytes)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+
+    blkdebug_debug_event(bs, event);
+    for (guint i = 0; i < s->rules->len; i++) {
+        BlkdebugRule *r = g_ptr_array_index(s->rules, i);
+        if (!r->active) {
+            continue;
+        }
+        if (r->offset >= 0 && bytes >= 0 &&
+            (r->offset < offset || r->offset >= offset + MAX(bytes, 1))) {
+            continue;
+        }
+        int err = r->error;
+        if (r->once) {
+            g_ptr_array_remove_index(s->rules, i);
+        } else if (strcmp(r->event, event)) {
+            /* Format events arm one failure per announcement. */
+            r->active = false;
+        }
+        return -err;
+    }
+    /* Request events that did not match stay armed only for themselves. */
+    for (guint i = 0; i < s->rules->len; i++) {
+        BlkdebugRule *r = g_ptr_array_index(s->rules, i);
+        if (!strcmp(r->event, event)) {
+            r->active = false;
+        }
+    }
+    return 0;
+}
+
+static int coroutine_fn blkdebug_co_preadv(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
+{
+    int ret = blkdebug_check(bs, "read", offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_preadv_part(bs->file, offset, bytes, qiov, qiov_offset,
+                               flags);
+}
+
+static int coroutine_fn blkdebug_co_pwritev(BlockDriverState *bs,
+                                            int64_t offset, int64_t bytes,
+                                            QEMUIOVector *qiov,
+                                            size_t qiov_offset,
+                                            BdrvRequestFlags flags)
+{
+    int ret = blkdebug_check(bs, "write", offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pwritev_part(bs->file, offset, bytes, qiov, qiov_offset,
+                                flags);
+}
+
+static int coroutine_fn blkdebug_co_pwrite_zeroes(BlockDriverState *bs,
+                                                  int64_t offset,
+                                                  int64_t bytes,
+                                                  BdrvRequestFlags flags)
+{
+    int ret = blkdebug_check(bs, "zero", offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+}
+
+static int coroutine_fn blkdebug_co_pdiscard(BlockDriverState *bs,
+                                             int64_t offset, int64_t bytes)
+{
+    int ret = blkdebug_check(bs, "discard", offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pdiscard(bs->file, offset, bytes);
+}
+
+static int coroutine_fn blkdebug_co_flush(BlockDriverState *bs)
+{
+    return blkdebug_check(bs, "flush", 0, -1);
+}
+
+static int coroutine_fn blkdebug_co_truncate(BlockDriverState *bs,
+                                             int64_t offset, bool exact,
+                                             PreallocMode prealloc,
+                                             Error **errp)
+{
+    int ret = blkdebug_check(bs, "truncate", offset, -1);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "blkdebug: injected error");
+        return ret;
+    }
+    return bdrv_co_truncate(bs->file, offset, exact, prealloc, errp);
+}
+
+static int64_t blkdebug_getlength(BlockDriverState *bs)
+{
+    return bdrv_getlength(bs->file);
+}
+
+static BlockDriver bdrv_blkdebug = {
+    .format_name            = "blkdebug",
+    .protocol_name          = "blkdebug",
+    .instance_size          = sizeof(BDRVBlkdebugState),
+    .is_filter              = true,
+    .open_opts              = blkdebug_open_opts,
+
+    .bdrv_open              = blkdebug_open,
+    .bdrv_close             = blkdebug_close,
+
+    .bdrv_co_preadv         = blkdebug_co_preadv,
+    .bdrv_co_pwritev        = blkdebug_co_pwritev,
+    .bdrv_co_pwrite_zeroes  = blkdebug_co_pwrite_zeroes,
+    .bdrv_co_pdiscard       = blkdebug_co_pdiscard,
+    .bdrv_co_flush          = blkdebug_co_flush,
+    .bdrv_co_truncate       = blkdebug_co_truncate,
+    .bdrv_getlength         = blkdebug_getlength,
+
+    .bdrv_debug_event       = blkdebug_debug_event,
+
+    .supported_write_flags  = BDRV_REQ_FUA,
+    .supported_zero_flags   = BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA,
+};
+
+void bdrv_blkdebug_init(void)
+{
+    bdrv_register(&bdrv_blkdebug);
+}

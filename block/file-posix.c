@@ -1,0 +1,670 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The "file" protocol: regular files and block devices. Data goes through
+ * preadv/pwritev on the thread pool, or Linux native AIO with aio=native;
+ * zeroes and discard use fallocate; block status uses SEEK_DATA/SEEK_HOLE.
+ */
+#include "block_int.h"
+#include "util/cutils.h"
+#include "util/thread-pool.h"
+#ifdef CONFIG_LINUX_AIO
+#include "util/linux-aio.h"
+#endif
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+
+typedef struct BDRVFileState {
+    int fd;
+    bool is_blockdev;
+    bool use_aio;               /* Linux native AIO */
+    bool has_discard;
+    bool has_write_zeroes;
+    bool has_fallocate;
+    bool o_direct;
+#ifdef CONFIG_LINUX_AIO
+    LinuxAioState *aio;
+#endif
+} BDRVFileState;
+
+static const QemuOptDesc file_create_opts[] = {
+    { "size", QEMU_OPT_SIZE, "Virtual disk size" },
+    { "preallocation", QEMU_OPT_STRING,
+      "Preallocation mode (allowed values: off, falloc, full)" },
+    { NULL }
+};
+
+static const QemuOptDesc file_open_opts[] = {
+    { "aio", QEMU_OPT_STRING, "host AIO implementation (threads, native)" },
+    { NULL }
+};
+
+static const char *file_strip_prefix(const char *filename)
+{
+    const char *rest;
+    return strstart(filename, "file:", &rest) ? rest : filename;
+}
+
+/* ---- blocking work, run on the thread pool ---- */
+
+typedef struct FileJob {
+    int fd;
+    int type;                   /* FILE_JOB_* */
+    int64_t offset, bytes;
+    struct iovec *iov;
+    int niov;
+    int mode;                   /* fallocate mode */
+} FileJob;
+
+enum { FILE_JOB_READ, FILE_JOB_WRITE, FILE_JOB_FLUSH, FILE_JOB_FALLOCATE,
+       FILE_JOB_DISCARD_BLKDEV, FILE_JOB_TRUNCATE };
+
+/* Transfer the whole vector, retrying short transfers; reads past EOF
+ * zero-fill. */
+static int file_job_rw(FileJob *job)
+{
+    int64_t done = 0;
+    struct iovec local[64];
+    struct iovec *iov = job->iov;
+    int niov = job->niov;
+
+    while (done < job->bytes) {
+        /* Build the iov for the remaining part. */
+        size_t skip = done;
+        int first = 0;
+        while (first < niov && skip >= iov[first].iov_len) {
+            skip -= iov[first].iov_len;
+            first++;
+        }
+        int cnt = MIN(niov - first, (int)ARRAY_SIZE(local));
+        memcpy(local, iov + first, cnt * sizeof(struct iovec));
+        local[0].iov_base = (char *)local[0].iov_base + skip;
+        local[0].iov_len -= skip;
+        ssize_t n;
+        do {
+            n = job->type == FILE_JOB_READ
+                ? preadv(job->fd, local, cnt, job->offset + done)
+                : pwritev(job->fd, local, cnt, job->offset + done);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            return -errno;
+        }
+        if (n == 0) {
+            if (job->type == FILE_JOB_WRITE) {
+                return -EIO;
+            }
+            iov_memset(iov, niov, done, 0, job->bytes - done);
+            return 0;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+static int file_job_run(void *opaque)
+{
+    FileJob *job = opaque;
+    int ret;
+
+    switch (job->type) {
+    case FILE_JOB_READ:
+    case FILE_JOB_WRITE:
+        return file_job_rw(job);
+    case FILE_JOB_FLUSH:
+        ret = qemu_fdatasync(job->fd);
+        return ret < 0 ? -errno : 0;
+    case FILE_JOB_FALLOCATE:
+        do {
+            ret = fallocate(job->fd, job->mode, job->offset, job->bytes);
+        } while (ret < 0 && errno == EINTR);
+        if (ret < 0) {
+            return (errno == EOPNOTSUPP || errno == ENOSYS) ? -ENOTSUP
+                                                            : -errno;
+        }
+        return 0;
+    case FILE_JOB_DISCARD_BLKDEV: {
+        uint64_t range[2] = { job->offset, job->bytes };
+        return ioctl(job->fd, BLKDISCARD, range) < 0 ? -ENOTSUP : 0;
+    }
+    case FILE_JOB_TRUNCATE:
+        return ftruncate(job->fd, job->offset) < 0 ? -errno : 0;
+    }
+    return -EINVAL;
+}
+
+static int coroutine_fn file_submit(FileJob *job)
+{
+    return thread_pool_submit_co(file_job_run, job);
+}
+
+/* ---- open / close ---- */
+
+/* Find the smallest request size O_DIRECT accepts on this file. */
+static void file_probe_alignment(BlockDriverState *bs, BDRVFileState *s)
+{
+    uint32_t align = 0;
+    unsigned int sector;
+    void *buf;
+
+    if (s->is_blockdev && ioctl(s->fd, BLKSSZGET, &sector) == 0) {
+        align = sector;
+    }
+    if (!align) {
+        buf = qemu_memalign(4096, 2 * 4096);
+        for (uint32_t a = 512; a <= 4096; a <<= 1) {
+            if (pread(s->fd, buf, a, 0) >= 0) {
+                align = a;
+                break;
+            }
+        }
+        qemu_vfree(buf);
+    }
+    bs->bl.request_alignment = align ? align : 4096;
+    bs->bl.min_mem_alignment = MAX(bs->bl.request_alignment, 512);
+}
+
+static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
+                                  int flags, Error **errp)
+{
+    BDRVFileState *s = bs->opaque;
+    const char *filename = file_strip_prefix(bs->filename);
+    const char *aio = qemu_opt_get(options, "aio");
+    int oflags = O_CLOEXEC;
+    struct stat st;
+
+    if (aio) {
+        if (bdrv_parse_aio(aio, &flags) < 0) {
+            error_setg(errp, "Invalid aio option '%s'", aio);
+            return -EINVAL;
+        }
+        bs->open_flags = flags;
+    }
+    oflags |= (flags & BDRV_O_RDWR) ? O_RDWR : O_RDONLY;
+    if (flags & BDRV_O_NOCACHE) {
+        oflags |= O_DIRECT;
+        s->o_direct = true;
+    }
+    if ((flags & BDRV_O_NATIVE_AIO) && !(flags & BDRV_O_NOCACHE)) {
+        error_setg(errp, "aio=native was specified, but it requires "
+                   "cache.direct=on, which was not specified.");
+        return -EINVAL;
+    }
+    s->fd = open(filename, oflags);
+    if (s->fd < 0) {
+        int err = errno;
+        if (err == EINVAL && (oflags & O_DIRECT)) {
+            error_setg(errp, "Could not open '%s': file system does not "
+                       "support O_DIRECT (cache=none)", filename);
+        } else {
+            error_setg_errno(errp, err, "Could not open '%s'", filename);
+        }
+        return -err;
+    }
+    if (fstat(s->fd, &st) < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not stat '%s'", filename);
+        close(s->fd);
+        return -err;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        error_setg(errp, "Could not open '%s': Is a directory", filename);
+        close(s->fd);
+        return -EISDIR;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        error_setg(errp, "'%s' is not a regular file or block device",
+                   filename);
+        close(s->fd);
+        return -EINVAL;
+    }
+    s->is_blockdev = S_ISBLK(st.st_mode);
+    s->has_discard = true;
+    s->has_write_zeroes = true;
+    s->has_fallocate = true;
+    if (flags & BDRV_O_NATIVE_AIO) {
+#ifdef CONFIG_LINUX_AIO
+        s->aio = laio_init(errp);
+        if (!s->aio) {
+            close(s->fd);
+            return -EINVAL;
+        }
+        s->use_aio = true;
+#else
+        error_setg(errp, "aio=native is not supported by this build");
+        close(s->fd);
+        return -ENOTSUP;
+#endif
+    }
+    return 0;
+}
+
+static void file_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    BDRVFileState *s = bs->opaque;
+
+    bs->bl.request_alignment = 1;
+    bs->bl.min_mem_alignment = 1;
+    if (s->o_direct) {
+        file_probe_alignment(bs, s);
+    }
+    bs->bl.max_transfer = 1 * GiB;
+}
+
+static void coroutine_fn file_close(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+
+#ifdef CONFIG_LINUX_AIO
+    if (s->aio) {
+        laio_cleanup(s->aio);
+        s->aio = NULL;
+    }
+#endif
+    if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
+}
+
+/* ---- I/O ---- */
+
+static bool file_qiov_aligned(BlockDriverState *bs, QEMUIOVector *qiov,
+                              size_t qiov_offset, int64_t bytes)
+{
+    size_t align = bs->bl.min_mem_alignment;
+    size_t pos = 0;
+
+    if (align <= 1) {
+        return true;
+    }
+    for (int i = 0; i < qiov->niov; i++) {
+        size_t len = qiov->iov[i].iov_len;
+        if (pos + len > qiov_offset && pos < qiov_offset + bytes) {
+            size_t start = MAX(pos, qiov_offset) - pos;
+            size_t end = MIN(pos + len, qiov_offset + bytes) - pos;
+            if (((uintptr_t)qiov->iov[i].iov_base + start) % align ||
+                (end - start) % align) {
+                return false;
+            }
+        }
+        pos += len;
+    }
+    return true;
+}
+
+static int coroutine_fn file_co_rw(BlockDriverState *bs, int64_t offset,
+                                   int64_t bytes, QEMUIOVector *qiov,
+                                   size_t qiov_offset, bool is_write)
+{
+    BDRVFileState *s = bs->opaque;
+    QEMUIOVector sub;
+    void *bounce = NULL;
+    int ret;
+
+    /* O_DIRECT needs aligned memory: bounce misaligned vectors. */
+    if (s->o_direct && !file_qiov_aligned(bs, qiov, qiov_offset, bytes)) {
+        bounce = qemu_memalign(bs->bl.min_mem_alignment, bytes);
+        if (is_write) {
+            qemu_iovec_to_buf(qiov, qiov_offset, bounce, bytes);
+        }
+        qemu_iovec_init_buf(&sub, bounce, bytes);
+    } else if (qiov_offset == 0 && qiov->size == (size_t)bytes) {
+        sub = *qiov;
+        sub.nalloc = 0;         /* borrowed: never freed */
+        if (qiov->nalloc == -1) {
+            sub.iov = &sub.local_iov;
+        }
+    } else {
+        qemu_iovec_init_slice(&sub, qiov, qiov_offset, bytes);
+    }
+
+#ifdef CONFIG_LINUX_AIO
+    if (s->use_aio) {
+        ret = laio_co_submit(s->aio, s->fd, offset, &sub,
+                             is_write ? QEMU_AIO_WRITE : QEMU_AIO_READ);
+    } else
+#endif
+    {
+        FileJob job = {
+            .fd = s->fd, .type = is_write ? FILE_JOB_WRITE : FILE_JOB_READ,
+            .offset = offset, .bytes = bytes, .iov = sub.iov,
+            .niov = sub.niov,
+        };
+        ret = file_submit(&job);
+    }
+
+    if (bounce) {
+        if (!is_write && ret >= 0) {
+            qemu_iovec_from_buf(qiov, qiov_offset, bounce, bytes);
+        }
+        qemu_vfree(bounce);
+    } else if (sub.nalloc > 0) {
+        qemu_iovec_destroy(&sub);
+    }
+    return ret;
+}
+
+static int coroutine_fn file_co_preadv(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, QEMUIOVector *qiov,
+                                       size_t qiov_offset,
+                                       BdrvRequestFlags flags)
+{
+    return file_co_rw(bs, offset, bytes, qiov, qiov_offset, false);
+}
+
+static int coroutine_fn file_co_pwritev(BlockDriverState *bs, int64_t offset,
+                                        int64_t bytes, QEMUIOVector *qiov,
+                                        size_t qiov_offset,
+                                        BdrvRequestFlags flags)
+{
+    return file_co_rw(bs, offset, bytes, qiov, qiov_offset, true);
+}
+
+static int coroutine_fn file_co_pwrite_zeroes(BlockDriverState *bs,
+                                              int64_t offset, int64_t bytes,
+                                              BdrvRequestFlags flags)
+{
+    BDRVFileState *s = bs->opaque;
+    FileJob job = { .fd = s->fd, .type = FILE_JOB_FALLOCATE,
+                    .offset = offset, .bytes = bytes };
+    int ret;
+
+    if (s->is_blockdev) {
+        return -ENOTSUP;
+    }
+    if ((flags & BDRV_REQ_MAY_UNMAP) && s->has_discard) {
+        job.mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+        ret = file_submit(&job);
+        if (ret == 0) {
+            /* A hole past EOF does not extend the file: do it now. */
+            int64_t len = bdrv_getlength(bs);
+            if (len >= 0 && offset + bytes > len) {
+                FileJob t = { .fd = s->fd, .type = FILE_JOB_TRUNCATE,
+                              .offset = offset + bytes };
+                ret = file_submit(&t);
+            }
+            return ret;
+        }
+        if (ret != -ENOTSUP) {
+            return ret;
+        }
+        s->has_discard = false;
+    }
+    if (s->has_write_zeroes) {
+        job.mode = FALLOC_FL_ZERO_RANGE;
+        ret = file_submit(&job);
+        if (ret != -ENOTSUP) {
+            return ret;
+        }
+        s->has_write_zeroes = false;
+    }
+    return -ENOTSUP;
+}
+
+static int coroutine_fn file_co_pdiscard(BlockDriverState *bs, int64_t offset,
+                                         int64_t bytes)
+{
+    BDRVFileState *s = bs->opaque;
+    FileJob job = { .fd = s->fd, .offset = offset, .bytes = bytes };
+    int ret;
+
+    if (!s->has_discard) {
+        return -ENOTSUP;
+    }
+    if (s->is_blockdev) {
+        job.type = FILE_JOB_DISCARD_BLKDEV;
+    } else {
+        job.type = FILE_JOB_FALLOCATE;
+        job.mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    }
+    ret = file_submit(&job);
+    if (ret == -ENOTSUP) {
+        s->has_discard = false;
+    }
+    return ret;
+}
+
+static int coroutine_fn file_co_flush_to_disk(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+    FileJob job = { .fd = s->fd, .type = FILE_JOB_FLUSH };
+    return file_submit(&job);
+}
+
+static int coroutine_fn file_co_block_status(BlockDriverState *bs,
+                                             bool want_zero, int64_t offset,
+                                             int64_t bytes, int64_t *pnum,
+                                             int64_t *map,
+                                             BlockDriverState **file)
+{
+    BDRVFileState *s = bs->opaque;
+    int64_t align = bs->bl.request_alignment;
+    off_t data, hole;
+    int ret;
+
+    *map = offset;
+    *file = bs;
+    if (!want_zero || s->is_blockdev) {
+        *pnum = bytes;
+        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    }
+    data = lseek(s->fd, offset, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) {
+            /* Only a hole up to the end of the file. */
+            *pnum = bytes;
+            return BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID;
+        }
+        *pnum = bytes;
+        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    }
+    if (data > offset) {
+        *pnum = MIN(bytes, data - offset);
+        ret = BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID;
+    } else {
+        hole = lseek(s->fd, offset, SEEK_HOLE);
+        if (hole < 0 || hole <= offset) {
+            *pnum = bytes;
+        } else {
+            *pnum = MIN(bytes, hole - offset);
+        }
+        ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    }
+    /* Keep answers aligned for O_DIRECT users; round data up. */
+    if (align > 1 && *pnum < bytes) {
+        int64_t end = QEMU_ALIGN_UP(offset + *pnum, align);
+        *pnum = MIN(bytes, MAX(end - offset, align));
+        ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    }
+    return ret;
+}
+
+static int64_t file_getlength(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+    struct stat st;
+
+    if (s->is_blockdev) {
+        uint64_t size;
+        if (ioctl(s->fd, BLKGETSIZE64, &size) < 0) {
+            return -errno;
+        }
+        return size;
+    }
+    if (fstat(s->fd, &st) < 0) {
+        return -errno;
+    }
+    return st.st_size;
+}
+
+static int64_t file_get_allocated_file_size(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+    struct stat st;
+
+    if (fstat(s->fd, &st) < 0) {
+        return -errno;
+    }
+    return (int64_t)st.st_blocks * 512;
+}
+
+/* Grow with the preallocation mode; the new area reads as zeroes. */
+static int coroutine_fn file_prealloc(int fd, int64_t old, int64_t size,
+                                      PreallocMode prealloc, Error **errp)
+{
+    int ret;
+
+    if (prealloc == PREALLOC_MODE_FALLOC) {
+        FileJob job = { .fd = fd, .type = FILE_JOB_FALLOCATE, .mode = 0,
+                        .offset = old, .bytes = size - old };
+        ret = file_submit(&job);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not preallocate new data");
+        }
+        return ret;
+    }
+    if (prealloc == PREALLOC_MODE_FULL) {
+        int64_t chunk = 1 * MiB;
+        void *buf = g_malloc0(chunk);
+        ret = 0;
+        for (int64_t off = old; off < size && ret >= 0; off += chunk) {
+            struct iovec iov = { buf, MIN(chunk, size - off) };
+            FileJob job = { .fd = fd, .type = FILE_JOB_WRITE, .offset = off,
+                            .bytes = iov.iov_len, .iov = &iov, .niov = 1 };
+            ret = file_submit(&job);
+        }
+        g_free(buf);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not write zeros for "
+                             "preallocation");
+        }
+        return ret;
+    }
+    FileJob job = { .fd = fd, .type = FILE_JOB_TRUNCATE, .offset = size };
+    ret = file_submit(&job);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not resize file");
+    }
+    return ret;
+}
+
+static int coroutine_fn file_co_truncate(BlockDriverState *bs, int64_t offset,
+                                         bool exact, PreallocMode prealloc,
+                                         Error **errp)
+{
+    BDRVFileState *s = bs->opaque;
+    int64_t cur = file_getlength(bs);
+
+    if (cur < 0) {
+        error_setg_errno(errp, (int)-cur, "Could not get the file size");
+        return (int)cur;
+    }
+    if (s->is_blockdev) {
+        if (offset > cur || (exact && offset != cur)) {
+            error_setg(errp, "Cannot grow device files");
+            return -EINVAL;
+        }
+        return 0;
+    }
+    if (prealloc != PREALLOC_MODE_OFF && prealloc != PREALLOC_MODE_FALLOC &&
+        prealloc != PREALLOC_MODE_FULL) {
+        error_setg(errp, "Unsupported preallocation mode '%s'",
+                   qemu_prealloc_name(prealloc));
+        return -ENOTSUP;
+    }
+    /* Regular files always take the requested size, as in QEMU. */
+    if (offset <= cur || prealloc == PREALLOC_MODE_OFF) {
+        FileJob job = { .fd = s->fd, .type = FILE_JOB_TRUNCATE,
+                        .offset = offset };
+        int ret = file_submit(&job);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to resize the file");
+        }
+        return ret;
+    }
+    return file_prealloc(s->fd, cur, offset, prealloc, errp);
+}
+
+static bool file_has_zero_init(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+    return !s->is_blockdev;
+}
+
+static int coroutine_fn file_create(const char *filename, QemuOpts *opts,
+                                    Error **errp)
+{
+    const char *path = file_strip_prefix(filename);
+    uint64_t size = qemu_opt_get_size(opts, "size", 0);
+    const char *prealloc_str = qemu_opt_get(opts, "preallocation");
+    PreallocMode prealloc = PREALLOC_MODE_OFF;
+    int fd, ret;
+
+    if (prealloc_str && (qemu_prealloc_parse(prealloc_str, &prealloc) < 0 ||
+                         prealloc == PREALLOC_MODE_METADATA)) {
+        error_setg(errp, "Invalid preallocation mode: '%s'", prealloc_str);
+        return -EINVAL;
+    }
+    if (size > INT64_MAX) {
+        error_setg(errp, "Image size is too large");
+        return -EFBIG;
+    }
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not create '%s'", path);
+        return ret;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && ftruncate(fd, 0) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not clear '%s'", path);
+        close(fd);
+        return ret;
+    }
+    if (S_ISREG(st.st_mode)) {
+        ret = file_prealloc(fd, 0, size, prealloc, errp);
+    } else {
+        ret = 0;
+    }
+    if (ret >= 0 && qemu_fdatasync(fd) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not flush '%s'", path);
+    }
+    if (close(fd) < 0 && ret >= 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not close '%s'", path);
+    }
+    return ret;
+}
+
+static BlockDriver bdrv_file = {
+    .format_name            = "file",
+    .protocol_name          = "file",
+    .instance_size          = sizeof(BDRVFileState),
+    .create_opts            = file_create_opts,
+    .open_opts              = file_open_opts,
+
+    .bdrv_open              = file_open,
+    .bdrv_close             = file_close,
+    .bdrv_refresh_limits    = file_refresh_limits,
+    .bdrv_create            = file_create,
+
+    .bdrv_co_preadv         = file_co_preadv,
+    .bdrv_co_pwritev        = file_co_pwritev,
+    .bdrv_co_pwrite_zeroes  = file_co_pwrite_zeroes,
+    .bdrv_co_pdiscard       = file_co_pdiscard,
+    .bdrv_co_flush_to_disk  = file_co_flush_to_disk,
+    .bdrv_co_block_status   = file_co_block_status,
+    .bdrv_co_truncate       = file_co_truncate,
+    .bdrv_getlength         = file_getlength,
+    .bdrv_get_allocated_file_size = file_get_allocated_file_size,
+    .bdrv_has_zero_init     = file_has_zero_init,
+
+    .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
+};
+
+void bdrv_file_init(void)
+{
+    bdrv_register(&bdrv_file);
+}

@@ -1,0 +1,829 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The request layer between callers and drivers: bounds checks, alignment
+ * (read-modify-write of unaligned edges), request tracking and serialisation,
+ * splitting at max_transfer, copy-on-read, zero-write and discard fallbacks,
+ * flush ordering and block status. Every promise made to drivers in
+ * block_int.h is asserted here before the driver is called.
+ */
+#include "block_int.h"
+#include "util/aio.h"
+
+#define ZERO_BOUNCE_MAX (1 * MiB)
+
+/* ---- request tracking ---- */
+
+static void tracked_request_begin(BdrvTrackedRequest *req,
+                                  BlockDriverState *bs, int64_t offset,
+                                  int64_t bytes, bool is_write)
+{
+    *req = (BdrvTrackedRequest) {
+        .bs = bs, .offset = offset, .bytes = bytes, .is_write = is_write,
+        .overlap_offset = offset, .overlap_bytes = bytes,
+        .co = qemu_coroutine_self(),
+    };
+    qemu_co_queue_init(&req->wait_queue);
+    req->next = bs->tracked_requests;
+    if (req->next) {
+        req->next->prev = req;
+    }
+    bs->tracked_requests = req;
+}
+
+static void tracked_request_end(BdrvTrackedRequest *req)
+{
+    BlockDriverState *bs = req->bs;
+
+    if (req->serialising) {
+        bs->serialising_in_flight--;
+    }
+    if (req->prev) {
+        req->prev->next = req->next;
+    } else {
+        bs->tracked_requests = req->next;
+    }
+    if (req->next) {
+        req->next->prev = req->prev;
+    }
+    qemu_co_queue_restart_all(&req->wait_queue);
+}
+
+/* Widen the overlap range to align and make the request exclusive. */
+static void tracked_request_serialise(BdrvTrackedRequest *req, uint64_t align)
+{
+    int64_t start = QEMU_ALIGN_DOWN(req->offset, (int64_t)align);
+    int64_t end = QEMU_ALIGN_UP(req->offset + req->bytes, (int64_t)align);
+
+    start = MIN(start, req->overlap_offset);
+    end = MAX(end, req->overlap_offset + req->overlap_bytes);
+    req->overlap_offset = start;
+    req->overlap_bytes = end - start;
+    if (!req->serialising) {
+        req->serialising = true;
+        req->bs->serialising_in_flight++;
+    }
+}
+
+static bool tracked_request_overlaps(BdrvTrackedRequest *req, int64_t offset,
+                                     int64_t bytes)
+{
+    return offset < req->overlap_offset + req->overlap_bytes &&
+           req->overlap_offset < offset + bytes;
+}
+
+/*
+ * Wait until no overlapping request conflicts with req: serialising requests
+ * conflict with every overlapping request, others only with serialising ones.
+ */
+static void coroutine_fn wait_serialising_requests(BdrvTrackedRequest *self)
+{
+    BlockDriverState *bs = self->bs;
+    bool retry;
+
+    if (!bs->serialising_in_flight) {
+        return;
+    }
+    do {
+        retry = false;
+        for (BdrvTrackedRequest *req = bs->tracked_requests; req;
+             req = req->next) {
+            if (req == self || (!req->serialising && !self->serialising)) {
+                continue;
+            }
+            if (!tracked_request_overlaps(req, self->overlap_offset,
+                                          self->overlap_bytes)) {
+                continue;
+            }
+            /* Waiting on ourselves would deadlock forever. */
+            assert(qemu_coroutine_self() != req->co);
+            /* A request already waiting (for us or others) goes after us. */
+            if (req->waiting_for) {
+                continue;
+            }
+            self->waiting_for = req;
+            qemu_co_queue_wait(&req->wait_queue, NULL);
+            self->waiting_for = NULL;
+            retry = true;
+            break;
+        }
+    } while (retry);
+}
+
+/* ---- checks ---- */
+
+static int bdrv_check_request(BlockDriverState *bs, int64_t offset,
+                              int64_t bytes)
+{
+    if (!bs->drv) {
+        return -ENOMEDIUM;
+    }
+    if (offset < 0 || bytes < 0 || offset > INT64_MAX - bytes) {
+        return -EIO;
+    }
+    if (bs->is_root && bs->total_bytes >= 0 &&
+        offset + bytes > bs->total_bytes) {
+        return -EIO;
+    }
+    return 0;
+}
+
+static int64_t bdrv_max_transfer(BlockDriverState *bs)
+{
+    int64_t max = bs->bl.max_transfer ? (int64_t)bs->bl.max_transfer
+                                      : (int64_t)(1 * GiB);
+    return QEMU_ALIGN_DOWN(MIN(max, (int64_t)(1 * GiB)),
+                           (int64_t)bs->bl.request_alignment);
+}
+
+/* ---- reads ---- */
+
+/* Aligned read of [offset, offset+bytes), split at max_transfer. */
+static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           size_t qiov_offset)
+{
+    BlockDriver *drv = bs->drv;
+    int64_t max = bdrv_max_transfer(bs);
+
+    assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
+    assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
+    assert(qiov_offset + bytes <= qiov->size);
+    if (!drv->bdrv_co_preadv) {
+        return -ENOTSUP;
+    }
+    while (bytes > 0) {
+        int64_t n = MIN(bytes, max);
+        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset, 0);
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    return 0;
+}
+
+static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
+                                            int64_t offset, int64_t bytes,
+                                            QEMUIOVector *qiov,
+                                            size_t qiov_offset,
+                                            BdrvRequestFlags flags);
+
+/*
+ * Copy-on-read: for the parts of the range that bs does not hold itself,
+ * read through the backing chain and write the data into bs.
+ */
+static int coroutine_fn bdrv_co_do_copy_on_readv(BlockDriverState *bs,
+                                                 int64_t offset,
+                                                 int64_t bytes,
+                                                 QEMUIOVector *qiov,
+                                                 size_t qiov_offset)
+{
+    while (bytes > 0) {
+        int64_t pnum;
+        int ret = bdrv_co_block_status(bs, offset, bytes, &pnum, NULL, NULL);
+        if (ret < 0) {
+            return ret;
+        }
+        if (pnum <= 0) {
+            pnum = bytes;
+        }
+        pnum = MIN(pnum, bytes);
+        if (!(ret & BDRV_BLOCK_ALLOCATED)) {
+            /* Align the copied range to the request alignment. */
+            int64_t align = bs->bl.request_alignment;
+            int64_t end = QEMU_ALIGN_UP(offset + pnum, align);
+            pnum = end - offset;
+            pnum = MIN(pnum, bytes);
+            ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset);
+            if (ret < 0) {
+                return ret;
+            }
+            if (!bs->read_only) {
+                ret = bdrv_driver_pwritev(bs, offset, pnum, qiov, qiov_offset,
+                                          0);
+                if (ret < 0) {
+                    return ret;
+                }
+            }
+        } else {
+            ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        offset += pnum;
+        bytes -= pnum;
+        qiov_offset += pnum;
+    }
+    return 0;
+}
+
+/*
+ * Read an aligned range. Formats read zeroes past the end of the virtual
+ * disk; protocols handle their own end of file.
+ */
+static int coroutine_fn bdrv_aligned_preadv(BlockDriverState *bs,
+                                            int64_t offset, int64_t bytes,
+                                            QEMUIOVector *qiov,
+                                            size_t qiov_offset,
+                                            BdrvRequestFlags flags)
+{
+    int64_t readable = bytes;
+
+    if (!bs->drv->protocol_name && bs->total_bytes >= 0) {
+        int64_t avail = bs->total_bytes - offset;
+        avail = avail < 0 ? 0 :
+            QEMU_ALIGN_UP(avail, (int64_t)bs->bl.request_alignment);
+        readable = MIN(bytes, avail);
+        if (readable < bytes) {
+            qemu_iovec_memset(qiov, qiov_offset + readable, 0,
+                              bytes - readable);
+        }
+    }
+    if (readable == 0) {
+        return 0;
+    }
+    if ((flags & BDRV_REQ_COPY_ON_READ) && bs->backing) {
+        return bdrv_co_do_copy_on_readv(bs, offset, readable, qiov,
+                                        qiov_offset);
+    }
+    return bdrv_driver_preadv(bs, offset, readable, qiov, qiov_offset);
+}
+
+/*
+ * Pad an unaligned request to alignment: returns a new qiov made of a head
+ * bounce buffer, the caller's bytes and a tail bounce buffer.
+ */
+typedef struct BdrvPad {
+    uint8_t *buf;
+    int64_t head, tail;           /* bytes of padding before/after */
+    int64_t offset, bytes;        /* the aligned request */
+    QEMUIOVector qiov;
+} BdrvPad;
+
+static void bdrv_pad_init(BdrvPad *pad, BlockDriverState *bs, int64_t offset,
+                          int64_t bytes, QEMUIOVector *qiov,
+                          size_t qiov_offset)
+{
+    int64_t align = bs->bl.request_alignment;
+
+    pad->head = offset % align;
+    pad->offset = offset - pad->head;
+    pad->bytes = QEMU_ALIGN_UP(offset + bytes, align) - pad->offset;
+    pad->tail = pad->bytes - pad->head - bytes;
+    /* Head and tail each fit in one alignment unit. */
+    pad->buf = qemu_memalign(MAX(bs->bl.min_mem_alignment, 512), 2 * align);
+    qemu_iovec_init(&pad->qiov, (qiov ? qiov->niov : 0) + 2);
+    if (pad->head) {
+        qemu_iovec_add(&pad->qiov, pad->buf, pad->head);
+    }
+    if (qiov) {
+        qemu_iovec_concat(&pad->qiov, qiov, qiov_offset, bytes);
+    }
+    if (pad->tail) {
+        qemu_iovec_add(&pad->qiov, pad->buf + align + (align - pad->tail),
+                       pad->tail);
+    }
+}
+
+static void bdrv_pad_destroy(BdrvPad *pad)
+{
+    qemu_iovec_destroy(&pad->qiov);
+    qemu_vfree(pad->buf);
+}
+
+int coroutine_fn bdrv_co_preadv_part(BlockDriverState *bs, int64_t offset,
+                                     int64_t bytes, QEMUIOVector *qiov,
+                                     size_t qiov_offset,
+                                     BdrvRequestFlags flags)
+{
+    BdrvTrackedRequest req;
+    int64_t align;
+    int ret;
+
+    ret = bdrv_check_request(bs, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    assert(qiov_offset + bytes <= qiov->size);
+    if (bs->is_root && (bs->open_flags & BDRV_O_COPY_ON_READ)) {
+        flags |= BDRV_REQ_COPY_ON_READ;
+    }
+    align = bs->bl.request_alignment;
+    bs->in_flight++;
+    tracked_request_begin(&req, bs, offset, bytes, false);
+    if ((flags & BDRV_REQ_COPY_ON_READ) && bs->backing) {
+        /* Copying writes into the image: exclude concurrent writers. */
+        tracked_request_serialise(&req, align);
+    }
+    wait_serialising_requests(&req);
+
+    if (QEMU_IS_ALIGNED(offset, align) && QEMU_IS_ALIGNED(bytes, align)) {
+        ret = bdrv_aligned_preadv(bs, offset, bytes, qiov, qiov_offset,
+                                  flags);
+    } else {
+        BdrvPad pad;
+        bdrv_pad_init(&pad, bs, offset, bytes, qiov, qiov_offset);
+        ret = bdrv_aligned_preadv(bs, pad.offset, pad.bytes, &pad.qiov, 0,
+                                  flags);
+        bdrv_pad_destroy(&pad);
+    }
+    tracked_request_end(&req);
+    bs->in_flight--;
+    return ret;
+}
+
+int coroutine_fn bdrv_co_preadv(BlockDriverState *bs, int64_t offset,
+                                int64_t bytes, QEMUIOVector *qiov,
+                                BdrvRequestFlags flags)
+{
+    return bdrv_co_preadv_part(bs, offset, bytes, qiov, 0, flags);
+}
+
+int coroutine_fn bdrv_co_pread(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes, void *buf,
+                               BdrvRequestFlags flags)
+{
+    QEMUIOVector qiov;
+    qemu_iovec_init_buf(&qiov, buf, bytes);
+    return bdrv_co_preadv_part(bs, offset, bytes, &qiov, 0, flags);
+}
+
+/* ---- writes ---- */
+
+static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
+                                            int64_t offset, int64_t bytes,
+                                            QEMUIOVector *qiov,
+                                            size_t qiov_offset,
+                                            BdrvRequestFlags flags)
+{
+    BlockDriver *drv = bs->drv;
+    int64_t max = bdrv_max_transfer(bs);
+    BdrvRequestFlags drv_flags = flags & drv->supported_write_flags;
+    bool emulate_fua = (flags & BDRV_REQ_FUA) && !(drv_flags & BDRV_REQ_FUA);
+    int ret = 0;
+
+    assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
+    assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
+    assert(qiov_offset + bytes <= qiov->size);
+    if (!drv->bdrv_co_pwritev) {
+        return -ENOTSUP;
+    }
+    while (bytes > 0) {
+        int64_t n = MIN(bytes, max);
+        ret = drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset,
+                                   drv_flags);
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    if (emulate_fua) {
+        ret = bdrv_co_flush(bs);
+    }
+    return ret;
+}
+
+/* Zero an aligned range: driver's method, else zero-buffer writes. */
+static int coroutine_fn bdrv_driver_pwrite_zeroes(BlockDriverState *bs,
+                                                  int64_t offset,
+                                                  int64_t bytes,
+                                                  BdrvRequestFlags flags)
+{
+    BlockDriver *drv = bs->drv;
+    int ret = -ENOTSUP;
+
+    assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
+    assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
+    if (drv->bdrv_co_pwrite_zeroes) {
+        ret = drv->bdrv_co_pwrite_zeroes(bs, offset, bytes,
+                                         flags & (drv->supported_zero_flags |
+                                                  BDRV_REQ_NO_FALLBACK));
+        if (ret != -ENOTSUP) {
+            if (ret >= 0 && (flags & BDRV_REQ_FUA) &&
+                !(drv->supported_zero_flags & BDRV_REQ_FUA)) {
+                ret = bdrv_co_flush(bs);
+            }
+            return ret;
+        }
+    }
+    if (flags & BDRV_REQ_NO_FALLBACK) {
+        return -ENOTSUP;
+    }
+    int64_t chunk = MIN(bytes, ZERO_BOUNCE_MAX);
+    chunk = MAX(QEMU_ALIGN_DOWN(chunk, (int64_t)bs->bl.request_alignment),
+                (int64_t)bs->bl.request_alignment);
+    void *buf = qemu_memalign(MAX(bs->bl.min_mem_alignment, 512), chunk);
+    memset(buf, 0, chunk);
+    ret = 0;
+    while (bytes > 0 && ret >= 0) {
+        int64_t n = MIN(bytes, chunk);
+        QEMUIOVector qiov;
+        qemu_iovec_init_buf(&qiov, buf, n);
+        ret = bdrv_driver_pwritev(bs, offset, n, &qiov, 0,
+                                  flags & BDRV_REQ_FUA);
+        offset += n;
+        bytes -= n;
+    }
+    qemu_vfree(buf);
+    return ret;
+}
+
+static int coroutine_fn bdrv_aligned_pwritev(BlockDriverState *bs,
+                                             int64_t offset, int64_t bytes,
+                                             QEMUIOVector *qiov,
+                                             size_t qiov_offset,
+                                             BdrvRequestFlags flags)
+{
+    int ret;
+
+    if (flags & BDRV_REQ_ZERO_WRITE) {
+        ret = bdrv_driver_pwrite_zeroes(bs, offset, bytes, flags);
+    } else {
+        ret = bdrv_driver_pwritev(bs, offset, bytes, qiov, qiov_offset,
+                                  flags);
+    }
+    if (ret >= 0 && bs->drv->protocol_name && bs->total_bytes >= 0 &&
+        offset + bytes > bs->total_bytes) {
+        bdrv_refresh_total_bytes(bs);
+    }
+    return ret;
+}
+
+/*
+ * Unaligned write: under serialisation, read the aligned head and tail
+ * blocks, merge the caller's bytes (or zeroes) and write the aligned range.
+ */
+static int coroutine_fn bdrv_co_do_rmw(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, QEMUIOVector *qiov,
+                                       size_t qiov_offset,
+                                       BdrvRequestFlags flags)
+{
+    int64_t align = bs->bl.request_alignment;
+    BdrvPad pad;
+    QEMUIOVector blk;
+    int ret = 0;
+
+    /* Zero writes: the aligned middle goes to the zero path. */
+    if (flags & BDRV_REQ_ZERO_WRITE) {
+        int64_t mid_start = QEMU_ALIGN_UP(offset, align);
+        int64_t mid_end = QEMU_ALIGN_DOWN(offset + bytes, align);
+        if (mid_end > mid_start) {
+            uint8_t *zbuf = g_malloc0(align);
+            QEMUIOVector z;
+            if (mid_start > offset) {
+                qemu_iovec_init_buf(&z, zbuf, mid_start - offset);
+                ret = bdrv_co_do_rmw(bs, offset, mid_start - offset, &z, 0,
+                                     flags & ~BDRV_REQ_ZERO_WRITE);
+            }
+            if (ret >= 0) {
+                ret = bdrv_aligned_pwritev(bs, mid_start,
+                                           mid_end - mid_start, NULL, 0,
+                                           flags);
+            }
+            if (ret >= 0 && offset + bytes > mid_end) {
+                qemu_iovec_init_buf(&z, zbuf, offset + bytes - mid_end);
+                ret = bdrv_co_do_rmw(bs, mid_end, offset + bytes - mid_end,
+                                     &z, 0, flags & ~BDRV_REQ_ZERO_WRITE);
+            }
+            g_free(zbuf);
+            return ret;
+        }
+        /* Small zero write inside one or two blocks: use a zero buffer. */
+        uint8_t *zbuf = g_malloc0(bytes);
+        QEMUIOVector z;
+        qemu_iovec_init_buf(&z, zbuf, bytes);
+        ret = bdrv_co_do_rmw(bs, offset, bytes, &z, 0,
+                             flags & ~BDRV_REQ_ZERO_WRITE);
+        g_free(zbuf);
+        return ret;
+    }
+
+    bdrv_pad_init(&pad, bs, offset, bytes, qiov, qiov_offset);
+    if (pad.head) {
+        qemu_iovec_init_buf(&blk, pad.buf, align);
+        ret = bdrv_aligned_preadv(bs, pad.offset, align, &blk, 0, 0);
+    }
+    if (ret >= 0 && pad.tail) {
+        qemu_iovec_init_buf(&blk, pad.buf + align, align);
+        ret = bdrv_aligned_preadv(bs, pad.offset + pad.bytes - align, align,
+                                  &blk, 0, 0);
+    }
+    if (ret >= 0) {
+        ret = bdrv_aligned_pwritev(bs, pad.offset, pad.bytes, &pad.qiov, 0,
+                                   flags);
+    }
+    bdrv_pad_destroy(&pad);
+    return ret;
+}
+
+int coroutine_fn bdrv_co_pwritev_part(BlockDriverState *bs, int64_t offset,
+                                      int64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags)
+{
+    BdrvTrackedRequest req;
+    int64_t align;
+    int ret;
+
+    ret = bdrv_check_request(bs, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    if (bs->read_only) {
+        return -EPERM;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    assert((flags & BDRV_REQ_ZERO_WRITE) || qiov_offset + bytes <= qiov->size);
+    align = bs->bl.request_alignment;
+    bs->in_flight++;
+    tracked_request_begin(&req, bs, offset, bytes, true);
+    if (flags & BDRV_REQ_SERIALISING) {
+        tracked_request_serialise(&req, align);
+    }
+    if (QEMU_IS_ALIGNED(offset, align) && QEMU_IS_ALIGNED(bytes, align)) {
+        wait_serialising_requests(&req);
+        ret = bdrv_aligned_pwritev(bs, offset, bytes, qiov, qiov_offset,
+                                   flags);
+    } else {
+        tracked_request_serialise(&req, align);
+        wait_serialising_requests(&req);
+        ret = bdrv_co_do_rmw(bs, offset, bytes, qiov, qiov_offset, flags);
+    }
+    tracked_request_end(&req);
+    bs->in_flight--;
+    if (ret >= 0 && bs->is_root && !bs->enable_write_cache) {
+        ret = bdrv_co_flush(bs);
+    }
+    return ret;
+}
+
+int coroutine_fn bdrv_co_pwritev(BlockDriverState *bs, int64_t offset,
+                                 int64_t bytes, QEMUIOVector *qiov,
+                                 BdrvRequestFlags flags)
+{
+    return bdrv_co_pwritev_part(bs, offset, bytes, qiov, 0, flags);
+}
+
+int coroutine_fn bdrv_co_pwrite(BlockDriverState *bs, int64_t offset,
+                                int64_t bytes, const void *buf,
+                                BdrvRequestFlags flags)
+{
+    QEMUIOVector qiov;
+    qemu_iovec_init_buf(&qiov, (void *)buf, bytes);
+    return bdrv_co_pwritev_part(bs, offset, bytes, &qiov, 0, flags);
+}
+
+int coroutine_fn bdrv_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, BdrvRequestFlags flags)
+{
+    if (!(bs->open_flags & BDRV_O_UNMAP)) {
+        flags &= ~BDRV_REQ_MAY_UNMAP;
+    }
+    return bdrv_co_pwritev_part(bs, offset, bytes, NULL, 0,
+                                flags | BDRV_REQ_ZERO_WRITE);
+}
+
+/* ---- discard ---- */
+
+int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
+                                  int64_t bytes)
+{
+    BdrvTrackedRequest req;
+    int64_t align;
+    int ret;
+
+    ret = bdrv_check_request(bs, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    if (bs->read_only) {
+        return -EPERM;
+    }
+    if (!(bs->open_flags & BDRV_O_UNMAP) || !bs->drv->bdrv_co_pdiscard) {
+        return 0;
+    }
+    /* Discard is advisory: only the aligned interior is passed down. */
+    align = MAX(bs->bl.pdiscard_alignment, bs->bl.request_alignment);
+    int64_t start = QEMU_ALIGN_UP(offset, align);
+    int64_t end = QEMU_ALIGN_DOWN(offset + bytes, align);
+    if (end <= start) {
+        return 0;
+    }
+    bs->in_flight++;
+    tracked_request_begin(&req, bs, start, end - start, true);
+    wait_serialising_requests(&req);
+    ret = 0;
+    for (int64_t off = start; off < end && ret >= 0;) {
+        int64_t n = MIN(end - off, bdrv_max_transfer(bs));
+        ret = bs->drv->bdrv_co_pdiscard(bs, off, n);
+        if (ret == -ENOTSUP) {
+            ret = 0;
+        }
+        off += n;
+    }
+    tracked_request_end(&req);
+    bs->in_flight--;
+    return ret;
+}
+
+/* ---- flush ---- */
+
+/*
+ * Flush order: the driver's cached metadata to its file, then the file node
+ * (recursively), then the protocol's durability barrier. Backing files are
+ * read-only and need no flush.
+ */
+int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
+{
+    int ret = 0;
+
+    if (!bs || !bs->drv) {
+        return 0;
+    }
+    bs->in_flight++;
+    if (bs->drv->bdrv_co_flush) {
+        ret = bs->drv->bdrv_co_flush(bs);
+    }
+    if (ret >= 0 && bs->file) {
+        ret = bdrv_co_flush(bs->file);
+    }
+    if (ret >= 0 && bs->drv->bdrv_co_flush_to_disk &&
+        !(bs->open_flags & BDRV_O_NO_FLUSH)) {
+        ret = bs->drv->bdrv_co_flush_to_disk(bs);
+    }
+    bs->in_flight--;
+    return ret;
+}
+
+/* ---- block status ---- */
+
+int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
+                                      int64_t bytes, int64_t *pnum,
+                                      int64_t *map, BlockDriverState **file)
+{
+    BlockDriverState *local_file = NULL;
+    int64_t local_map = 0;
+    int64_t total;
+    int ret;
+
+    *pnum = 0;
+    if (!bs->drv) {
+        return -ENOMEDIUM;
+    }
+    total = bdrv_getlength(bs);
+    if (total < 0) {
+        return (int)total;
+    }
+    if (offset < 0 || bytes < 0) {
+        return -EINVAL;
+    }
+    if (offset >= total) {
+        return BDRV_BLOCK_EOF;
+    }
+    bytes = MIN(bytes, total - offset);
+    if (bytes == 0) {
+        return 0;
+    }
+    if (!bs->drv->bdrv_co_block_status) {
+        if (bs->drv->is_filter && bs->file) {
+            return bdrv_co_block_status(bs->file, offset, bytes, pnum, map,
+                                        file);
+        }
+        *pnum = bytes;
+        ret = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED;
+        if (bs->drv->protocol_name) {
+            ret |= BDRV_BLOCK_OFFSET_VALID;
+            local_map = offset;
+            local_file = bs;
+        }
+    } else {
+        bs->in_flight++;
+        ret = bs->drv->bdrv_co_block_status(bs, true, offset, bytes, pnum,
+                                            &local_map, &local_file);
+        bs->in_flight--;
+        if (ret < 0) {
+            *pnum = 0;
+            return ret;
+        }
+        assert(*pnum > 0 && *pnum <= bytes);
+        if (ret & BDRV_BLOCK_RAW) {
+            /* The driver maps 1:1 onto local_file: ask it. */
+            int64_t n = *pnum;
+            assert(local_file && (ret & BDRV_BLOCK_OFFSET_VALID));
+            ret = bdrv_co_block_status(local_file, local_map, n, pnum, NULL,
+                                       NULL);
+            if (ret < 0) {
+                return ret;
+            }
+            if (*pnum == 0) {
+                /* Mapped past the end of the file: reads as zero. */
+                *pnum = n;
+                ret = BDRV_BLOCK_ZERO;
+            }
+            ret = (ret & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO)) |
+                  BDRV_BLOCK_OFFSET_VALID | BDRV_BLOCK_ALLOCATED;
+        }
+    }
+    if (ret & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO)) {
+        ret |= BDRV_BLOCK_ALLOCATED;
+    }
+    if (offset + *pnum == total) {
+        ret |= BDRV_BLOCK_EOF;
+    } else {
+        ret &= ~BDRV_BLOCK_EOF;
+    }
+    if (map) {
+        *map = local_map;
+    }
+    if (file) {
+        *file = local_file;
+    }
+    return ret;
+}
+
+/* ---- truncate ---- */
+
+int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,
+                                  bool exact, PreallocMode prealloc,
+                                  Error **errp)
+{
+    BdrvTrackedRequest req;
+    int64_t old;
+    int ret;
+
+    if (!bs->drv) {
+        error_setg(errp, "No medium inserted");
+        return -ENOMEDIUM;
+    }
+    if (offset < 0) {
+        error_setg(errp, "Image size cannot be negative");
+        return -EINVAL;
+    }
+    if (bs->read_only) {
+        error_setg(errp, "Image is read-only");
+        return -EACCES;
+    }
+    if (!bs->drv->bdrv_co_truncate) {
+        if (bs->drv->is_filter && bs->file) {
+            ret = bdrv_co_truncate(bs->file, offset, exact, prealloc, errp);
+            bdrv_refresh_total_bytes(bs);
+            return ret;
+        }
+        error_setg(errp, "Image format driver does not support resize");
+        return -ENOTSUP;
+    }
+    old = bdrv_getlength(bs);
+    if (old < 0) {
+        error_setg_errno(errp, (int)-old, "Could not get the image size");
+        return (int)old;
+    }
+    /* Exclude every request touching the area that changes. */
+    bs->in_flight++;
+    tracked_request_begin(&req, bs, MIN(old, offset),
+                          INT64_MAX - MIN(old, offset), true);
+    tracked_request_serialise(&req, 1);
+    wait_serialising_requests(&req);
+    ret = bs->drv->bdrv_co_truncate(bs, offset, exact, prealloc, errp);
+    if (ret >= 0) {
+        ret = bdrv_refresh_total_bytes(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not refresh total size");
+        }
+    }
+    tracked_request_end(&req);
+    bs->in_flight--;
+    return ret;
+}
+
+/* ---- drain ---- */
+
+static bool bdrv_requests_pending(BlockDriverState *bs)
+{
+    if (!bs) {
+        return false;
+    }
+    return bs->in_flight > 0 || bdrv_requests_pending(bs->file) ||
+           bdrv_requests_pending(bs->backing);
+}
+
+void bdrv_drain(BlockDriverState *bs)
+{
+    if (qemu_in_coroutine()) {
+        while (bdrv_requests_pending(bs)) {
+            qemu_co_sleep_ns(100 * 1000);
+        }
+        return;
+    }
+    AIO_WAIT_WHILE(bdrv_requests_pending(bs));
+}
