@@ -295,11 +295,7 @@ static void bdrv_free(BlockDriverState *bs)
 
 int bdrv_refresh_total_bytes(BlockDriverState *bs)
 {
-    if (!bs->drv || !bs->drv->bdrv_getlength) {
-        bs->total_bytes = bs->file ? bdrv_getlength(bs->file) : -ENOMEDIUM;
-    } else {
-        bs->total_bytes = bs->drv->bdrv_getlength(bs);
-    }
+    bs->total_bytes = bdrv_getlength(bs);
     return bs->total_bytes < 0 ? (int)bs->total_bytes : 0;
 }
 
@@ -327,6 +323,24 @@ static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
 
     if (!drv->open_opts) {
         descs[0] = none;
+    }
+    for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+        bool known = false;
+        qemu_opts_nth(opts, i, &name, &value);
+        for (const QemuOptDesc *d = descs[0]; d->name; d++) {
+            known |= !strcmp(d->name, name);
+        }
+        if (!known) {
+            if (drv->protocol_name) {
+                error_setg(errp, "Block protocol '%s' doesn't support the "
+                           "option '%s'", drv->format_name, name);
+            } else {
+                error_setg(errp, "Block format '%s' does not support the "
+                           "option '%s'", drv->format_name, name);
+            }
+            return -EINVAL;
+        }
     }
     return qemu_opts_validate(opts, descs, errp);
 }
@@ -445,14 +459,11 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     BlockDriver *proto, *fmt_drv = NULL;
     char *drvname = qemu_opt_get_del(opts, "driver");
     char *fname = qemu_opt_get_del(opts, "filename");
+    char *fname2 = NULL;
     const char *filename = a->filename ? a->filename : fname;
     const char *fmt = drvname ? drvname : a->fmt;
     bool probed = false;
 
-    if (!filename || !*filename) {
-        error_setg(errp, "The 'file' block driver requires a file name");
-        goto out;
-    }
     if (fmt) {
         fmt_drv = bdrv_find_format(fmt);
         if (!fmt_drv) {
@@ -462,6 +473,16 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     }
     file_opts = qemu_opts_extract_prefix(opts, "file");
     backing_opts = qemu_opts_extract_prefix(opts, "backing");
+    if (!filename && file_opts) {
+        /* --image-opts driver=raw,file.filename=X */
+        fname2 = qemu_opt_get_del(file_opts, "filename");
+        filename = fname2;
+        g_free(qemu_opt_get_del(file_opts, "driver"));
+    }
+    if (!filename || !*filename) {
+        error_setg(errp, "A block device must be specified for \"file\"");
+        goto out;
+    }
 
     /* A protocol named as the format (-f file, -f blkdebug) is the node. */
     if (fmt_drv && fmt_drv->protocol_name) {
@@ -572,6 +593,7 @@ out:
     qemu_opts_del(opts);
     g_free(drvname);
     g_free(fname);
+    g_free(fname2);
     return bs;
 }
 
@@ -805,18 +827,29 @@ uint32_t bdrv_get_request_alignment(BlockDriverState *bs)
     return bs->bl.request_alignment;
 }
 
+/* Lengths are whole 512-byte sectors, as in QEMU: a 100000-byte raw file
+ * is a 100352-byte disk whose last bytes read as zero. */
 int64_t bdrv_getlength(BlockDriverState *bs)
 {
+    int64_t len;
+
     if (!bs->drv) {
         return -ENOMEDIUM;
     }
     if (bs->drv->bdrv_getlength) {
-        return bs->drv->bdrv_getlength(bs);
+        len = bs->drv->bdrv_getlength(bs);
+    } else if (bs->file) {
+        len = bdrv_getlength(bs->file);
+    } else {
+        return -ENOTSUP;
     }
-    if (bs->file) {
-        return bdrv_getlength(bs->file);
+    if (len < 0) {
+        return len;
     }
-    return -ENOTSUP;
+    if (len > INT64_MAX - (int64_t)BDRV_SECTOR_SIZE) {
+        return -EFBIG;
+    }
+    return QEMU_ALIGN_UP(len, (int64_t)BDRV_SECTOR_SIZE);
 }
 
 int64_t bdrv_get_allocated_file_size(BlockDriverState *bs)

@@ -86,6 +86,17 @@ static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
         error_setg(errp, "blkdebug: invalid offset '%s'", offset);
         return -EINVAL;
     }
+    /* QEMU's event names for the request events are accepted too. */
+    static const char *const aliases[][2] = {
+        { "read_aio", "read" }, { "write_aio", "write" },
+        { "flush_to_disk", "flush" }, { "flush_to_os", "flush" },
+        { "pwritev_zero", "zero" },
+    };
+    for (unsigned i = 0; i < ARRAY_SIZE(aliases); i++) {
+        if (!strcmp(event, aliases[i][0])) {
+            event = aliases[i][1];
+        }
+    }
     r = g_new0(BlkdebugRule, 1);
     r->event = g_strdup(event);
     r->error = (int)e;

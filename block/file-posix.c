@@ -568,7 +568,7 @@ static int coroutine_fn file_co_truncate(BlockDriverState *bs, int64_t offset,
     }
     if (prealloc != PREALLOC_MODE_OFF && prealloc != PREALLOC_MODE_FALLOC &&
         prealloc != PREALLOC_MODE_FULL) {
-        error_setg(errp, "Unsupported preallocation mode '%s'",
+        error_setg(errp, "Unsupported preallocation mode: %s",
                    qemu_prealloc_name(prealloc));
         return -ENOTSUP;
     }

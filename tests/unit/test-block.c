@@ -283,7 +283,8 @@ static void test_read_only_and_errors(void)
     qemu_opt_set(o, "bogus", "1");
     bs = bdrv_open(path, "raw", o, 0, &err);
     g_assert(!bs);
-    g_assert_cmpstr(error_get_pretty(err), ==, "Invalid parameter 'bogus'");
+    g_assert_cmpstr(error_get_pretty(err), ==,
+                    "Block format 'raw' does not support the option 'bogus'");
     error_free(err);
     qemu_opts_del(o);
     g_free(missing);
