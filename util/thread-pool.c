@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Worker threads for blocking system calls. Workers start on demand (up to
+ * THREAD_POOL_MAX), exit after THREAD_POOL_IDLE_SEC without work, and hand
+ * results back to the submitting coroutine through aio_co_wake().
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include "util/thread-pool.h"
+#include "util/coroutine.h"
+#include "util/aio.h"
+
+#define THREAD_POOL_MAX 64
+#define THREAD_POOL_IDLE_SEC 10
+
+typedef struct ThreadPoolJob {
+    ThreadPoolFunc *func;
+    void *arg;
+    int ret;
+    Coroutine *co;
+    struct ThreadPoolJob *next;
+} ThreadPoolJob;
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cond;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static ThreadPoolJob *job_head, *job_tail;
+static unsigned nr_queued;
+static int nr_threads;
+static int nr_idle;
+
+/*
+ * While jobs are out, an armed timer tells aio_poll() that the loop is not
+ * idle, so a blocking poll sleeps until a worker's wake-up instead of
+ * returning at once. Loop thread only.
+ */
+#define KEEPALIVE_NS (3600LL * 1000000000LL)
+static QEMUTimer *keepalive;
+static unsigned nr_inflight;
+
+static void keepalive_cb(void *opaque)
+{
+    timer_mod_ns(keepalive, qemu_clock_get_ns() + KEEPALIVE_NS);
+}
+
+static void thread_pool_init(void)
+{
+    pthread_condattr_t attr;
+
+    /* Idle timeouts must not jump with the wall clock. */
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&pool_cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+static void *worker_thread(void *opaque)
+{
+    pthread_mutex_lock(&pool_lock);
+    for (;;) {
+        ThreadPoolJob *job;
+        Coroutine *co;
+        int ret;
+
+        while (!job_head) {
+            struct timespec ts;
+            int r;
+
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += THREAD_POOL_IDLE_SEC;
+            nr_idle++;
+            r = pthread_cond_timedwait(&pool_cond, &pool_lock, &ts);
+            nr_idle--;
+            if (r == ETIMEDOUT && !job_head) {
+                nr_threads--;
+                pthread_mutex_unlock(&pool_lock);
+                return NULL;
+            }
+        }
+        job = job_head;
+        job_head = job->next;
+        if (!job_head) {
+            job_tail = NULL;
+        }
+        nr_queued--;
+        pthread_mutex_unlock(&pool_lock);
+
+        ret = job->func(job->arg);
+        /* job lives on the coroutine's stack: finish with it before waking. */
+        job->ret = ret;
+        co = job->co;
+        aio_co_wake(co);
+
+        pthread_mutex_lock(&pool_lock);
+    }
+}
+
+/* Called with pool_lock held. */
+static void spawn_worker(void)
+{
+    pthread_attr_t attr;
+    pthread_t tid;
+    sigset_t all, old;
+    int r;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* Signals belong to the main thread; workers inherit a full mask. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    r = pthread_create(&tid, &attr, worker_thread, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (r == 0) {
+        nr_threads++;
+    } else if (nr_threads == 0) {
+        fprintf(stderr, "thread pool: cannot create a worker: %s\n",
+                strerror(r));
+        abort();
+    }
+}
+
+int coroutine_fn thread_pool_submit_co(ThreadPoolFunc *func, void *arg)
+{
+    ThreadPoolJob job = {
+        .func = func,
+        .arg = arg,
+        .co = qemu_coroutine_self(),
+    };
+
+    assert(qemu_in_coroutine());
+    pthread_once(&pool_once, thread_pool_init);
+    if (nr_inflight++ == 0) {
+        if (!keepalive) {
+            keepalive = aio_timer_new(qemu_get_aio_context(), keepalive_cb,
+                                      NULL);
+        }
+        keepalive_cb(NULL);
+    }
+
+    pthread_mutex_lock(&pool_lock);
+    if (job_tail) {
+        job_tail->next = &job;
+    } else {
+        job_head = &job;
+    }
+    job_tail = &job;
+    nr_queued++;
+    if (nr_queued > (unsigned)nr_idle && nr_threads < THREAD_POOL_MAX) {
+        spawn_worker();
+    }
+    pthread_cond_signal(&pool_cond);
+    pthread_mutex_unlock(&pool_lock);
+
+    qemu_coroutine_yield();
+    if (--nr_inflight == 0) {
+        timer_del(keepalive);
+    }
+    return job.ret;
+}
+
+int thread_pool_nr_threads(void)
+{
+    int n;
+
+    pthread_mutex_lock(&pool_lock);
+    n = nr_threads;
+    pthread_mutex_unlock(&pool_lock);
+    return n;
+}
