@@ -1,0 +1,4012 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * qemu-img: create, inspect, check, convert and modify disk images through
+ * the public block-layer API, with QEMU 7.2's command lines, output and exit
+ * codes.
+ */
+#include "block.h"
+#include "util/aio.h"
+#include "util/coroutine.h"
+#include "util/cutils.h"
+
+#include <getopt.h>
+#include <sys/time.h>
+
+#define QEMU_IMG_VERSION "qemu-img version 0.1.0\n"
+#define IO_BUF_SIZE (2 * MiB)
+#define BDRV_DEFAULT_CACHE "writeback"
+#define MAX_COROUTINES 16
+#define MAX_BUF_SECTORS 32768
+#define REQUEST_MAX_BYTES (1 * GiB)
+
+enum {
+    OPTION_OUTPUT = 256,
+    OPTION_BACKING_CHAIN,
+    OPTION_OBJECT,
+    OPTION_IMAGE_OPTS,
+    OPTION_PATTERN,
+    OPTION_FLUSH_INTERVAL,
+    OPTION_NO_DRAIN,
+    OPTION_SHRINK,
+    OPTION_PREALLOCATION,
+    OPTION_START_OFFSET,
+    OPTION_MAX_LENGTH,
+    OPTION_FORCE,
+    OPTION_TARGET_IS_ZERO,
+    OPTION_SALVAGE,
+    OPTION_TARGET_IMAGE_OPTS,
+    OPTION_BITMAPS,
+};
+
+typedef enum OutputFormat {
+    OFORMAT_JSON,
+    OFORMAT_HUMAN,
+} OutputFormat;
+
+/* ------------------------------------------------------------------ */
+/* Messages                                                           */
+
+static void G_GNUC_PRINTF(1, 2) QEMU_NORETURN error_exit(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", error_get_progname());
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'qemu-img --help' for more information\n");
+    exit(EXIT_FAILURE);
+}
+
+static void QEMU_NORETURN missing_argument(const char *option)
+{
+    error_exit("missing argument for option '%s'", option);
+}
+
+static void QEMU_NORETURN unrecognized_option(const char *option)
+{
+    error_exit("unrecognized option '%s'", option);
+}
+
+/* Handles the getopt cases every command shares; exits on errors. */
+static void common_option(int c, char **argv)
+{
+    switch (c) {
+    case ':':
+        missing_argument(argv[optind - 1]);
+    case '?':
+        unrecognized_option(argv[optind - 1]);
+    case OPTION_OBJECT:
+        error_report("--object is not supported by this qemu-img");
+        exit(EXIT_FAILURE);
+    case OPTION_IMAGE_OPTS:
+    case OPTION_TARGET_IMAGE_OPTS:
+        error_report("--image-opts is not supported by this qemu-img");
+        exit(EXIT_FAILURE);
+    default:
+        break;
+    }
+}
+
+static void G_GNUC_PRINTF(2, 3) qprintf(bool quiet, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (quiet) {
+        return;
+    }
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+}
+
+/* Prints "prefix" + the error message (and frees it). */
+static void error_report_prefixed(Error *err, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+static void error_report_prefixed(Error *err, const char *fmt, ...)
+{
+    va_list ap;
+    char *prefix;
+
+    va_start(ap, fmt);
+    prefix = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    error_report("%s%s", prefix, err ? error_get_pretty(err) : "Unknown error");
+    g_free(prefix);
+    if (err) {
+        error_free(err);
+    }
+}
+
+static int64_t cvtnum_full(const char *name, const char *value, int64_t min,
+                           int64_t max)
+{
+    uint64_t res;
+    int err = qemu_strtosz(value, NULL, &res);
+
+    if (err < 0 && err != -ERANGE) {
+        error_report("Invalid %s specified. You may use "
+                     "k, M, G, T, P or E suffixes for", name);
+        error_report("kilobytes, megabytes, gigabytes, terabytes, "
+                     "petabytes and exabytes.");
+        return err;
+    }
+    if (err == -ERANGE || res > (uint64_t)max || (int64_t)res < min) {
+        error_report("Invalid %s specified. Must be between %" PRId64
+                     " and %" PRId64 ".", name, min, max);
+        return -ERANGE;
+    }
+    return res;
+}
+
+static int64_t cvtnum(const char *name, const char *value)
+{
+    return cvtnum_full(name, value, 0, INT64_MAX);
+}
+
+static OutputFormat parse_output_format(const char *arg)
+{
+    if (!strcmp(arg, "json")) {
+        return OFORMAT_JSON;
+    } else if (!strcmp(arg, "human")) {
+        return OFORMAT_HUMAN;
+    }
+    error_report("--output must be used with human or json as argument.");
+    exit(EXIT_FAILURE);
+}
+
+/* ------------------------------------------------------------------ */
+/* Progress: "    (12.34/100%)\r", as QEMU's simple progress printer  */
+
+static struct {
+    bool enabled;
+    float current;
+    float last_print;
+    float min_skip;
+} progress;
+
+static void progress_init(bool enabled, float min_skip)
+{
+    progress.enabled = enabled;
+    progress.current = 0;
+    progress.last_print = 0;
+    progress.min_skip = min_skip;
+}
+
+static void progress_print(float delta, int max)
+{
+    float current;
+
+    if (max == 0) {
+        current = delta;
+    } else {
+        current = progress.current + delta / 100 * max;
+    }
+    progress.current = current;
+    if (current > progress.last_print + progress.min_skip ||
+        current < progress.last_print - progress.min_skip ||
+        current == 0 || current == 100) {
+        progress.last_print = current;
+        if (progress.enabled) {
+            printf("    (%3.2f/100%%)\r", current);
+            fflush(stdout);
+        }
+    }
+}
+
+static void progress_end(void)
+{
+    if (progress.enabled) {
+        printf("\n");
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* JSON output with QEMU's member order                               */
+
+/*
+ * QEMU prints objects by walking its QDict hash table: buckets in order,
+ * and inside a bucket the most recently inserted key first. Reproducing
+ * that order keeps --output=json byte-identical.
+ */
+typedef enum JsonType {
+    JSON_OBJECT,
+    JSON_ARRAY,
+    JSON_STRING,
+    JSON_INT,
+    JSON_BOOL,
+} JsonType;
+
+typedef struct JsonValue JsonValue;
+struct JsonValue {
+    JsonType type;
+    char *key;              /* member name inside an object */
+    unsigned seq;           /* insertion index inside an object */
+    char *str;
+    int64_t num;
+    bool flag;
+    GPtrArray *members;     /* objects and arrays */
+};
+
+static JsonValue *json_new(JsonType type)
+{
+    JsonValue *v = g_new0(JsonValue, 1);
+
+    v->type = type;
+    if (type == JSON_OBJECT || type == JSON_ARRAY) {
+        v->members = g_ptr_array_new();
+    }
+    return v;
+}
+
+static void json_free(JsonValue *v)
+{
+    if (!v) {
+        return;
+    }
+    if (v->members) {
+        for (guint i = 0; i < v->members->len; i++) {
+            json_free(g_ptr_array_index(v->members, i));
+        }
+        g_ptr_array_free(v->members, TRUE);
+    }
+    g_free(v->key);
+    g_free(v->str);
+    g_free(v);
+}
+
+static void json_add(JsonValue *obj, const char *key, JsonValue *v)
+{
+    if (key) {
+        v->key = g_strdup(key);
+    }
+    v->seq = obj->members->len;
+    g_ptr_array_add(obj->members, v);
+}
+
+static void json_add_str(JsonValue *obj, const char *key, const char *s)
+{
+    JsonValue *v = json_new(JSON_STRING);
+
+    v->str = g_strdup(s);
+    json_add(obj, key, v);
+}
+
+static void json_add_int(JsonValue *obj, const char *key, int64_t n)
+{
+    JsonValue *v = json_new(JSON_INT);
+
+    v->num = n;
+    json_add(obj, key, v);
+}
+
+static void json_add_bool(JsonValue *obj, const char *key, bool b)
+{
+    JsonValue *v = json_new(JSON_BOOL);
+
+    v->flag = b;
+    json_add(obj, key, v);
+}
+
+static unsigned qdict_bucket(const char *name)
+{
+    unsigned value = 0x238F13AF * (unsigned)strlen(name);
+
+    for (unsigned i = 0; name[i]; i++) {
+        value += ((unsigned)(unsigned char)name[i]) << (i * 5 % 24);
+    }
+    return (1103515243 * value + 12345) % 512;
+}
+
+static int json_member_cmp(gconstpointer a, gconstpointer b)
+{
+    const JsonValue *x = *(JsonValue *const *)a;
+    const JsonValue *y = *(JsonValue *const *)b;
+    unsigned bx = qdict_bucket(x->key), by = qdict_bucket(y->key);
+
+    if (bx != by) {
+        return bx < by ? -1 : 1;
+    }
+    return x->seq > y->seq ? -1 : (x->seq < y->seq ? 1 : 0);
+}
+
+/* Object members in QEMU's output order; g_ptr_array_free(arr, TRUE). */
+static GPtrArray *json_sorted_members(JsonValue *obj)
+{
+    GPtrArray *arr = g_ptr_array_sized_new(obj->members->len);
+
+    for (guint i = 0; i < obj->members->len; i++) {
+        g_ptr_array_add(arr, g_ptr_array_index(obj->members, i));
+    }
+    g_ptr_array_sort(arr, json_member_cmp);
+    return arr;
+}
+
+static void json_quote(GString *out, const char *s)
+{
+    const char *p = s;
+
+    g_string_append_c(out, '"');
+    while (*p) {
+        unsigned char c = *p;
+        gunichar cp;
+
+        switch (c) {
+        case '"':
+            g_string_append(out, "\\\"");
+            p++;
+            continue;
+        case '\\':
+            g_string_append(out, "\\\\");
+            p++;
+            continue;
+        case '\b':
+            g_string_append(out, "\\b");
+            p++;
+            continue;
+        case '\f':
+            g_string_append(out, "\\f");
+            p++;
+            continue;
+        case '\n':
+            g_string_append(out, "\\n");
+            p++;
+            continue;
+        case '\r':
+            g_string_append(out, "\\r");
+            p++;
+            continue;
+        case '\t':
+            g_string_append(out, "\\t");
+            p++;
+            continue;
+        default:
+            break;
+        }
+        if (c < 0x80) {
+            if (c < 0x20 || c == 0x7f) {
+                g_string_append_printf(out, "\\u%04X", c);
+            } else {
+                g_string_append_c(out, c);
+            }
+            p++;
+            continue;
+        }
+        cp = g_utf8_get_char_validated(p, -1);
+        if (cp == (gunichar)-1 || cp == (gunichar)-2) {
+            g_string_append(out, "\\uFFFD");
+            p++;
+            continue;
+        }
+        if (cp > 0xFFFF) {
+            cp -= 0x10000;
+            g_string_append_printf(out, "\\u%04X\\u%04X",
+                                   0xD800 | (cp >> 10), 0xDC00 | (cp & 0x3FF));
+        } else {
+            g_string_append_printf(out, "\\u%04X", cp);
+        }
+        p = g_utf8_next_char(p);
+    }
+    g_string_append_c(out, '"');
+}
+
+static void json_print(GString *out, JsonValue *v, int indent)
+{
+    GPtrArray *members;
+
+    switch (v->type) {
+    case JSON_STRING:
+        json_quote(out, v->str);
+        return;
+    case JSON_INT:
+        g_string_append_printf(out, "%" PRId64, v->num);
+        return;
+    case JSON_BOOL:
+        g_string_append(out, v->flag ? "true" : "false");
+        return;
+    case JSON_OBJECT:
+    case JSON_ARRAY:
+        break;
+    }
+
+    members = v->type == JSON_OBJECT ? json_sorted_members(v) : v->members;
+    g_string_append_c(out, v->type == JSON_OBJECT ? '{' : '[');
+    for (guint i = 0; i < members->len; i++) {
+        JsonValue *m = g_ptr_array_index(members, i);
+
+        g_string_append_printf(out, "%s\n%*s", i ? "," : "",
+                               4 * (indent + 1), "");
+        if (v->type == JSON_OBJECT) {
+            json_quote(out, m->key);
+            g_string_append(out, ": ");
+        }
+        json_print(out, m, indent + 1);
+    }
+    g_string_append_printf(out, "\n%*s%c", 4 * indent, "",
+                           v->type == JSON_OBJECT ? '}' : ']');
+    if (v->type == JSON_OBJECT) {
+        g_ptr_array_free(members, TRUE);
+    }
+}
+
+/* Print v pretty-printed plus a newline, and free it. */
+static void json_dump(JsonValue *v)
+{
+    GString *out = g_string_new(NULL);
+
+    json_print(out, v, 0);
+    printf("%s\n", out->str);
+    g_string_free(out, TRUE);
+    json_free(v);
+}
+
+/* ------------------------------------------------------------------ */
+/* Opening images and option helpers                                  */
+
+static BlockDriverState *img_open(const char *filename, const char *fmt,
+                                  int flags, bool writethrough)
+{
+    BlockDriverState *bs;
+    Error *err = NULL;
+
+    if (fmt && !bdrv_find_format(fmt)) {
+        error_report("Could not open '%s': Unknown driver '%s'", filename,
+                     fmt);
+        return NULL;
+    }
+    bs = bdrv_open(filename, fmt, NULL, flags, &err);
+    if (!bs) {
+        error_report_prefixed(err, "Could not open '%s': ", filename);
+        return NULL;
+    }
+    bdrv_set_enable_write_cache(bs, !writethrough);
+    return bs;
+}
+
+/* -o may be given several times: the lists are joined with ','. */
+static void accumulate_options(char **options, const char *optarg)
+{
+    char *old = *options;
+
+    if (!old) {
+        *options = g_strdup(optarg);
+    } else {
+        *options = g_strdup_printf("%s,%s", old, optarg);
+        g_free(old);
+    }
+}
+
+/* True if one element of the option list is "help" or "?". */
+static bool has_help_option(const char *options)
+{
+    GString *elem = g_string_new(NULL);
+    bool found = false;
+    const char *p = options;
+
+    for (;;) {
+        if (*p == ',' && p[1] == ',') {
+            g_string_append_c(elem, ',');
+            p += 2;
+            continue;
+        }
+        if (*p == ',' || *p == '\0') {
+            if (is_help_option(elem->str)) {
+                found = true;
+            }
+            g_string_truncate(elem, 0);
+            if (*p == '\0') {
+                break;
+            }
+            p++;
+            continue;
+        }
+        g_string_append_c(elem, *p++);
+    }
+    g_string_free(elem, TRUE);
+    return found;
+}
+
+static const QemuOptDesc *find_desc(const QemuOptDesc *const *descs,
+                                    const char *name)
+{
+    for (int t = 0; descs[t]; t++) {
+        for (const QemuOptDesc *d = descs[t]; d->name; d++) {
+            if (!strcmp(d->name, name)) {
+                return d;
+            }
+        }
+    }
+    return NULL;
+}
+
+static const char *opt_type_name(QemuOptType type)
+{
+    switch (type) {
+    case QEMU_OPT_BOOL:
+        return "bool (on/off)";
+    case QEMU_OPT_NUMBER:
+        return "num";
+    case QEMU_OPT_SIZE:
+        return "size";
+    case QEMU_OPT_STRING:
+    default:
+        return "str";
+    }
+}
+
+static int desc_name_cmp(gconstpointer a, gconstpointer b)
+{
+    const QemuOptDesc *x = *(const QemuOptDesc *const *)a;
+    const QemuOptDesc *y = *(const QemuOptDesc *const *)b;
+
+    return strcmp(x->name, y->name);
+}
+
+/* Sorted "  name=<type>  - help" lines, one per distinct option name. */
+static void print_opts_help(const QemuOptDesc *const *descs)
+{
+    GPtrArray *all = g_ptr_array_new();
+
+    for (int t = 0; descs[t]; t++) {
+        for (const QemuOptDesc *d = descs[t]; d->name; d++) {
+            if (find_desc(descs, d->name) == d) {
+                g_ptr_array_add(all, (gpointer)d);
+            }
+        }
+    }
+    g_ptr_array_sort(all, desc_name_cmp);
+    for (guint i = 0; i < all->len; i++) {
+        const QemuOptDesc *d = g_ptr_array_index(all, i);
+        GString *s = g_string_new(NULL);
+
+        g_string_append_printf(s, "  %s=<%s>", d->name,
+                               opt_type_name(d->type));
+        if (d->help) {
+            if (s->len < 24) {
+                g_string_append_printf(s, "%*s", (int)(24 - s->len), "");
+            }
+            g_string_append_printf(s, " - %s", d->help);
+        }
+        printf("%s\n", s->str);
+        g_string_free(s, TRUE);
+    }
+    g_ptr_array_free(all, TRUE);
+}
+
+/*
+ * Collect the create option tables of format fmt and of filename's
+ * protocol into descs[0..2]. Returns the format driver, or NULL after
+ * setting errp.
+ */
+static BlockDriver *get_create_descs(const char *fmt, const char *filename,
+                                     const QemuOptDesc *descs[3],
+                                     Error **errp)
+{
+    BlockDriver *drv = bdrv_find_format(fmt);
+    BlockDriver *proto = NULL;
+    int n = 0;
+
+    descs[0] = descs[1] = descs[2] = NULL;
+    if (!drv) {
+        error_setg(errp, "Unknown file format '%s'", fmt);
+        return NULL;
+    }
+    if (filename) {
+        proto = bdrv_find_protocol(filename, errp);
+        if (!proto) {
+            return NULL;
+        }
+    }
+    if (!bdrv_driver_create_opts(drv)) {
+        error_setg(errp, "Format driver '%s' does not support image creation",
+                   bdrv_driver_name(drv));
+        return NULL;
+    }
+    descs[n++] = bdrv_driver_create_opts(drv);
+    if (proto && proto != drv && bdrv_driver_create_opts(proto)) {
+        descs[n++] = bdrv_driver_create_opts(proto);
+    }
+    return drv;
+}
+
+static int print_block_option_help(const char *filename, const char *fmt)
+{
+    const QemuOptDesc *descs[3];
+    Error *err = NULL;
+
+    if (!get_create_descs(fmt, filename, descs, &err)) {
+        error_report_err(err);
+        return 1;
+    }
+    if (filename) {
+        printf("Supported options:\n");
+    } else {
+        printf("Supported %s options:\n", fmt);
+    }
+    print_opts_help(descs);
+    if (!filename) {
+        printf("\n"
+               "The protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
+    }
+    return 0;
+}
+
+/* QEMU's qemu_opts_print: every option set or with a default, in order. */
+static void print_create_opts(QemuOpts *opts, const QemuOptDesc *const *descs)
+{
+    const char *sep = "";
+
+    for (int t = 0; descs[t]; t++) {
+        for (const QemuOptDesc *d = descs[t]; d->name; d++) {
+            const char *value = qemu_opt_get(opts, d->name);
+            bool set = value != NULL;
+
+            if (find_desc(descs, d->name) != d) {
+                continue;
+            }
+            if (!value) {
+                value = d->def_value_str;
+            }
+            if (!value) {
+                continue;
+            }
+            if (set && d->type == QEMU_OPT_SIZE) {
+                printf("%s%s=%" PRIu64, sep, d->name,
+                       qemu_opt_get_size(opts, d->name, 0));
+            } else if (set && d->type == QEMU_OPT_NUMBER) {
+                printf("%s%s=%" PRIu64, sep, d->name,
+                       qemu_opt_get_number(opts, d->name, 0));
+            } else {
+                printf("%s%s=%s", sep, d->name, value);
+            }
+            sep = " ";
+        }
+    }
+}
+
+/* Backing name as seen from the directory of the image being written. */
+static char *full_backing_path(const char *image, const char *backing)
+{
+    if (path_is_absolute(backing) || strchr(backing, ':')) {
+        return g_strdup(backing);
+    }
+    return path_combine(image, backing);
+}
+
+/* ------------------------------------------------------------------ */
+/* create                                                             */
+
+typedef struct CreateParams {
+    const char *filename;
+    const char *fmt;
+    const char *base_filename;
+    const char *base_fmt;
+    const char *options;
+    int64_t img_size;           /* -1 if not given */
+    bool no_open;               /* -u: do not open the backing file */
+    bool quiet;
+} CreateParams;
+
+/* QEMU's bdrv_img_create. Errors are reported with "FILE: " prefix. */
+static int img_create_image(const CreateParams *p)
+{
+    const QemuOptDesc *descs[3];
+    QemuOpts *opts = NULL;
+    Error *err = NULL;
+    const char *hint = NULL;
+    char *hint_buf = NULL;
+    BlockDriver *drv;
+    const char *backing_file, *backing_fmt;
+    int64_t size;
+    int ret = -1;
+
+    drv = get_create_descs(p->fmt, p->filename, descs, &err);
+    if (!drv) {
+        goto out;
+    }
+    opts = qemu_opts_new();
+    if (p->options) {
+        if (qemu_opts_parse(opts, p->options, NULL, &err) < 0 ||
+            qemu_opts_validate(opts, descs, &err) < 0) {
+            goto out;
+        }
+    }
+    if (!qemu_opt_has(opts, "size")) {
+        if (p->img_size >= 0) {
+            qemu_opt_set_number(opts, "size", p->img_size);
+        }
+    } else if (p->img_size >= 0) {
+        error_setg(&err, "The image size must be specified only once");
+        goto out;
+    }
+    if (p->base_filename) {
+        if (!find_desc(descs, "backing_file")) {
+            error_setg(&err, "Backing file not supported for file format '%s'",
+                       p->fmt);
+            goto out;
+        }
+        qemu_opt_set(opts, "backing_file", p->base_filename);
+    }
+    if (p->base_fmt) {
+        if (!find_desc(descs, "backing_fmt")) {
+            error_setg(&err, "Backing file format not supported for file "
+                       "format '%s'", p->fmt);
+            goto out;
+        }
+        qemu_opt_set(opts, "backing_fmt", p->base_fmt);
+    }
+
+    backing_file = qemu_opt_get(opts, "backing_file");
+    backing_fmt = qemu_opt_get(opts, "backing_fmt");
+    if (backing_file) {
+        if (!strcmp(p->filename, backing_file)) {
+            error_setg(&err, "Error: Trying to create an image with the "
+                       "same filename as the backing file");
+            goto out;
+        }
+        if (backing_file[0] == '\0') {
+            error_setg(&err, "Expected backing file name, got empty string");
+            goto out;
+        }
+    }
+
+    size = qemu_opt_has(opts, "size") ?
+           (int64_t)qemu_opt_get_size(opts, "size", 0) : -1;
+    if (backing_file && !p->no_open) {
+        char *full = full_backing_path(p->filename, backing_file);
+        BlockDriverState *bs;
+
+        if (backing_fmt && !bdrv_find_format(backing_fmt)) {
+            error_setg(&err, "Unknown driver '%s'", backing_fmt);
+            hint = "Could not open backing image.\n";
+            g_free(full);
+            goto out;
+        }
+        bs = bdrv_open(full, backing_fmt, NULL, 0, &err);
+        g_free(full);
+        if (!bs) {
+            hint = "Could not open backing image.\n";
+            goto out;
+        }
+        if (!backing_fmt) {
+            error_setg(&err, "Backing file specified without backing format");
+            hint = hint_buf = g_strdup_printf("Detected format of %s.",
+                                              bdrv_get_format_name(bs));
+            bdrv_unref(bs);
+            goto out;
+        }
+        if (size == -1) {
+            size = bdrv_getlength(bs);
+            if (size < 0) {
+                error_setg_errno(&err, (int)-size, "Could not get size of '%s'",
+                                 backing_file);
+                bdrv_unref(bs);
+                goto out;
+            }
+            qemu_opt_set_number(opts, "size", size);
+        }
+        bdrv_unref(bs);
+    } else if (backing_file && !backing_fmt) {
+        error_setg(&err, "Backing file specified without backing format");
+        goto out;
+    }
+
+    if (size == -1) {
+        error_setg(&err, "Image creation needs a size parameter");
+        goto out;
+    }
+
+    if (!p->quiet) {
+        printf("Formatting '%s', fmt=%s ", p->filename, p->fmt);
+        print_create_opts(opts, descs);
+        printf("\n");
+        fflush(stdout);
+    }
+
+    ret = bdrv_create(drv, p->filename, opts, &err);
+    if (ret == -EFBIG) {
+        error_free(err);
+        err = NULL;
+        error_setg(&err, "The image size is too large for file format '%s'%s",
+                   p->fmt, qemu_opt_get_size(opts, "cluster_size", 0) ?
+                   " (try using a larger cluster size)" : "");
+    } else if (ret < 0 && !err) {
+        error_setg_errno(&err, -ret, "Could not create image");
+    }
+
+out:
+    if (err) {
+        error_report_prefixed(err, "%s: ", p->filename);
+        if (hint) {
+            fputs(hint, stderr);
+        }
+        ret = -1;
+    }
+    g_free(hint_buf);
+    if (opts) {
+        qemu_opts_del(opts);
+    }
+    return ret < 0 ? 1 : 0;
+}
+
+static int img_create(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {0, 0, 0, 0}
+    };
+    CreateParams p = { .fmt = "raw", .img_size = -1 };
+    char *options = NULL;
+    int c, ret;
+
+    while ((c = getopt_long(argc, argv, ":F:b:f:ho:qu", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'F':
+            p.base_fmt = optarg;
+            break;
+        case 'b':
+            p.base_filename = optarg;
+            break;
+        case 'f':
+            p.fmt = optarg;
+            break;
+        case 'o':
+            accumulate_options(&options, optarg);
+            break;
+        case 'q':
+            p.quiet = true;
+            break;
+        case 'u':
+            p.no_open = true;
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+
+    p.filename = optind < argc ? argv[optind] : NULL;
+    if (options && has_help_option(options)) {
+        ret = print_block_option_help(p.filename, p.fmt);
+        g_free(options);
+        return ret;
+    }
+    if (optind >= argc) {
+        error_exit("Expecting image file name");
+    }
+    optind++;
+    if (optind < argc) {
+        p.img_size = cvtnum("image size", argv[optind++]);
+        if (p.img_size < 0) {
+            g_free(options);
+            return 1;
+        }
+    }
+    if (optind != argc) {
+        error_exit("Unexpected argument: %s", argv[optind]);
+    }
+    p.options = options;
+    ret = img_create_image(&p);
+    g_free(options);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* info                                                               */
+
+typedef struct ImgInfo {
+    char *filename;
+    char *format;
+    int64_t virtual_size;
+    int64_t actual_size;
+    bool has_actual_size;
+    int64_t cluster_size;
+    bool has_cluster_size;
+    bool dirty_flag;
+    bool has_dirty_flag;
+    char *backing_filename;         /* NULL if none */
+    char *full_backing_filename;
+    char *backing_format;
+    QEMUSnapshotInfo *sns;
+    int nb_sns;
+    ImageInfoSpecific *spec;
+} ImgInfo;
+
+static void img_info_free(ImgInfo *info)
+{
+    if (!info) {
+        return;
+    }
+    g_free(info->filename);
+    g_free(info->format);
+    g_free(info->backing_filename);
+    g_free(info->full_backing_filename);
+    g_free(info->backing_format);
+    g_free(info->sns);
+    if (info->spec) {
+        image_info_specific_free(info->spec);
+    }
+    g_free(info);
+}
+
+static ImgInfo *collect_image_info(BlockDriverState *bs, Error **errp)
+{
+    ImgInfo *info = g_new0(ImgInfo, 1);
+    BlockDriverInfo bdi;
+    const char *backing;
+    Error *err = NULL;
+    int64_t size;
+    int n;
+
+    info->filename = g_strdup(bdrv_get_filename(bs));
+    info->format = g_strdup(bdrv_get_format_name(bs));
+    size = bdrv_getlength(bs);
+    if (size < 0) {
+        error_setg_errno(errp, (int)-size, "Can't get image size '%s'",
+                         info->filename);
+        img_info_free(info);
+        return NULL;
+    }
+    info->virtual_size = size;
+    info->actual_size = bdrv_get_allocated_file_size(bs);
+    info->has_actual_size = info->actual_size >= 0;
+
+    memset(&bdi, 0, sizeof(bdi));
+    if (bdrv_get_info(bs, &bdi) >= 0) {
+        if (bdi.cluster_size != 0) {
+            info->cluster_size = bdi.cluster_size;
+            info->has_cluster_size = true;
+        }
+        info->dirty_flag = bdi.is_dirty;
+        info->has_dirty_flag = true;
+    }
+
+    backing = bdrv_get_backing_filename(bs);
+    if (backing && backing[0]) {
+        const char *bfmt = bdrv_get_backing_format(bs);
+
+        info->backing_filename = g_strdup(backing);
+        info->full_backing_filename = bdrv_get_full_backing_filename(bs);
+        if (bfmt && bfmt[0]) {
+            info->backing_format = g_strdup(bfmt);
+        }
+    }
+
+    n = bdrv_snapshot_list(bs, &info->sns);
+    if (n > 0) {
+        info->nb_sns = n;
+    } else {
+        if (n == 0) {
+            g_free(info->sns);
+        }
+        info->sns = NULL;
+    }
+
+    info->spec = bdrv_get_specific_info(bs, &err);
+    if (err) {
+        error_propagate(errp, err);
+        img_info_free(info);
+        return NULL;
+    }
+    return info;
+}
+
+static JsonValue *specific_data_json(ImageInfoSpecific *spec)
+{
+    JsonValue *data = json_new(JSON_OBJECT);
+
+    for (guint i = 0; spec->items && i < spec->items->len; i++) {
+        InfoItem *it = g_ptr_array_index(spec->items, i);
+
+        switch (it->type) {
+        case INFO_ITEM_STRING:
+            json_add_str(data, it->key, it->str ? it->str : "");
+            break;
+        case INFO_ITEM_INT:
+            json_add_int(data, it->key, it->num);
+            break;
+        case INFO_ITEM_BOOL:
+            json_add_bool(data, it->key, it->flag);
+            break;
+        }
+    }
+    return data;
+}
+
+static JsonValue *image_info_json(ImgInfo *info)
+{
+    JsonValue *obj = json_new(JSON_OBJECT);
+
+    json_add_str(obj, "filename", info->filename);
+    json_add_str(obj, "format", info->format);
+    if (info->has_dirty_flag) {
+        json_add_bool(obj, "dirty-flag", info->dirty_flag);
+    }
+    if (info->has_actual_size) {
+        json_add_int(obj, "actual-size", info->actual_size);
+    }
+    json_add_int(obj, "virtual-size", info->virtual_size);
+    if (info->has_cluster_size) {
+        json_add_int(obj, "cluster-size", info->cluster_size);
+    }
+    if (info->backing_filename) {
+        json_add_str(obj, "backing-filename", info->backing_filename);
+        if (info->full_backing_filename) {
+            json_add_str(obj, "full-backing-filename",
+                         info->full_backing_filename);
+        }
+        if (info->backing_format) {
+            json_add_str(obj, "backing-filename-format",
+                         info->backing_format);
+        }
+    }
+    if (info->nb_sns > 0) {
+        JsonValue *arr = json_new(JSON_ARRAY);
+
+        for (int i = 0; i < info->nb_sns; i++) {
+            QEMUSnapshotInfo *sn = &info->sns[i];
+            JsonValue *s = json_new(JSON_OBJECT);
+
+            json_add_str(s, "id", sn->id_str);
+            json_add_str(s, "name", sn->name);
+            json_add_int(s, "vm-state-size", (int64_t)sn->vm_state_size);
+            json_add_int(s, "date-sec", sn->date_sec);
+            json_add_int(s, "date-nsec", sn->date_nsec);
+            json_add_int(s, "vm-clock-sec",
+                         (int64_t)(sn->vm_clock_nsec / 1000000000ULL));
+            json_add_int(s, "vm-clock-nsec",
+                         (int64_t)(sn->vm_clock_nsec % 1000000000ULL));
+            if (sn->icount != -1ULL) {
+                json_add_int(s, "icount", (int64_t)sn->icount);
+            }
+            json_add(arr, NULL, s);
+        }
+        json_add(obj, "snapshots", arr);
+    }
+    if (info->spec) {
+        JsonValue *fs = json_new(JSON_OBJECT);
+
+        json_add_str(fs, "type", info->spec->type ? info->spec->type : "");
+        json_add(fs, "data", specific_data_json(info->spec));
+        json_add(obj, "format-specific", fs);
+    }
+    return obj;
+}
+
+/* One row of the snapshot table (NULL: the header), without newline. */
+static void snapshot_dump(QEMUSnapshotInfo *sn)
+{
+    char clock_buf[128], icount_buf[128] = "";
+    GDateTime *date;
+    char *date_buf, *sizing;
+    int64_t secs;
+
+    if (!sn) {
+        printf("%-10s%-17s%8s%20s%13s%11s", "ID", "TAG", "VM SIZE", "DATE",
+               "VM CLOCK", "ICOUNT");
+        return;
+    }
+    date = g_date_time_new_from_unix_local(sn->date_sec);
+    date_buf = date ? g_date_time_format(date, "%Y-%m-%d %H:%M:%S")
+                    : g_strdup("");
+    secs = (int64_t)(sn->vm_clock_nsec / 1000000000ULL);
+    snprintf(clock_buf, sizeof(clock_buf), "%02d:%02d:%02d.%03d",
+             (int)(secs / 3600), (int)((secs / 60) % 60), (int)(secs % 60),
+             (int)((sn->vm_clock_nsec / 1000000) % 1000));
+    sizing = size_to_str(sn->vm_state_size);
+    if (sn->icount != -1ULL) {
+        snprintf(icount_buf, sizeof(icount_buf), "%" PRId64,
+                 (int64_t)sn->icount);
+    }
+    printf("%-9s %-16s %8s%20s%13s%11s", sn->id_str, sn->name, sizing,
+           date_buf, clock_buf, icount_buf);
+    g_free(sizing);
+    g_free(date_buf);
+    if (date) {
+        g_date_time_unref(date);
+    }
+}
+
+static void dump_snapshot_table(QEMUSnapshotInfo *sns, int n)
+{
+    printf("Snapshot list:\n");
+    snapshot_dump(NULL);
+    printf("\n");
+    for (int i = 0; i < n; i++) {
+        snapshot_dump(&sns[i]);
+        printf("\n");
+    }
+}
+
+static void dump_human_specific(ImageInfoSpecific *spec)
+{
+    JsonValue *data = specific_data_json(spec);
+    GPtrArray *members = json_sorted_members(data);
+
+    for (guint i = 0; i < members->len; i++) {
+        JsonValue *m = g_ptr_array_index(members, i);
+        char *key = g_strdup(m->key);
+
+        for (char *p = key; *p; p++) {
+            if (*p == '-') {
+                *p = ' ';
+            }
+        }
+        printf("    %s: ", key);
+        switch (m->type) {
+        case JSON_STRING:
+            printf("%s\n", m->str);
+            break;
+        case JSON_INT:
+            printf("%" PRId64 "\n", m->num);
+            break;
+        case JSON_BOOL:
+            printf("%s\n", m->flag ? "true" : "false");
+            break;
+        default:
+            printf("\n");
+            break;
+        }
+        g_free(key);
+    }
+    g_ptr_array_free(members, TRUE);
+    json_free(data);
+}
+
+static void dump_human_image_info(ImgInfo *info)
+{
+    char *size_buf = size_to_str(info->virtual_size);
+    char *dsize_buf = info->has_actual_size ? size_to_str(info->actual_size)
+                                            : g_strdup("unavailable");
+
+    printf("image: %s\n"
+           "file format: %s\n"
+           "virtual size: %s (%" PRId64 " bytes)\n"
+           "disk size: %s\n",
+           info->filename, info->format, size_buf, info->virtual_size,
+           dsize_buf);
+    g_free(size_buf);
+    g_free(dsize_buf);
+    if (info->has_cluster_size) {
+        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
+    }
+    if (info->has_dirty_flag && info->dirty_flag) {
+        printf("cleanly shut down: no\n");
+    }
+    if (info->backing_filename) {
+        printf("backing file: %s", info->backing_filename);
+        if (!info->full_backing_filename) {
+            printf(" (cannot determine actual path)");
+        } else if (strcmp(info->backing_filename,
+                          info->full_backing_filename)) {
+            printf(" (actual path: %s)", info->full_backing_filename);
+        }
+        printf("\n");
+        if (info->backing_format) {
+            printf("backing file format: %s\n", info->backing_format);
+        }
+    }
+    if (info->nb_sns > 0) {
+        dump_snapshot_table(info->sns, info->nb_sns);
+    }
+    if (info->spec) {
+        printf("Format specific information:\n");
+        dump_human_specific(info->spec);
+    }
+}
+
+/* Infos of filename and (with chain) its backing files; NULL on error. */
+static GPtrArray *collect_image_info_list(const char *filename,
+                                          const char *fmt, bool chain)
+{
+    GPtrArray *list = g_ptr_array_new();
+    GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                             g_free, NULL);
+    char *name = g_strdup(filename);
+    char *cur_fmt = g_strdup(fmt);
+
+    while (name) {
+        BlockDriverState *bs;
+        ImgInfo *info;
+        Error *err = NULL;
+
+        if (g_hash_table_contains(seen, name)) {
+            error_report("Backing file '%s' creates an infinite loop.", name);
+            goto err;
+        }
+        g_hash_table_add(seen, g_strdup(name));
+
+        bs = img_open(name, cur_fmt, BDRV_O_NO_BACKING, false);
+        if (!bs) {
+            goto err;
+        }
+        info = collect_image_info(bs, &err);
+        bdrv_unref(bs);
+        if (!info) {
+            error_report_err(err);
+            goto err;
+        }
+        g_ptr_array_add(list, info);
+
+        g_free(name);
+        g_free(cur_fmt);
+        name = cur_fmt = NULL;
+        if (chain) {
+            if (info->full_backing_filename) {
+                name = g_strdup(info->full_backing_filename);
+            } else if (info->backing_filename) {
+                error_report("Could not determine absolute backing filename,"
+                             " but backing filename '%s' present",
+                             info->backing_filename);
+                goto err;
+            }
+            cur_fmt = g_strdup(info->backing_format);
+        }
+    }
+    g_hash_table_destroy(seen);
+    return list;
+
+err:
+    g_free(name);
+    g_free(cur_fmt);
+    g_hash_table_destroy(seen);
+    for (guint i = 0; i < list->len; i++) {
+        img_info_free(g_ptr_array_index(list, i));
+    }
+    g_ptr_array_free(list, TRUE);
+    return NULL;
+}
+
+static int img_info(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"format", required_argument, 0, 'f'},
+        {"output", required_argument, 0, OPTION_OUTPUT},
+        {"backing-chain", no_argument, 0, OPTION_BACKING_CHAIN},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    OutputFormat output_format = OFORMAT_HUMAN;
+    const char *fmt = NULL, *output = NULL;
+    bool chain = false;
+    GPtrArray *list;
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":f:hU", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'U':
+            break;
+        case OPTION_OUTPUT:
+            output = optarg;
+            break;
+        case OPTION_BACKING_CHAIN:
+            chain = true;
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    if (output) {
+        output_format = parse_output_format(output);
+    }
+
+    list = collect_image_info_list(argv[optind], fmt, chain);
+    if (!list) {
+        return 1;
+    }
+    if (output_format == OFORMAT_HUMAN) {
+        for (guint i = 0; i < list->len; i++) {
+            if (i) {
+                printf("\n");
+            }
+            dump_human_image_info(g_ptr_array_index(list, i));
+        }
+    } else if (chain) {
+        JsonValue *arr = json_new(JSON_ARRAY);
+
+        for (guint i = 0; i < list->len; i++) {
+            json_add(arr, NULL, image_info_json(g_ptr_array_index(list, i)));
+        }
+        json_dump(arr);
+    } else {
+        json_dump(image_info_json(g_ptr_array_index(list, 0)));
+    }
+    for (guint i = 0; i < list->len; i++) {
+        img_info_free(g_ptr_array_index(list, i));
+    }
+    g_ptr_array_free(list, TRUE);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* check                                                              */
+
+static void dump_human_image_check(const BdrvCheckResult *r, bool quiet)
+{
+    if (!(r->corruptions || r->leaks || r->check_errors)) {
+        qprintf(quiet, "No errors were found on the image.\n");
+    } else {
+        if (r->corruptions) {
+            qprintf(quiet, "\n%d errors were found on the image.\n"
+                    "Data may be corrupted, or further writes to the image "
+                    "may corrupt it.\n", r->corruptions);
+        }
+        if (r->leaks) {
+            qprintf(quiet, "\n%d leaked clusters were found on the image.\n"
+                    "This means waste of disk space, but no harm to data.\n",
+                    r->leaks);
+        }
+        if (r->check_errors) {
+            qprintf(quiet, "\n%d internal errors have occurred during the "
+                    "check.\n", r->check_errors);
+        }
+    }
+    if (r->total_clusters != 0 && r->allocated_clusters != 0) {
+        qprintf(quiet, "%" PRId64 "/%" PRId64 " = %0.2f%% allocated, "
+                "%0.2f%% fragmented, %0.2f%% compressed clusters\n",
+                r->allocated_clusters, r->total_clusters,
+                r->allocated_clusters * 100.0 / r->total_clusters,
+                r->fragmented_clusters * 100.0 / r->allocated_clusters,
+                r->compressed_clusters * 100.0 / r->allocated_clusters);
+    }
+    if (r->image_end_offset) {
+        qprintf(quiet, "Image end offset: %" PRId64 "\n", r->image_end_offset);
+    }
+}
+
+static void dump_json_image_check(const BdrvCheckResult *r,
+                                  const char *filename, const char *format,
+                                  bool quiet)
+{
+    JsonValue *obj = json_new(JSON_OBJECT);
+
+    json_add_str(obj, "filename", filename);
+    json_add_str(obj, "format", format);
+    json_add_int(obj, "check-errors", r->check_errors);
+    if (r->image_end_offset) {
+        json_add_int(obj, "image-end-offset", r->image_end_offset);
+    }
+    if (r->corruptions) {
+        json_add_int(obj, "corruptions", r->corruptions);
+    }
+    if (r->leaks) {
+        json_add_int(obj, "leaks", r->leaks);
+    }
+    if (r->corruptions_fixed) {
+        json_add_int(obj, "corruptions-fixed", r->corruptions_fixed);
+    }
+    if (r->leaks_fixed) {
+        json_add_int(obj, "leaks-fixed", r->leaks_fixed);
+    }
+    if (r->total_clusters) {
+        json_add_int(obj, "total-clusters", r->total_clusters);
+    }
+    if (r->allocated_clusters) {
+        json_add_int(obj, "allocated-clusters", r->allocated_clusters);
+    }
+    if (r->fragmented_clusters) {
+        json_add_int(obj, "fragmented-clusters", r->fragmented_clusters);
+    }
+    if (r->compressed_clusters) {
+        json_add_int(obj, "compressed-clusters", r->compressed_clusters);
+    }
+    if (quiet) {
+        json_free(obj);
+        return;
+    }
+    json_dump(obj);
+}
+
+static int img_check(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"format", required_argument, 0, 'f'},
+        {"repair", required_argument, 0, 'r'},
+        {"output", required_argument, 0, OPTION_OUTPUT},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    OutputFormat output_format = OFORMAT_HUMAN;
+    const char *fmt = NULL, *output = NULL, *filename;
+    const char *cache = BDRV_DEFAULT_CACHE;
+    BdrvCheckMode fix = 0;
+    BdrvCheckResult r;
+    BlockDriverState *bs;
+    bool quiet = false, writethrough;
+    int flags = 0, ret, c;
+
+    while ((c = getopt_long(argc, argv, ":hf:r:T:qU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'r':
+            flags |= BDRV_O_RDWR;
+            if (!strcmp(optarg, "leaks")) {
+                fix = BDRV_FIX_LEAKS;
+            } else if (!strcmp(optarg, "all")) {
+                fix = BDRV_FIX_LEAKS | BDRV_FIX_ERRORS;
+            } else {
+                error_exit("Unknown option value for -r "
+                           "(expecting 'leaks' or 'all'): %s", optarg);
+            }
+            break;
+        case OPTION_OUTPUT:
+            output = optarg;
+            break;
+        case 'T':
+            cache = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'U':
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    filename = argv[optind];
+    if (output) {
+        output_format = parse_output_format(output);
+    }
+    if (bdrv_parse_cache_mode(cache, &flags, &writethrough) < 0) {
+        error_report("Invalid source cache option: %s", cache);
+        return 1;
+    }
+
+    bs = img_open(filename, fmt, flags, writethrough);
+    if (!bs) {
+        return 1;
+    }
+    ret = bdrv_check(bs, &r, fix);
+    if (ret == -ENOTSUP) {
+        error_report("This image format does not support checks");
+        bdrv_unref(bs);
+        return 63;
+    }
+    if (ret == 0 && (r.corruptions_fixed || r.leaks_fixed)) {
+        int leaks_fixed = r.leaks_fixed;
+        int corruptions_fixed = r.corruptions_fixed;
+
+        if (output_format == OFORMAT_HUMAN) {
+            qprintf(quiet,
+                    "The following inconsistencies were found and repaired:"
+                    "\n\n"
+                    "    %d leaked clusters\n"
+                    "    %d corruptions\n\n"
+                    "Double checking the fixed image now...\n",
+                    leaks_fixed, corruptions_fixed);
+        }
+        ret = bdrv_check(bs, &r, 0);
+        r.leaks_fixed = leaks_fixed;
+        r.corruptions_fixed = corruptions_fixed;
+    }
+    if (ret == 0) {
+        if (output_format == OFORMAT_HUMAN) {
+            dump_human_image_check(&r, quiet);
+        } else {
+            dump_json_image_check(&r, filename, bdrv_get_format_name(bs),
+                                  quiet);
+        }
+    }
+    bdrv_unref(bs);
+
+    if (ret || r.check_errors) {
+        if (ret) {
+            error_report("Check failed: %s", strerror(-ret));
+        } else {
+            error_report("Check failed");
+        }
+        return 1;
+    }
+    if (r.corruptions) {
+        return 2;
+    } else if (r.leaks) {
+        return 3;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* convert                                                            */
+
+typedef enum ConvertStatus {
+    BLK_ZERO,
+    BLK_DATA,
+    BLK_BACKING_FILE,
+} ConvertStatus;
+
+typedef struct ConvertState ConvertState;
+
+typedef struct ConvertWorker {
+    ConvertState *s;
+    int index;
+} ConvertWorker;
+
+struct ConvertState {
+    BlockDriverState **src;
+    int64_t *src_len;           /* real length of each source */
+    int64_t *src_size;          /* length rounded up to sectors */
+    int src_num;
+    int64_t total_size;
+    BlockDriverState *target;
+
+    bool target_has_backing;
+    int64_t target_backing_size;    /* -1 if unknown */
+    bool has_zero_init;
+    bool wr_in_order;
+    int64_t min_sparse;             /* in sectors; 0 = write everything */
+    int64_t buf_size;
+
+    /* iteration state, protected by lock */
+    CoMutex lock;
+    int64_t offset;
+    int src_cur;
+    int64_t src_cur_offset;
+    int64_t next_status;
+    ConvertStatus status;
+
+    int num_coroutines;
+    int running;
+    int ret;                        /* -EINPROGRESS while running */
+    int64_t wr_offs;
+    Coroutine *co[MAX_COROUTINES];
+    int64_t wait_offs[MAX_COROUTINES];
+    ConvertWorker workers[MAX_COROUTINES];
+
+    int64_t allocated_total;
+    int64_t allocated_done;
+};
+
+/* Bytes from offset that share one status and one source (> 0). */
+static int64_t convert_iteration(ConvertState *s, int64_t offset)
+{
+    int64_t src_off, n, count;
+    int ret;
+
+    assert(offset < s->total_size);
+    while (offset < s->src_cur_offset) {
+        s->src_cur--;
+        s->src_cur_offset -= s->src_size[s->src_cur];
+    }
+    while (offset >= s->src_cur_offset + s->src_size[s->src_cur]) {
+        s->src_cur_offset += s->src_size[s->src_cur];
+        s->src_cur++;
+    }
+    src_off = offset - s->src_cur_offset;
+    n = MIN(s->src_size[s->src_cur] - src_off, REQUEST_MAX_BYTES);
+
+    if (s->next_status <= offset) {
+        BlockDriverState *src = s->src[s->src_cur];
+        int64_t len = s->src_len[s->src_cur];
+
+        if (src_off >= len) {
+            ret = BDRV_BLOCK_ZERO;
+            count = n;
+        } else {
+            BlockDriverState *base =
+                s->target_has_backing ? bdrv_get_backing(src) : NULL;
+
+            count = MIN(n, len - src_off);
+            ret = bdrv_block_status_above(src, base, src_off, count, &count,
+                                          NULL, NULL, NULL);
+            if (ret < 0) {
+                error_report("error while reading block status at offset "
+                             "%" PRId64 ": %s", offset, strerror(-ret));
+                return ret;
+            }
+            if (count <= 0) {
+                count = MIN(n, len - src_off);
+                ret = BDRV_BLOCK_ZERO;
+            }
+        }
+        if (ret & BDRV_BLOCK_ZERO) {
+            bool post_backing_zero = s->target_backing_size >= 0 &&
+                                     offset >= s->target_backing_size;
+
+            s->status = post_backing_zero ? BLK_BACKING_FILE : BLK_ZERO;
+        } else if (ret & BDRV_BLOCK_DATA) {
+            s->status = BLK_DATA;
+        } else {
+            s->status = s->target_has_backing ? BLK_BACKING_FILE : BLK_DATA;
+        }
+        s->next_status = offset + count;
+    }
+    n = MIN(n, s->next_status - offset);
+    if (s->status == BLK_DATA || (!s->min_sparse && s->status == BLK_ZERO)) {
+        n = MIN(n, s->buf_size);
+    }
+    return n;
+}
+
+/*
+ * Status of the first sector of buf and the number of sectors (*pnum) that
+ * share it, where zero runs shorter than min sectors count as data: 1 for
+ * data to write, 0 for a zero run that may be skipped.
+ */
+static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
+                                    int64_t *pnum, int64_t min)
+{
+    int64_t i = 0;
+    bool first_zero;
+
+    if (n <= 0) {
+        *pnum = 0;
+        return 0;
+    }
+    if (n < min) {
+        *pnum = n;
+        return 1;
+    }
+    first_zero = buffer_is_zero(buf, BDRV_SECTOR_SIZE);
+    if (first_zero) {
+        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
+                                       BDRV_SECTOR_SIZE)) {
+            i++;
+        }
+        if (i >= min || i == n) {
+            *pnum = i;
+            return 0;
+        }
+    }
+    /* data, possibly with short zero holes */
+    for (;;) {
+        int64_t zstart;
+
+        while (i < n && !buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
+                                        BDRV_SECTOR_SIZE)) {
+            i++;
+        }
+        if (i == n) {
+            break;
+        }
+        zstart = i;
+        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
+                                       BDRV_SECTOR_SIZE)) {
+            i++;
+        }
+        if (i - zstart >= min || i == n) {
+            i = zstart;
+            break;
+        }
+    }
+    *pnum = i;
+    return 1;
+}
+
+/* Read [offset, offset + n) of the concatenated sources (one source). */
+static int coroutine_fn convert_co_read(ConvertState *s, int64_t offset,
+                                        int64_t n, uint8_t *buf)
+{
+    int64_t start = 0, local, len;
+    int i = 0;
+
+    while (offset >= start + s->src_size[i]) {
+        start += s->src_size[i];
+        i++;
+    }
+    local = offset - start;
+    len = s->src_len[i];
+    if (local >= len) {
+        memset(buf, 0, n);
+        return 0;
+    }
+    if (local + n > len) {
+        memset(buf + (len - local), 0, n - (len - local));
+        n = len - local;
+    }
+    return bdrv_co_pread(s->src[i], local, n, buf, 0);
+}
+
+static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
+                                         int64_t bytes, uint8_t *buf,
+                                         ConvertStatus status)
+{
+    int ret;
+
+    while (bytes > 0) {
+        int64_t n = bytes;
+
+        switch (status) {
+        case BLK_BACKING_FILE:
+            /* leave it unallocated: the target's backing file shows */
+            break;
+
+        case BLK_DATA:
+            if (s->min_sparse) {
+                int64_t sectors = DIV_ROUND_UP(bytes, BDRV_SECTOR_SIZE);
+                int64_t pnum;
+                int alloc = is_allocated_sectors_min(buf, sectors, &pnum,
+                                                     s->min_sparse);
+
+                n = MIN(bytes, pnum * (int64_t)BDRV_SECTOR_SIZE);
+                if (!alloc) {
+                    goto zero;
+                }
+            }
+            ret = bdrv_co_pwrite(s->target, offset, n, buf, 0);
+            if (ret < 0) {
+                return ret;
+            }
+            break;
+
+        case BLK_ZERO:
+        zero:
+            if (s->has_zero_init) {
+                break;
+            }
+            ret = bdrv_co_pwrite_zeroes(s->target, offset, n,
+                                        BDRV_REQ_MAY_UNMAP);
+            if (ret < 0) {
+                return ret;
+            }
+            break;
+        }
+        offset += n;
+        bytes -= n;
+        buf += n;
+    }
+    return 0;
+}
+
+static void convert_wake(ConvertState *s, int i)
+{
+    s->wait_offs[i] = -1;
+    aio_co_wake(s->co[i]);
+}
+
+static void coroutine_fn convert_co_do_copy(void *opaque)
+{
+    ConvertWorker *w = opaque;
+    ConvertState *s = w->s;
+    uint8_t *buf = qemu_blockalign(s->buf_size);
+
+    while (s->ret == -EINPROGRESS) {
+        int64_t offset, n;
+        ConvertStatus status;
+        bool need_read;
+        int ret = 0;
+
+        qemu_co_mutex_lock(&s->lock);
+        if (s->ret != -EINPROGRESS || s->offset >= s->total_size) {
+            qemu_co_mutex_unlock(&s->lock);
+            break;
+        }
+        n = convert_iteration(s, s->offset);
+        if (n < 0) {
+            qemu_co_mutex_unlock(&s->lock);
+            s->ret = (int)n;
+            break;
+        }
+        offset = s->offset;
+        status = s->status;
+        need_read = status == BLK_DATA;
+        if (!s->min_sparse && status == BLK_ZERO) {
+            /* -S 0: zeroes are written as data, fully allocating */
+            status = BLK_DATA;
+            memset(buf, 0, n);
+        }
+        s->offset += n;
+        qemu_co_mutex_unlock(&s->lock);
+
+        if (need_read) {
+            ret = convert_co_read(s, offset, n, buf);
+            if (ret < 0) {
+                error_report("error while reading at byte %" PRId64 ": %s",
+                             offset, strerror(-ret));
+                s->ret = ret;
+            }
+        }
+
+        if (s->wr_in_order) {
+            while (s->wr_offs != offset && s->ret == -EINPROGRESS) {
+                s->wait_offs[w->index] = offset;
+                qemu_coroutine_yield();
+            }
+            s->wait_offs[w->index] = -1;
+        }
+
+        if (s->ret == -EINPROGRESS) {
+            ret = convert_co_write(s, offset, n, buf, status);
+            if (ret < 0) {
+                error_report("error while writing at byte %" PRId64 ": %s",
+                             offset, strerror(-ret));
+                s->ret = ret;
+            }
+        }
+
+        if (status == BLK_DATA && s->allocated_total > 0) {
+            s->allocated_done += n;
+            progress_print(100.0 * s->allocated_done / s->allocated_total, 0);
+        }
+
+        if (s->wr_in_order) {
+            s->wr_offs = offset + n;
+            for (int i = 0; i < s->num_coroutines; i++) {
+                if (s->co[i] && s->wait_offs[i] == s->wr_offs) {
+                    convert_wake(s, i);
+                    break;
+                }
+            }
+        }
+    }
+
+    if (s->wr_in_order) {
+        /* on error, the others may wait for an offset that never comes */
+        for (int i = 0; i < s->num_coroutines; i++) {
+            if (s->co[i] && s->wait_offs[i] >= 0) {
+                convert_wake(s, i);
+            }
+        }
+    }
+    qemu_vfree(buf);
+    s->co[w->index] = NULL;
+    s->running--;
+    if (!s->running && s->ret == -EINPROGRESS) {
+        s->ret = 0;
+    }
+}
+
+static int convert_do_copy(ConvertState *s)
+{
+    int64_t offset, n;
+
+    /* Count what will be read, for the progress output */
+    s->allocated_total = 0;
+    for (offset = 0; offset < s->total_size; offset += n) {
+        n = convert_iteration(s, offset);
+        if (n < 0) {
+            return (int)n;
+        }
+        if (s->status == BLK_DATA ||
+            (!s->min_sparse && s->status == BLK_ZERO)) {
+            s->allocated_total += n;
+        }
+    }
+
+    s->src_cur = 0;
+    s->src_cur_offset = 0;
+    s->next_status = 0;
+    s->offset = 0;
+    s->wr_offs = 0;
+    s->ret = -EINPROGRESS;
+    qemu_co_mutex_init(&s->lock);
+    s->running = s->num_coroutines;
+    for (int i = 0; i < s->num_coroutines; i++) {
+        s->workers[i] = (ConvertWorker) { .s = s, .index = i };
+        s->wait_offs[i] = -1;
+        s->co[i] = qemu_coroutine_create(convert_co_do_copy, &s->workers[i]);
+    }
+    for (int i = 0; i < s->num_coroutines; i++) {
+        if (s->co[i]) {
+            qemu_coroutine_enter(s->co[i]);
+        }
+    }
+    AIO_WAIT_WHILE(s->running > 0);
+
+    if (s->ret == 0) {
+        int ret = bdrv_flush(s->target);
+
+        if (ret < 0) {
+            error_report("error while flushing: %s", strerror(-ret));
+            return ret;
+        }
+    }
+    return s->ret;
+}
+
+typedef struct ConvertArgs {
+    const char *fmt;
+    const char *out_fmt;
+    const char *out_baseimg;
+    const char *backing_fmt;
+    const char *cache;
+    const char *src_cache;
+    char *options;
+    bool skip_create;
+    bool progress;
+    bool quiet;
+    bool compressed;
+    bool target_is_zero;
+} ConvertArgs;
+
+/* Create the convert target; errors reported. 0 or -1. */
+static int convert_create_target(ConvertArgs *a, const char *out_filename,
+                                 int64_t total_size)
+{
+    const QemuOptDesc *descs[3];
+    QemuOpts *opts;
+    Error *err = NULL;
+    BlockDriver *drv;
+    int ret;
+
+    drv = get_create_descs(a->out_fmt, out_filename, descs, &err);
+    if (!drv) {
+        error_report_err(err);
+        return -1;
+    }
+    opts = qemu_opts_new();
+    if (a->options) {
+        if (qemu_opts_parse(opts, a->options, NULL, &err) < 0 ||
+            qemu_opts_validate(opts, descs, &err) < 0) {
+            error_report_err(err);
+            qemu_opts_del(opts);
+            return -1;
+        }
+    }
+    qemu_opt_set_number(opts, "size", total_size);
+    if (a->out_baseimg) {
+        if (!find_desc(descs, "backing_file")) {
+            error_report("Backing file not supported for file format '%s'",
+                         a->out_fmt);
+            qemu_opts_del(opts);
+            return -1;
+        }
+        qemu_opt_set(opts, "backing_file", a->out_baseimg);
+    }
+    if (a->backing_fmt) {
+        if (!find_desc(descs, "backing_fmt")) {
+            error_report("Backing file format not supported for file "
+                         "format '%s'", a->out_fmt);
+            qemu_opts_del(opts);
+            return -1;
+        }
+        qemu_opt_set(opts, "backing_fmt", a->backing_fmt);
+    }
+    ret = bdrv_create(drv, out_filename, opts, &err);
+    qemu_opts_del(opts);
+    if (ret < 0) {
+        if (!err) {
+            error_setg_errno(&err, -ret, "Could not create image");
+        }
+        error_report_prefixed(err, "%s: error while converting %s: ",
+                              out_filename, a->out_fmt);
+        return -1;
+    }
+    return 0;
+}
+
+static int img_convert(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {"target-image-opts", no_argument, 0, OPTION_TARGET_IMAGE_OPTS},
+        {"salvage", no_argument, 0, OPTION_SALVAGE},
+        {"target-is-zero", no_argument, 0, OPTION_TARGET_IS_ZERO},
+        {"bitmaps", no_argument, 0, OPTION_BITMAPS},
+        {0, 0, 0, 0}
+    };
+    ConvertArgs a = {
+        .out_fmt = NULL,
+        .cache = "unsafe",
+        .src_cache = BDRV_DEFAULT_CACHE,
+    };
+    ConvertState s = {
+        .min_sparse = 8,        /* 4 KiB */
+        .num_coroutines = 8,
+        .wr_in_order = true,
+        .target_backing_size = -1,
+        .buf_size = IO_BUF_SIZE,
+    };
+    const char *out_filename;
+    bool explicit_min_sparse = false;
+    int flags, src_flags, c, ret = -1;
+    bool writethrough, src_writethrough;
+
+    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
+                            long_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            a.fmt = optarg;
+            break;
+        case 'O':
+            a.out_fmt = optarg;
+            break;
+        case 'B':
+            a.out_baseimg = optarg;
+            break;
+        case 'C':
+            break;
+        case 'c':
+            a.compressed = true;
+            break;
+        case 'F':
+            a.backing_fmt = optarg;
+            break;
+        case 'o':
+            accumulate_options(&a.options, optarg);
+            break;
+        case 'l':
+            error_report("-l (snapshot source) is not supported by this "
+                         "qemu-img");
+            goto out;
+        case 'S': {
+            int64_t sval = cvtnum("buffer size for sparse output", optarg);
+
+            if (sval < 0) {
+                goto out;
+            }
+            if (!QEMU_IS_ALIGNED(sval, BDRV_SECTOR_SIZE) ||
+                sval / (int64_t)BDRV_SECTOR_SIZE > MAX_BUF_SECTORS) {
+                error_report("Invalid buffer size for sparse output specified. "
+                    "Valid sizes are multiples of %llu up to %llu. Select "
+                    "0 to disable sparse detection (fully allocates output).",
+                    BDRV_SECTOR_SIZE, MAX_BUF_SECTORS * BDRV_SECTOR_SIZE);
+                goto out;
+            }
+            s.min_sparse = sval / BDRV_SECTOR_SIZE;
+            explicit_min_sparse = true;
+            break;
+        }
+        case 'p':
+            a.progress = true;
+            break;
+        case 't':
+            a.cache = optarg;
+            break;
+        case 'T':
+            a.src_cache = optarg;
+            break;
+        case 'q':
+            a.quiet = true;
+            break;
+        case 'n':
+            a.skip_create = true;
+            break;
+        case 'm':
+            if (qemu_strtoi(optarg, NULL, 0, &s.num_coroutines) ||
+                s.num_coroutines < 1 || s.num_coroutines > MAX_COROUTINES) {
+                error_report("Invalid number of coroutines. Allowed number of"
+                             " coroutines is between 1 and %d",
+                             MAX_COROUTINES);
+                goto out;
+            }
+            break;
+        case 'W':
+            s.wr_in_order = false;
+            break;
+        case 'U':
+            break;
+        case 'r':
+            if (cvtnum("rate limit", optarg) < 0) {
+                goto out;
+            }
+            break;
+        case OPTION_SALVAGE:
+        case OPTION_BITMAPS:
+            break;
+        case OPTION_TARGET_IS_ZERO:
+            a.target_is_zero = true;
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    (void)explicit_min_sparse;
+    if (!a.out_fmt && !a.skip_create) {
+        a.out_fmt = "raw";
+    }
+    if (a.quiet) {
+        a.progress = false;
+    }
+    if (!s.wr_in_order && a.compressed) {
+        error_report("Out of order write and compress are mutually exclusive");
+        goto out;
+    }
+    if (a.skip_create && a.options) {
+        error_report("-o has no effect when skipping image creation");
+        goto out;
+    }
+    if (a.target_is_zero && !a.skip_create) {
+        error_report("--target-is-zero requires use of -n flag");
+        goto out;
+    }
+
+    s.src_num = argc - optind - 1;
+    out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
+    if (a.options && has_help_option(a.options)) {
+        ret = print_block_option_help(out_filename,
+                                      a.out_fmt ? a.out_fmt : "raw");
+        g_free(a.options);
+        return ret;
+    }
+    if (s.src_num < 1) {
+        error_report("Must specify image file name");
+        goto out;
+    }
+
+    src_flags = 0;
+    if (bdrv_parse_cache_mode(a.src_cache, &src_flags,
+                              &src_writethrough) < 0) {
+        error_report("Invalid source cache option: %s", a.src_cache);
+        goto out;
+    }
+    flags = BDRV_O_RDWR | (s.min_sparse ? BDRV_O_UNMAP : 0);
+    if (bdrv_parse_cache_mode(a.cache, &flags, &writethrough) < 0) {
+        error_report("Invalid cache option: %s", a.cache);
+        goto out;
+    }
+
+    progress_init(a.progress, 1.0);
+    progress_print(0, 100);
+
+    s.src = g_new0(BlockDriverState *, s.src_num);
+    s.src_len = g_new0(int64_t, s.src_num);
+    s.src_size = g_new0(int64_t, s.src_num);
+    for (int i = 0; i < s.src_num; i++) {
+        const char *name = argv[optind + i];
+
+        s.src[i] = img_open(name, a.fmt, src_flags, src_writethrough);
+        if (!s.src[i]) {
+            goto out;
+        }
+        s.src_len[i] = bdrv_getlength(s.src[i]);
+        if (s.src_len[i] < 0) {
+            error_report("Could not get size of %s: %s", name,
+                         strerror((int)-s.src_len[i]));
+            goto out;
+        }
+        s.src_size[i] = ROUND_UP(s.src_len[i], (int64_t)BDRV_SECTOR_SIZE);
+        s.total_size += s.src_size[i];
+    }
+
+    if (a.compressed) {
+        error_report("Compression not supported for this file format");
+        goto out;
+    }
+    if (a.out_baseimg && !a.skip_create) {
+        BlockDriver *odrv = bdrv_find_format(a.out_fmt);
+        if (odrv && !bdrv_driver_supports_backing(odrv)) {
+            error_report("Backing file not supported for file format '%s'",
+                         a.out_fmt);
+            goto out;
+        }
+    }
+    if (a.out_baseimg && !a.backing_fmt && !a.skip_create) {
+        error_report("Use of backing file requires explicit backing format");
+        goto out;
+    }
+    s.target_has_backing = a.out_baseimg != NULL;
+
+    if (!a.skip_create) {
+        if (convert_create_target(&a, out_filename, s.total_size) < 0) {
+            goto out;
+        }
+    }
+    s.target = img_open(out_filename, a.out_fmt, flags, writethrough);
+    if (!s.target) {
+        goto out;
+    }
+    if (a.skip_create) {
+        int64_t out_len = bdrv_getlength(s.target);
+
+        if (out_len < 0) {
+            error_report("unable to get output image length: %s",
+                         strerror((int)-out_len));
+            goto out;
+        } else if (out_len < s.total_size) {
+            error_report("output file is smaller than input file");
+            goto out;
+        }
+    }
+    if (s.target_has_backing && !a.skip_create &&
+        bdrv_get_backing(s.target)) {
+        s.target_backing_size = bdrv_getlength(bdrv_get_backing(s.target));
+    }
+    if (a.target_is_zero) {
+        s.has_zero_init = true;
+    } else if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
+        s.has_zero_init = bdrv_has_zero_init(s.target);
+    }
+
+    ret = convert_do_copy(&s);
+
+out:
+    if (ret == 0) {
+        progress_print(100, 0);
+    }
+    progress_end();
+    if (s.target) {
+        bdrv_unref(s.target);
+    }
+    for (int i = 0; s.src && i < s.src_num; i++) {
+        if (s.src[i]) {
+            bdrv_unref(s.src[i]);
+        }
+    }
+    g_free(s.src);
+    g_free(s.src_len);
+    g_free(s.src_size);
+    g_free(a.options);
+    return ret ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* commit                                                             */
+
+/* The node of bs's backing chain (below bs) named base, or NULL. */
+static BlockDriverState *find_backing_image(BlockDriverState *bs,
+                                            const char *base)
+{
+    char *want = realpath(base, NULL);
+    BlockDriverState *found = NULL;
+
+    for (BlockDriverState *cur = bs; cur && !found;
+         cur = bdrv_get_backing(cur)) {
+        BlockDriverState *next = bdrv_get_backing(cur);
+        const char *stored = bdrv_get_backing_filename(cur);
+        char *full = bdrv_get_full_backing_filename(cur);
+        char *real = full ? realpath(full, NULL) : NULL;
+
+        if (next && ((stored && !strcmp(stored, base)) ||
+                     (full && !strcmp(full, base)) ||
+                     !strcmp(bdrv_get_filename(next), base) ||
+                     (want && real && !strcmp(want, real)))) {
+            found = next;
+        }
+        free(real);
+        g_free(full);
+    }
+    free(want);
+    return found;
+}
+
+/*
+ * Copy everything allocated above base (a node of bs's chain) into base_rw,
+ * a writable node of the same image.
+ */
+static int commit_data(BlockDriverState *bs, BlockDriverState *base_rw,
+                       BlockDriverState *base, Error **errp)
+{
+    int64_t len = bdrv_getlength(bs), base_len, offset, pnum;
+    uint8_t *buf;
+    int ret = 0;
+
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get size of image");
+        return (int)len;
+    }
+    base_len = bdrv_getlength(base_rw);
+    if (base_len < 0) {
+        error_setg_errno(errp, (int)-base_len, "Could not get size of base");
+        return (int)base_len;
+    }
+    if (base_len < len) {
+        ret = bdrv_truncate(base_rw, len, false, PREALLOC_MODE_OFF, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+
+    buf = qemu_blockalign(IO_BUF_SIZE);
+    for (offset = 0; offset < len; offset += pnum) {
+        int64_t n = MIN(len - offset, IO_BUF_SIZE);
+
+        ret = bdrv_block_status_above(bs, base, offset, n, &pnum, NULL,
+                                      NULL, NULL);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not read block status");
+            break;
+        }
+        if (pnum <= 0) {
+            pnum = n;
+        }
+        if (ret & BDRV_BLOCK_ALLOCATED || ret & BDRV_BLOCK_ZERO) {
+            if (ret & BDRV_BLOCK_ZERO) {
+                ret = bdrv_pwrite_zeroes(base_rw, offset, pnum, 0);
+            } else {
+                ret = bdrv_pread(bs, offset, pnum, buf, 0);
+                if (ret < 0) {
+                    error_setg_errno(errp, -ret, "Could not read image");
+                    break;
+                }
+                ret = bdrv_pwrite(base_rw, offset, pnum, buf, 0);
+            }
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Could not write to base image");
+                break;
+            }
+        }
+        ret = 0;
+        progress_print((float)pnum / len * 100, 100);
+    }
+    qemu_vfree(buf);
+    if (ret == 0) {
+        ret = bdrv_flush(base_rw);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not flush base image");
+        }
+    }
+    return ret;
+}
+
+static int img_commit(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {0, 0, 0, 0}
+    };
+    const char *fmt = NULL, *cache = BDRV_DEFAULT_CACHE, *base = NULL;
+    bool quiet = false, show_progress = false, writethrough;
+    BlockDriverState *bs, *base_bs;
+    Error *err = NULL;
+    int flags, c;
+
+    while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt = optarg;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'b':
+            base = optarg;
+            break;
+        case 'd':
+            /* the top image is never emptied: nothing to drop */
+            break;
+        case 'p':
+            show_progress = true;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'r':
+            if (cvtnum("rate limit", optarg) < 0) {
+                return 1;
+            }
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (quiet) {
+        show_progress = false;
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+
+    flags = BDRV_O_RDWR | BDRV_O_UNMAP;
+    if (bdrv_parse_cache_mode(cache, &flags, &writethrough) < 0) {
+        error_report("Invalid cache option: %s", cache);
+        return 1;
+    }
+    bs = img_open(argv[optind], fmt, flags, writethrough);
+    if (!bs) {
+        return 1;
+    }
+
+    progress_init(show_progress, 1.f);
+    progress_print(0.f, 100);
+    if (base) {
+        base_bs = find_backing_image(bs, base);
+        if (!base_bs) {
+            error_setg(&err, "Did not find '%s' in the backing chain of '%s'",
+                       base, argv[optind]);
+        }
+    } else {
+        base_bs = bdrv_get_backing(bs);
+        if (!base_bs) {
+            error_setg(&err, "Image does not have a backing file");
+        }
+    }
+    if (!err) {
+        /*
+         * The chain holds base read-only and block.h has no reopen: write
+         * through a second, writable node of the same image.
+         */
+        BlockDriverState *base_rw = bdrv_open(bdrv_get_filename(base_bs),
+                                              bdrv_get_format_name(base_bs),
+                                              NULL, flags, &err);
+        if (base_rw) {
+            bdrv_set_enable_write_cache(base_rw, !writethrough);
+            commit_data(bs, base_rw, base_bs, &err);
+            bdrv_unref(base_rw);
+            if (!err) {
+                progress_print(100.f, 0);
+            }
+        } else {
+            error_prepend(&err, "Could not reopen '%s' read-write: ",
+                          bdrv_get_filename(base_bs));
+        }
+    }
+    progress_end();
+    bdrv_unref(bs);
+    if (err) {
+        error_report_err(err);
+        return 1;
+    }
+    qprintf(quiet, "Image committed.\n");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* compare helpers                                                    */
+
+/*
+ * 1 if the first sector of the buffers differs, else 0; *pnum is the
+ * number of bytes from the start that share that result.
+ */
+static int compare_buffers(const uint8_t *buf1, const uint8_t *buf2,
+                           int64_t bytes, int64_t *pnum)
+{
+    int64_t i = MIN(bytes, (int64_t)BDRV_SECTOR_SIZE);
+    bool res;
+
+    assert(bytes > 0);
+    res = !!memcmp(buf1, buf2, i);
+    while (i < bytes) {
+        int64_t len = MIN(bytes - i, (int64_t)BDRV_SECTOR_SIZE);
+
+        if (!!memcmp(buf1 + i, buf2 + i, len) != res) {
+            break;
+        }
+        i += len;
+    }
+    *pnum = i;
+    return res;
+}
+
+/* Byte offset of the first non-zero sector, or -1. */
+static int64_t find_nonzero(const uint8_t *buf, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += BDRV_SECTOR_SIZE) {
+        if (!buffer_is_zero(buf + i, MIN(n - i, (int64_t)BDRV_SECTOR_SIZE))) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* rebase                                                             */
+
+static int img_rebase(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    const char *fmt = NULL, *cache = BDRV_DEFAULT_CACHE;
+    const char *src_cache = BDRV_DEFAULT_CACHE;
+    const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
+    BlockDriverState *bs = NULL, *old_backing = NULL, *new_backing = NULL;
+    uint8_t *buf_old = NULL, *buf_new = NULL;
+    bool unsafe = false, quiet = false, show_progress = false;
+    bool writethrough, src_writethrough;
+    int flags, src_flags = 0, c, ret = -1;
+
+    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'F':
+            out_basefmt = optarg;
+            break;
+        case 'b':
+            out_baseimg = optarg;
+            break;
+        case 'u':
+            unsafe = true;
+            break;
+        case 'p':
+            show_progress = true;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'T':
+            src_cache = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'U':
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (quiet) {
+        show_progress = false;
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    if (!unsafe && !out_baseimg) {
+        error_exit("Must specify backing file (-b) or use unsafe mode (-u)");
+    }
+    filename = argv[optind];
+
+    progress_init(show_progress, 2.0);
+    progress_print(0, 100);
+
+    flags = BDRV_O_RDWR | (unsafe ? BDRV_O_NO_BACKING : 0);
+    if (bdrv_parse_cache_mode(cache, &flags, &writethrough) < 0) {
+        error_report("Invalid cache option: %s", cache);
+        goto out;
+    }
+    if (bdrv_parse_cache_mode(src_cache, &src_flags, &src_writethrough) < 0) {
+        error_report("Invalid source cache option: %s", src_cache);
+        goto out;
+    }
+    bs = img_open(filename, fmt, flags, writethrough);
+    if (!bs) {
+        goto out;
+    }
+    if (out_basefmt && !bdrv_find_format(out_basefmt)) {
+        error_report("Invalid format name: '%s'", out_basefmt);
+        goto out;
+    }
+
+    if (!unsafe) {
+        int64_t size, old_size = 0, new_size = 0, offset, n;
+        float local_progress = 0;
+
+        old_backing = bdrv_get_backing(bs);
+        if (out_baseimg[0]) {
+            char *path = full_backing_path(filename, out_baseimg);
+            Error *err = NULL;
+
+            new_backing = bdrv_open(path, out_basefmt, NULL, src_flags, &err);
+            g_free(path);
+            if (!new_backing) {
+                error_report_prefixed(err, "Could not open new backing file "
+                                      "'%s': ", out_baseimg);
+                goto out;
+            }
+        }
+
+        size = bdrv_getlength(bs);
+        if (size < 0) {
+            error_report("Could not get size of '%s': %s", filename,
+                         strerror((int)-size));
+            goto out;
+        }
+        if (old_backing) {
+            old_size = bdrv_getlength(old_backing);
+            if (old_size < 0) {
+                error_report("Could not get size of '%s': %s",
+                             bdrv_get_backing_filename(bs),
+                             strerror((int)-old_size));
+                goto out;
+            }
+        }
+        if (new_backing) {
+            new_size = bdrv_getlength(new_backing);
+            if (new_size < 0) {
+                error_report("Could not get size of '%s': %s", out_baseimg,
+                             strerror((int)-new_size));
+                goto out;
+            }
+        }
+        if (size != 0) {
+            local_progress = (float)100 / (size / MIN(size, IO_BUF_SIZE));
+        }
+
+        buf_old = qemu_blockalign(IO_BUF_SIZE);
+        buf_new = qemu_blockalign(IO_BUF_SIZE);
+        for (offset = 0; offset < size; offset += n) {
+            bool old_is_zero = false;
+            int64_t written = 0;
+
+            n = MIN(IO_BUF_SIZE, size - offset);
+            ret = bdrv_is_allocated(bs, offset, n, &n);
+            if (ret < 0) {
+                error_report("error while reading image metadata: %s",
+                             strerror(-ret));
+                goto out;
+            }
+            if (n <= 0) {
+                n = MIN(IO_BUF_SIZE, size - offset);
+            }
+            if (ret) {
+                continue;
+            }
+
+            if (offset >= old_size || !old_backing) {
+                memset(buf_old, 0, n);
+                old_is_zero = true;
+            } else {
+                if (offset + n > old_size) {
+                    n = old_size - offset;
+                }
+                ret = bdrv_pread(old_backing, offset, n, buf_old, 0);
+                if (ret < 0) {
+                    error_report("error while reading from old backing file");
+                    goto out;
+                }
+            }
+            if (offset >= new_size || !new_backing) {
+                memset(buf_new, 0, n);
+            } else {
+                if (offset + n > new_size) {
+                    n = new_size - offset;
+                }
+                ret = bdrv_pread(new_backing, offset, n, buf_new, 0);
+                if (ret < 0) {
+                    error_report("error while reading from new backing file");
+                    goto out;
+                }
+            }
+
+            while (written < n) {
+                int64_t pnum;
+
+                if (compare_buffers(buf_old + written, buf_new + written,
+                                    n - written, &pnum)) {
+                    if (old_is_zero) {
+                        ret = bdrv_pwrite_zeroes(bs, offset + written, pnum,
+                                                 0);
+                    } else {
+                        ret = bdrv_pwrite(bs, offset + written, pnum,
+                                          buf_old + written, 0);
+                    }
+                    if (ret < 0) {
+                        error_report("Error while writing to COW image: %s",
+                                     strerror(-ret));
+                        goto out;
+                    }
+                }
+                written += pnum;
+            }
+            progress_print(local_progress, 100);
+        }
+    }
+
+    if (out_baseimg && *out_baseimg) {
+        Error *err = NULL;
+
+        if (!out_basefmt) {
+            error_report("Could not change the backing file to '%s': "
+                         "backing format must be specified", out_baseimg);
+            ret = -1;
+            goto out;
+        }
+        ret = bdrv_change_backing_file(bs, out_baseimg, out_basefmt, &err);
+        if (ret < 0) {
+            if (ret == -ENOSPC) {
+                error_report("Could not change the backing file to '%s': No "
+                             "space left in the file header", out_baseimg);
+            } else {
+                error_report("Could not change the backing file to '%s': %s",
+                             out_baseimg, strerror(-ret));
+            }
+            error_free(err);
+            goto out;
+        }
+    } else {
+        Error *err = NULL;
+
+        ret = bdrv_change_backing_file(bs, NULL, NULL, &err);
+        if (ret < 0) {
+            error_report("Could not change the backing file to '%s': %s",
+                         out_baseimg ? out_baseimg : "(null)",
+                         strerror(-ret));
+            error_free(err);
+            goto out;
+        }
+    }
+    progress_print(100, 0);
+    ret = 0;
+
+out:
+    progress_end();
+    qemu_vfree(buf_old);
+    qemu_vfree(buf_new);
+    if (new_backing) {
+        bdrv_unref(new_backing);
+    }
+    if (bs) {
+        bdrv_unref(bs);
+    }
+    return ret ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* resize                                                             */
+
+static int img_resize(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"preallocation", required_argument, 0, OPTION_PREALLOCATION},
+        {"shrink", no_argument, 0, OPTION_SHRINK},
+        {0, 0, 0, 0}
+    };
+    const char *fmt = NULL, *size, *filename;
+    PreallocMode prealloc = PREALLOC_MODE_OFF;
+    bool quiet = false, shrink = false;
+    int relative = 0, c, ret;
+    int64_t current_size, total_size;
+    uint64_t n;
+    BlockDriverState *bs;
+    Error *err = NULL;
+
+    /* The size goes first so that "-1M" is not taken as an option */
+    if (argc < 3) {
+        error_exit("Not enough arguments");
+    }
+    size = argv[--argc];
+
+    while ((c = getopt_long(argc, argv, ":f:hq", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case OPTION_PREALLOCATION:
+            if (qemu_prealloc_parse(optarg, &prealloc) < 0) {
+                error_report("Invalid preallocation mode '%s'", optarg);
+                return 1;
+            }
+            break;
+        case OPTION_SHRINK:
+            shrink = true;
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting image file name and size");
+    }
+    filename = argv[optind];
+
+    if (size[0] == '+') {
+        relative = 1;
+        size++;
+    } else if (size[0] == '-') {
+        relative = -1;
+        size++;
+    }
+    if (qemu_strtosz(size, NULL, &n) < 0) {
+        error_report("Parameter 'size' expects a non-negative number below "
+                     "2^64");
+        fprintf(stderr, "Optional suffix k, M, G, T, P or E means kilo-, "
+                "mega-, giga-, tera-, peta-\nand exabytes, respectively.\n");
+        return 1;
+    }
+
+    bs = img_open(filename, fmt, BDRV_O_RDWR, false);
+    if (!bs) {
+        return 1;
+    }
+    current_size = bdrv_getlength(bs);
+    if (current_size < 0) {
+        error_report("Failed to inquire current image length: %s",
+                     strerror((int)-current_size));
+        goto fail;
+    }
+    total_size = relative ? current_size + (int64_t)n * relative
+                          : (int64_t)n;
+    if (total_size <= 0) {
+        error_report("New image size must be positive");
+        goto fail;
+    }
+    if (total_size <= current_size && prealloc != PREALLOC_MODE_OFF) {
+        error_report("Preallocation can only be used for growing images");
+        goto fail;
+    }
+    if (total_size < current_size && !shrink) {
+        error_report("Use the --shrink option to perform a shrink operation.");
+        error_report("warning: Shrinking an image will delete all data beyond "
+                     "the shrunken image's end. Before performing such an "
+                     "operation, make sure there is no important data there.");
+        goto fail;
+    }
+    ret = bdrv_truncate(bs, total_size, true, prealloc, &err);
+    if (ret < 0) {
+        if (!err) {
+            error_setg_errno(&err, -ret, "Could not resize image");
+        }
+        error_report_err(err);
+        goto fail;
+    }
+    bdrv_unref(bs);
+    qprintf(quiet, "Image resized.\n");
+    return 0;
+
+fail:
+    bdrv_unref(bs);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* snapshot                                                           */
+
+enum {
+    SNAPSHOT_LIST = 1,
+    SNAPSHOT_CREATE,
+    SNAPSHOT_APPLY,
+    SNAPSHOT_DELETE,
+};
+
+static int img_snapshot(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    const char *name = NULL, *filename;
+    int action = 0, flags = BDRV_O_RDWR | BDRV_O_NO_BACKING, c, ret = 0;
+    BlockDriverState *bs;
+    QEMUSnapshotInfo sn;
+    Error *err = NULL;
+
+    while ((c = getopt_long(argc, argv, ":la:c:d:hqU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'l':
+        case 'a':
+        case 'c':
+        case 'd':
+            if (action) {
+                error_exit("Cannot mix '-l', '-a', '-c', '-d'");
+            }
+            action = c == 'l' ? SNAPSHOT_LIST : c == 'a' ? SNAPSHOT_APPLY :
+                     c == 'c' ? SNAPSHOT_CREATE : SNAPSHOT_DELETE;
+            if (c == 'l') {
+                flags &= ~BDRV_O_RDWR;
+            } else {
+                name = optarg;
+            }
+            break;
+        case 'q':
+        case 'U':
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    filename = argv[optind];
+
+    bs = img_open(filename, NULL, flags, false);
+    if (!bs) {
+        return 1;
+    }
+    switch (action) {
+    case SNAPSHOT_LIST: {
+        QEMUSnapshotInfo *sns = NULL;
+        int n = bdrv_snapshot_list(bs, &sns);
+
+        if (n > 0) {
+            dump_snapshot_table(sns, n);
+        }
+        if (n >= 0) {
+            g_free(sns);
+        }
+        break;
+    }
+    case SNAPSHOT_CREATE: {
+        gint64 now = g_get_real_time();
+
+        memset(&sn, 0, sizeof(sn));
+        pstrcpy(sn.name, sizeof(sn.name), name);
+        sn.date_sec = now / G_USEC_PER_SEC;
+        sn.date_nsec = (now % G_USEC_PER_SEC) * 1000;
+        ret = bdrv_snapshot_create(bs, &sn, &err);
+        if (ret < 0) {
+            error_free(err);
+            error_report("Could not create snapshot '%s': %d (%s)", name, ret,
+                         strerror(-ret));
+            ret = 1;
+        }
+        break;
+    }
+    case SNAPSHOT_APPLY:
+        ret = bdrv_snapshot_goto(bs, name, &err);
+        if (ret < 0) {
+            if (!err) {
+                error_setg_errno(&err, -ret, "Failed to load snapshot");
+            }
+            error_report_prefixed(err, "Could not apply snapshot '%s': ",
+                                  name);
+            ret = 1;
+        }
+        break;
+    case SNAPSHOT_DELETE:
+        if (bdrv_snapshot_find(bs, &sn, name) < 0) {
+            error_report("Could not delete snapshot '%s': snapshot not found",
+                         name);
+            ret = 1;
+            break;
+        }
+        ret = bdrv_snapshot_delete(bs, sn.id_str, sn.name, &err);
+        if (ret < 0) {
+            if (!err) {
+                error_setg_errno(&err, -ret, "Failed to delete snapshot");
+            }
+            error_report_prefixed(err, "Could not delete snapshot '%s': ",
+                                  name);
+            ret = 1;
+        }
+        break;
+    }
+    bdrv_unref(bs);
+    return ret ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* map                                                                */
+
+typedef struct MapEntry {
+    int64_t start;
+    int64_t length;
+    int64_t offset;
+    int64_t depth;
+    bool has_offset;
+    bool data;
+    bool zero;
+    bool present;
+    const char *filename;       /* NULL if none */
+} MapEntry;
+
+static int map_block_status(BlockDriverState *bs, int64_t offset,
+                            int64_t bytes, MapEntry *e)
+{
+    BlockDriverState *file = NULL;
+    int64_t map = 0, depth = 0;
+    int ret;
+
+    for (;;) {
+        BlockDriverState *next;
+
+        file = NULL;
+        ret = bdrv_block_status(bs, offset, bytes, &bytes, &map, &file);
+        if (ret < 0) {
+            return ret;
+        }
+        assert(bytes > 0);
+        if (ret & (BDRV_BLOCK_ZERO | BDRV_BLOCK_DATA)) {
+            break;
+        }
+        next = bdrv_get_backing(bs);
+        if (!next) {
+            ret = 0;
+            break;
+        }
+        bs = next;
+        depth++;
+    }
+
+    *e = (MapEntry) {
+        .start = offset,
+        .length = bytes,
+        .data = !!(ret & BDRV_BLOCK_DATA),
+        .zero = !!(ret & BDRV_BLOCK_ZERO),
+        .offset = map,
+        .has_offset = !!(ret & BDRV_BLOCK_OFFSET_VALID),
+        .depth = depth,
+        .present = !!(ret & BDRV_BLOCK_ALLOCATED),
+    };
+    if (file && e->has_offset) {
+        e->filename = bdrv_get_filename(file);
+    }
+    return 0;
+}
+
+static bool map_entry_mergeable(const MapEntry *curr, const MapEntry *next)
+{
+    if (curr->length == 0) {
+        return false;
+    }
+    if (curr->zero != next->zero || curr->data != next->data ||
+        curr->depth != next->depth || curr->present != next->present ||
+        !curr->filename != !next->filename ||
+        curr->has_offset != next->has_offset) {
+        return false;
+    }
+    if (curr->filename && strcmp(curr->filename, next->filename)) {
+        return false;
+    }
+    if (curr->has_offset && curr->offset + curr->length != next->offset) {
+        return false;
+    }
+    return true;
+}
+
+static int dump_map_entry(OutputFormat output_format, MapEntry *e,
+                          MapEntry *next)
+{
+    if (output_format == OFORMAT_HUMAN) {
+        if (e->data && !e->has_offset) {
+            error_report("File contains external, encrypted or compressed "
+                         "clusters.");
+            return -1;
+        }
+        if (e->data && !e->zero) {
+            printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
+                   e->start, e->length, e->has_offset ? e->offset : 0,
+                   e->filename ? e->filename : "");
+        }
+        /* human output does not tell 0, ZERO and ZERO|DATA apart */
+        if (next && (!next->data || next->zero)) {
+            next->data = false;
+            next->zero = true;
+        }
+        return 0;
+    }
+    printf("{ \"start\": %" PRId64 ", \"length\": %" PRId64 ","
+           " \"depth\": %" PRId64 ", \"present\": %s, \"zero\": %s,"
+           " \"data\": %s", e->start, e->length, e->depth,
+           e->present ? "true" : "false", e->zero ? "true" : "false",
+           e->data ? "true" : "false");
+    if (e->has_offset) {
+        printf(", \"offset\": %" PRId64, e->offset);
+    }
+    putchar('}');
+    if (next) {
+        puts(",");
+    }
+    return 0;
+}
+
+static int img_map(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"format", required_argument, 0, 'f'},
+        {"output", required_argument, 0, OPTION_OUTPUT},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {"start-offset", required_argument, 0, OPTION_START_OFFSET},
+        {"max-length", required_argument, 0, OPTION_MAX_LENGTH},
+        {0, 0, 0, 0}
+    };
+    OutputFormat output_format = OFORMAT_HUMAN;
+    const char *fmt = NULL, *output = NULL;
+    int64_t start_offset = 0, max_length = -1, length;
+    MapEntry curr = { .length = 0 }, next;
+    BlockDriverState *bs;
+    int c, ret = 0;
+
+    while ((c = getopt_long(argc, argv, ":f:hU", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'U':
+            break;
+        case OPTION_OUTPUT:
+            output = optarg;
+            break;
+        case OPTION_START_OFFSET:
+            start_offset = cvtnum("start offset", optarg);
+            if (start_offset < 0) {
+                return 1;
+            }
+            break;
+        case OPTION_MAX_LENGTH:
+            max_length = cvtnum("max length", optarg);
+            if (max_length < 0) {
+                return 1;
+            }
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    if (output) {
+        output_format = parse_output_format(output);
+    }
+
+    bs = img_open(argv[optind], fmt, 0, false);
+    if (!bs) {
+        return 1;
+    }
+    if (output_format == OFORMAT_HUMAN) {
+        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+    } else {
+        putchar('[');
+    }
+
+    length = bdrv_getlength(bs);
+    if (length < 0) {
+        error_report("Failed to get size for '%s'", argv[optind]);
+        ret = -1;
+        goto out;
+    }
+    if (max_length != -1) {
+        length = MIN(start_offset + max_length, length);
+    }
+
+    curr.start = start_offset;
+    while (curr.start + curr.length < length) {
+        int64_t offset = curr.start + curr.length;
+        int64_t n = MIN(1 * GiB, length - offset);
+
+        ret = map_block_status(bs, offset, n, &next);
+        if (ret < 0) {
+            error_report("Could not read file metadata: %s", strerror(-ret));
+            goto out;
+        }
+        if (map_entry_mergeable(&curr, &next)) {
+            curr.length += next.length;
+            continue;
+        }
+        if (curr.length > 0) {
+            ret = dump_map_entry(output_format, &curr, &next);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+        curr = next;
+    }
+    ret = dump_map_entry(output_format, &curr, NULL);
+    if (output_format == OFORMAT_JSON) {
+        puts("]");
+    }
+
+out:
+    bdrv_unref(bs);
+    return ret < 0 ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* compare                                                            */
+
+static int check_empty_sectors(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes, const char *filename,
+                               uint8_t *buffer, bool quiet)
+{
+    int64_t idx;
+    int ret = bdrv_pread(bs, offset, bytes, buffer, 0);
+
+    if (ret < 0) {
+        error_report("Error while reading offset %" PRId64 " of %s: %s",
+                     offset, filename, strerror(-ret));
+        return 4;
+    }
+    idx = find_nonzero(buffer, bytes);
+    if (idx >= 0) {
+        qprintf(quiet, "Content mismatch at offset %" PRId64 "!\n",
+                offset + idx);
+        return 1;
+    }
+    return 0;
+}
+
+typedef struct CompareArgs {
+    BlockDriverState *bs1, *bs2;
+    const char *filename1, *filename2;
+    bool strict, quiet;
+} CompareArgs;
+
+static int compare_images(CompareArgs *a, uint8_t *buf1, uint8_t *buf2)
+{
+    int64_t total_size1, total_size2, total_size, progress_base;
+    int64_t offset = 0, pnum1, pnum2, chunk;
+    int ret;
+
+    total_size1 = bdrv_getlength(a->bs1);
+    if (total_size1 < 0) {
+        error_report("Can't get size of %s: %s", a->filename1,
+                     strerror((int)-total_size1));
+        return 4;
+    }
+    total_size2 = bdrv_getlength(a->bs2);
+    if (total_size2 < 0) {
+        error_report("Can't get size of %s: %s", a->filename2,
+                     strerror((int)-total_size2));
+        return 4;
+    }
+    total_size = MIN(total_size1, total_size2);
+    progress_base = MAX(total_size1, total_size2);
+
+    progress_print(0, 100);
+    if (a->strict && total_size1 != total_size2) {
+        qprintf(a->quiet, "Strict mode: Image size mismatch!\n");
+        return 1;
+    }
+
+    while (offset < total_size) {
+        int status1, status2;
+        bool allocated1, allocated2;
+
+        status1 = bdrv_block_status_above(a->bs1, NULL, offset,
+                                          total_size1 - offset, &pnum1,
+                                          NULL, NULL, NULL);
+        if (status1 < 0) {
+            error_report("Sector allocation test failed for %s",
+                         a->filename1);
+            return 3;
+        }
+        status2 = bdrv_block_status_above(a->bs2, NULL, offset,
+                                          total_size2 - offset, &pnum2,
+                                          NULL, NULL, NULL);
+        if (status2 < 0) {
+            error_report("Sector allocation test failed for %s",
+                         a->filename2);
+            return 3;
+        }
+        allocated1 = status1 & BDRV_BLOCK_ALLOCATED;
+        allocated2 = status2 & BDRV_BLOCK_ALLOCATED;
+        assert(pnum1 > 0 && pnum2 > 0);
+        chunk = MIN(pnum1, pnum2);
+
+        if (a->strict && status1 != status2) {
+            qprintf(a->quiet, "Strict mode: Offset %" PRId64
+                    " block status mismatch!\n", offset);
+            return 1;
+        }
+        if ((status1 & BDRV_BLOCK_ZERO) && (status2 & BDRV_BLOCK_ZERO)) {
+            /* both read as zeroes */
+        } else if (allocated1 == allocated2) {
+            if (allocated1) {
+                int64_t pnum;
+
+                chunk = MIN(chunk, IO_BUF_SIZE);
+                ret = bdrv_pread(a->bs1, offset, chunk, buf1, 0);
+                if (ret < 0) {
+                    error_report("Error while reading offset %" PRId64
+                                 " of %s: %s", offset, a->filename1,
+                                 strerror(-ret));
+                    return 4;
+                }
+                ret = bdrv_pread(a->bs2, offset, chunk, buf2, 0);
+                if (ret < 0) {
+                    error_report("Error while reading offset %" PRId64
+                                 " of %s: %s", offset, a->filename2,
+                                 strerror(-ret));
+                    return 4;
+                }
+                ret = compare_buffers(buf1, buf2, chunk, &pnum);
+                if (ret || pnum != chunk) {
+                    qprintf(a->quiet, "Content mismatch at offset %" PRId64
+                            "!\n", offset + (ret ? 0 : pnum));
+                    return 1;
+                }
+            }
+        } else {
+            chunk = MIN(chunk, IO_BUF_SIZE);
+            if (allocated1) {
+                ret = check_empty_sectors(a->bs1, offset, chunk,
+                                          a->filename1, buf1, a->quiet);
+            } else {
+                ret = check_empty_sectors(a->bs2, offset, chunk,
+                                          a->filename2, buf1, a->quiet);
+            }
+            if (ret) {
+                return ret;
+            }
+        }
+        offset += chunk;
+        progress_print(((float)chunk / progress_base) * 100, 100);
+    }
+
+    if (total_size1 != total_size2) {
+        BlockDriverState *bs_over = total_size1 > total_size2 ? a->bs1
+                                                              : a->bs2;
+        const char *filename_over = total_size1 > total_size2 ?
+                                    a->filename1 : a->filename2;
+
+        qprintf(a->quiet, "Warning: Image size mismatch!\n");
+        while (offset < progress_base) {
+            ret = bdrv_block_status_above(bs_over, NULL, offset,
+                                          progress_base - offset, &chunk,
+                                          NULL, NULL, NULL);
+            if (ret < 0) {
+                error_report("Sector allocation test failed for %s",
+                             filename_over);
+                return 3;
+            }
+            if (chunk <= 0) {
+                chunk = progress_base - offset;
+            }
+            if ((ret & BDRV_BLOCK_ALLOCATED) && !(ret & BDRV_BLOCK_ZERO)) {
+                chunk = MIN(chunk, IO_BUF_SIZE);
+                ret = check_empty_sectors(bs_over, offset, chunk,
+                                          filename_over, buf1, a->quiet);
+                if (ret) {
+                    return ret;
+                }
+            }
+            offset += chunk;
+            progress_print(((float)chunk / progress_base) * 100, 100);
+        }
+    }
+    qprintf(a->quiet, "Images are identical.\n");
+    return 0;
+}
+
+static int img_compare(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    const char *fmt1 = NULL, *fmt2 = NULL, *cache = BDRV_DEFAULT_CACHE;
+    CompareArgs a = { 0 };
+    bool show_progress = false, writethrough;
+    uint8_t *buf1 = NULL, *buf2 = NULL;
+    int flags = 0, c, ret;
+
+    while ((c = getopt_long(argc, argv, ":hf:F:T:pqsU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt1 = optarg;
+            break;
+        case 'F':
+            fmt2 = optarg;
+            break;
+        case 'T':
+            cache = optarg;
+            break;
+        case 'p':
+            show_progress = true;
+            break;
+        case 'q':
+            a.quiet = true;
+            break;
+        case 's':
+            a.strict = true;
+            break;
+        case 'U':
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (a.quiet) {
+        show_progress = false;
+    }
+    if (optind != argc - 2) {
+        error_exit("Expecting two image file names");
+    }
+    a.filename1 = argv[optind++];
+    a.filename2 = argv[optind++];
+
+    progress_init(show_progress, 2.0);
+    if (bdrv_parse_cache_mode(cache, &flags, &writethrough) < 0) {
+        error_report("Invalid source cache option: %s", cache);
+        ret = 2;
+        goto out;
+    }
+    a.bs1 = img_open(a.filename1, fmt1, flags, writethrough);
+    if (!a.bs1) {
+        ret = 2;
+        goto out;
+    }
+    a.bs2 = img_open(a.filename2, fmt2, flags, writethrough);
+    if (!a.bs2) {
+        ret = 2;
+        goto out;
+    }
+    buf1 = qemu_blockalign(IO_BUF_SIZE);
+    buf2 = qemu_blockalign(IO_BUF_SIZE);
+    ret = compare_images(&a, buf1, buf2);
+
+out:
+    qemu_vfree(buf1);
+    qemu_vfree(buf2);
+    if (a.bs2) {
+        bdrv_unref(a.bs2);
+    }
+    if (a.bs1) {
+        bdrv_unref(a.bs1);
+    }
+    progress_end();
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* bench                                                              */
+
+typedef struct BenchData {
+    BlockDriverState *bs;
+    uint64_t image_size;
+    bool write;
+    int bufsize;
+    int step;
+    int nrreq;
+    int n;
+    int flush_interval;
+    bool drain_on_flush;
+    uint8_t *buf;
+    QEMUIOVector *qiov;
+
+    int in_flight;
+    bool in_flush;
+    uint64_t offset;
+} BenchData;
+
+static void bench_undrained_flush_cb(void *opaque, int ret)
+{
+    (void)opaque;
+    if (ret < 0) {
+        error_report("Failed flush request: %s", strerror(-ret));
+        exit(EXIT_FAILURE);
+    }
+}
+
+/* Completion of one request: account for it and keep the queue full. */
+static void bench_cb(void *opaque, int ret)
+{
+    BenchData *b = opaque;
+
+    if (ret < 0) {
+        error_report("Failed request: %s", strerror(-ret));
+        exit(EXIT_FAILURE);
+    }
+
+    if (b->in_flush) {
+        /* a drained flush finished: start the next requests */
+        assert(b->in_flight == 0);
+        b->in_flush = false;
+    } else if (b->in_flight > 0) {
+        int remaining = b->n - b->in_flight;
+
+        b->n--;
+        b->in_flight--;
+
+        if (b->flush_interval && remaining % b->flush_interval == 0) {
+            if (!b->in_flight || !b->drain_on_flush) {
+                BlockCompletionFunc *cb;
+
+                if (b->drain_on_flush) {
+                    b->in_flush = true;
+                    cb = bench_cb;
+                } else {
+                    cb = bench_undrained_flush_cb;
+                }
+                bdrv_aio_flush(b->bs, cb, b);
+            }
+            if (b->drain_on_flush) {
+                return;
+            }
+        }
+    }
+
+    while (b->n > b->in_flight && b->in_flight < b->nrreq) {
+        int64_t offset = b->offset;
+
+        /* count it first: the completion may run before the call returns */
+        b->in_flight++;
+        b->offset += b->step;
+        if (b->image_size == 0) {
+            b->offset = 0;
+        } else {
+            b->offset %= b->image_size;
+        }
+        if (b->write) {
+            bdrv_aio_pwritev(b->bs, offset, b->qiov, 0, bench_cb, b);
+        } else {
+            bdrv_aio_preadv(b->bs, offset, b->qiov, 0, bench_cb, b);
+        }
+    }
+}
+
+static int bench_parse_int(const char *arg, unsigned long max,
+                           const char *what, int *out)
+{
+    uint64_t res;
+
+    if (qemu_strtou64(arg, NULL, 0, &res) < 0 || res > max) {
+        error_report("Invalid %s specified", what);
+        return -1;
+    }
+    *out = (int)res;
+    return 0;
+}
+
+static int img_bench(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"flush-interval", required_argument, 0, OPTION_FLUSH_INTERVAL},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"pattern", required_argument, 0, OPTION_PATTERN},
+        {"no-drain", no_argument, 0, OPTION_NO_DRAIN},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    const char *fmt = NULL;
+    bool is_write = false, drain_on_flush = true, writethrough = false;
+    int count = 75000, depth = 64, pattern = 0, flush_interval = 0;
+    int64_t offset = 0, sval, image_size;
+    size_t bufsize = 4096, step = 0;
+    int flags = 0, c, ret = 0;
+    BlockDriverState *bs = NULL;
+    BenchData data = { 0 };
+    struct timeval t1, t2;
+
+    while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU",
+                            long_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'c':
+            if (bench_parse_int(optarg, INT_MAX, "request count",
+                                &count) < 0) {
+                return 1;
+            }
+            break;
+        case 'd':
+            if (bench_parse_int(optarg, INT_MAX, "queue depth", &depth) < 0) {
+                return 1;
+            }
+            break;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'n':
+            flags |= BDRV_O_NATIVE_AIO;
+            break;
+        case 'i':
+            if (bdrv_parse_aio(optarg, &flags) < 0) {
+                error_report("Invalid aio option: %s", optarg);
+                return 1;
+            }
+            break;
+        case 'o':
+            offset = cvtnum("offset", optarg);
+            if (offset < 0) {
+                return 1;
+            }
+            break;
+        case 'q':
+            break;
+        case 's':
+            sval = cvtnum_full("buffer size", optarg, 0, INT_MAX);
+            if (sval < 0) {
+                return 1;
+            }
+            bufsize = sval;
+            break;
+        case 'S':
+            sval = cvtnum_full("step_size", optarg, 0, INT_MAX);
+            if (sval < 0) {
+                return 1;
+            }
+            step = sval;
+            break;
+        case 't':
+            if (bdrv_parse_cache_mode(optarg, &flags, &writethrough) < 0) {
+                error_report("Invalid cache mode");
+                return 1;
+            }
+            break;
+        case 'w':
+            flags |= BDRV_O_RDWR;
+            is_write = true;
+            break;
+        case 'U':
+            break;
+        case OPTION_PATTERN:
+            if (bench_parse_int(optarg, 0xff, "pattern byte", &pattern) < 0) {
+                return 1;
+            }
+            break;
+        case OPTION_FLUSH_INTERVAL:
+            if (bench_parse_int(optarg, INT_MAX, "flush interval",
+                                &flush_interval) < 0) {
+                return 1;
+            }
+            break;
+        case OPTION_NO_DRAIN:
+            drain_on_flush = false;
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    if (!is_write && flush_interval) {
+        error_report("--flush-interval is only available in write tests");
+        return 1;
+    }
+    if (flush_interval && flush_interval < depth) {
+        error_report("Flush interval can't be smaller than depth");
+        return 1;
+    }
+    if (depth < 1) {
+        error_report("Invalid queue depth specified");
+        return 1;
+    }
+
+    bs = img_open(argv[optind], fmt, flags, writethrough);
+    if (!bs) {
+        return 1;
+    }
+    image_size = bdrv_getlength(bs);
+    if (image_size < 0) {
+        ret = 1;
+        goto out;
+    }
+
+    data = (BenchData) {
+        .bs             = bs,
+        .image_size     = image_size,
+        .bufsize        = (int)bufsize,
+        .step           = (int)(step ? step : bufsize),
+        .nrreq          = depth,
+        .n              = count,
+        .offset         = offset,
+        .write          = is_write,
+        .flush_interval = flush_interval,
+        .drain_on_flush = drain_on_flush,
+    };
+    printf("Sending %d %s requests, %d bytes each, %d in parallel "
+           "(starting at offset %" PRId64 ", step size %d)\n",
+           data.n, data.write ? "write" : "read", data.bufsize, data.nrreq,
+           offset, data.step);
+    if (flush_interval) {
+        printf("Sending flush every %d requests\n", flush_interval);
+    }
+
+    /* One buffer shared by all requests: no per-request allocation */
+    data.buf = qemu_blockalign(MAX(data.bufsize, 1));
+    memset(data.buf, pattern, data.bufsize);
+    data.qiov = g_new(QEMUIOVector, 1);
+    qemu_iovec_init_buf(data.qiov, data.buf, data.bufsize);
+
+    gettimeofday(&t1, NULL);
+    bench_cb(&data, 0);
+    AIO_WAIT_WHILE(data.n > 0);
+    gettimeofday(&t2, NULL);
+
+    printf("Run completed in %3.3f seconds.\n",
+           (t2.tv_sec - t1.tv_sec) +
+           ((double)(t2.tv_usec - t1.tv_usec) / 1000000));
+
+out:
+    qemu_vfree(data.buf);
+    g_free(data.qiov);
+    bdrv_unref(bs);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* amend                                                              */
+
+static int print_amend_option_help(const char *fmt)
+{
+    BlockDriver *drv = bdrv_find_format(fmt);
+    const QemuOptDesc *descs[2];
+
+    if (!drv) {
+        error_report("Unknown file format '%s'", fmt);
+        return 1;
+    }
+    descs[0] = bdrv_driver_amend_opts(drv);
+    descs[1] = NULL;
+    if (!descs[0]) {
+        error_report("Format driver '%s' does not support option amendment",
+                     fmt);
+        return 1;
+    }
+    printf("Amend options for '%s':\n", fmt);
+    print_opts_help(descs);
+    return 0;
+}
+
+static int img_amend(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force", no_argument, 0, OPTION_FORCE},
+        {0, 0, 0, 0}
+    };
+    const char *fmt = NULL, *cache = BDRV_DEFAULT_CACHE, *filename;
+    bool quiet = false, show_progress = false, force = false, writethrough;
+    char *options = NULL;
+    BlockDriverState *bs = NULL;
+    QemuOpts *opts = NULL;
+    Error *err = NULL;
+    int flags, c, ret = -1;
+
+    while ((c = getopt_long(argc, argv, ":ho:f:t:pqU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'o':
+            accumulate_options(&options, optarg);
+            break;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'p':
+            show_progress = true;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'U':
+            break;
+        case OPTION_FORCE:
+            force = true;
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (!options) {
+        error_exit("Must specify options (-o)");
+    }
+    if (quiet) {
+        show_progress = false;
+    }
+    progress_init(show_progress, 1.0);
+
+    filename = optind == argc - 1 ? argv[argc - 1] : NULL;
+    if (fmt && has_help_option(options)) {
+        ret = print_amend_option_help(fmt);
+        goto out_no_progress;
+    }
+    if (optind != argc - 1) {
+        error_report("Expecting one image file name");
+        goto out;
+    }
+    flags = BDRV_O_RDWR;
+    if (bdrv_parse_cache_mode(cache, &flags, &writethrough) < 0) {
+        error_report("Invalid cache option: %s", cache);
+        goto out;
+    }
+    bs = img_open(filename, fmt, flags, writethrough);
+    if (!bs) {
+        goto out;
+    }
+    fmt = bdrv_get_format_name(bs);
+    if (has_help_option(options)) {
+        ret = print_amend_option_help(fmt);
+        goto out_no_progress;
+    }
+
+    opts = qemu_opts_new();
+    if (qemu_opts_parse(opts, options, NULL, &err) < 0) {
+        error_report_err(err);
+        goto out;
+    }
+    progress_print(0.f, 0);
+    ret = bdrv_amend_options(bs, opts, force, &err);
+    progress_print(100.f, 0);
+    if (ret == -ENOTSUP) {
+        error_free(err);
+        error_report("Format driver '%s' does not support option amendment",
+                     fmt);
+    } else if (ret < 0) {
+        if (!err) {
+            error_setg_errno(&err, -ret, "Error while amending options");
+        }
+        error_report_err(err);
+    }
+
+out:
+    progress_end();
+out_no_progress:
+    if (bs) {
+        bdrv_unref(bs);
+    }
+    if (opts) {
+        qemu_opts_del(opts);
+    }
+    g_free(options);
+    return ret ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* main                                                               */
+
+typedef struct ImgCmd {
+    const char *name;
+    int (*handler)(int argc, char **argv);
+} ImgCmd;
+
+static const ImgCmd img_cmds[] = {
+    { "amend", img_amend },
+    { "bench", img_bench },
+    { "check", img_check },
+    { "commit", img_commit },
+    { "compare", img_compare },
+    { "convert", img_convert },
+    { "create", img_create },
+    { "info", img_info },
+    { "map", img_map },
+    { "rebase", img_rebase },
+    { "resize", img_resize },
+    { "snapshot", img_snapshot },
+    { NULL, NULL },
+};
+
+static void format_print(void *opaque, const char *name)
+{
+    (void)opaque;
+    printf(" %s", name);
+}
+
+static void QEMU_NORETURN help(void)
+{
+    printf(QEMU_IMG_VERSION
+"usage: qemu-img [standard options] command [command options]\n"
+"QEMU disk image utility\n"
+"\n"
+"    '-h', '--help'       display this help and exit\n"
+"    '-V', '--version'    output version information and exit\n"
+"\n"
+"Command syntax:\n"
+"  amend [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename\n"
+"  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval]"
+" [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q]"
+" [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+"  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache]"
+" [-U] filename\n"
+"  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p]"
+" filename\n"
+"  compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U]"
+" filename1 filename2\n"
+"  convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache]"
+" [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]"
+" [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W]"
+" [--target-is-zero] filename [filename2 [...]] output_filename\n"
+"  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
+" [-o options] filename [size]\n"
+"  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
+"  map [-f fmt] [--start-offset=offset] [--max-length=len]"
+" [--output=ofmt] [-U] filename\n"
+"  snapshot [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot]"
+" filename\n"
+"  rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u]"
+" -b backing_file [-F backing_fmt] filename\n"
+"  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename"
+" [+ | -]size\n"
+"\n"
+"Command parameters:\n"
+"  'filename' is a disk image filename\n"
+"  'fmt' is the disk image format. It is guessed automatically in most"
+" cases\n"
+"  'cache' is the cache mode used to write the output disk image, the valid\n"
+"    options are: 'none', 'writeback' (default, except for convert),"
+" 'writethrough',\n"
+"    'directsync' and 'unsafe' (default for convert)\n"
+"  'src_cache' is the cache mode used to read input disk images, the valid\n"
+"    options are the same as for the 'cache' option\n"
+"  'size' is the disk image size in bytes. Optional suffixes\n"
+"    'k' or 'K' (kilobyte, 1024), 'M' (megabyte, 1024k), 'G' (gigabyte,"
+" 1024M),\n"
+"    'T' (terabyte, 1024G), 'P' (petabyte, 1024T) and 'E' (exabyte, 1024P)"
+"  are\n"
+"    supported. 'b' is ignored.\n"
+"  'output_filename' is the destination disk image filename\n"
+"  'output_fmt' is the destination format\n"
+"  'options' is a comma separated list of format specific options in a\n"
+"    name=value format. Use -o help for an overview of the options"
+" supported by\n"
+"    the used format\n"
+"  '-q' use Quiet mode - do not print any output (except errors)\n"
+"\n"
+"Supported formats:");
+    bdrv_iterate_format(format_print, NULL);
+    printf("\n\nSee docs/qemu-img.md for details.\n");
+    exit(EXIT_SUCCESS);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},
+        {"trace", required_argument, NULL, 'T'},
+        {0, 0, 0, 0}
+    };
+    const char *slash = strrchr(argv[0], '/');
+    const char *cmdname;
+    int c;
+
+    error_set_progname(slash ? slash + 1 : argv[0]);
+    bdrv_init();
+
+    if (argc < 2) {
+        error_exit("Not enough arguments");
+    }
+    while ((c = getopt_long(argc, argv, "+:hVT:", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case ':':
+            missing_argument(argv[optind - 1]);
+        case '?':
+            unrecognized_option(argv[optind - 1]);
+        case 'h':
+            help();
+        case 'V':
+            printf(QEMU_IMG_VERSION);
+            return 0;
+        case 'T':
+            /* tracing is not implemented; accepted for compatibility */
+            break;
+        }
+    }
+    if (optind >= argc) {
+        error_exit("Not enough arguments");
+    }
+    cmdname = argv[optind];
+    argc -= optind;
+    argv += optind;
+    optind = 0;
+
+    for (const ImgCmd *cmd = img_cmds; cmd->name; cmd++) {
+        if (!strcmp(cmdname, cmd->name)) {
+            return cmd->handler(argc, argv);
+        }
+    }
+    error_exit("Command not found: %s", cmdname);
+}
