@@ -36,7 +36,7 @@ check-unit: $(unit-tests-y)
 
 check-iotests: $(tools-y)
 	@cd $(SRC_PATH)/tests/qemu-iotests && \
-	  BUILD_DIR=$(CURDIR) ./check-all
+	  BUILD_DIR=$(CURDIR) ./check -raw -file
 
 check: all $(unit-tests-y)
 	@BUILD_DIR=$(CURDIR) SRC_PATH=$(SRC_PATH) \
@@ -62,5 +62,18 @@ distclean: clean
 	rm -rf build-asan
 
 .PHONY: all check check-unit check-iotests check-asan install clean distclean
+
+# ---- crash-consistency checker (docs/crash-testing.md) ----
+tests/crashtest/crashtest: tests/crashtest/crashtest.o libqemublock.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+# CI mode: self-test of the checker, then 200 crash points per format.
+check-crash: tests/crashtest/crashtest
+	@tests/crashtest/crashtest --self-test
+	@tests/crashtest/crashtest -f raw -n 200
+	@if tests/crashtest/crashtest -f add-cow -n 0 >/dev/null 2>&1; then \
+	  tests/crashtest/crashtest -f add-cow -n 200; fi
+
+.PHONY: check-crash
 
 -include $(wildcard *.d */*.d */*/*.d)

@@ -28,6 +28,8 @@ void bdrv_init(void)
     bdrv_file_init();
     bdrv_raw_init();
     bdrv_blkdebug_init();
+    bdrv_crashsim_init();
+    bdrv_add_cow_init();
 }
 
 BlockDriver *bdrv_find_format(const char *format_name)
@@ -106,6 +108,17 @@ const char *bdrv_driver_name(const BlockDriver *drv)
 const QemuOptDesc *bdrv_driver_create_opts(const BlockDriver *drv)
 {
     return drv->create_opts;
+}
+
+const QemuOptDesc *bdrv_driver_amend_opts(const BlockDriver *drv)
+{
+    return drv->bdrv_amend_options ? drv->amend_opts : NULL;
+}
+
+const QemuOptDesc *bdrv_protocol_create_opts(const char *filename)
+{
+    BlockDriver *proto = bdrv_find_protocol(filename, NULL);
+    return proto ? proto->create_opts : NULL;
 }
 
 bool bdrv_driver_supports_backing(const BlockDriver *drv)
@@ -289,6 +302,9 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
 
 static void bdrv_free(BlockDriverState *bs)
 {
+    if (bs->options) {
+        qemu_opts_del(bs->options);
+    }
     g_free(bs->opaque);
     g_free(bs);
 }
@@ -524,16 +540,6 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
         }
         probed = true;
     }
-    if (probed && !strcmp(fmt_drv->format_name, "raw") &&
-        (a->flags & BDRV_O_RDWR) && a->depth == 0) {
-        fprintf(stderr, "WARNING: Image format was not specified for '%s' "
-                "and probing guessed raw.\n"
-                "         Automatically detecting the format is dangerous "
-                "for raw images, write operations on block 0 will be "
-                "restricted.\n"
-                "         Specify the 'raw' format explicitly to remove the "
-                "restrictions.\n", filename);
-    }
     bs = bdrv_new(fmt_drv, filename, a->flags);
     bs->probed = probed;
     bs->file = file;
@@ -547,6 +553,7 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     if (ret < 0) {
         goto fail_bs;
     }
+    bs->options = qemu_opts_clone(opts);
     Error *local_err = NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
@@ -724,9 +731,14 @@ int bdrv_create(BlockDriver *drv, const char *filename, QemuOpts *opts,
                 Error **errp)
 {
     static const QemuOptDesc none[] = { { NULL } };
-    const QemuOptDesc *descs[2] = { drv->create_opts ? drv->create_opts
-                                                     : none, NULL };
+    const QemuOptDesc *descs[3] = { drv->create_opts ? drv->create_opts
+                                                     : none, NULL, NULL };
     CreateArgs c = { .drv = drv, .filename = filename, .opts = opts };
+
+    /* A format accepts its protocol's options too (passed down on create). */
+    if (!drv->protocol_name) {
+        descs[1] = bdrv_protocol_create_opts(filename);
+    }
 
     if (!drv->bdrv_create) {
         error_setg(errp, "Driver '%s' does not support image creation",
@@ -938,6 +950,8 @@ typedef struct SyncArgs {
     int ret;
 } SyncArgs;
 
+static int coroutine_fn bdrv_co_snapshot_op(SyncArgs *a);
+
 static int coroutine_fn bdrv_co_check(BlockDriverState *bs,
                                       BdrvCheckResult *res,
                                       BdrvCheckMode fix)
@@ -968,10 +982,54 @@ static BlockDriverState *bdrv_vmstate_node(BlockDriverState *bs)
     return (bs && bs->drv && bs->drv->bdrv_co_save_vmstate) ? bs : NULL;
 }
 
+/*
+ * Snapshot goto through a raw-like format: the format is closed, the node
+ * below switches snapshot, and the format is opened again so that it sees
+ * the new content (as QEMU does).
+ */
+static int coroutine_fn bdrv_co_snapshot_goto_fallback(SyncArgs *a)
+{
+    BlockDriverState *bs = a->bs;
+    Error *local_err = NULL;
+    int ret, open_ret;
+
+    if (!bs->drv->passthrough_snapshots || !bs->file) {
+        error_setg(a->errp, "Block driver does not support snapshots");
+        return -ENOTSUP;
+    }
+    if (!bdrv_snapshot_node(bs->file)) {
+        ret = -ENOTSUP;
+        error_setg(&local_err, "Block driver does not support snapshots");
+    } else {
+        SyncArgs sub = *a;
+        sub.bs = bs->file;
+        sub.errp = &local_err;
+        ret = bdrv_co_snapshot_op(&sub);
+    }
+    if (bs->drv->bdrv_close) {
+        bs->drv->bdrv_close(bs);
+    }
+    memset(bs->opaque, 0, bs->drv->instance_size);
+    open_ret = bs->drv->bdrv_open(bs, bs->options, bs->open_flags,
+                                  ret < 0 ? NULL : &local_err);
+    if (open_ret < 0) {
+        bs->drv = NULL;         /* no medium: every request fails */
+        ret = ret < 0 ? ret : open_ret;
+    } else {
+        bdrv_refresh_total_bytes(bs);
+    }
+    error_propagate(a->errp, local_err);
+    return ret;
+}
+
 static int coroutine_fn bdrv_co_snapshot_op(SyncArgs *a)
 {
     BlockDriverState *bs = bdrv_snapshot_node(a->bs);
 
+    if (a->op == SYNC_SN_GOTO && a->bs->drv &&
+        !a->bs->drv->bdrv_snapshot_goto) {
+        return bdrv_co_snapshot_goto_fallback(a);
+    }
     if (!bs) {
         error_setg(a->errp, "Block format '%s' used by device '' does not "
                    "support internal snapshots",
@@ -1268,9 +1326,12 @@ void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing)
 int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
                        Error **errp)
 {
-    static const QemuOptDesc none[] = { { NULL } };
-    const QemuOptDesc *descs[2] = { bs->drv->create_opts ?
-                                    bs->drv->create_opts : none, NULL };
+    if (!bs->drv->bdrv_amend_options || !bs->drv->amend_opts) {
+        error_setg(errp, "Format driver '%s' does not support option "
+                   "amendment", bs->drv->format_name);
+        return -ENOTSUP;
+    }
+    const QemuOptDesc *descs[2] = { bs->drv->amend_opts, NULL };
     if (qemu_opts_validate(opts, descs, errp) < 0) {
         return -EINVAL;
     }
@@ -1463,4 +1524,42 @@ void bdrv_debug_event(BlockDriverState *bs, const char *event)
         }
         bs = bs->file;
     }
+}
+
+/* The first node at or below bs (file and backing children) with a hook. */
+static BlockDriverState *bdrv_debug_node(BlockDriverState *bs)
+{
+    if (!bs || !bs->drv) {
+        return NULL;
+    }
+    if (bs->drv->bdrv_debug_breakpoint) {
+        return bs;
+    }
+    BlockDriverState *r = bdrv_debug_node(bs->file);
+    return r ? r : bdrv_debug_node(bs->backing);
+}
+
+int bdrv_debug_breakpoint(BlockDriverState *bs, const char *event,
+                          const char *tag)
+{
+    BlockDriverState *d = bdrv_debug_node(bs);
+    return d ? d->drv->bdrv_debug_breakpoint(d, event, tag) : -ENOTSUP;
+}
+
+int bdrv_debug_remove_breakpoint(BlockDriverState *bs, const char *tag)
+{
+    BlockDriverState *d = bdrv_debug_node(bs);
+    return d ? d->drv->bdrv_debug_remove_breakpoint(d, tag) : -ENOTSUP;
+}
+
+int bdrv_debug_resume(BlockDriverState *bs, const char *tag)
+{
+    BlockDriverState *d = bdrv_debug_node(bs);
+    return d ? d->drv->bdrv_debug_resume(d, tag) : -ENOTSUP;
+}
+
+bool bdrv_debug_is_suspended(BlockDriverState *bs, const char *tag)
+{
+    BlockDriverState *d = bdrv_debug_node(bs);
+    return d && d->drv->bdrv_debug_is_suspended(d, tag);
 }

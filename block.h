@@ -130,6 +130,10 @@ void bdrv_iterate_format(void (*it)(void *opaque, const char *name),
                          void *opaque);
 const char *bdrv_driver_name(const BlockDriver *drv);
 const QemuOptDesc *bdrv_driver_create_opts(const BlockDriver *drv);
+/* Options qemu-img amend accepts, or NULL if the format cannot amend. */
+const QemuOptDesc *bdrv_driver_amend_opts(const BlockDriver *drv);
+/* Create options of the protocol that would hold filename, or NULL. */
+const QemuOptDesc *bdrv_protocol_create_opts(const char *filename);
 bool bdrv_driver_supports_backing(const BlockDriver *drv);
 
 /*
@@ -310,5 +314,16 @@ int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,
 /* blkdebug hook: formats announce metadata events ("bitmap_update", ...). */
 void bdrv_debug_event(BlockDriverState *bs, const char *event);
 #define BLKDBG_EVENT(bs, evt) bdrv_debug_event(bs, evt)
+
+/*
+ * blkdebug breakpoints (for tests): the first request that raises event on
+ * the blkdebug node found below bs is suspended under tag (one-shot) until
+ * resumed. Return 0, -ENOENT (no such tag) or -ENOTSUP (no blkdebug node).
+ */
+int bdrv_debug_breakpoint(BlockDriverState *bs, const char *event,
+                          const char *tag);
+int bdrv_debug_remove_breakpoint(BlockDriverState *bs, const char *tag);
+int bdrv_debug_resume(BlockDriverState *bs, const char *tag);
+bool bdrv_debug_is_suspended(BlockDriverState *bs, const char *tag);
 
 #endif

@@ -39,6 +39,7 @@ struct BlockDriver {
     bool supports_backing;
     const QemuOptDesc *create_opts; /* qemu-img create -o */
     const QemuOptDesc *open_opts;   /* runtime options for bdrv_open */
+    const QemuOptDesc *amend_opts;  /* qemu-img amend -o; NULL: none */
 
     /* ---- probing ---- */
     /* Score 0..100 that buf (the first bytes of the image, zero padded to
@@ -147,7 +148,14 @@ struct BlockDriver {
                                              QEMUIOVector *qiov, int64_t pos);
 
     /* ---- testing ---- */
+    /* May suspend the calling coroutine (breakpoints). */
     void (*bdrv_debug_event)(BlockDriverState *bs, const char *event);
+    int (*bdrv_debug_breakpoint)(BlockDriverState *bs, const char *event,
+                                 const char *tag);
+    int (*bdrv_debug_remove_breakpoint)(BlockDriverState *bs,
+                                        const char *tag);
+    int (*bdrv_debug_resume)(BlockDriverState *bs, const char *tag);
+    bool (*bdrv_debug_is_suspended)(BlockDriverState *bs, const char *tag);
 
     /* raw-like formats: snapshots and VM state go to bs->file. */
     bool passthrough_snapshots;
@@ -196,6 +204,7 @@ struct BlockDriverState {
     CoQueue flush_queue;
     bool flush_active;
     bool probed;                        /* format chosen by probing */
+    QemuOpts *options;                  /* driver options given at open */
     int backing_depth;                  /* links below the opened root */
 };
 
@@ -204,6 +213,8 @@ void bdrv_register(BlockDriver *drv);
 void bdrv_file_init(void);
 void bdrv_raw_init(void);
 void bdrv_blkdebug_init(void);
+void bdrv_crashsim_init(void);
+void bdrv_add_cow_init(void);
 /* Best probe score of every format for buf, or NULL (used by raw to refuse
  * writes that would make a probed image look like another format). */
 BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,

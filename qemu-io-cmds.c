@@ -1661,6 +1661,69 @@ static int sleep_f(BlockDriverState *bs, int argc, char **argv)
     return 0;
 }
 
+/* ---- blkdebug breakpoints ---- */
+
+static int break_f(BlockDriverState *bs, int argc, char **argv)
+{
+    int ret = bdrv_debug_breakpoint(bs, argv[1], argv[2]);
+    if (ret < 0) {
+        printf("Could not set breakpoint: %s\n", strerror(-ret));
+    }
+    return ret;
+}
+
+static const cmdinfo_t break_cmd = {
+    .name = "break", .argmin = 2, .argmax = 2, .cfunc = break_f,
+    .args = "event tag",
+    .oneline = "sets a breakpoint on event and tags the stopped request as tag",
+};
+
+static int remove_break_f(BlockDriverState *bs, int argc, char **argv)
+{
+    int ret = bdrv_debug_remove_breakpoint(bs, argv[1]);
+    if (ret < 0) {
+        printf("Could not remove breakpoint %s: %s\n", argv[1],
+               strerror(-ret));
+    }
+    return ret;
+}
+
+static const cmdinfo_t remove_break_cmd = {
+    .name = "remove_break", .argmin = 1, .argmax = 1, .cfunc = remove_break_f,
+    .args = "tag",
+    .oneline = "remove a breakpoint by tag",
+};
+
+static int resume_f(BlockDriverState *bs, int argc, char **argv)
+{
+    int ret = bdrv_debug_resume(bs, argv[1]);
+    if (ret < 0) {
+        printf("Could not resume request: %s\n", strerror(-ret));
+    }
+    return ret;
+}
+
+static const cmdinfo_t resume_cmd = {
+    .name = "resume", .argmin = 1, .argmax = 1, .cfunc = resume_f,
+    .args = "tag",
+    .oneline = "resumes the request tagged as tag",
+};
+
+/* Poll until a request is suspended under tag (aio requests progress). */
+static int wait_break_f(BlockDriverState *bs, int argc, char **argv)
+{
+    while (!bdrv_debug_is_suspended(bs, argv[1])) {
+        aio_poll(qemu_get_aio_context(), true);
+    }
+    return 0;
+}
+
+static const cmdinfo_t wait_break_cmd = {
+    .name = "wait_break", .argmin = 1, .argmax = 1, .cfunc = wait_break_f,
+    .args = "tag",
+    .oneline = "waits for the suspension of a request",
+};
+
 static const cmdinfo_t sleep_cmd = {
     .name = "sleep", .argmin = 1, .argmax = 1, .cfunc = sleep_f,
     .flags = CMD_NOFILE_OK,
@@ -1778,6 +1841,10 @@ static void __attribute__((constructor)) init_qemuio_commands(void)
     qemuio_add_command(&alloc_cmd);
     qemuio_add_command(&map_cmd);
     qemuio_add_command(&sleep_cmd);
+    qemuio_add_command(&break_cmd);
+    qemuio_add_command(&remove_break_cmd);
+    qemuio_add_command(&resume_cmd);
+    qemuio_add_command(&wait_break_cmd);
     qemuio_add_command(&sigraise_cmd);
     qemuio_add_command(&abort_cmd);
 }

@@ -11,6 +11,9 @@
 #define QEMU_IO_VERSION "0.1.0"
 
 static BlockDriverState *qemuio_bs;
+static char *cur_name;          /* how the current image was opened */
+static QemuOpts *cur_opts;
+static int cur_flags;
 static bool quit_qemu_io;
 static bool image_opts;
 static char *progname;
@@ -53,7 +56,117 @@ static int openfile(const char *name, const char *fmt, int flags,
         return 1;
     }
     bdrv_set_enable_write_cache(qemuio_bs, !writethrough);
+    g_free(cur_name);
+    cur_name = g_strdup(name);
+    if (cur_opts) {
+        qemu_opts_del(cur_opts);
+    }
+    cur_opts = opts ? qemu_opts_clone(opts) : qemu_opts_new();
+    cur_flags = flags;
     return 0;
+}
+
+/* ---- reopen: a new graph with changed flags/options replaces the old ---- */
+
+static void reopen_help(void)
+{
+    printf(
+"\n"
+" Changes the open options of an already opened image\n"
+"\n"
+" Example:\n"
+" 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 image\n"
+"\n"
+" -r, -- Reopen the image read-only\n"
+" -w, -- Reopen the image read-write\n"
+" -c, -- Change the cache mode to the given value\n"
+" -o, -- Changes block driver options (cf. 'open' command)\n"
+"\n");
+}
+
+static int reopen_f(BlockDriverState *bs, int argc, char **argv);
+
+static const cmdinfo_t reopen_cmd = {
+    .name = "reopen", .argmin = 0, .argmax = -1, .cfunc = reopen_f,
+    .args = "[(-r|-w)] [-c cache] [-o options]",
+    .oneline = "reopens an image with new options",
+    .help = reopen_help,
+};
+
+static int reopen_f(BlockDriverState *bs, int argc, char **argv)
+{
+    int flags = cur_flags;
+    bool writethrough = !bdrv_get_enable_write_cache(bs);
+    bool has_rw = false;
+    QemuOpts *opts = qemu_opts_clone(cur_opts);
+    Error *local_err = NULL;
+    BlockDriverState *new_bs;
+    int c, ret = 0;
+
+    optind = 0;
+    while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
+        switch (c) {
+        case 'c':
+            if (bdrv_parse_cache_mode(optarg, &flags, &writethrough) < 0) {
+                error_report("Invalid cache option: %s", optarg);
+                ret = -EINVAL;
+                goto out;
+            }
+            break;
+        case 'o':
+            if (qemu_opts_parse(opts, optarg, NULL, &local_err) < 0) {
+                error_report_err(local_err);
+                ret = -EINVAL;
+                goto out;
+            }
+            break;
+        case 'r':
+        case 'w':
+            if (has_rw) {
+                error_report("Only one -r/-w option may be given");
+                ret = -EINVAL;
+                goto out;
+            }
+            has_rw = true;
+            flags = c == 'r' ? (flags & ~BDRV_O_RDWR) : (flags | BDRV_O_RDWR);
+            break;
+        default:
+            qemuio_command_usage(&reopen_cmd);
+            ret = -EINVAL;
+            goto out;
+        }
+    }
+    if (optind != argc) {
+        qemuio_command_usage(&reopen_cmd);
+        ret = -EINVAL;
+        goto out;
+    }
+    /* Everything written so far must be on disk before the new graph
+     * reads the metadata. */
+    qemuio_wait_aio();
+    if (!bdrv_is_read_only(bs)) {
+        ret = bdrv_flush(bs);
+        if (ret < 0) {
+            error_report("Could not flush before reopen: %s", strerror(-ret));
+            goto out;
+        }
+    }
+    new_bs = bdrv_open(cur_name, bdrv_get_format_name(bs),
+                       qemu_opts_count(opts) ? opts : NULL, flags, &local_err);
+    if (!new_bs) {
+        error_report_err(local_err);
+        ret = -EINVAL;
+        goto out;
+    }
+    bdrv_unref(qemuio_bs);
+    qemuio_bs = new_bs;
+    bdrv_set_enable_write_cache(qemuio_bs, !writethrough);
+    cur_flags = flags;
+    qemu_opts_del(cur_opts);
+    cur_opts = qemu_opts_clone(opts);
+out:
+    qemu_opts_del(opts);
+    return ret;
 }
 
 static void open_help(void)
@@ -479,6 +592,7 @@ int main(int argc, char **argv)
     bdrv_init();
     qemuio_add_command(&open_cmd);
     qemuio_add_command(&close_cmd);
+    qemuio_add_command(&reopen_cmd);
     qemuio_add_command(&quit_cmd);
 
     if (!readonly) {

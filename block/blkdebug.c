@@ -28,8 +28,19 @@ typedef struct BlkdebugRule {
     bool active;                 /* event seen, waiting for a request */
 } BlkdebugRule;
 
+typedef struct BlkdebugBreak {
+    char *event, *tag;
+} BlkdebugBreak;
+
+typedef struct BlkdebugSuspended {
+    char *tag;
+    Coroutine *co;
+} BlkdebugSuspended;
+
 typedef struct BDRVBlkdebugState {
     GPtrArray *rules;            /* of BlkdebugRule * */
+    GPtrArray *breaks;           /* of BlkdebugBreak * */
+    GPtrArray *suspended;        /* of BlkdebugSuspended * */
 } BDRVBlkdebugState;
 
 static const QemuOptDesc blkdebug_open_opts[] = {
@@ -49,6 +60,14 @@ static void blkdebug_rule_free(gpointer p)
     g_free(r);
 }
 
+static void blkdebug_break_free(gpointer p)
+{
+    BlkdebugBreak *b = p;
+    g_free(b->event);
+    g_free(b->tag);
+    g_free(b);
+}
+
 static char *blkdebug_unquote(char *v)
 {
     v = g_strstrip(v);
@@ -58,6 +77,22 @@ static char *blkdebug_unquote(char *v)
         v++;
     }
     return v;
+}
+
+/* QEMU's event names for the request events are accepted too. */
+static const char *blkdebug_alias(const char *event)
+{
+    static const char *const aliases[][2] = {
+        { "read_aio", "read" }, { "write_aio", "write" },
+        { "flush_to_disk", "flush" }, { "flush_to_os", "flush" },
+        { "pwritev_zero", "zero" },
+    };
+    for (unsigned i = 0; i < ARRAY_SIZE(aliases); i++) {
+        if (!strcmp(event, aliases[i][0])) {
+            return aliases[i][1];
+        }
+    }
+    return event;
 }
 
 static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
@@ -86,17 +121,7 @@ static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
         error_setg(errp, "blkdebug: invalid offset '%s'", offset);
         return -EINVAL;
     }
-    /* QEMU's event names for the request events are accepted too. */
-    static const char *const aliases[][2] = {
-        { "read_aio", "read" }, { "write_aio", "write" },
-        { "flush_to_disk", "flush" }, { "flush_to_os", "flush" },
-        { "pwritev_zero", "zero" },
-    };
-    for (unsigned i = 0; i < ARRAY_SIZE(aliases); i++) {
-        if (!strcmp(event, aliases[i][0])) {
-            event = aliases[i][1];
-        }
-    }
+    event = blkdebug_alias(event);
     r = g_new0(BlkdebugRule, 1);
     r->event = g_strdup(event);
     r->error = (int)e;
@@ -135,11 +160,18 @@ static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
     bool in_rule = false;
     int ret = 0;
 
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not read blkdebug config file");
+        return -err;
+    }
+    fclose(f);
     if (!g_file_get_contents(path, &text, NULL, &gerr)) {
-        error_setg(errp, "Could not read blkdebug config file '%s': %s", path,
+        error_setg(errp, "Could not read blkdebug config file: %s",
                    gerr->message);
         g_error_free(gerr);
-        return -EINVAL;
+        return -EIO;
     }
     char **lines = g_strsplit(text, "\n", -1);
     for (int i = 0; lines[i] && ret == 0; i++) {
@@ -202,6 +234,8 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
     int ret;
 
     s->rules = g_ptr_array_new_with_free_func(blkdebug_rule_free);
+    s->breaks = g_ptr_array_new_with_free_func(blkdebug_break_free);
+    s->suspended = g_ptr_array_new();
     if (strstart(bs->filename, "blkdebug:", &rest)) {
         const char *colon = strchr(rest, ':');
         if (!colon) {
@@ -250,6 +284,8 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
 fail:
     g_free(cfg_from_name);
     g_ptr_array_free(s->rules, TRUE);
+    g_ptr_array_free(s->breaks, TRUE);
+    g_ptr_array_free(s->suspended, TRUE);
     s->rules = NULL;
     return ret;
 }
@@ -259,7 +295,41 @@ static void coroutine_fn blkdebug_close(BlockDriverState *bs)
     BDRVBlkdebugState *s = bs->opaque;
     if (s->rules) {
         g_ptr_array_free(s->rules, TRUE);
+        g_ptr_array_free(s->breaks, TRUE);
+        /* The layer drained us: nothing can still be suspended. */
+        assert(s->suspended->len == 0);
+        g_ptr_array_free(s->suspended, TRUE);
     }
+}
+
+static int blkdebug_resume_tag(BDRVBlkdebugState *s, const char *tag)
+{
+    for (guint i = 0; i < s->suspended->len; i++) {
+        BlkdebugSuspended *sus = g_ptr_array_index(s->suspended, i);
+        if (!strcmp(sus->tag, tag)) {
+            if (qemu_in_coroutine()) {
+                aio_co_wake(sus->co);
+            } else {
+                qemu_coroutine_enter(sus->co);
+            }
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+/* Suspend the calling request until blkdebug_resume(tag). */
+static void coroutine_fn blkdebug_suspend(BDRVBlkdebugState *s,
+                                          const char *tag)
+{
+    BlkdebugSuspended *sus = g_new0(BlkdebugSuspended, 1);
+    sus->tag = g_strdup(tag);
+    sus->co = qemu_coroutine_self();
+    g_ptr_array_add(s->suspended, sus);
+    qemu_coroutine_yield();
+    g_ptr_array_remove(s->suspended, sus);
+    g_free(sus->tag);
+    g_free(sus);
 }
 
 static void blkdebug_debug_event(BlockDriverState *bs, const char *event)
@@ -271,6 +341,67 @@ static void blkdebug_debug_event(BlockDriverState *bs, const char *event)
             r->active = true;
         }
     }
+    if (!qemu_in_coroutine()) {
+        return;
+    }
+    for (guint i = 0; i < s->breaks->len; i++) {
+        BlkdebugBreak *b = g_ptr_array_index(s->breaks, i);
+        if (!strcmp(b->event, event)) {
+            char *tag = g_strdup(b->tag);
+            g_ptr_array_remove_index(s->breaks, i);   /* one-shot */
+            blkdebug_suspend(s, tag);
+            g_free(tag);
+            return;
+        }
+    }
+}
+
+static int blkdebug_breakpoint(BlockDriverState *bs, const char *event,
+                               const char *tag)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+    BlkdebugBreak *b = g_new0(BlkdebugBreak, 1);
+    b->event = g_strdup(blkdebug_alias(event));
+    b->tag = g_strdup(tag);
+    g_ptr_array_add(s->breaks, b);
+    return 0;
+}
+
+static int blkdebug_remove_breakpoint(BlockDriverState *bs, const char *tag)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+    bool found = false;
+    for (guint i = 0; i < s->breaks->len;) {
+        BlkdebugBreak *b = g_ptr_array_index(s->breaks, i);
+        if (!strcmp(b->tag, tag)) {
+            g_ptr_array_remove_index(s->breaks, i);
+            found = true;
+        } else {
+            i++;
+        }
+    }
+    /* Removing the breakpoint also lets a request suspended on it go. */
+    if (blkdebug_resume_tag(s, tag) == 0) {
+        found = true;
+    }
+    return found ? 0 : -ENOENT;
+}
+
+static int blkdebug_resume(BlockDriverState *bs, const char *tag)
+{
+    return blkdebug_resume_tag(bs->opaque, tag);
+}
+
+static bool blkdebug_is_suspended(BlockDriverState *bs, const char *tag)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+    for (guint i = 0; i < s->suspended->len; i++) {
+        BlkdebugSuspended *sus = g_ptr_array_index(s->suspended, i);
+        if (!strcmp(sus->tag, tag)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /*
@@ -403,6 +534,10 @@ static BlockDriver bdrv_blkdebug = {
     .bdrv_getlength         = blkdebug_getlength,
 
     .bdrv_debug_event       = blkdebug_debug_event,
+    .bdrv_debug_breakpoint  = blkdebug_breakpoint,
+    .bdrv_debug_remove_breakpoint = blkdebug_remove_breakpoint,
+    .bdrv_debug_resume      = blkdebug_resume,
+    .bdrv_debug_is_suspended = blkdebug_is_suspended,
 
     .supported_write_flags  = BDRV_REQ_FUA,
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA,

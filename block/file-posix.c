@@ -31,6 +31,10 @@ static const QemuOptDesc file_create_opts[] = {
     { "size", QEMU_OPT_SIZE, "Virtual disk size" },
     { "preallocation", QEMU_OPT_STRING,
       "Preallocation mode (allowed values: off, falloc, full)" },
+    { "nocow", QEMU_OPT_BOOL,
+      "Turn off copy-on-write (valid only on btrfs)" },
+    { "extent_size_hint", QEMU_OPT_SIZE,
+      "Extent size hint for the image file, 0 to disable" },
     { NULL }
 };
 
@@ -206,13 +210,8 @@ static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
         close(s->fd);
         return -err;
     }
-    if (S_ISDIR(st.st_mode)) {
-        error_setg(errp, "Could not open '%s': Is a directory", filename);
-        close(s->fd);
-        return -EISDIR;
-    }
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        error_setg(errp, "'%s' is not a regular file or block device",
+        error_setg(errp, "'file' driver requires '%s' to be a regular file",
                    filename);
         close(s->fd);
         return -EINVAL;
@@ -591,6 +590,38 @@ static bool file_has_zero_init(BlockDriverState *bs)
     return !s->is_blockdev;
 }
 
+/*
+ * Like QEMU, allocate the first block of a new image: O_DIRECT alignment
+ * probing then finds data to read. Failure is harmless.
+ */
+static void file_allocate_first_block(int fd, uint64_t size)
+{
+    static const uint8_t zeroes[4096];
+    size_t n = MIN(size, sizeof(zeroes));
+    if (n && pwrite(fd, zeroes, n, 0) < 0) {
+        /* only an optimisation */
+    }
+}
+
+/* nocow (btrfs) and extent_size_hint (XFS): best effort, as in QEMU. */
+static void file_set_create_flags(int fd, QemuOpts *opts)
+{
+    if (qemu_opt_get_bool(opts, "nocow", false)) {
+        int attr;
+        if (ioctl(fd, FS_IOC_GETFLAGS, &attr) == 0) {
+            attr |= FS_NOCOW_FL;
+            ioctl(fd, FS_IOC_SETFLAGS, &attr);
+        }
+    }
+    uint64_t hint = qemu_opt_get_size(opts, "extent_size_hint", 1 * MiB);
+    struct fsxattr attr;
+    if (hint && hint <= UINT32_MAX && ioctl(fd, FS_IOC_FSGETXATTR, &attr) == 0) {
+        attr.fsx_xflags |= FS_XFLAG_EXTSIZE;
+        attr.fsx_extsize = hint;
+        ioctl(fd, FS_IOC_FSSETXATTR, &attr);
+    }
+}
+
 static int coroutine_fn file_create(const char *filename, QemuOpts *opts,
                                     Error **errp)
 {
@@ -600,9 +631,12 @@ static int coroutine_fn file_create(const char *filename, QemuOpts *opts,
     PreallocMode prealloc = PREALLOC_MODE_OFF;
     int fd, ret;
 
-    if (prealloc_str && (qemu_prealloc_parse(prealloc_str, &prealloc) < 0 ||
-                         prealloc == PREALLOC_MODE_METADATA)) {
-        error_setg(errp, "Invalid preallocation mode: '%s'", prealloc_str);
+    if (prealloc_str && qemu_prealloc_parse(prealloc_str, &prealloc) < 0) {
+        error_setg(errp, "invalid parameter value: %s", prealloc_str);
+        return -EINVAL;
+    }
+    if (prealloc == PREALLOC_MODE_METADATA) {
+        error_setg(errp, "Unsupported preallocation mode: metadata");
         return -EINVAL;
     }
     if (size > INT64_MAX) {
@@ -623,7 +657,11 @@ static int coroutine_fn file_create(const char *filename, QemuOpts *opts,
         return ret;
     }
     if (S_ISREG(st.st_mode)) {
+        file_set_create_flags(fd, opts);
         ret = file_prealloc(fd, 0, size, prealloc, errp);
+        if (ret >= 0 && prealloc == PREALLOC_MODE_OFF) {
+            file_allocate_first_block(fd, size);
+        }
     } else {
         ret = 0;
     }

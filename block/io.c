@@ -52,7 +52,11 @@ static void tracked_request_end(BdrvTrackedRequest *req)
 static void tracked_request_serialise(BdrvTrackedRequest *req, uint64_t align)
 {
     int64_t start = QEMU_ALIGN_DOWN(req->offset, (int64_t)align);
-    int64_t end = QEMU_ALIGN_UP(req->offset + req->bytes, (int64_t)align);
+    int64_t end = req->offset + req->bytes;
+
+    /* "Up to the end of the world" (truncate) must not overflow. */
+    end = end > INT64_MAX - (int64_t)align ? INT64_MAX
+                                           : QEMU_ALIGN_UP(end, (int64_t)align);
 
     start = MIN(start, req->overlap_offset);
     end = MAX(end, req->overlap_offset + req->overlap_bytes);

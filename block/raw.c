@@ -12,10 +12,9 @@ typedef struct BDRVRawState {
     bool has_size;
 } BDRVRawState;
 
+/* Protocol options (preallocation, ...) are accepted on top of these. */
 static const QemuOptDesc raw_create_opts[] = {
     { "size", QEMU_OPT_SIZE, "Virtual disk size" },
-    { "preallocation", QEMU_OPT_STRING,
-      "Preallocation mode (allowed values: off, falloc, full)" },
     { NULL }
 };
 
@@ -40,6 +39,15 @@ static int coroutine_fn raw_open(BlockDriverState *bs, QemuOpts *options,
     if (file_len < 0) {
         error_setg_errno(errp, (int)-file_len, "Could not get image size");
         return (int)file_len;
+    }
+    if (bs->probed && (flags & BDRV_O_RDWR)) {
+        fprintf(stderr, "WARNING: Image format was not specified for '%s' "
+                "and probing guessed raw.\n"
+                "         Automatically detecting the format is dangerous "
+                "for raw images, write operations on block 0 will be "
+                "restricted.\n"
+                "         Specify the 'raw' format explicitly to remove the "
+                "restrictions.\n", bs->filename);
     }
     s->offset = qemu_opt_get_size(options, "offset", 0);
     s->has_size = qemu_opt_has(options, "size");
