@@ -1,0 +1,1359 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The add-cow format: a metadata file whose bitmap says, per cluster, whether
+ * the data is in a raw image file (1) or still in the backing image (0).
+ * The write ordering that makes it crash safe is in docs/specs/add-cow.txt
+ * section 7: data before bits, raw image flushed before any bitmap page.
+ */
+#include "block_int.h"
+#include "block/add-cow.h"
+#include "block/table-cache.h"
+#include "util/cutils.h"
+
+#define ADD_COW_CACHE_PAGES 64
+
+/* An allocating write in flight over clusters [start, end). */
+typedef struct AddCowAlloc {
+    uint64_t start, end;
+    CoQueue waiters;
+    struct AddCowAlloc *next;
+} AddCowAlloc;
+
+typedef struct BDRVAddCowState {
+    AddCowHeader header;
+    char *image_name;            /* as stored in the header */
+    BlockDriverState *image;     /* the raw data image (protocol node) */
+    TableCache *bitmap;
+    uint64_t cluster_size;
+    uint64_t nb_clusters;
+    AddCowAlloc *allocs;
+    CoMutex meta_lock;           /* header changes, truncate */
+} BDRVAddCowState;
+
+static const QemuOptDesc add_cow_create_opts[] = {
+    { "size", QEMU_OPT_SIZE, "Virtual disk size" },
+    { "backing_file", QEMU_OPT_STRING, "File name of a base image" },
+    { "backing_fmt", QEMU_OPT_STRING, "Image format of the base image" },
+    { "image_file", QEMU_OPT_STRING,
+      "File name of the raw image holding the data (default: NAME.raw)" },
+    { "cluster_size", QEMU_OPT_SIZE,
+      "add-cow cluster size (512 B to 2 MiB, power of two)",
+      "65536" },
+    { NULL }
+};
+
+static const QemuOptDesc add_cow_amend_opts[] = {
+    { "backing_file", QEMU_OPT_STRING, "File name of a base image" },
+    { "backing_fmt", QEMU_OPT_STRING, "Image format of the base image" },
+    { "image_file", QEMU_OPT_STRING, "File name of the raw data image" },
+    { NULL }
+};
+
+static const QemuOptDesc add_cow_open_opts[] = {
+    { "image_file", QEMU_OPT_STRING,
+      "Open this raw image instead of the one named in the header" },
+    { NULL }
+};
+
+/* ---- header ---- */
+
+bool add_cow_header_to_cpu(const AddCowDiskHeader *d, AddCowHeader *h)
+{
+    h->version = be32_to_cpu(d->version);
+    h->header_size = be32_to_cpu(d->header_size);
+    h->incompatible_features = be64_to_cpu(d->incompatible_features);
+    h->compatible_features = be64_to_cpu(d->compatible_features);
+    h->autoclear_features = be64_to_cpu(d->autoclear_features);
+    h->size = be64_to_cpu(d->size);
+    h->cluster_bits = be32_to_cpu(d->cluster_bits);
+    h->bitmap_offset = be64_to_cpu(d->bitmap_offset);
+    h->bitmap_size = be64_to_cpu(d->bitmap_size);
+    h->backing_file_offset = be32_to_cpu(d->backing_file_offset);
+    h->backing_file_size = be32_to_cpu(d->backing_file_size);
+    h->backing_fmt_offset = be32_to_cpu(d->backing_fmt_offset);
+    h->backing_fmt_size = be32_to_cpu(d->backing_fmt_size);
+    h->image_file_offset = be32_to_cpu(d->image_file_offset);
+    h->image_file_size = be32_to_cpu(d->image_file_size);
+    return !memcmp(d->magic, ADD_COW_MAGIC, 8);
+}
+
+void add_cow_header_to_disk(const AddCowHeader *h, AddCowDiskHeader *d)
+{
+    memset(d, 0, sizeof(*d));
+    memcpy(d->magic, ADD_COW_MAGIC, 8);
+    d->version = cpu_to_be32(h->version);
+    d->header_size = cpu_to_be32(h->header_size);
+    d->incompatible_features = cpu_to_be64(h->incompatible_features);
+    d->compatible_features = cpu_to_be64(h->compatible_features);
+    d->autoclear_features = cpu_to_be64(h->autoclear_features);
+    d->size = cpu_to_be64(h->size);
+    d->cluster_bits = cpu_to_be32(h->cluster_bits);
+    d->bitmap_offset = cpu_to_be64(h->bitmap_offset);
+    d->bitmap_size = cpu_to_be64(h->bitmap_size);
+    d->backing_file_offset = cpu_to_be32(h->backing_file_offset);
+    d->backing_file_size = cpu_to_be32(h->backing_file_size);
+    d->backing_fmt_offset = cpu_to_be32(h->backing_fmt_offset);
+    d->backing_fmt_size = cpu_to_be32(h->backing_fmt_size);
+    d->image_file_offset = cpu_to_be32(h->image_file_offset);
+    d->image_file_size = cpu_to_be32(h->image_file_size);
+}
+
+static uint64_t add_cow_bitmap_bytes(uint64_t size, uint32_t cluster_bits)
+{
+    uint64_t clusters = DIV_ROUND_UP(size, UINT64_C(1) << cluster_bits);
+    return DIV_ROUND_UP(clusters, 8);
+}
+
+static bool add_cow_name_ok(const AddCowHeader *h, uint32_t off, uint32_t len,
+                            uint32_t max)
+{
+    if (len == 0) {
+        return true;
+    }
+    return len <= max && off >= ADD_COW_FIXED_HEADER_SIZE &&
+           (uint64_t)off + len <= h->header_size;
+}
+
+/* Every check of docs/specs/add-cow.txt section 9. */
+static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
+                            Error **errp)
+{
+    if (h->version != ADD_COW_VERSION) {
+        error_setg(errp, "Unsupported add-cow version %" PRIu32, h->version);
+        return -ENOTSUP;
+    }
+    if (h->incompatible_features & ~ADD_COW_INCOMPAT_MASK) {
+        error_setg(errp, "Unsupported add-cow feature(s): 0x%" PRIx64,
+                   h->incompatible_features & ~ADD_COW_INCOMPAT_MASK);
+        return -ENOTSUP;
+    }
+    if (h->header_size < ADD_COW_PAGE_SIZE ||
+        h->header_size % ADD_COW_PAGE_SIZE ||
+        h->header_size > ADD_COW_MAX_HEADER_SIZE) {
+        error_setg(errp, "Invalid add-cow header size %" PRIu32,
+                   h->header_size);
+        return -EINVAL;
+    }
+    if (file_len < h->header_size) {
+        error_setg(errp, "add-cow file is truncated (%" PRId64 " bytes, "
+                   "header is %" PRIu32 ")", file_len, h->header_size);
+        return -EINVAL;
+    }
+    if (h->cluster_bits < ADD_COW_MIN_CLUSTER_BITS ||
+        h->cluster_bits > ADD_COW_MAX_CLUSTER_BITS) {
+        error_setg(errp, "Invalid add-cow cluster size 2^%" PRIu32
+                   " (must be 512 B to 2 MiB)", h->cluster_bits);
+        return -EINVAL;
+    }
+    if (h->size > ADD_COW_MAX_SIZE) {
+        error_setg(errp, "add-cow virtual size %" PRIu64 " is too large",
+                   h->size);
+        return -EINVAL;
+    }
+    if (h->bitmap_offset % ADD_COW_PAGE_SIZE ||
+        h->bitmap_offset < h->header_size ||
+        h->bitmap_offset > ADD_COW_MAX_SIZE ||
+        h->bitmap_size > ADD_COW_MAX_SIZE - h->bitmap_offset ||
+        h->bitmap_size % ADD_COW_PAGE_SIZE) {
+        error_setg(errp, "Invalid add-cow bitmap location (offset %" PRIu64
+                   ", size %" PRIu64 ")", h->bitmap_offset, h->bitmap_size);
+        return -EINVAL;
+    }
+    if (h->bitmap_size < add_cow_bitmap_bytes(h->size, h->cluster_bits)) {
+        error_setg(errp, "add-cow bitmap (%" PRIu64 " bytes) is too small "
+                   "for the virtual size", h->bitmap_size);
+        return -EINVAL;
+    }
+    if (!add_cow_name_ok(h, h->backing_file_offset, h->backing_file_size,
+                         ADD_COW_MAX_NAME) ||
+        !add_cow_name_ok(h, h->backing_fmt_offset, h->backing_fmt_size,
+                         ADD_COW_MAX_FMT_NAME) ||
+        !add_cow_name_ok(h, h->image_file_offset, h->image_file_size,
+                         ADD_COW_MAX_NAME)) {
+        error_setg(errp, "add-cow header names point outside the header");
+        return -EINVAL;
+    }
+    if (h->image_file_size == 0) {
+        error_setg(errp, "add-cow header has no image file name");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int add_cow_probe(const uint8_t *buf, int buf_size,
+                         const char *filename)
+{
+    if (buf_size >= 8 && !memcmp(buf, ADD_COW_MAGIC, 8)) {
+        return 100;
+    }
+    return 0;
+}
+
+/* Read a name from the extension area (NUL-terminated copy, or NULL). */
+static char *coroutine_fn add_cow_read_name(BlockDriverState *file,
+                                            uint32_t off, uint32_t len,
+                                            int *ret)
+{
+    if (len == 0) {
+        return NULL;
+    }
+    char *name = g_malloc0(len + 1);
+    *ret = bdrv_co_pread(file, off, len, name, 0);
+    if (*ret < 0 || strlen(name) != len) {
+        if (*ret >= 0) {
+            *ret = -EINVAL;     /* embedded NUL */
+        }
+        g_free(name);
+        return NULL;
+    }
+    return name;
+}
+
+/* A header name may name an image, never a filter with its own config. */
+static bool add_cow_header_name_allowed(const char *name, Error **errp)
+{
+    const char *colon = strchr(name, ':');
+    const char *slash = strchr(name, '/');
+    if (colon && (!slash || colon < slash) && colon != name) {
+        BlockDriver *drv = bdrv_find_protocol(name, NULL);
+        if (!drv || drv->is_filter) {
+            error_setg(errp, "Image file name '%s' in the add-cow header "
+                       "names a protocol that is not allowed there", name);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- open / close ---- */
+
+static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
+                                     int flags, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowDiskHeader dh;
+    char *backing = NULL, *fmt = NULL, *full = NULL;
+    const char *override = qemu_opt_get(options, "image_file");
+    int64_t file_len = bdrv_getlength(bs->file);
+    int ret;
+
+    qemu_co_mutex_init(&s->meta_lock);
+    if (file_len < 0) {
+        error_setg_errno(errp, (int)-file_len, "Could not get file size");
+        return (int)file_len;
+    }
+    if (file_len < (int64_t)sizeof(dh)) {
+        error_setg(errp, "Image is not in add-cow format (file too short)");
+        return -EINVAL;
+    }
+    BLKDBG_EVENT(bs->file, "header_read");
+    ret = bdrv_co_pread(bs->file, 0, sizeof(dh), &dh, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read add-cow header");
+        return ret;
+    }
+    if (!add_cow_header_to_cpu(&dh, &s->header)) {
+        error_setg(errp, "Image is not in add-cow format");
+        return -EINVAL;
+    }
+    ret = add_cow_validate(&s->header, file_len, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    s->cluster_size = UINT64_C(1) << s->header.cluster_bits;
+    s->nb_clusters = DIV_ROUND_UP(s->header.size, s->cluster_size);
+
+    backing = add_cow_read_name(bs->file, s->header.backing_file_offset,
+                                s->header.backing_file_size, &ret);
+    if (ret >= 0) {
+        fmt = add_cow_read_name(bs->file, s->header.backing_fmt_offset,
+                                s->header.backing_fmt_size, &ret);
+    }
+    if (ret >= 0) {
+        s->image_name = add_cow_read_name(bs->file,
+                                          s->header.image_file_offset,
+                                          s->header.image_file_size, &ret);
+    }
+    if (ret < 0) {
+        error_setg(errp, "Could not read the names in the add-cow header");
+        goto fail;
+    }
+    if (backing) {
+        pstrcpy(bs->backing_file, sizeof(bs->backing_file), backing);
+    }
+    if (fmt) {
+        pstrcpy(bs->backing_format, sizeof(bs->backing_format), fmt);
+    }
+
+    if (override) {
+        full = g_strdup(override);
+    } else {
+        if (!add_cow_header_name_allowed(s->image_name, errp)) {
+            ret = -EPERM;
+            goto fail;
+        }
+        full = path_combine(bs->filename, s->image_name);
+    }
+    s->image = bdrv_open_child(full, NULL, NULL,
+                               flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
+                                        BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
+                                        BDRV_O_UNMAP),
+                               false, errp);
+    if (!s->image) {
+        error_prepend(errp, "Could not open add-cow image file: ");
+        ret = -EINVAL;
+        goto fail;
+    }
+    int64_t img_len = bdrv_getlength(s->image);
+    if (img_len < 0 || (uint64_t)img_len < s->header.size) {
+        error_setg(errp, "add-cow image file '%s' is smaller than the "
+                   "virtual disk (%" PRId64 " < %" PRIu64 ")", full, img_len,
+                   s->header.size);
+        ret = -EINVAL;
+        goto fail;
+    }
+    s->bitmap = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
+                                ADD_COW_CACHE_PAGES, "bitmap_load",
+                                "bitmap_update");
+    /* Bits must never reach the disk before the data they describe. */
+    table_cache_set_dependency_bs(s->bitmap, s->image);
+    g_free(backing);
+    g_free(fmt);
+    g_free(full);
+    return 0;
+
+fail:
+    bdrv_unref(s->image);
+    s->image = NULL;
+    g_free(s->image_name);
+    s->image_name = NULL;
+    g_free(backing);
+    g_free(fmt);
+    g_free(full);
+    return ret;
+}
+
+static void coroutine_fn add_cow_close(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+
+    if (!bs->read_only) {
+        table_cache_flush(s->bitmap);
+    }
+    table_cache_free(s->bitmap);
+    bdrv_unref(s->image);
+    g_free(s->image_name);
+}
+
+static void add_cow_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    bs->bl.request_alignment = 1;
+}
+
+static int64_t add_cow_getlength(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    return s->header.size;
+}
+
+/* ---- bitmap ---- */
+
+static uint64_t add_cow_page_of(BDRVAddCowState *s, uint64_t cluster)
+{
+    return s->header.bitmap_offset +
+           QEMU_ALIGN_DOWN(cluster / 8, ADD_COW_PAGE_SIZE);
+}
+
+/*
+ * Length (in clusters, >= 1, <= end - start) of the run starting at start
+ * whose bits all equal the bit of start; *set receives that bit.
+ */
+static int coroutine_fn add_cow_run(BDRVAddCowState *s, uint64_t start,
+                                    uint64_t end, bool *set, uint64_t *len)
+{
+    uint64_t c = start;
+    bool first = true, want = false;
+
+    while (c < end) {
+        uint8_t *page;
+        uint64_t page_off = add_cow_page_of(s, c);
+        uint64_t page_first = (page_off - s->header.bitmap_offset) * 8;
+        uint64_t page_end = MIN(end, page_first + ADD_COW_PAGE_SIZE * 8);
+        int ret = table_cache_get(s->bitmap, page_off, (void **)&page);
+        if (ret < 0) {
+            return ret;
+        }
+        for (; c < page_end; c++) {
+            uint64_t bit = c - page_first;
+            /* Skip whole bytes quickly. */
+            if (!first && bit % 8 == 0 && c + 8 <= page_end &&
+                page[bit / 8] == (want ? 0xff : 0x00)) {
+                c += 7;
+                continue;
+            }
+            bool b = page[bit / 8] & (1 << (bit % 8));
+            if (first) {
+                want = b;
+                first = false;
+            } else if (b != want) {
+                break;
+            }
+        }
+        table_cache_put(s->bitmap, (void **)&page);
+        if (c < page_end) {
+            break;
+        }
+    }
+    *set = want;
+    *len = c - start;
+    return 0;
+}
+
+/* Set (value true) or clear bits [start, end) and dirty their pages. */
+static int coroutine_fn add_cow_set_bits(BDRVAddCowState *s, uint64_t start,
+                                         uint64_t end, bool value)
+{
+    uint64_t c = start;
+
+    while (c < end) {
+        uint8_t *page;
+        uint64_t page_off = add_cow_page_of(s, c);
+        uint64_t page_first = (page_off - s->header.bitmap_offset) * 8;
+        uint64_t page_end = MIN(end, page_first + ADD_COW_PAGE_SIZE * 8);
+        int ret = table_cache_get(s->bitmap, page_off, (void **)&page);
+        if (ret < 0) {
+            return ret;
+        }
+        for (; c < page_end; c++) {
+            uint64_t bit = c - page_first;
+            if (value) {
+                page[bit / 8] |= 1 << (bit % 8);
+            } else {
+                page[bit / 8] &= ~(1 << (bit % 8));
+            }
+        }
+        table_cache_mark_dirty(s->bitmap, page);
+        table_cache_put(s->bitmap, (void **)&page);
+    }
+    return 0;
+}
+
+/* ---- allocation serialisation ---- */
+
+static AddCowAlloc *add_cow_alloc_overlap(BDRVAddCowState *s, uint64_t start,
+                                          uint64_t end)
+{
+    for (AddCowAlloc *a = s->allocs; a; a = a->next) {
+        if (a->start < end && start < a->end) {
+            return a;
+        }
+    }
+    return NULL;
+}
+
+/* Wait until no allocation overlaps [start, end); returns true if waited. */
+static bool coroutine_fn add_cow_alloc_wait(BDRVAddCowState *s,
+                                            uint64_t start, uint64_t end)
+{
+    AddCowAlloc *a = add_cow_alloc_overlap(s, start, end);
+    if (!a) {
+        return false;
+    }
+    qemu_co_queue_wait(&a->waiters, NULL);
+    return true;
+}
+
+static void add_cow_alloc_begin(BDRVAddCowState *s, AddCowAlloc *a,
+                                uint64_t start, uint64_t end)
+{
+    a->start = start;
+    a->end = end;
+    qemu_co_queue_init(&a->waiters);
+    a->next = s->allocs;
+    s->allocs = a;
+}
+
+static void add_cow_alloc_end(BDRVAddCowState *s, AddCowAlloc *a)
+{
+    for (AddCowAlloc **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == a) {
+            *p = a->next;
+            break;
+        }
+    }
+    qemu_co_queue_restart_all(&a->waiters);
+}
+
+/* ---- reads ---- */
+
+/* Read [offset, offset+bytes) of the backing image (zero without one). */
+static int coroutine_fn add_cow_read_backing(BlockDriverState *bs,
+                                             int64_t offset, int64_t bytes,
+                                             QEMUIOVector *qiov,
+                                             size_t qiov_offset)
+{
+    if (!bs->backing) {
+        qemu_iovec_memset(qiov, qiov_offset, 0, bytes);
+        return 0;
+    }
+    BLKDBG_EVENT(bs->file, "cow_read");
+    return bdrv_co_preadv_part(bs->backing, offset, bytes, qiov, qiov_offset,
+                               0);
+}
+
+static int coroutine_fn add_cow_co_preadv(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset,
+                                          BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int bits = s->header.cluster_bits;
+
+    while (bytes > 0) {
+        if ((uint64_t)offset >= s->header.size) {
+            qemu_iovec_memset(qiov, qiov_offset, 0, bytes);
+            return 0;
+        }
+        uint64_t c = offset >> bits;
+        uint64_t c_end = ((uint64_t)(offset + bytes - 1) >> bits) + 1;
+        uint64_t run;
+        bool set;
+        int ret = add_cow_run(s, c, MIN(c_end, s->nb_clusters), &set, &run);
+        if (ret < 0) {
+            return ret;
+        }
+        int64_t n = MIN((int64_t)((c + run) << bits) - offset, bytes);
+        n = MIN(n, (int64_t)s->header.size - offset);
+        if (set) {
+            ret = bdrv_co_preadv_part(s->image, offset, n, qiov, qiov_offset,
+                                      0);
+        } else {
+            ret = add_cow_read_backing(bs, offset, n, qiov, qiov_offset);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    return 0;
+}
+
+/* ---- writes ---- */
+
+/*
+ * Allocating write of the guest bytes [offset, offset+bytes) lying in the
+ * unallocated clusters [c, c_end), which the caller has reserved: build each
+ * whole cluster range from backing head/tail plus guest data (guest data
+ * wins), write it to the raw image, then set the bits. qiov == NULL writes
+ * zeroes.
+ */
+static int coroutine_fn add_cow_write_alloc(BlockDriverState *bs,
+                                            uint64_t c, uint64_t c_end,
+                                            int64_t offset, int64_t bytes,
+                                            QEMUIOVector *qiov,
+                                            size_t qiov_offset,
+                                            BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int bits = s->header.cluster_bits;
+    int64_t start = c << bits;
+    int64_t end = MIN((int64_t)(c_end << bits), (int64_t)s->header.size);
+    int64_t head = offset - start;
+    int64_t tail = end - (offset + bytes);
+    uint8_t *head_buf = NULL, *tail_buf = NULL;
+    QEMUIOVector v;
+    int ret = 0;
+
+    assert(head >= 0 && tail >= 0);
+    if (!qiov && head == 0 && tail == 0) {
+        BdrvRequestFlags zf = BDRV_REQ_MAY_UNMAP & flags;
+        ret = bdrv_co_pwrite_zeroes(s->image, start, end - start, zf);
+    } else {
+        qemu_iovec_init(&v, (qiov ? qiov->niov : 1) + 2);
+        if (head) {
+            head_buf = qemu_blockalign(head);
+            qemu_iovec_add(&v, head_buf, head);
+        }
+        if (qiov) {
+            qemu_iovec_concat(&v, qiov, qiov_offset, bytes);
+        } else {
+            void *z = g_malloc0(bytes);
+            qemu_iovec_add(&v, z, bytes);
+        }
+        if (tail) {
+            tail_buf = qemu_blockalign(tail);
+            qemu_iovec_add(&v, tail_buf, tail);
+        }
+        if (head) {
+            ret = add_cow_read_backing(bs, start, head, &v, 0);
+        }
+        if (ret >= 0 && tail) {
+            ret = add_cow_read_backing(bs, offset + bytes, tail, &v,
+                                       head + bytes);
+        }
+        if (ret >= 0) {
+            BLKDBG_EVENT(bs->file, "cow_write");
+            ret = bdrv_co_pwritev(s->image, start, end - start, &v, 0);
+        }
+        if (!qiov) {
+            g_free(v.iov[head ? 1 : 0].iov_base);
+        }
+        qemu_iovec_destroy(&v);
+        qemu_vfree(head_buf);
+        qemu_vfree(tail_buf);
+    }
+    if (ret >= 0) {
+        ret = add_cow_set_bits(s, c, c_end, true);
+    }
+    return ret;
+}
+
+/*
+ * The write path shared by data and zero writes (qiov == NULL): runs of
+ * allocated clusters are written in place without locks; runs of
+ * unallocated clusters are reserved, rechecked, and allocated.
+ */
+static int coroutine_fn add_cow_do_write(BlockDriverState *bs, int64_t offset,
+                                         int64_t bytes, QEMUIOVector *qiov,
+                                         size_t qiov_offset,
+                                         BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int bits = s->header.cluster_bits;
+
+    if ((uint64_t)offset + bytes > s->header.size) {
+        return -EIO;
+    }
+    while (bytes > 0) {
+        uint64_t c = offset >> bits;
+        uint64_t c_end = ((uint64_t)(offset + bytes - 1) >> bits) + 1;
+        uint64_t run;
+        bool set;
+        int ret = add_cow_run(s, c, c_end, &set, &run);
+        if (ret < 0) {
+            return ret;
+        }
+        int64_t n = MIN((int64_t)((c + run) << bits) - offset, bytes);
+        if (set) {
+            if (qiov) {
+                ret = bdrv_co_pwritev_part(s->image, offset, n, qiov,
+                                           qiov_offset, flags);
+            } else {
+                ret = bdrv_co_pwrite_zeroes(s->image, offset, n, flags);
+            }
+        } else {
+            if (add_cow_alloc_wait(s, c, c + run)) {
+                continue;       /* bits may have changed: look again */
+            }
+            AddCowAlloc a;
+            uint64_t run2;
+            bool set2;
+            add_cow_alloc_begin(s, &a, c, c + run);
+            /*
+             * Bits read before the reservation may be stale (the scan can
+             * yield between pages while another allocation completes):
+             * recheck now that nobody else can set bits in the range.
+             */
+            ret = add_cow_run(s, c, c + run, &set2, &run2);
+            if (ret >= 0 && (set2 || run2 != run)) {
+                add_cow_alloc_end(s, &a);
+                continue;
+            }
+            if (ret >= 0) {
+                ret = add_cow_write_alloc(bs, c, c + run, offset, n, qiov,
+                                          qiov_offset, flags);
+            }
+            add_cow_alloc_end(s, &a);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    return 0;
+}
+
+static int coroutine_fn add_cow_co_pwritev(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
+{
+    return add_cow_do_write(bs, offset, bytes, qiov, qiov_offset, flags);
+}
+
+/*
+ * Zero writes covering whole clusters zero the raw image range and set the
+ * bits (so the backing no longer shows through); anything else falls back
+ * to zero-buffer writes through co_pwritev.
+ */
+static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
+                                                 int64_t offset,
+                                                 int64_t bytes,
+                                                 BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int64_t end = offset + bytes;
+
+    if (offset % s->cluster_size ||
+        (end % s->cluster_size && (uint64_t)end != s->header.size)) {
+        return -ENOTSUP;
+    }
+    return add_cow_do_write(bs, offset, bytes, NULL, 0, flags);
+}
+
+/* Discard whole allocated clusters in the raw image; bits stay set. */
+static int coroutine_fn add_cow_co_pdiscard(BlockDriverState *bs,
+                                            int64_t offset, int64_t bytes)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int bits = s->header.cluster_bits;
+    uint64_t c = DIV_ROUND_UP((uint64_t)offset, s->cluster_size);
+    uint64_t c_end = (uint64_t)(offset + bytes) >> bits;
+
+    if ((uint64_t)(offset + bytes) == s->header.size) {
+        c_end = s->nb_clusters;
+    }
+    while (c < c_end) {
+        uint64_t run;
+        bool set;
+        int ret = add_cow_run(s, c, c_end, &set, &run);
+        if (ret < 0) {
+            return ret;
+        }
+        if (set && !add_cow_alloc_overlap(s, c, c + run)) {
+            int64_t start = c << bits;
+            int64_t len = MIN((int64_t)((c + run) << bits),
+                              (int64_t)s->header.size) - start;
+            ret = bdrv_co_pdiscard(s->image, start, len);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        c += run;
+    }
+    return 0;
+}
+
+/* Data reaches the raw image before any bitmap page that describes it. */
+static int coroutine_fn add_cow_co_flush(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    BLKDBG_EVENT(bs->file, "image_flush");
+    ret = bdrv_co_flush(s->image);
+    if (ret < 0) {
+        return ret;
+    }
+    return table_cache_write(s->bitmap);
+}
+
+static int coroutine_fn add_cow_co_block_status(BlockDriverState *bs,
+                                                bool want_zero,
+                                                int64_t offset, int64_t bytes,
+                                                int64_t *pnum, int64_t *map,
+                                                BlockDriverState **file)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int bits = s->header.cluster_bits;
+    uint64_t c = offset >> bits;
+    uint64_t c_end = MIN(((uint64_t)(offset + bytes - 1) >> bits) + 1,
+                         s->nb_clusters);
+    uint64_t run;
+    bool set;
+    int ret;
+
+    if (c >= s->nb_clusters) {
+        *pnum = bytes;
+        return BDRV_BLOCK_ZERO;
+    }
+    ret = add_cow_run(s, c, c_end, &set, &run);
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = MIN((int64_t)((c + run) << bits) - offset, bytes);
+    if (!set) {
+        return 0;
+    }
+    *map = offset;
+    *file = s->image;
+    return BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID;
+}
+
+/* ---- header updates ---- */
+
+static int coroutine_fn add_cow_write_header(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowDiskHeader dh;
+    int ret;
+
+    add_cow_header_to_disk(&s->header, &dh);
+    BLKDBG_EVENT(bs->file, "header_write");
+    ret = bdrv_co_pwrite(bs->file, 0, sizeof(dh), &dh, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_flush(bs->file);
+}
+
+/*
+ * Replace the names (NULL keeps the current one; "" removes). The new
+ * strings go to free space of the extension area, then the header commits
+ * them (spec section 8).
+ */
+static int coroutine_fn add_cow_set_names(BlockDriverState *bs,
+                                          const char *backing,
+                                          const char *fmt, const char *image,
+                                          Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowHeader h = s->header;
+    const char *cur_backing = bs->backing_file;
+    const char *cur_fmt = bs->backing_format;
+    uint32_t lo = h.header_size, hi = ADD_COW_FIXED_HEADER_SIZE;
+    int ret;
+
+    backing = backing ? backing : cur_backing;
+    fmt = fmt ? fmt : (backing[0] ? cur_fmt : "");
+    image = image ? image : s->image_name;
+    size_t lb = strlen(backing), lf = strlen(fmt), li = strlen(image);
+    if (lb > ADD_COW_MAX_NAME || li > ADD_COW_MAX_NAME || li == 0 ||
+        lf > ADD_COW_MAX_FMT_NAME) {
+        error_setg(errp, "add-cow names too long (or empty image file name)");
+        return -EINVAL;
+    }
+    uint32_t offs[3] = { h.backing_file_offset, h.backing_fmt_offset,
+                         h.image_file_offset };
+    uint32_t lens[3] = { h.backing_file_size, h.backing_fmt_size,
+                         h.image_file_size };
+    for (int i = 0; i < 3; i++) {
+        if (lens[i]) {
+            lo = MIN(lo, offs[i]);
+            hi = MAX(hi, offs[i] + lens[i]);
+        }
+    }
+    uint32_t need = lb + lf + li;
+    uint32_t at;
+    if (hi + need <= h.header_size) {
+        at = hi;
+    } else if (ADD_COW_FIXED_HEADER_SIZE + need <= lo) {
+        at = ADD_COW_FIXED_HEADER_SIZE;
+    } else {
+        error_setg(errp, "New names do not fit into the add-cow header");
+        return -ENOSPC;
+    }
+    char *buf = g_strdup_printf("%s%s%s", backing, fmt, image);
+    BLKDBG_EVENT(bs->file, "names_write");
+    ret = bdrv_co_pwrite(bs->file, at, need, buf, 0);
+    g_free(buf);
+    if (ret >= 0) {
+        ret = bdrv_co_flush(bs->file);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write add-cow names");
+        return ret;
+    }
+    h.backing_file_offset = lb ? at : 0;
+    h.backing_file_size = lb;
+    h.backing_fmt_offset = lf ? at + lb : 0;
+    h.backing_fmt_size = lf;
+    h.image_file_offset = at + lb + lf;
+    h.image_file_size = li;
+    AddCowHeader old = s->header;
+    s->header = h;
+    ret = add_cow_write_header(bs);
+    if (ret < 0) {
+        s->header = old;
+        error_setg_errno(errp, -ret, "Could not write add-cow header");
+        return ret;
+    }
+    if (image != s->image_name) {
+        char *copy = g_strdup(image);
+        g_free(s->image_name);
+        s->image_name = copy;
+    }
+    return 0;
+}
+
+static int coroutine_fn add_cow_change_backing_file(BlockDriverState *bs,
+                                                    const char *backing_file,
+                                                    const char *backing_fmt)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    qemu_co_mutex_lock(&s->meta_lock);
+    ret = add_cow_set_names(bs, backing_file ? backing_file : "",
+                            backing_fmt ? backing_fmt : "", NULL, NULL);
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
+static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
+                                              QemuOpts *opts, bool force,
+                                              Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    const char *backing = qemu_opt_get(opts, "backing_file");
+    const char *fmt = qemu_opt_get(opts, "backing_fmt");
+    const char *image = qemu_opt_get(opts, "image_file");
+    int ret = 0;
+
+    if (qemu_opt_has(opts, "cluster_size") &&
+        qemu_opt_get_size(opts, "cluster_size", 0) != s->cluster_size) {
+        error_setg(errp, "Changing the cluster size of an add-cow image is "
+                   "not supported");
+        return -ENOTSUP;
+    }
+    if (qemu_opt_has(opts, "size")) {
+        error_setg(errp, "Use 'qemu-img resize' to change the size");
+        return -ENOTSUP;
+    }
+    if (!backing && !fmt && !image) {
+        return 0;
+    }
+    if (image && !add_cow_header_name_allowed(image, errp)) {
+        return -EPERM;
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    ret = add_cow_set_names(bs, backing, fmt, image, errp);
+    qemu_co_mutex_unlock(&s->meta_lock);
+    if (ret >= 0 && (backing || fmt)) {
+        pstrcpy(bs->backing_file, sizeof(bs->backing_file),
+                backing ? backing : bs->backing_file);
+        pstrcpy(bs->backing_format, sizeof(bs->backing_format),
+                fmt ? fmt : bs->backing_format);
+    }
+    return ret;
+}
+
+/* ---- truncate (spec section 7, "Header changes") ---- */
+
+static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
+                                            int64_t offset, bool exact,
+                                            PreallocMode prealloc,
+                                            Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    uint64_t old = s->header.size, new = offset;
+    AddCowHeader h;
+    int ret = 0;
+
+    if (prealloc != PREALLOC_MODE_OFF) {
+        error_setg(errp, "Unsupported preallocation mode: %s",
+                   qemu_prealloc_name(prealloc));
+        return -ENOTSUP;
+    }
+    if (new > ADD_COW_MAX_SIZE) {
+        error_setg(errp, "Image size too large");
+        return -EFBIG;
+    }
+    new = QEMU_ALIGN_UP(new, BDRV_SECTOR_SIZE);
+    if (new == old) {
+        return 0;
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    h = s->header;
+    if (new > old) {
+        uint64_t old_clusters = s->nb_clusters;
+        uint64_t new_clusters = DIV_ROUND_UP(new, s->cluster_size);
+        uint64_t need = ROUND_UP(add_cow_bitmap_bytes(new, h.cluster_bits),
+                                 ADD_COW_PAGE_SIZE);
+        /* 1. The raw image grows first; its old tail cluster is zeroed. */
+        int64_t img_len = bdrv_getlength(s->image);
+        if (img_len >= 0 && (uint64_t)img_len < new) {
+            ret = bdrv_co_truncate(s->image, new, false, PREALLOC_MODE_OFF,
+                                   errp);
+        }
+        if (ret >= 0 && old % s->cluster_size) {
+            uint64_t tail_end = MIN(ROUND_UP(old, s->cluster_size), new);
+            ret = bdrv_co_pwrite_zeroes(s->image, old, tail_end - old, 0);
+        }
+        if (ret >= 0) {
+            ret = bdrv_co_flush(s->image);
+        }
+        /* 2. The bitmap area grows in place; stale bits are cleared. */
+        if (ret >= 0 && need > h.bitmap_size) {
+            ret = bdrv_co_truncate(bs->file, h.bitmap_offset + need, false,
+                                   PREALLOC_MODE_OFF, errp);
+            h.bitmap_size = need;
+        }
+        if (ret >= 0) {
+            uint64_t first = old_clusters;
+            uint64_t bitmap_clusters = h.bitmap_size * 8;
+            s->header.bitmap_size = h.bitmap_size;
+            ret = add_cow_set_bits(s, first, MIN(new_clusters,
+                                                 bitmap_clusters), false);
+        }
+        if (ret >= 0) {
+            ret = table_cache_flush(s->bitmap);
+        }
+        /* 3. Commit point: the header with the new size. */
+        if (ret >= 0) {
+            s->header.size = new;
+            ret = add_cow_write_header(bs);
+            if (ret < 0) {
+                s->header.size = old;
+            }
+        }
+        if (ret >= 0) {
+            s->nb_clusters = new_clusters;
+        } else if (errp && !*errp) {
+            error_setg_errno(errp, -ret, "Could not grow the add-cow image");
+        }
+    } else {
+        /* Commit point first, then the raw image may shrink. */
+        s->header.size = new;
+        ret = add_cow_write_header(bs);
+        if (ret < 0) {
+            s->header.size = old;
+            error_setg_errno(errp, -ret, "Could not write add-cow header");
+        } else {
+            s->nb_clusters = DIV_ROUND_UP(new, s->cluster_size);
+            ret = bdrv_co_truncate(s->image, new, true, PREALLOC_MODE_OFF,
+                                   NULL);
+            ret = ret < 0 ? 0 : ret;    /* a longer raw image is allowed */
+        }
+    }
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
+/* ---- info and check ---- */
+
+typedef struct AddCowCount {
+    BlockDriverState *bs;
+    uint64_t allocated;
+    uint64_t stray;             /* bits set past the last cluster */
+    int ret;
+} AddCowCount;
+
+static void coroutine_fn add_cow_count_entry(void *opaque)
+{
+    AddCowCount *cnt = opaque;
+    BDRVAddCowState *s = cnt->bs->opaque;
+    uint64_t total_bits = s->header.bitmap_size * 8;
+
+    cnt->allocated = 0;
+    cnt->stray = 0;
+    cnt->ret = 0;
+    for (uint64_t off = 0; off < s->header.bitmap_size;
+         off += ADD_COW_PAGE_SIZE) {
+        uint8_t *page;
+        int ret = table_cache_get(s->bitmap, s->header.bitmap_offset + off,
+                                  (void **)&page);
+        if (ret < 0) {
+            cnt->ret = ret;
+            return;
+        }
+        for (uint64_t i = 0; i < ADD_COW_PAGE_SIZE; i++) {
+            if (!page[i]) {
+                continue;
+            }
+            for (int b = 0; b < 8; b++) {
+                uint64_t c = (off + i) * 8 + b;
+                if (c < total_bits && (page[i] & (1 << b))) {
+                    if (c < s->nb_clusters) {
+                        cnt->allocated++;
+                    } else {
+                        cnt->stray++;
+                    }
+                }
+            }
+        }
+        table_cache_put(s->bitmap, (void **)&page);
+    }
+}
+
+static int add_cow_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    BDRVAddCowState *s = bs->opaque;
+    bdi->cluster_size = s->cluster_size;
+    return 0;
+}
+
+static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
+                                                    Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowCount cnt = { .bs = bs };
+    ImageInfoSpecific *info = image_info_specific_new("add-cow");
+
+    bdrv_run_co(add_cow_count_entry, &cnt);
+    image_info_add_str(info, "image-file", s->image_name);
+    if (cnt.ret >= 0) {
+        image_info_add_int(info, "allocated-clusters", cnt.allocated);
+        image_info_add_int(info, "total-clusters", s->nb_clusters);
+        image_info_add_bool(info, "complete",
+                            cnt.allocated == s->nb_clusters);
+    }
+    return info;
+}
+
+static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
+                                         BdrvCheckResult *res,
+                                         BdrvCheckMode fix)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowCount cnt = { .bs = bs };
+    int64_t img_len = bdrv_getlength(s->image);
+
+    add_cow_count_entry(&cnt);
+    if (cnt.ret < 0) {
+        res->check_errors++;
+        return 0;
+    }
+    if (img_len < 0 || (uint64_t)img_len < s->header.size) {
+        fprintf(stderr, "ERROR image file is shorter than the virtual "
+                "disk\n");
+        res->corruptions++;
+    }
+    if (cnt.stray) {
+        fprintf(stderr, "%s %" PRIu64 " bitmap bits set past the end of the "
+                "disk\n", (fix & BDRV_FIX_ERRORS) ? "Repairing" : "ERROR",
+                cnt.stray);
+        if ((fix & BDRV_FIX_ERRORS) && !bs->read_only) {
+            int ret = add_cow_set_bits(s, s->nb_clusters,
+                                       s->header.bitmap_size * 8, false);
+            if (ret >= 0) {
+                ret = table_cache_flush(s->bitmap);
+            }
+            if (ret >= 0) {
+                res->corruptions_fixed++;
+            } else {
+                res->corruptions++;
+            }
+        } else {
+            res->corruptions++;
+        }
+    }
+    res->allocated_clusters = cnt.allocated;
+    res->total_clusters = s->nb_clusters;
+    res->image_end_offset = s->header.bitmap_offset + s->header.bitmap_size;
+    return 0;
+}
+
+static int64_t add_cow_get_allocated_file_size(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int64_t a = bdrv_get_allocated_file_size(bs->file);
+    int64_t b = bdrv_get_allocated_file_size(s->image);
+    if (a < 0) {
+        return a;
+    }
+    return b < 0 ? a : a + b;
+}
+
+static bool add_cow_has_zero_init(BlockDriverState *bs)
+{
+    return !bs->backing;
+}
+
+/* ---- create ---- */
+
+static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
+                                       Error **errp)
+{
+    const char *backing = qemu_opt_get(opts, "backing_file");
+    const char *fmt = qemu_opt_get(opts, "backing_fmt");
+    const char *image_opt = qemu_opt_get(opts, "image_file");
+    uint64_t cluster_size = qemu_opt_get_size(opts, "cluster_size",
+                                              1 << ADD_COW_DEFAULT_CLUSTER_BITS);
+    bool has_size = qemu_opt_has(opts, "size");
+    uint64_t size = qemu_opt_get_size(opts, "size", 0);
+    char *image_name = NULL, *image_path = NULL;
+    BlockDriverState *file = NULL, *img = NULL;
+    AddCowHeader h = { 0 };
+    int ret;
+
+    if (cluster_size < (1u << ADD_COW_MIN_CLUSTER_BITS) ||
+        cluster_size > (1u << ADD_COW_MAX_CLUSTER_BITS) ||
+        (cluster_size & (cluster_size - 1))) {
+        error_setg(errp, "Cluster size must be a power of two between 512 "
+                   "and 2M");
+        return -EINVAL;
+    }
+    if (fmt && !backing) {
+        error_setg(errp, "backing_fmt given without backing_file");
+        return -EINVAL;
+    }
+    if (fmt && strlen(fmt) > ADD_COW_MAX_FMT_NAME) {
+        error_setg(errp, "Backing format name too long");
+        return -EINVAL;
+    }
+    if (backing && strlen(backing) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Backing file name too long");
+        return -EINVAL;
+    }
+    /* Default image file: next to the add-cow file, named after it. */
+    if (image_opt && *image_opt) {
+        image_name = g_strdup(image_opt);
+    } else {
+        char *base = g_path_get_basename(filename);
+        image_name = g_strdup_printf("%s.raw", base);
+        g_free(base);
+    }
+    if (strlen(image_name) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Image file name too long");
+        ret = -EINVAL;
+        goto out;
+    }
+    image_path = path_combine(filename, image_name);
+    if (!has_size && backing) {
+        char *bpath = path_combine(filename, backing);
+        BlockDriverState *b = bdrv_open_child(bpath, fmt, NULL,
+                                              BDRV_O_NO_BACKING, true, errp);
+        g_free(bpath);
+        if (!b) {
+            error_prepend(errp, "Could not open backing file: ");
+            ret = -EINVAL;
+            goto out;
+        }
+        size = bdrv_getlength(b);
+        bdrv_unref(b);
+        has_size = true;
+    }
+
+    /* An existing image file of sufficient size is kept as it is. */
+    img = bdrv_open_child(image_path, NULL, NULL, BDRV_O_RDWR, false, NULL);
+    if (img) {
+        int64_t len = bdrv_getlength(img);
+        if (!has_size) {
+            size = len;
+            has_size = true;
+        } else if (len < (int64_t)size) {
+            ret = bdrv_co_truncate(img, size, false, PREALLOC_MODE_OFF, errp);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+    } else {
+        QemuOpts *io = qemu_opts_new();
+        qemu_opt_set_number(io, "size", size);
+        ret = bdrv_create_file(image_path, io, errp);
+        qemu_opts_del(io);
+        if (ret < 0) {
+            error_prepend(errp, "Could not create image file: ");
+            goto out;
+        }
+    }
+    if (!has_size) {
+        error_setg(errp, "Image size must be specified");
+        ret = -EINVAL;
+        goto out;
+    }
+    size = QEMU_ALIGN_UP(size, BDRV_SECTOR_SIZE);
+    if (size > ADD_COW_MAX_SIZE) {
+        error_setg(errp, "Image size is too large");
+        ret = -EFBIG;
+        goto out;
+    }
+
+    size_t lb = backing ? strlen(backing) : 0;
+    size_t lf = fmt ? strlen(fmt) : 0;
+    size_t li = strlen(image_name);
+    h.version = ADD_COW_VERSION;
+    h.header_size = ROUND_UP(ADD_COW_FIXED_HEADER_SIZE + 2 * (lb + lf + li) +
+                             1024, ADD_COW_PAGE_SIZE);
+    h.size = size;
+    h.cluster_bits = __builtin_ctzll(cluster_size);
+    h.bitmap_offset = h.header_size;
+    h.bitmap_size = MAX(ROUND_UP(add_cow_bitmap_bytes(size, h.cluster_bits),
+                                 ADD_COW_PAGE_SIZE), ADD_COW_PAGE_SIZE);
+    h.backing_file_offset = lb ? ADD_COW_FIXED_HEADER_SIZE : 0;
+    h.backing_file_size = lb;
+    h.backing_fmt_offset = lf ? ADD_COW_FIXED_HEADER_SIZE + lb : 0;
+    h.backing_fmt_size = lf;
+    h.image_file_offset = ADD_COW_FIXED_HEADER_SIZE + lb + lf;
+    h.image_file_size = li;
+
+    QemuOpts *fo = qemu_opts_new();
+    ret = bdrv_create_file(filename, fo, errp);
+    qemu_opts_del(fo);
+    if (ret < 0) {
+        goto out;
+    }
+    file = bdrv_open_child(filename, NULL, NULL, BDRV_O_RDWR, false, errp);
+    if (!file) {
+        ret = -EIO;
+        goto out;
+    }
+    uint8_t *hdr = g_malloc0(h.header_size);
+    add_cow_header_to_disk(&h, (AddCowDiskHeader *)hdr);
+    if (lb) {
+        memcpy(hdr + h.backing_file_offset, backing, lb);
+    }
+    if (lf) {
+        memcpy(hdr + h.backing_fmt_offset, fmt, lf);
+    }
+    memcpy(hdr + h.image_file_offset, image_name, li);
+    ret = bdrv_co_pwrite(file, 0, h.header_size, hdr, 0);
+    g_free(hdr);
+    if (ret >= 0) {
+        ret = bdrv_co_truncate(file, h.bitmap_offset + h.bitmap_size, false,
+                               PREALLOC_MODE_OFF, errp);
+    }
+    if (ret >= 0 && img) {
+        ret = bdrv_co_flush(img);
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(file);
+    }
+    if (ret < 0 && errp && !*errp) {
+        error_setg_errno(errp, -ret, "Could not write add-cow header");
+    }
+out:
+    bdrv_unref(file);
+    bdrv_unref(img);
+    g_free(image_name);
+    g_free(image_path);
+    return ret;
+}
+
+static BlockDriver bdrv_add_cow = {
+    .format_name            = "add-cow",
+    .instance_size          = sizeof(BDRVAddCowState),
+    .supports_backing       = true,
+    .create_opts            = add_cow_create_opts,
+    .open_opts              = add_cow_open_opts,
+    .amend_opts             = add_cow_amend_opts,
+
+    .bdrv_probe             = add_cow_probe,
+    .bdrv_open              = add_cow_open,
+    .bdrv_close             = add_cow_close,
+    .bdrv_refresh_limits    = add_cow_refresh_limits,
+    .bdrv_create            = add_cow_create,
+
+    .bdrv_co_preadv         = add_cow_co_preadv,
+    .bdrv_co_pwritev        = add_cow_co_pwritev,
+    .bdrv_co_pwrite_zeroes  = add_cow_co_pwrite_zeroes,
+    .bdrv_co_pdiscard       = add_cow_co_pdiscard,
+    .bdrv_co_flush          = add_cow_co_flush,
+    .bdrv_co_block_status   = add_cow_co_block_status,
+    .bdrv_co_truncate       = add_cow_co_truncate,
+    .bdrv_getlength         = add_cow_getlength,
+    .bdrv_get_allocated_file_size = add_cow_get_allocated_file_size,
+
+    .bdrv_get_info          = add_cow_get_info,
+    .bdrv_get_specific_info = add_cow_get_specific_info,
+    .bdrv_has_zero_init     = add_cow_has_zero_init,
+    .bdrv_co_check          = add_cow_co_check,
+    .bdrv_amend_options     = add_cow_amend_options,
+    .bdrv_change_backing_file = add_cow_change_backing_file,
+
+    /* No FUA: the layer follows FUA writes with a full flush, which makes
+     * the bitmap durable too. */
+    .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
+};
+
+void bdrv_add_cow_init(void)
+{
+    bdrv_register(&bdrv_add_cow);
+}
