@@ -38,7 +38,7 @@ check-iotests: $(tools-y)
 	@cd $(SRC_PATH)/tests/qemu-iotests && \
 	  BUILD_DIR=$(CURDIR) ./check -raw -file
 
-check: all $(unit-tests-y)
+check: all $(unit-tests-y) tests/crashtest/crashtest
 	@BUILD_DIR=$(CURDIR) SRC_PATH=$(SRC_PATH) \
 	  $(SRC_PATH)/tests/run-all $(unit-tests-y)
 
@@ -55,6 +55,7 @@ install: all
 
 clean:
 	rm -f *.o */*.o */*/*.o *.d */*.d */*/*.d libqemublock.a $(tools-y) \
+	      tests/crashtest/crashtest \
 	      $(unit-tests-y)
 
 distclean: clean

@@ -2585,7 +2585,6 @@ static int img_rebase(int argc, char **argv)
 
     if (!unsafe) {
         int64_t size, old_size = 0, new_size = 0, offset, n;
-        float local_progress = 0;
 
         old_backing = bdrv_get_backing(bs);
         if (out_baseimg[0]) {
@@ -2624,9 +2623,6 @@ static int img_rebase(int argc, char **argv)
                 goto out;
             }
         }
-        if (size != 0) {
-            local_progress = (float)100 / (size / MIN(size, IO_BUF_SIZE));
-        }
 
         buf_old = qemu_blockalign(IO_BUF_SIZE);
         buf_new = qemu_blockalign(IO_BUF_SIZE);
@@ -2645,6 +2641,7 @@ static int img_rebase(int argc, char **argv)
                 n = MIN(IO_BUF_SIZE, size - offset);
             }
             if (ret) {
+                progress_print((float)n / size * 100, 100);
                 continue;
             }
 
@@ -2694,7 +2691,8 @@ static int img_rebase(int argc, char **argv)
                 }
                 written += pnum;
             }
-            progress_print(local_progress, 100);
+            /* Proportional to bytes: chunks shrink at allocation edges. */
+            progress_print((float)n / size * 100, 100);
         }
     }
 

@@ -1091,8 +1091,10 @@ static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
     if (cnt.ret >= 0) {
         image_info_add_int(info, "allocated-clusters", cnt.allocated);
         image_info_add_int(info, "total-clusters", s->nb_clusters);
+        /* Complete: the raw image alone holds the disk (spec section 10). */
         image_info_add_bool(info, "complete",
-                            cnt.allocated == s->nb_clusters);
+                            cnt.allocated == s->nb_clusters ||
+                            !bs->backing_file[0]);
     }
     return info;
 }
