@@ -77,4 +77,21 @@ check-crash: tests/crashtest/crashtest
 
 .PHONY: check-crash
 
+# ---- sheepdog test peer (tests/sheepdog/README.md) ----
+# Independent of libqemublock.a: it speaks the wire protocol only.
+sheepdog-test-progs = tests/sheepdog/sheepdog-server
+
+tests/sheepdog/sheepdog-server: tests/sheepdog/sheepdog-server.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+check-sheepdog-server: $(sheepdog-test-progs)
+	@python3 $(SRC_PATH)/tests/sheepdog/test-server.py \
+	  --server $(CURDIR)/tests/sheepdog/sheepdog-server
+
+clean: clean-sheepdog-server
+clean-sheepdog-server:
+	rm -f $(sheepdog-test-progs)
+
+.PHONY: check-sheepdog-server clean-sheepdog-server
+
 -include $(wildcard *.d */*.d */*/*.d)
