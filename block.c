@@ -30,6 +30,7 @@ void bdrv_init(void)
     bdrv_blkdebug_init();
     bdrv_crashsim_init();
     bdrv_add_cow_init();
+    bdrv_sheepdog_init();
 }
 
 BlockDriver *bdrv_find_format(const char *format_name)
@@ -892,6 +893,10 @@ ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
 {
     if (bs->drv->bdrv_get_specific_info) {
         return bs->drv->bdrv_get_specific_info(bs, errp);
+    }
+    /* raw over sheepdog/rbd shows the protocol's details (VDI id, ...) */
+    if ((bs->drv->passthrough_snapshots || bs->drv->is_filter) && bs->file) {
+        return bdrv_get_specific_info(bs->file, errp);
     }
     return NULL;
 }

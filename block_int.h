@@ -215,6 +215,7 @@ void bdrv_raw_init(void);
 void bdrv_blkdebug_init(void);
 void bdrv_crashsim_init(void);
 void bdrv_add_cow_init(void);
+void bdrv_sheepdog_init(void);
 /* Best probe score of every format for buf, or NULL (used by raw to refuse
  * writes that would make a probed image look like another format). */
 BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
