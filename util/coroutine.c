@@ -302,28 +302,35 @@ unsigned qemu_coroutine_pool_size(void)
 
 /* ---- aio_co_wake: resume from the loop, callable from any thread ---- */
 
-static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
-static Coroutine *wake_head, *wake_tail;
+/*
+ * Woken coroutines go on a push-only lock-free stack; the bottom half takes
+ * the whole stack with one exchange and enters it oldest first. Only the
+ * push that finds the stack empty schedules the bottom half, so a burst of
+ * completions costs one schedule (and at most one eventfd write).
+ */
+static Coroutine *wake_stack;
 static QEMUBH *wake_bh;
 static pthread_once_t wake_once = PTHREAD_ONCE_INIT;
 
 static void co_wake_bh(void *opaque)
 {
-    Coroutine *co;
+    Coroutine *co = __atomic_exchange_n(&wake_stack, NULL, __ATOMIC_ACQ_REL);
+    Coroutine *fifo = NULL;
 
-    /* Detach the list: coroutines woken while we run wait for the next pass. */
-    pthread_mutex_lock(&wake_lock);
-    co = wake_head;
-    wake_head = wake_tail = NULL;
-    pthread_mutex_unlock(&wake_lock);
-
+    /* The stack is newest first: reverse it to wake in order. */
     while (co) {
         Coroutine *next = co->next;
-
-        co->next = NULL;
-        co->scheduled = false;
-        qemu_coroutine_enter(co);
+        co->next = fifo;
+        fifo = co;
         co = next;
+    }
+    while (fifo) {
+        Coroutine *next = fifo->next;
+
+        fifo->next = NULL;
+        __atomic_store_n(&fifo->scheduled, false, __ATOMIC_RELEASE);
+        qemu_coroutine_enter(fifo);
+        fifo = next;
     }
 }
 
@@ -340,23 +347,23 @@ static void co_wake_init(void)
 
 void aio_co_wake(Coroutine *co)
 {
+    Coroutine *old;
+
     co_wake_init();
-    pthread_mutex_lock(&wake_lock);
-    if (co->scheduled) {
+    if (__atomic_exchange_n(&co->scheduled, true, __ATOMIC_ACQ_REL)) {
         fprintf(stderr, "aio_co_wake: coroutine was already scheduled\n");
         abort();
     }
-    co->scheduled = true;
-    co->next = NULL;
-    if (wake_tail) {
-        wake_tail->next = co;
-    } else {
-        wake_head = co;
-    }
-    wake_tail = co;
-    pthread_mutex_unlock(&wake_lock);
+    old = __atomic_load_n(&wake_stack, __ATOMIC_ACQUIRE);
+    do {
+        co->next = old;
+    } while (!__atomic_compare_exchange_n(&wake_stack, &old, co, true,
+                                          __ATOMIC_RELEASE,
+                                          __ATOMIC_ACQUIRE));
     /* co may already be running again: do not touch it from here on. */
-    qemu_bh_schedule(wake_bh);
+    if (!old) {
+        qemu_bh_schedule(wake_bh);
+    }
 }
 
 void aio_co_schedule(Coroutine *co)

@@ -5,6 +5,7 @@
  * results back to the submitting coroutine through aio_co_wake().
  */
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <time.h>
 
@@ -23,13 +24,18 @@ typedef struct ThreadPoolJob {
     struct ThreadPoolJob *next;
 } ThreadPoolJob;
 
+/*
+ * pool_lock protects the job list and counters; pool_sem counts queued
+ * jobs. It is posted after the lock is dropped, so a woken worker never
+ * wakes up only to block on the lock its waker still holds.
+ */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_cond;
+static sem_t pool_sem;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 static ThreadPoolJob *job_head, *job_tail;
-static unsigned nr_queued;
 static int nr_threads;
-static int nr_idle;
+static int nr_idle;             /* workers waiting on pool_sem */
+static int nr_queued;           /* jobs not yet taken by a worker */
 
 /*
  * While jobs are out, an armed timer tells aio_poll() that the loop is not
@@ -47,53 +53,45 @@ static void keepalive_cb(void *opaque)
 
 static void thread_pool_init(void)
 {
-    pthread_condattr_t attr;
-
-    /* Idle timeouts must not jump with the wall clock. */
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&pool_cond, &attr);
-    pthread_condattr_destroy(&attr);
+    sem_init(&pool_sem, 0, 0);
 }
 
 static void *worker_thread(void *opaque)
 {
-    pthread_mutex_lock(&pool_lock);
     for (;;) {
         ThreadPoolJob *job;
-        Coroutine *co;
-        int ret;
+        struct timespec ts;
+        int r;
 
-        while (!job_head) {
-            struct timespec ts;
-            int r;
+        pthread_mutex_lock(&pool_lock);
+        nr_idle++;
+        pthread_mutex_unlock(&pool_lock);
 
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += THREAD_POOL_IDLE_SEC;
-            nr_idle++;
-            r = pthread_cond_timedwait(&pool_cond, &pool_lock, &ts);
-            nr_idle--;
-            if (r == ETIMEDOUT && !job_head) {
-                nr_threads--;
-                pthread_mutex_unlock(&pool_lock);
-                return NULL;
-            }
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += THREAD_POOL_IDLE_SEC;
+        do {
+            r = sem_clockwait(&pool_sem, CLOCK_MONOTONIC, &ts);
+        } while (r < 0 && errno == EINTR);
+
+        pthread_mutex_lock(&pool_lock);
+        nr_idle--;
+        if (r < 0) {
+            /* Timed out: no job was counted for us. */
+            nr_threads--;
+            pthread_mutex_unlock(&pool_lock);
+            return NULL;
         }
         job = job_head;
+        nr_queued--;
         job_head = job->next;
         if (!job_head) {
             job_tail = NULL;
         }
-        nr_queued--;
         pthread_mutex_unlock(&pool_lock);
 
-        ret = job->func(job->arg);
         /* job lives on the coroutine's stack: finish with it before waking. */
-        job->ret = ret;
-        co = job->co;
-        aio_co_wake(co);
-
-        pthread_mutex_lock(&pool_lock);
+        job->ret = job->func(job->arg);
+        aio_co_wake(job->co);
     }
 }
 
@@ -147,12 +145,12 @@ int coroutine_fn thread_pool_submit_co(ThreadPoolFunc *func, void *arg)
         job_head = &job;
     }
     job_tail = &job;
-    nr_queued++;
-    if (nr_queued > (unsigned)nr_idle && nr_threads < THREAD_POOL_MAX) {
+    /* Start a worker only when the idle ones cannot take every job. */
+    if (++nr_queued > nr_idle && nr_threads < THREAD_POOL_MAX) {
         spawn_worker();
     }
-    pthread_cond_signal(&pool_cond);
     pthread_mutex_unlock(&pool_lock);
+    sem_post(&pool_sem);
 
     qemu_coroutine_yield();
     if (--nr_inflight == 0) {
