@@ -1531,40 +1531,84 @@ void bdrv_debug_event(BlockDriverState *bs, const char *event)
     }
 }
 
-/* The first node at or below bs (file and backing children) with a hook. */
-static BlockDriverState *bdrv_debug_node(BlockDriverState *bs)
+/* Every blkdebug-like node at or below bs (file, data and backing). */
+static void bdrv_debug_nodes(BlockDriverState *bs, GPtrArray *out)
 {
     if (!bs || !bs->drv) {
-        return NULL;
+        return;
     }
     if (bs->drv->bdrv_debug_breakpoint) {
-        return bs;
+        g_ptr_array_add(out, bs);
     }
-    BlockDriverState *r = bdrv_debug_node(bs->file);
-    return r ? r : bdrv_debug_node(bs->backing);
+    bdrv_debug_nodes(bs->file, out);
+    bdrv_debug_nodes(bs->data_file, out);
+    bdrv_debug_nodes(bs->backing, out);
 }
 
+/*
+ * Breakpoints go to every blkdebug node below bs (an event may be raised on
+ * the metadata file, the data file or the backing); the others apply to the
+ * nodes that know the tag.
+ */
 int bdrv_debug_breakpoint(BlockDriverState *bs, const char *event,
                           const char *tag)
 {
-    BlockDriverState *d = bdrv_debug_node(bs);
-    return d ? d->drv->bdrv_debug_breakpoint(d, event, tag) : -ENOTSUP;
+    GPtrArray *nodes = g_ptr_array_new();
+    int ret = -ENOTSUP;
+
+    bdrv_debug_nodes(bs, nodes);
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockDriverState *d = g_ptr_array_index(nodes, i);
+        ret = d->drv->bdrv_debug_breakpoint(d, event, tag);
+    }
+    g_ptr_array_free(nodes, TRUE);
+    return ret;
 }
 
 int bdrv_debug_remove_breakpoint(BlockDriverState *bs, const char *tag)
 {
-    BlockDriverState *d = bdrv_debug_node(bs);
-    return d ? d->drv->bdrv_debug_remove_breakpoint(d, tag) : -ENOTSUP;
+    GPtrArray *nodes = g_ptr_array_new();
+    int ret;
+
+    bdrv_debug_nodes(bs, nodes);
+    ret = nodes->len ? -ENOENT : -ENOTSUP;
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockDriverState *d = g_ptr_array_index(nodes, i);
+        if (d->drv->bdrv_debug_remove_breakpoint(d, tag) == 0) {
+            ret = 0;
+        }
+    }
+    g_ptr_array_free(nodes, TRUE);
+    return ret;
 }
 
 int bdrv_debug_resume(BlockDriverState *bs, const char *tag)
 {
-    BlockDriverState *d = bdrv_debug_node(bs);
-    return d ? d->drv->bdrv_debug_resume(d, tag) : -ENOTSUP;
+    GPtrArray *nodes = g_ptr_array_new();
+    int ret;
+
+    bdrv_debug_nodes(bs, nodes);
+    ret = nodes->len ? -ENOENT : -ENOTSUP;
+    for (guint i = 0; i < nodes->len && ret < 0; i++) {
+        BlockDriverState *d = g_ptr_array_index(nodes, i);
+        if (d->drv->bdrv_debug_is_suspended(d, tag)) {
+            ret = d->drv->bdrv_debug_resume(d, tag);
+        }
+    }
+    g_ptr_array_free(nodes, TRUE);
+    return ret;
 }
 
 bool bdrv_debug_is_suspended(BlockDriverState *bs, const char *tag)
 {
-    BlockDriverState *d = bdrv_debug_node(bs);
-    return d && d->drv->bdrv_debug_is_suspended(d, tag);
+    GPtrArray *nodes = g_ptr_array_new();
+    bool found = false;
+
+    bdrv_debug_nodes(bs, nodes);
+    for (guint i = 0; i < nodes->len && !found; i++) {
+        BlockDriverState *d = g_ptr_array_index(nodes, i);
+        found = d->drv->bdrv_debug_is_suspended(d, tag);
+    }
+    g_ptr_array_free(nodes, TRUE);
+    return found;
 }

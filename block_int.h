@@ -187,6 +187,9 @@ struct BlockDriverState {
 
     BlockDriverState *file;             /* protocol/data child (formats) */
     BlockDriverState *backing;          /* backing child, or NULL */
+    /* A data child the driver opened itself (add-cow's raw image); the
+     * driver owns the reference, the layer only walks it (drain, debug). */
+    BlockDriverState *data_file;
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;

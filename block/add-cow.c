@@ -135,8 +135,8 @@ static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
         return -EINVAL;
     }
     if (file_len < h->header_size) {
-        error_setg(errp, "add-cow file is truncated (%" PRId64 " bytes, "
-                   "header is %" PRIu32 ")", file_len, h->header_size);
+        error_setg(errp, "add-cow file is truncated (shorter than its "
+                   "%" PRIu32 "-byte header)", h->header_size);
         return -EINVAL;
     }
     if (h->cluster_bits < ADD_COW_MIN_CLUSTER_BITS ||
@@ -225,6 +225,8 @@ static bool add_cow_header_name_allowed(const char *name, Error **errp)
     return true;
 }
 
+static int coroutine_fn add_cow_write_header(BlockDriverState *bs);
+
 /* ---- open / close ---- */
 
 static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
@@ -312,17 +314,31 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         ret = -EINVAL;
         goto fail;
     }
+    bs->data_file = s->image;
     s->bitmap = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
                                 ADD_COW_CACHE_PAGES, "bitmap_load",
                                 "bitmap_update");
     /* Bits must never reach the disk before the data they describe. */
     table_cache_set_dependency_bs(s->bitmap, s->image);
+    /* A writer clears the autoclear bits it does not know (spec 3). */
+    if ((flags & BDRV_O_RDWR) &&
+        (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK)) {
+        s->header.autoclear_features &= ADD_COW_AUTOCLEAR_MASK;
+        ret = add_cow_write_header(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not clear autoclear bits");
+            table_cache_free(s->bitmap);
+            s->bitmap = NULL;
+            goto fail;
+        }
+    }
     g_free(backing);
     g_free(fmt);
     g_free(full);
     return 0;
 
 fail:
+    bs->data_file = NULL;
     bdrv_unref(s->image);
     s->image = NULL;
     g_free(s->image_name);
@@ -341,6 +357,7 @@ static void coroutine_fn add_cow_close(BlockDriverState *bs)
         table_cache_flush(s->bitmap);
     }
     table_cache_free(s->bitmap);
+    bs->data_file = NULL;
     bdrv_unref(s->image);
     g_free(s->image_name);
 }
@@ -496,7 +513,7 @@ static int coroutine_fn add_cow_read_backing(BlockDriverState *bs,
         qemu_iovec_memset(qiov, qiov_offset, 0, bytes);
         return 0;
     }
-    BLKDBG_EVENT(bs->file, "cow_read");
+    BLKDBG_EVENT(bs->backing, "cow_read");
     return bdrv_co_preadv_part(bs->backing, offset, bytes, qiov, qiov_offset,
                                0);
 }
@@ -595,7 +612,7 @@ static int coroutine_fn add_cow_write_alloc(BlockDriverState *bs,
                                        head + bytes);
         }
         if (ret >= 0) {
-            BLKDBG_EVENT(bs->file, "cow_write");
+            BLKDBG_EVENT(s->image, "cow_write");
             ret = bdrv_co_pwritev(s->image, start, end - start, &v, 0);
         }
         if (!qiov) {
@@ -746,7 +763,7 @@ static int coroutine_fn add_cow_co_flush(BlockDriverState *bs)
     BDRVAddCowState *s = bs->opaque;
     int ret;
 
-    BLKDBG_EVENT(bs->file, "image_flush");
+    BLKDBG_EVENT(s->image, "image_flush");
     ret = bdrv_co_flush(s->image);
     if (ret < 0) {
         return ret;
@@ -882,6 +899,39 @@ static int coroutine_fn add_cow_set_names(BlockDriverState *bs,
     return 0;
 }
 
+/*
+ * After the backing file was removed (header committed), clusters with bit
+ * 0 read as zeroes; make the raw image say so too, so that it stands alone:
+ * zero those ranges (holes where possible), then set their bits.
+ */
+static int coroutine_fn add_cow_fill_unallocated(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    uint64_t c = 0;
+    int ret = 0;
+
+    while (c < s->nb_clusters && ret >= 0) {
+        uint64_t run;
+        bool set;
+        ret = add_cow_run(s, c, s->nb_clusters, &set, &run);
+        if (ret >= 0 && !set) {
+            int64_t start = c << s->header.cluster_bits;
+            int64_t end = MIN((int64_t)((c + run) << s->header.cluster_bits),
+                              (int64_t)s->header.size);
+            ret = bdrv_co_pwrite_zeroes(s->image, start, end - start,
+                                        BDRV_REQ_MAY_UNMAP);
+            if (ret >= 0) {
+                ret = add_cow_set_bits(s, c, c + run, true);
+            }
+        }
+        c += run;
+    }
+    if (ret >= 0) {
+        ret = table_cache_flush(s->bitmap);
+    }
+    return ret;
+}
+
 static int coroutine_fn add_cow_change_backing_file(BlockDriverState *bs,
                                                     const char *backing_file,
                                                     const char *backing_fmt)
@@ -892,6 +942,9 @@ static int coroutine_fn add_cow_change_backing_file(BlockDriverState *bs,
     qemu_co_mutex_lock(&s->meta_lock);
     ret = add_cow_set_names(bs, backing_file ? backing_file : "",
                             backing_fmt ? backing_fmt : "", NULL, NULL);
+    if (ret >= 0 && (!backing_file || !*backing_file)) {
+        ret = add_cow_fill_unallocated(bs);
+    }
     qemu_co_mutex_unlock(&s->meta_lock);
     return ret;
 }
@@ -906,16 +959,6 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
     const char *image = qemu_opt_get(opts, "image_file");
     int ret = 0;
 
-    if (qemu_opt_has(opts, "cluster_size") &&
-        qemu_opt_get_size(opts, "cluster_size", 0) != s->cluster_size) {
-        error_setg(errp, "Changing the cluster size of an add-cow image is "
-                   "not supported");
-        return -ENOTSUP;
-    }
-    if (qemu_opt_has(opts, "size")) {
-        error_setg(errp, "Use 'qemu-img resize' to change the size");
-        return -ENOTSUP;
-    }
     if (!backing && !fmt && !image) {
         return 0;
     }
@@ -924,6 +967,12 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
     }
     qemu_co_mutex_lock(&s->meta_lock);
     ret = add_cow_set_names(bs, backing, fmt, image, errp);
+    if (ret >= 0 && backing && !*backing) {
+        ret = add_cow_fill_unallocated(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not fill the raw image");
+        }
+    }
     qemu_co_mutex_unlock(&s->meta_lock);
     if (ret >= 0 && (backing || fmt)) {
         pstrcpy(bs->backing_file, sizeof(bs->backing_file),
@@ -936,6 +985,89 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
 
 /* ---- truncate (spec section 7, "Header changes") ---- */
 
+/*
+ * Grow from old to new bytes. The new area reads as zeroes (never as
+ * backing data or stale raw-image bytes): the raw image is zeroed there and
+ * the new clusters' bits are set; the header is the commit point.
+ */
+static int coroutine_fn add_cow_grow(BlockDriverState *bs, uint64_t old,
+                                     uint64_t new, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t first = DIV_ROUND_UP(old, cs);      /* first wholly new cluster */
+    uint64_t new_clusters = DIV_ROUND_UP(new, cs);
+    uint64_t need = ROUND_UP(add_cow_bitmap_bytes(new, s->header.cluster_bits),
+                             ADD_COW_PAGE_SIZE);
+    int64_t img_len = bdrv_getlength(s->image);
+    int ret = 0;
+
+    if (img_len < 0) {
+        error_setg_errno(errp, (int)-img_len, "Could not get image file size");
+        return (int)img_len;
+    }
+    /* 1. Raw image: stale bytes past the old end are zeroed, then it grows
+     *    (the extension reads as zeroes). */
+    if ((uint64_t)img_len > old) {
+        ret = bdrv_co_pwrite_zeroes(s->image, old,
+                                    MIN((uint64_t)img_len, new) - old,
+                                    BDRV_REQ_MAY_UNMAP);
+    }
+    if (ret >= 0 && (uint64_t)img_len < new) {
+        ret = bdrv_co_truncate(s->image, new, false, PREALLOC_MODE_OFF, errp);
+    }
+    /* 2. A partial old last cluster still served by the backing gets its
+     *    old bytes copied, so its new bytes can read as zero. */
+    if (ret >= 0 && old % cs) {
+        uint64_t c = old / cs, run;
+        bool set;
+        ret = add_cow_run(s, c, c + 1, &set, &run);
+        if (ret >= 0 && !set) {
+            int64_t start = c * cs;
+            uint8_t *buf = qemu_blockalign(old - start);
+            QEMUIOVector v;
+            qemu_iovec_init_buf(&v, buf, old - start);
+            ret = add_cow_read_backing(bs, start, old - start, &v, 0);
+            if (ret >= 0) {
+                ret = bdrv_co_pwritev(s->image, start, old - start, &v, 0);
+            }
+            qemu_vfree(buf);
+        }
+        first = c;
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(s->image);
+    }
+    /* 3. Bitmap: the area grows in place; the new clusters' bits are set. */
+    if (ret >= 0 && need > s->header.bitmap_size) {
+        ret = bdrv_co_truncate(bs->file, s->header.bitmap_offset + need, false,
+                               PREALLOC_MODE_OFF, errp);
+        if (ret >= 0) {
+            s->header.bitmap_size = need;
+        }
+    }
+    if (ret >= 0) {
+        ret = add_cow_set_bits(s, first, new_clusters, true);
+    }
+    if (ret >= 0) {
+        ret = table_cache_flush(s->bitmap);
+    }
+    /* 4. Commit point: the header with the new size. */
+    if (ret >= 0) {
+        s->header.size = new;
+        ret = add_cow_write_header(bs);
+        if (ret < 0) {
+            s->header.size = old;
+        }
+    }
+    if (ret >= 0) {
+        s->nb_clusters = new_clusters;
+    } else if (errp && !*errp) {
+        error_setg_errno(errp, -ret, "Could not grow the add-cow image");
+    }
+    return ret;
+}
+
 static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
                                             int64_t offset, bool exact,
                                             PreallocMode prealloc,
@@ -943,7 +1075,6 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
 {
     BDRVAddCowState *s = bs->opaque;
     uint64_t old = s->header.size, new = offset;
-    AddCowHeader h;
     int ret = 0;
 
     if (prealloc != PREALLOC_MODE_OFF) {
@@ -960,54 +1091,8 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
         return 0;
     }
     qemu_co_mutex_lock(&s->meta_lock);
-    h = s->header;
     if (new > old) {
-        uint64_t old_clusters = s->nb_clusters;
-        uint64_t new_clusters = DIV_ROUND_UP(new, s->cluster_size);
-        uint64_t need = ROUND_UP(add_cow_bitmap_bytes(new, h.cluster_bits),
-                                 ADD_COW_PAGE_SIZE);
-        /* 1. The raw image grows first; its old tail cluster is zeroed. */
-        int64_t img_len = bdrv_getlength(s->image);
-        if (img_len >= 0 && (uint64_t)img_len < new) {
-            ret = bdrv_co_truncate(s->image, new, false, PREALLOC_MODE_OFF,
-                                   errp);
-        }
-        if (ret >= 0 && old % s->cluster_size) {
-            uint64_t tail_end = MIN(ROUND_UP(old, s->cluster_size), new);
-            ret = bdrv_co_pwrite_zeroes(s->image, old, tail_end - old, 0);
-        }
-        if (ret >= 0) {
-            ret = bdrv_co_flush(s->image);
-        }
-        /* 2. The bitmap area grows in place; stale bits are cleared. */
-        if (ret >= 0 && need > h.bitmap_size) {
-            ret = bdrv_co_truncate(bs->file, h.bitmap_offset + need, false,
-                                   PREALLOC_MODE_OFF, errp);
-            h.bitmap_size = need;
-        }
-        if (ret >= 0) {
-            uint64_t first = old_clusters;
-            uint64_t bitmap_clusters = h.bitmap_size * 8;
-            s->header.bitmap_size = h.bitmap_size;
-            ret = add_cow_set_bits(s, first, MIN(new_clusters,
-                                                 bitmap_clusters), false);
-        }
-        if (ret >= 0) {
-            ret = table_cache_flush(s->bitmap);
-        }
-        /* 3. Commit point: the header with the new size. */
-        if (ret >= 0) {
-            s->header.size = new;
-            ret = add_cow_write_header(bs);
-            if (ret < 0) {
-                s->header.size = old;
-            }
-        }
-        if (ret >= 0) {
-            s->nb_clusters = new_clusters;
-        } else if (errp && !*errp) {
-            error_setg_errno(errp, -ret, "Could not grow the add-cow image");
-        }
+        ret = add_cow_grow(bs, old, new, errp);
     } else {
         /* Commit point first, then the raw image may shrink. */
         s->header.size = new;
@@ -1016,7 +1101,13 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
             s->header.size = old;
             error_setg_errno(errp, -ret, "Could not write add-cow header");
         } else {
+            /* After the commit point: bits past the end are meaningless;
+             * clear them so check stays quiet (a crash here only leaks). */
+            uint64_t old_clusters = s->nb_clusters;
             s->nb_clusters = DIV_ROUND_UP(new, s->cluster_size);
+            if (add_cow_set_bits(s, s->nb_clusters, old_clusters, false) >= 0) {
+                table_cache_flush(s->bitmap);
+            }
             ret = bdrv_co_truncate(s->image, new, true, PREALLOC_MODE_OFF,
                                    NULL);
             ret = ret < 0 ? 0 : ret;    /* a longer raw image is allowed */
@@ -1093,8 +1184,7 @@ static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
         image_info_add_int(info, "total-clusters", s->nb_clusters);
         /* Complete: the raw image alone holds the disk (spec section 10). */
         image_info_add_bool(info, "complete",
-                            cnt.allocated == s->nb_clusters ||
-                            !bs->backing_file[0]);
+                            cnt.allocated == s->nb_clusters);
     }
     return info;
 }
@@ -1117,23 +1207,24 @@ static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
                 "disk\n");
         res->corruptions++;
     }
+    /* Bits past the end are harmless (a grow rewrites them): leaks. */
     if (cnt.stray) {
         fprintf(stderr, "%s %" PRIu64 " bitmap bits set past the end of the "
-                "disk\n", (fix & BDRV_FIX_ERRORS) ? "Repairing" : "ERROR",
+                "disk\n", (fix & BDRV_FIX_LEAKS) ? "Repairing" : "Leaked",
                 cnt.stray);
-        if ((fix & BDRV_FIX_ERRORS) && !bs->read_only) {
+        if ((fix & BDRV_FIX_LEAKS) && !bs->read_only) {
             int ret = add_cow_set_bits(s, s->nb_clusters,
                                        s->header.bitmap_size * 8, false);
             if (ret >= 0) {
                 ret = table_cache_flush(s->bitmap);
             }
             if (ret >= 0) {
-                res->corruptions_fixed++;
+                res->leaks_fixed += cnt.stray;
             } else {
-                res->corruptions++;
+                res->leaks += cnt.stray;
             }
         } else {
-            res->corruptions++;
+            res->leaks += cnt.stray;
         }
     }
     res->allocated_clusters = cnt.allocated;

@@ -426,8 +426,8 @@ static int blkdebug_check(BlockDriverState *bs, const char *event,
         int err = r->error;
         if (r->once) {
             g_ptr_array_remove_index(s->rules, i);
-        } else if (strcmp(r->event, event)) {
-            /* Format events arm one failure per announcement. */
+        } else {
+            /* One failure per announcement: the next one re-arms it. */
             r->active = false;
         }
         return -err;

@@ -741,6 +741,18 @@ int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
     }
     if (ret & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO)) {
         ret |= BDRV_BLOCK_ALLOCATED;
+    } else if (bs->drv->supports_backing) {
+        /* Unallocated reads zero without a backing, or past its end. */
+        if (!bs->backing) {
+            ret |= BDRV_BLOCK_ZERO;
+        } else {
+            int64_t blen = bdrv_getlength(bs->backing);
+            if (blen >= 0 && offset >= blen) {
+                ret |= BDRV_BLOCK_ZERO;
+            } else if (blen >= 0 && offset + *pnum > blen) {
+                *pnum = blen - offset;   /* answer up to the backing's end */
+            }
+        }
     }
     if (offset + *pnum == total) {
         ret |= BDRV_BLOCK_EOF;
@@ -818,6 +830,7 @@ static bool bdrv_requests_pending(BlockDriverState *bs)
         return false;
     }
     return bs->in_flight > 0 || bdrv_requests_pending(bs->file) ||
+           bdrv_requests_pending(bs->data_file) ||
            bdrv_requests_pending(bs->backing);
 }
 
