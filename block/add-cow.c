@@ -588,6 +588,26 @@ static int coroutine_fn add_cow_write_alloc(BlockDriverState *bs,
     if (!qiov && head == 0 && tail == 0) {
         BdrvRequestFlags zf = BDRV_REQ_MAY_UNMAP & flags;
         ret = bdrv_co_pwrite_zeroes(s->image, start, end - start, zf);
+    } else if (head && tail && qiov) {
+        /*
+         * Both ends need backing data: one read of the whole range, the
+         * guest's bytes laid over it in the write vector (two I/Os, not
+         * three, per small allocating write).
+         */
+        uint8_t *buf = qemu_blockalign(end - start);
+        QEMUIOVector whole;
+        qemu_iovec_init_buf(&whole, buf, end - start);
+        ret = add_cow_read_backing(bs, start, end - start, &whole, 0);
+        if (ret >= 0) {
+            qemu_iovec_init(&v, qiov->niov + 2);
+            qemu_iovec_add(&v, buf, head);
+            qemu_iovec_concat(&v, qiov, qiov_offset, bytes);
+            qemu_iovec_add(&v, buf + head + bytes, tail);
+            BLKDBG_EVENT(s->image, "cow_write");
+            ret = bdrv_co_pwritev(s->image, start, end - start, &v, 0);
+            qemu_iovec_destroy(&v);
+        }
+        qemu_vfree(buf);
     } else {
         qemu_iovec_init(&v, (qiov ? qiov->niov : 1) + 2);
         if (head) {
