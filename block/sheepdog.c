@@ -594,6 +594,11 @@ typedef struct SDConn {
     int reconnect_ret;
     CoQueue reconnect_queue;
     int64_t reconnect_timeout_ns;
+    /* A peer that accepts but stops answering must not hang us: while
+     * requests are in flight, no byte moving for reconnect_timeout_ns
+     * counts as a broken connection. */
+    QEMUTimer *watchdog;
+    int64_t last_progress_ns;
 } SDConn;
 
 static void sd_wake(Coroutine **pco)
@@ -622,6 +627,40 @@ static void sd_conn_init(SDConn *c, const SheepdogName *name,
     qemu_co_mutex_init(&c->send_lock);
     qemu_co_queue_init(&c->reconnect_queue);
     c->reconnect_timeout_ns = timeout_s * 1000000000LL;
+}
+
+static void sd_conn_broken(SDConn *c);
+
+static void sd_watchdog_cb(void *opaque)
+{
+    SDConn *c = opaque;
+
+    if (c->fd < 0 || !c->inflight || g_hash_table_size(c->inflight) == 0) {
+        return;                 /* idle: re-armed by the next request */
+    }
+    if (qemu_clock_get_ns() - c->last_progress_ns >= c->reconnect_timeout_ns) {
+        sd_conn_broken(c);      /* requests are resent after reconnecting */
+        return;
+    }
+    timer_mod_ns(c->watchdog, c->last_progress_ns + c->reconnect_timeout_ns);
+}
+
+/* Called after a request entered c->inflight. */
+static void sd_watchdog_arm(SDConn *c)
+{
+    if (c->reconnect_timeout_ns <= 0) {
+        return;
+    }
+    if (!c->watchdog) {
+        c->watchdog = aio_timer_new(qemu_get_aio_context(), sd_watchdog_cb, c);
+    }
+    if (g_hash_table_size(c->inflight) == 1) {
+        c->last_progress_ns = qemu_clock_get_ns();  /* a busy period starts */
+    }
+    if (!timer_pending(c->watchdog)) {
+        timer_mod_ns(c->watchdog,
+                     c->last_progress_ns + c->reconnect_timeout_ns);
+    }
 }
 
 static void sd_conn_reset_rx(SDConn *c)
@@ -656,6 +695,10 @@ static void sd_conn_broken(SDConn *c)
 
 static void sd_conn_destroy(SDConn *c)
 {
+    if (c->watchdog) {
+        timer_free(c->watchdog);
+        c->watchdog = NULL;
+    }
     if (c->fd >= 0) {
         aio_set_fd_handler(qemu_get_aio_context(), c->fd, NULL, NULL, NULL);
         close(c->fd);
@@ -858,6 +901,7 @@ static int coroutine_fn sd_conn_send(SDConn *c, SDRequest *r)
             sd_conn_broken(c);
             return -EPIPE;
         }
+        c->last_progress_ns = qemu_clock_get_ns();
         sent += w;
     }
     return 0;
@@ -892,6 +936,7 @@ static int sd_recv_data(SDConn *c)
         if (n <= 0) {
             return -1;
         }
+        c->last_progress_ns = qemu_clock_get_ns();
         c->rdata_got += n;
     }
     return 1;
@@ -915,6 +960,7 @@ static void sd_read_handler(void *opaque)
                 sd_conn_broken(c);
                 return;
             }
+            c->last_progress_ns = qemu_clock_get_ns();
             c->rhdr_got += n;
             if (c->rhdr_got < SD_HDR_SIZE) {
                 continue;
@@ -982,6 +1028,7 @@ static int coroutine_fn sd_co_send_req(SDConn *c, SheepdogReq *hdr,
             continue;
         }
         g_hash_table_insert(c->inflight, GUINT_TO_POINTER(r.hdr.id), &r);
+        sd_watchdog_arm(c);
         ret = sd_conn_send(c, &r);
         qemu_co_mutex_unlock(&c->send_lock);
         if (ret == 0) {
