@@ -38,7 +38,7 @@ check-iotests: $(tools-y)
 	@cd $(SRC_PATH)/tests/qemu-iotests && \
 	  BUILD_DIR=$(CURDIR) ./check -raw -file
 
-check: all $(unit-tests-y) tests/crashtest/crashtest
+check: all $(unit-tests-y) tests/crashtest/crashtest tests/sheepdog/sheepdog-server
 	@BUILD_DIR=$(CURDIR) SRC_PATH=$(SRC_PATH) \
 	  $(SRC_PATH)/tests/run-all $(unit-tests-y)
 
