@@ -519,60 +519,6 @@ static const QemuOptDesc *find_desc(const QemuOptDesc *const *descs,
     return NULL;
 }
 
-static const char *opt_type_name(QemuOptType type)
-{
-    switch (type) {
-    case QEMU_OPT_BOOL:
-        return "bool (on/off)";
-    case QEMU_OPT_NUMBER:
-        return "num";
-    case QEMU_OPT_SIZE:
-        return "size";
-    case QEMU_OPT_STRING:
-    default:
-        return "str";
-    }
-}
-
-static int desc_name_cmp(gconstpointer a, gconstpointer b)
-{
-    const QemuOptDesc *x = *(const QemuOptDesc *const *)a;
-    const QemuOptDesc *y = *(const QemuOptDesc *const *)b;
-
-    return strcmp(x->name, y->name);
-}
-
-/* Sorted "  name=<type>  - help" lines, one per distinct option name. */
-static void print_opts_help(const QemuOptDesc *const *descs)
-{
-    GPtrArray *all = g_ptr_array_new();
-
-    for (int t = 0; descs[t]; t++) {
-        for (const QemuOptDesc *d = descs[t]; d->name; d++) {
-            if (find_desc(descs, d->name) == d) {
-                g_ptr_array_add(all, (gpointer)d);
-            }
-        }
-    }
-    g_ptr_array_sort(all, desc_name_cmp);
-    for (guint i = 0; i < all->len; i++) {
-        const QemuOptDesc *d = g_ptr_array_index(all, i);
-        GString *s = g_string_new(NULL);
-
-        g_string_append_printf(s, "  %s=<%s>", d->name,
-                               opt_type_name(d->type));
-        if (d->help) {
-            if (s->len < 24) {
-                g_string_append_printf(s, "%*s", (int)(24 - s->len), "");
-            }
-            g_string_append_printf(s, " - %s", d->help);
-        }
-        printf("%s\n", s->str);
-        g_string_free(s, TRUE);
-    }
-    g_ptr_array_free(all, TRUE);
-}
-
 /*
  * Collect the create option tables of format fmt and of filename's
  * protocol into descs[0..2]. Returns the format driver, or NULL after
@@ -619,11 +565,12 @@ static int print_block_option_help(const char *filename, const char *fmt)
         return 1;
     }
     if (filename) {
-        printf("Supported options:\n");
+        qemu_opts_print_help("Supported options:", descs);
     } else {
-        printf("Supported %s options:\n", fmt);
+        char *caption = g_strdup_printf("Supported %s options:", fmt);
+        qemu_opts_print_help(caption, descs);
+        g_free(caption);
     }
-    print_opts_help(descs);
     if (!filename) {
         printf("\n"
                "The protocol level may support further options.\n"
@@ -3747,8 +3694,9 @@ static int print_amend_option_help(const char *fmt)
                      fmt);
         return 1;
     }
-    printf("Amend options for '%s':\n", fmt);
-    print_opts_help(descs);
+    char *caption = g_strdup_printf("Amend options for '%s':", fmt);
+    qemu_opts_print_help(caption, descs);
+    g_free(caption);
     return 0;
 }
 

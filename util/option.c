@@ -404,7 +404,8 @@ static const char *opt_type_str(QemuOptType type)
     }
 }
 
-void qemu_opts_print_help(const QemuOptDesc *const *descs)
+void qemu_opts_print_help(const char *caption,
+                          const QemuOptDesc *const *descs)
 {
     GPtrArray *all = g_ptr_array_new();
     size_t t;
@@ -428,7 +429,9 @@ void qemu_opts_print_help(const QemuOptDesc *const *descs)
     }
     g_ptr_array_sort(all, desc_cmp);
 
-    printf("Supported options:\n");
+    if (caption) {
+        printf("%s\n", caption);
+    }
     for (i = 0; i < all->len; i++) {
         const QemuOptDesc *d = g_ptr_array_index(all, i);
         GString *line = g_string_new(NULL);

@@ -74,8 +74,13 @@ void qemu_opts_nth(const QemuOpts *opts, size_t i, const char **name,
  */
 QemuOpts *qemu_opts_extract_prefix(QemuOpts *opts, const char *prefix);
 
-/* Print "Supported options:\n  name=<type> - help" lines for desc tables. */
-void qemu_opts_print_help(const QemuOptDesc *const *descs);
+/*
+ * Print caption (when non-NULL) on a line of its own, then one sorted
+ * "  name=<type>  - help" line per distinct option of the desc tables (the
+ * first table wins for a name listed twice), as QEMU's -o help does.
+ */
+void qemu_opts_print_help(const char *caption,
+                          const QemuOptDesc *const *descs);
 /* True if str is "help" or "?" (qemu-img -o help). */
 bool is_help_option(const char *str);
 

@@ -209,7 +209,7 @@ static void test_print_help(void)
     fflush(stdout);
     saved = dup(STDOUT_FILENO);
     dup2(fd, STDOUT_FILENO);
-    qemu_opts_print_help(both);
+    qemu_opts_print_help("Supported options:", both);
     fflush(stdout);
     dup2(saved, STDOUT_FILENO);
     close(saved);
