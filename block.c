@@ -448,15 +448,18 @@ static BlockDriver *coroutine_fn bdrv_co_probe(BlockDriverState *file,
     return drv;
 }
 
-static bool backing_name_allowed(const char *name, Error **errp)
+bool bdrv_header_name_allowed(const char *name, const char *what,
+                              Error **errp)
 {
     size_t len;
-    /* A header is data: it may name image files, not configuration files
-     * that other drivers would interpret (blkdebug rules). */
-    if (path_has_protocol(name, &len) &&
-        (!strncmp(name, "blkdebug", len) || !strncmp(name, "json", len))) {
-        error_setg(errp, "Backing file name '%s' names a protocol that is "
-                   "not allowed in an image header", name);
+
+    if (!path_has_protocol(name, &len)) {
+        return true;
+    }
+    BlockDriver *drv = bdrv_find_protocol(name, NULL);
+    if (!strncmp(name, "json", len) || !drv || drv->is_filter) {
+        error_setg(errp, "%s name '%s' names a protocol that is not allowed "
+                   "in an image header", what, name);
         return false;
     }
     return true;
@@ -617,7 +620,7 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
                    "images (a loop?)", bs->filename, BACKING_CHAIN_MAX);
         return -ELOOP;
     }
-    if (!backing_name_allowed(bs->backing_file, errp)) {
+    if (!bdrv_header_name_allowed(bs->backing_file, "Backing file", errp)) {
         return -EPERM;
     }
     name = bdrv_get_full_backing_filename(bs);

@@ -233,6 +233,15 @@ BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
                                   QemuOpts *options, int flags,
                                   bool allow_probe, Error **errp);
 
+/*
+ * May a file name read from an image header be opened? Header names are
+ * data: they may name images (any protocol that holds image data), never a
+ * filter such as blkdebug or crashsim whose options name further files, nor
+ * a json: description. Sets errp (naming what) and returns false if not.
+ */
+bool bdrv_header_name_allowed(const char *name, const char *what,
+                              Error **errp);
+
 /* Run fn(opaque) in a coroutine and poll until it returns (or call directly
  * when already in a coroutine). */
 void bdrv_run_co(CoroutineEntry *fn, void *opaque);

@@ -209,22 +209,6 @@ static char *coroutine_fn add_cow_read_name(BlockDriverState *file,
     return name;
 }
 
-/* A header name may name an image, never a filter with its own config. */
-static bool add_cow_header_name_allowed(const char *name, Error **errp)
-{
-    const char *colon = strchr(name, ':');
-    const char *slash = strchr(name, '/');
-    if (colon && (!slash || colon < slash) && colon != name) {
-        BlockDriver *drv = bdrv_find_protocol(name, NULL);
-        if (!drv || drv->is_filter) {
-            error_setg(errp, "Image file name '%s' in the add-cow header "
-                       "names a protocol that is not allowed there", name);
-            return false;
-        }
-    }
-    return true;
-}
-
 static int coroutine_fn add_cow_write_header(BlockDriverState *bs);
 
 /* ---- open / close ---- */
@@ -290,7 +274,7 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
     if (override) {
         full = g_strdup(override);
     } else {
-        if (!add_cow_header_name_allowed(s->image_name, errp)) {
+        if (!bdrv_header_name_allowed(s->image_name, "Image file", errp)) {
             ret = -EPERM;
             goto fail;
         }
@@ -982,7 +966,7 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
     if (!backing && !fmt && !image) {
         return 0;
     }
-    if (image && !add_cow_header_name_allowed(image, errp)) {
+    if (image && !bdrv_header_name_allowed(image, "Image file", errp)) {
         return -EPERM;
     }
     qemu_co_mutex_lock(&s->meta_lock);
