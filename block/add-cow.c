@@ -767,8 +767,10 @@ static int coroutine_fn add_cow_co_flush(BlockDriverState *bs)
     BDRVAddCowState *s = bs->opaque;
     int ret;
 
+    /* In-place writes need this flush too; it also satisfies the bitmap's
+     * dependency, so the write-back below does not flush the image again. */
     BLKDBG_EVENT(s->image, "image_flush");
-    ret = bdrv_co_flush(s->image);
+    ret = table_cache_flush_dependency(s->bitmap);
     if (ret < 0) {
         return ret;
     }

@@ -119,6 +119,21 @@ static int coroutine_fn table_cache_flush_deps(TableCache *c)
     return ret;
 }
 
+int coroutine_fn table_cache_flush_dependency(TableCache *c)
+{
+    int ret;
+
+    assert(c->dep_bs);
+    /* Cleared before the flush: bits set while it runs stay due. */
+    c->dep_due = false;
+    c->stats.dep_flushes++;
+    ret = bdrv_co_flush(c->dep_bs);
+    if (ret < 0) {
+        c->dep_due = true;
+    }
+    return ret;
+}
+
 /*
  * Write the dirty entries in list (pinned by the caller): copy each, flush
  * the dependencies once, then write the copies. A failed write leaves the

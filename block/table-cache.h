@@ -47,6 +47,12 @@ void table_cache_put(TableCache *c, void **page);
 /* Mark a pinned page dirty (its dependencies become due). */
 void table_cache_mark_dirty(TableCache *c, void *page);
 
+/*
+ * Flush the dependency node now (for callers that need it durable anyway,
+ * e.g. a format flushing its data file): pages dirtied before this call no
+ * longer make the next write-back flush it again.
+ */
+int coroutine_fn table_cache_flush_dependency(TableCache *c);
 /* Write every dirty page (dependencies first) without flushing c's node. */
 int coroutine_fn table_cache_write(TableCache *c);
 /* table_cache_write, then flush c's node. */
