@@ -195,28 +195,18 @@ static int coroutine_fn bdrv_co_do_copy_on_readv(BlockDriverState *bs,
             pnum = bytes;
         }
         pnum = MIN(pnum, bytes);
-        if (!(ret & BDRV_BLOCK_ALLOCATED)) {
-            /* Align the copied range to the request alignment. */
+        bool copy = !(ret & BDRV_BLOCK_ALLOCATED) && !bs->read_only;
+        if (copy) {
+            /* Keep the copied range aligned for the write. */
             int64_t align = bs->bl.request_alignment;
-            int64_t end = QEMU_ALIGN_UP(offset + pnum, align);
-            pnum = end - offset;
-            pnum = MIN(pnum, bytes);
-            ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset);
-            if (ret < 0) {
-                return ret;
-            }
-            if (!bs->read_only) {
-                ret = bdrv_driver_pwritev(bs, offset, pnum, qiov, qiov_offset,
-                                          0);
-                if (ret < 0) {
-                    return ret;
-                }
-            }
-        } else {
-            ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset);
-            if (ret < 0) {
-                return ret;
-            }
+            pnum = MIN(QEMU_ALIGN_UP(offset + pnum, align) - offset, bytes);
+        }
+        ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset);
+        if (ret >= 0 && copy) {
+            ret = bdrv_driver_pwritev(bs, offset, pnum, qiov, qiov_offset, 0);
+        }
+        if (ret < 0) {
+            return ret;
         }
         offset += pnum;
         bytes -= pnum;
