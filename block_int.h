@@ -204,8 +204,23 @@ struct BlockDriverState {
     BdrvTrackedRequest *tracked_requests;
     unsigned serialising_in_flight;
     unsigned in_flight;                 /* requests not yet completed */
-    CoQueue flush_queue;
+
+    /*
+     * Flush generations (block/io.c). write_gen counts writes, zero
+     * writes, discards and truncates of this node as they complete; a
+     * flush started when write_gen was G makes them durable up to G.
+     * Flushes of one node run one at a time; callers arriving while one
+     * runs either share it (if it covers what they need) or share the
+     * next one.
+     */
+    uint64_t write_gen;
+    uint64_t flushed_gen;               /* covered by the last good flush */
+    uint64_t flushed_seq;               /* sequence number of that flush */
+    uint64_t flush_started;             /* flushes started so far */
     bool flush_active;
+    uint64_t flush_active_gen, flush_active_seq;
+    int flush_last_ret;                 /* result of the last flush */
+    CoQueue flush_queue;                /* waiting for the active flush */
     bool probed;                        /* format chosen by probing */
     QemuOpts *options;                  /* driver options given at open */
     int backing_depth;                  /* links below the opened root */

@@ -303,7 +303,7 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
                                 ADD_COW_CACHE_PAGES, "bitmap_load",
                                 "bitmap_update");
     /* Bits must never reach the disk before the data they describe. */
-    table_cache_set_dependency_bs(s->bitmap, s->image);
+    table_cache_add_dependency_bs(s->bitmap, s->image);
     /* A writer clears the autoclear bits it does not know (spec 3). */
     if ((flags & BDRV_O_RDWR) &&
         (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK)) {
@@ -767,10 +767,10 @@ static int coroutine_fn add_cow_co_flush(BlockDriverState *bs)
     BDRVAddCowState *s = bs->opaque;
     int ret;
 
-    /* In-place writes need this flush too; it also satisfies the bitmap's
+    /* In-place writes need this flush too; it also covers the bitmap's
      * dependency, so the write-back below does not flush the image again. */
     BLKDBG_EVENT(s->image, "image_flush");
-    ret = table_cache_flush_dependency(s->bitmap);
+    ret = bdrv_co_flush(s->image);
     if (ret < 0) {
         return ret;
     }
