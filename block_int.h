@@ -226,14 +226,17 @@ struct BlockDriverState {
     int backing_depth;                  /* links below the opened root */
 };
 
-/* Driver registration (called from bdrv_init via each driver's init). */
+/*
+ * Driver registration: each driver registers itself from its own file with
+ * BLOCK_DRIVER_REGISTER(bdrv_foo); (a constructor, so block.c names no
+ * driver; the tools link the block library whole for that).
+ */
 void bdrv_register(BlockDriver *drv);
-void bdrv_file_init(void);
-void bdrv_raw_init(void);
-void bdrv_blkdebug_init(void);
-void bdrv_crashsim_init(void);
-void bdrv_add_cow_init(void);
-void bdrv_sheepdog_init(void);
+#define BLOCK_DRIVER_REGISTER(drv) \
+    static void __attribute__((constructor)) drv##_register(void) \
+    { \
+        bdrv_register(&drv); \
+    }
 /* Best probe score of every format for buf, or NULL (used by raw to refuse
  * writes that would make a probed image look like another format). */
 BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,

@@ -1452,7 +1452,4 @@ static BlockDriver bdrv_add_cow = {
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
 };
 
-void bdrv_add_cow_init(void)
-{
-    bdrv_register(&bdrv_add_cow);
-}
+BLOCK_DRIVER_REGISTER(bdrv_add_cow)
