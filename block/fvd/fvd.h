@@ -1,0 +1,407 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * FVD (Fast Virtual Disk): on-disk structures, driver state and the
+ * interfaces between the files of block/fvd/. docs/specs/fvd.txt is
+ * normative; this header follows it.
+ *
+ *   0       512        header_size   bitmap_offset  journal_offset  data_offset
+ *   +-------+----------+-------------+--------------+--------------+----------
+ *   | fixed | names    | (free, zero)| bitmap:      | journal:     | guest data
+ *   | header| (offset+ |             | 1 bit/block, | ring of 512-B| at its
+ *   |       |  length) |             | 1 = in image | sectors      | virtual
+ *   +-------+----------+-------------+--------------+--------------+ offset
+ *   (part 2 will put its table between the journal and data_offset)
+ *
+ * With a separate data file, data_offset is 0 and refers to that file: the
+ * data file alone is then a raw image of the disk wherever the bitmap says
+ * "in image". All fields are little-endian on disk. FvdDiskHeader and
+ * FvdJournalSector are in disk byte order, FvdHeader in CPU order;
+ * fvd_header_to_cpu/_to_disk convert.
+ */
+#ifndef BLOCK_FVD_H
+#define BLOCK_FVD_H
+
+#include "block_int.h"
+#include "block/table-cache.h"
+
+/* ---- header ---- */
+
+#define FVD_MAGIC               "FVD\0"
+#define FVD_VERSION             1
+#define FVD_HEADER_LENGTH       192         /* fixed header of version 1 */
+#define FVD_HEADER_SECTOR       512         /* the fixed header lives here */
+#define FVD_NAMES_OFFSET        512         /* first byte a name may use */
+#define FVD_PAGE                4096
+#define FVD_MAX_HEADER_SIZE     (1 * MiB)
+#define FVD_MAX_SIZE            (INT64_C(1) << 62)
+#define FVD_MIN_BLOCK_BITS      9           /* 512 B */
+#define FVD_MAX_BLOCK_BITS      21          /* 2 MiB */
+#define FVD_MAX_NAME            4096
+#define FVD_MAX_FMT_NAME        31
+#define FVD_DATA_ALIGN          (64 * KiB)  /* data_offset chosen at create */
+
+/* Defaults chosen at create (docs/fvd.md). */
+#define FVD_DEFAULT_MIN_BLOCK   (4 * KiB)
+#define FVD_DEFAULT_MAX_BITMAP  (4 * MiB)
+#define FVD_DEFAULT_JOURNAL     (1 * MiB)
+
+/* Incompatible features: a reader that does not know a bit refuses. */
+#define FVD_INCOMPAT_DIRTY      (UINT64_C(1) << 0)  /* journal must be replayed */
+#define FVD_INCOMPAT_DATA_FILE  (UINT64_C(1) << 1)  /* data in a separate file */
+#define FVD_INCOMPAT_TABLE      (UINT64_C(1) << 2)  /* compact image (part 2) */
+#define FVD_INCOMPAT_MASK       (FVD_INCOMPAT_DIRTY | FVD_INCOMPAT_DATA_FILE)
+/* Compatible features: unknown bits are ignored and kept. */
+#define FVD_COMPAT_COPY_ON_READ (UINT64_C(1) << 0)
+#define FVD_COMPAT_MASK         FVD_COMPAT_COPY_ON_READ
+/* Autoclear features: a writer clears the bits it does not know. */
+#define FVD_AUTOCLEAR_MASK      UINT64_C(0)
+
+typedef struct FvdDiskHeader {
+    uint8_t  magic[4];
+    uint32_t version;
+    uint32_t header_size;
+    uint32_t header_length;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint64_t virtual_size;
+    uint64_t base_coverage;
+    uint32_t block_bits;
+    uint32_t reserved0;
+    uint64_t bitmap_offset;
+    uint64_t bitmap_size;
+    uint64_t journal_offset;
+    uint64_t journal_size;
+    uint64_t journal_epoch;
+    uint64_t data_offset;
+    uint64_t table_offset;          /* part 2 (compact image); 0 */
+    uint64_t table_size;            /* part 2; 0 */
+    uint32_t chunk_bits;            /* part 2; 0 */
+    uint32_t reserved1;
+    uint32_t base_name_offset;
+    uint32_t base_name_length;
+    uint32_t base_fmt_offset;
+    uint32_t base_fmt_length;
+    uint32_t data_name_offset;
+    uint32_t data_name_length;
+    uint32_t data_fmt_offset;
+    uint32_t data_fmt_length;
+    uint8_t  reserved[24];
+} FvdDiskHeader;
+
+_Static_assert(sizeof(FvdDiskHeader) == FVD_HEADER_LENGTH,
+               "FVD fixed header is 192 bytes");
+_Static_assert(offsetof(FvdDiskHeader, version) == 4, "version at 4");
+_Static_assert(offsetof(FvdDiskHeader, header_size) == 8, "header_size at 8");
+_Static_assert(offsetof(FvdDiskHeader, incompatible_features) == 16,
+               "incompatible_features at 16");
+_Static_assert(offsetof(FvdDiskHeader, autoclear_features) == 32,
+               "autoclear_features at 32");
+_Static_assert(offsetof(FvdDiskHeader, virtual_size) == 40,
+               "virtual_size at 40");
+_Static_assert(offsetof(FvdDiskHeader, base_coverage) == 48,
+               "base_coverage at 48");
+_Static_assert(offsetof(FvdDiskHeader, block_bits) == 56, "block_bits at 56");
+_Static_assert(offsetof(FvdDiskHeader, bitmap_offset) == 64,
+               "bitmap_offset at 64");
+_Static_assert(offsetof(FvdDiskHeader, journal_offset) == 80,
+               "journal_offset at 80");
+_Static_assert(offsetof(FvdDiskHeader, journal_epoch) == 96,
+               "journal_epoch at 96");
+_Static_assert(offsetof(FvdDiskHeader, data_offset) == 104,
+               "data_offset at 104");
+_Static_assert(offsetof(FvdDiskHeader, table_offset) == 112,
+               "table_offset at 112");
+_Static_assert(offsetof(FvdDiskHeader, chunk_bits) == 128, "chunk_bits at 128");
+_Static_assert(offsetof(FvdDiskHeader, base_name_offset) == 136,
+               "base_name_offset at 136");
+_Static_assert(offsetof(FvdDiskHeader, data_name_offset) == 152,
+               "data_name_offset at 152");
+_Static_assert(offsetof(FvdDiskHeader, data_fmt_length) == 164,
+               "data_fmt_length at 164");
+_Static_assert(offsetof(FvdDiskHeader, reserved) == 168, "reserved at 168");
+
+/* Names, in header order (index into FvdHeader.names). */
+enum { FVD_NAME_BASE, FVD_NAME_BASE_FMT, FVD_NAME_DATA, FVD_NAME_DATA_FMT,
+       FVD_NAME_COUNT };
+
+typedef struct FvdNameRef {
+    uint32_t offset, length;
+} FvdNameRef;
+
+typedef struct FvdHeader {
+    uint32_t version;
+    uint32_t header_size;
+    uint32_t header_length;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint64_t virtual_size;
+    uint64_t base_coverage;
+    uint32_t block_bits;
+    uint64_t bitmap_offset, bitmap_size;
+    uint64_t journal_offset, journal_size;
+    uint64_t journal_epoch;
+    uint64_t data_offset;
+    uint64_t table_offset, table_size;
+    uint32_t chunk_bits;
+    FvdNameRef names[FVD_NAME_COUNT];
+} FvdHeader;
+
+/* Returns false if the magic is wrong (the other fields are still read). */
+bool fvd_header_to_cpu(const FvdDiskHeader *d, FvdHeader *h);
+void fvd_header_to_disk(const FvdHeader *h, FvdDiskHeader *d);
+
+/* ---- journal ---- */
+
+#define FVD_JSECTOR             512
+#define FVD_JOURNAL_MAGIC       "FVJ\0"
+#define FVD_JHDR                40          /* sector header bytes */
+#define FVD_JPAYLOAD            (FVD_JSECTOR - FVD_JHDR)
+#define FVD_MIN_JOURNAL         (16 * KiB)
+#define FVD_MAX_JOURNAL         (64 * MiB)
+
+/* Record types (every record is a multiple of 8 bytes). */
+#define FVD_REC_RANGE           1   /* set bits [first, first + count) */
+#define FVD_REC_BITS            2   /* OR nbytes of raw bits in at first */
+#define FVD_REC_TABLE           3   /* reserved for part 2 */
+#define FVD_REC_HDR             16  /* type, (count | nbytes), first */
+#define FVD_REC_MAX_BITS_BYTES  (FVD_JPAYLOAD - FVD_REC_HDR)
+
+typedef struct FvdJournalSector {
+    uint8_t  magic[4];
+    uint32_t crc;                   /* CRC-32C of the sector, this field 0 */
+    uint64_t epoch;                 /* == header journal_epoch */
+    uint64_t seq;                   /* seq % sectors == position */
+    uint64_t tail;                  /* sectors below are in the bitmap */
+    uint16_t used;                  /* bytes of records */
+    uint16_t reserved0;
+    uint32_t reserved1;
+    uint8_t  records[FVD_JPAYLOAD];
+} FvdJournalSector;
+
+_Static_assert(sizeof(FvdJournalSector) == FVD_JSECTOR,
+               "journal sector is 512 bytes");
+_Static_assert(offsetof(FvdJournalSector, epoch) == 8, "epoch at 8");
+_Static_assert(offsetof(FvdJournalSector, seq) == 16, "seq at 16");
+_Static_assert(offsetof(FvdJournalSector, tail) == 24, "tail at 24");
+_Static_assert(offsetof(FvdJournalSector, used) == 32, "used at 32");
+_Static_assert(offsetof(FvdJournalSector, records) == FVD_JHDR,
+               "records at 40");
+
+typedef struct FvdRecordHeader {
+    uint16_t type;
+    uint16_t nbytes;                /* BITS: payload bytes; RANGE: 0 */
+    uint32_t count;                 /* RANGE: blocks; BITS: 0 */
+    uint64_t first;                 /* first block */
+} FvdRecordHeader;
+
+_Static_assert(sizeof(FvdRecordHeader) == FVD_REC_HDR, "record header");
+
+/* ---- driver state ---- */
+
+/* Allocating writes and copy-on-read in flight over blocks [start, end). */
+typedef struct FvdAlloc {
+    uint64_t start, end;
+    CoQueue waiters;
+    struct FvdAlloc *next;
+} FvdAlloc;
+
+/*
+ * Bits of one cache entry of the bitmap that are set in memory but not yet
+ * in the cached entry, because their journal record is not durable yet.
+ */
+typedef struct FvdShadow {
+    uint64_t index;                 /* entry number within the bitmap */
+    uint8_t *pending;               /* set by writes since the last commit */
+    uint8_t *committing;            /* part of the commit in progress */
+} FvdShadow;
+
+typedef struct FvdJournal {
+    uint64_t nsectors;              /* ring size */
+    uint32_t unit;                  /* sectors per aligned write */
+    uint64_t next_seq;              /* next sector to write */
+    uint64_t written_seq;           /* sectors below: written and applied */
+    uint64_t tail;                  /* sectors below: in the bitmap area */
+    bool committing;                /* a commit holds the journal */
+    CoQueue commit_queue;           /* waiting for the running commit */
+    uint64_t commits_started, commits_done;
+    int last_commit_ret;
+    bool checkpointing;
+    CoQueue checkpoint_queue;
+    uint64_t checkpoints_done;
+    int last_checkpoint_ret;
+} FvdJournal;
+
+typedef struct FvdStats {
+    uint64_t commits, journal_sectors, checkpoints, bg_commits;
+    uint64_t cor_blocks, cow_reads, alloc_writes, pending_waits;
+} FvdStats;
+
+typedef struct BDRVFvdState {
+    FvdHeader header;
+    uint8_t hdr_sector[FVD_HEADER_SECTOR];  /* sector 0 as read, kept whole */
+    char *names[FVD_NAME_COUNT];            /* NULL when absent */
+
+    BlockDriverState *data;         /* guest data: data file or bs->file */
+    BlockDriverState *data_file;    /* the separate data file, if any */
+    uint64_t block_size;
+    uint64_t nb_blocks;             /* blocks covered by the bitmap */
+
+    TableCache *bitmap;             /* NULL without base coverage */
+    uint32_t entry_size;            /* bytes per cache entry */
+    uint64_t entry_bits;            /* blocks per cache entry */
+    GHashTable *shadows;            /* index -> FvdShadow */
+    unsigned pending_entries;       /* shadows with pending bits */
+    CoQueue pending_queue;          /* writers waiting for a commit */
+    GHashTable *replayed;           /* read-only dirty image: index -> bits */
+
+    FvdAlloc *allocs;
+    FvdJournal j;
+    bool session_dirty;             /* DIRTY set by this session */
+    bool copy_on_read;
+    bool soft_dirty;                /* copy-on-read bits not yet home */
+    uint64_t cor_inflight;          /* bytes of copy-on-read in progress */
+    CoMutex meta_lock;              /* multi-step header changes */
+    CoMutex hdr_lock;               /* one header write at a time */
+    bool bg_running;                /* background commit/checkpoint */
+    FvdStats stats;
+} BDRVFvdState;
+
+/* Soft and hard limits of cache entries with uncommitted bits. */
+#define FVD_PENDING_SOFT        256
+#define FVD_PENDING_HARD        1024
+/* Most bytes one copy-on-read step copies. */
+#define FVD_COR_MAX             (1 * MiB)
+#define FVD_COR_MAX_INFLIGHT    (16 * MiB)
+#define FVD_DEFAULT_CACHE       (4 * MiB)
+
+/* header.c */
+int fvd_validate_header(const FvdHeader *h, int64_t file_len, Error **errp);
+int coroutine_fn fvd_read_names(BlockDriverState *file, const FvdHeader *h,
+                                char **names, Error **errp);
+int coroutine_fn fvd_write_header(BlockDriverState *bs);
+int coroutine_fn fvd_set_names(BlockDriverState *bs,
+                               const char *const *new_names, Error **errp);
+uint64_t fvd_bitmap_bytes(uint64_t coverage, uint32_t block_bits);
+
+/* bitmap.c */
+void fvd_bitmap_init(BDRVFvdState *s);
+void fvd_bitmap_free(BDRVFvdState *s);
+/*
+ * Blocks [start, start + *len) all have the state of block start (1 = in the
+ * image, counting bits not yet committed); 1 <= *len <= end - start.
+ */
+int coroutine_fn fvd_bitmap_run(BDRVFvdState *s, uint64_t start, uint64_t end,
+                                bool *in_image, uint64_t *len);
+/* Record blocks [start, end) as in the image, pending a journal commit. */
+void fvd_bitmap_set_pending(BDRVFvdState *s, uint64_t start, uint64_t end);
+/*
+ * Set bits [start, end) in the cached entries directly (copy-on-read and
+ * replay): each entry is marked dirty depending on generation gen of dep
+ * (NULL: no dependency).
+ */
+int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
+                                       uint64_t end, BlockDriverState *dep,
+                                       uint64_t gen);
+int coroutine_fn fvd_bitmap_clear_cached(BDRVFvdState *s, uint64_t start,
+                                         uint64_t end);
+uint64_t fvd_entry_offset(BDRVFvdState *s, uint64_t index);
+/* OR bits into the replay overlay (read-only dirty images). */
+void fvd_bitmap_replayed_set(BDRVFvdState *s, uint64_t start, uint64_t end);
+/* Counting for info and check: set bits below and past nb_blocks. */
+int coroutine_fn fvd_bitmap_count(BDRVFvdState *s, uint64_t *allocated,
+                                  uint64_t *stray);
+
+/* journal.c */
+void fvd_journal_init(BlockDriverState *bs);
+/* Make every bit pending now durable in the journal (flush semantics). */
+int coroutine_fn fvd_journal_commit(BlockDriverState *bs);
+/* Write every bit home and make it durable; reuse the journal space. */
+int coroutine_fn fvd_journal_checkpoint(BlockDriverState *bs);
+/*
+ * Writers: start a background commit past the soft limit of uncommitted
+ * entries, wait past the hard one (error if commits keep failing).
+ */
+int coroutine_fn fvd_journal_throttle(BlockDriverState *bs);
+/* Start a background commit/checkpoint if one is due. */
+void fvd_journal_kick(BlockDriverState *bs);
+/*
+ * Read and validate the journal of a dirty image, then apply its records:
+ * to the cached bitmap (read-write) or to the replay overlay (read-only).
+ * Fails, having written nothing, on a corrupt sector.
+ */
+int coroutine_fn fvd_journal_replay(BlockDriverState *bs, uint64_t *records,
+                                    Error **errp);
+/* Before the first journal write of a session: DIRTY and a new epoch. */
+int coroutine_fn fvd_mark_dirty(BlockDriverState *bs);
+
+/* io.c */
+int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes, QEMUIOVector *qiov,
+                               size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn fvd_co_pwritev(BlockDriverState *bs, int64_t offset,
+                                int64_t bytes, QEMUIOVector *qiov,
+                                size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn fvd_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                      int64_t bytes, BdrvRequestFlags flags);
+int coroutine_fn fvd_co_pdiscard(BlockDriverState *bs, int64_t offset,
+                                 int64_t bytes);
+int coroutine_fn fvd_co_flush(BlockDriverState *bs);
+int coroutine_fn fvd_co_block_status(BlockDriverState *bs, bool want_zero,
+                                     int64_t offset, int64_t bytes,
+                                     int64_t *pnum, int64_t *map,
+                                     BlockDriverState **file);
+/* The allocation in flight over a block of [start, end), or NULL. */
+FvdAlloc *fvd_alloc_overlap(BDRVFvdState *s, uint64_t start, uint64_t end);
+/* Wait for an allocation overlapping [start, end); false if none. */
+bool coroutine_fn fvd_alloc_wait(BDRVFvdState *s, uint64_t start,
+                                 uint64_t end);
+void fvd_alloc_begin(BDRVFvdState *s, FvdAlloc *a, uint64_t start,
+                     uint64_t end);
+void fvd_alloc_end(BDRVFvdState *s, FvdAlloc *a);
+int coroutine_fn fvd_read_base(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes, QEMUIOVector *qiov,
+                               size_t qiov_offset);
+
+/* cor.c */
+/* Copy-on-read of guest bytes [offset, offset + bytes) in base blocks
+ * [c, c + run): fills qiov; copies whole blocks into the image when it can
+ * reserve them. */
+int coroutine_fn fvd_cor_read(BlockDriverState *bs, uint64_t c, uint64_t run,
+                              int64_t offset, int64_t bytes,
+                              QEMUIOVector *qiov, size_t qiov_offset);
+
+/* maint.c: truncate, amend, backing changes, check, info */
+int coroutine_fn fvd_co_truncate(BlockDriverState *bs, int64_t offset,
+                                 bool exact, PreallocMode prealloc,
+                                 Error **errp);
+int coroutine_fn fvd_amend_options(BlockDriverState *bs, QemuOpts *opts,
+                                   bool force, Error **errp);
+int coroutine_fn fvd_change_backing_file(BlockDriverState *bs,
+                                         const char *backing_file,
+                                         const char *backing_fmt);
+int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
+                              BdrvCheckMode fix);
+int fvd_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
+ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp);
+extern const QemuOptDesc fvd_amend_opts[];
+
+/* create.c */
+int coroutine_fn fvd_create(const char *filename, QemuOpts *opts,
+                            Error **errp);
+extern const QemuOptDesc fvd_create_opts[];
+
+/* Helpers shared by the files. */
+static inline uint64_t fvd_coverage(BDRVFvdState *s)
+{
+    return s->header.base_coverage;
+}
+
+/* Host offset of guest byte off in s->data (part 2 will map via the table). */
+static inline int64_t fvd_host_offset(BDRVFvdState *s, int64_t off)
+{
+    return (int64_t)s->header.data_offset + off;
+}
+
+#endif

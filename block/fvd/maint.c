@@ -1,0 +1,416 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * FVD maintenance: resize (spec section 7, "header changes"), amend and
+ * backing-file changes, qemu-img check and info.
+ */
+#include "block/fvd/fvd.h"
+#include "util/cutils.h"
+
+const QemuOptDesc fvd_amend_opts[] = {
+    { "backing_file", QEMU_OPT_STRING, "File name of a base image" },
+    { "backing_fmt", QEMU_OPT_STRING, "Image format of the base image" },
+    { "data_file", QEMU_OPT_STRING, "File name of the data file" },
+    { "data_file_fmt", QEMU_OPT_STRING, "Format of the data file (raw)" },
+    { "copy_on_read", QEMU_OPT_BOOL,
+      "Copy base data read by the guest into the image" },
+    { NULL }
+};
+
+/* ---- resize ---- */
+
+/*
+ * Grow: the new area lies past the coverage, so it reads from the data
+ * storage; stale bytes there (from before a shrink) are zeroed and the
+ * storage extended, durably, before the header commits the new size.
+ */
+static int coroutine_fn fvd_grow(BlockDriverState *bs, uint64_t old,
+                                 uint64_t new, Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    int64_t host_old = fvd_host_offset(s, old);
+    int64_t host_new = fvd_host_offset(s, new);
+    int64_t len = bdrv_getlength(s->data);
+    int ret = 0;
+
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get the data size");
+        return (int)len;
+    }
+    if (len > host_old) {
+        ret = bdrv_co_pwrite_zeroes(s->data, host_old,
+                                    MIN(len, host_new) - host_old,
+                                    BDRV_REQ_MAY_UNMAP);
+    }
+    if (ret >= 0 && len < host_new) {
+        ret = bdrv_co_truncate(s->data, host_new, false, PREALLOC_MODE_OFF,
+                               errp);
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(s->data);
+    }
+    if (ret >= 0) {
+        s->header.virtual_size = new;
+        ret = fvd_write_header(bs);
+        if (ret < 0) {
+            s->header.virtual_size = old;
+        }
+    }
+    if (ret < 0 && errp && !*errp) {
+        error_setg_errno(errp, -ret, "Could not grow the FVD image");
+    }
+    return ret;
+}
+
+/* Shrink: one header write (commit point) with the new size and the
+ * coverage cut to it; then the data storage may shrink too. */
+static int coroutine_fn fvd_shrink(BlockDriverState *bs, uint64_t new,
+                                   Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    FvdHeader old = s->header;
+    int ret;
+
+    s->header.virtual_size = new;
+    s->header.base_coverage = MIN(s->header.base_coverage, new);
+    ret = fvd_write_header(bs);
+    if (ret < 0) {
+        s->header = old;
+        error_setg_errno(errp, -ret, "Could not write FVD header");
+        return ret;
+    }
+    s->nb_blocks = DIV_ROUND_UP(s->header.base_coverage, s->block_size);
+    /* A longer data storage is allowed: failing to cut it is no error. */
+    bdrv_co_truncate(s->data, fvd_host_offset(s, new), true,
+                     PREALLOC_MODE_OFF, NULL);
+    return 0;
+}
+
+int coroutine_fn fvd_co_truncate(BlockDriverState *bs, int64_t offset,
+                                 bool exact, PreallocMode prealloc,
+                                 Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    uint64_t old = s->header.virtual_size, new = offset;
+    int ret;
+
+    if (prealloc != PREALLOC_MODE_OFF) {
+        error_setg(errp, "Unsupported preallocation mode: %s",
+                   qemu_prealloc_name(prealloc));
+        return -ENOTSUP;
+    }
+    if (new > FVD_MAX_SIZE) {
+        error_setg(errp, "Image size too large");
+        return -EFBIG;
+    }
+    new = QEMU_ALIGN_UP(new, BDRV_SECTOR_SIZE);
+    if (new == old) {
+        return 0;
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    ret = new > old ? fvd_grow(bs, old, new, errp) : fvd_shrink(bs, new, errp);
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
+/* ---- backing file and amend ---- */
+
+/*
+ * Before the base is dropped: blocks still in the base must read as zeroes
+ * afterwards, so their data storage is zeroed (holes where possible) and
+ * flushed. The header that then drops the base also drops the coverage.
+ */
+static int coroutine_fn fvd_zero_base_blocks(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    int bits = s->header.block_bits;
+    uint64_t c = 0;
+    int ret = 0;
+
+    while (c < s->nb_blocks && ret >= 0) {
+        uint64_t run;
+        bool in_image;
+        ret = fvd_bitmap_run(s, c, s->nb_blocks, &in_image, &run);
+        if (ret >= 0 && !in_image) {
+            int64_t start = c << bits;
+            int64_t end = MIN((int64_t)((c + run) << bits),
+                              (int64_t)fvd_coverage(s));
+            ret = bdrv_co_pwrite_zeroes(s->data, fvd_host_offset(s, start),
+                                        end - start, BDRV_REQ_MAY_UNMAP);
+        }
+        c += run;
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(s->data);
+    }
+    return ret;
+}
+
+/* Set names (NULL keeps one); dropping the base also drops the coverage. */
+static int coroutine_fn fvd_rename(BlockDriverState *bs,
+                                   const char *const *names, Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    const char *base = names[FVD_NAME_BASE];
+    bool drop = base && !*base && fvd_coverage(s);
+    uint64_t cov = s->header.base_coverage;
+    int ret = 0;
+
+    if (drop) {
+        ret = fvd_zero_base_blocks(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not zero the blocks still "
+                             "in the base");
+            return ret;
+        }
+        s->header.base_coverage = 0;
+    }
+    ret = fvd_set_names(bs, names, errp);
+    if (ret < 0) {
+        s->header.base_coverage = cov;
+        return ret;
+    }
+    if (drop) {
+        s->nb_blocks = 0;
+    }
+    pstrcpy(bs->backing_file, sizeof(bs->backing_file),
+            s->names[FVD_NAME_BASE] ? s->names[FVD_NAME_BASE] : "");
+    pstrcpy(bs->backing_format, sizeof(bs->backing_format),
+            s->names[FVD_NAME_BASE_FMT] ? s->names[FVD_NAME_BASE_FMT] : "");
+    return 0;
+}
+
+int coroutine_fn fvd_change_backing_file(BlockDriverState *bs,
+                                         const char *backing_file,
+                                         const char *backing_fmt)
+{
+    BDRVFvdState *s = bs->opaque;
+    const char *names[FVD_NAME_COUNT] = { NULL };
+    int ret;
+
+    names[FVD_NAME_BASE] = backing_file ? backing_file : "";
+    names[FVD_NAME_BASE_FMT] = backing_fmt && names[FVD_NAME_BASE][0]
+                               ? backing_fmt : "";
+    qemu_co_mutex_lock(&s->meta_lock);
+    ret = fvd_rename(bs, names, NULL);
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
+static int fvd_amend_check(BDRVFvdState *s, const char *const *names,
+                           Error **errp)
+{
+    const char *data = names[FVD_NAME_DATA];
+    const char *data_fmt = names[FVD_NAME_DATA_FMT];
+
+    if (data && !*data) {
+        error_setg(errp, "The data file of an FVD image cannot be removed");
+        return -EINVAL;
+    }
+    if ((data || data_fmt) && !s->data_file) {
+        error_setg(errp, "This FVD image has no separate data file");
+        return -EINVAL;
+    }
+    if (data_fmt && *data_fmt && strcmp(data_fmt, "raw")) {
+        error_setg(errp, "FVD data files must be raw, not '%s'", data_fmt);
+        return -EINVAL;
+    }
+    if (data && !bdrv_header_name_allowed(data, "Data file", errp)) {
+        return -EPERM;
+    }
+    for (int i = 0; i < FVD_NAME_COUNT; i++) {
+        size_t max = (i == FVD_NAME_BASE || i == FVD_NAME_DATA)
+                     ? FVD_MAX_NAME : FVD_MAX_FMT_NAME;
+        if (names[i] && strlen(names[i]) > max) {
+            error_setg(errp, "Name too long: '%.40s...'", names[i]);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int coroutine_fn fvd_amend_options(BlockDriverState *bs, QemuOpts *opts,
+                                   bool force, Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    const char *names[FVD_NAME_COUNT] = {
+        qemu_opt_get(opts, "backing_file"), qemu_opt_get(opts, "backing_fmt"),
+        qemu_opt_get(opts, "data_file"), qemu_opt_get(opts, "data_file_fmt"),
+    };
+    bool renames = names[0] || names[1] || names[2] || names[3];
+    int ret = fvd_amend_check(s, names, errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (names[FVD_NAME_BASE] && !*names[FVD_NAME_BASE] &&
+        !names[FVD_NAME_BASE_FMT]) {
+        names[FVD_NAME_BASE_FMT] = "";
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    if (renames) {
+        ret = fvd_rename(bs, names, errp);
+    }
+    if (ret >= 0 && qemu_opt_has(opts, "copy_on_read")) {
+        uint64_t old = s->header.compatible_features;
+        bool on = qemu_opt_get_bool(opts, "copy_on_read", false);
+        s->header.compatible_features = on ? old | FVD_COMPAT_COPY_ON_READ
+                                            : old & ~FVD_COMPAT_COPY_ON_READ;
+        ret = fvd_write_header(bs);
+        if (ret < 0) {
+            s->header.compatible_features = old;
+            error_setg_errno(errp, -ret, "Could not write FVD header");
+        } else {
+            s->copy_on_read = on;
+        }
+    }
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
+/* ---- check and info ---- */
+
+typedef struct FvdCount {
+    BlockDriverState *bs;
+    uint64_t allocated, stray;
+    int ret;
+} FvdCount;
+
+static void coroutine_fn fvd_count_entry(void *opaque)
+{
+    FvdCount *cnt = opaque;
+    BDRVFvdState *s = cnt->bs->opaque;
+
+    cnt->allocated = cnt->stray = 0;
+    cnt->ret = s->bitmap ? fvd_bitmap_count(s, &cnt->allocated, &cnt->stray)
+                         : 0;
+}
+
+static uint64_t fvd_total_blocks(BDRVFvdState *s)
+{
+    return DIV_ROUND_UP(s->header.virtual_size, s->block_size);
+}
+
+/* Blocks in the image: set bits, plus every block past the coverage. */
+static uint64_t fvd_blocks_in_image(BDRVFvdState *s, uint64_t set_bits)
+{
+    return set_bits + (fvd_total_blocks(s) - s->nb_blocks);
+}
+
+static int coroutine_fn fvd_check_leaks(BlockDriverState *bs, FvdCount *cnt,
+                                        BdrvCheckResult *res,
+                                        BdrvCheckMode fix)
+{
+    BDRVFvdState *s = bs->opaque;
+    bool repair = (fix & BDRV_FIX_LEAKS) && !bs->read_only;
+
+    /* Bits past the coverage (left by a shrink) mean nothing: leaks. */
+    fprintf(stderr, "%s %" PRIu64 " bitmap bits set past the base coverage\n",
+            repair ? "Repairing" : "Leaked", cnt->stray);
+    if (!repair) {
+        res->leaks += cnt->stray;
+        return 0;
+    }
+    int ret = fvd_bitmap_clear_cached(s, s->nb_blocks,
+                                      s->header.bitmap_size * 8);
+    if (ret >= 0) {
+        ret = table_cache_flush(s->bitmap);
+    }
+    if (ret >= 0) {
+        res->leaks_fixed += cnt->stray;
+    } else {
+        res->leaks += cnt->stray;
+    }
+    return 0;
+}
+
+static void coroutine_fn fvd_check_data_size(BlockDriverState *bs,
+                                             BdrvCheckResult *res,
+                                             BdrvCheckMode fix)
+{
+    BDRVFvdState *s = bs->opaque;
+    int64_t need = fvd_host_offset(s, s->header.virtual_size);
+    int64_t len = bdrv_getlength(s->data);
+
+    if (len < 0) {
+        res->check_errors++;
+        return;
+    }
+    if (len >= need) {
+        return;
+    }
+    bool repair = (fix & BDRV_FIX_ERRORS) && !bs->read_only;
+    fprintf(stderr, "%s data storage is shorter than the virtual disk "
+            "(%" PRId64 " < %" PRId64 ")\n", repair ? "Repairing" : "ERROR",
+            len, need);
+    if (repair && bdrv_co_truncate(s->data, need, false, PREALLOC_MODE_OFF,
+                                   NULL) >= 0) {
+        res->corruptions_fixed++;
+    } else {
+        res->corruptions++;
+    }
+}
+
+int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
+                              BdrvCheckMode fix)
+{
+    BDRVFvdState *s = bs->opaque;
+    FvdCount cnt = { .bs = bs };
+
+    fvd_count_entry(&cnt);
+    if (cnt.ret < 0) {
+        res->check_errors++;
+        return 0;
+    }
+    if (s->replayed) {
+        fprintf(stderr, "The image was not closed cleanly: its journal was "
+                "replayed in memory (open it read-write to apply it)\n");
+    }
+    fvd_check_data_size(bs, res, fix);
+    if (cnt.stray) {
+        fvd_check_leaks(bs, &cnt, res, fix);
+    }
+    res->total_clusters = fvd_total_blocks(s);
+    res->allocated_clusters = fvd_blocks_in_image(s, cnt.allocated);
+    res->image_end_offset = s->data_file
+        ? (int64_t)MAX(s->header.journal_offset + s->header.journal_size,
+                       (uint64_t)s->header.header_size)
+        : fvd_host_offset(s, s->header.virtual_size);
+    return 0;
+}
+
+int fvd_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    BDRVFvdState *s = bs->opaque;
+    bdi->cluster_size = s->block_size;
+    bdi->is_dirty = s->header.incompatible_features & FVD_INCOMPAT_DIRTY;
+    return 0;
+}
+
+ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    FvdCount cnt = { .bs = bs };
+    ImageInfoSpecific *info = image_info_specific_new("fvd");
+
+    bdrv_run_co(fvd_count_entry, &cnt);
+    if (s->names[FVD_NAME_DATA]) {
+        image_info_add_str(info, "data-file", s->names[FVD_NAME_DATA]);
+    }
+    image_info_add_int(info, "block-size", s->block_size);
+    image_info_add_int(info, "base-coverage", s->header.base_coverage);
+    image_info_add_int(info, "journal-size", s->header.journal_size);
+    image_info_add_bool(info, "copy-on-read",
+                        s->header.compatible_features &
+                        FVD_COMPAT_COPY_ON_READ);
+    image_info_add_bool(info, "dirty", s->header.incompatible_features &
+                                       FVD_INCOMPAT_DIRTY);
+    if (cnt.ret >= 0) {
+        uint64_t in_image = fvd_blocks_in_image(s, cnt.allocated);
+        image_info_add_int(info, "blocks-in-image", in_image);
+        image_info_add_int(info, "total-blocks", fvd_total_blocks(s));
+        /* Complete: the base is no longer needed (with a data file, that
+         * file alone is a raw image of the disk). */
+        image_info_add_bool(info, "complete", cnt.allocated == s->nb_blocks);
+    }
+    return info;
+}
