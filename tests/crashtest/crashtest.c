@@ -36,6 +36,7 @@ typedef struct FormatPlug {
 static const FormatPlug format_plugs[] = {
     { "raw",     false, NULL },
     { "add-cow", true,  "image_file" },
+    { "fvd",     true,  "data_file" },
 };
 
 /* ---- options and run state ---- */
@@ -53,6 +54,7 @@ typedef struct Config {
     bool verbose;
     bool self_test;
     bool unsafe;                /* self-test: flushes make nothing durable */
+    bool no_data_file;          /* --no-data-file: the plug's extra file off */
     char *dir;
     char *backing;
 } Config;
@@ -613,8 +615,9 @@ static uint64_t run_once(const Paths *p, Model *m, long iter, GString *why)
 static const char *replay_flags(void)
 {
     static char buf[256];
-    snprintf(buf, sizeof(buf), "%s%s%s%s%s", cfg.torn ? " --tear" : "",
+    snprintf(buf, sizeof(buf), "%s%s%s%s%s%s", cfg.torn ? " --tear" : "",
              cfg.truncate ? " --truncate" : "", cfg.unsafe ? " --unsafe" : "",
+             cfg.no_data_file ? " --no-data-file" : "",
              cfg.create_opts ? " -o " : "",
              cfg.create_opts ? cfg.create_opts : "");
     return buf;
@@ -880,6 +883,7 @@ static void usage(void)
     printf("usage: crashtest -f FMT [-n ITERATIONS] [-s SEED] [-o OPTIONS]\n"
            "                 [--long] [--iter I] [--tear] [--truncate]\n"
            "                 [--keep] [-d DIR] [-v] [--self-test] [--unsafe]\n"
+           "                 [--no-data-file]\n"
            "--unsafe opens with cache=unsafe: flushes make nothing durable,\n"
            "so failures are expected (shows that the checker bites).\n");
 }
@@ -891,6 +895,7 @@ static void parse_args(int argc, char **argv)
         { "iter", required_argument, NULL, 'I' },
         { "tear", no_argument, NULL, 'T' },
         { "truncate", no_argument, NULL, 'G' },
+        { "no-data-file", no_argument, NULL, 'N' },
         { "keep", no_argument, NULL, 'K' },
         { "self-test", no_argument, NULL, 'S' },
         { "unsafe", no_argument, NULL, 'U' },
@@ -913,6 +918,7 @@ static void parse_args(int argc, char **argv)
         case 'I': cfg.only_iter = strtol(optarg, NULL, 0); break;
         case 'T': cfg.torn = true; break;
         case 'G': cfg.truncate = true; break;
+        case 'N': cfg.no_data_file = true; break;
         case 'K': cfg.keep = true; break;
         case 'S': cfg.self_test = true; break;
         case 'U': cfg.unsafe = true; break;
@@ -943,6 +949,9 @@ static void pick_plug(void)
         if (!strcmp(format_plugs[i].fmt, cfg.fmt)) {
             cfg.plug = format_plugs[i];
         }
+    }
+    if (cfg.no_data_file) {
+        cfg.plug.data_file_opt = NULL;
     }
 }
 
