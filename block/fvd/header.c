@@ -107,9 +107,9 @@ static int fvd_validate_names(const FvdHeader *h, Error **errp)
         }
         if (n->length > max || n->offset < FVD_NAMES_OFFSET ||
             (uint64_t)n->offset + n->length > h->header_size) {
-            error_setg(errp, "FVD header: %s name (offset %" PRIu32
-                       ", length %" PRIu32 ") lies outside the header",
-                       fvd_name_what[i], n->offset, n->length);
+            error_setg(errp, "FVD header: invalid %s name (offset %" PRIu32
+                       ", length %" PRIu32 ")", fvd_name_what[i], n->offset,
+                       n->length);
             return -EINVAL;
         }
     }

@@ -148,6 +148,10 @@ static bool fvd_enc_shadow(BDRVFvdState *s, FvdEncoder *e, FvdShadow *sh)
     bool ok = true;
 
     for (uint64_t b = 0; b < limit; b++) {
+        if (b % 8 == 0 && !bits[b / 8]) {
+            b += 7;             /* skip a zero byte */
+            continue;
+        }
         if (fvd_bit(bits, b)) {
             if (!runs || !fvd_bit(bits, b - 1)) {
                 lo = runs ? lo : b;
@@ -278,8 +282,16 @@ static int coroutine_fn fvd_apply_shadows(BlockDriverState *bs,
             fvd_shadow_uncommit(s, sh);
             continue;
         }
-        for (uint32_t b = 0; b < s->entry_size; b++) {
-            page[b] |= sh->committing[b];
+        /* Bits past the coverage (a shrink since they were set) stay out
+         * of the bitmap. */
+        uint64_t base = sh->index * s->entry_bits;
+        uint64_t limit = s->nb_blocks > base ? s->nb_blocks - base : 0;
+        for (uint32_t b = 0; b < s->entry_size && b * 8 < limit; b++) {
+            uint8_t v = sh->committing[b];
+            if (limit - b * 8 < 8) {
+                v &= (1 << (limit - b * 8)) - 1;
+            }
+            page[b] |= v;
         }
         table_cache_mark_dirty_gen(s->bitmap, page, bs->file, gen);
         table_cache_put(s->bitmap, (void **)&page);

@@ -78,7 +78,14 @@ static int coroutine_fn fvd_shrink(BlockDriverState *bs, uint64_t new,
         error_setg_errno(errp, -ret, "Could not write FVD header");
         return ret;
     }
+    uint64_t old_nb = s->nb_blocks;
     s->nb_blocks = DIV_ROUND_UP(s->header.base_coverage, s->block_size);
+    /* After the commit point the bits past the coverage mean nothing;
+     * clear them so that check stays quiet (a crash here only leaks). */
+    if (s->bitmap && old_nb > s->nb_blocks &&
+        fvd_bitmap_clear_cached(s, s->nb_blocks, old_nb) >= 0) {
+        s->soft_dirty = true;       /* written home at the next flush */
+    }
     /* A longer data storage is allowed: failing to cut it is no error. */
     bdrv_co_truncate(s->data, fvd_host_offset(s, new), true,
                      PREALLOC_MODE_OFF, NULL);
