@@ -220,6 +220,7 @@ static int coroutine_fn fvd_write_alloc(BlockDriverState *bs, uint64_t c,
     }
     s->stats.alloc_writes++;
     fvd_bitmap_set_pending(s, c, c + run);
+    fvd_journal_kick(bs);       /* past the soft limit: commit meanwhile */
     return 0;
 }
 

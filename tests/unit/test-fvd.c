@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Unit tests of FVD internals that need the interleaving forced with blkdebug
+ * breakpoints: many allocating writes into one block, the write-ahead rule
+ * (a bitmap page goes home only after its journal record is durable, and
+ * no record before its data is durable), background commits past the soft
+ * limit and writers held at the hard limit while a commit is suspended.
+ */
+#include "block_int.h"
+#include "block/fvd/fvd.h"
+#include "util/aio.h"
+
+static char *test_dir;
+
+static char *path_of(const char *name)
+{
+    return g_build_filename(test_dir, name, NULL);
+}
+
+static void create(const char *fmt, const char *path, const char *opts)
+{
+    QemuOpts *o = qemu_opts_new();
+    Error *err = NULL;
+    g_assert_cmpint(qemu_opts_parse(o, opts, NULL, &err), ==, 0);
+    if (bdrv_create(bdrv_find_format(fmt), path, o, &err) < 0) {
+        fprintf(stderr, "create %s: %s\n", path, error_get_pretty(err));
+        abort();
+    }
+    qemu_opts_del(o);
+}
+
+/* A raw base of size bytes, its first fill_len bytes 0xee. */
+static char *make_base(const char *name, int64_t size, int64_t fill_len)
+{
+    char *base = path_of(name);
+    char *opts = g_strdup_printf("size=%" PRId64, size);
+    create("raw", base, opts);
+    g_free(opts);
+    if (fill_len) {
+        BlockDriverState *b = bdrv_open(base, "raw", NULL, BDRV_O_RDWR, NULL);
+        uint8_t *fill = g_malloc(fill_len);
+        memset(fill, 0xee, fill_len);
+        g_assert_cmpint(bdrv_pwrite(b, 0, fill_len, fill, 0), ==, 0);
+        bdrv_unref(b);
+        g_free(fill);
+    }
+    return base;
+}
+
+static BlockDriverState *open_fvd(const char *name, const char *opts)
+{
+    QemuOpts *o = qemu_opts_new();
+    Error *err = NULL;
+    if (opts) {
+        g_assert_cmpint(qemu_opts_parse(o, opts, NULL, &err), ==, 0);
+    }
+    BlockDriverState *bs = bdrv_open(name, "fvd", o, BDRV_O_RDWR, &err);
+    if (!bs) {
+        fprintf(stderr, "open %s: %s\n", name, error_get_pretty(err));
+        abort();
+    }
+    qemu_opts_del(o);
+    return bs;
+}
+
+typedef struct Writer {
+    BlockDriverState *bs;
+    int64_t off, len;
+    uint8_t pat;
+    int ret;
+    int *done;
+} Writer;
+
+static void coroutine_fn writer_entry(void *opaque)
+{
+    Writer *w = opaque;
+    uint8_t *b = g_malloc(w->len);
+    memset(b, w->pat, w->len);
+    w->ret = bdrv_co_pwrite(w->bs, w->off, w->len, b, 0);
+    g_free(b);
+    (*w->done)++;
+}
+
+static void start_writer(Writer *w)
+{
+    qemu_coroutine_enter(qemu_coroutine_create(writer_entry, w));
+}
+
+/* 16 disjoint writes inside one block at once: each keeps its bytes, the
+ * rest of the block is copied from the base, after a reopen too. */
+static void test_same_block(const char *block_size)
+{
+    char *base = make_base("base.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("same.fvd");
+    char *opts = g_strdup_printf("backing_file=%s,backing_fmt=raw,"
+                                 "block_size=%s", base, block_size);
+    create("fvd", top, opts);
+    g_free(opts);
+    BlockDriverState *bs = open_fvd(top, NULL);
+    enum { N = 16 };
+    Writer w[N];
+    int done = 0;
+    for (int i = 0; i < N; i++) {
+        w[i] = (Writer) { bs, 300 + i * 4000, 1000, (uint8_t)(i + 1), 0,
+                          &done };
+        start_writer(&w[i]);
+    }
+    AIO_WAIT_WHILE(done < N);
+    uint8_t *out = g_malloc(128 * KiB), *out2 = g_malloc(128 * KiB);
+    g_assert_cmpint(bdrv_pread(bs, 0, 128 * KiB, out, 0), ==, 0);
+    for (int64_t x = 0; x < 128 * KiB; x++) {
+        uint8_t want = 0xee;
+        for (int i = 0; i < N; i++) {
+            g_assert_cmpint(w[i].ret, ==, 0);
+            if (x >= w[i].off && x < w[i].off + w[i].len) {
+                want = w[i].pat;
+            }
+        }
+        if (out[x] != want) {
+            fprintf(stderr, "block size %s, byte %" PRId64 ": %#x, want "
+                    "%#x\n", block_size, x, out[x], want);
+            abort();
+        }
+    }
+    bdrv_unref(bs);
+    bs = bdrv_open(top, "fvd", NULL, 0, NULL);
+    g_assert(bs);
+    g_assert_cmpint(bdrv_pread(bs, 0, 128 * KiB, out2, 0), ==, 0);
+    g_assert(!memcmp(out, out2, 128 * KiB));
+    bdrv_unref(bs);
+    unlink(top);
+    unlink(base);
+    g_free(out);
+    g_free(out2);
+    g_free(base);
+    g_free(top);
+}
+
+typedef struct CoCall {
+    BlockDriverState *bs;
+    int (*fn)(BlockDriverState *bs);
+    int ret;
+    bool done;
+} CoCall;
+
+static void coroutine_fn co_call_entry(void *opaque)
+{
+    CoCall *c = opaque;
+    c->ret = c->fn(c->bs);
+    c->done = true;
+}
+
+static void start_call(CoCall *c)
+{
+    qemu_coroutine_enter(qemu_coroutine_create(co_call_entry, c));
+}
+
+static int do_flush(BlockDriverState *bs)
+{
+    return bdrv_co_flush(bs);
+}
+
+static int do_checkpoint(BlockDriverState *bs)
+{
+    return fvd_journal_checkpoint(bs);
+}
+
+static void poll_a_while(void)
+{
+    for (int i = 0; i < 200; i++) {
+        aio_poll(qemu_get_aio_context(), false);
+    }
+}
+
+/*
+ * The orderings of spec section 7 (b) and (c), forced: the journal record
+ * is written only after the data flush completed; the bitmap page goes
+ * home only after a flush that covers the record completed.
+ */
+static void test_write_ahead(void)
+{
+    char *base = make_base("base.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("wal.fvd");
+    char *opts = g_strdup_printf("backing_file=%s,backing_fmt=raw", base);
+    create("fvd", top, opts);
+    g_free(opts);
+    char *name = g_strdup_printf("blkdebug::%s", top);
+    BlockDriverState *bs = open_fvd(name, NULL);
+    BDRVFvdState *s = bs->opaque;
+    int done = 0;
+
+    /* An allocating write: its bit waits for a commit. */
+    Writer w = { bs, 8192, 4096, 0x42, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(done < 1);
+    g_assert_cmpint(s->pending_entries, ==, 1);
+
+    /* (b): the guest flush first flushes the data (held here); no journal
+     * write may start meanwhile. */
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "journal_write", "J"), ==, 0);
+    CoCall fl = { bs, do_flush };
+    start_call(&fl);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F"));
+    poll_a_while();
+    g_assert(!bdrv_debug_is_suspended(bs, "J"));
+    g_assert_cmpint(s->stats.journal_sectors, ==, 0);
+    g_assert_cmpint(bdrv_debug_resume(bs, "F"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "J"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "J"), ==, 0);
+    AIO_WAIT_WHILE(!fl.done);
+    g_assert_cmpint(fl.ret, ==, 0);
+    g_assert_cmpint(s->stats.journal_sectors, ==, 1);
+
+    /* A second write and a commit whose record is written but not yet
+     * flushed: hold the record's flush, then ask for a checkpoint. */
+    w = (Writer) { bs, 512 * KiB, 4096, 0x43, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(done < 2);
+    CoCall cm = { bs, fvd_journal_commit };
+    start_call(&cm);
+    AIO_WAIT_WHILE(!cm.done);
+    g_assert_cmpint(cm.ret, ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F2"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "bitmap_update", "W"), ==, 0);
+    CoCall cp = { bs, do_checkpoint };
+    start_call(&cp);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F2") &&
+                   !bdrv_debug_is_suspended(bs, "W"));
+    /* (c): the page write waits for the flush covering the record. */
+    g_assert(bdrv_debug_is_suspended(bs, "F2"));
+    poll_a_while();
+    g_assert(!bdrv_debug_is_suspended(bs, "W"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "F2"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "W"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "W"), ==, 0);
+    AIO_WAIT_WHILE(!cp.done);
+    g_assert_cmpint(cp.ret, ==, 0);
+    g_assert_cmpint(s->j.tail, ==, s->j.written_seq);
+
+    bdrv_unref(bs);
+    bs = bdrv_open(top, "fvd", NULL, 0, NULL);
+    uint8_t out[4096];
+    g_assert_cmpint(bdrv_pread(bs, 512 * KiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0x43);
+    g_assert_cmpint(out[4095], ==, 0x43);
+    bdrv_unref(bs);
+    unlink(top);
+    unlink(base);
+    g_free(name);
+    g_free(base);
+    g_free(top);
+}
+
+/*
+ * Writes into more than FVD_PENDING_SOFT cache entries start a background
+ * commit; with that commit held at its journal write, writes that find
+ * FVD_PENDING_HARD entries pending wait, and go on once it is released.
+ * 512-byte entries at 512-byte blocks: one entry per 2 MiB of base.
+ */
+static void test_pending_limits(void)
+{
+    enum { N1 = FVD_PENDING_SOFT + FVD_PENDING_HARD + 8, N2 = 16,
+           N = N1 + N2 };
+    int64_t stride = 2 * MiB;
+    char *base = make_base("big.raw", (int64_t)(N + 1) * stride, 0);
+    char *top = path_of("limits.fvd");
+    char *opts = g_strdup_printf("backing_file=%s,backing_fmt=raw,"
+                                 "block_size=512", base);
+    create("fvd", top, opts);
+    g_free(opts);
+    char *name = g_strdup_printf("blkdebug::%s", top);
+    BlockDriverState *bs = open_fvd(name, "cache_entry_size=512");
+    BDRVFvdState *s = bs->opaque;
+    Writer *w = g_new0(Writer, N);
+    int done = 0;
+
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "journal_write", "J"), ==, 0);
+    for (int i = 0; i < N; i++) {
+        w[i] = (Writer) { bs, i * stride, 512, (uint8_t)(i % 250 + 1), 0,
+                          &done };
+    }
+    /* Phase 1: past the soft limit a background commit starts and takes
+     * the pending entries (it is held at its journal write); the next
+     * writes complete and stay pending. */
+    for (int i = 0; i < FVD_PENDING_SOFT + 8; i++) {
+        start_writer(&w[i]);
+    }
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "J"));
+    for (int i = FVD_PENDING_SOFT + 8; i < N1; i++) {
+        start_writer(&w[i]);
+    }
+    AIO_WAIT_WHILE(done < N1);
+    g_assert_cmpint(s->stats.bg_commits, ==, 1);
+    g_assert_cmpint(s->pending_entries, >=, FVD_PENDING_HARD);
+    /* Phase 2: these find the hard limit reached and wait. */
+    for (int i = N1; i < N; i++) {
+        start_writer(&w[i]);
+    }
+    poll_a_while();
+    g_assert_cmpint(done, ==, N1);
+    g_assert_cmpuint(s->stats.pending_waits, >=, N2);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "J"), ==, 0);
+    AIO_WAIT_WHILE(done < N);
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(w[i].ret, ==, 0);
+    }
+    g_assert_cmpint(s->stats.bg_commits, >=, 2);
+    bdrv_unref(bs);
+    bs = bdrv_open(top, "fvd", NULL, 0, NULL);
+    for (int i = 0; i < N; i += 97) {
+        uint8_t out[1024];
+        g_assert_cmpint(bdrv_pread(bs, i * stride, 1024, out, 0), ==, 0);
+        g_assert_cmpint(out[0], ==, i % 250 + 1);
+        g_assert_cmpint(out[511], ==, i % 250 + 1);
+        g_assert_cmpint(out[512], ==, 0);
+    }
+    bdrv_unref(bs);
+    unlink(top);
+    unlink(base);
+    g_free(w);
+    g_free(name);
+    g_free(base);
+    g_free(top);
+}
+
+int main(int argc, char **argv)
+{
+    char tmpl[] = "/var/tmp/test-fvd.XXXXXX";
+    bdrv_init();
+    test_dir = g_mkdtemp(tmpl);
+    test_same_block("65536");
+    test_same_block("4096");
+    test_same_block("512");
+    test_write_ahead();
+    test_pending_limits();
+    char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
+    g_assert(system(cmd) == 0);
+    g_free(cmd);
+    printf("PASS test-fvd\n");
+    return 0;
+}
