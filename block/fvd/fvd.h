@@ -259,6 +259,7 @@ typedef struct BDRVFvdState {
     FvdAlloc *allocs;
     FvdJournal j;
     bool session_dirty;             /* DIRTY set by this session */
+    bool replayed_in_cache;         /* DIRTY image: replayed bits not home */
     bool copy_on_read;
     bool soft_dirty;                /* copy-on-read bits not yet home */
     uint64_t cor_inflight;          /* bytes of copy-on-read in progress */

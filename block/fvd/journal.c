@@ -391,6 +391,15 @@ int coroutine_fn fvd_mark_dirty(BlockDriverState *bs)
     if (s->session_dirty) {
         return 0;
     }
+    /* The bits replayed at open are only in memory: the new epoch will make
+     * the sectors holding them stale, so they must be home first. */
+    if (s->replayed_in_cache) {
+        ret = table_cache_flush(s->bitmap);
+        if (ret < 0) {
+            return ret;
+        }
+        s->replayed_in_cache = false;
+    }
     FvdHeader old = s->header;
     s->header.incompatible_features |= FVD_INCOMPAT_DIRTY;
     s->header.journal_epoch++;

@@ -129,27 +129,20 @@ static int fvd_cache_geometry(BlockDriverState *bs, QemuOpts *options,
     return 0;
 }
 
-/* Replay the journal of an image that was not closed cleanly. */
+/*
+ * Replay the journal of an image that was not closed cleanly, into memory
+ * only: nothing is written during the open, so an open that fails later
+ * (its base cannot be opened) leaves the file as it was. The replayed bits
+ * go home before this session's first journal write, or at close.
+ */
 static int coroutine_fn fvd_recover(BlockDriverState *bs, Error **errp)
 {
     BDRVFvdState *s = bs->opaque;
     uint64_t records;
     int ret = fvd_journal_replay(bs, &records, errp);
 
-    if (ret < 0 || bs->read_only) {
-        return ret;
-    }
-    /* Replayed bits home and durable, then the image is clean again. */
-    ret = s->bitmap ? table_cache_flush(s->bitmap) : 0;
-    if (ret >= 0) {
-        s->header.incompatible_features &= ~FVD_INCOMPAT_DIRTY;
-        ret = fvd_write_header(bs);
-        if (ret < 0) {
-            s->header.incompatible_features |= FVD_INCOMPAT_DIRTY;
-        }
-    }
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not apply the FVD journal");
+    if (ret >= 0 && !bs->read_only && s->bitmap) {
+        s->replayed_in_cache = true;
     }
     return ret;
 }
@@ -191,6 +184,14 @@ static int coroutine_fn fvd_open(BlockDriverState *bs, QemuOpts *options,
         goto fail;
     }
     if (s->names[FVD_NAME_BASE]) {
+        /* The layer checks it again when it opens the base; checking here
+         * refuses a forbidden name before anything could be written. */
+        if (!(flags & BDRV_O_NO_BACKING) &&
+            !bdrv_header_name_allowed(s->names[FVD_NAME_BASE], "Backing file",
+                                      errp)) {
+            ret = -EPERM;
+            goto fail;
+        }
         pstrcpy(bs->backing_file, sizeof(bs->backing_file),
                 s->names[FVD_NAME_BASE]);
     }
@@ -249,14 +250,21 @@ fail:
     return ret;
 }
 
+/* Whether close may write: not after an open that failed at the base. */
+static bool fvd_opened(BlockDriverState *bs)
+{
+    return !bs->backing_file[0] || bs->backing ||
+           (bs->open_flags & BDRV_O_NO_BACKING);
+}
+
 static void coroutine_fn fvd_close(BlockDriverState *bs)
 {
     BDRVFvdState *s = bs->opaque;
 
     /* The layer drained and flushed: every bit is in the journal. Write
      * them home, then mark the image clean (the next open skips replay). */
-    if (!bs->read_only && s->session_dirty &&
-        fvd_journal_checkpoint(bs) >= 0) {
+    if (!bs->read_only && (s->session_dirty || s->replayed_in_cache) &&
+        fvd_opened(bs) && fvd_journal_checkpoint(bs) >= 0) {
         s->header.incompatible_features &= ~FVD_INCOMPAT_DIRTY;
         if (fvd_write_header(bs) < 0) {
             s->header.incompatible_features |= FVD_INCOMPAT_DIRTY;
