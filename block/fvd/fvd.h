@@ -274,7 +274,7 @@ typedef struct BDRVFvdState {
 #define FVD_PENDING_HARD        1024
 /* Most bytes one copy-on-read step copies. */
 #define FVD_COR_MAX             (1 * MiB)
-#define FVD_COR_MAX_INFLIGHT    (16 * MiB)
+#define FVD_COR_MAX_INFLIGHT    (16 * MiB) /* copies written in background */
 #define FVD_DEFAULT_CACHE       (4 * MiB)
 
 /* header.c */
@@ -367,8 +367,8 @@ int coroutine_fn fvd_read_base(BlockDriverState *bs, int64_t offset,
 
 /* cor.c */
 /* Copy-on-read of guest bytes [offset, offset + bytes) in base blocks
- * [c, c + run): fills qiov; copies whole blocks into the image when it can
- * reserve them. */
+ * [c, c + run): fills qiov; copies whole blocks into the image (written in
+ * the background, under the blocks' reservation) when it can reserve them. */
 int coroutine_fn fvd_cor_read(BlockDriverState *bs, uint64_t c, uint64_t run,
                               int64_t offset, int64_t bytes,
                               QEMUIOVector *qiov, size_t qiov_offset);

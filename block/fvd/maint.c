@@ -114,6 +114,10 @@ int coroutine_fn fvd_co_truncate(BlockDriverState *bs, int64_t offset,
         return 0;
     }
     qemu_co_mutex_lock(&s->meta_lock);
+    /* Guest requests are excluded by the layer; background copies too. */
+    while (fvd_alloc_wait(s, 0, UINT64_MAX)) {
+        /* wait for every copy-on-read write */
+    }
     ret = new > old ? fvd_grow(bs, old, new, errp) : fvd_shrink(bs, new, errp);
     qemu_co_mutex_unlock(&s->meta_lock);
     return ret;
@@ -198,6 +202,9 @@ int coroutine_fn fvd_change_backing_file(BlockDriverState *bs,
     names[FVD_NAME_BASE_FMT] = backing_fmt && names[FVD_NAME_BASE][0]
                                ? backing_fmt : "";
     qemu_co_mutex_lock(&s->meta_lock);
+    while (fvd_alloc_wait(s, 0, UINT64_MAX)) {
+        /* a background copy-on-read write must not race the zeroing */
+    }
     ret = fvd_rename(bs, names, NULL);
     qemu_co_mutex_unlock(&s->meta_lock);
     return ret;
