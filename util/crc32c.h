@@ -9,7 +9,7 @@
 #include "util/osdep.h"
 
 /*
- * Continue a CRC over buf: start with crc = 0. The result of crc32c(0, "123456789", 9)
+ * Continue a CRC over buf: start with crc = 0. crc32c(0, "123456789", 9)
  * is 0xE3069283 (the standard check value).
  */
 uint32_t crc32c(uint32_t crc, const void *buf, size_t len);

@@ -46,8 +46,8 @@
 #define FVD_DEFAULT_JOURNAL     (1 * MiB)
 
 /* Incompatible features: a reader that does not know a bit refuses. */
-#define FVD_INCOMPAT_DIRTY      (UINT64_C(1) << 0)  /* journal must be replayed */
-#define FVD_INCOMPAT_DATA_FILE  (UINT64_C(1) << 1)  /* data in a separate file */
+#define FVD_INCOMPAT_DIRTY      (UINT64_C(1) << 0)  /* replay the journal */
+#define FVD_INCOMPAT_DATA_FILE  (UINT64_C(1) << 1)  /* data in another file */
 #define FVD_INCOMPAT_TABLE      (UINT64_C(1) << 2)  /* compact image (part 2) */
 #define FVD_INCOMPAT_MASK       (FVD_INCOMPAT_DIRTY | FVD_INCOMPAT_DATA_FILE)
 /* Compatible features: unknown bits are ignored and kept. */

@@ -13,10 +13,10 @@ static const QemuOptDesc fvd_open_opts[] = {
     { "copy_on_read", QEMU_OPT_BOOL,
       "Copy base data read by the guest into the image (default: as set "
       "at create)" },
-    { "cache_size", QEMU_OPT_SIZE,
+    { "cache-size", QEMU_OPT_SIZE,
       "Bytes of bitmap kept in memory (default: the whole bitmap, at most "
       "4 MiB)" },
-    { "cache_entry_size", QEMU_OPT_SIZE,
+    { "cache-entry-size", QEMU_OPT_SIZE,
       "Bytes per bitmap cache entry (512 to 4096, power of two; default "
       "4096)" },
     { NULL }
@@ -102,18 +102,19 @@ static int fvd_cache_geometry(BlockDriverState *bs, QemuOpts *options,
                               Error **errp)
 {
     BDRVFvdState *s = bs->opaque;
-    uint64_t entry = qemu_opt_get_size(options, "cache_entry_size", FVD_PAGE);
+    uint64_t entry = qemu_opt_get_size(options, "cache-entry-size",
+                                       FVD_PAGE);
     uint64_t whole = MAX(s->header.bitmap_size, (uint64_t)FVD_PAGE);
-    uint64_t size = qemu_opt_get_size(options, "cache_size",
+    uint64_t size = qemu_opt_get_size(options, "cache-size",
                                       MIN(whole, FVD_DEFAULT_CACHE));
 
     if (entry < 512 || entry > FVD_PAGE || (entry & (entry - 1))) {
-        error_setg(errp, "cache_entry_size must be a power of two between "
+        error_setg(errp, "cache-entry-size must be a power of two between "
                    "512 and 4096");
         return -EINVAL;
     }
     if (size < entry || size > 1 * GiB) {
-        error_setg(errp, "cache_size must be between one entry (%" PRIu64
+        error_setg(errp, "cache-size must be between one entry (%" PRIu64
                    " bytes) and 1 GiB", entry);
         return -EINVAL;
     }

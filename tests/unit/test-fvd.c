@@ -270,7 +270,7 @@ static void test_pending_limits(void)
     create("fvd", top, opts);
     g_free(opts);
     char *name = g_strdup_printf("blkdebug::%s", top);
-    BlockDriverState *bs = open_fvd(name, "cache_entry_size=512");
+    BlockDriverState *bs = open_fvd(name, "cache-entry-size=512");
     BDRVFvdState *s = bs->opaque;
     Writer *w = g_new0(Writer, N);
     int done = 0;
