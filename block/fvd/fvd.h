@@ -170,7 +170,7 @@ void fvd_header_to_disk(const FvdHeader *h, FvdDiskHeader *d);
 
 typedef struct FvdJournalSector {
     uint8_t  magic[4];
-    uint32_t crc;                   /* CRC-32C of the sector, this field 0 */
+    uint32_t crc;                   /* CRC-32 (zlib) of the sector, this field 0 */
     uint64_t epoch;                 /* == header journal_epoch */
     uint64_t seq;                   /* seq % sectors == position */
     uint64_t tail;                  /* sectors below are in the bitmap */

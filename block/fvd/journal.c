@@ -10,7 +10,7 @@
  * Replay at open reads the ring back. docs/specs/fvd.txt sections 6 and 7.
  */
 #include "block/fvd/fvd.h"
-#include "util/crc32c.h"
+#include <zlib.h>
 
 /* Largest number of sectors one commit writes at once (512 KiB). */
 #define FVD_MAX_CHUNK 1024
@@ -202,7 +202,7 @@ static void fvd_seal_sector(BDRVFvdState *s, FvdJournalSector *js,
     js->seq = cpu_to_le64(seq);
     js->tail = cpu_to_le64(s->j.tail);
     js->crc = 0;
-    js->crc = cpu_to_le32(crc32c(0, js, FVD_JSECTOR));
+    js->crc = cpu_to_le32((uint32_t)crc32(0, (const Bytef *)js, FVD_JSECTOR));
 }
 
 /* Write the k sectors of buf at next_seq (k a multiple of the unit). */
@@ -684,7 +684,7 @@ static bool fvd_sector_valid(BDRVFvdState *s, FvdJournalSector *js,
         return false;
     }
     js->crc = 0;
-    bool ok = crc32c(0, js, FVD_JSECTOR) == crc;
+    bool ok = (uint32_t)crc32(0, (const Bytef *)js, FVD_JSECTOR) == crc;
     js->crc = cpu_to_le32(crc);
     *seq = le64_to_cpu(js->seq);
     return ok && le64_to_cpu(js->epoch) == s->header.journal_epoch &&
