@@ -12,6 +12,14 @@
 
 #define ADD_COW_CACHE_PAGES 64
 
+/* Header names are copied into these buffers whole, never cut. */
+_Static_assert(ADD_COW_MAX_NAME <
+               sizeof(((BlockDriverState *)0)->backing_file),
+               "an add-cow backing file name fits bs->backing_file");
+_Static_assert(ADD_COW_MAX_FMT_NAME <
+               sizeof(((BlockDriverState *)0)->backing_format),
+               "an add-cow backing format fits bs->backing_format");
+
 /* An allocating write in flight over clusters [start, end). */
 typedef struct AddCowAlloc {
     uint64_t start, end;
@@ -104,19 +112,25 @@ static uint64_t add_cow_bitmap_bytes(uint64_t size, uint32_t cluster_bits)
     return DIV_ROUND_UP(clusters, 8);
 }
 
-static bool add_cow_name_ok(const AddCowHeader *h, uint32_t off, uint32_t len,
-                            uint32_t max)
+/*
+ * The bitmap_size a disk of size bytes has (spec section 2): its bits
+ * rounded up to whole pages, at least one page. Deriving it from the size
+ * bounds every walk over the bitmap by the virtual size.
+ */
+static uint64_t add_cow_bitmap_area(uint64_t size, uint32_t cluster_bits)
 {
-    if (len == 0) {
-        return true;
-    }
-    return len <= max && off >= ADD_COW_FIXED_HEADER_SIZE &&
-           (uint64_t)off + len <= h->header_size;
+    return MAX(ROUND_UP(add_cow_bitmap_bytes(size, cluster_bits),
+                        ADD_COW_PAGE_SIZE), ADD_COW_PAGE_SIZE);
 }
 
-/* Every check of docs/specs/add-cow.txt section 9. */
-static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
-                            Error **errp)
+/* One name of the header extension area, for validation messages. */
+typedef struct AddCowName {
+    const char *what;
+    uint32_t off, len, max;
+} AddCowName;
+
+static int add_cow_validate_fixed(const AddCowHeader *h, int64_t file_len,
+                                  Error **errp)
 {
     if (h->version != ADD_COW_VERSION) {
         error_setg(errp, "Unsupported add-cow version %" PRIu32, h->version);
@@ -150,34 +164,108 @@ static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
                    h->size);
         return -EINVAL;
     }
+    if (h->size % ADD_COW_SIZE_ALIGN) {
+        error_setg(errp, "add-cow virtual size %" PRIu64 " is not a multiple "
+                   "of %d", h->size, ADD_COW_SIZE_ALIGN);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* The bitmap: page aligned, after the header, sized by the virtual size,
+ * inside the file (so no walk or write goes past what the file holds). */
+static int add_cow_validate_bitmap(const AddCowHeader *h, int64_t file_len,
+                                   Error **errp)
+{
+    uint64_t area = add_cow_bitmap_area(h->size, h->cluster_bits);
+
     if (h->bitmap_offset % ADD_COW_PAGE_SIZE ||
         h->bitmap_offset < h->header_size ||
-        h->bitmap_offset > ADD_COW_MAX_SIZE ||
-        h->bitmap_size > ADD_COW_MAX_SIZE - h->bitmap_offset ||
         h->bitmap_size % ADD_COW_PAGE_SIZE) {
         error_setg(errp, "Invalid add-cow bitmap location (offset %" PRIu64
                    ", size %" PRIu64 ")", h->bitmap_offset, h->bitmap_size);
         return -EINVAL;
     }
-    if (h->bitmap_size < add_cow_bitmap_bytes(h->size, h->cluster_bits)) {
+    if (h->bitmap_size < area) {
         error_setg(errp, "add-cow bitmap (%" PRIu64 " bytes) is too small "
                    "for the virtual size", h->bitmap_size);
         return -EINVAL;
     }
-    if (!add_cow_name_ok(h, h->backing_file_offset, h->backing_file_size,
-                         ADD_COW_MAX_NAME) ||
-        !add_cow_name_ok(h, h->backing_fmt_offset, h->backing_fmt_size,
-                         ADD_COW_MAX_FMT_NAME) ||
-        !add_cow_name_ok(h, h->image_file_offset, h->image_file_size,
-                         ADD_COW_MAX_NAME)) {
-        error_setg(errp, "add-cow header names point outside the header");
+    if (h->bitmap_size > area) {
+        error_setg(errp, "add-cow bitmap (%" PRIu64 " bytes) is too large "
+                   "for the virtual size (%" PRIu64 " bytes expected)",
+                   h->bitmap_size, area);
         return -EINVAL;
     }
+    /* file_len >= header_size >= 4096 here; bitmap_size <= 2^50. */
+    if (h->bitmap_offset > (uint64_t)file_len ||
+        h->bitmap_size > (uint64_t)file_len - h->bitmap_offset) {
+        error_setg(errp, "add-cow bitmap (offset %" PRIu64 ", size %" PRIu64
+                   ") lies past the end of the %" PRId64 "-byte file",
+                   h->bitmap_offset, h->bitmap_size, file_len);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Names: bounded in length, inside [128, header_size), not overlapping. */
+static int add_cow_validate_names(const AddCowHeader *h, Error **errp)
+{
+    const AddCowName names[3] = {
+        { "backing file", h->backing_file_offset, h->backing_file_size,
+          ADD_COW_MAX_NAME },
+        { "backing format", h->backing_fmt_offset, h->backing_fmt_size,
+          ADD_COW_MAX_FMT_NAME },
+        { "image file", h->image_file_offset, h->image_file_size,
+          ADD_COW_MAX_NAME },
+    };
+
     if (h->image_file_size == 0) {
         error_setg(errp, "add-cow header has no image file name");
         return -EINVAL;
     }
+    for (int i = 0; i < 3; i++) {
+        const AddCowName *n = &names[i];
+        if (!n->len) {
+            continue;
+        }
+        if (n->len > n->max) {
+            error_setg(errp, "add-cow %s name is too long (%" PRIu32
+                       " bytes, at most %" PRIu32 ")", n->what, n->len,
+                       n->max);
+            return -EINVAL;
+        }
+        if (n->off < ADD_COW_FIXED_HEADER_SIZE ||
+            (uint64_t)n->off + n->len > h->header_size) {
+            error_setg(errp, "add-cow %s name points outside the header",
+                       n->what);
+            return -EINVAL;
+        }
+        for (int j = 0; j < i; j++) {
+            const AddCowName *m = &names[j];
+            if (m->len && n->off < m->off + m->len &&
+                m->off < n->off + n->len) {
+                error_setg(errp, "add-cow %s and %s names overlap", m->what,
+                           n->what);
+                return -EINVAL;
+            }
+        }
+    }
     return 0;
+}
+
+/* Every check of docs/specs/add-cow.txt section 9, before any other use. */
+static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
+                            Error **errp)
+{
+    int ret = add_cow_validate_fixed(h, file_len, errp);
+    if (ret >= 0) {
+        ret = add_cow_validate_bitmap(h, file_len, errp);
+    }
+    if (ret >= 0) {
+        ret = add_cow_validate_names(h, errp);
+    }
+    return ret;
 }
 
 static int add_cow_probe(const uint8_t *buf, int buf_size,
@@ -1003,8 +1091,7 @@ static int coroutine_fn add_cow_grow(BlockDriverState *bs, uint64_t old,
     uint64_t cs = s->cluster_size;
     uint64_t first = DIV_ROUND_UP(old, cs);      /* first wholly new cluster */
     uint64_t new_clusters = DIV_ROUND_UP(new, cs);
-    uint64_t need = ROUND_UP(add_cow_bitmap_bytes(new, s->header.cluster_bits),
-                             ADD_COW_PAGE_SIZE);
+    uint64_t need = add_cow_bitmap_area(new, s->header.cluster_bits);
     int64_t img_len = bdrv_getlength(s->image);
     int ret = 0;
 
@@ -1100,11 +1187,17 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
     if (new > old) {
         ret = add_cow_grow(bs, old, new, errp);
     } else {
-        /* Commit point first, then the raw image may shrink. */
+        /* Commit point first, then the raw image may shrink. The bitmap
+         * area shrinks with the size (it is derived from it); the file
+         * keeps its length, so the bitmap stays inside it. */
+        uint64_t old_area = s->header.bitmap_size;
         s->header.size = new;
+        s->header.bitmap_size = add_cow_bitmap_area(new,
+                                                    s->header.cluster_bits);
         ret = add_cow_write_header(bs);
         if (ret < 0) {
             s->header.size = old;
+            s->header.bitmap_size = old_area;
             error_setg_errno(errp, -ret, "Could not write add-cow header");
         } else {
             /* After the commit point: bits past the end are meaningless;
