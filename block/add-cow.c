@@ -36,6 +36,7 @@ typedef struct BDRVAddCowState {
     uint64_t nb_clusters;
     AddCowAlloc *allocs;
     CoMutex meta_lock;           /* header changes, truncate */
+    bool autoclear_pending;      /* unknown autoclear bits still on disk */
 } BDRVAddCowState;
 
 static const QemuOptDesc add_cow_create_opts[] = {
@@ -299,6 +300,35 @@ static char *coroutine_fn add_cow_read_name(BlockDriverState *file,
 
 static int coroutine_fn add_cow_write_header(BlockDriverState *bs);
 
+/*
+ * Called before anything changes the image (data, bitmap, names, size): a
+ * writer clears the autoclear bits it does not know (spec section 3) before
+ * its first change, never at open, so a failing or read-only session
+ * leaves the file untouched. Takes meta_lock: call it without holding it.
+ */
+static int coroutine_fn add_cow_begin_change(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret = 0;
+
+    if (likely(!s->autoclear_pending)) {
+        return 0;
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    if (s->autoclear_pending) {
+        uint64_t old = s->header.autoclear_features;
+        s->header.autoclear_features &= ADD_COW_AUTOCLEAR_MASK;
+        ret = add_cow_write_header(bs);
+        if (ret < 0) {
+            s->header.autoclear_features = old;
+        } else {
+            s->autoclear_pending = false;
+        }
+    }
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
 /* ---- open / close ---- */
 
 static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
@@ -392,18 +422,11 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
                                 "bitmap_update");
     /* Bits must never reach the disk before the data they describe. */
     table_cache_set_dependency_bs(s->bitmap, s->image);
-    /* A writer clears the autoclear bits it does not know (spec 3). */
-    if ((flags & BDRV_O_RDWR) &&
-        (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK)) {
-        s->header.autoclear_features &= ADD_COW_AUTOCLEAR_MASK;
-        ret = add_cow_write_header(bs);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not clear autoclear bits");
-            table_cache_free(s->bitmap);
-            s->bitmap = NULL;
-            goto fail;
-        }
-    }
+    /* Nothing is written during open (the layer may still fail it, e.g.
+     * on the backing file): unknown autoclear bits are cleared before the
+     * first change instead (add_cow_begin_change). */
+    s->autoclear_pending = (flags & BDRV_O_RDWR) &&
+        (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK);
     g_free(backing);
     g_free(fmt);
     g_free(full);
@@ -732,16 +755,21 @@ static int coroutine_fn add_cow_do_write(BlockDriverState *bs, int64_t offset,
 {
     BDRVAddCowState *s = bs->opaque;
     int bits = s->header.cluster_bits;
+    int ret;
 
     if ((uint64_t)offset + bytes > s->header.size) {
         return -EIO;
+    }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        return ret;
     }
     while (bytes > 0) {
         uint64_t c = offset >> bits;
         uint64_t c_end = ((uint64_t)(offset + bytes - 1) >> bits) + 1;
         uint64_t run;
         bool set;
-        int ret = add_cow_run(s, c, c_end, &set, &run);
+        ret = add_cow_run(s, c, c_end, &set, &run);
         if (ret < 0) {
             return ret;
         }
@@ -825,13 +853,22 @@ static int coroutine_fn add_cow_co_pdiscard(BlockDriverState *bs,
     uint64_t c = DIV_ROUND_UP((uint64_t)offset, s->cluster_size);
     uint64_t c_end = (uint64_t)(offset + bytes) >> bits;
 
+    int ret;
+
     if ((uint64_t)(offset + bytes) == s->header.size) {
         c_end = s->nb_clusters;
+    }
+    if (c >= c_end) {
+        return 0;
+    }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        return ret;
     }
     while (c < c_end) {
         uint64_t run;
         bool set;
-        int ret = add_cow_run(s, c, c_end, &set, &run);
+        ret = add_cow_run(s, c, c_end, &set, &run);
         if (ret < 0) {
             return ret;
         }
@@ -1031,8 +1068,11 @@ static int coroutine_fn add_cow_change_backing_file(BlockDriverState *bs,
                                                     const char *backing_fmt)
 {
     BDRVAddCowState *s = bs->opaque;
-    int ret;
+    int ret = add_cow_begin_change(bs);
 
+    if (ret < 0) {
+        return ret;
+    }
     qemu_co_mutex_lock(&s->meta_lock);
     ret = add_cow_set_names(bs, backing_file ? backing_file : "",
                             backing_fmt ? backing_fmt : "", NULL, NULL);
@@ -1058,6 +1098,11 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
     }
     if (image && !bdrv_header_name_allowed(image, "Image file", errp)) {
         return -EPERM;
+    }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write add-cow header");
+        return ret;
     }
     qemu_co_mutex_lock(&s->meta_lock);
     ret = add_cow_set_names(bs, backing, fmt, image, errp);
@@ -1182,6 +1227,11 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
     new = QEMU_ALIGN_UP(new, BDRV_SECTOR_SIZE);
     if (new == old) {
         return 0;
+    }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write add-cow header");
+        return ret;
     }
     qemu_co_mutex_lock(&s->meta_lock);
     if (new > old) {
@@ -1312,8 +1362,11 @@ static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
                 "disk\n", (fix & BDRV_FIX_LEAKS) ? "Repairing" : "Leaked",
                 cnt.stray);
         if ((fix & BDRV_FIX_LEAKS) && !bs->read_only) {
-            int ret = add_cow_set_bits(s, s->nb_clusters,
+            int ret = add_cow_begin_change(bs);
+            if (ret >= 0) {
+                ret = add_cow_set_bits(s, s->nb_clusters,
                                        s->header.bitmap_size * 8, false);
+            }
             if (ret >= 0) {
                 ret = table_cache_flush(s->bitmap);
             }
