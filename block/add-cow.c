@@ -1403,21 +1403,28 @@ static bool add_cow_has_zero_init(BlockDriverState *bs)
 
 /* ---- create ---- */
 
-static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
-                                       Error **errp)
+/* One create: its options, checked before anything is created. */
+typedef struct AddCowCreate {
+    const char *filename;
+    const char *backing, *fmt;
+    char *image_name;           /* as stored in the header */
+    char *image_path;           /* resolved against filename */
+    uint32_t cluster_bits;
+    bool has_size;
+    uint64_t size;
+} AddCowCreate;
+
+static int add_cow_create_check_opts(AddCowCreate *c, QemuOpts *opts,
+                                     Error **errp)
 {
-    const char *backing = qemu_opt_get(opts, "backing_file");
-    const char *fmt = qemu_opt_get(opts, "backing_fmt");
     const char *image_opt = qemu_opt_get(opts, "image_file");
     uint64_t cluster_size = qemu_opt_get_size(opts, "cluster_size",
                                               1 << ADD_COW_DEFAULT_CLUSTER_BITS);
-    bool has_size = qemu_opt_has(opts, "size");
-    uint64_t size = qemu_opt_get_size(opts, "size", 0);
-    char *image_name = NULL, *image_path = NULL;
-    BlockDriverState *file = NULL, *img = NULL;
-    AddCowHeader h = { 0 };
-    int ret;
 
+    c->backing = qemu_opt_get(opts, "backing_file");
+    c->fmt = qemu_opt_get(opts, "backing_fmt");
+    c->has_size = qemu_opt_has(opts, "size");
+    c->size = qemu_opt_get_size(opts, "size", 0);
     if (cluster_size < (1u << ADD_COW_MIN_CLUSTER_BITS) ||
         cluster_size > (1u << ADD_COW_MAX_CLUSTER_BITS) ||
         (cluster_size & (cluster_size - 1))) {
@@ -1425,128 +1432,183 @@ static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
                    "and 2M");
         return -EINVAL;
     }
-    if (fmt && !backing) {
+    c->cluster_bits = __builtin_ctzll(cluster_size);
+    if (c->fmt && !c->backing) {
         error_setg(errp, "backing_fmt given without backing_file");
         return -EINVAL;
     }
-    if (fmt && strlen(fmt) > ADD_COW_MAX_FMT_NAME) {
+    if (c->fmt && strlen(c->fmt) > ADD_COW_MAX_FMT_NAME) {
         error_setg(errp, "Backing format name too long");
         return -EINVAL;
     }
-    if (backing && strlen(backing) > ADD_COW_MAX_NAME) {
-        error_setg(errp, "Backing file name too long");
+    if (c->backing && strlen(c->backing) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Backing file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
         return -EINVAL;
     }
     /* Default image file: next to the add-cow file, named after it. */
     if (image_opt && *image_opt) {
-        image_name = g_strdup(image_opt);
+        c->image_name = g_strdup(image_opt);
     } else {
-        char *base = g_path_get_basename(filename);
-        image_name = g_strdup_printf("%s.raw", base);
+        char *base = g_path_get_basename(c->filename);
+        c->image_name = g_strdup_printf("%s.raw", base);
         g_free(base);
     }
-    if (strlen(image_name) > ADD_COW_MAX_NAME) {
-        error_setg(errp, "Image file name too long");
-        ret = -EINVAL;
-        goto out;
+    if (strlen(c->image_name) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Image file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
+        return -EINVAL;
     }
-    image_path = path_combine(filename, image_name);
-    if (!has_size && backing) {
-        char *bpath = path_combine(filename, backing);
-        BlockDriverState *b = bdrv_open_child(bpath, fmt, NULL,
-                                              BDRV_O_NO_BACKING, true, errp);
-        g_free(bpath);
-        if (!b) {
-            error_prepend(errp, "Could not open backing file: ");
-            ret = -EINVAL;
-            goto out;
-        }
-        size = bdrv_getlength(b);
-        bdrv_unref(b);
-        has_size = true;
+    c->image_path = path_combine(c->filename, c->image_name);
+    if (!strcmp(c->image_path, c->filename)) {
+        error_setg(errp, "The add-cow image file cannot be the add-cow file "
+                   "itself");
+        return -EINVAL;
     }
+    return 0;
+}
 
-    /* An existing image file of sufficient size is kept as it is. */
-    img = bdrv_open_child(image_path, NULL, NULL, BDRV_O_RDWR, false, NULL);
-    if (img) {
-        int64_t len = bdrv_getlength(img);
-        if (!has_size) {
-            size = len;
-            has_size = true;
-        } else if (len < (int64_t)size) {
-            ret = bdrv_co_truncate(img, size, false, PREALLOC_MODE_OFF, errp);
-            if (ret < 0) {
-                goto out;
-            }
-        }
-    } else {
-        QemuOpts *io = qemu_opts_new();
-        qemu_opt_set_number(io, "size", size);
-        ret = bdrv_create_file(image_path, io, errp);
-        qemu_opts_del(io);
-        if (ret < 0) {
-            error_prepend(errp, "Could not create image file: ");
-            goto out;
-        }
+/* Without a size option the backing image gives it. */
+static int coroutine_fn add_cow_create_backing_size(AddCowCreate *c,
+                                                    Error **errp)
+{
+    char *bpath = path_combine(c->filename, c->backing);
+    BlockDriverState *b = bdrv_open_child(bpath, c->fmt, NULL,
+                                          BDRV_O_NO_BACKING, true, errp);
+    int64_t len;
+
+    g_free(bpath);
+    if (!b) {
+        error_prepend(errp, "Could not open backing file: ");
+        return -EINVAL;
     }
-    if (!has_size) {
+    len = bdrv_getlength(b);
+    bdrv_unref(b);
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get the backing file "
+                         "size");
+        return (int)len;
+    }
+    c->size = len;
+    c->has_size = true;
+    return 0;
+}
+
+/*
+ * The raw image file: an existing one of sufficient size is kept as it is
+ * (a shorter one grows; *old_len says from what), a missing one is created
+ * (*created). Sizes are checked first, so nothing is made for a create
+ * that cannot succeed.
+ */
+static int coroutine_fn add_cow_create_image(AddCowCreate *c,
+                                             bool *created, int64_t *old_len,
+                                             Error **errp)
+{
+    BlockDriverState *img;
+    int ret = 0;
+
+    *created = false;
+    *old_len = -1;
+    img = bdrv_open_child(c->image_path, NULL, NULL, BDRV_O_RDWR, false, NULL);
+    if (img && !c->has_size) {
+        int64_t len = bdrv_getlength(img);
+        c->size = MAX(len, 0);
+        c->has_size = len >= 0;
+    }
+    if (!c->has_size) {
         error_setg(errp, "Image size must be specified");
         ret = -EINVAL;
-        goto out;
-    }
-    size = QEMU_ALIGN_UP(size, BDRV_SECTOR_SIZE);
-    if (size > ADD_COW_MAX_SIZE) {
+    } else if (c->size > ADD_COW_MAX_SIZE) {
         error_setg(errp, "Image size is too large");
         ret = -EFBIG;
-        goto out;
     }
+    if (ret < 0) {
+        bdrv_unref(img);
+        return ret;
+    }
+    c->size = QEMU_ALIGN_UP(c->size, BDRV_SECTOR_SIZE);
 
-    size_t lb = backing ? strlen(backing) : 0;
-    size_t lf = fmt ? strlen(fmt) : 0;
-    size_t li = strlen(image_name);
-    h.version = ADD_COW_VERSION;
-    h.header_size = ROUND_UP(ADD_COW_FIXED_HEADER_SIZE + 2 * (lb + lf + li) +
-                             1024, ADD_COW_PAGE_SIZE);
-    h.size = size;
-    h.cluster_bits = __builtin_ctzll(cluster_size);
-    h.bitmap_offset = h.header_size;
-    h.bitmap_size = MAX(ROUND_UP(add_cow_bitmap_bytes(size, h.cluster_bits),
-                                 ADD_COW_PAGE_SIZE), ADD_COW_PAGE_SIZE);
-    h.backing_file_offset = lb ? ADD_COW_FIXED_HEADER_SIZE : 0;
-    h.backing_file_size = lb;
-    h.backing_fmt_offset = lf ? ADD_COW_FIXED_HEADER_SIZE + lb : 0;
-    h.backing_fmt_size = lf;
-    h.image_file_offset = ADD_COW_FIXED_HEADER_SIZE + lb + lf;
-    h.image_file_size = li;
+    if (img) {
+        int64_t len = bdrv_getlength(img);
+        if (len >= 0 && len < (int64_t)c->size) {
+            ret = bdrv_co_truncate(img, c->size, false, PREALLOC_MODE_OFF,
+                                   errp);
+            *old_len = len;
+        }
+        if (ret >= 0) {
+            ret = bdrv_co_flush(img);
+        }
+        bdrv_unref(img);
+        return ret;
+    }
+    QemuOpts *io = qemu_opts_new();
+    qemu_opt_set_number(io, "size", c->size);
+    ret = bdrv_create_file(c->image_path, io, errp);
+    qemu_opts_del(io);
+    *created = true;            /* possibly half made: removed on failure */
+    if (ret < 0) {
+        error_prepend(errp, "Could not create image file: ");
+    }
+    return ret;
+}
 
+/* The header of a new image of c->size bytes. */
+static void add_cow_create_header(const AddCowCreate *c, AddCowHeader *h)
+{
+    size_t lb = c->backing ? strlen(c->backing) : 0;
+    size_t lf = c->fmt ? strlen(c->fmt) : 0;
+    size_t li = strlen(c->image_name);
+
+    memset(h, 0, sizeof(*h));
+    h->version = ADD_COW_VERSION;
+    h->header_size = ROUND_UP(ADD_COW_FIXED_HEADER_SIZE + 2 * (lb + lf + li) +
+                              1024, ADD_COW_PAGE_SIZE);
+    h->size = c->size;
+    h->cluster_bits = c->cluster_bits;
+    h->bitmap_offset = h->header_size;
+    h->bitmap_size = add_cow_bitmap_area(c->size, h->cluster_bits);
+    h->backing_file_offset = lb ? ADD_COW_FIXED_HEADER_SIZE : 0;
+    h->backing_file_size = lb;
+    h->backing_fmt_offset = lf ? ADD_COW_FIXED_HEADER_SIZE + lb : 0;
+    h->backing_fmt_size = lf;
+    h->image_file_offset = ADD_COW_FIXED_HEADER_SIZE + lb + lf;
+    h->image_file_size = li;
+}
+
+/* The add-cow file: sized to hold the bitmap first, then the header and
+ * names, then flushed, so it never names a bitmap past its end. */
+static int coroutine_fn add_cow_create_meta(const AddCowCreate *c,
+                                            Error **errp)
+{
+    AddCowHeader h;
+    BlockDriverState *file;
     QemuOpts *fo = qemu_opts_new();
-    ret = bdrv_create_file(filename, fo, errp);
+    uint8_t *hdr;
+    int ret;
+
+    add_cow_create_header(c, &h);
+    ret = bdrv_create_file(c->filename, fo, errp);
     qemu_opts_del(fo);
     if (ret < 0) {
-        goto out;
+        return ret;
     }
-    file = bdrv_open_child(filename, NULL, NULL, BDRV_O_RDWR, false, errp);
+    file = bdrv_open_child(c->filename, NULL, NULL, BDRV_O_RDWR, false, errp);
     if (!file) {
-        ret = -EIO;
-        goto out;
+        return -EIO;
     }
-    uint8_t *hdr = g_malloc0(h.header_size);
+    hdr = g_malloc0(h.header_size);
     add_cow_header_to_disk(&h, (AddCowDiskHeader *)hdr);
-    if (lb) {
-        memcpy(hdr + h.backing_file_offset, backing, lb);
+    if (h.backing_file_size) {
+        memcpy(hdr + h.backing_file_offset, c->backing, h.backing_file_size);
     }
-    if (lf) {
-        memcpy(hdr + h.backing_fmt_offset, fmt, lf);
+    if (h.backing_fmt_size) {
+        memcpy(hdr + h.backing_fmt_offset, c->fmt, h.backing_fmt_size);
     }
-    memcpy(hdr + h.image_file_offset, image_name, li);
-    ret = bdrv_co_pwrite(file, 0, h.header_size, hdr, 0);
-    g_free(hdr);
+    memcpy(hdr + h.image_file_offset, c->image_name, h.image_file_size);
+    ret = bdrv_co_truncate(file, h.bitmap_offset + h.bitmap_size, false,
+                           PREALLOC_MODE_OFF, errp);
     if (ret >= 0) {
-        ret = bdrv_co_truncate(file, h.bitmap_offset + h.bitmap_size, false,
-                               PREALLOC_MODE_OFF, errp);
-    }
-    if (ret >= 0 && img) {
-        ret = bdrv_co_flush(img);
+        ret = bdrv_co_pwrite(file, 0, h.header_size, hdr, 0);
     }
     if (ret >= 0) {
         ret = bdrv_co_flush(file);
@@ -1554,11 +1616,51 @@ static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
     if (ret < 0 && errp && !*errp) {
         error_setg_errno(errp, -ret, "Could not write add-cow header");
     }
-out:
+    g_free(hdr);
     bdrv_unref(file);
-    bdrv_unref(img);
-    g_free(image_name);
-    g_free(image_path);
+    return ret;
+}
+
+/* Undo what a failed create did to the raw image file. */
+static void coroutine_fn add_cow_create_undo_image(const AddCowCreate *c,
+                                                   bool created,
+                                                   int64_t old_len)
+{
+    if (created) {
+        bdrv_co_delete_file(c->image_path, NULL);
+    } else if (old_len >= 0) {
+        BlockDriverState *img = bdrv_open_child(c->image_path, NULL, NULL,
+                                                BDRV_O_RDWR, false, NULL);
+        if (img) {
+            bdrv_co_truncate(img, old_len, true, PREALLOC_MODE_OFF, NULL);
+            bdrv_unref(img);
+        }
+    }
+}
+
+static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
+                                       Error **errp)
+{
+    AddCowCreate c = { .filename = filename };
+    bool created;
+    int64_t old_len;
+    int ret;
+
+    ret = add_cow_create_check_opts(&c, opts, errp);
+    if (ret >= 0 && !c.has_size && c.backing) {
+        ret = add_cow_create_backing_size(&c, errp);
+    }
+    if (ret >= 0) {
+        ret = add_cow_create_image(&c, &created, &old_len, errp);
+        if (ret >= 0) {
+            ret = add_cow_create_meta(&c, errp);
+        }
+        if (ret < 0) {
+            add_cow_create_undo_image(&c, created, old_len);
+        }
+    }
+    g_free(c.image_name);
+    g_free(c.image_path);
     return ret;
 }
 
