@@ -331,17 +331,15 @@ static int coroutine_fn add_cow_begin_change(BlockDriverState *bs)
 
 /* ---- open / close ---- */
 
-static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
-                                     int flags, Error **errp)
+/* Read and validate the fixed header into s->header. */
+static int coroutine_fn add_cow_read_header(BlockDriverState *bs,
+                                            Error **errp)
 {
     BDRVAddCowState *s = bs->opaque;
     AddCowDiskHeader dh;
-    char *backing = NULL, *fmt = NULL, *full = NULL;
-    const char *override = qemu_opt_get(options, "image_file");
     int64_t file_len = bdrv_getlength(bs->file);
     int ret;
 
-    qemu_co_mutex_init(&s->meta_lock);
     if (file_len < 0) {
         error_setg_errno(errp, (int)-file_len, "Could not get file size");
         return (int)file_len;
@@ -360,12 +358,17 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         error_setg(errp, "Image is not in add-cow format");
         return -EINVAL;
     }
-    ret = add_cow_validate(&s->header, file_len, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    s->cluster_size = UINT64_C(1) << s->header.cluster_bits;
-    s->nb_clusters = DIV_ROUND_UP(s->header.size, s->cluster_size);
+    return add_cow_validate(&s->header, file_len, errp);
+}
+
+/* Read the (validated) names: backing file and format into bs, the image
+ * file name into s->image_name. */
+static int coroutine_fn add_cow_read_names(BlockDriverState *bs,
+                                           Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    char *backing, *fmt = NULL;
+    int ret = 0;
 
     backing = add_cow_read_name(bs->file, s->header.backing_file_offset,
                                 s->header.backing_file_size, &ret);
@@ -380,13 +383,82 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
     }
     if (ret < 0) {
         error_setg(errp, "Could not read the names in the add-cow header");
+    } else {
+        /* Validation bounded the lengths below both buffers: no cut. */
+        pstrcpy(bs->backing_file, sizeof(bs->backing_file),
+                backing ? backing : "");
+        pstrcpy(bs->backing_format, sizeof(bs->backing_format),
+                fmt ? fmt : "");
+    }
+    g_free(backing);
+    g_free(fmt);
+    return ret;
+}
+
+/*
+ * Open the raw image file full (a name already resolved against the
+ * add-cow file) with the session's flags and check that it holds a disk
+ * of size bytes. Used by open and by amend image_file=.
+ */
+static BlockDriverState *coroutine_fn add_cow_open_image(const char *full,
+                                                         int flags,
+                                                         uint64_t size,
+                                                         Error **errp)
+{
+    BlockDriverState *img;
+    int64_t img_len;
+
+    img = bdrv_open_child(full, NULL, NULL,
+                          flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
+                                   BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
+                                   BDRV_O_UNMAP),
+                          false, errp);
+    if (!img) {
+        error_prepend(errp, "Could not open add-cow image file: ");
+        return NULL;
+    }
+    img_len = bdrv_getlength(img);
+    if (img_len < 0 || (uint64_t)img_len < size) {
+        error_setg(errp, "add-cow image file '%s' is smaller than the "
+                   "virtual disk (%" PRId64 " < %" PRIu64 ")", full, img_len,
+                   size);
+        bdrv_unref(img);
+        return NULL;
+    }
+    return img;
+}
+
+/* The bitmap's page cache, ordered after the current raw image. */
+static TableCache *add_cow_bitmap_cache_new(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    TableCache *c = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
+                                    ADD_COW_CACHE_PAGES, "bitmap_load",
+                                    "bitmap_update");
+
+    /* Bits must never reach the disk before the data they describe. */
+    table_cache_set_dependency_bs(c, s->image);
+    return c;
+}
+
+static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
+                                     int flags, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    const char *override = qemu_opt_get(options, "image_file");
+    char *full;
+    int ret;
+
+    qemu_co_mutex_init(&s->meta_lock);
+    ret = add_cow_read_header(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    s->cluster_size = UINT64_C(1) << s->header.cluster_bits;
+    s->nb_clusters = DIV_ROUND_UP(s->header.size, s->cluster_size);
+    ret = add_cow_read_names(bs, errp);
+    if (ret < 0) {
         goto fail;
-    }
-    if (backing) {
-        pstrcpy(bs->backing_file, sizeof(bs->backing_file), backing);
-    }
-    if (fmt) {
-        pstrcpy(bs->backing_format, sizeof(bs->backing_format), fmt);
     }
 
     if (override) {
@@ -398,49 +470,26 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         }
         full = path_combine(bs->filename, s->image_name);
     }
-    s->image = bdrv_open_child(full, NULL, NULL,
-                               flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
-                                        BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
-                                        BDRV_O_UNMAP),
-                               false, errp);
+    s->image = add_cow_open_image(full, flags, s->header.size, errp);
+    g_free(full);
     if (!s->image) {
-        error_prepend(errp, "Could not open add-cow image file: ");
-        ret = -EINVAL;
-        goto fail;
-    }
-    int64_t img_len = bdrv_getlength(s->image);
-    if (img_len < 0 || (uint64_t)img_len < s->header.size) {
-        error_setg(errp, "add-cow image file '%s' is smaller than the "
-                   "virtual disk (%" PRId64 " < %" PRIu64 ")", full, img_len,
-                   s->header.size);
         ret = -EINVAL;
         goto fail;
     }
     bs->data_file = s->image;
-    s->bitmap = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
-                                ADD_COW_CACHE_PAGES, "bitmap_load",
-                                "bitmap_update");
-    /* Bits must never reach the disk before the data they describe. */
-    table_cache_set_dependency_bs(s->bitmap, s->image);
+    s->bitmap = add_cow_bitmap_cache_new(bs);
     /* Nothing is written during open (the layer may still fail it, e.g.
      * on the backing file): unknown autoclear bits are cleared before the
      * first change instead (add_cow_begin_change). */
     s->autoclear_pending = (flags & BDRV_O_RDWR) &&
         (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK);
-    g_free(backing);
-    g_free(fmt);
-    g_free(full);
     return 0;
 
 fail:
-    bs->data_file = NULL;
-    bdrv_unref(s->image);
-    s->image = NULL;
     g_free(s->image_name);
     s->image_name = NULL;
-    g_free(backing);
-    g_free(fmt);
-    g_free(full);
+    bs->backing_file[0] = '\0';
+    bs->backing_format[0] = '\0';
     return ret;
 }
 
@@ -972,9 +1021,19 @@ static int coroutine_fn add_cow_set_names(BlockDriverState *bs,
     fmt = fmt ? fmt : (backing[0] ? cur_fmt : "");
     image = image ? image : s->image_name;
     size_t lb = strlen(backing), lf = strlen(fmt), li = strlen(image);
-    if (lb > ADD_COW_MAX_NAME || li > ADD_COW_MAX_NAME || li == 0 ||
-        lf > ADD_COW_MAX_FMT_NAME) {
-        error_setg(errp, "add-cow names too long (or empty image file name)");
+    if (lb > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Backing file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
+        return -EINVAL;
+    }
+    if (lf > ADD_COW_MAX_FMT_NAME) {
+        error_setg(errp, "Backing format name too long (at most %d bytes)",
+                   ADD_COW_MAX_FMT_NAME);
+        return -EINVAL;
+    }
+    if (li == 0 || li > ADD_COW_MAX_NAME) {
+        error_setg(errp, "add-cow image file name must be 1 to %d bytes",
+                   ADD_COW_MAX_NAME);
         return -EINVAL;
     }
     uint32_t offs[3] = { h.backing_file_offset, h.backing_fmt_offset,
@@ -1083,6 +1142,55 @@ static int coroutine_fn add_cow_change_backing_file(BlockDriverState *bs,
     return ret;
 }
 
+/*
+ * amend image_file=NAME: the new raw image must open (resolved like the
+ * header's name) and hold the whole disk before the header may name it;
+ * the session then continues on it.
+ */
+static BlockDriverState *coroutine_fn
+add_cow_amend_open_image(BlockDriverState *bs, const char *image, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    BlockDriverState *img;
+    char *full;
+
+    if (!*image) {
+        error_setg(errp, "add-cow image file name must not be empty");
+        return NULL;
+    }
+    if (strlen(image) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Image file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
+        return NULL;
+    }
+    if (!bdrv_header_name_allowed(image, "Image file", errp)) {
+        return NULL;
+    }
+    full = path_combine(bs->filename, image);
+    img = add_cow_open_image(full, bs->open_flags, s->header.size, errp);
+    g_free(full);
+    return img;
+}
+
+/*
+ * Continue on new_image; returns the old image for the caller to release.
+ * The bitmap was flushed, so no page depends on the old image: a fresh
+ * cache ordered after new_image replaces it (amend runs with no request
+ * in flight, so no page is pinned).
+ */
+static BlockDriverState *add_cow_switch_image(BlockDriverState *bs,
+                                              BlockDriverState *new_image)
+{
+    BDRVAddCowState *s = bs->opaque;
+    BlockDriverState *old = s->image;
+
+    s->image = new_image;
+    bs->data_file = new_image;
+    table_cache_free(s->bitmap);
+    s->bitmap = add_cow_bitmap_cache_new(bs);
+    return old;
+}
+
 static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
                                               QemuOpts *opts, bool force,
                                               Error **errp)
@@ -1091,21 +1199,37 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
     const char *backing = qemu_opt_get(opts, "backing_file");
     const char *fmt = qemu_opt_get(opts, "backing_fmt");
     const char *image = qemu_opt_get(opts, "image_file");
+    BlockDriverState *new_image = NULL;
     int ret = 0;
 
     if (!backing && !fmt && !image) {
         return 0;
     }
-    if (image && !bdrv_header_name_allowed(image, "Image file", errp)) {
-        return -EPERM;
+    if (image) {
+        new_image = add_cow_amend_open_image(bs, image, errp);
+        if (!new_image) {
+            return -EINVAL;
+        }
     }
     ret = add_cow_begin_change(bs);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not write add-cow header");
+        bdrv_unref(new_image);
         return ret;
     }
     qemu_co_mutex_lock(&s->meta_lock);
-    ret = add_cow_set_names(bs, backing, fmt, image, errp);
+    if (new_image) {
+        ret = table_cache_flush(s->bitmap);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not write add-cow bitmap");
+        }
+    }
+    if (ret >= 0) {
+        ret = add_cow_set_names(bs, backing, fmt, image, errp);
+    }
+    if (ret >= 0 && new_image) {
+        new_image = add_cow_switch_image(bs, new_image);
+    }
     if (ret >= 0 && backing && !*backing) {
         ret = add_cow_fill_unallocated(bs);
         if (ret < 0) {
@@ -1113,6 +1237,7 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
         }
     }
     qemu_co_mutex_unlock(&s->meta_lock);
+    bdrv_unref(new_image);      /* the old image after a switch */
     if (ret >= 0 && (backing || fmt)) {
         pstrcpy(bs->backing_file, sizeof(bs->backing_file),
                 backing ? backing : bs->backing_file);
