@@ -732,11 +732,14 @@ static int coroutine_fn add_cow_write_alloc(BlockDriverState *bs,
     if (!qiov && head == 0 && tail == 0) {
         BdrvRequestFlags zf = BDRV_REQ_MAY_UNMAP & flags;
         ret = bdrv_co_pwrite_zeroes(s->image, start, end - start, zf);
-    } else if (head && tail && qiov) {
+    } else if (head && tail && qiov &&
+               end - start <= 2 * (int64_t)s->cluster_size) {
         /*
-         * Both ends need backing data: one read of the whole range, the
-         * guest's bytes laid over it in the write vector (two I/Os, not
-         * three, per small allocating write).
+         * Both ends of a range of at most two clusters need backing data:
+         * one read of the whole range, the guest's bytes laid over it in
+         * the write vector (two I/Os, not three, per small allocating
+         * write). Larger ranges read only their head and tail below, never
+         * the middle the guest overwrites.
          */
         uint8_t *buf = qemu_blockalign(end - start);
         QEMUIOVector whole;
