@@ -800,6 +800,21 @@ int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
     return ret;
 }
 
+int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp)
+{
+    BlockDriver *proto = bdrv_find_protocol(filename, errp);
+
+    if (!proto) {
+        return -ENOENT;
+    }
+    if (!proto->bdrv_co_delete_file) {
+        error_setg(errp, "Protocol '%s' cannot delete files",
+                   proto->format_name);
+        return -ENOTSUP;
+    }
+    return proto->bdrv_co_delete_file(filename, errp);
+}
+
 /* ---- properties ---- */
 
 const char *bdrv_get_format_name(BlockDriverState *bs)
