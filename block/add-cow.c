@@ -10,7 +10,7 @@
 #include "block/table-cache.h"
 #include "util/cutils.h"
 
-#define ADD_COW_CACHE_PAGES 64
+#define ADD_COW_CACHE_PAGES 64    /* default bitmap cache: 256 KiB */
 
 /* An allocating write in flight over clusters [start, end). */
 typedef struct AddCowAlloc {
@@ -52,6 +52,9 @@ static const QemuOptDesc add_cow_amend_opts[] = {
 static const QemuOptDesc add_cow_open_opts[] = {
     { "image_file", QEMU_OPT_STRING,
       "Open this raw image instead of the one named in the header" },
+    { "cache-size", QEMU_OPT_SIZE,
+      "Bitmap cache size in bytes (whole 4 KiB pages, at least one; "
+      "default 256 KiB)" },
     { NULL }
 };
 
@@ -213,6 +216,28 @@ static int coroutine_fn add_cow_write_header(BlockDriverState *bs);
 
 /* ---- open / close ---- */
 
+/*
+ * Pages of the bitmap cache from the cache-size open option: whole pages,
+ * at least one, at most what the bitmap holds (more would never be used).
+ */
+static int add_cow_cache_pages(BDRVAddCowState *s, QemuOpts *options,
+                               Error **errp)
+{
+    uint64_t bytes;
+
+    if (!qemu_opt_has(options, "cache-size")) {
+        return ADD_COW_CACHE_PAGES;
+    }
+    bytes = qemu_opt_get_size(options, "cache-size", 0);
+    if (bytes < ADD_COW_PAGE_SIZE) {
+        error_setg(errp, "add-cow cache-size must be at least %d bytes",
+                   ADD_COW_PAGE_SIZE);
+        return -EINVAL;
+    }
+    return (int)MIN(bytes / ADD_COW_PAGE_SIZE,
+                    MAX(s->header.bitmap_size / ADD_COW_PAGE_SIZE, 1));
+}
+
 static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
                                      int flags, Error **errp)
 {
@@ -298,10 +323,14 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         ret = -EINVAL;
         goto fail;
     }
+    int cache_pages = add_cow_cache_pages(s, options, errp);
+    if (cache_pages < 0) {
+        ret = -EINVAL;
+        goto fail;
+    }
     bs->data_file = s->image;
-    s->bitmap = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
-                                ADD_COW_CACHE_PAGES, "bitmap_load",
-                                "bitmap_update");
+    s->bitmap = table_cache_new(bs->file, ADD_COW_PAGE_SIZE, cache_pages,
+                                "bitmap_load", "bitmap_update");
     /* Bits must never reach the disk before the data they describe. */
     table_cache_set_dependency_bs(s->bitmap, s->image);
     /* A writer clears the autoclear bits it does not know (spec 3). */
