@@ -22,14 +22,17 @@ libqemublock.a: $(util-obj-y) $(block-obj-y)
 	rm -f $@
 	$(AR) rcs $@ $^
 
+# Drivers register themselves from constructors: link the library whole.
+LINK_BLOCK = -Wl,--whole-archive libqemublock.a -Wl,--no-whole-archive
+
 qemu-img: qemu-img.o libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 qemu-io: qemu-io.o qemu-io-cmds.o libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 tests/unit/%: tests/unit/%.o libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 check-unit: $(unit-tests-y)
 	@$(SRC_PATH)/tests/unit/run-unit-tests $(unit-tests-y)
@@ -69,7 +72,7 @@ crashtest-obj-y = tests/crashtest/crashtest.o tests/crashtest/model.o \
                   tests/crashtest/workload.o tests/crashtest/verify.o \
                   tests/crashtest/selftest.o
 tests/crashtest/crashtest: $(crashtest-obj-y) libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 # CI mode (as in tests/run-all): self-test of the checker, then 1000 crash
 # points: 400 on raw, 600 on add-cow, each with its own cache mode, cluster

@@ -204,21 +204,39 @@ struct BlockDriverState {
     BdrvTrackedRequest *tracked_requests;
     unsigned serialising_in_flight;
     unsigned in_flight;                 /* requests not yet completed */
-    CoQueue flush_queue;
+
+    /*
+     * Flush generations (block/io.c). write_gen counts writes, zero
+     * writes, discards and truncates of this node as they complete; a
+     * flush started when write_gen was G makes them durable up to G.
+     * Flushes of one node run one at a time; callers arriving while one
+     * runs either share it (if it covers what they need) or share the
+     * next one.
+     */
+    uint64_t write_gen;
+    uint64_t flushed_gen;               /* covered by the last good flush */
+    uint64_t flushed_seq;               /* sequence number of that flush */
+    uint64_t flush_started;             /* flushes started so far */
     bool flush_active;
+    uint64_t flush_active_gen, flush_active_seq;
+    int flush_last_ret;                 /* result of the last flush */
+    CoQueue flush_queue;                /* waiting for the active flush */
     bool probed;                        /* format chosen by probing */
     QemuOpts *options;                  /* driver options given at open */
     int backing_depth;                  /* links below the opened root */
 };
 
-/* Driver registration (called from bdrv_init via each driver's init). */
+/*
+ * Driver registration: each driver registers itself from its own file with
+ * BLOCK_DRIVER_REGISTER(bdrv_foo); (a constructor, so block.c names no
+ * driver; the tools link the block library whole for that).
+ */
 void bdrv_register(BlockDriver *drv);
-void bdrv_file_init(void);
-void bdrv_raw_init(void);
-void bdrv_blkdebug_init(void);
-void bdrv_crashsim_init(void);
-void bdrv_add_cow_init(void);
-void bdrv_sheepdog_init(void);
+#define BLOCK_DRIVER_REGISTER(drv) \
+    static void __attribute__((constructor)) drv##_register(void) \
+    { \
+        bdrv_register(&drv); \
+    }
 /* Best probe score of every format for buf, or NULL (used by raw to refuse
  * writes that would make a probed image look like another format). */
 BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,

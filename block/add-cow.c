@@ -332,7 +332,7 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
     s->bitmap = table_cache_new(bs->file, ADD_COW_PAGE_SIZE, cache_pages,
                                 "bitmap_load", "bitmap_update");
     /* Bits must never reach the disk before the data they describe. */
-    table_cache_set_dependency_bs(s->bitmap, s->image);
+    table_cache_add_dependency_bs(s->bitmap, s->image);
     /* A writer clears the autoclear bits it does not know (spec 3). */
     if ((flags & BDRV_O_RDWR) &&
         (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK)) {
@@ -796,10 +796,10 @@ static int coroutine_fn add_cow_co_flush(BlockDriverState *bs)
     BDRVAddCowState *s = bs->opaque;
     int ret;
 
-    /* In-place writes need this flush too; it also satisfies the bitmap's
+    /* In-place writes need this flush too; it also covers the bitmap's
      * dependency, so the write-back below does not flush the image again. */
     BLKDBG_EVENT(s->image, "image_flush");
-    ret = table_cache_flush_dependency(s->bitmap);
+    ret = bdrv_co_flush(s->image);
     if (ret < 0) {
         return ret;
     }
@@ -1481,7 +1481,4 @@ static BlockDriver bdrv_add_cow = {
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
 };
 
-void bdrv_add_cow_init(void)
-{
-    bdrv_register(&bdrv_add_cow);
-}
+BLOCK_DRIVER_REGISTER(bdrv_add_cow)

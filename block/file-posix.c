@@ -702,7 +702,4 @@ static BlockDriver bdrv_file = {
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
 };
 
-void bdrv_file_init(void)
-{
-    bdrv_register(&bdrv_file);
-}
+BLOCK_DRIVER_REGISTER(bdrv_file)
