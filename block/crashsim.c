@@ -1012,6 +1012,9 @@ static BlockDriver bdrv_crashsim = {
     .format_name            = "crashsim",
     .protocol_name          = "crashsim",
     .instance_size          = sizeof(BDRVCrashsimState),
+    /* A filter for bdrv_header_name_allowed() (never named by an image
+     * header); its file is private (s->child), not bs->file, so the layer
+     * neither flushes nor inspects it. */
     .is_filter              = true,
     .open_opts              = crashsim_open_opts,
 
