@@ -10,7 +10,7 @@
 #include "block/table-cache.h"
 #include "util/cutils.h"
 
-#define ADD_COW_CACHE_PAGES 64
+#define ADD_COW_CACHE_PAGES 64    /* default bitmap cache: 256 KiB */
 
 /* Header names are copied into these buffers whole, never cut. */
 _Static_assert(ADD_COW_MAX_NAME <
@@ -32,6 +32,7 @@ typedef struct BDRVAddCowState {
     char *image_name;            /* as stored in the header */
     BlockDriverState *image;     /* the raw data image (protocol node) */
     TableCache *bitmap;
+    int cache_pages;             /* bitmap cache size (cache-size option) */
     uint64_t cluster_size;
     uint64_t nb_clusters;
     AddCowAlloc *allocs;
@@ -61,6 +62,9 @@ static const QemuOptDesc add_cow_amend_opts[] = {
 static const QemuOptDesc add_cow_open_opts[] = {
     { "image_file", QEMU_OPT_STRING,
       "Open this raw image instead of the one named in the header" },
+    { "cache-size", QEMU_OPT_SIZE,
+      "Bitmap cache size in bytes (whole 4 KiB pages, at least one; "
+      "default 256 KiB)" },
     { NULL }
 };
 
@@ -331,6 +335,28 @@ static int coroutine_fn add_cow_begin_change(BlockDriverState *bs)
 
 /* ---- open / close ---- */
 
+/*
+ * Pages of the bitmap cache from the cache-size open option: whole pages,
+ * at least one, at most what the bitmap holds (more would never be used).
+ */
+static int add_cow_cache_pages(BDRVAddCowState *s, QemuOpts *options,
+                               Error **errp)
+{
+    uint64_t bytes;
+
+    if (!qemu_opt_has(options, "cache-size")) {
+        return ADD_COW_CACHE_PAGES;
+    }
+    bytes = qemu_opt_get_size(options, "cache-size", 0);
+    if (bytes < ADD_COW_PAGE_SIZE) {
+        error_setg(errp, "add-cow cache-size must be at least %d bytes",
+                   ADD_COW_PAGE_SIZE);
+        return -EINVAL;
+    }
+    return (int)MIN(bytes / ADD_COW_PAGE_SIZE,
+                    MAX(s->header.bitmap_size / ADD_COW_PAGE_SIZE, 1));
+}
+
 /* Read and validate the fixed header into s->header. */
 static int coroutine_fn add_cow_read_header(BlockDriverState *bs,
                                             Error **errp)
@@ -433,7 +459,7 @@ static TableCache *add_cow_bitmap_cache_new(BlockDriverState *bs)
 {
     BDRVAddCowState *s = bs->opaque;
     TableCache *c = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
-                                    ADD_COW_CACHE_PAGES, "bitmap_load",
+                                    s->cache_pages, "bitmap_load",
                                     "bitmap_update");
 
     /* Bits must never reach the disk before the data they describe. */
@@ -473,6 +499,11 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
     s->image = add_cow_open_image(full, flags, s->header.size, errp);
     g_free(full);
     if (!s->image) {
+        ret = -EINVAL;
+        goto fail;
+    }
+    s->cache_pages = add_cow_cache_pages(s, options, errp);
+    if (s->cache_pages < 0) {
         ret = -EINVAL;
         goto fail;
     }
