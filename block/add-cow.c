@@ -517,6 +517,10 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
     return 0;
 
 fail:
+    if (s->image) {
+        bdrv_unref(s->image);
+        s->image = NULL;
+    }
     g_free(s->image_name);
     s->image_name = NULL;
     bs->backing_file[0] = '\0';
