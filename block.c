@@ -448,21 +448,113 @@ static BlockDriver *coroutine_fn bdrv_co_probe(BlockDriverState *file,
     return drv;
 }
 
-bool bdrv_header_name_allowed(const char *name, const char *what,
-                              Error **errp)
-{
-    size_t len;
+/* ---- names read from image headers (DESIGN.md decision 8) ---- */
 
-    if (!path_has_protocol(name, &len)) {
-        return true;
+/*
+ * May drv, selected by name (the name or format called what), be reached
+ * from an image header? origin is " from the image header" when the name
+ * was read from one, "" when the user is about to store it in one.
+ */
+static bool bdrv_header_driver_allowed(BlockDriver *drv, const char *what,
+                                       const char *name, const char *origin,
+                                       int flags, Error **errp)
+{
+    if (drv->is_filter) {
+        error_setg(errp, "%s '%s'%s selects the filter driver '%s', which an "
+                   "image header may never name", what, name, origin,
+                   drv->format_name);
+        return false;
     }
-    BlockDriver *drv = bdrv_find_protocol(name, NULL);
-    if (!strncmp(name, "json", len) || !drv || drv->is_filter) {
-        error_setg(errp, "%s name '%s' names a protocol that is not allowed "
-                   "in an image header", what, name);
+    if (drv->protocol_name && !drv->local_file &&
+        !(flags & BDRV_O_HEADER_PROTOCOLS)) {
+        error_setg(errp, "%s '%s'%s uses protocol '%s', but header names may "
+                   "only name local files (opt in with "
+                   "--allow-header-protocols)", what, name, origin,
+                   drv->protocol_name);
         return false;
     }
     return true;
+}
+
+static bool bdrv_header_names_check(const char *what, const char *name,
+                                    const char *fmt, const char *origin,
+                                    int flags, Error **errp)
+{
+    size_t len;
+
+    bdrv_init();
+    if (name && path_has_protocol(name, &len)) {
+        BlockDriver *drv = bdrv_find_protocol(name, NULL);
+
+        if (len == 4 && !strncmp(name, "json", 4)) {
+            error_setg(errp, "%s '%s'%s is a json: description, which an "
+                       "image header may never hold", what, name, origin);
+            return false;
+        }
+        if (!drv) {
+            error_setg(errp, "%s '%s'%s uses the unknown protocol '%.*s'",
+                       what, name, origin, (int)len, name);
+            return false;
+        }
+        if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
+                                        errp)) {
+            return false;
+        }
+    }
+    if (fmt) {
+        BlockDriver *drv = bdrv_find_format(fmt);
+        char *fwhat = g_strdup_printf("%s format", what);
+        bool ok = !drv || bdrv_header_driver_allowed(drv, fwhat, fmt, origin,
+                                                     flags, errp);
+        g_free(fwhat);
+        return ok;
+    }
+    return true;
+}
+
+bool bdrv_header_names_allowed(const char *what, const char *name,
+                               const char *fmt, int flags, Error **errp)
+{
+    return bdrv_header_names_check(what, name, fmt, " from the image header",
+                                   flags, errp);
+}
+
+bool bdrv_header_name_storable(const char *what, const char *name,
+                               const char *fmt, Error **errp)
+{
+    return bdrv_header_names_check(what, name, fmt, "",
+                                   BDRV_O_HEADER_PROTOCOLS, errp);
+}
+
+bool bdrv_header_name_allowed(const char *name, const char *what,
+                              Error **errp)
+{
+    return bdrv_header_names_allowed(what, name, NULL, 0, errp);
+}
+
+/*
+ * Keys every node accepts besides its driver's open_opts: they set open
+ * flags for the node and everything opened below it.
+ */
+static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
+{
+    char *v = qemu_opt_get_del(opts, "allow-header-protocols");
+    bool on;
+    int ret = 0;
+
+    if (v) {
+        if (!qemu_parse_bool(v, &on)) {
+            error_setg(errp, "Parameter 'allow-header-protocols' expects "
+                       "'on' or 'off'");
+            ret = -EINVAL;
+        } else if (on) {
+            *flags |= BDRV_O_HEADER_PROTOCOLS;
+        } else {
+            *flags &= ~BDRV_O_HEADER_PROTOCOLS;
+        }
+    }
+    g_free(v);
+    return ret;
 }
 
 static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
@@ -490,6 +582,9 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
             error_setg(errp, "Unknown driver '%s'", fmt);
             goto out;
         }
+    }
+    if (bdrv_take_generic_opts(opts, &a->flags, errp) < 0) {
+        goto out;
     }
     file_opts = qemu_opts_extract_prefix(opts, "file");
     backing_opts = qemu_opts_extract_prefix(opts, "backing");
@@ -613,20 +708,32 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
                                              int depth, Error **errp)
 {
     Error *local_err = NULL;
-    char *name;
+    char *name = NULL;
+    /* backing.file.filename / backing.filename: the user names the backing
+     * file, and backing.driver its format, instead of the header. */
+    bool user_name = backing_opts &&
+        (qemu_opt_has(backing_opts, "filename") ||
+         qemu_opt_has(backing_opts, "file.filename"));
+    bool user_fmt = backing_opts && qemu_opt_has(backing_opts, "driver");
+    const char *fmt = !user_fmt && bs->backing_format[0] ? bs->backing_format
+                                                          : NULL;
 
     if (depth + 1 >= BACKING_CHAIN_MAX) {
         error_setg(errp, "Backing file chain of '%s' is longer than %d "
                    "images (a loop?)", bs->filename, BACKING_CHAIN_MAX);
         return -ELOOP;
     }
-    if (!bdrv_header_name_allowed(bs->backing_file, "Backing file", errp)) {
+    if (!bdrv_header_names_allowed("Backing file",
+                                   user_name ? NULL : bs->backing_file, fmt,
+                                   bs->open_flags, errp)) {
         return -EPERM;
     }
-    name = bdrv_get_full_backing_filename(bs);
+    if (!user_name) {
+        name = bdrv_get_full_backing_filename(bs);
+    }
     OpenArgs a = {
         .filename = name,
-        .fmt = bs->backing_format[0] ? bs->backing_format : NULL,
+        .fmt = fmt,
         .options = backing_opts,
         .flags = (bs->open_flags & ~(BDRV_O_RDWR | BDRV_O_COPY_ON_READ)),
         .allow_probe = true,
@@ -681,6 +788,23 @@ BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
         error_propagate(errp, a.err);
     }
     return a.result;
+}
+
+BlockDriverState *bdrv_open_header_file(BlockDriverState *parent,
+                                        const char *name, const char *what,
+                                        int flags, Error **errp)
+{
+    BlockDriverState *bs;
+    char *full;
+
+    if (!bdrv_header_names_allowed(what, name, NULL, parent->open_flags,
+                                   errp)) {
+        return NULL;
+    }
+    full = path_combine(parent->filename, name);
+    bs = bdrv_open_child(full, NULL, NULL, flags, false, errp);
+    g_free(full);
+    return bs;
 }
 
 void bdrv_ref(BlockDriverState *bs)

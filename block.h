@@ -29,6 +29,9 @@ typedef struct BlockDriverState BlockDriverState;
 #define BDRV_O_COPY_ON_READ 0x0400  /* copy data read from backing into image */
 #define BDRV_O_UNMAP        0x4000  /* discard requests reach the file */
 #define BDRV_O_PROTOCOL     0x8000  /* open only the protocol layer */
+/* Names read from image headers may use any image protocol, not only local
+ * files (the user's opt-in: --allow-header-protocols). Inherited. */
+#define BDRV_O_HEADER_PROTOCOLS 0x100000
 
 /* Request flags */
 typedef enum BdrvRequestFlags {
@@ -146,6 +149,32 @@ int bdrv_parse_cache_mode(const char *mode, int *flags, bool *writethrough);
 int bdrv_parse_aio(const char *mode, int *flags);
 
 /* ---- open / close / create ---- */
+/*
+ * The one rule for names read from image headers (backing file, add-cow's
+ * image file) and for the header's format name (DESIGN.md decision 8;
+ * docs/image-names.md): they are data, so they may only select what cannot
+ * reach a resource the user did not name.
+ * - name (as stored; NULL: only fmt is checked) without a "proto:" prefix is
+ *   a local file, absolute or relative to the image (a relative name stays
+ *   on the storage the user named for the image itself);
+ * - a "proto:" prefix or fmt may select a protocol that declares itself
+ *   local_file ("file:"); any other image protocol (sheepdog, later rbd and
+ *   nbd with their addresses and config files) only with
+ *   BDRV_O_HEADER_PROTOCOLS in flags;
+ * - never a filter (blkdebug, crashsim), a json: description or an unknown
+ *   protocol, whatever the flags.
+ * what names the field in the error ("Backing file"). Returns false with
+ * errp set if the name may not be opened.
+ */
+bool bdrv_header_names_allowed(const char *what, const char *name,
+                               const char *fmt, int flags, Error **errp);
+/*
+ * For names the user is about to write into a header (qemu-img amend): the
+ * same rule as if the opt-in were given, so only what no open could ever
+ * follow (filters, json:, unknown protocols) is refused.
+ */
+bool bdrv_header_name_storable(const char *what, const char *name,
+                               const char *fmt, Error **errp);
 /*
  * Open filename as a graph: protocol node chosen by prefix, format node on
  * top (fmt, or probed; raw as the fallback), backing chain below unless

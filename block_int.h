@@ -35,7 +35,15 @@ struct BlockDriver {
     const char *format_name;
     int instance_size;              /* bytes of bs->opaque */
     const char *protocol_name;      /* set for protocols: "file", "sheepdog" */
-    bool is_filter;                 /* passes requests to bs->file */
+    /*
+     * Protocols: every name of this protocol addresses local storage (a
+     * file or device of this host), never a peer. Only such a protocol may
+     * be selected by a name or format read from an image header, unless the
+     * user opted in (BDRV_O_HEADER_PROTOCOLS); see bdrv_header_names_allowed.
+     */
+    bool local_file;
+    bool is_filter;                 /* passes requests to bs->file; never
+                                     * reachable from an image header */
     bool supports_backing;
     const QemuOptDesc *create_opts; /* qemu-img create -o */
     const QemuOptDesc *open_opts;   /* runtime options for bdrv_open */
@@ -233,14 +241,21 @@ BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
                                   QemuOpts *options, int flags,
                                   bool allow_probe, Error **errp);
 
-/*
- * May a file name read from an image header be opened? Header names are
- * data: they may name images (any protocol that holds image data), never a
- * filter such as blkdebug or crashsim whose options name further files, nor
- * a json: description. Sets errp (naming what) and returns false if not.
- */
+/* Transitional (add-cow moves to bdrv_open_header_file next): the header
+ * rule without the user's opt-in flags. */
 bool bdrv_header_name_allowed(const char *name, const char *what,
                               Error **errp);
+
+/*
+ * Open a protocol node for a file that parent's image header names (add-cow's
+ * raw image): name is the string as stored, what says what it is in errors
+ * ("Image file"). The header-name rule (bdrv_header_names_allowed, with
+ * parent's opt-in flags) applies; a relative name resolves against parent's
+ * own name. Use bdrv_open_child for names the user gave.
+ */
+BlockDriverState *bdrv_open_header_file(BlockDriverState *parent,
+                                        const char *name, const char *what,
+                                        int flags, Error **errp);
 
 /* Run fn(opaque) in a coroutine and poll until it returns (or call directly
  * when already in a coroutine). */

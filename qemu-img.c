@@ -36,6 +36,7 @@ enum {
     OPTION_SALVAGE,
     OPTION_TARGET_IMAGE_OPTS,
     OPTION_BITMAPS,
+    OPTION_ALLOW_HEADER_PROTOCOLS,
 };
 
 typedef enum OutputFormat {
@@ -68,6 +69,15 @@ static void QEMU_NORETURN unrecognized_option(const char *option)
     error_exit("unrecognized option '%s'", option);
 }
 
+/*
+ * Open flags every subcommand adds to the images it opens, from the options
+ * all of them accept (IMG_OPEN_OPTIONS, handled in common_option).
+ */
+static int img_common_flags;
+
+#define IMG_OPEN_OPTIONS \
+    {"allow-header-protocols", no_argument, 0, OPTION_ALLOW_HEADER_PROTOCOLS},
+
 /* Handles the getopt cases every command shares; exits on errors. */
 static void common_option(int c, char **argv)
 {
@@ -83,6 +93,11 @@ static void common_option(int c, char **argv)
     case OPTION_TARGET_IMAGE_OPTS:
         error_report("--image-opts is not supported by this qemu-img");
         exit(EXIT_FAILURE);
+    case OPTION_ALLOW_HEADER_PROTOCOLS:
+        /* Names in image headers may use network protocols (they may
+         * still never name a filter): docs/image-names.md. */
+        img_common_flags |= BDRV_O_HEADER_PROTOCOLS;
+        break;
     default:
         break;
     }
@@ -454,7 +469,7 @@ static BlockDriverState *img_open(const char *filename, const char *fmt,
                      fmt);
         return NULL;
     }
-    bs = bdrv_open(filename, fmt, NULL, flags, &err);
+    bs = bdrv_open(filename, fmt, NULL, flags | img_common_flags, &err);
     if (!bs) {
         error_report_prefixed(err, "Could not open '%s': ", filename);
         return NULL;
@@ -612,12 +627,13 @@ static void print_create_opts(QemuOpts *opts, const QemuOptDesc *const *descs)
     }
 }
 
-/* Backing name as seen from the directory of the image being written. */
+/*
+ * Backing name as seen from the directory of the image being written, as
+ * the block layer resolves it when it opens the image (a colon after a slash
+ * is part of a file name, not a protocol prefix).
+ */
 static char *full_backing_path(const char *image, const char *backing)
 {
-    if (path_is_absolute(backing) || strchr(backing, ':')) {
-        return g_strdup(backing);
-    }
     return path_combine(image, backing);
 }
 
@@ -710,7 +726,7 @@ static int img_create_image(const CreateParams *p)
             g_free(full);
             goto out;
         }
-        bs = bdrv_open(full, backing_fmt, NULL, 0, &err);
+        bs = bdrv_open(full, backing_fmt, NULL, img_common_flags, &err);
         g_free(full);
         if (!bs) {
             hint = "Could not open backing image.\n";
@@ -781,6 +797,7 @@ static int img_create(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {0, 0, 0, 0}
     };
@@ -1183,6 +1200,18 @@ static GPtrArray *collect_image_info_list(const char *filename,
         g_free(cur_fmt);
         name = cur_fmt = NULL;
         if (chain) {
+            /* The next name comes from this image's header. */
+            if (info->backing_filename &&
+                !bdrv_header_names_allowed("Backing file",
+                                           info->backing_filename,
+                                           info->backing_format,
+                                           img_common_flags, &err)) {
+                error_report_prefixed(err, "Could not open '%s': ",
+                                      info->full_backing_filename ?
+                                      info->full_backing_filename :
+                                      info->backing_filename);
+                goto err;
+            }
             if (info->full_backing_filename) {
                 name = g_strdup(info->full_backing_filename);
             } else if (info->backing_filename) {
@@ -1212,6 +1241,7 @@ static int img_info(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
         {"backing-chain", no_argument, 0, OPTION_BACKING_CHAIN},
@@ -1363,6 +1393,7 @@ static int img_check(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"repair", required_argument, 0, 'r'},
         {"output", required_argument, 0, OPTION_OUTPUT},
@@ -1942,6 +1973,7 @@ static int img_convert(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -2301,6 +2333,7 @@ static int img_commit(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {0, 0, 0, 0}
@@ -2381,7 +2414,8 @@ static int img_commit(int argc, char **argv)
          */
         BlockDriverState *base_rw = bdrv_open(bdrv_get_filename(base_bs),
                                               bdrv_get_format_name(base_bs),
-                                              NULL, flags, &err);
+                                              NULL, flags | img_common_flags,
+                                              &err);
         if (base_rw) {
             bdrv_set_enable_write_cache(base_rw, !writethrough);
             commit_data(bs, base_rw, base_bs, &err);
@@ -2449,6 +2483,7 @@ static int img_rebase(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -2538,7 +2573,8 @@ static int img_rebase(int argc, char **argv)
             char *path = full_backing_path(filename, out_baseimg);
             Error *err = NULL;
 
-            new_backing = bdrv_open(path, out_basefmt, NULL, src_flags, &err);
+            new_backing = bdrv_open(path, out_basefmt, NULL,
+                                    src_flags | img_common_flags, &err);
             g_free(path);
             if (!new_backing) {
                 error_report_prefixed(err, "Could not open new backing file "
@@ -2699,6 +2735,7 @@ static int img_resize(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"preallocation", required_argument, 0, OPTION_PREALLOCATION},
@@ -2822,6 +2859,7 @@ static int img_snapshot(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -3050,6 +3088,7 @@ static int img_map(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
         {"object", required_argument, 0, OPTION_OBJECT},
@@ -3324,6 +3363,7 @@ static int img_compare(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -3510,6 +3550,7 @@ static int img_bench(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"flush-interval", required_argument, 0, OPTION_FLUSH_INTERVAL},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"pattern", required_argument, 0, OPTION_PATTERN},
@@ -3704,6 +3745,7 @@ static int img_amend(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force", no_argument, 0, OPTION_FORCE},

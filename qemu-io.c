@@ -467,6 +467,9 @@ static void usage(const char *name)
 "                       specify tracing options\n"
 "                       see qemu-img(1) man page for full description\n"
 "  -U, --force-share    force shared permissions\n"
+"  --allow-header-protocols\n"
+"                       let names read from image headers (backing and data\n"
+"                       files) use network protocols, not only local files\n"
 "  -h, --help           display this help and exit\n"
 "  -V, --version        output version information and exit\n"
 "\n"
@@ -477,6 +480,7 @@ static void usage(const char *name)
 enum {
     OPTION_OBJECT = 256,
     OPTION_IMAGE_OPTS = 257,
+    OPTION_ALLOW_HEADER_PROTOCOLS = 258,
 };
 
 static const struct option long_options[] = {
@@ -497,6 +501,8 @@ static const struct option long_options[] = {
     { "object", required_argument, NULL, OPTION_OBJECT },
     { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
     { "force-share", no_argument, NULL, 'U' },
+    { "allow-header-protocols", no_argument, NULL,
+      OPTION_ALLOW_HEADER_PROTOCOLS },
     { NULL, 0, NULL, 0 }
 };
 
@@ -573,6 +579,10 @@ int main(int argc, char **argv)
             exit(1);
         case OPTION_IMAGE_OPTS:
             image_opts = true;
+            break;
+        case OPTION_ALLOW_HEADER_PROTOCOLS:
+            /* docs/image-names.md; 'open -o allow-header-protocols=on' */
+            flags |= BDRV_O_HEADER_PROTOCOLS;
             break;
         default:
             usage(progname);

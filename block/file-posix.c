@@ -679,6 +679,7 @@ static int coroutine_fn file_create(const char *filename, QemuOpts *opts,
 static BlockDriver bdrv_file = {
     .format_name            = "file",
     .protocol_name          = "file",
+    .local_file             = true,
     .instance_size          = sizeof(BDRVFileState),
     .create_opts            = file_create_opts,
     .open_opts              = file_open_opts,
