@@ -526,12 +526,6 @@ bool bdrv_header_name_storable(const char *what, const char *name,
                                    BDRV_O_HEADER_PROTOCOLS, errp);
 }
 
-bool bdrv_header_name_allowed(const char *name, const char *what,
-                              Error **errp)
-{
-    return bdrv_header_names_allowed(what, name, NULL, 0, errp);
-}
-
 /*
  * Keys every node accepts besides its driver's open_opts: they set open
  * flags for the node and everything opened below it.

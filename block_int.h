@@ -241,11 +241,6 @@ BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
                                   QemuOpts *options, int flags,
                                   bool allow_probe, Error **errp);
 
-/* Transitional (add-cow moves to bdrv_open_header_file next): the header
- * rule without the user's opt-in flags. */
-bool bdrv_header_name_allowed(const char *name, const char *what,
-                              Error **errp);
-
 /*
  * Open a protocol node for a file that parent's image header names (add-cow's
  * raw image): name is the string as stored, what says what it is in errors

@@ -271,20 +271,20 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         pstrcpy(bs->backing_format, sizeof(bs->backing_format), fmt);
     }
 
+    /* The image_file open option is the user's name; the header's obeys
+     * the header-name rule (bdrv_open_header_file). */
+    int image_flags = flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
+                               BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
+                               BDRV_O_UNMAP);
     if (override) {
         full = g_strdup(override);
+        s->image = bdrv_open_child(full, NULL, NULL, image_flags, false,
+                                   errp);
     } else {
-        if (!bdrv_header_name_allowed(s->image_name, "Image file", errp)) {
-            ret = -EPERM;
-            goto fail;
-        }
         full = path_combine(bs->filename, s->image_name);
+        s->image = bdrv_open_header_file(bs, s->image_name, "Image file",
+                                         image_flags, errp);
     }
-    s->image = bdrv_open_child(full, NULL, NULL,
-                               flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
-                                        BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
-                                        BDRV_O_UNMAP),
-                               false, errp);
     if (!s->image) {
         error_prepend(errp, "Could not open add-cow image file: ");
         ret = -EINVAL;
@@ -968,7 +968,9 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
     if (!backing && !fmt && !image) {
         return 0;
     }
-    if (image && !bdrv_header_name_allowed(image, "Image file", errp)) {
+    /* The user names it here; refuse only what no later open could follow
+     * (a network protocol will need --allow-header-protocols then). */
+    if (image && !bdrv_header_name_storable("Image file", image, NULL, errp)) {
         return -EPERM;
     }
     qemu_co_mutex_lock(&s->meta_lock);
