@@ -296,6 +296,8 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
     bs->opaque = g_malloc0(MAX(drv->instance_size, 1));
     bs->bl.request_alignment = 1;
     bs->bl.min_mem_alignment = 1;
+    bs->shared_perm = BLK_PERM_ALL;
+    bs->user_shared = BLK_PERM_ALL;
     pstrcpy(bs->filename, sizeof(bs->filename), filename ? filename : "");
     qemu_co_queue_init(&bs->flush_queue);
     return bs;
@@ -532,22 +534,33 @@ bool bdrv_header_name_storable(const char *what, const char *name,
  */
 static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
 {
-    char *v = qemu_opt_get_del(opts, "allow-header-protocols");
-    bool on;
+    static const struct {
+        const char *name;
+        int flag;
+    } keys[] = {
+        { "allow-header-protocols", BDRV_O_HEADER_PROTOCOLS },
+        { "force-share", BDRV_O_FORCE_SHARE },
+    };
     int ret = 0;
 
-    if (v) {
-        if (!qemu_parse_bool(v, &on)) {
-            error_setg(errp, "Parameter 'allow-header-protocols' expects "
-                       "'on' or 'off'");
+    for (unsigned i = 0; i < ARRAY_SIZE(keys); i++) {
+        char *v = qemu_opt_get_del(opts, keys[i].name);
+        bool on;
+
+        if (v && !qemu_parse_bool(v, &on)) {
+            error_setg(errp, "Parameter '%s' expects 'on' or 'off'",
+                       keys[i].name);
             ret = -EINVAL;
-        } else if (on) {
-            *flags |= BDRV_O_HEADER_PROTOCOLS;
-        } else {
-            *flags &= ~BDRV_O_HEADER_PROTOCOLS;
+        } else if (v) {
+            *flags = on ? (*flags | keys[i].flag) : (*flags & ~keys[i].flag);
         }
+        g_free(v);
     }
-    g_free(v);
+    if (ret >= 0 && (*flags & BDRV_O_FORCE_SHARE) && (*flags & BDRV_O_RDWR)) {
+        error_setg(errp, "force-share=on can only be used with read-only "
+                   "images");
+        ret = -EINVAL;
+    }
     return ret;
 }
 
@@ -642,6 +655,11 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     if (ret < 0) {
         goto fail_bs;
     }
+    /* Lock what the format needs before it reads (or repairs) anything. */
+    ret = bdrv_attach_file_perm(bs, errp);
+    if (ret < 0) {
+        goto fail_bs;
+    }
     ret = fmt_drv->bdrv_open(bs, opts, a->flags, errp);
     if (ret < 0) {
         goto fail_bs;
@@ -729,7 +747,9 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
         .filename = name,
         .fmt = fmt,
         .options = backing_opts,
-        .flags = (bs->open_flags & ~(BDRV_O_RDWR | BDRV_O_COPY_ON_READ)),
+        /* Read-only; the user's own flags (resize, no-share) stay above. */
+        .flags = (bs->open_flags & ~(BDRV_O_RDWR | BDRV_O_COPY_ON_READ |
+                                     BDRV_O_RESIZE | BDRV_O_NO_SHARE)),
         .allow_probe = true,
         .depth = depth + 1,
     };
@@ -764,6 +784,12 @@ BlockDriverState *bdrv_open(const char *filename, const char *fmt,
         return NULL;
     }
     a.result->is_root = true;
+    /* a.flags: with the flags of generic options (force-share=on). */
+    bdrv_user_perm(a.flags, &a.result->user_perm, &a.result->user_shared);
+    if (bdrv_restore_perms(a.result, errp) < 0) {
+        bdrv_unref(a.result);
+        return NULL;
+    }
     return a.result;
 }
 

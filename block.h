@@ -20,8 +20,10 @@
 typedef struct BlockDriver BlockDriver;
 typedef struct BlockDriverState BlockDriverState;
 
-/* Open flags */
+/* Open flags (same values as QEMU's) */
+#define BDRV_O_NO_SHARE     0x0001  /* others may only read (convert source) */
 #define BDRV_O_RDWR         0x0002  /* open read-write */
+#define BDRV_O_RESIZE       0x0004  /* the user resizes the image */
 #define BDRV_O_NOCACHE      0x0020  /* bypass the host page cache (O_DIRECT) */
 #define BDRV_O_NATIVE_AIO   0x0080  /* use Linux native AIO (needs NOCACHE) */
 #define BDRV_O_NO_BACKING   0x0100  /* do not open the backing file */
@@ -29,6 +31,11 @@ typedef struct BlockDriverState BlockDriverState;
 #define BDRV_O_COPY_ON_READ 0x0400  /* copy data read from backing into image */
 #define BDRV_O_UNMAP        0x4000  /* discard requests reach the file */
 #define BDRV_O_PROTOCOL     0x8000  /* open only the protocol layer */
+#define BDRV_O_NO_IO        0x10000 /* no guest data I/O: take no read or
+                                     * write permission (qemu-img info) */
+/* Share every permission with other users, whatever the format needs
+ * (-U, force-share=on); read-only opens only. Inherited. */
+#define BDRV_O_FORCE_SHARE  0x80000
 /* Names read from image headers may use any image protocol, not only local
  * files (the user's opt-in: --allow-header-protocols). Inherited. */
 #define BDRV_O_HEADER_PROTOCOLS 0x100000
@@ -187,6 +194,18 @@ bool bdrv_header_name_storable(const char *what, const char *name,
 BlockDriverState *bdrv_open(const char *filename, const char *fmt,
                             QemuOpts *options, int flags, Error **errp);
 void bdrv_ref(BlockDriverState *bs);
+/*
+ * Image locking (docs/locking.md). A root opened with bdrv_open holds the
+ * permissions of its flags (read unless BDRV_O_NO_IO, write with
+ * BDRV_O_RDWR, resize with BDRV_O_RESIZE; shares all, or only reads with
+ * BDRV_O_NO_SHARE) and its nodes what their formats need, as locks other
+ * processes see. bdrv_drop_perms makes the graph below bs hold and forbid
+ * nothing (before a second graph of the same images is opened in this
+ * process: qemu-io reopen, qemu-img commit); bdrv_restore_perms takes the
+ * root's permissions again (and may fail if another user took them).
+ */
+void bdrv_drop_perms(BlockDriverState *bs);
+int bdrv_restore_perms(BlockDriverState *bs, Error **errp);
 /* Drops a reference; the last one drains, closes and frees the graph. */
 void bdrv_unref(BlockDriverState *bs);
 

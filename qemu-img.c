@@ -129,6 +129,7 @@ static void error_report_prefixed(Error *err, const char *fmt, ...)
     error_report("%s%s", prefix, err ? error_get_pretty(err) : "Unknown error");
     g_free(prefix);
     if (err) {
+        error_print_hint(err);
         error_free(err);
     }
 }
@@ -726,7 +727,11 @@ static int img_create_image(const CreateParams *p)
             g_free(full);
             goto out;
         }
-        bs = bdrv_open(full, backing_fmt, NULL, img_common_flags, &err);
+        /* Only its size is read: take no permission, share everything
+         * (as QEMU), so that a backing file in use is fine. */
+        bs = bdrv_open(full, backing_fmt, NULL,
+                       BDRV_O_NO_IO | BDRV_O_FORCE_SHARE | img_common_flags,
+                       &err);
         g_free(full);
         if (!bs) {
             hint = "Could not open backing image.\n";
@@ -1165,7 +1170,8 @@ static void dump_human_image_info(ImgInfo *info)
 
 /* Infos of filename and (with chain) its backing files; NULL on error. */
 static GPtrArray *collect_image_info_list(const char *filename,
-                                          const char *fmt, bool chain)
+                                          const char *fmt, bool chain,
+                                          int open_flags)
 {
     GPtrArray *list = g_ptr_array_new();
     GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal,
@@ -1184,7 +1190,9 @@ static GPtrArray *collect_image_info_list(const char *filename,
         }
         g_hash_table_add(seen, g_strdup(name));
 
-        bs = img_open(name, cur_fmt, BDRV_O_NO_BACKING, false);
+        /* As QEMU: no guest I/O, so no read or write permission taken. */
+        bs = img_open(name, cur_fmt,
+                      BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags, false);
         if (!bs) {
             goto err;
         }
@@ -1253,6 +1261,7 @@ static int img_info(int argc, char **argv)
     OutputFormat output_format = OFORMAT_HUMAN;
     const char *fmt = NULL, *output = NULL;
     bool chain = false;
+    int open_flags = 0;
     GPtrArray *list;
     int c;
 
@@ -1264,6 +1273,7 @@ static int img_info(int argc, char **argv)
             fmt = optarg;
             break;
         case 'U':
+            open_flags |= BDRV_O_FORCE_SHARE;
             break;
         case OPTION_OUTPUT:
             output = optarg;
@@ -1282,7 +1292,8 @@ static int img_info(int argc, char **argv)
         output_format = parse_output_format(output);
     }
 
-    list = collect_image_info_list(argv[optind], fmt, chain);
+    list = collect_image_info_list(argv[optind], fmt, chain,
+                                   open_flags);
     if (!list) {
         return 1;
     }
@@ -1440,6 +1451,7 @@ static int img_check(int argc, char **argv)
             quiet = true;
             break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -1998,6 +2010,7 @@ static int img_convert(int argc, char **argv)
     const char *out_filename;
     bool explicit_min_sparse = false;
     int flags, src_flags, c, ret = -1;
+    bool force_share = false;
     bool writethrough, src_writethrough;
 
     while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
@@ -2075,6 +2088,7 @@ static int img_convert(int argc, char **argv)
             s.wr_in_order = false;
             break;
         case 'U':
+            force_share = true;
             break;
         case 'r':
             if (cvtnum("rate limit", optarg) < 0) {
@@ -2124,7 +2138,8 @@ static int img_convert(int argc, char **argv)
         goto out;
     }
 
-    src_flags = 0;
+    /* As QEMU: nobody may write the sources while they are copied. */
+    src_flags = BDRV_O_NO_SHARE | (force_share ? BDRV_O_FORCE_SHARE : 0);
     if (bdrv_parse_cache_mode(a.src_cache, &src_flags,
                               &src_writethrough) < 0) {
         error_report("Invalid source cache option: %s", a.src_cache);
@@ -2410,8 +2425,12 @@ static int img_commit(int argc, char **argv)
     if (!err) {
         /*
          * The chain holds base read-only and block.h has no reopen: write
-         * through a second, writable node of the same image.
+         * through a second, writable node of the same image. Its locks
+         * would conflict with those of the chain's read-only base (a
+         * format never shares write on its metadata): the chain gives up
+         * its permissions on base, and base_rw's locks protect it instead.
          */
+        bdrv_drop_perms(base_bs);
         BlockDriverState *base_rw = bdrv_open(bdrv_get_filename(base_bs),
                                               bdrv_get_format_name(base_bs),
                                               NULL, flags | img_common_flags,
@@ -2528,6 +2547,7 @@ static int img_rebase(int argc, char **argv)
             quiet = true;
             break;
         case 'U':
+            src_flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -2801,7 +2821,7 @@ static int img_resize(int argc, char **argv)
         return 1;
     }
 
-    bs = img_open(filename, fmt, BDRV_O_RDWR, false);
+    bs = img_open(filename, fmt, BDRV_O_RDWR | BDRV_O_RESIZE, false);
     if (!bs) {
         return 1;
     }
@@ -2892,7 +2912,9 @@ static int img_snapshot(int argc, char **argv)
             }
             break;
         case 'q':
+            break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -3103,7 +3125,7 @@ static int img_map(int argc, char **argv)
     int64_t start_offset = 0, max_length = -1, length;
     MapEntry curr = { .length = 0 }, next;
     BlockDriverState *bs;
-    int c, ret = 0;
+    int c, ret = 0, map_flags = 0;
 
     while ((c = getopt_long(argc, argv, ":f:hU", long_options, NULL)) != -1) {
         switch (c) {
@@ -3113,6 +3135,7 @@ static int img_map(int argc, char **argv)
             fmt = optarg;
             break;
         case 'U':
+            map_flags |= BDRV_O_FORCE_SHARE;
             break;
         case OPTION_OUTPUT:
             output = optarg;
@@ -3140,7 +3163,7 @@ static int img_map(int argc, char **argv)
         output_format = parse_output_format(output);
     }
 
-    bs = img_open(argv[optind], fmt, 0, false);
+    bs = img_open(argv[optind], fmt, map_flags, false);
     if (!bs) {
         return 1;
     }
@@ -3399,6 +3422,7 @@ static int img_compare(int argc, char **argv)
             a.strict = true;
             break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -3629,6 +3653,7 @@ static int img_bench(int argc, char **argv)
             is_write = true;
             break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         case OPTION_PATTERN:
             if (bench_parse_int(optarg, 0xff, "pattern byte", &pattern) < 0) {
