@@ -22,14 +22,17 @@ libqemublock.a: $(util-obj-y) $(block-obj-y)
 	rm -f $@
 	$(AR) rcs $@ $^
 
+# Drivers register themselves from constructors: link the library whole.
+LINK_BLOCK = -Wl,--whole-archive libqemublock.a -Wl,--no-whole-archive
+
 qemu-img: qemu-img.o libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 qemu-io: qemu-io.o qemu-io-cmds.o libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 tests/unit/%: tests/unit/%.o libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 check-unit: $(unit-tests-y)
 	@$(SRC_PATH)/tests/unit/run-unit-tests $(unit-tests-y)
@@ -66,7 +69,7 @@ distclean: clean
 
 # ---- crash-consistency checker (docs/crash-testing.md) ----
 tests/crashtest/crashtest: tests/crashtest/crashtest.o libqemublock.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
 # CI mode: self-test of the checker, then 200 crash points per format.
 check-crash: tests/crashtest/crashtest

@@ -14,23 +14,35 @@ static GPtrArray *bdrv_drivers;
 
 /* ---- registry ---- */
 
+static bool bdrv_drivers_sorted;
+
+/* Called by constructors, before main. */
 void bdrv_register(BlockDriver *drv)
 {
+    if (!bdrv_drivers) {
+        bdrv_drivers = g_ptr_array_new();
+    }
     g_ptr_array_add(bdrv_drivers, drv);
+    bdrv_drivers_sorted = false;
 }
 
+static gint bdrv_driver_cmp(gconstpointer a, gconstpointer b)
+{
+    const BlockDriver *da = *(BlockDriver * const *)a;
+    const BlockDriver *db = *(BlockDriver * const *)b;
+    return strcmp(da->format_name, db->format_name);
+}
+
+/* Sort by name once, so lookups and probe ties do not depend on link order. */
 void bdrv_init(void)
 {
-    if (bdrv_drivers) {
-        return;
+    if (!bdrv_drivers) {
+        bdrv_drivers = g_ptr_array_new();
     }
-    bdrv_drivers = g_ptr_array_new();
-    bdrv_file_init();
-    bdrv_raw_init();
-    bdrv_blkdebug_init();
-    bdrv_crashsim_init();
-    bdrv_add_cow_init();
-    bdrv_sheepdog_init();
+    if (!bdrv_drivers_sorted) {
+        g_ptr_array_sort(bdrv_drivers, bdrv_driver_cmp);
+        bdrv_drivers_sorted = true;
+    }
 }
 
 BlockDriver *bdrv_find_format(const char *format_name)
@@ -930,6 +942,21 @@ int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
     ret = bdrv_create(proto, filename, popts, errp);
     qemu_opts_del(popts);
     return ret;
+}
+
+int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp)
+{
+    BlockDriver *proto = bdrv_find_protocol(filename, errp);
+
+    if (!proto) {
+        return -ENOENT;
+    }
+    if (!proto->bdrv_co_delete_file) {
+        error_setg(errp, "Protocol '%s' cannot delete files",
+                   proto->format_name);
+        return -ENOTSUP;
+    }
+    return proto->bdrv_co_delete_file(filename, errp);
 }
 
 /* ---- properties ---- */

@@ -352,6 +352,18 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
 int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
                                   int64_t bytes);
 int coroutine_fn bdrv_co_flush(BlockDriverState *bs);
+/*
+ * Flush generations, for write ordering between nodes (a metadata page
+ * that may reach the disk only after the data it describes, a page that
+ * may be written only after journal record N is durable):
+ * bdrv_get_write_gen() names every write to bs completed so far;
+ * bdrv_co_flush_gen(bs, gen) returns once a flush of bs covering gen has
+ * completed, flushing only if no completed or running flush covers it
+ * (concurrent callers share one flush).
+ */
+uint64_t bdrv_get_write_gen(BlockDriverState *bs);
+bool bdrv_write_gen_is_durable(BlockDriverState *bs, uint64_t gen);
+int coroutine_fn bdrv_co_flush_gen(BlockDriverState *bs, uint64_t gen);
 int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
                                       int64_t bytes, int64_t *pnum,
                                       int64_t *map, BlockDriverState **file);

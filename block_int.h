@@ -92,6 +92,11 @@ struct BlockDriver {
     /* opts is validated against create_opts. */
     int coroutine_fn (*bdrv_create)(const char *filename, QemuOpts *opts,
                                     Error **errp);
+    /* Protocols: remove the file filename names (a format's create undoing
+     * a file it made, e.g. add-cow's raw image after a later step failed).
+     * Only for files the caller created; NULL: not supported. */
+    int coroutine_fn (*bdrv_co_delete_file)(const char *filename,
+                                            Error **errp);
 
     /* ---- requests ----
      * Promises for preadv/pwritev: offset and bytes are multiples of
@@ -253,8 +258,23 @@ struct BlockDriverState {
     BdrvTrackedRequest *tracked_requests;
     unsigned serialising_in_flight;
     unsigned in_flight;                 /* requests not yet completed */
-    CoQueue flush_queue;
+
+    /*
+     * Flush generations (block/io.c). write_gen counts writes, zero
+     * writes, discards and truncates of this node as they complete; a
+     * flush started when write_gen was G makes them durable up to G.
+     * Flushes of one node run one at a time; callers arriving while one
+     * runs either share it (if it covers what they need) or share the
+     * next one.
+     */
+    uint64_t write_gen;
+    uint64_t flushed_gen;               /* covered by the last good flush */
+    uint64_t flushed_seq;               /* sequence number of that flush */
+    uint64_t flush_started;             /* flushes started so far */
     bool flush_active;
+    uint64_t flush_active_gen, flush_active_seq;
+    int flush_last_ret;                 /* result of the last flush */
+    CoQueue flush_queue;                /* waiting for the active flush */
     bool probed;                        /* format chosen by probing */
     QemuOpts *options;                  /* driver options given at open */
     int backing_depth;                  /* links below the opened root */
@@ -265,14 +285,17 @@ struct BlockDriverState {
     uint64_t user_perm, user_shared;
 };
 
-/* Driver registration (called from bdrv_init via each driver's init). */
+/*
+ * Driver registration: each driver registers itself from its own file with
+ * BLOCK_DRIVER_REGISTER(bdrv_foo); (a constructor, so block.c names no
+ * driver; the tools link the block library whole for that).
+ */
 void bdrv_register(BlockDriver *drv);
-void bdrv_file_init(void);
-void bdrv_raw_init(void);
-void bdrv_blkdebug_init(void);
-void bdrv_crashsim_init(void);
-void bdrv_add_cow_init(void);
-void bdrv_sheepdog_init(void);
+#define BLOCK_DRIVER_REGISTER(drv) \
+    static void __attribute__((constructor)) drv##_register(void) \
+    { \
+        bdrv_register(&drv); \
+    }
 /* Best probe score of every format for buf, or NULL (used by raw to refuse
  * writes that would make a probed image look like another format). */
 BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
@@ -286,6 +309,13 @@ BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
 BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
                                   QemuOpts *options, int flags,
                                   bool allow_probe, Error **errp);
+
+/*
+ * Remove a file created with bdrv_create_file (through its protocol's
+ * bdrv_co_delete_file; -ENOTSUP without one). For cleaning up after a
+ * failed create only.
+ */
+int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp);
 
 /*
  * Open a protocol node for a file that parent's image header names (add-cow's
@@ -326,6 +356,13 @@ void bdrv_user_perm(int flags, uint64_t *perm, uint64_t *shared);
  * (a writable format's file: write and resize, shared with nobody).
  */
 int bdrv_attach_file_perm(BlockDriverState *bs, Error **errp);
+/*
+ * Format node bs (in use) is about to take data as its data file (add-cow's
+ * amend image_file=): lock what bs's current permissions ask of a data
+ * child, failing if another user conflicts.
+ */
+int bdrv_attach_data_file_perm(BlockDriverState *bs, BlockDriverState *data,
+                               Error **errp);
 
 /* Run fn(opaque) in a coroutine and poll until it returns (or call directly
  * when already in a coroutine). */

@@ -543,7 +543,4 @@ static BlockDriver bdrv_blkdebug = {
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA,
 };
 
-void bdrv_blkdebug_init(void)
-{
-    bdrv_register(&bdrv_blkdebug);
-}
+BLOCK_DRIVER_REGISTER(bdrv_blkdebug)

@@ -570,10 +570,7 @@ static BlockDriver bdrv_crashsim = {
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
 };
 
-void bdrv_crashsim_init(void)
-{
-    bdrv_register(&bdrv_crashsim);
-}
+BLOCK_DRIVER_REGISTER(bdrv_crashsim)
 
 /* ---- node registry ---- */
 

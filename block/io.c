@@ -555,6 +555,7 @@ int coroutine_fn bdrv_co_pwritev_part(BlockDriverState *bs, int64_t offset,
         ret = bdrv_co_do_rmw(bs, offset, bytes, qiov, qiov_offset, flags);
     }
     tracked_request_end(&req);
+    bs->write_gen++;
     bs->in_flight--;
     if (ret >= 0 && bs->is_root && !bs->enable_write_cache) {
         ret = bdrv_co_flush(bs);
@@ -627,6 +628,7 @@ int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
         off += n;
     }
     tracked_request_end(&req);
+    bs->write_gen++;
     bs->in_flight--;
     return ret;
 }
@@ -634,18 +636,14 @@ int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
 /* ---- flush ---- */
 
 /*
- * Flush order: the driver's cached metadata to its file, then the file node
- * (recursively), then the protocol's durability barrier. Backing files are
- * read-only and need no flush.
+ * One flush of bs: the driver's cached metadata to its file, then the file
+ * node (recursively), then the protocol's durability barrier. Backing files
+ * are read-only and need no flush.
  */
-int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
+static int coroutine_fn bdrv_flush_once(BlockDriverState *bs)
 {
     int ret = 0;
 
-    if (!bs || !bs->drv) {
-        return 0;
-    }
-    bs->in_flight++;
     if (bs->drv->bdrv_co_flush) {
         ret = bs->drv->bdrv_co_flush(bs);
     }
@@ -656,8 +654,91 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
         !(bs->open_flags & BDRV_O_NO_FLUSH)) {
         ret = bs->drv->bdrv_co_flush_to_disk(bs);
     }
-    bs->in_flight--;
     return ret;
+}
+
+/*
+ * Wait for a completed flush of bs that covers gen (and, if force, started
+ * after flush number after_seq), running one when none in flight
+ * qualifies. Flushes of a node are serialised: whoever finds none running
+ * starts the next one, and every waiter it satisfies shares it.
+ */
+static int coroutine_fn bdrv_flush_wait(BlockDriverState *bs, uint64_t gen,
+                                        bool force, uint64_t after_seq)
+{
+    for (;;) {
+        if (bs->flushed_gen >= gen &&
+            (!force || bs->flushed_seq > after_seq)) {
+            return 0;
+        }
+        if (bs->flush_active) {
+            bool covers = bs->flush_active_gen >= gen &&
+                          (!force || bs->flush_active_seq > after_seq);
+            uint64_t seq = bs->flush_active_seq;
+
+            while (bs->flush_active && bs->flush_active_seq == seq) {
+                qemu_co_queue_wait(&bs->flush_queue, NULL);
+            }
+            if (covers && bs->flushed_seq < seq) {
+                /* The flush we needed failed and none succeeded since. */
+                assert(bs->flush_last_ret < 0);
+                return bs->flush_last_ret;
+            }
+            continue;
+        }
+        bs->flush_active = true;
+        bs->flush_active_gen = bs->write_gen;
+        bs->flush_active_seq = ++bs->flush_started;
+        bs->in_flight++;
+        int ret = bdrv_flush_once(bs);
+        bs->in_flight--;
+        if (ret >= 0) {
+            bs->flushed_gen = bs->flush_active_gen;
+            bs->flushed_seq = bs->flush_active_seq;
+        }
+        bs->flush_last_ret = ret;
+        bs->flush_active = false;
+        qemu_co_queue_restart_all(&bs->flush_queue);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+}
+
+/*
+ * Make every write to bs that completed before the call durable. A node
+ * that syncs to disk skips the sync when nothing was written since its
+ * last flush; other nodes always flush, because their drivers may have
+ * written their files directly (headers) without a request on bs.
+ */
+int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
+{
+    if (!bs || !bs->drv) {
+        return 0;
+    }
+    if (bs->drv->bdrv_co_flush_to_disk) {
+        return bdrv_flush_wait(bs, bs->write_gen, false, 0);
+    }
+    return bdrv_flush_wait(bs, bs->write_gen, true, bs->flush_started);
+}
+
+uint64_t bdrv_get_write_gen(BlockDriverState *bs)
+{
+    return bs->write_gen;
+}
+
+bool bdrv_write_gen_is_durable(BlockDriverState *bs, uint64_t gen)
+{
+    return bs->flushed_gen >= gen;
+}
+
+int coroutine_fn bdrv_co_flush_gen(BlockDriverState *bs, uint64_t gen)
+{
+    if (!bs || !bs->drv) {
+        return 0;
+    }
+    assert(gen <= bs->write_gen);
+    return bdrv_flush_wait(bs, gen, false, 0);
 }
 
 /* ---- block status ---- */
@@ -801,6 +882,7 @@ int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,
     tracked_request_serialise(&req, 1);
     wait_serialising_requests(&req);
     ret = bs->drv->bdrv_co_truncate(bs, offset, exact, prealloc, errp);
+    bs->write_gen++;
     if (ret >= 0) {
         ret = bdrv_refresh_total_bytes(bs);
         if (ret < 0) {

@@ -248,6 +248,19 @@ int bdrv_attach_file_perm(BlockDriverState *bs, Error **errp)
     return bdrv_set_perm(bs->file, perm, shared, errp);
 }
 
+int bdrv_attach_data_file_perm(BlockDriverState *bs, BlockDriverState *data,
+                               Error **errp)
+{
+    uint64_t perm, shared;
+
+    bdrv_default_child_perm(bs, BDRV_CHILD_DATA, bs->perm, bs->shared_perm,
+                            &perm, &shared);
+    if (bs->open_flags & BDRV_O_FORCE_SHARE) {
+        shared = BLK_PERM_ALL;
+    }
+    return bdrv_set_perm(data, perm, shared, errp);
+}
+
 void bdrv_drop_perms(BlockDriverState *bs)
 {
     /* Only releases locks: a check that drops permissions cannot fail. */

@@ -250,7 +250,4 @@ static BlockDriver bdrv_raw = {
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA,
 };
 
-void bdrv_raw_init(void)
-{
-    bdrv_register(&bdrv_raw);
-}
+BLOCK_DRIVER_REGISTER(bdrv_raw)

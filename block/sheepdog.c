@@ -2519,7 +2519,4 @@ static BlockDriver bdrv_sheepdog = {
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
 };
 
-void bdrv_sheepdog_init(void)
-{
-    bdrv_register(&bdrv_sheepdog);
-}
+BLOCK_DRIVER_REGISTER(bdrv_sheepdog)

@@ -1,25 +1,30 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * The metadata table cache shared by the formats (add-cow's bitmap, FVD's
- * bitmap and table): fixed-size pages of a metadata area kept in memory with
- * LRU replacement, dirty tracking and write ordering.
+ * bitmap and table, qcow2's tables): fixed-size pages of a metadata area
+ * kept in memory with LRU replacement, dirty tracking and write ordering.
  *
  * Rules:
  * - table_cache_get() returns a pinned page; the caller may yield while it
  *   holds it; it must table_cache_put() it. Unpinned pages may be evicted at
  *   any yield, so never keep a pointer to one across a yield without a pin.
  * - Concurrent getters of the same page share one load.
- * - Ordering: before a dirty page is written, every dependency is made
- *   durable first: a dependency node is flushed (add-cow: the raw image,
- *   so bits never reach the disk before their data), a dependency cache is
- *   written and flushed. Only bits that were set before the write started
- *   are written: a page is copied, then the dependencies are flushed, then
- *   the copy is written, so a bit set during that flush stays dirty.
+ * - Ordering, by flush generations (bdrv_get_write_gen/bdrv_co_flush_gen):
+ *   marking a page dirty records, for each dependency node, the writes to
+ *   that node completed so far; the page is written only after a flush of
+ *   that node covering them has *completed* (a flush that merely started
+ *   does not count). A dependency cache is written and flushed first.
+ * - A page is copied when its write starts: changes made while the write
+ *   runs leave it dirty again, with their own dependencies.
+ * - At most one write of a page is in flight, so writes of one page reach
+ *   the disk in order.
  */
 #ifndef BLOCK_TABLE_CACHE_H
 #define BLOCK_TABLE_CACHE_H
 
 #include "block_int.h"
+
+#define TABLE_CACHE_MAX_DEPS 4
 
 typedef struct TableCache TableCache;
 
@@ -34,8 +39,13 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
 /* Frees the cache; dirty pages are lost (flush first). */
 void table_cache_free(TableCache *c);
 
-/* Make dep_bs durable (flush) before writing any dirty page. */
-void table_cache_set_dependency_bs(TableCache *c, BlockDriverState *dep_bs);
+/*
+ * Every page marked dirty with table_cache_mark_dirty() depends on dep_bs:
+ * the writes to dep_bs completed before the mark are made durable before
+ * the page is written (add-cow: data before the bits that describe it).
+ * At most TABLE_CACHE_MAX_DEPS nodes, counting those of mark_dirty_gen.
+ */
+void table_cache_add_dependency_bs(TableCache *c, BlockDriverState *dep_bs);
 /* Write and flush cache dep before writing any dirty page of c. */
 void table_cache_set_dependency(TableCache *c, TableCache *dep);
 
@@ -44,16 +54,22 @@ int coroutine_fn table_cache_get(TableCache *c, uint64_t offset,
                                  void **page);
 /* Unpin a page returned by table_cache_get. */
 void table_cache_put(TableCache *c, void **page);
-/* Mark a pinned page dirty (its dependencies become due). */
+/* Mark a pinned page dirty, depending on every dependency node as of now. */
 void table_cache_mark_dirty(TableCache *c, void *page);
+/*
+ * Mark a pinned page dirty and make it depend on generation gen of dep_bs
+ * only (plus whatever it already depended on), e.g. "only after journal
+ * record N is durable": gen = bdrv_get_write_gen(journal node) taken when
+ * record N's write completed.
+ */
+void table_cache_mark_dirty_gen(TableCache *c, void *page,
+                                BlockDriverState *dep_bs, uint64_t gen);
 
 /*
- * Flush the dependency node now (for callers that need it durable anyway,
- * e.g. a format flushing its data file): pages dirtied before this call no
- * longer make the next write-back flush it again.
+ * Write every page that was dirty when the call was made (dependencies
+ * first, one flush per dependency for the whole batch) without flushing
+ * c's node. Writes of those pages already running are waited for.
  */
-int coroutine_fn table_cache_flush_dependency(TableCache *c);
-/* Write every dirty page (dependencies first) without flushing c's node. */
 int coroutine_fn table_cache_write(TableCache *c);
 /* table_cache_write, then flush c's node. */
 int coroutine_fn table_cache_flush(TableCache *c);
@@ -62,7 +78,9 @@ void table_cache_invalidate(TableCache *c);
 
 /* Statistics for tests and benchmarks. */
 typedef struct TableCacheStats {
-    uint64_t hits, misses, loads, stores, dep_flushes;
+    uint64_t hits, misses, loads, stores;
+    uint64_t dep_flushes;       /* dependency waits that were not durable */
+    uint64_t batches;           /* write-back batches (one wait each) */
 } TableCacheStats;
 void table_cache_get_stats(TableCache *c, TableCacheStats *stats);
 

@@ -79,6 +79,9 @@ static void coroutine_fn evict_entry(void *opaque)
 
     /* Dirty 8 pages through a 2-page cache: evictions write back. */
     for (int i = 0; i < 8; i++) {
+        uint8_t data[512] = { i };
+        /* Each page describes a write to the dependency node. */
+        g_assert_cmpint(bdrv_co_pwrite(a->dep, i * 512, 512, data, 0), ==, 0);
         g_assert_cmpint(table_cache_get(a->c, i * 4096, (void **)&page), ==,
                         0);
         memset(page, i + 1, 4096);
@@ -107,7 +110,7 @@ static void test_evict_and_dependency(void)
     TableCache *c = table_cache_new(bs, 4096, 2, NULL, NULL);
     EvictArgs a = { c, bs, dep, false };
 
-    table_cache_set_dependency_bs(c, dep);
+    table_cache_add_dependency_bs(c, dep);
     qemu_coroutine_enter(qemu_coroutine_create(evict_entry, &a));
     AIO_WAIT_WHILE(!a.done);
     TableCacheStats st;
@@ -115,10 +118,218 @@ static void test_evict_and_dependency(void)
     g_assert_cmpint(st.stores, ==, 8);
     /* Every store batch was preceded by a flush of the dependency. */
     g_assert_cmpint(st.dep_flushes, >=, 1);
-    g_assert_cmpint(st.dep_flushes, <=, st.stores);
+    g_assert_cmpint(st.dep_flushes, <=, st.batches);
+    g_assert(bdrv_write_gen_is_durable(dep, bdrv_get_write_gen(dep)));
     table_cache_free(c);
     bdrv_unref(bs);
     bdrv_unref(dep);
+}
+
+/*
+ * A page may reach the disk only after a flush of its dependency has
+ * *completed*. Two dirty pages depend on writes to the data node; an
+ * eviction writes the first and starts the data flush, which a blkdebug
+ * breakpoint holds; meanwhile a cache flush wants the second page (kept
+ * pinned so the eviction's batch cannot take it). Nothing may be written
+ * to the metadata node until the held flush completes.
+ */
+typedef struct HeldFlush {
+    TableCache *c;
+    BlockDriverState *data;
+    bool a_done, b_done;
+    int a_ret, b_ret;
+} HeldFlush;
+
+static void coroutine_fn held_evict_entry(void *opaque)
+{
+    HeldFlush *h = opaque;
+    uint8_t *page;
+
+    h->a_ret = table_cache_get(h->c, 2 * 4096, (void **)&page);
+    if (h->a_ret == 0) {
+        table_cache_put(h->c, (void **)&page);
+    }
+    h->a_done = true;
+}
+
+static void coroutine_fn held_write_entry(void *opaque)
+{
+    HeldFlush *h = opaque;
+
+    h->b_ret = table_cache_write(h->c);
+    h->b_done = true;
+}
+
+typedef struct DirtyArgs {
+    TableCache *c;
+    BlockDriverState *data;
+    uint8_t *pinned;
+    bool done;
+} DirtyArgs;
+
+static void coroutine_fn dirty_two_entry(void *opaque)
+{
+    DirtyArgs *a = opaque;
+    uint8_t buf[4096], *page;
+
+    memset(buf, 0x11, sizeof(buf));
+    for (int i = 0; i < 2; i++) {
+        /* The data write completes, then its page is marked dirty. */
+        g_assert_cmpint(bdrv_co_pwrite(a->data, i * 4096, 4096, buf, 0), ==,
+                        0);
+        g_assert_cmpint(table_cache_get(a->c, i * 4096, (void **)&page), ==,
+                        0);
+        page[0] = 0x80;
+        table_cache_mark_dirty(a->c, page);
+        if (i == 0) {
+            table_cache_put(a->c, (void **)&page);
+        } else {
+            a->pinned = page;
+        }
+    }
+    a->done = true;
+}
+
+static void coroutine_fn unpin_entry(void *opaque)
+{
+    DirtyArgs *a = opaque;
+    table_cache_put(a->c, (void **)&a->pinned);
+    a->done = true;
+}
+
+static void test_page_waits_for_running_flush(void)
+{
+    char *meta_path = g_build_filename(test_dir, "held-meta.img", NULL);
+    BlockDriverState *f = open_file("held-data.img", 1 * MiB);
+    char *data_name = g_strdup_printf("blkdebug::%s/held-data.img", test_dir);
+    Error *err = NULL;
+    bdrv_unref(f);
+    f = open_file("held-meta.img", 1 * MiB);
+    bdrv_unref(f);
+
+    char *meta_name = g_strdup_printf("blkdebug::%s", meta_path);
+    BlockDriverState *meta = bdrv_open(meta_name, NULL, NULL,
+                                       BDRV_O_RDWR | BDRV_O_PROTOCOL, &err);
+    BlockDriverState *data = bdrv_open(data_name, NULL, NULL,
+                                       BDRV_O_RDWR | BDRV_O_PROTOCOL, &err);
+    g_assert(meta && data);
+    TableCache *c = table_cache_new(meta, 4096, 2, NULL, NULL);
+    table_cache_add_dependency_bs(c, data);
+
+    DirtyArgs d = { c, data, NULL, false };
+    qemu_coroutine_enter(qemu_coroutine_create(dirty_two_entry, &d));
+    AIO_WAIT_WHILE(!d.done);
+
+    g_assert_cmpint(bdrv_debug_breakpoint(data, "flush", "F"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(meta, "write", "W"), ==, 0);
+
+    /* A: the eviction of page 0 starts the data flush, which is held. */
+    HeldFlush h = { c, data };
+    qemu_coroutine_enter(qemu_coroutine_create(held_evict_entry, &h));
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(data, "F") && !h.a_done);
+    g_assert(bdrv_debug_is_suspended(data, "F"));
+
+    /* B: a cache flush while the data flush is still running. */
+    qemu_coroutine_enter(qemu_coroutine_create(held_write_entry, &h));
+    for (int i = 0; i < 100; i++) {
+        aio_poll(qemu_get_aio_context(), false);
+    }
+    g_assert(!bdrv_debug_is_suspended(meta, "W"));
+    g_assert(!h.b_done);
+    TableCacheStats st;
+    table_cache_get_stats(c, &st);
+    g_assert_cmpint(st.stores, ==, 0);
+
+    /* Once the flush completes, both pages go home. */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(meta, "W"), ==, 0);
+    g_assert_cmpint(bdrv_debug_resume(data, "F"), ==, 0);
+    AIO_WAIT_WHILE(!h.a_done || !h.b_done);
+    g_assert_cmpint(h.a_ret, ==, 0);
+    g_assert_cmpint(h.b_ret, ==, 0);
+    table_cache_get_stats(c, &st);
+    g_assert_cmpint(st.stores, ==, 2);
+    /* One data flush served both pages. */
+    g_assert_cmpint(st.dep_flushes, ==, 1);
+    g_assert(bdrv_write_gen_is_durable(data, bdrv_get_write_gen(data)));
+
+    d.done = false;
+    qemu_coroutine_enter(qemu_coroutine_create(unpin_entry, &d));
+    AIO_WAIT_WHILE(!d.done);
+    table_cache_free(c);
+    bdrv_unref(meta);
+    bdrv_unref(data);
+    g_free(meta_name);
+    g_free(data_name);
+    g_free(meta_path);
+}
+
+/*
+ * Concurrent flushes of one node are merged: callers that arrive while a
+ * flush runs share the next one, and a dependency already covered by a
+ * completed flush causes none.
+ */
+typedef struct FlushCall {
+    BlockDriverState *bs;
+    uint64_t gen;               /* 0: plain bdrv_co_flush */
+    bool done;
+    int ret;
+} FlushCall;
+
+static void coroutine_fn flush_call_entry(void *opaque)
+{
+    FlushCall *f = opaque;
+    f->ret = f->gen ? bdrv_co_flush_gen(f->bs, f->gen) : bdrv_co_flush(f->bs);
+    f->done = true;
+}
+
+static void test_flush_merging(void)
+{
+    BlockDriverState *f = open_file("merge.img", 1 * MiB);
+    char *path = g_build_filename(test_dir, "merge.img", NULL);
+    char *name = g_strdup_printf("blkdebug::%s", path);
+    Error *err = NULL;
+    uint8_t buf[512] = { 0 };
+    bdrv_unref(f);
+
+    BlockDriverState *bs = bdrv_open(name, NULL, NULL,
+                                     BDRV_O_RDWR | BDRV_O_PROTOCOL, &err);
+    g_assert(bs);
+    g_assert_cmpint(bdrv_pwrite(bs, 0, 512, buf, 0), ==, 0);
+    uint64_t g1 = bdrv_get_write_gen(bs);
+    g_assert(!bdrv_write_gen_is_durable(bs, g1));
+
+    /* First flush held at the breakpoint. */
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F1"), ==, 0);
+    FlushCall c[4] = { { bs, 0 }, { bs, 0 }, { bs, 0 }, { bs, g1 } };
+    qemu_coroutine_enter(qemu_coroutine_create(flush_call_entry, &c[0]));
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F1"));
+    /* Two plain flushes arrive: they need a flush started after them. */
+    qemu_coroutine_enter(qemu_coroutine_create(flush_call_entry, &c[1]));
+    qemu_coroutine_enter(qemu_coroutine_create(flush_call_entry, &c[2]));
+    /* A dependency on g1 is covered by the running flush. */
+    qemu_coroutine_enter(qemu_coroutine_create(flush_call_entry, &c[3]));
+    g_assert(!c[1].done && !c[2].done && !c[3].done);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F2"), ==, 0);
+    g_assert_cmpint(bdrv_debug_resume(bs, "F1"), ==, 0);
+    AIO_WAIT_WHILE(!c[0].done || !c[3].done);
+    /* c[3] finished with the first flush; c[1], c[2] share the second. */
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F2"));
+    g_assert(!c[1].done && !c[2].done);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "F2"), ==, 0);
+    AIO_WAIT_WHILE(!c[1].done || !c[2].done);
+    for (int i = 0; i < 4; i++) {
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+    /* Exactly two flushes ran. */
+    g_assert_cmpint(bs->flush_started, ==, 2);
+    /* Already durable: no flush at all. */
+    FlushCall again = { bs, g1 };
+    qemu_coroutine_enter(qemu_coroutine_create(flush_call_entry, &again));
+    g_assert(again.done && again.ret == 0);
+    g_assert_cmpint(bs->flush_started, ==, 2);
+    bdrv_unref(bs);
+    g_free(name);
+    g_free(path);
 }
 
 int main(int argc, char **argv)
@@ -128,6 +339,8 @@ int main(int argc, char **argv)
     test_dir = g_mkdtemp(tmpl);
     test_single_load();
     test_evict_and_dependency();
+    test_page_waits_for_running_flush();
+    test_flush_merging();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);
