@@ -56,6 +56,7 @@
 #define SD_RES_SUCCESS          0x00
 #define SD_RES_NO_OBJ           0x02
 #define SD_RES_EIO              0x03
+#define SD_RES_SYSTEM_ERROR     0x06
 #define SD_RES_VDI_EXIST        0x04
 #define SD_RES_INVALID_PARMS    0x05
 #define SD_RES_VDI_LOCKED       0x07
@@ -751,6 +752,22 @@ static bool obj_is_readonly(uint64_t oid)
     return v && vdi_is_snapshot(v);
 }
 
+/*
+ * This server is one node, one zone: like a one-node sheep it cannot place
+ * the strips of an erasure-coded VDI's data or VM state (SYSTEM_ERROR on
+ * every access); its inode is replicated and works.
+ */
+static bool obj_needs_zones(uint64_t oid)
+{
+    struct vdi *v;
+
+    if (is_vdi_obj(oid)) {
+        return false;
+    }
+    v = vdi_get(oid_to_vid(oid));
+    return v && v->hdr[INO_COPY_POLICY] != 0;
+}
+
 static int op_create_and_write(const struct request *rq, struct reply *rp)
 {
     uint64_t oid = ld64(rq->hdr + H_OBJ_OID);
@@ -760,6 +777,9 @@ static int op_create_and_write(const struct request *rq, struct reply *rp)
 
     if (!req_write(rq)) {
         return SD_RES_INVALID_PARMS;
+    }
+    if (obj_needs_zones(oid)) {
+        return SD_RES_SYSTEM_ERROR;
     }
     if (obj_is_readonly(oid)) {
         return SD_RES_READONLY;
@@ -783,6 +803,9 @@ static int op_read_obj(const struct request *rq, struct reply *rp)
     if (len > MAX_PAYLOAD) {
         return SD_RES_INVALID_PARMS;
     }
+    if (obj_needs_zones(oid)) {
+        return SD_RES_SYSTEM_ERROR;
+    }
     rp->data = g_malloc(len);
     ret = obj_read(oid, rp->data, len, off);
     if (ret == SD_RES_SUCCESS) {
@@ -799,6 +822,9 @@ static int op_write_obj(const struct request *rq, struct reply *rp)
 
     if (!req_write(rq)) {
         return SD_RES_INVALID_PARMS;
+    }
+    if (obj_needs_zones(oid)) {
+        return SD_RES_SYSTEM_ERROR;
     }
     if (obj_is_readonly(oid)) {
         return SD_RES_READONLY;

@@ -55,10 +55,10 @@ def obj_hdr(op, oid, length, flags=0, cow=0, offset=0, ver=2, rid=0):
 
 
 def vdi_hdr(op, length, flags=F_WRITE, size=0, base=0, copies=0, shift=0,
-            snapid=0, ltype=0, ver=2, rid=0):
+            snapid=0, ltype=0, ver=2, rid=0, policy=0):
     return struct.pack('<BBHIII', ver, op, flags, 0, rid, length) + \
-        struct.pack('<QIBBBBII8x', size, base, copies, 0, 0, shift, snapid,
-                    ltype)
+        struct.pack('<QIBBBBII8x', size, base, copies, policy, 0, shift,
+                    snapid, ltype)
 
 
 def name_buf(name, tag=None):
@@ -828,6 +828,23 @@ def test_short_lookup_crash(srv):
     check(srv.wait_dead(), 'the server process is gone')
 
 
+def test_erasure_code_one_zone(srv):
+    """One node, one zone: an erasure-coded VDI is created, but its data
+    objects cannot be placed (SYSTEM_ERROR); its inode is writable."""
+    c = srv.client()
+    r = c.req(vdi_hdr(NEW_VDI, 256, size=8 << 20, copies=3, policy=0x11),
+              name_buf('ecvol'))
+    eq((r.result, r.copies), (SUCCESS, 3), 'NEW_VDI 2:1 erasure code')
+    vid = r.vid
+    eq(c.create(data_oid(vid, 0), b'E' * 512).result, 0x06,
+       'EC data object on one zone -> SYSTEM_ERROR')
+    eq(c.read(data_oid(vid, 0), 512).result, 0x06,
+       'EC data read on one zone -> SYSTEM_ERROR')
+    eq(c.write(vdi_oid(vid), b'\0' * 4, HDR).result, SUCCESS,
+       'EC inode is writable')
+    c.close()
+
+
 def test_half_close(srv, vid):
     """A client that half-closes after a write: the write still runs, no
     answer comes, then the server closes (sheep closes a connection only
@@ -936,6 +953,7 @@ def run_fake(tmp):
         test_snapshot_clone_delete(srv)
         test_nolocking(srv)
         test_faults(srv, vid)
+        test_erasure_code_one_zone(srv)
         test_half_close(srv, vid)
         test_hold_release(srv, vid)
         test_unix(srv, vid)
@@ -961,6 +979,7 @@ def run_real(tmp, peer):
         test_big_pipeline(srv, vid)
         test_snapshot_clone_delete(srv)
         test_nolocking(srv)
+        test_erasure_code_one_zone(srv)
         test_half_close(srv, vid)
         test_unix(srv, vid)
         test_restart(srv, vid)
