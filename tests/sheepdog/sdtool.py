@@ -158,7 +158,7 @@ def cmd_object_map(c, args):
     print('Index       VID')
     for i, v in enumerate(ino['map']):
         if v:
-            print('%08x   %06x' % (i, v))
+            print('%08d   %06x' % (i, v))     # dog: decimal index
 
 
 def cmd_md5(c, args):
