@@ -246,6 +246,10 @@ static void coroutine_fn sd_co_release_vdi(SDClient *c, const char *name,
                    sd_strerror(rsp.result));
     }
     if (ret < 0 || rsp.result != SD_RES_SUCCESS) {
+        if (ret < 0) {
+            error_prepend(&err, "cannot release the lock of VDI '%s': ",
+                          name);
+        }
         error_report("%s%s", error_get_pretty(err),
                      ret == SD_IN_DOUBT ? " (the lock may still be held: "
                      "'dog vdi lock unlock' releases it)" : "");
