@@ -866,9 +866,10 @@ static int op_discard_obj(const struct request *rq, struct reply *rp)
     return inode_write(v, zero, 4, SD_INODE_HEADER_SIZE + 4 * (uint64_t)idx);
 }
 
+/* Like sheep, a lookup answers the vdi_id field of the inode it found. */
 static void reply_vdi(struct reply *rp, const struct vdi *v)
 {
-    st32(rp->hdr + R_VDI_ID, v->vid);
+    st32(rp->hdr + R_VDI_ID, ld32(v->hdr + INO_VDI_ID));
     rp->hdr[R_VDI_COPIES] = v->hdr[INO_NR_COPIES];
     rp->hdr[R_VDI_BSS] = v->hdr[INO_BLOCK_SIZE_SHIFT];
 }
@@ -898,7 +899,8 @@ static int vdi_write_new(const struct new_vdi_args *a, uint32_t vid,
     hdr[INO_COPY_POLICY] = a->copy_policy;
     hdr[INO_STORE_POLICY] = a->store_policy;
     hdr[INO_NR_COPIES] = a->copies;
-    hdr[INO_BLOCK_SIZE_SHIFT] = a->shift;
+    /* sheep computes 1U << shift: a 32-bit shift count, so shift & 31 */
+    hdr[INO_BLOCK_SIZE_SHIFT] = a->shift & 31;
     st32(hdr + INO_SNAP_ID, snap_id);
     st32(hdr + INO_VDI_ID, vid);
     st32(hdr + INO_PARENT_VDI_ID, parent);
@@ -1062,6 +1064,9 @@ static int op_lock_vdi(const struct request *rq, struct reply *rp)
         return ret;
     }
     v = vdi_get(ld32(rp->hdr + R_VDI_ID));
+    if (!v) {
+        return SD_RES_VDI_LOCKED;   /* sheep: no lock state for that vid */
+    }
     if (type == LOCK_TYPE_SHARED) {
         /* one holder per node, and this server is a single node */
         if (v->lock == LOCK_NORMAL) {

@@ -845,6 +845,22 @@ def test_erasure_code_one_zone(srv):
     c.close()
 
 
+def test_inode_fields(srv):
+    """sheep keeps block_size_shift & 31 in the inode, and a lookup
+    answers the vdi_id field of the inode it found."""
+    c = srv.client()
+    r = c.new_vdi('shift40', shift=40)
+    eq((r.result, c.inode(r.vid)['shift']), (SUCCESS, 8),
+       'NEW_VDI shift 40 -> inode shift 8')
+    r = c.new_vdi('shift32', shift=32)
+    eq(c.inode(r.vid)['shift'], 0, 'NEW_VDI shift 32 -> inode shift 0')
+    v = c.new_vdi('idpoke').vid
+    c.write(vdi_oid(v), struct.pack('<I', 0x42), 560)
+    eq(c.vdi_info('idpoke').vid, 0x42,
+       'lookup answers the inode vdi_id field')
+    c.close()
+
+
 def test_half_close(srv, vid):
     """A client that half-closes after a write: the write still runs, no
     answer comes, then the server closes (sheep closes a connection only
@@ -954,6 +970,7 @@ def run_fake(tmp):
         test_nolocking(srv)
         test_faults(srv, vid)
         test_erasure_code_one_zone(srv)
+        test_inode_fields(srv)
         test_half_close(srv, vid)
         test_hold_release(srv, vid)
         test_unix(srv, vid)
@@ -980,6 +997,7 @@ def run_real(tmp, peer):
         test_snapshot_clone_delete(srv)
         test_nolocking(srv)
         test_erasure_code_one_zone(srv)
+        test_inode_fields(srv)
         test_half_close(srv, vid)
         test_unix(srv, vid)
         test_restart(srv, vid)
