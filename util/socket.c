@@ -972,7 +972,6 @@ struct SockClient {
     Coroutine *free_waiter;
     SockCancel cancel;          /* cancels the loop's waits at free */
     GSList *waiters;            /* SockClientWaiter */
-    char *last_error;
 };
 
 SockClient *sock_client_new(const SockAddr *addr, const SockClientOps *ops,
@@ -1034,15 +1033,6 @@ static void sock_client_wake(SockClient *cl, bool only_give_up, int result)
     }
 }
 
-static void sock_client_record_error(SockClient *cl, Error *err)
-{
-    if (err) {
-        g_free(cl->last_error);
-        cl->last_error = g_strdup(error_get_pretty(err));
-        error_free(err);
-    }
-}
-
 /* Reconnect with back-off until it works or the client is freed. */
 static void coroutine_fn sock_client_loop(void *opaque)
 {
@@ -1075,7 +1065,7 @@ static void coroutine_fn sock_client_loop(void *opaque)
             sock_client_wake(cl, false, 0);
             break;
         }
-        sock_client_record_error(cl, err);
+        error_free(err);         /* the waiters report the timeout */
         cl->failures++;
         if (!cl->given_up &&
             qemu_clock_get_ns() >= cl->down_since + cl->timeout_ns) {
@@ -1135,8 +1125,8 @@ int coroutine_fn sock_client_co_get(SockClient *cl, int64_t deadline,
         if (cl->given_up && !deadline) {
             g_autofree char *where = sock_addr_describe(&cl->addr);
             error_setg(errp, "no connection to %s (gave up after %" PRId64
-                       " s: %s)", where, (int64_t)(cl->timeout_ns / 1000000000),
-                       cl->last_error ? cl->last_error : "no answer");
+                       " s; trying again in the background)", where,
+                       (int64_t)(cl->timeout_ns / 1000000000));
             return -ENOTCONN;
         }
         sock_client_start_loop(cl);
@@ -1150,8 +1140,7 @@ int coroutine_fn sock_client_co_get(SockClient *cl, int64_t deadline,
         }
         if (ret == -ETIMEDOUT) {
             g_autofree char *where = sock_addr_describe(&cl->addr);
-            error_setg(errp, "no connection to %s: timed out (%s)", where,
-                       cl->last_error ? cl->last_error : "no answer");
+            error_setg(errp, "no connection to %s: timed out", where);
             return ret;
         }
         /* connected, given up or closing: look again */
@@ -1196,6 +1185,5 @@ void coroutine_fn sock_client_co_free(SockClient *cl)
         sock_conn_unref(cl->conn);
     }
     sock_addr_clear(&cl->addr);
-    g_free(cl->last_error);
     g_free(cl);
 }
