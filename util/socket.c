@@ -563,6 +563,10 @@ struct SockConn {
     /* receive buffer: bytes [rpos, rlen) of rbuf are unread */
     uint8_t *rbuf;
     size_t rpos, rlen;
+    /* The last read returned less than asked: the socket is very likely
+     * empty, so the next receive waits for readiness without trying
+     * (saves a read that would fail with EAGAIN). */
+    bool drained;
 };
 
 static uint64_t sock_next_gen = 1;
@@ -856,6 +860,7 @@ static ssize_t sock_conn_fill(SockConn *c)
         n = read(c->fd, c->rbuf + c->rlen, SOCK_RBUF_SIZE - c->rlen);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
+        c->drained = (size_t)n < SOCK_RBUF_SIZE - c->rlen;
         c->rlen += n;
         return n;
     }
@@ -877,6 +882,7 @@ static ssize_t sock_conn_read_direct(SockConn *c, const struct iovec *iov,
         n = readv(c->fd, batch, cnt);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
+        c->drained = (size_t)n < len;
         return n;
     }
     if (n == 0) {
@@ -907,6 +913,16 @@ int coroutine_fn sock_conn_co_recv(SockConn *c, const struct iovec *iov,
         if (c->err[SOCK_RX]) {
             ret = c->err[SOCK_RX];
             break;
+        }
+        if (c->drained) {
+            c->drained = false;
+            ret = sock_conn_wait(c, SOCK_RX, SOCK_NO_DEADLINE);
+            if (ret < 0) {
+                if (ret != -ETIMEDOUT) {
+                    sock_conn_fail(c, SOCK_RX, ret);
+                }
+                break;
+            }
         }
         if (iov && len - done >= SOCK_DIRECT_MIN) {
             n = sock_conn_read_direct(c, iov, niov, done, len - done);
