@@ -38,6 +38,11 @@ typedef struct SDRequest {
     int64_t deadline;           /* answer due (connection stalls after) */
     struct SDRequest *prev, *next;  /* ctx's FIFO, oldest first */
     Coroutine *co;              /* waiting for the state to change */
+    /* sending: queued on the connection, sent in batches */
+    uint8_t hbuf[SD_HDR_SIZE];
+    struct SDRequest *send_next;
+    bool send_done, send_ok;
+    Coroutine *send_co;
 } SDRequest;
 
 struct SDConnCtx {
@@ -50,6 +55,9 @@ struct SDConnCtx {
     uint32_t next_id;
     bool zombie;                /* stalled: send side shut, still reading */
     bool ended;
+    /* requests waiting to be sent; one coroutine flushes them at a time */
+    SDRequest *sendq_head, *sendq_tail;
+    bool flushing;
 };
 
 struct SDClient {
@@ -409,36 +417,97 @@ void coroutine_fn sd_client_co_free(SDClient *cl)
 /* ------------------------------------------------------------------ */
 /* Sending                                                            */
 
+static size_t sd_req_wire_len(const SDRequest *r)
+{
+    return SD_HDR_SIZE + (r->hdr.flags & SD_FLAG_CMD_WRITE ?
+                          r->hdr.data_length : 0);
+}
+
+/*
+ * Send every queued request of ctx, a whole batch per sendmsg() where the
+ * socket takes it: with many requests in flight this saves a system call
+ * (and a wake-up of the server) per request. A request counts as sent
+ * only if all of its bytes went out.
+ */
+static void coroutine_fn sd_ctx_flush(SDClient *cl, SDConnCtx *ctx,
+                                      SockConn *sc)
+{
+    while (ctx->sendq_head) {
+        SDRequest *batch = ctx->sendq_head, *r, *next;
+        QEMUIOVector msg;
+        size_t sent = 0, off = 0;
+        int ret;
+
+        ctx->sendq_head = ctx->sendq_tail = NULL;
+        qemu_iovec_init(&msg, 16);
+        for (r = batch; r; r = r->send_next) {
+            qemu_iovec_add(&msg, r->hbuf, SD_HDR_SIZE);
+            if (sd_req_wire_len(r) > SD_HDR_SIZE) {
+                qemu_iovec_concat(&msg, r->wqiov, r->wofs,
+                                  r->hdr.data_length);
+            }
+        }
+        /* the oldest request's deadline bounds the batch */
+        ret = sock_conn_co_send(sc, msg.iov, msg.niov, batch->deadline,
+                                &sent);
+        qemu_iovec_destroy(&msg);
+        for (r = batch; r; r = next) {
+            next = r->send_next;
+            off += sd_req_wire_len(r);
+            r->send_ok = off <= sent;
+            r->send_done = true;
+            if (r->send_co) {
+                aio_co_wake(r->send_co);
+                r->send_co = NULL;
+            }
+        }
+        if (ret == -ETIMEDOUT) {
+            sd_ctx_stall(ctx);
+        } else if (ret < 0) {
+            sock_client_drop(cl->sock, sc);
+        }
+    }
+}
+
 /* Send r once on the current connection; false if it must be sent again. */
 static bool coroutine_fn sd_client_send_once(SDClient *cl, SDRequest *r,
                                              SockConn *sc)
 {
     SDConnCtx *ctx = sock_conn_get_opaque(sc);
-    uint8_t hbuf[SD_HDR_SIZE];
-    QEMUIOVector msg;
-    int ret;
 
     if (!ctx || ctx->zombie || ctx->ended) {
         return false;
     }
     sd_ctx_add(ctx, r);
-    sd_req_encode(&r->hdr, hbuf);
-    qemu_iovec_init(&msg, 1 + (r->wqiov ? r->wqiov->niov : 0));
-    qemu_iovec_add(&msg, hbuf, SD_HDR_SIZE);
-    if (r->hdr.flags & SD_FLAG_CMD_WRITE && r->hdr.data_length) {
-        qemu_iovec_concat(&msg, r->wqiov, r->wofs, r->hdr.data_length);
+    sd_req_encode(&r->hdr, r->hbuf);
+    r->send_done = r->send_ok = false;
+    r->send_co = NULL;
+    r->send_next = NULL;
+    if (ctx->sendq_tail) {
+        ctx->sendq_tail->send_next = r;
+    } else {
+        ctx->sendq_head = r;
     }
-    ret = sock_conn_co_send(sc, msg.iov, msg.niov, r->deadline, NULL);
-    qemu_iovec_destroy(&msg);
-    if (ret < 0) {
+    ctx->sendq_tail = r;
+    if (!ctx->flushing) {
+        ctx->flushing = true;
+        if (ctx->head != r) {
+            /* Others are in flight, so completions are arriving: let the
+             * coroutines that are ready now queue their requests too. */
+            aio_co_wake(qemu_coroutine_self());
+            qemu_coroutine_yield();
+        }
+        sd_ctx_flush(cl, ctx, sc);
+        ctx->flushing = false;
+    }
+    while (!r->send_done) {
+        r->send_co = qemu_coroutine_self();
+        qemu_coroutine_yield();
+    }
+    if (!r->send_ok) {
         /* Not all of it left: the server cannot execute it. */
         if (r->state == SD_REQ_SENT) {
             sd_ctx_remove(ctx, r);
-        }
-        if (ret == -ETIMEDOUT) {
-            sd_ctx_stall(ctx);
-        } else {
-            sock_client_drop(cl->sock, sc);
         }
         sd_ctx_unref(ctx);
         return false;
