@@ -194,6 +194,7 @@ static struct {
     GHashTable *vdis;                    /* vid -> struct vdi */
     GHashTable *refs;                    /* data oid -> reference count */
     uint64_t nr_requests;
+    uint64_t nr_garbage;                 /* headers no client would send */
 } srv;
 
 static void __attribute__((format(printf, 1, 2))) die(const char *fmt, ...)
@@ -1232,6 +1233,7 @@ static void request_execute(const struct request *rq, struct reply *rp)
         name = "injected";
     } else if (op >= 0x80 ? ver != SD_SHEEP_PROTO_VER : ver > SD_PROTO_VER) {
         ret = SD_RES_VER_MISMATCH;
+        srv.nr_garbage++;
     } else {
         for (size_t i = 0; i < G_N_ELEMENTS(sd_ops); i++) {
             if (sd_ops[i].opcode == op) {
@@ -1523,6 +1525,7 @@ static bool conn_parse(struct conn *c, GPtrArray *reqs)
 
         if (len > MAX_PAYLOAD) {
             fprintf(stderr, "sheepdog-server: data_length %u too large\n", len);
+            srv.nr_garbage++;
             return false;
         }
         if (c->in->len - off < SD_HDR_SIZE + (size_t)plen) {
@@ -1648,9 +1651,10 @@ static void control_command(const char *line, GString *out)
         srv.close_after = -1;
         srv.delay_ms = 0;
     } else if (!strcmp(cmd, "stats")) {
-        g_string_append_printf(out, "requests %" PRIu64 " vdis %u objects-referenced %u\n",
+        g_string_append_printf(out, "requests %" PRIu64 " vdis %u "
+                               "objects-referenced %u garbage %" PRIu64 "\n",
                                srv.nr_requests, g_hash_table_size(srv.vdis),
-                               g_hash_table_size(srv.refs));
+                               g_hash_table_size(srv.refs), srv.nr_garbage);
         goto out;
     } else if (!strcmp(cmd, "refcount")) {
         g_string_append_printf(out, "%u\n",
