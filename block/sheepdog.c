@@ -466,6 +466,7 @@ static int coroutine_fn sd_co_del_vdi_req(SDClient *c, const char *name,
         ret = sd_co_vdi_req(c, &req, SD_REQ_VDI_OP, name, tag, &rsp, &err);
         if (ret == SD_IN_DOUBT && tries < 2) {
             error_free(err);
+            err = NULL;
             ret = sd_co_find_vdi(c, name, snapid, tag, &vid, &err);
             error_free(err);
             if (ret == -ENOENT) {

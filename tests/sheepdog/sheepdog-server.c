@@ -190,6 +190,7 @@ static struct {
     long close_count;
     unsigned delay_ms;
     GArray *faults;                      /* struct fault */
+    GArray *lost;                        /* struct fault: answers lost */
     uint8_t *inuse;                      /* VDI bitmap, bit vid */
     GHashTable *vdis;                    /* vid -> struct vdi */
     GHashTable *refs;                    /* data oid -> reference count */
@@ -1215,6 +1216,21 @@ static int fault_lookup(uint8_t opcode)
     return -1;
 }
 
+/* True (and one use spent) if the answer to this opcode is to be lost. */
+static bool lose_lookup(uint8_t opcode)
+{
+    for (guint i = 0; i < srv.lost->len; i++) {
+        struct fault *f = &g_array_index(srv.lost, struct fault, i);
+        if (f->opcode == opcode && f->count != 0) {
+            if (f->count > 0 && --f->count == 0) {
+                g_array_remove_index(srv.lost, i);
+            }
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Execute one request and fill in its reply. */
 static void request_execute(const struct request *rq, struct reply *rp)
 {
@@ -1483,6 +1499,15 @@ static void batch_run(struct conn *c, struct batch *b)
         }
         srv.close_count++;
         request_execute(rq, &rp);
+        if (lose_lookup(req_op(rq))) {
+            /* executed, but the answer and the connection are lost */
+            dbg("lose-answer: executed id %u, dropping its answer and the "
+                "connection", ld32(rq->hdr + H_ID));
+            g_free(rp.data);
+            conn_flush(c);
+            c->closing = true;
+            return;
+        }
         g_byte_array_append(c->out, rp.hdr, SD_HDR_SIZE);
         if (rp.len) {
             g_byte_array_append(c->out, rp.data, rp.len);
@@ -1633,6 +1658,19 @@ static void control_command(const char *line, GString *out)
         parse_close_after(arg);
     } else if (!strcmp(cmd, "delay-ms")) {
         srv.delay_ms = strtoul(arg, NULL, 0);
+    } else if (!strcmp(cmd, "lose-answer")) {
+        char **t = g_strsplit(arg, ":", 2);
+        struct fault f = { .count = -1 };
+        f.opcode = strtoul(t[0] ? t[0] : "", NULL, 0);
+        if (t[0] && t[1]) {
+            f.count = strtol(t[1], NULL, 0);
+        }
+        g_strfreev(t);
+        if (!*arg) {
+            g_string_append(out, "error: lose-answer X[:count]\n");
+            goto out;
+        }
+        g_array_append_val(srv.lost, f);
     } else if (!strcmp(cmd, "fail-opcode")) {
         if (!parse_fault(arg)) {
             g_string_append(out, "error: fail-opcode X:Y[:count]\n");
@@ -1648,6 +1686,7 @@ static void control_command(const char *line, GString *out)
         srv.order = ORDER_SHUFFLE;
     } else if (!strcmp(cmd, "clear")) {
         g_array_set_size(srv.faults, 0);
+        g_array_set_size(srv.lost, 0);
         srv.close_after = -1;
         srv.delay_ms = 0;
     } else if (!strcmp(cmd, "stats")) {
@@ -1974,6 +2013,7 @@ int main(int argc, char **argv)
     srv.close_after = -1;
     srv.rng = 1;
     srv.faults = g_array_new(FALSE, FALSE, sizeof(struct fault));
+    srv.lost = g_array_new(FALSE, FALSE, sizeof(struct fault));
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
         case O_PORT: port = atoi(optarg); break;
