@@ -228,7 +228,7 @@ static int fvd_amend_check(BDRVFvdState *s, const char *const *names,
         error_setg(errp, "FVD data files must be raw, not '%s'", data_fmt);
         return -EINVAL;
     }
-    if (data && !bdrv_header_name_allowed(data, "Data file", errp)) {
+    if (data && !bdrv_header_name_storable("Data file", data, NULL, errp)) {
         return -EPERM;
     }
     for (int i = 0; i < FVD_NAME_COUNT; i++) {

@@ -60,36 +60,38 @@ static int coroutine_fn fvd_load_header(BlockDriverState *bs, Error **errp)
     return fvd_validate_header(&s->header, file_len, errp);
 }
 
-/* Open the data file: the open option's name, else the header's (which
- * obeys the header-name rule), relative to the FVD file. */
+/*
+ * Open the data file: the open option's name (the user's), else the
+ * header's, which obeys the header-name rule like add-cow's image file
+ * (bdrv_open_header_file: local files unless the user opted in, never a
+ * filter or json:; relative to the FVD file). The header's format name
+ * goes through the same rule before the raw-only check.
+ */
 static int coroutine_fn fvd_open_data_file(BlockDriverState *bs,
                                            const char *override, int flags,
                                            Error **errp)
 {
     BDRVFvdState *s = bs->opaque;
     const char *fmt = s->names[FVD_NAME_DATA_FMT];
-    char *full;
 
+    if (fmt && !bdrv_header_names_allowed("Data file", NULL, fmt, flags,
+                                          errp)) {
+        return -EPERM;
+    }
     if (fmt && strcmp(fmt, "raw")) {
         error_setg(errp, "FVD data file format '%s' is not supported (only "
                    "raw)", fmt);
         return -ENOTSUP;
     }
+    flags &= BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NATIVE_AIO |
+             BDRV_O_NO_FLUSH | BDRV_O_UNMAP;
     if (override) {
-        full = g_strdup(override);
+        s->data_file = bdrv_open_child(override, NULL, NULL, flags, false,
+                                       errp);
     } else {
-        if (!bdrv_header_name_allowed(s->names[FVD_NAME_DATA], "Data file",
-                                      errp)) {
-            return -EPERM;
-        }
-        full = path_combine(bs->filename, s->names[FVD_NAME_DATA]);
+        s->data_file = bdrv_open_header_file(bs, s->names[FVD_NAME_DATA],
+                                             "Data file", flags, errp);
     }
-    s->data_file = bdrv_open_child(full, NULL, NULL,
-                                   flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
-                                            BDRV_O_NATIVE_AIO |
-                                            BDRV_O_NO_FLUSH | BDRV_O_UNMAP),
-                                   false, errp);
-    g_free(full);
     if (!s->data_file) {
         error_prepend(errp, "Could not open FVD data file: ");
         return -EINVAL;
@@ -184,15 +186,9 @@ static int coroutine_fn fvd_open(BlockDriverState *bs, QemuOpts *options,
     if (ret < 0) {
         goto fail;
     }
+    /* The layer opens the base through the header-name rule, with the
+     * header's format name and the user's opt-in. */
     if (s->names[FVD_NAME_BASE]) {
-        /* The layer checks it again when it opens the base; checking here
-         * refuses a forbidden name before anything could be written. */
-        if (!(flags & BDRV_O_NO_BACKING) &&
-            !bdrv_header_name_allowed(s->names[FVD_NAME_BASE], "Backing file",
-                                      errp)) {
-            ret = -EPERM;
-            goto fail;
-        }
         pstrcpy(bs->backing_file, sizeof(bs->backing_file),
                 s->names[FVD_NAME_BASE]);
     }
