@@ -266,6 +266,8 @@ typedef struct BDRVFvdState {
     CoMutex meta_lock;              /* multi-step header changes */
     CoMutex hdr_lock;               /* one header write at a time */
     bool bg_running;                /* background commit/checkpoint */
+    CoQueue bg_queue;               /* close waits here for it to end */
+    bool closing;                   /* no new background work */
     FvdStats stats;
 } BDRVFvdState;
 
@@ -327,6 +329,11 @@ int coroutine_fn fvd_journal_checkpoint(BlockDriverState *bs);
 int coroutine_fn fvd_journal_throttle(BlockDriverState *bs);
 /* Start a background commit/checkpoint if one is due. */
 void fvd_journal_kick(BlockDriverState *bs);
+/*
+ * Close: start no more background work and wait for the running one (the
+ * layer's flush before close may have started it after its drain).
+ */
+void coroutine_fn fvd_journal_stop(BlockDriverState *bs);
 /*
  * Read and validate the journal of a dirty image, then apply its records:
  * to the cached bitmap (read-write) or to the replay overlay (read-only).

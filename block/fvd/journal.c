@@ -29,6 +29,7 @@ void fvd_journal_init(BlockDriverState *bs)
     j->unit = MIN(MAX(align, FVD_JSECTOR), FVD_PAGE) / FVD_JSECTOR;
     qemu_co_queue_init(&j->commit_queue);
     qemu_co_queue_init(&j->checkpoint_queue);
+    qemu_co_queue_init(&s->bg_queue);
 }
 
 static uint64_t fvd_journal_free(FvdJournal *j)
@@ -533,19 +534,32 @@ static void coroutine_fn fvd_background_entry(void *opaque)
     }
     s->bg_running = false;
     bs->in_flight--;
+    qemu_co_queue_restart_all(&s->bg_queue);
 }
 
 void fvd_journal_kick(BlockDriverState *bs)
 {
     BDRVFvdState *s = bs->opaque;
 
-    if (s->bg_running || bs->read_only ||
+    /* Not once close began: the layer's drain is over by then, so close
+     * itself must wait for background work (fvd_journal_stop). */
+    if (s->bg_running || s->closing || bs->read_only ||
         !(fvd_commit_due(s) || fvd_checkpoint_due(s))) {
         return;
     }
     s->bg_running = true;
     bs->in_flight++;            /* drain and close wait for it */
     aio_co_schedule(qemu_coroutine_create(fvd_background_entry, bs));
+}
+
+void coroutine_fn fvd_journal_stop(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+
+    s->closing = true;
+    while (s->bg_running) {
+        qemu_co_queue_wait(&s->bg_queue, NULL);
+    }
 }
 
 int coroutine_fn fvd_journal_throttle(BlockDriverState *bs)

@@ -154,6 +154,9 @@ static void fvd_free_state(BlockDriverState *bs)
 {
     BDRVFvdState *s = bs->opaque;
 
+    /* Background work uses this state: close stopped it (fvd_journal_stop);
+     * a failed open never started any. */
+    assert(!s->bg_running);
     fvd_bitmap_free(s);
     table_cache_free(s->bitmap);
     s->bitmap = NULL;
@@ -258,8 +261,10 @@ static void coroutine_fn fvd_close(BlockDriverState *bs)
 {
     BDRVFvdState *s = bs->opaque;
 
-    /* The layer drained and flushed: every bit is in the journal. Write
-     * them home, then mark the image clean (the next open skips replay). */
+    /* The layer drained and flushed: every bit is in the journal (unless
+     * that flush failed). Write them home, then mark the image clean (the
+     * next open skips replay). */
+    fvd_journal_stop(bs);
     if (!bs->read_only && (s->session_dirty || s->replayed_in_cache) &&
         fvd_opened(bs) && fvd_journal_checkpoint(bs) >= 0) {
         s->header.incompatible_features &= ~FVD_INCOMPAT_DIRTY;

@@ -4,7 +4,8 @@
  * breakpoints: many allocating writes into one block, the write-ahead rule
  * (a bitmap page goes home only after its journal record is durable, and
  * no record before its data is durable), background commits past the soft
- * limit and writers held at the hard limit while a commit is suspended.
+ * limit and writers held at the hard limit while a commit is suspended,
+ * and no background work left running after close.
  */
 #include "block_int.h"
 #include "block/fvd/fvd.h"
@@ -326,6 +327,52 @@ static void test_pending_limits(void)
     g_free(top);
 }
 
+/*
+ * Close after a flush that failed: the header write that starts the
+ * session's journal fails (blkdebug), so the flush the layer makes before
+ * close leaves FVD_PENDING_SOFT entries pending and a background commit
+ * due after the layer's drain. Close must not leave it behind to run on
+ * the freed image: once bdrv_unref returns, nothing of it may be left to
+ * run (before the fix it ran there, on freed memory).
+ */
+static void test_close_after_failed_flush(void)
+{
+    enum { N = FVD_PENDING_SOFT };
+    int64_t stride = 2 * MiB;
+    char *base = make_base("close.raw", (int64_t)(N + 1) * stride, 0);
+    char *top = path_of("close.fvd");
+    char *rules = path_of("close.rules");
+    char *opts = g_strdup_printf("backing_file=%s,backing_fmt=raw,"
+                                 "block_size=512", base);
+    create("fvd", top, opts);
+    g_free(opts);
+    g_assert(g_file_set_contents(rules, "[inject-error]\n"
+                                 "event = \"header_write\"\n"
+                                 "errno = \"5\"\n", -1, NULL));
+    char *name = g_strdup_printf("blkdebug:%s:%s", rules, top);
+    BlockDriverState *bs = open_fvd(name, "cache-entry-size=512");
+    BDRVFvdState *s = bs->opaque;
+    uint8_t buf[512];
+
+    memset(buf, 0x5a, sizeof(buf));
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(bdrv_pwrite(bs, i * stride, 512, buf, 0), ==, 0);
+    }
+    AIO_WAIT_WHILE(s->bg_running);
+    /* The background commit failed at its header write: all pending. */
+    g_assert_cmpint(s->pending_entries, ==, N);
+    g_assert_cmpint(s->j.last_commit_ret, ==, -EIO);
+    bdrv_unref(bs);
+    g_assert(!aio_poll(qemu_get_aio_context(), false));
+    unlink(top);
+    unlink(base);
+    unlink(rules);
+    g_free(name);
+    g_free(rules);
+    g_free(base);
+    g_free(top);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-fvd.XXXXXX";
@@ -336,6 +383,7 @@ int main(int argc, char **argv)
     test_same_block("512");
     test_write_ahead();
     test_pending_limits();
+    test_close_after_failed_flush();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);
