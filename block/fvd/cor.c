@@ -96,6 +96,10 @@ int coroutine_fn fvd_cor_read(BlockDriverState *bs, uint64_t c, uint64_t run,
     int bits = s->header.block_bits;
     uint64_t max_blocks = MAX(UINT64_C(1), (uint64_t)FVD_COR_MAX >> bits);
 
+    if (fvd_begin_change(bs) < 0) {
+        /* The image may not change yet: serve the read without a copy. */
+        return fvd_read_base(bs, offset, bytes, qiov, qiov_offset);
+    }
     while (bytes > 0) {
         uint64_t k = MIN(run, max_blocks);
         int64_t piece_end = MIN((int64_t)((c + k) << bits), offset + bytes);

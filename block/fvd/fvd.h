@@ -259,6 +259,7 @@ typedef struct BDRVFvdState {
     FvdAlloc *allocs;
     FvdJournal j;
     bool session_dirty;             /* DIRTY set by this session */
+    bool autoclear_pending;         /* unknown autoclear bits still on disk */
     bool replayed_in_cache;         /* DIRTY image: replayed bits not home */
     bool copy_on_read;
     bool soft_dirty;                /* copy-on-read bits not yet home */
@@ -284,6 +285,12 @@ int fvd_validate_header(const FvdHeader *h, int64_t file_len, Error **errp);
 int coroutine_fn fvd_read_names(BlockDriverState *file, const FvdHeader *h,
                                 char **names, Error **errp);
 int coroutine_fn fvd_write_header(BlockDriverState *bs);
+/*
+ * Before the first change of a session (guest write, copy-on-read, resize,
+ * amend, repair): clear the autoclear bits this version does not know.
+ * Takes meta_lock: call it without holding it.
+ */
+int coroutine_fn fvd_begin_change(BlockDriverState *bs);
 int coroutine_fn fvd_set_names(BlockDriverState *bs,
                                const char *const *new_names, Error **errp);
 uint64_t fvd_bitmap_bytes(uint64_t coverage, uint32_t block_bits);

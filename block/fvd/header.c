@@ -295,6 +295,29 @@ int coroutine_fn fvd_write_header(BlockDriverState *bs)
     return ret;
 }
 
+int coroutine_fn fvd_begin_change(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    int ret = 0;
+
+    if (likely(!s->autoclear_pending)) {
+        return 0;
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    if (s->autoclear_pending) {
+        uint64_t old = s->header.autoclear_features;
+        s->header.autoclear_features &= FVD_AUTOCLEAR_MASK;
+        ret = fvd_write_header(bs);
+        if (ret < 0) {
+            s->header.autoclear_features = old;
+        } else {
+            s->autoclear_pending = false;
+        }
+    }
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
 /*
  * Replace the names (new_names[i] NULL keeps name i, "" removes it): the new
  * strings go to free space of the name area and are flushed, then the header

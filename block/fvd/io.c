@@ -253,6 +253,10 @@ static int coroutine_fn fvd_do_write(BlockDriverState *bs, int64_t offset,
     if ((uint64_t)offset + bytes > s->header.virtual_size) {
         return -EIO;
     }
+    int ret = fvd_begin_change(bs);
+    if (ret < 0) {
+        return ret;
+    }
     while (bytes > 0) {
         if ((uint64_t)offset >= fvd_coverage(s)) {
             return fvd_write_in_place(s, offset, bytes, qiov, qiov_offset,
@@ -261,7 +265,7 @@ static int coroutine_fn fvd_do_write(BlockDriverState *bs, int64_t offset,
         bool in_image;
         uint64_t c, run;
         int64_t n;
-        int ret = fvd_next_run(s, offset, bytes, &in_image, &c, &run, &n);
+        ret = fvd_next_run(s, offset, bytes, &in_image, &c, &run, &n);
         if (ret < 0) {
             return ret;
         }
@@ -344,8 +348,11 @@ int coroutine_fn fvd_co_pdiscard(BlockDriverState *bs, int64_t offset,
     int bits = s->header.block_bits;
     uint64_t cov = fvd_coverage(s);
     uint64_t end = offset + bytes;
-    int ret;
+    int ret = fvd_begin_change(bs);
 
+    if (ret < 0) {
+        return ret;
+    }
     if (end > cov) {
         uint64_t from = MAX((uint64_t)offset, cov);
         ret = bdrv_co_pdiscard(s->data, fvd_host_offset(s, from), end - from);

@@ -113,6 +113,11 @@ int coroutine_fn fvd_co_truncate(BlockDriverState *bs, int64_t offset,
     if (new == old) {
         return 0;
     }
+    ret = fvd_begin_change(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write FVD header");
+        return ret;
+    }
     qemu_co_mutex_lock(&s->meta_lock);
     /* Guest requests are excluded by the layer; background copies too. */
     while (fvd_alloc_wait(s, 0, UINT64_MAX)) {
@@ -201,6 +206,10 @@ int coroutine_fn fvd_change_backing_file(BlockDriverState *bs,
     names[FVD_NAME_BASE] = backing_file ? backing_file : "";
     names[FVD_NAME_BASE_FMT] = backing_fmt && names[FVD_NAME_BASE][0]
                                ? backing_fmt : "";
+    ret = fvd_begin_change(bs);
+    if (ret < 0) {
+        return ret;
+    }
     qemu_co_mutex_lock(&s->meta_lock);
     while (fvd_alloc_wait(s, 0, UINT64_MAX)) {
         /* a background copy-on-read write must not race the zeroing */
@@ -259,6 +268,11 @@ int coroutine_fn fvd_amend_options(BlockDriverState *bs, QemuOpts *opts,
     if (names[FVD_NAME_BASE] && !*names[FVD_NAME_BASE] &&
         !names[FVD_NAME_BASE_FMT]) {
         names[FVD_NAME_BASE_FMT] = "";
+    }
+    ret = fvd_begin_change(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write FVD header");
+        return ret;
     }
     qemu_co_mutex_lock(&s->meta_lock);
     if (renames) {
@@ -324,8 +338,11 @@ static int coroutine_fn fvd_check_leaks(BlockDriverState *bs, FvdCount *cnt,
         res->leaks += cnt->stray;
         return 0;
     }
-    int ret = fvd_bitmap_clear_cached(s, s->nb_blocks,
+    int ret = fvd_begin_change(bs);
+    if (ret >= 0) {
+        ret = fvd_bitmap_clear_cached(s, s->nb_blocks,
                                       s->header.bitmap_size * 8);
+    }
     if (ret >= 0) {
         ret = table_cache_flush(s->bitmap);
     }
@@ -356,8 +373,9 @@ static void coroutine_fn fvd_check_data_size(BlockDriverState *bs,
     fprintf(stderr, "%s data storage is shorter than the virtual disk "
             "(%" PRId64 " < %" PRId64 ")\n", repair ? "Repairing" : "ERROR",
             len, need);
-    if (repair && bdrv_co_truncate(s->data, need, false, PREALLOC_MODE_OFF,
-                                   NULL) >= 0) {
+    if (repair && fvd_begin_change(bs) >= 0 &&
+        bdrv_co_truncate(s->data, need, false, PREALLOC_MODE_OFF,
+                         NULL) >= 0) {
         res->corruptions_fixed++;
     } else {
         res->corruptions++;

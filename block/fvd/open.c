@@ -232,17 +232,11 @@ static int coroutine_fn fvd_open(BlockDriverState *bs, QemuOpts *options,
         s->copy_on_read = true;
         bs->open_flags &= ~BDRV_O_COPY_ON_READ;
     }
-    /* A writer clears the autoclear bits it does not know, once the open
-     * has otherwise succeeded (spec section 3). */
-    if ((flags & BDRV_O_RDWR) &&
-        (s->header.autoclear_features & ~FVD_AUTOCLEAR_MASK)) {
-        s->header.autoclear_features &= FVD_AUTOCLEAR_MASK;
-        ret = fvd_write_header(bs);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not clear autoclear bits");
-            goto fail;
-        }
-    }
+    /* Nothing is written during open (the layer may still fail it, e.g.
+     * on the base): a writer clears the autoclear bits it does not know
+     * before its first change instead (fvd_begin_change, spec section 3). */
+    s->autoclear_pending = (flags & BDRV_O_RDWR) &&
+        (s->header.autoclear_features & ~FVD_AUTOCLEAR_MASK);
     return 0;
 
 fail:
@@ -266,7 +260,8 @@ static void coroutine_fn fvd_close(BlockDriverState *bs)
      * next open skips replay). */
     fvd_journal_stop(bs);
     if (!bs->read_only && (s->session_dirty || s->replayed_in_cache) &&
-        fvd_opened(bs) && fvd_journal_checkpoint(bs) >= 0) {
+        fvd_opened(bs) && fvd_begin_change(bs) >= 0 &&
+        fvd_journal_checkpoint(bs) >= 0) {
         s->header.incompatible_features &= ~FVD_INCOMPAT_DIRTY;
         if (fvd_write_header(bs) < 0) {
             s->header.incompatible_features |= FVD_INCOMPAT_DIRTY;
