@@ -43,6 +43,14 @@ void fvd_bitmap_free(BDRVFvdState *s)
     }
 }
 
+TableCache *fvd_bitmap_cache_new(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+
+    return table_cache_new(bs->file, s->entry_size, s->cache_entries,
+                           "bitmap_load", "bitmap_update");
+}
+
 uint64_t fvd_entry_offset(BDRVFvdState *s, uint64_t index)
 {
     return s->header.bitmap_offset + index * s->entry_size;

@@ -249,6 +249,7 @@ typedef struct BDRVFvdState {
     uint64_t nb_blocks;             /* blocks covered by the bitmap */
 
     TableCache *bitmap;             /* NULL without base coverage */
+    int cache_entries;              /* entries the cache may hold */
     uint32_t entry_size;            /* bytes per cache entry */
     uint64_t entry_bits;            /* blocks per cache entry */
     GHashTable *shadows;            /* index -> FvdShadow */
@@ -297,6 +298,13 @@ uint64_t fvd_bitmap_bytes(uint64_t coverage, uint32_t block_bits);
 
 /* bitmap.c */
 void fvd_bitmap_init(BDRVFvdState *s);
+/*
+ * The bitmap's cache (entries of entry_size bytes in bs->file). Its order
+ * comes from the table cache's generations: entries holding journalled bits
+ * depend on the journal writes in bs->file, those holding copy-on-read bits
+ * on the data writes (table_cache_mark_dirty_gen).
+ */
+TableCache *fvd_bitmap_cache_new(BlockDriverState *bs);
 void fvd_bitmap_free(BDRVFvdState *s);
 /*
  * Blocks [start, start + *len) all have the state of block start (1 = in the

@@ -219,9 +219,16 @@ int coroutine_fn fvd_change_backing_file(BlockDriverState *bs,
     return ret;
 }
 
+/*
+ * The names amend would store: within the limits, and nothing that no later
+ * open could follow (bdrv_header_name_storable: filters, json:, unknown
+ * protocols; a network name then needs --allow-header-protocols).
+ */
 static int fvd_amend_check(BDRVFvdState *s, const char *const *names,
                            Error **errp)
 {
+    const char *base = names[FVD_NAME_BASE];
+    const char *base_fmt = names[FVD_NAME_BASE_FMT];
     const char *data = names[FVD_NAME_DATA];
     const char *data_fmt = names[FVD_NAME_DATA_FMT];
 
@@ -237,7 +244,16 @@ static int fvd_amend_check(BDRVFvdState *s, const char *const *names,
         error_setg(errp, "FVD data files must be raw, not '%s'", data_fmt);
         return -EINVAL;
     }
-    if (data && !bdrv_header_name_storable("Data file", data, NULL, errp)) {
+    if ((data || (data_fmt && *data_fmt)) &&
+        !bdrv_header_name_storable("Data file", data,
+                                   data_fmt && *data_fmt ? data_fmt : NULL,
+                                   errp)) {
+        return -EPERM;
+    }
+    if (((base && *base) || (base_fmt && *base_fmt)) &&
+        !bdrv_header_name_storable("Backing file", base && *base ? base : NULL,
+                                   base_fmt && *base_fmt ? base_fmt : NULL,
+                                   errp)) {
         return -EPERM;
     }
     for (int i = 0; i < FVD_NAME_COUNT; i++) {
@@ -251,6 +267,77 @@ static int fvd_amend_check(BDRVFvdState *s, const char *const *names,
     return 0;
 }
 
+/*
+ * amend data_file=NAME: the new data file must open (resolved like the
+ * header's name) and hold the whole disk before the header may name it;
+ * the session then continues on it, locked like the one it replaces.
+ */
+static BlockDriverState *coroutine_fn
+fvd_amend_open_data(BlockDriverState *bs, const char *name, Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    char *full = path_combine(bs->filename, name);
+    int flags = bs->open_flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
+                                  BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
+                                  BDRV_O_UNMAP);
+    BlockDriverState *d = bdrv_open_child(full, NULL, NULL, flags, false,
+                                          errp);
+    int64_t len;
+
+    g_free(full);
+    if (!d) {
+        error_prepend(errp, "Could not open FVD data file: ");
+        return NULL;
+    }
+    len = bdrv_getlength(d);
+    if (len < 0 || (uint64_t)len < s->header.virtual_size) {
+        error_setg(errp, "FVD data file '%s' is smaller than the virtual "
+                   "disk (%" PRId64 " < %" PRIu64 ")", bdrv_get_filename(d),
+                   len, s->header.virtual_size);
+        bdrv_unref(d);
+        return NULL;
+    }
+    if (bdrv_attach_data_file_perm(bs, d, errp) < 0) {
+        bdrv_unref(d);
+        return NULL;
+    }
+    return d;
+}
+
+/*
+ * Continue on new_data; returns the old data file for the caller to
+ * release. Everything was flushed, so no cache entry depends on the old
+ * file: a fresh cache replaces the one that knew it (amend runs with no
+ * request in flight, so no entry is pinned).
+ */
+static BlockDriverState *fvd_switch_data(BlockDriverState *bs,
+                                         BlockDriverState *new_data)
+{
+    BDRVFvdState *s = bs->opaque;
+    BlockDriverState *old = s->data_file;
+
+    s->data_file = new_data;
+    s->data = new_data;
+    bs->data_file = new_data;
+    if (s->bitmap) {
+        table_cache_free(s->bitmap);
+        s->bitmap = fvd_bitmap_cache_new(bs);
+    }
+    return old;
+}
+
+/* Everything of this session durable, the bitmap entries home. */
+static int coroutine_fn fvd_flush_all(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    int ret = fvd_co_flush(bs);
+
+    if (ret >= 0 && s->bitmap) {
+        ret = table_cache_flush(s->bitmap);
+    }
+    return ret;
+}
+
 int coroutine_fn fvd_amend_options(BlockDriverState *bs, QemuOpts *opts,
                                    bool force, Error **errp)
 {
@@ -260,10 +347,17 @@ int coroutine_fn fvd_amend_options(BlockDriverState *bs, QemuOpts *opts,
         qemu_opt_get(opts, "data_file"), qemu_opt_get(opts, "data_file_fmt"),
     };
     bool renames = names[0] || names[1] || names[2] || names[3];
+    BlockDriverState *new_data = NULL;
     int ret = fvd_amend_check(s, names, errp);
 
     if (ret < 0) {
         return ret;
+    }
+    if (names[FVD_NAME_DATA]) {
+        new_data = fvd_amend_open_data(bs, names[FVD_NAME_DATA], errp);
+        if (!new_data) {
+            return -EINVAL;
+        }
     }
     if (names[FVD_NAME_BASE] && !*names[FVD_NAME_BASE] &&
         !names[FVD_NAME_BASE_FMT]) {
@@ -272,11 +366,21 @@ int coroutine_fn fvd_amend_options(BlockDriverState *bs, QemuOpts *opts,
     ret = fvd_begin_change(bs);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not write FVD header");
+        bdrv_unref(new_data);
         return ret;
     }
     qemu_co_mutex_lock(&s->meta_lock);
-    if (renames) {
+    if (new_data) {
+        ret = fvd_flush_all(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not flush the FVD image");
+        }
+    }
+    if (ret >= 0 && renames) {
         ret = fvd_rename(bs, names, errp);
+    }
+    if (ret >= 0 && new_data) {
+        new_data = fvd_switch_data(bs, new_data);
     }
     if (ret >= 0 && qemu_opt_has(opts, "copy_on_read")) {
         uint64_t old = s->header.compatible_features;
@@ -292,6 +396,7 @@ int coroutine_fn fvd_amend_options(BlockDriverState *bs, QemuOpts *opts,
         }
     }
     qemu_co_mutex_unlock(&s->meta_lock);
+    bdrv_unref(new_data);       /* the old data file after a switch */
     return ret;
 }
 

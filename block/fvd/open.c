@@ -126,9 +126,8 @@ static int fvd_cache_geometry(BlockDriverState *bs, QemuOpts *options,
         return 0;               /* no base coverage: no bitmap to cache */
     }
     /* More entries than the bitmap has would only waste memory. */
-    uint64_t n = MIN(size / entry, DIV_ROUND_UP(whole, entry));
-    s->bitmap = table_cache_new(bs->file, entry, n, "bitmap_load",
-                                "bitmap_update");
+    s->cache_entries = MIN(size / entry, DIV_ROUND_UP(whole, entry));
+    s->bitmap = fvd_bitmap_cache_new(bs);
     return 0;
 }
 
@@ -189,8 +188,8 @@ static int coroutine_fn fvd_open(BlockDriverState *bs, QemuOpts *options,
     if (ret < 0) {
         goto fail;
     }
-    /* The layer opens the base through the header-name rule, with the
-     * header's format name and the user's opt-in. */
+    /* The layer opens the base through the header-name rule (an open
+     * writes nothing, so a refused base leaves the file as it was). */
     if (s->names[FVD_NAME_BASE]) {
         pstrcpy(bs->backing_file, sizeof(bs->backing_file),
                 s->names[FVD_NAME_BASE]);
