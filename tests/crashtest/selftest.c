@@ -334,21 +334,23 @@ static void test_damage(const char *fmt, long n)
 }
 
 /*
- * add-cow's bitmap ordering, broken from below: flushes of the raw image
- * return while they still run, so bitmap pages reach the disk before the
- * data they describe (what a table cache that skips waiting for a running
- * dependency flush does). Crash points must be flagged with zeroes where
- * data belongs (a bit set over data that never landed), missed by the
- * check, at cuts where a bitmap write was issued during that flush.
+ * The data-before-metadata ordering, broken from below: flushes of the data
+ * file (add-cow's raw image, FVD's data file) return while they still run,
+ * so bitmap pages (add-cow: what a table cache that skips waiting for a
+ * running dependency flush does) or journal records (FVD: a commit that
+ * does not wait for its data flush) reach the disk before the data they
+ * describe. Crash points must be flagged with zeroes where data belongs (a
+ * bit set over data that never landed), missed by the check, at cuts where
+ * a metadata write was issued during that flush.
  */
-static void test_early_flush(long n)
+static void test_early_flush(const char *fmt, long n)
 {
     long flagged = 0, shown = 0;
 
-    if (!bdrv_find_format("add-cow")) {
+    if (!bdrv_find_format(fmt)) {
         return;
     }
-    pick_plug("add-cow");
+    pick_plug(fmt);
     cfg.early_flush = "data";
     for (long i = 0; i < n; i++) {
         IterResult res;
@@ -359,17 +361,17 @@ static void test_early_flush(long n)
         if (!res.ok && res.verdict.bad_zero && res.verdict.check_missed &&
             res.meta_writes) {
             if (!shown++ || cfg.verbose) {
-                printf("early flush: iter %ld flagged: %.200s\n", i, res.why);
+                printf("early flush (%s): iter %ld flagged: %.200s\n", fmt, i,
+                       res.why);
             }
         }
         g_free(res.why);
     }
     cfg.early_flush = NULL;
-    printf("early flush (add-cow): %ld of %ld crash points flagged, %ld with "
+    printf("early flush (%s): %ld of %ld crash points flagged, %ld with "
            "zeroes over allocated clusters, missed by the check, at a cut "
-           "inside a flush\n", flagged, n, shown);
-    expect(shown > 0, "bitmap pages written before their data were never "
-           "caught");
+           "inside a flush\n", fmt, flagged, n, shown);
+    expect(shown > 0, "metadata written before its data was never caught");
 }
 
 /* A stack whose flushes are not durable must be caught end to end. */
@@ -433,7 +435,9 @@ int self_test(void)
     g_rand_free(rng);
     test_damage("raw", 6);
     test_damage("add-cow", 6);
-    test_early_flush(40);
+    test_damage("fvd", 6);
+    test_early_flush("add-cow", 40);
+    test_early_flush("fvd", 40);
     test_unsafe(20);
     printf("self-test: %s\n", failures ? "FAILED" : "the checker catches "
            "every injected failure");
