@@ -27,6 +27,8 @@ typedef struct BlockDriverState BlockDriverState;
 #define BDRV_O_NO_BACKING   0x0100  /* do not open the backing file */
 #define BDRV_O_NO_FLUSH     0x0200  /* cache=unsafe: flushes are no-ops */
 #define BDRV_O_COPY_ON_READ 0x0400  /* copy data read from backing into image */
+#define BDRV_O_CHECK        0x1000  /* opened by qemu-img check -r: a corrupt
+                                       image may be opened to repair it */
 #define BDRV_O_UNMAP        0x4000  /* discard requests reach the file */
 #define BDRV_O_PROTOCOL     0x8000  /* open only the protocol layer */
 
@@ -36,6 +38,8 @@ typedef enum BdrvRequestFlags {
     BDRV_REQ_ZERO_WRITE   = 0x2,
     BDRV_REQ_MAY_UNMAP    = 0x4,    /* zeroes may be written as a hole */
     BDRV_REQ_FUA          = 0x10,   /* durable when the request completes */
+    BDRV_REQ_WRITE_COMPRESSED = 0x20, /* store compressed (cluster aligned);
+                                       -ENOTSUP if the format cannot */
     BDRV_REQ_SERIALISING  = 0x80,
     BDRV_REQ_NO_FALLBACK  = 0x100,  /* fail rather than write zero buffers */
 } BdrvRequestFlags;
@@ -47,6 +51,8 @@ typedef enum BdrvRequestFlags {
 #define BDRV_BLOCK_RAW          0x08  /* internal: ask bs->file */
 #define BDRV_BLOCK_ALLOCATED    0x10  /* this layer determines the content */
 #define BDRV_BLOCK_EOF          0x20  /* the range reaches the end of image */
+#define BDRV_BLOCK_RECURSE      0x40  /* internal: DATA at *map in *file, but
+                                         ask *file whether it reads zero */
 
 typedef enum PreallocMode {
     PREALLOC_MODE_OFF = 0,
@@ -105,6 +111,14 @@ typedef struct BdrvCheckResult {
     int64_t fragmented_clusters;
     int64_t compressed_clusters;
 } BdrvCheckResult;
+
+/* qemu-img measure: bytes a new image of some format would need. */
+typedef struct BlockMeasureInfo {
+    int64_t required;           /* for the data present (or the size given) */
+    int64_t fully_allocated;    /* with every cluster allocated */
+    bool has_bitmaps;
+    int64_t bitmaps;            /* bytes of persistent bitmaps to copy */
+} BlockMeasureInfo;
 
 typedef struct QEMUSnapshotInfo {
     char id_str[128];
@@ -170,6 +184,13 @@ int bdrv_create(BlockDriver *drv, const char *filename, QemuOpts *opts,
                 Error **errp);
 /* Create the protocol-level object for filename (e.g. an empty file). */
 int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp);
+/*
+ * Space an image of format drv created with opts (validated against its
+ * create options) would need, holding in_bs's data (NULL: opts' "size").
+ * g_free the result; NULL with errp set on error or if drv cannot say.
+ */
+BlockMeasureInfo *bdrv_measure(BlockDriver *drv, QemuOpts *opts,
+                               BlockDriverState *in_bs, Error **errp);
 
 /* ---- properties ---- */
 const char *bdrv_get_format_name(BlockDriverState *bs);

@@ -369,6 +369,10 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
     if (!drv->bdrv_co_pwritev) {
         return -ENOTSUP;
     }
+    if ((flags & BDRV_REQ_WRITE_COMPRESSED) &&
+        !(drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED)) {
+        return -ENOTSUP;
+    }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
         ret = drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset,
@@ -792,6 +796,22 @@ int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
             return ret;
         }
         assert(*pnum > 0 && *pnum <= bytes);
+        if ((ret & BDRV_BLOCK_RECURSE) && local_file) {
+            /* Data that may be a hole in the file below: reads as zero. */
+            int64_t n = *pnum, fpnum;
+            int ret2 = bdrv_co_block_status(local_file, local_map, n, &fpnum,
+                                            NULL, NULL);
+            if (ret2 >= 0) {
+                if ((ret2 & BDRV_BLOCK_EOF) &&
+                    (!fpnum || (ret2 & BDRV_BLOCK_ZERO))) {
+                    ret |= BDRV_BLOCK_ZERO;
+                } else if (fpnum > 0) {
+                    *pnum = fpnum;
+                    ret |= ret2 & BDRV_BLOCK_ZERO;
+                }
+            }
+            ret &= ~BDRV_BLOCK_RECURSE;
+        }
         if (ret & BDRV_BLOCK_RAW) {
             /* The driver maps 1:1 onto local_file: ask it. */
             int64_t n = *pnum;

@@ -353,6 +353,50 @@ int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
     }
 }
 
+int coroutine_fn table_cache_get_empty(TableCache *c, uint64_t offset,
+                                       void **page)
+{
+    int64_t key = offset;
+    int ret;
+
+    assert(offset % c->page_size == 0 && offset <= INT64_MAX);
+    for (;;) {
+        TableEntry *e = g_hash_table_lookup(c->by_offset, &key);
+        if (e) {
+            if (e->loading) {
+                qemu_co_queue_wait(&e->waiters, NULL);
+                continue;
+            }
+            table_cache_pin(e);
+            table_cache_touch(c, e);
+            *page = e->page;
+            return 0;
+        }
+        TableEntry *victim = table_cache_find_victim(c);
+        if (!victim) {
+            qemu_co_queue_wait(&c->free_queue, NULL);
+            continue;
+        }
+        if (victim->dirty) {
+            ret = table_cache_evict_dirty(c, victim);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        if (victim->offset >= 0) {
+            g_hash_table_remove(c->by_offset, &victim->offset);
+        }
+        victim->offset = offset;
+        g_hash_table_insert(c->by_offset, &victim->offset, victim);
+        victim->ref = 1;
+        table_cache_touch(c, victim);
+        memset(victim->page, 0, c->page_size);
+        *page = victim->page;
+        return 0;
+    }
+}
+
 void table_cache_put(TableCache *c, void **page)
 {
     table_cache_unpin(c, table_cache_entry_of(c, *page));
@@ -451,6 +495,29 @@ void table_cache_invalidate(TableCache *c)
             g_queue_push_head_link(&c->lru, &e->lru_link);
         }
     }
+}
+
+void coroutine_fn table_cache_discard(TableCache *c, uint64_t offset)
+{
+    int64_t key = offset;
+    TableEntry *e;
+
+    while ((e = g_hash_table_lookup(c->by_offset, &key)) &&
+           (e->storing || e->loading)) {
+        qemu_co_queue_wait(&e->waiters, NULL);
+    }
+    if (!e) {
+        return;
+    }
+    assert(e->ref == 0);
+    g_hash_table_remove(c->by_offset, &e->offset);
+    e->offset = -1;
+    e->dirty = false;
+    for (int d = 0; d < TABLE_CACHE_MAX_DEPS; d++) {
+        e->dep_gen[d] = 0;
+    }
+    g_queue_unlink(&c->lru, &e->lru_link);
+    g_queue_push_head_link(&c->lru, &e->lru_link);
 }
 
 void table_cache_get_stats(TableCache *c, TableCacheStats *stats)

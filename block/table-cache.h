@@ -52,6 +52,13 @@ void table_cache_set_dependency(TableCache *c, TableCache *dep);
 /* Pin the page at byte offset (a multiple of page_size), loading it. */
 int coroutine_fn table_cache_get(TableCache *c, uint64_t offset,
                                  void **page);
+/*
+ * Pin the page at offset without reading it: the area was just allocated
+ * and the caller fills the whole page (it starts zeroed unless it was
+ * cached already), then marks it dirty.
+ */
+int coroutine_fn table_cache_get_empty(TableCache *c, uint64_t offset,
+                                       void **page);
 /* Unpin a page returned by table_cache_get. */
 void table_cache_put(TableCache *c, void **page);
 /* Mark a pinned page dirty, depending on every dependency node as of now. */
@@ -75,6 +82,12 @@ int coroutine_fn table_cache_write(TableCache *c);
 int coroutine_fn table_cache_flush(TableCache *c);
 /* Drop every clean, unpinned page (after the area was rewritten). */
 void table_cache_invalidate(TableCache *c);
+/*
+ * Forget the page at offset even if it is dirty (the area was freed and
+ * its content no longer matters); waits for a write of it in flight. The
+ * page must not be pinned.
+ */
+void coroutine_fn table_cache_discard(TableCache *c, uint64_t offset);
 
 /* Statistics for tests and benchmarks. */
 typedef struct TableCacheStats {
