@@ -139,6 +139,11 @@ bool bdrv_driver_supports_backing(const BlockDriver *drv)
     return drv->supports_backing;
 }
 
+bool bdrv_driver_can_compress(const BlockDriver *drv)
+{
+    return drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED;
+}
+
 BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
                             const char *filename, int *score)
 {
@@ -1408,20 +1413,17 @@ bool bdrv_can_snapshot(BlockDriverState *bs)
 }
 
 int bdrv_snapshot_find(BlockDriverState *bs, QEMUSnapshotInfo *sn,
-                       const char *name_or_id)
+                       const char *name)
 {
     QEMUSnapshotInfo *list;
     int n = bdrv_snapshot_list(bs, &list);
     int ret = -ENOENT;
 
-    for (int pass = 0; pass < 2 && ret < 0; pass++) {
-        for (int i = 0; i < n; i++) {
-            const char *key = pass == 0 ? list[i].id_str : list[i].name;
-            if (!strcmp(key, name_or_id)) {
-                *sn = list[i];
-                ret = 0;
-                break;
-            }
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(list[i].name, name)) {
+            *sn = list[i];
+            ret = 0;
+            break;
         }
     }
     g_free(list);

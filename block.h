@@ -149,6 +149,8 @@ const QemuOptDesc *bdrv_driver_amend_opts(const BlockDriver *drv);
 /* Create options of the protocol that would hold filename, or NULL. */
 const QemuOptDesc *bdrv_protocol_create_opts(const char *filename);
 bool bdrv_driver_supports_backing(const BlockDriver *drv);
+/* Can the format store compressed clusters (BDRV_REQ_WRITE_COMPRESSED)? */
+bool bdrv_driver_can_compress(const BlockDriver *drv);
 
 /*
  * cache modes: writeback, none, writethrough, directsync, unsafe (and "off" =
@@ -273,9 +275,10 @@ int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
                          const char *name, Error **errp);
 /* Returns the count (>= 0) and a g_malloc'd array, or -errno. */
 int bdrv_snapshot_list(BlockDriverState *bs, QEMUSnapshotInfo **psn_info);
-/* Find by id, then by name. 0 or -ENOENT. */
+/* The first snapshot with this name (names only, as QEMU's qemu-img
+ * snapshot -d). 0 or -ENOENT. */
 int bdrv_snapshot_find(BlockDriverState *bs, QEMUSnapshotInfo *sn,
-                       const char *name_or_id);
+                       const char *name);
 bool bdrv_can_snapshot(BlockDriverState *bs);
 /* Return bytes transferred or -errno. */
 int bdrv_save_vmstate(BlockDriverState *bs, const uint8_t *buf, int64_t pos,
