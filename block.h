@@ -31,6 +31,9 @@ typedef struct BlockDriverState BlockDriverState;
                                        image may be opened to repair it */
 #define BDRV_O_UNMAP        0x4000  /* discard requests reach the file */
 #define BDRV_O_PROTOCOL     0x8000  /* open only the protocol layer */
+#define BDRV_O_NO_IO        0x10000 /* metadata only (qemu-img info): no guest
+                                       I/O follows, parts of the image that
+                                       only I/O needs may be missing */
 
 /* Request flags */
 typedef enum BdrvRequestFlags {

@@ -1168,7 +1168,8 @@ static GPtrArray *collect_image_info_list(const char *filename,
         }
         g_hash_table_add(seen, g_strdup(name));
 
-        bs = img_open(name, cur_fmt, BDRV_O_NO_BACKING, false);
+        bs = img_open(name, cur_fmt, BDRV_O_NO_BACKING | BDRV_O_NO_IO,
+                      false);
         if (!bs) {
             goto err;
         }
@@ -3982,8 +3983,7 @@ static int img_amend(int argc, char **argv)
     progress_print(0.f, 0);
     ret = bdrv_amend_options(bs, opts, force, &err);
     progress_print(100.f, 0);
-    if (ret == -ENOTSUP) {
-        error_free(err);
+    if (ret == -ENOTSUP && !err) {
         error_report("Format driver '%s' does not support option amendment",
                      fmt);
     } else if (ret < 0) {

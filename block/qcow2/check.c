@@ -443,6 +443,11 @@ static int coroutine_fn calculate_refcounts(Qcow2Check *c)
     BDRVQcow2State *s = bs->opaque;
     int ret;
 
+    c->file_len = bdrv_getlength(bs->file);
+    if (c->file_len < 0) {
+        c->res->check_errors++;
+        return c->file_len;
+    }
     ret = imrt_inc(c, 0, s->cluster_size);
     if (ret >= 0) {
         ret = check_l1(c, s->l1_table_offset, s->l1_size, CHECK_FRAG_INFO,

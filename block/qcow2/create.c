@@ -141,8 +141,10 @@ static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
     }
     p->size = ROUND_UP(qemu_opt_get_size(opts, "size", 0),
                        BDRV_SECTOR_SIZE);
-    p->version = qcow2_parse_version(qemu_opt_get(opts, "compat"), errp);
+    p->version = qcow2_parse_version(qemu_opt_get(opts, "compat"), NULL);
     if (p->version < 0) {
+        error_setg(errp, "Parameter 'version' does not accept value '%s'",
+                   qemu_opt_get(opts, "compat"));
         return -EINVAL;
     }
     p->cluster_size = qemu_opt_get_size(opts, "cluster_size",
@@ -528,7 +530,7 @@ BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
         return NULL;
     }
     if (pre && qemu_prealloc_parse(pre, &prealloc) < 0) {
-        error_setg(errp, "Invalid parameter '%s'", pre);
+        error_setg(errp, "invalid parameter value: %s", pre);
         return NULL;
     }
     if (qcow2_refuse_encryption(opts, errp)) {

@@ -383,16 +383,28 @@ static int qcow2_check_fixed_header(BlockDriverState *bs, Qcow2Header *h,
 
 static int qcow2_check_compression(BDRVQcow2State *s, Error **errp)
 {
-    if (s->compression_type != 0) {
-        /* zstd (1) is valid qcow2 but this build only has zlib. */
+    bool bit = s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION;
+
+    if (s->compression_type > 1) {
         error_setg(errp, "qcow2: unknown compression type: %u",
                    s->compression_type);
         return -ENOTSUP;
     }
-    if (s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) {
+    if (s->compression_type == 0 && bit) {
         error_setg(errp, "qcow2: Compression type incompatible feature bit "
                    "must not be set");
         return -EINVAL;
+    }
+    if (s->compression_type != 0 && !bit) {
+        error_setg(errp, "qcow2: Compression type incompatible feature bit "
+                   "must be set");
+        return -EINVAL;
+    }
+    if (s->compression_type == 1) {
+        /* Valid qcow2 (zstd), but this build only has zlib. */
+        error_setg(errp, "qcow2: compression type zstd is not supported by "
+                   "this build");
+        return -ENOTSUP;
     }
     return 0;
 }

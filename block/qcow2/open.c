@@ -350,13 +350,21 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
         error_setg(errp, "'data-file' is required for this image");
         return -EINVAL;
     }
+    Error *local_err = NULL;
     s->data_file = bdrv_open_child(name, NULL, NULL,
                                    flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
                                             BDRV_O_NATIVE_AIO |
                                             BDRV_O_NO_FLUSH | BDRV_O_UNMAP),
-                                   false, errp);
+                                   false, &local_err);
     g_free(name);
+    if (!s->data_file && (flags & BDRV_O_NO_IO) && !(flags & BDRV_O_RDWR)) {
+        /* Information only (as QEMU's qemu-img info): no data needed. */
+        error_free(local_err);
+        s->data_file = bs->file;
+        return 0;
+    }
     if (!s->data_file) {
+        error_propagate(errp, local_err);
         return -EINVAL;
     }
     s->external_data = true;
@@ -561,20 +569,6 @@ static bool qcow2_has_zero_init(BlockDriverState *bs)
     return !preallocated || bdrv_has_zero_init(s->data_file);
 }
 
-static int64_t qcow2_get_allocated_file_size(BlockDriverState *bs)
-{
-    BDRVQcow2State *s = bs->opaque;
-    int64_t a = bdrv_get_allocated_file_size(bs->file);
-
-    if (a >= 0 && s->external_data) {
-        int64_t b = bdrv_get_allocated_file_size(s->data_file);
-        if (b >= 0) {
-            a += b;
-        }
-    }
-    return a;
-}
-
 static BlockDriver bdrv_qcow2 = {
     .format_name            = "qcow2",
     .instance_size          = sizeof(BDRVQcow2State),
@@ -597,7 +591,6 @@ static BlockDriver bdrv_qcow2 = {
     .bdrv_co_block_status   = qcow2_co_block_status,
     .bdrv_co_truncate       = qcow2_co_truncate,
     .bdrv_getlength         = qcow2_getlength,
-    .bdrv_get_allocated_file_size = qcow2_get_allocated_file_size,
 
     .bdrv_get_info          = qcow2_get_info,
     .bdrv_get_specific_info = qcow2_get_specific_info,

@@ -554,7 +554,7 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
                 }
                 if (addend > 0 && rc > s->refcount_max - (uint64_t)addend) {
                     table_cache_put(s->refcount_cache, &page);
-                    return -ERANGE;
+                    return -EINVAL;
                 }
                 if (pass == 0) {
                     continue;
