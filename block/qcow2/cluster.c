@@ -414,6 +414,13 @@ static int coroutine_fn qcow2_get_l2_slice_rw(BlockDriverState *bs,
     int ret;
 
     sl->page = NULL;
+    if (s->use_lazy_refcounts) {
+        /* Tables may now reach the disk before their refcounts. */
+        ret = qcow2_mark_dirty(bs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     if (l1_index >= s->l1_size) {
         ret = qcow2_grow_l1_table(bs, l1_index + 1, false);
         if (ret < 0) {
@@ -921,12 +928,6 @@ int coroutine_fn qcow2_link_l2(BlockDriverState *bs, Qcow2Alloc *m)
     Qcow2L2Slice sl;
     int ret;
 
-    if (s->use_lazy_refcounts && s->qcow_version >= 3) {
-        ret = qcow2_mark_dirty(bs);
-        if (ret < 0) {
-            return ret;
-        }
-    }
     ret = qcow2_get_l2_slice_rw(bs, m->guest_offset, &sl);
     if (ret < 0) {
         return ret;

@@ -535,9 +535,7 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t sc = s->subcluster_size;
-    uint64_t end = offset + bytes;
-    uint64_t a = ROUND_UP(offset, sc);
-    uint64_t b = end == s->size ? end : QEMU_ALIGN_DOWN(end, sc);
+    uint64_t pos = offset, end = offset + bytes;
     int ret = 0;
 
     if (s->stopped) {
@@ -546,20 +544,21 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
     if (s->qcow_version < 3 && bs->backing) {
         return -ENOTSUP;        /* no zero flag: the layer writes zeroes */
     }
-    if (a >= b) {
-        /* Inside one subcluster. */
-        return qcow2_zero_partial(bs, offset, bytes, flags);
+    /* As QEMU's layer splits it: partial head, whole subclusters, tail. */
+    if (pos % sc) {
+        uint64_t head_end = MIN(ROUND_UP(pos, sc), end);
+        ret = qcow2_zero_partial(bs, pos, head_end - pos, flags);
+        pos = head_end;
     }
-    if ((uint64_t)offset < a) {
-        ret = qcow2_zero_partial(bs, offset, a - offset, flags);
-    }
-    if (ret >= 0) {
+    uint64_t mid_end = end == s->size ? end : QEMU_ALIGN_DOWN(end, sc);
+    if (ret >= 0 && mid_end > pos) {
         qemu_co_mutex_lock(&s->lock);
-        ret = qcow2_subcluster_zeroize(bs, a, b - a, flags);
+        ret = qcow2_subcluster_zeroize(bs, pos, mid_end - pos, flags);
         qemu_co_mutex_unlock(&s->lock);
+        pos = mid_end;
     }
-    if (ret >= 0 && end > b) {
-        ret = qcow2_zero_partial(bs, b, end - b, flags);
+    if (ret >= 0 && pos < end) {
+        ret = qcow2_zero_partial(bs, pos, end - pos, flags);
     }
     return ret;
 }

@@ -36,6 +36,7 @@ typedef struct FormatPlug {
 static const FormatPlug format_plugs[] = {
     { "raw",     false, NULL },
     { "add-cow", true,  "image_file" },
+    { "qcow2",   true,  NULL },
 };
 
 /* ---- options and run state ---- */
