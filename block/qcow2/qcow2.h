@@ -536,8 +536,9 @@ void qcow2_free_entry_deferred(BlockDriverState *bs, uint64_t entry,
 int coroutine_fn qcow2_apply_durable_frees(BlockDriverState *bs);
 int coroutine_fn qcow2_settle_frees(BlockDriverState *bs);
 int64_t coroutine_fn qcow2_refcount_area(BlockDriverState *bs, uint64_t start,
-                                         uint64_t additional,
-                                         uint64_t min_entries);
+                                         uint64_t additional, bool exact,
+                                         uint64_t new_index,
+                                         uint64_t new_block);
 int qcow2_check_metadata_overlap(BlockDriverState *bs, int ignore,
                                  uint64_t offset, uint64_t size);
 int coroutine_fn qcow2_pre_write_overlap_check(BlockDriverState *bs,

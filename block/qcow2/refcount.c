@@ -186,72 +186,6 @@ static int64_t coroutine_fn qcow2_alloc_noref(BlockDriverState *bs,
                                               uint64_t max_offset);
 
 /*
- * Place the refcount block for reftable entry rt_index. It is put at the
- * first free cluster; when that cluster lies in the block's own range the
- * block describes itself, otherwise its refcount is set through the
- * ordinary path (which may in turn need a block). The block is durable
- * before the reftable entry that points at it, and that entry is durable
- * before any table can refer to a cluster the block counts.
- */
-static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
-                                             uint64_t rt_index)
-{
-    BDRVQcow2State *s = bs->opaque;
-    uint64_t per_page = qcow2_rb_slice_entries(s);
-    int64_t new_block;
-    int ret;
-
-    new_block = qcow2_alloc_noref(bs, 1, QCOW2_MAX_HOST_OFFSET);
-    if (new_block < 0) {
-        return new_block;
-    }
-    uint64_t nb_index = (uint64_t)new_block >> s->cluster_bits;
-    bool self = (nb_index >> s->refcount_block_bits) == rt_index;
-
-    if (!self) {
-        /*
-         * Its own refcount lives in another block. If that one had to be
-         * created first (-EAGAIN), the caller starts over: the new
-         * structures may occupy new_block.
-         */
-        ret = qcow2_update_refcount(bs, new_block, s->cluster_size, 1);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    BLKDBG_EVENT(bs->file, "refblock_alloc");
-    for (uint32_t off = 0; off < s->cluster_size; off += s->rb_slice_bytes) {
-        void *page;
-        ret = table_cache_get_empty(s->refcount_cache, new_block + off,
-                                    &page);
-        if (ret < 0) {
-            return ret;
-        }
-        memset(page, 0, s->rb_slice_bytes);
-        uint64_t first = (uint64_t)off * 8 / s->refcount_bits;
-        uint64_t own = nb_index & (s->refcount_block_size - 1);
-        if (self && own >= first && own < first + per_page) {
-            qcow2_set_refcount_ro(s, page, own - first, 1);
-        }
-        table_cache_mark_dirty(s->refcount_cache, page);
-        table_cache_put(s->refcount_cache, &page);
-    }
-    ret = table_cache_flush(s->refcount_cache);
-    if (ret < 0) {
-        return ret;
-    }
-    s->refcount_table[rt_index] = new_block;
-    qcow2_invalidate_meta_clusters(s);
-    ret = qcow2_write_reftable_entry(bs, rt_index);
-    if (ret < 0) {
-        s->refcount_table[rt_index] = 0;
-        qcow2_invalidate_meta_clusters(s);
-        return ret;
-    }
-    return 0;
-}
-
-/*
  * Bytes of refcount blocks and table needed to count `clusters` clusters
  * plus themselves (the fixed point), optionally with room to grow by half
  * the table again. Used by measure and by reftable growth.
@@ -281,141 +215,145 @@ int64_t qcow2_refcount_metadata_size(int64_t clusters, size_t cluster_size,
     return (blocks + table) * cluster_size;
 }
 
-/* Block index bi has a refcount block already. */
-static bool qcow2_has_refblock(BDRVQcow2State *s, uint64_t bi)
+/* Count the clusters of [from, to) that block i covers, in page. */
+static void qcow2_count_in_block(BDRVQcow2State *s, void *page,
+                                 uint64_t page_first, uint64_t per_page,
+                                 uint64_t from, uint64_t to)
 {
-    return bi < s->refcount_table_size &&
-           (s->refcount_table[bi] & QCOW2_REFT_OFFSET_MASK);
+    for (uint64_t c = MAX(from, page_first); c < MIN(to, page_first +
+                                                     per_page); c++) {
+        qcow2_set_refcount_ro(s, page, c - page_first, 1);
+    }
 }
 
-/* Count the area [start, start + n) in the refcount blocks that exist. */
-static int coroutine_fn qcow2_count_area_existing(BlockDriverState *bs,
-                                                  uint64_t start, uint64_t n)
+/*
+ * Refcount block i of an area: an existing one gets the area's clusters
+ * counted through the cache; a missing one is created at *next (and
+ * counts them too).
+ */
+static int coroutine_fn qcow2_area_block(BlockDriverState *bs, uint64_t *table,
+                                         uint64_t i, uint64_t *next,
+                                         uint64_t area, uint64_t end)
 {
     BDRVQcow2State *s = bs->opaque;
+    uint64_t per_page = qcow2_rb_slice_entries(s);
+    uint64_t first = i << s->refcount_block_bits;
+    bool fresh = !table[i];
+    int ret;
 
-    for (uint64_t c = start; c < start + n;) {
-        uint64_t bi = c >> s->refcount_block_bits;
-        uint64_t end = MIN(start + n, (bi + 1) << s->refcount_block_bits);
-        if (qcow2_has_refblock(s, bi)) {
-            int ret = qcow2_update_refcount(bs, c << s->cluster_bits,
-                                            (end - c) << s->cluster_bits, 1);
-            if (ret < 0) {
-                return ret;
-            }
+    if (fresh) {
+        table[i] = *next << s->cluster_bits;
+        (*next)++;
+    }
+    for (uint64_t off = 0; off < s->cluster_size; off += s->rb_slice_bytes) {
+        uint64_t page_first = first + off * 8 / s->refcount_bits;
+        void *page;
+        if (!fresh && (page_first >= end || page_first + per_page <= area)) {
+            continue;
         }
-        c = end;
+        ret = fresh ? table_cache_get_empty(s->refcount_cache, table[i] + off,
+                                            &page)
+                    : table_cache_get(s->refcount_cache, table[i] + off,
+                                      &page);
+        if (ret < 0) {
+            return ret;
+        }
+        if (fresh) {
+            memset(page, 0, s->rb_slice_bytes);
+        }
+        qcow2_count_in_block(s, page, page_first, per_page, area, end);
+        table_cache_mark_dirty(s->refcount_cache, page);
+        table_cache_put(s->refcount_cache, &page);
     }
     return 0;
 }
 
 /*
- * Write the refcount blocks missing for [first_bi, last_bi] to consecutive
- * clusters from `at`; each counts the clusters of [area, area + n) it
- * covers. Their offsets go to table (disk order).
- */
-static int coroutine_fn qcow2_write_area_blocks(BlockDriverState *bs,
-                                                uint64_t first_bi,
-                                                uint64_t last_bi,
-                                                uint64_t at, uint64_t area,
-                                                uint64_t n, uint64_t *table)
-{
-    BDRVQcow2State *s = bs->opaque;
-    uint8_t *buf = qemu_blockalign(s->cluster_size);
-    int ret = 0;
-
-    for (uint64_t bi = first_bi; bi <= last_bi && ret >= 0; bi++) {
-        if (qcow2_has_refblock(s, bi)) {
-            continue;
-        }
-        uint64_t base = bi << s->refcount_block_bits;
-        memset(buf, 0, s->cluster_size);
-        for (uint64_t i = 0; i < s->refcount_block_size; i++) {
-            if (base + i >= area && base + i < area + n) {
-                qcow2_set_refcount_ro(s, buf, i, 1);
-            }
-        }
-        ret = bdrv_co_pwrite(bs->file, at << s->cluster_bits,
-                             s->cluster_size, buf, 0);
-        table[bi] = cpu_to_be64(at << s->cluster_bits);
-        at++;
-    }
-    qemu_vfree(buf);
-    return ret;
-}
-
-/*
- * A new refcount table (and the refcount blocks missing) in a free area
- * starting at cluster `start`: missing blocks first, then the table, then
- * room for `additional` clusters the caller will count itself. The table
- * gets at least min_entries entries and covers the whole area. The header
- * switch is the commit point; the old table is freed after it. Returns the
- * first cluster after the table.
+ * A new refcount table in a free area from cluster `start`, covering the
+ * image up to that area plus `additional` clusters (QEMU's layout): the
+ * refcount blocks missing for the area come first, then the table (half
+ * again as large unless exact); every cluster of blocks and table is
+ * counted. new_index/new_block enter a block placed by the caller. The
+ * header switch is the commit point; the old table is freed after it.
+ * Returns the first cluster after the area.
  */
 int64_t coroutine_fn qcow2_refcount_area(BlockDriverState *bs, uint64_t start,
-                                         uint64_t additional,
-                                         uint64_t min_entries)
+                                         uint64_t additional, bool exact,
+                                         uint64_t new_index,
+                                         uint64_t new_block)
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t per_tc = s->cluster_size / sizeof(uint64_t);
-    uint64_t old_entries = s->refcount_table_size;
-    uint64_t nb_blocks = 0, tcl = 0, entries = 0, first_bi = 0, last_bi = 0;
     uint64_t max_idx = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
-    uint64_t *table = NULL;
+    uint64_t total, table_size, table_clusters, area_index, missing = 0;
+    uint64_t *table;
     int ret;
 
-    for (;;) {
-        if (start > max_idx || additional > max_idx - start ||
-            nb_blocks + tcl > max_idx - start - additional) {
-            return -EFBIG;
-        }
-        uint64_t end = start + nb_blocks + tcl + additional;
-        uint64_t need = 0;
-        first_bi = start >> s->refcount_block_bits;
-        last_bi = (MAX(end, start + 1) - 1) >> s->refcount_block_bits;
-        for (uint64_t bi = first_bi; bi <= last_bi; bi++) {
-            need += !qcow2_has_refblock(s, bi);
-        }
-        entries = MAX(MAX(old_entries, last_bi + 1), min_entries);
-        uint64_t need_tcl = DIV_ROUND_UP(entries, per_tc);
-        if (need == nb_blocks && need_tcl == tcl) {
-            break;
-        }
-        nb_blocks = need;
-        tcl = need_tcl;
-    }
-    entries = tcl * per_tc;
-    if (entries * sizeof(uint64_t) > QCOW2_MAX_REFTABLE_SIZE) {
+    if (start > max_idx || additional > max_idx - start) {
         return -EFBIG;
     }
-    /* 1. Missing blocks and the table (their own counts included). */
-    BLKDBG_EVENT(bs->file, "reftable_grow");
-    table = g_malloc0(entries * sizeof(uint64_t));
-    for (uint64_t i = 0; i < old_entries; i++) {
-        table[i] = cpu_to_be64(s->refcount_table[i]);
+    qcow2_refcount_metadata_size(start + additional, s->cluster_size,
+                                 s->refcount_order, !exact, &total);
+    table_size = exact ? total : total + DIV_ROUND_UP(total, 2);
+    table_size = ROUND_UP(MAX(table_size, 1), per_tc);
+    table_clusters = table_size / per_tc;
+    if (total > QCOW2_MAX_REFTABLE_SIZE / sizeof(uint64_t) ||
+        table_size > QCOW2_MAX_REFTABLE_SIZE / sizeof(uint64_t) ||
+        (new_block && new_index >= total)) {
+        return -EFBIG;
     }
-    ret = qcow2_write_area_blocks(bs, first_bi, last_bi, start, start,
-                                  nb_blocks + tcl, table);
-    if (ret >= 0) {
-        ret = qcow2_count_area_existing(bs, start, nb_blocks + tcl);
+    table = g_new0(uint64_t, table_size);
+    for (uint64_t i = 0; i < MIN(table_size, s->refcount_table_size); i++) {
+        table[i] = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
     }
-    uint64_t table_offset = (start + nb_blocks) << s->cluster_bits;
-    if (ret >= 0) {
-        ret = bdrv_co_pwrite(bs->file, table_offset,
-                             entries * sizeof(uint64_t), table, 0);
+    if (new_block) {
+        table[new_index] = new_block;
     }
+    area_index = start >> s->refcount_block_bits;
+    for (uint64_t i = area_index; i < total; i++) {
+        missing += !table[i];
+    }
+    uint64_t table_start = start + missing;
+    uint64_t end = table_start + table_clusters;
+    uint64_t next = start;
+    if (end > max_idx) {
+        g_free(table);
+        return -EFBIG;
+    }
+    /* 1. Blocks (existing ones updated in the cache, missing ones new). */
+    BLKDBG_EVENT(bs->file, "refblock_alloc_write_blocks");
+    for (uint64_t i = area_index; i < total; i++) {
+        ret = qcow2_area_block(bs, table, i, &next, start, end);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    ret = table_cache_flush(s->refcount_cache);
+    if (ret < 0) {
+        goto out;
+    }
+    /* 2. The table. */
+    uint64_t *disk = g_new0(uint64_t, table_size);
+    for (uint64_t i = 0; i < table_size; i++) {
+        disk[i] = cpu_to_be64(table[i]);
+    }
+    BLKDBG_EVENT(bs->file, "refblock_alloc_write_table");
+    ret = bdrv_co_pwrite(bs->file, table_start << s->cluster_bits,
+                         table_size * sizeof(uint64_t), disk, 0);
+    g_free(disk);
     if (ret >= 0) {
-        ret = table_cache_flush(s->refcount_cache);
+        ret = bdrv_co_flush(bs->file);
     }
     if (ret < 0) {
         goto out;
     }
-    /* 2. Commit: the header names the new table. */
+    /* 3. Commit: the header names the new table. */
     struct QEMU_PACKED {
         uint64_t offset;
         uint32_t clusters;
-    } hdr = { cpu_to_be64(table_offset), cpu_to_be32(tcl) };
-    BLKDBG_EVENT(bs->file, "reftable_switch");
+    } hdr = { cpu_to_be64(table_start << s->cluster_bits),
+              cpu_to_be32(table_clusters) };
+    BLKDBG_EVENT(bs->file, "refblock_alloc_switch_table");
     ret = bdrv_co_pwrite(bs->file,
                          offsetof(Qcow2DiskHeader, refcount_table_offset),
                          sizeof(hdr), &hdr, 0);
@@ -426,23 +364,97 @@ int64_t coroutine_fn qcow2_refcount_area(BlockDriverState *bs, uint64_t start,
         goto out;
     }
     uint64_t old_offset = s->refcount_table_offset;
-    uint64_t old_bytes = old_entries * sizeof(uint64_t);
+    uint64_t old_bytes = (uint64_t)s->refcount_table_size * sizeof(uint64_t);
     g_free(s->refcount_table);
-    s->refcount_table = g_new0(uint64_t, entries);
-    for (uint64_t i = 0; i < entries; i++) {
-        s->refcount_table[i] = be64_to_cpu(table[i]);
-    }
-    s->refcount_table_offset = table_offset;
-    s->refcount_table_size = entries;
+    s->refcount_table = table;
+    table = NULL;
+    s->refcount_table_offset = table_start << s->cluster_bits;
+    s->refcount_table_size = table_size;
     qcow2_invalidate_meta_clusters(s);
-    /* 3. The old table is unreferenced since the commit. */
+    /* 4. The old table is unreferenced since the commit. */
     if (old_bytes) {
         qcow2_free_clusters(bs, old_offset, old_bytes);
     }
     ret = 0;
 out:
     g_free(table);
-    return ret < 0 ? ret : (int64_t)(start + nb_blocks + tcl);
+    return ret < 0 ? ret : (int64_t)end;
+}
+
+/*
+ * The refcount block for reftable entry rt_index (whose range holds
+ * cluster_index) goes to the first free cluster; in its own range it
+ * counts itself, elsewhere it is counted through the ordinary path. It is
+ * durable before the reftable entry naming it, and that entry before any
+ * table can refer to a cluster it counts. Past the table's end, a larger
+ * table is made in the area after the ranges in use (QEMU's layout).
+ */
+static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
+                                             uint64_t rt_index,
+                                             uint64_t cluster_index)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t per_page = qcow2_rb_slice_entries(s);
+    int64_t new_block;
+    int ret;
+
+    BLKDBG_EVENT(bs->file, "refblock_alloc");
+    new_block = qcow2_alloc_noref(bs, 1, QCOW2_MAX_HOST_OFFSET);
+    if (new_block < 0) {
+        return new_block;
+    }
+    if (new_block == 0) {
+        qcow2_signal_corruption(bs, true, -1, -1, "Preventing invalid "
+                                "allocation of refcount block at offset 0");
+        return -EIO;
+    }
+    uint64_t nb_index = (uint64_t)new_block >> s->cluster_bits;
+    bool self = (nb_index >> s->refcount_block_bits) == rt_index;
+
+    if (!self) {
+        /* If that needs a block too (-EAGAIN) the caller starts over. */
+        ret = qcow2_update_refcount(bs, new_block, s->cluster_size, 1);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    for (uint32_t off = 0; off < s->cluster_size; off += s->rb_slice_bytes) {
+        void *page;
+        ret = table_cache_get_empty(s->refcount_cache, new_block + off,
+                                    &page);
+        if (ret < 0) {
+            return ret;
+        }
+        memset(page, 0, s->rb_slice_bytes);
+        uint64_t first = (uint64_t)off * 8 / s->refcount_bits;
+        uint64_t own = nb_index & (s->refcount_block_size - 1);
+        if (self && own >= first && own < first + per_page) {
+            qcow2_set_refcount_ro(s, page, own - first, 1);
+        }
+        table_cache_mark_dirty(s->refcount_cache, page);
+        table_cache_put(s->refcount_cache, &page);
+    }
+    ret = table_cache_flush(s->refcount_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    if (rt_index < s->refcount_table_size) {
+        s->refcount_table[rt_index] = new_block;
+        qcow2_invalidate_meta_clusters(s);
+        ret = qcow2_write_reftable_entry(bs, rt_index);
+        if (ret < 0) {
+            s->refcount_table[rt_index] = 0;
+            qcow2_invalidate_meta_clusters(s);
+        }
+        return ret;
+    }
+    BLKDBG_EVENT(bs->file, "reftable_grow");
+    uint64_t blocks_used = DIV_ROUND_UP(MAX(cluster_index + 1, nb_index + 1),
+                                        s->refcount_block_size);
+    int64_t r = qcow2_refcount_area(bs, blocks_used <<
+                                    s->refcount_block_bits, 0, false,
+                                    rt_index, new_block);
+    return r < 0 ? r : 0;
 }
 
 /*
@@ -458,25 +470,17 @@ static int coroutine_fn qcow2_ensure_refblocks(BlockDriverState *bs,
 
     for (uint64_t ri = first >> s->refcount_block_bits;
          ri <= last >> s->refcount_block_bits; ri++) {
-        if (ri < s->refcount_table_size) {
-            uint64_t block;
-            ret = qcow2_refblock_of(bs, ri << s->refcount_block_bits, &block);
-            if (ret < 0) {
-                return ret;
-            }
-            if (block) {
-                continue;
-            }
-            ret = qcow2_alloc_refblock(bs, ri);
-            return ret < 0 ? ret : -EAGAIN;
+        uint64_t c = MAX(first, ri << s->refcount_block_bits);
+        uint64_t block;
+        ret = qcow2_refblock_of(bs, c, &block);
+        if (ret < 0) {
+            return ret;
         }
-        /*
-         * Past the table: a new table and blocks in the area that block
-         * ri would describe (nothing there is counted, so it is free).
-         */
-        int64_t r = qcow2_refcount_area(bs, ri << s->refcount_block_bits, 0,
-                                        (ri + 1) * 3 / 2);
-        return r < 0 ? r : -EAGAIN;
+        if (block) {
+            continue;
+        }
+        ret = qcow2_alloc_refblock(bs, ri, c);
+        return ret < 0 ? ret : -EAGAIN;
     }
     return 0;
 }

@@ -100,7 +100,7 @@ static int coroutine_fn qcow2_prealloc_data(BlockDriverState *bs,
     if (!nb_data) {
         return 0;
     }
-    start = qcow2_refcount_area(bs, area, nb_data + nb_l2, 0);
+    start = qcow2_refcount_area(bs, area, nb_data + nb_l2, true, 0, 0);
     if (start < 0) {
         error_setg_errno(errp, -start, "Failed to resize refcount "
                          "structures");
