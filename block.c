@@ -962,7 +962,7 @@ typedef enum {
     SYNC_READ, SYNC_WRITE, SYNC_ZEROES, SYNC_DISCARD, SYNC_FLUSH,
     SYNC_STATUS, SYNC_STATUS_ABOVE, SYNC_TRUNCATE, SYNC_CHECK, SYNC_BACKING,
     SYNC_AMEND, SYNC_SN_CREATE, SYNC_SN_GOTO, SYNC_SN_DELETE, SYNC_SN_LIST,
-    SYNC_VM_SAVE, SYNC_VM_LOAD,
+    SYNC_VM_SAVE, SYNC_VM_LOAD, SYNC_MAKE_EMPTY,
 } SyncOp;
 
 typedef struct SyncArgs {
@@ -1227,6 +1227,15 @@ static void coroutine_fn bdrv_sync_entry(void *opaque)
     case SYNC_VM_LOAD:
         a->ret = bdrv_co_vmstate(a);
         break;
+    case SYNC_MAKE_EMPTY:
+        if (!bs->drv->bdrv_make_empty) {
+            a->ret = -ENOTSUP;
+        } else if (bs->read_only) {
+            a->ret = -EACCES;
+        } else {
+            a->ret = bs->drv->bdrv_make_empty(bs);
+        }
+        break;
     }
 }
 
@@ -1373,6 +1382,12 @@ int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
     }
     SyncArgs a = { .op = SYNC_AMEND, .bs = bs, .opts = opts, .force = force,
                    .errp = errp };
+    return bdrv_sync(&a);
+}
+
+int bdrv_make_empty(BlockDriverState *bs)
+{
+    SyncArgs a = { .op = SYNC_MAKE_EMPTY, .bs = bs };
     return bdrv_sync(&a);
 }
 

@@ -266,6 +266,9 @@ int bdrv_change_backing_file(BlockDriverState *bs, const char *backing_file,
 void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing);
 int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
                        Error **errp);
+/* Make bs hold nothing of its own (reads go to its backing file).
+ * -ENOTSUP if the format cannot. */
+int bdrv_make_empty(BlockDriverState *bs);
 /* Wait until no request is in flight on bs or below. */
 void bdrv_drain(BlockDriverState *bs);
 

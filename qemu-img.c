@@ -2328,7 +2328,8 @@ static int commit_data(BlockDriverState *bs, BlockDriverState *base_rw,
         }
         if (ret & BDRV_BLOCK_ALLOCATED || ret & BDRV_BLOCK_ZERO) {
             if (ret & BDRV_BLOCK_ZERO) {
-                ret = bdrv_pwrite_zeroes(base_rw, offset, pnum, 0);
+                ret = bdrv_pwrite_zeroes(base_rw, offset, pnum,
+                                         BDRV_REQ_MAY_UNMAP);
             } else {
                 ret = bdrv_pread(bs, offset, pnum, buf, 0);
                 if (ret < 0) {
@@ -2367,6 +2368,7 @@ static int img_commit(int argc, char **argv)
     bool quiet = false, show_progress = false, writethrough;
     BlockDriverState *bs, *base_bs;
     Error *err = NULL;
+    bool drop = false;
     int flags, c;
 
     while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", long_options,
@@ -2384,7 +2386,7 @@ static int img_commit(int argc, char **argv)
             base = optarg;
             break;
         case 'd':
-            /* the top image is never emptied: nothing to drop */
+            drop = true;
             break;
         case 'p':
             show_progress = true;
@@ -2421,6 +2423,8 @@ static int img_commit(int argc, char **argv)
     progress_init(show_progress, 1.f);
     progress_print(0.f, 100);
     if (base) {
+        /* Committing past the backing file implies -d (as QEMU). */
+        drop = true;
         base_bs = find_backing_image(bs, base);
         if (!base_bs) {
             error_setg(&err, "Did not find '%s' in the backing chain of '%s'",
@@ -2444,6 +2448,15 @@ static int img_commit(int argc, char **argv)
             bdrv_set_enable_write_cache(base_rw, !writethrough);
             commit_data(bs, base_rw, base_bs, &err);
             bdrv_unref(base_rw);
+            /* As QEMU: the top image is emptied unless -d; formats that
+             * cannot (no backing-relative content) keep theirs. */
+            if (!err && !drop) {
+                int ret = bdrv_make_empty(bs);
+                if (ret < 0 && ret != -ENOTSUP) {
+                    error_setg_errno(&err, -ret, "Could not empty %s",
+                                     argv[optind]);
+                }
+            }
             if (!err) {
                 progress_print(100.f, 0);
             }

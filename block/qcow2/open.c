@@ -599,6 +599,7 @@ static BlockDriver bdrv_qcow2 = {
     .bdrv_amend_options     = qcow2_amend_options,
     .bdrv_change_backing_file = qcow2_change_backing_file,
     .bdrv_measure           = qcow2_measure,
+    .bdrv_make_empty        = qcow2_make_empty,
 
     .bdrv_snapshot_create   = qcow2_snapshot_create,
     .bdrv_snapshot_goto     = qcow2_snapshot_goto,

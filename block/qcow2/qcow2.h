@@ -613,6 +613,7 @@ int coroutine_fn qcow2_co_load_vmstate(BlockDriverState *bs,
 int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,
                                    bool exact, PreallocMode prealloc,
                                    Error **errp);
+int coroutine_fn qcow2_make_empty(BlockDriverState *bs);
 int coroutine_fn qcow2_preallocate(BlockDriverState *bs, uint64_t offset,
                                    uint64_t new_length, PreallocMode mode,
                                    Error **errp);

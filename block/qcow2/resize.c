@@ -309,3 +309,112 @@ out:
     qemu_co_mutex_unlock(&s->lock);
     return ret;
 }
+
+/* ---- emptying (qemu-img commit) ---- */
+
+/*
+ * Reset the image to header, refcount table, one refcount block and an
+ * empty L1 table (QEMU's fast path). The dirty bit covers the window in
+ * which the refcounts are wrong; the file is trimmed afterwards.
+ */
+static int coroutine_fn qcow2_make_completely_empty(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t l1_clusters = DIV_ROUND_UP((uint64_t)s->l1_size * 8, cs);
+    int64_t off;
+    int ret;
+
+    ret = qcow2_flush_caches(bs);
+    if (ret < 0) {
+        return ret;
+    }
+    table_cache_invalidate(s->l2_cache);
+    table_cache_invalidate(s->refcount_cache);
+    ret = qcow2_mark_dirty(bs);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Zero the L1 table and the clusters the new structures take. */
+    ret = bdrv_co_pwrite_zeroes(bs->file, s->l1_table_offset,
+                                l1_clusters * cs, 0);
+    if (ret >= 0) {
+        ret = bdrv_co_pwrite_zeroes(bs->file, cs, (2 + l1_clusters) * cs, 0);
+    }
+    if (ret < 0) {
+        goto broken;
+    }
+    memset(s->l1_table, 0, (size_t)s->l1_size * 8);
+    struct QEMU_PACKED {
+        uint64_t l1_offset;
+        uint64_t rt_offset;
+        uint32_t rt_clusters;
+    } hdr = { cpu_to_be64(3 * cs), cpu_to_be64(cs), cpu_to_be32(1) };
+    ret = bdrv_co_pwrite(bs->file, offsetof(Qcow2DiskHeader,
+                                            l1_table_offset),
+                         sizeof(hdr), &hdr, 0);
+    if (ret >= 0) {
+        ret = bdrv_co_flush(bs->file);
+    }
+    if (ret < 0) {
+        goto broken;
+    }
+    s->l1_table_offset = 3 * cs;
+    g_free(s->refcount_table);
+    s->refcount_table = g_new0(uint64_t, cs / 8);
+    s->refcount_table_offset = cs;
+    s->refcount_table_size = cs / 8;
+    s->refcount_table[0] = 2 * cs;
+    g_array_set_size(s->pending_frees, 0);
+    g_array_set_size(s->frees_written, 0);
+    qcow2_invalidate_meta_clusters(s);
+    ret = qcow2_write_reftable_entry(bs, 0);
+    if (ret < 0) {
+        goto broken;
+    }
+    s->free_cluster_index = 0;
+    s->free_byte_offset = 0;
+    off = qcow2_alloc_clusters(bs, 3 * cs + (uint64_t)s->l1_size * 8);
+    if (off != 0) {
+        ret = off < 0 ? off : -EIO;
+        goto broken;
+    }
+    ret = qcow2_mark_clean(bs);
+    if (ret >= 0) {
+        ret = bdrv_co_truncate(bs->file, (3 + l1_clusters) * cs, false,
+                               PREALLOC_MODE_OFF, NULL);
+    }
+    return ret;
+
+broken:
+    /* The refcounts on disk no longer describe the image: stop. */
+    s->stopped = true;
+    return ret;
+}
+
+int coroutine_fn qcow2_make_empty(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t l1_clusters = DIV_ROUND_UP((uint64_t)s->l1_size * 8,
+                                        (uint64_t)s->cluster_size);
+    int ret;
+
+    if (s->stopped) {
+        return -ENOMEDIUM;
+    }
+    qemu_co_mutex_lock(&s->lock);
+    if (s->qcow_version >= 3 && !s->nb_snapshots && !s->nb_bitmaps &&
+        3 + l1_clusters <= s->refcount_block_size && !s->external_data) {
+        ret = qcow2_make_completely_empty(bs);
+    } else {
+        /* Everything discarded, cluster by cluster. */
+        ret = qcow2_cluster_discard(bs, 0, ROUND_UP(s->size,
+                                                    (uint64_t)s->cluster_size),
+                                    true, s->discard_snapshot);
+        if (ret >= 0) {
+            ret = qcow2_flush_caches(bs);
+        }
+    }
+    qemu_co_mutex_unlock(&s->lock);
+    return ret;
+}
