@@ -74,6 +74,11 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
     return c;
 }
 
+int table_cache_num_pages(TableCache *c)
+{
+    return c->num;
+}
+
 void table_cache_free(TableCache *c)
 {
     if (!c) {

@@ -36,6 +36,8 @@ typedef struct TableCache TableCache;
 TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
                             int num_pages, const char *load_event,
                             const char *store_event);
+/* Number of pages the cache was created with. */
+int table_cache_num_pages(TableCache *c);
 /* Frees the cache; dirty pages are lost (flush first). */
 void table_cache_free(TableCache *c);
 

@@ -256,6 +256,43 @@ int coroutine_fn qcow2_setup_caches(BlockDriverState *bs, QemuOpts *opts,
     return 0;
 }
 
+/*
+ * After a resize: the caches get the size the new disk size calls for
+ * (as QEMU re-applies its options). Called with s->lock held, nothing
+ * pinned.
+ */
+int coroutine_fn qcow2_resize_caches(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2CacheSizes cs;
+    int ret;
+
+    if (!bs->options || qcow2_cache_sizes(bs, bs->options, &cs, NULL) < 0) {
+        return 0;
+    }
+    uint64_t l2_pages = MAX(cs.l2_bytes / cs.l2_entry,
+                            (uint64_t)QCOW2_MIN_L2_CACHE_PAGES);
+    if (cs.l2_entry == s->l2_slice_bytes && l2_pages <= INT_MAX / 2 &&
+        l2_pages == (uint64_t)table_cache_num_pages(s->l2_cache)) {
+        return 0;
+    }
+    if (l2_pages > INT_MAX / 2) {
+        return 0;
+    }
+    ret = qcow2_flush_caches(bs);
+    if (ret < 0) {
+        return ret;
+    }
+    table_cache_free(s->l2_cache);
+    s->l2_slice_bytes = cs.l2_entry;
+    s->l2_slice_size = cs.l2_entry >> s->l2_entry_shift;
+    s->l2_cache = table_cache_new(bs->file, s->l2_slice_bytes, l2_pages,
+                                  "l2_load", "l2_update");
+    qcow2_set_cache_ordering(s);
+    table_cache_add_dependency_bs(s->l2_cache, s->data_file);
+    return 0;
+}
+
 /* Write both caches (L2 first: it writes what it depends on), apply the
  * frees that became safe. Called with s->lock held. */
 int coroutine_fn qcow2_write_caches(BlockDriverState *bs)

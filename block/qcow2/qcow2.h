@@ -461,6 +461,7 @@ void qcow2_free_header_state(BDRVQcow2State *s);
 int coroutine_fn qcow2_setup_caches(BlockDriverState *bs, QemuOpts *opts,
                                     Error **errp);
 int coroutine_fn qcow2_write_caches(BlockDriverState *bs);
+int coroutine_fn qcow2_resize_caches(BlockDriverState *bs);
 int coroutine_fn qcow2_flush_caches(BlockDriverState *bs);
 
 /* ---- cluster.c ---- */

@@ -305,6 +305,7 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,
     }
     s->size = offset;
     s->l1_vm_state_index = qcow2_size_to_l1(s, offset);
+    qcow2_resize_caches(bs);
 out:
     qemu_co_mutex_unlock(&s->lock);
     return ret;
