@@ -31,6 +31,7 @@ struct TableCache {
     size_t page_size;
     int num;
     TableEntry *entries;
+    void *pages;                /* every page, in one aligned block */
     GHashTable *by_offset;      /* &entry->offset -> entry */
     GHashTable *by_page;        /* entry->page -> entry */
     GQueue lru;                 /* every entry; head = least recently used */
@@ -56,6 +57,9 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
     c->page_size = page_size;
     c->num = num_pages;
     c->entries = g_new0(TableEntry, num_pages);
+    /* One block for all pages: a large cache of small pages (qcow2 L2
+     * slices) costs its size, not a page-aligned allocation per page. */
+    c->pages = qemu_memalign(MAX(page_size, 4096), page_size * num_pages);
     c->by_offset = g_hash_table_new(g_int64_hash, g_int64_equal);
     c->by_page = g_hash_table_new(NULL, NULL);
     g_queue_init(&c->lru);
@@ -65,7 +69,7 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
     for (int i = 0; i < num_pages; i++) {
         TableEntry *e = &c->entries[i];
         e->offset = -1;
-        e->page = qemu_memalign(MAX(page_size, 4096), page_size);
+        e->page = (uint8_t *)c->pages + (size_t)i * page_size;
         e->lru_link.data = e;
         qemu_co_queue_init(&e->waiters);
         g_queue_push_tail_link(&c->lru, &e->lru_link);
@@ -86,8 +90,8 @@ void table_cache_free(TableCache *c)
     }
     for (int i = 0; i < c->num; i++) {
         assert(c->entries[i].ref == 0);
-        qemu_vfree(c->entries[i].page);
     }
+    qemu_vfree(c->pages);
     g_hash_table_destroy(c->by_offset);
     g_hash_table_destroy(c->by_page);
     g_free(c->entries);
