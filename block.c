@@ -564,6 +564,10 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     bs = bdrv_new(fmt_drv, filename, a->flags);
     bs->probed = probed;
     bs->file = file;
+    /* As QEMU: the format decides what to discard (its own discard
+     * option, e.g. qcow2's pass-discard-*); the protocol below passes on
+     * whatever it is asked. */
+    file->open_flags |= BDRV_O_UNMAP;
     bs->backing_depth = a->depth;
     file = NULL;
     int ret = bdrv_validate_open_opts(fmt_drv, opts, errp);

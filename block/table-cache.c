@@ -42,6 +42,8 @@ struct TableCache {
     int num_deps;
     TableCache *dep;
     const char *load_event, *store_event;
+    TableCachePreWrite *pre_write;
+    void *pre_write_opaque;
     TableCacheStats stats;
 };
 
@@ -76,6 +78,13 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
         g_hash_table_insert(c->by_page, e->page, e);
     }
     return c;
+}
+
+void table_cache_set_pre_write(TableCache *c, TableCachePreWrite *fn,
+                               void *opaque)
+{
+    c->pre_write = fn;
+    c->pre_write_opaque = opaque;
 }
 
 int table_cache_num_pages(TableCache *c)
@@ -221,6 +230,12 @@ static int coroutine_fn table_cache_store(TableCache *c, TableEntry **list,
     ret = table_cache_wait_deps(c, need);
     for (int i = 0; i < n; i++) {
         TableEntry *e = list[i];
+        if (ret >= 0) {
+            if (c->pre_write) {
+                ret = c->pre_write(c->pre_write_opaque, e->offset,
+                                   c->page_size);
+            }
+        }
         if (ret >= 0) {
             if (c->store_event) {
                 BLKDBG_EVENT(c->bs, c->store_event);

@@ -51,6 +51,16 @@ void table_cache_add_dependency_bs(TableCache *c, BlockDriverState *dep_bs);
 /* Write and flush cache dep before writing any dirty page of c. */
 void table_cache_set_dependency(TableCache *c, TableCache *dep);
 
+/*
+ * Called before each page write with the page's offset and size; a
+ * negative return fails the write with that error and leaves the page
+ * dirty (qcow2: the metadata overlap check).
+ */
+typedef int coroutine_fn TableCachePreWrite(void *opaque, uint64_t offset,
+                                            size_t size);
+void table_cache_set_pre_write(TableCache *c, TableCachePreWrite *fn,
+                               void *opaque);
+
 /* Pin the page at byte offset (a multiple of page_size), loading it. */
 int coroutine_fn table_cache_get(TableCache *c, uint64_t offset,
                                  void **page);

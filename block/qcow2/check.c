@@ -460,10 +460,17 @@ static int coroutine_fn calculate_refcounts(Qcow2Check *c)
     }
     for (uint32_t i = 0; ret >= 0 && i < s->nb_snapshots; i++) {
         Qcow2Snapshot *sn = &s->snapshots[i];
-        if (qcow2_offset_into_cluster(s, sn->l1_table_offset) ||
-            (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_SIZE) {
-            fprintf(stderr, "ERROR snapshot %s (%s) L1 table is invalid\n",
-                    sn->id_str, sn->name);
+        if (qcow2_offset_into_cluster(s, sn->l1_table_offset)) {
+            fprintf(stderr, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
+                    ": L1 table is not cluster aligned; snapshot table entry "
+                    "corrupted\n", sn->id_str, sn->name, sn->l1_table_offset);
+            c->res->corruptions++;
+            continue;
+        }
+        if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_SIZE) {
+            fprintf(stderr, "ERROR snapshot %s (%s) l1_size=%#" PRIx32
+                    ": L1 table is too large; snapshot table entry "
+                    "corrupted\n", sn->id_str, sn->name, sn->l1_size);
             c->res->corruptions++;
             continue;
         }
@@ -907,6 +914,115 @@ out:
     return ret;
 }
 
+/* ---- the snapshot table (not read at open in check mode) ---- */
+
+static void check_add_result(BdrvCheckResult *out, const BdrvCheckResult *in)
+{
+    out->corruptions += in->corruptions;
+    out->leaks += in->leaks;
+    out->check_errors += in->check_errors;
+    out->corruptions_fixed += in->corruptions_fixed;
+    out->leaks_fixed += in->leaks_fixed;
+}
+
+/*
+ * Read the snapshot table as QEMU's check does: with -r all, too much
+ * extra data is cut and a table grown too big loses its last entries
+ * (the header's count is rewritten at once; their clusters then show as
+ * leaks); otherwise such a table is an error that stops the check.
+ */
+static int coroutine_fn check_read_snapshot_table(BlockDriverState *bs,
+                                                  BdrvCheckResult *res,
+                                                  BdrvCheckMode fix)
+{
+    BDRVQcow2State *s = bs->opaque;
+    bool repair = fix & BDRV_FIX_ERRORS;
+    int reduced = 0, dropped = 0, ret;
+    Error *err = NULL;
+
+    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS && repair) {
+        fprintf(stderr, "Discarding %" PRIu32 " overhanging snapshots\n",
+                s->nb_snapshots - QCOW2_MAX_SNAPSHOTS);
+        reduced += s->nb_snapshots - QCOW2_MAX_SNAPSHOTS;
+        s->nb_snapshots = QCOW2_MAX_SNAPSHOTS;
+    }
+    ret = qcow2_validate_table(s, s->snapshots_offset, s->nb_snapshots,
+                               sizeof(Qcow2DiskSnapshot),
+                               sizeof(Qcow2DiskSnapshot) *
+                               QCOW2_MAX_SNAPSHOTS, "snapshot table", &err);
+    if (ret < 0) {
+        res->check_errors++;
+        error_report("ERROR %s", error_get_pretty(err));
+        error_free(err);
+        if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
+            fprintf(stderr, "You can force-remove all %" PRIu32
+                    " overhanging snapshots with qemu-img check -r all\n",
+                    s->nb_snapshots - QCOW2_MAX_SNAPSHOTS);
+        }
+        s->snapshots_offset = 0;
+        s->nb_snapshots = 0;
+        return ret;
+    }
+    ret = qcow2_do_read_snapshots(bs, repair, &reduced, &dropped, &err);
+    if (ret < 0) {
+        res->check_errors++;
+        error_report("ERROR failed to read the snapshot table: %s",
+                     error_get_pretty(err));
+        error_free(err);
+        s->snapshots_offset = 0;
+        s->nb_snapshots = 0;
+        return ret;
+    }
+    res->corruptions += reduced + dropped;
+    if (reduced) {
+        uint32_t nb = cpu_to_be32(s->nb_snapshots);
+        ret = bdrv_co_pwrite(bs->file,
+                             offsetof(Qcow2DiskHeader, nb_snapshots),
+                             sizeof(nb), &nb, 0);
+        if (ret >= 0) {
+            ret = bdrv_co_flush(bs->file);
+        }
+        if (ret < 0) {
+            res->check_errors++;
+            fprintf(stderr, "ERROR failed to update the snapshot count in "
+                    "the image header: %s\n", strerror(-ret));
+            return ret;
+        }
+        res->corruptions_fixed += reduced;
+        res->corruptions -= reduced;
+    }
+    for (uint32_t i = 0; s->qcow_version >= 3 && i < s->nb_snapshots; i++) {
+        if (s->snapshots[i].extra_data_size < 16) {
+            res->corruptions++;
+            fprintf(stderr, "%s snapshot table entry %" PRIu32
+                    " is incomplete\n", repair ? "Repairing" : "ERROR", i);
+        }
+    }
+    return 0;
+}
+
+/* With -r all, what was wrong in the table is fixed by rewriting it. */
+static int coroutine_fn check_fix_snapshot_table(BlockDriverState *bs,
+                                                 BdrvCheckResult *res,
+                                                 BdrvCheckMode fix)
+{
+    int ret;
+
+    if (!res->corruptions || !(fix & BDRV_FIX_ERRORS)) {
+        return 0;
+    }
+    ret = qcow2_write_snapshots(bs);
+    if (ret < 0) {
+        res->check_errors++;
+        fprintf(stderr, "ERROR failed to update snapshot table: %s\n",
+                strerror(-ret));
+        return ret;
+    }
+    res->corruptions_fixed += res->corruptions;
+    res->corruptions = 0;
+    return 0;
+}
+
 /*
  * Check (and with fix, repair) the image. Called with s->lock held and no
  * request in flight. Clears the dirty and corrupt bits when a repair left
@@ -917,6 +1033,7 @@ int coroutine_fn qcow2_co_check_locked(BlockDriverState *bs,
                                        BdrvCheckMode fix)
 {
     BDRVQcow2State *s = bs->opaque;
+    BdrvCheckResult sn_res = { 0 };
     int ret;
 
     memset(res, 0, sizeof(*res));
@@ -927,16 +1044,18 @@ int coroutine_fn qcow2_co_check_locked(BlockDriverState *bs,
             return ret;
         }
     }
-    if ((s->open_flags & BDRV_O_CHECK) && !s->snapshots && s->nb_snapshots) {
-        Error *err = NULL;
-        ret = qcow2_read_snapshots(bs, &err);
+    if ((s->open_flags & BDRV_O_CHECK) && !s->snapshots) {
+        ret = check_read_snapshot_table(bs, &sn_res, fix);
         if (ret < 0) {
-            fprintf(stderr, "ERROR %s\n", error_get_pretty(err));
-            error_free(err);
-            res->corruptions++;
+            check_add_result(res, &sn_res);
+            return ret;
         }
     }
     ret = qcow2_check_refcounts(bs, res, fix);
+    if (ret >= 0) {
+        ret = check_fix_snapshot_table(bs, &sn_res, fix);
+    }
+    check_add_result(res, &sn_res);
     if (ret < 0) {
         return ret;
     }

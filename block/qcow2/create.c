@@ -713,7 +713,9 @@ static int coroutine_fn qcow2_downgrade(BlockDriverState *bs, Error **errp)
     }
     s->compatible_features = 0;
     s->autoclear_features = 0;
+    /* Expanding allocates: refcounts before the entries from now on. */
     s->use_lazy_refcounts = false;
+    table_cache_set_dependency(s->l2_cache, s->refcount_cache);
     ret = qcow2_expand_zero_clusters(bs);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Failed to turn zero into data "

@@ -590,11 +590,15 @@ int coroutine_fn qcow2_read_header(BlockDriverState *bs, int flags,
     if (ret < 0) {
         return ret;
     }
+    if (s->crypt_method > QCOW2_CRYPT_LUKS) {
+        error_setg(errp, "Unsupported encryption method %" PRIu32,
+                   s->crypt_method);
+        return -EINVAL;
+    }
     if (s->crypt_method) {
         error_setg(errp, "Encrypted qcow2 images (%s) are not supported: "
                    "no luks or aes driver", s->crypt_method == QCOW2_CRYPT_AES
-                   ? "aes" : s->crypt_method == QCOW2_CRYPT_LUKS ? "luks"
-                   : "unknown method");
+                   ? "aes" : "luks");
         return -ENOTSUP;
     }
     ret = qcow2_check_tables(s, h, flags, errp);

@@ -323,7 +323,8 @@ static int coroutine_fn qcow2_write_step(BlockDriverState *bs,
 
     qemu_co_mutex_lock(&s->lock);
     ret = qcow2_alloc_host_offset(bs, offset, bytes, &host, &m);
-    if (ret >= 0) {
+    if (ret >= 0 && !s->external_data) {
+        /* (an external data file holds no metadata) */
         ret = qcow2_pre_write_overlap_check(bs, 0, host, *bytes);
     }
     if (ret < 0) {

@@ -191,11 +191,32 @@ static int qcow2_parse_overlap(BDRVQcow2State *s, QemuOpts *opts,
 }
 
 /* Apply the order rules to the L2 cache (see refcount.c). */
-static void qcow2_set_cache_ordering(BDRVQcow2State *s)
+/* QEMU's overlap check on every table write: a corrupt L1 or refcount
+ * table may name metadata as an L2 table or refcount block. */
+static int coroutine_fn qcow2_l2_pre_write(void *opaque, uint64_t offset,
+                                           size_t size)
 {
+    return qcow2_pre_write_overlap_check(opaque, QCOW2_OL_ACTIVE_L2, offset,
+                                         size);
+}
+
+static int coroutine_fn qcow2_refblock_pre_write(void *opaque,
+                                                 uint64_t offset, size_t size)
+{
+    return qcow2_pre_write_overlap_check(opaque, QCOW2_OL_REFCOUNT_BLOCK,
+                                         offset, size);
+}
+
+static void qcow2_set_cache_ordering(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
     table_cache_set_dependency(s->l2_cache,
                                s->use_lazy_refcounts ? NULL
                                                      : s->refcount_cache);
+    table_cache_set_pre_write(s->l2_cache, qcow2_l2_pre_write, bs);
+    table_cache_set_pre_write(s->refcount_cache, qcow2_refblock_pre_write,
+                              bs);
 }
 
 /*
@@ -252,7 +273,7 @@ int coroutine_fn qcow2_setup_caches(BlockDriverState *bs, QemuOpts *opts,
     s->refcount_cache = table_cache_new(bs->file, s->rb_slice_bytes,
                                         rb_pages, "refblock_load",
                                         "refblock_update");
-    qcow2_set_cache_ordering(s);
+    qcow2_set_cache_ordering(bs);
     return 0;
 }
 
@@ -288,7 +309,7 @@ int coroutine_fn qcow2_resize_caches(BlockDriverState *bs)
     s->l2_slice_size = cs.l2_entry >> s->l2_entry_shift;
     s->l2_cache = table_cache_new(bs->file, s->l2_slice_bytes, l2_pages,
                                   "l2_load", "l2_update");
-    qcow2_set_cache_ordering(s);
+    qcow2_set_cache_ordering(bs);
     table_cache_add_dependency_bs(s->l2_cache, s->data_file);
     return 0;
 }
@@ -383,6 +404,10 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
             return -EPERM;
         }
         name = path_combine(bs->filename, s->image_data_file);
+    } else if ((flags & BDRV_O_NO_IO) && !(flags & BDRV_O_RDWR)) {
+        /* Information only (as QEMU's qemu-img info): no data needed. */
+        s->data_file = bs->file;
+        return 0;
     } else {
         error_setg(errp, "'data-file' is required for this image");
         return -EINVAL;

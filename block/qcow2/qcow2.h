@@ -383,6 +383,9 @@ typedef struct BDRVQcow2State {
     bool discard_request;           /* pass guest discards to the file */
     bool discard_other;             /* ... and other freed clusters */
     bool discard_snapshot;
+    /* Set during a snapshot operation's frees: clusters whose refcount
+     * drops to 0 are discarded in the file (pass-discard-snapshot). */
+    bool free_discard;
     bool prealloc_checked;
     bool metadata_prealloc;
     CoMutex lock;                   /* metadata: tables, refcounts, allocs */
@@ -559,6 +562,9 @@ int coroutine_fn qcow2_write_reftable_entry(BlockDriverState *bs,
 
 /* ---- snapshot.c ---- */
 int coroutine_fn qcow2_read_snapshots(BlockDriverState *bs, Error **errp);
+int coroutine_fn qcow2_do_read_snapshots(BlockDriverState *bs, bool repair,
+                                         int *reduced, int *dropped,
+                                         Error **errp);
 void qcow2_free_snapshots(BDRVQcow2State *s);
 int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
                                        QEMUSnapshotInfo *sn, Error **errp);

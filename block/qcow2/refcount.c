@@ -504,6 +504,26 @@ void qcow2_discard_metadata_cache(BlockDriverState *bs, uint64_t offset,
 }
 
 /*
+ * Clusters [start, end) dropped to refcount 0: forget their cached pages;
+ * during a snapshot operation (s->free_discard) they are also discarded
+ * in the file, as QEMU does for pass-discard-snapshot.
+ */
+static void qcow2_freed(BlockDriverState *bs, uint64_t start, uint64_t end,
+                        GArray **discards)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t r[2] = { start << s->cluster_bits, end << s->cluster_bits };
+
+    qcow2_discard_metadata_cache(bs, r[0], r[1] - r[0]);
+    if (s->free_discard && !s->external_data) {
+        if (!*discards) {
+            *discards = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+        }
+        g_array_append_vals(*discards, r, 2);
+    }
+}
+
+/*
  * Add addend to the refcount of every cluster touched by [offset,
  * offset + length). All-or-nothing: the counts are checked first (no
  * overflow, no underflow), then changed. -EAGAIN: refcount structures were
@@ -515,6 +535,7 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t first, last, freed_start = 0, freed_end = 0;
+    GArray *discards = NULL;
     int ret;
 
     if (length == 0 || addend == 0) {
@@ -534,7 +555,7 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
             void *page;
             ret = qcow2_refblock_of(bs, c, &block);
             if (ret < 0) {
-                return ret;
+                goto out;
             }
             if (!block) {
                 /* Decreasing a count that does not exist. */
@@ -542,11 +563,12 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
                                         "refcount of cluster %#" PRIx64
                                         " without a refcount block",
                                         c << s->cluster_bits);
-                return -EINVAL;
+                ret = -EINVAL;
+                goto out;
             }
             ret = qcow2_refcount_page(bs, block, c, &page, &idx);
             if (ret < 0) {
-                return ret;
+                goto out;
             }
             uint64_t per_page = qcow2_rb_slice_entries(s);
             bool dirty = false;
@@ -554,11 +576,13 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
                 uint64_t rc = qcow2_get_refcount_ro(s, page, idx);
                 if (addend < 0 && rc < (uint64_t)-addend) {
                     table_cache_put(s->refcount_cache, &page);
-                    return -EINVAL;
+                    ret = -EINVAL;
+                    goto out;
                 }
                 if (addend > 0 && rc > s->refcount_max - (uint64_t)addend) {
                     table_cache_put(s->refcount_cache, &page);
-                    return -EINVAL;
+                    ret = -EINVAL;
+                    goto out;
                 }
                 if (pass == 0) {
                     continue;
@@ -574,9 +598,8 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
                         freed_end = c + 1;
                     } else {
                         if (freed_end) {
-                            qcow2_discard_metadata_cache(bs,
-                                freed_start << s->cluster_bits,
-                                (freed_end - freed_start) << s->cluster_bits);
+                            qcow2_freed(bs, freed_start, freed_end,
+                                        &discards);
                         }
                         freed_start = c;
                         freed_end = c + 1;
@@ -590,11 +613,19 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
         }
     }
     if (freed_end) {
-        qcow2_discard_metadata_cache(bs, freed_start << s->cluster_bits,
-                                     (freed_end - freed_start) <<
-                                     s->cluster_bits);
+        qcow2_freed(bs, freed_start, freed_end, &discards);
     }
-    return 0;
+    /* Nothing can have reused them yet: the caller allocates afterwards. */
+    for (guint i = 0; discards && i < discards->len; i += 2) {
+        uint64_t *r = &g_array_index(discards, uint64_t, i);
+        bdrv_co_pdiscard(bs->file, r[0], r[1] - r[0]);
+    }
+    ret = 0;
+out:
+    if (discards) {
+        g_array_free(discards, TRUE);
+    }
+    return ret;
 }
 
 /* ---- allocation ---- */
@@ -1117,19 +1148,16 @@ static const char *qcow2_overlap_name(int bit)
 }
 
 /*
- * Refuse (and mark the image corrupt) a data write that would land on
- * metadata: only a corrupt table can point a guest cluster there.
+ * Refuse (and mark the image corrupt) a write to the image file that would
+ * land on metadata other than what the caller writes (ignore): only a
+ * corrupt table can point a guest cluster or a table there.
  */
 int coroutine_fn qcow2_pre_write_overlap_check(BlockDriverState *bs,
                                                int ignore, uint64_t offset,
                                                uint64_t size)
 {
-    BDRVQcow2State *s = bs->opaque;
     int bit;
 
-    if (s->external_data) {
-        return 0;               /* data never shares a file with metadata */
-    }
     bit = qcow2_check_metadata_overlap(bs, ignore, offset, size);
     if (!bit) {
         return 0;

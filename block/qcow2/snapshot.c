@@ -37,15 +37,22 @@ static char *coroutine_fn qcow2_read_sn_string(BlockDriverState *bs,
     return str;
 }
 
-/* One table entry at *offset (8-byte aligned already). */
+/*
+ * One table entry at *offset (8-byte aligned already). With repair (check
+ * -r all), too much extra data is cut to QEMU's limit (*dropped counts
+ * it) instead of refusing the table.
+ */
 static int coroutine_fn qcow2_read_one_snapshot(BlockDriverState *bs,
                                                 uint64_t *offset,
                                                 Qcow2Snapshot *sn, int index,
+                                                bool repair, int *dropped,
+                                                uint64_t *entry_len,
                                                 Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2DiskSnapshot h;
     Qcow2DiskSnapshotExtra extra = { 0 };
+    bool truncate = false;
     int ret;
 
     ret = bdrv_co_pread(bs->file, *offset, sizeof(h), &h, 0);
@@ -62,9 +69,18 @@ static int coroutine_fn qcow2_read_one_snapshot(BlockDriverState *bs,
     sn->vm_clock_nsec = be64_to_cpu(h.vm_clock_nsec);
     sn->extra_data_size = be32_to_cpu(h.extra_data_size);
     if (sn->extra_data_size > QCOW2_MAX_SNAPSHOT_EXTRA) {
-        error_setg(errp, "Too much extra metadata in snapshot table "
-                   "entry %d", index);
-        return -EFBIG;
+        if (!repair) {
+            /* QEMU's message and its hint line */
+            error_setg(errp, "Too much extra metadata in snapshot table "
+                       "entry %d\nYou can force-remove this extra metadata "
+                       "with qemu-img check -r all", index);
+            return -EFBIG;
+        }
+        fprintf(stderr, "Discarding too much extra metadata in snapshot "
+                "table entry %d (%" PRIu32 " > %d)\n", index,
+                sn->extra_data_size, QCOW2_MAX_SNAPSHOT_EXTRA);
+        (*dropped)++;
+        truncate = true;
     }
     uint32_t known = MIN(sn->extra_data_size, (uint32_t)QCOW2_EXTRA_KNOWN);
     if (known) {
@@ -76,6 +92,12 @@ static int coroutine_fn qcow2_read_one_snapshot(BlockDriverState *bs,
     }
     *offset += known;
     if (sn->extra_data_size > QCOW2_EXTRA_KNOWN) {
+        /* The entry goes on after all of its extra data, even cut. */
+        uint64_t extra_end = *offset + sn->extra_data_size -
+                             QCOW2_EXTRA_KNOWN;
+        if (truncate) {
+            sn->extra_data_size = QCOW2_MAX_SNAPSHOT_EXTRA;
+        }
         sn->unknown_extra_size = sn->extra_data_size - QCOW2_EXTRA_KNOWN;
         sn->unknown_extra = g_malloc(sn->unknown_extra_size);
         ret = bdrv_co_pread(bs->file, *offset, sn->unknown_extra_size,
@@ -84,7 +106,7 @@ static int coroutine_fn qcow2_read_one_snapshot(BlockDriverState *bs,
             error_setg_errno(errp, -ret, "Failed to read snapshot table");
             return ret;
         }
-        *offset += sn->unknown_extra_size;
+        *offset = extra_end;
     }
     if (known >= 8) {
         sn->vm_state_size = be64_to_cpu(extra.vm_state_size_large);
@@ -101,14 +123,24 @@ static int coroutine_fn qcow2_read_one_snapshot(BlockDriverState *bs,
         error_setg_errno(errp, -ret, "Failed to read snapshot table");
         return ret;
     }
+    /* (the extra data counted as kept, where it was cut) */
+    *entry_len = sizeof(h) + sn->extra_data_size +
+                 be16_to_cpu(h.id_str_size) + be16_to_cpu(h.name_size);
     return 0;
 }
 
-/* Read and bound the snapshot table named by the header. */
-int coroutine_fn qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
+/*
+ * Read and bound the snapshot table named by s->snapshots_offset and
+ * s->nb_snapshots. With repair, a table grown too big loses its last
+ * entries (*reduced counts them; their clusters leak, for check to
+ * repair) instead of being refused.
+ */
+int coroutine_fn qcow2_do_read_snapshots(BlockDriverState *bs, bool repair,
+                                         int *reduced, int *dropped,
+                                         Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
-    uint64_t offset = s->snapshots_offset;
+    uint64_t offset = s->snapshots_offset, table_len = 0;
     int ret;
 
     s->snapshots_size = 0;
@@ -118,18 +150,39 @@ int coroutine_fn qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
     }
     s->snapshots = g_new0(Qcow2Snapshot, s->nb_snapshots);
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        Qcow2Snapshot *sn = &s->snapshots[i];
+        uint64_t entry_start = offset, entry_len;
         offset = ROUND_UP(offset, 8);
-        ret = qcow2_read_one_snapshot(bs, &offset, &s->snapshots[i], i, errp);
+        table_len = ROUND_UP(table_len, 8);
+        ret = qcow2_read_one_snapshot(bs, &offset, sn, i, repair, dropped,
+                                      &entry_len, errp);
         if (ret < 0) {
             s->nb_snapshots = i + 1;
             goto fail;
         }
-        if (offset - s->snapshots_offset > QCOW2_MAX_SNAPSHOTS_SIZE) {
-            error_setg(errp, "Snapshot table is too big");
+        table_len += entry_len;
+        if (table_len <= QCOW2_MAX_SNAPSHOTS_SIZE &&
+            offset - s->snapshots_offset <= INT_MAX) {
+            continue;
+        }
+        if (!repair) {
+            error_setg(errp, "Snapshot table is too big\nYou can "
+                       "force-remove all %" PRIu32 " overhanging snapshots "
+                       "with qemu-img check -r all", s->nb_snapshots - i);
             s->nb_snapshots = i + 1;
             ret = -EFBIG;
             goto fail;
         }
+        fprintf(stderr, "Discarding %" PRIu32 " overhanging snapshots "
+                "(snapshot table is too big)\n", s->nb_snapshots - i);
+        *reduced += s->nb_snapshots - i;
+        g_free(sn->id_str);
+        g_free(sn->name);
+        g_free(sn->unknown_extra);
+        memset(sn, 0, sizeof(*sn));
+        s->nb_snapshots = i;
+        offset = entry_start;
+        break;
     }
     s->snapshots_size = offset - s->snapshots_offset;
     return 0;
@@ -138,6 +191,13 @@ fail:
     qcow2_free_snapshots(s);
     s->nb_snapshots = 0;
     return ret;
+}
+
+int coroutine_fn qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
+{
+    int reduced = 0, dropped = 0;
+
+    return qcow2_do_read_snapshots(bs, false, &reduced, &dropped, errp);
 }
 
 /* ---- writing the table ---- */
@@ -245,7 +305,9 @@ int coroutine_fn qcow2_write_snapshots(BlockDriverState *bs)
         return ret;
     }
     if (s->snapshots_size) {
+        s->free_discard = s->discard_snapshot;
         qcow2_free_clusters(bs, s->snapshots_offset, s->snapshots_size);
+        s->free_discard = false;
     }
     s->snapshots_offset = offset;
     s->snapshots_size = size;
@@ -634,7 +696,9 @@ static int coroutine_fn qcow2_snapshot_goto_locked(BlockDriverState *bs,
     s->size = sn->disk_size;
     s->l1_vm_state_index = qcow2_size_to_l1(s, s->size);
     /* 3. The old active tree loses its reference, 4. flags recomputed. */
+    s->free_discard = s->discard_snapshot;
     ret = qcow2_tree_refcount(bs, old_l1, old_size, -1, false);
+    s->free_discard = false;
     if (ret >= 0) {
         ret = qcow2_flush_caches(bs);
     }
@@ -720,12 +784,14 @@ int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs,
         goto out;
     }
     /* 2. Its clusters lose a reference, its L1 is freed, 3. flags. */
+    s->free_discard = s->discard_snapshot;
     ret = qcow2_update_snapshot_refcount(bs, sn.l1_table_offset, sn.l1_size,
                                          -1);
     if (ret >= 0 && sn.l1_size) {
         ret = qcow2_free_clusters(bs, sn.l1_table_offset,
                                   (uint64_t)sn.l1_size * 8);
     }
+    s->free_discard = false;
     if (ret >= 0) {
         ret = qcow2_flush_caches(bs);
     }
