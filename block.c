@@ -820,6 +820,21 @@ BlockMeasureInfo *bdrv_measure(BlockDriver *drv, QemuOpts *opts,
     return drv->bdrv_measure(opts, in_bs, errp);
 }
 
+int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp)
+{
+    BlockDriver *proto = bdrv_find_protocol(filename, errp);
+
+    if (!proto) {
+        return -ENOENT;
+    }
+    if (!proto->bdrv_co_delete_file) {
+        error_setg(errp, "Protocol '%s' cannot delete files",
+                   proto->format_name);
+        return -ENOTSUP;
+    }
+    return proto->bdrv_co_delete_file(filename, errp);
+}
+
 /* ---- properties ---- */
 
 const char *bdrv_get_format_name(BlockDriverState *bs)

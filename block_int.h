@@ -64,6 +64,11 @@ struct BlockDriver {
     /* opts is validated against create_opts. */
     int coroutine_fn (*bdrv_create)(const char *filename, QemuOpts *opts,
                                     Error **errp);
+    /* Protocols: remove the file filename names (a format's create undoing
+     * a file it made, e.g. add-cow's raw image after a later step failed).
+     * Only for files the caller created; NULL: not supported. */
+    int coroutine_fn (*bdrv_co_delete_file)(const char *filename,
+                                            Error **errp);
 
     /* ---- requests ----
      * Promises for preadv/pwritev: offset and bytes are multiples of
@@ -257,6 +262,13 @@ BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
 BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
                                   QemuOpts *options, int flags,
                                   bool allow_probe, Error **errp);
+
+/*
+ * Remove a file created with bdrv_create_file (through its protocol's
+ * bdrv_co_delete_file; -ENOTSUP without one). For cleaning up after a
+ * failed create only.
+ */
+int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp);
 
 /*
  * May a file name read from an image header be opened? Header names are

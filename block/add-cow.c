@@ -10,7 +10,15 @@
 #include "block/table-cache.h"
 #include "util/cutils.h"
 
-#define ADD_COW_CACHE_PAGES 64
+#define ADD_COW_CACHE_PAGES 64    /* default bitmap cache: 256 KiB */
+
+/* Header names are copied into these buffers whole, never cut. */
+_Static_assert(ADD_COW_MAX_NAME <
+               sizeof(((BlockDriverState *)0)->backing_file),
+               "an add-cow backing file name fits bs->backing_file");
+_Static_assert(ADD_COW_MAX_FMT_NAME <
+               sizeof(((BlockDriverState *)0)->backing_format),
+               "an add-cow backing format fits bs->backing_format");
 
 /* An allocating write in flight over clusters [start, end). */
 typedef struct AddCowAlloc {
@@ -24,10 +32,12 @@ typedef struct BDRVAddCowState {
     char *image_name;            /* as stored in the header */
     BlockDriverState *image;     /* the raw data image (protocol node) */
     TableCache *bitmap;
+    int cache_pages;             /* bitmap cache size (cache-size option) */
     uint64_t cluster_size;
     uint64_t nb_clusters;
     AddCowAlloc *allocs;
     CoMutex meta_lock;           /* header changes, truncate */
+    bool autoclear_pending;      /* unknown autoclear bits still on disk */
 } BDRVAddCowState;
 
 static const QemuOptDesc add_cow_create_opts[] = {
@@ -52,6 +62,9 @@ static const QemuOptDesc add_cow_amend_opts[] = {
 static const QemuOptDesc add_cow_open_opts[] = {
     { "image_file", QEMU_OPT_STRING,
       "Open this raw image instead of the one named in the header" },
+    { "cache-size", QEMU_OPT_SIZE,
+      "Bitmap cache size in bytes (whole 4 KiB pages, at least one; "
+      "default 256 KiB)" },
     { NULL }
 };
 
@@ -104,19 +117,25 @@ static uint64_t add_cow_bitmap_bytes(uint64_t size, uint32_t cluster_bits)
     return DIV_ROUND_UP(clusters, 8);
 }
 
-static bool add_cow_name_ok(const AddCowHeader *h, uint32_t off, uint32_t len,
-                            uint32_t max)
+/*
+ * The bitmap_size a disk of size bytes has (spec section 2): its bits
+ * rounded up to whole pages, at least one page. Deriving it from the size
+ * bounds every walk over the bitmap by the virtual size.
+ */
+static uint64_t add_cow_bitmap_area(uint64_t size, uint32_t cluster_bits)
 {
-    if (len == 0) {
-        return true;
-    }
-    return len <= max && off >= ADD_COW_FIXED_HEADER_SIZE &&
-           (uint64_t)off + len <= h->header_size;
+    return MAX(ROUND_UP(add_cow_bitmap_bytes(size, cluster_bits),
+                        ADD_COW_PAGE_SIZE), ADD_COW_PAGE_SIZE);
 }
 
-/* Every check of docs/specs/add-cow.txt section 9. */
-static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
-                            Error **errp)
+/* One name of the header extension area, for validation messages. */
+typedef struct AddCowName {
+    const char *what;
+    uint32_t off, len, max;
+} AddCowName;
+
+static int add_cow_validate_fixed(const AddCowHeader *h, int64_t file_len,
+                                  Error **errp)
 {
     if (h->version != ADD_COW_VERSION) {
         error_setg(errp, "Unsupported add-cow version %" PRIu32, h->version);
@@ -150,34 +169,108 @@ static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
                    h->size);
         return -EINVAL;
     }
+    if (h->size % ADD_COW_SIZE_ALIGN) {
+        error_setg(errp, "add-cow virtual size %" PRIu64 " is not a multiple "
+                   "of %d", h->size, ADD_COW_SIZE_ALIGN);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* The bitmap: page aligned, after the header, sized by the virtual size,
+ * inside the file (so no walk or write goes past what the file holds). */
+static int add_cow_validate_bitmap(const AddCowHeader *h, int64_t file_len,
+                                   Error **errp)
+{
+    uint64_t area = add_cow_bitmap_area(h->size, h->cluster_bits);
+
     if (h->bitmap_offset % ADD_COW_PAGE_SIZE ||
         h->bitmap_offset < h->header_size ||
-        h->bitmap_offset > ADD_COW_MAX_SIZE ||
-        h->bitmap_size > ADD_COW_MAX_SIZE - h->bitmap_offset ||
         h->bitmap_size % ADD_COW_PAGE_SIZE) {
         error_setg(errp, "Invalid add-cow bitmap location (offset %" PRIu64
                    ", size %" PRIu64 ")", h->bitmap_offset, h->bitmap_size);
         return -EINVAL;
     }
-    if (h->bitmap_size < add_cow_bitmap_bytes(h->size, h->cluster_bits)) {
+    if (h->bitmap_size < area) {
         error_setg(errp, "add-cow bitmap (%" PRIu64 " bytes) is too small "
                    "for the virtual size", h->bitmap_size);
         return -EINVAL;
     }
-    if (!add_cow_name_ok(h, h->backing_file_offset, h->backing_file_size,
-                         ADD_COW_MAX_NAME) ||
-        !add_cow_name_ok(h, h->backing_fmt_offset, h->backing_fmt_size,
-                         ADD_COW_MAX_FMT_NAME) ||
-        !add_cow_name_ok(h, h->image_file_offset, h->image_file_size,
-                         ADD_COW_MAX_NAME)) {
-        error_setg(errp, "add-cow header names point outside the header");
+    if (h->bitmap_size > area) {
+        error_setg(errp, "add-cow bitmap (%" PRIu64 " bytes) is too large "
+                   "for the virtual size (%" PRIu64 " bytes expected)",
+                   h->bitmap_size, area);
         return -EINVAL;
     }
+    /* file_len >= header_size >= 4096 here; bitmap_size <= 2^50. */
+    if (h->bitmap_offset > (uint64_t)file_len ||
+        h->bitmap_size > (uint64_t)file_len - h->bitmap_offset) {
+        error_setg(errp, "add-cow bitmap (offset %" PRIu64 ", size %" PRIu64
+                   ") lies past the end of the %" PRId64 "-byte file",
+                   h->bitmap_offset, h->bitmap_size, file_len);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Names: bounded in length, inside [128, header_size), not overlapping. */
+static int add_cow_validate_names(const AddCowHeader *h, Error **errp)
+{
+    const AddCowName names[3] = {
+        { "backing file", h->backing_file_offset, h->backing_file_size,
+          ADD_COW_MAX_NAME },
+        { "backing format", h->backing_fmt_offset, h->backing_fmt_size,
+          ADD_COW_MAX_FMT_NAME },
+        { "image file", h->image_file_offset, h->image_file_size,
+          ADD_COW_MAX_NAME },
+    };
+
     if (h->image_file_size == 0) {
         error_setg(errp, "add-cow header has no image file name");
         return -EINVAL;
     }
+    for (int i = 0; i < 3; i++) {
+        const AddCowName *n = &names[i];
+        if (!n->len) {
+            continue;
+        }
+        if (n->len > n->max) {
+            error_setg(errp, "add-cow %s name is too long (%" PRIu32
+                       " bytes, at most %" PRIu32 ")", n->what, n->len,
+                       n->max);
+            return -EINVAL;
+        }
+        if (n->off < ADD_COW_FIXED_HEADER_SIZE ||
+            (uint64_t)n->off + n->len > h->header_size) {
+            error_setg(errp, "add-cow %s name points outside the header",
+                       n->what);
+            return -EINVAL;
+        }
+        for (int j = 0; j < i; j++) {
+            const AddCowName *m = &names[j];
+            if (m->len && n->off < m->off + m->len &&
+                m->off < n->off + n->len) {
+                error_setg(errp, "add-cow %s and %s names overlap", m->what,
+                           n->what);
+                return -EINVAL;
+            }
+        }
+    }
     return 0;
+}
+
+/* Every check of docs/specs/add-cow.txt section 9, before any other use. */
+static int add_cow_validate(const AddCowHeader *h, int64_t file_len,
+                            Error **errp)
+{
+    int ret = add_cow_validate_fixed(h, file_len, errp);
+    if (ret >= 0) {
+        ret = add_cow_validate_bitmap(h, file_len, errp);
+    }
+    if (ret >= 0) {
+        ret = add_cow_validate_names(h, errp);
+    }
+    return ret;
 }
 
 static int add_cow_probe(const uint8_t *buf, int buf_size,
@@ -211,19 +304,68 @@ static char *coroutine_fn add_cow_read_name(BlockDriverState *file,
 
 static int coroutine_fn add_cow_write_header(BlockDriverState *bs);
 
+/*
+ * Called before anything changes the image (data, bitmap, names, size): a
+ * writer clears the autoclear bits it does not know (spec section 3) before
+ * its first change, never at open, so a failing or read-only session
+ * leaves the file untouched. Takes meta_lock: call it without holding it.
+ */
+static int coroutine_fn add_cow_begin_change(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret = 0;
+
+    if (likely(!s->autoclear_pending)) {
+        return 0;
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    if (s->autoclear_pending) {
+        uint64_t old = s->header.autoclear_features;
+        s->header.autoclear_features &= ADD_COW_AUTOCLEAR_MASK;
+        ret = add_cow_write_header(bs);
+        if (ret < 0) {
+            s->header.autoclear_features = old;
+        } else {
+            s->autoclear_pending = false;
+        }
+    }
+    qemu_co_mutex_unlock(&s->meta_lock);
+    return ret;
+}
+
 /* ---- open / close ---- */
 
-static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
-                                     int flags, Error **errp)
+/*
+ * Pages of the bitmap cache from the cache-size open option: whole pages,
+ * at least one, at most what the bitmap holds (more would never be used).
+ */
+static int add_cow_cache_pages(BDRVAddCowState *s, QemuOpts *options,
+                               Error **errp)
+{
+    uint64_t bytes;
+
+    if (!qemu_opt_has(options, "cache-size")) {
+        return ADD_COW_CACHE_PAGES;
+    }
+    bytes = qemu_opt_get_size(options, "cache-size", 0);
+    if (bytes < ADD_COW_PAGE_SIZE) {
+        error_setg(errp, "add-cow cache-size must be at least %d bytes",
+                   ADD_COW_PAGE_SIZE);
+        return -EINVAL;
+    }
+    return (int)MIN(bytes / ADD_COW_PAGE_SIZE,
+                    MAX(s->header.bitmap_size / ADD_COW_PAGE_SIZE, 1));
+}
+
+/* Read and validate the fixed header into s->header. */
+static int coroutine_fn add_cow_read_header(BlockDriverState *bs,
+                                            Error **errp)
 {
     BDRVAddCowState *s = bs->opaque;
     AddCowDiskHeader dh;
-    char *backing = NULL, *fmt = NULL, *full = NULL;
-    const char *override = qemu_opt_get(options, "image_file");
     int64_t file_len = bdrv_getlength(bs->file);
     int ret;
 
-    qemu_co_mutex_init(&s->meta_lock);
     if (file_len < 0) {
         error_setg_errno(errp, (int)-file_len, "Could not get file size");
         return (int)file_len;
@@ -242,12 +384,17 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         error_setg(errp, "Image is not in add-cow format");
         return -EINVAL;
     }
-    ret = add_cow_validate(&s->header, file_len, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    s->cluster_size = UINT64_C(1) << s->header.cluster_bits;
-    s->nb_clusters = DIV_ROUND_UP(s->header.size, s->cluster_size);
+    return add_cow_validate(&s->header, file_len, errp);
+}
+
+/* Read the (validated) names: backing file and format into bs, the image
+ * file name into s->image_name. */
+static int coroutine_fn add_cow_read_names(BlockDriverState *bs,
+                                           Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    char *backing, *fmt = NULL;
+    int ret = 0;
 
     backing = add_cow_read_name(bs->file, s->header.backing_file_offset,
                                 s->header.backing_file_size, &ret);
@@ -262,13 +409,82 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
     }
     if (ret < 0) {
         error_setg(errp, "Could not read the names in the add-cow header");
+    } else {
+        /* Validation bounded the lengths below both buffers: no cut. */
+        pstrcpy(bs->backing_file, sizeof(bs->backing_file),
+                backing ? backing : "");
+        pstrcpy(bs->backing_format, sizeof(bs->backing_format),
+                fmt ? fmt : "");
+    }
+    g_free(backing);
+    g_free(fmt);
+    return ret;
+}
+
+/*
+ * Open the raw image file full (a name already resolved against the
+ * add-cow file) with the session's flags and check that it holds a disk
+ * of size bytes. Used by open and by amend image_file=.
+ */
+static BlockDriverState *coroutine_fn add_cow_open_image(const char *full,
+                                                         int flags,
+                                                         uint64_t size,
+                                                         Error **errp)
+{
+    BlockDriverState *img;
+    int64_t img_len;
+
+    img = bdrv_open_child(full, NULL, NULL,
+                          flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
+                                   BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
+                                   BDRV_O_UNMAP),
+                          false, errp);
+    if (!img) {
+        error_prepend(errp, "Could not open add-cow image file: ");
+        return NULL;
+    }
+    img_len = bdrv_getlength(img);
+    if (img_len < 0 || (uint64_t)img_len < size) {
+        error_setg(errp, "add-cow image file '%s' is smaller than the "
+                   "virtual disk (%" PRId64 " < %" PRIu64 ")", full, img_len,
+                   size);
+        bdrv_unref(img);
+        return NULL;
+    }
+    return img;
+}
+
+/* The bitmap's page cache, ordered after the current raw image. */
+static TableCache *add_cow_bitmap_cache_new(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    TableCache *c = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
+                                    s->cache_pages, "bitmap_load",
+                                    "bitmap_update");
+
+    /* Bits must never reach the disk before the data they describe. */
+    table_cache_add_dependency_bs(c, s->image);
+    return c;
+}
+
+static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
+                                     int flags, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    const char *override = qemu_opt_get(options, "image_file");
+    char *full;
+    int ret;
+
+    qemu_co_mutex_init(&s->meta_lock);
+    ret = add_cow_read_header(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    s->cluster_size = UINT64_C(1) << s->header.cluster_bits;
+    s->nb_clusters = DIV_ROUND_UP(s->header.size, s->cluster_size);
+    ret = add_cow_read_names(bs, errp);
+    if (ret < 0) {
         goto fail;
-    }
-    if (backing) {
-        pstrcpy(bs->backing_file, sizeof(bs->backing_file), backing);
-    }
-    if (fmt) {
-        pstrcpy(bs->backing_format, sizeof(bs->backing_format), fmt);
     }
 
     if (override) {
@@ -280,56 +496,31 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         }
         full = path_combine(bs->filename, s->image_name);
     }
-    s->image = bdrv_open_child(full, NULL, NULL,
-                               flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
-                                        BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
-                                        BDRV_O_UNMAP),
-                               false, errp);
+    s->image = add_cow_open_image(full, flags, s->header.size, errp);
+    g_free(full);
     if (!s->image) {
-        error_prepend(errp, "Could not open add-cow image file: ");
         ret = -EINVAL;
         goto fail;
     }
-    int64_t img_len = bdrv_getlength(s->image);
-    if (img_len < 0 || (uint64_t)img_len < s->header.size) {
-        error_setg(errp, "add-cow image file '%s' is smaller than the "
-                   "virtual disk (%" PRId64 " < %" PRIu64 ")", full, img_len,
-                   s->header.size);
+    s->cache_pages = add_cow_cache_pages(s, options, errp);
+    if (s->cache_pages < 0) {
         ret = -EINVAL;
         goto fail;
     }
     bs->data_file = s->image;
-    s->bitmap = table_cache_new(bs->file, ADD_COW_PAGE_SIZE,
-                                ADD_COW_CACHE_PAGES, "bitmap_load",
-                                "bitmap_update");
-    /* Bits must never reach the disk before the data they describe. */
-    table_cache_add_dependency_bs(s->bitmap, s->image);
-    /* A writer clears the autoclear bits it does not know (spec 3). */
-    if ((flags & BDRV_O_RDWR) &&
-        (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK)) {
-        s->header.autoclear_features &= ADD_COW_AUTOCLEAR_MASK;
-        ret = add_cow_write_header(bs);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not clear autoclear bits");
-            table_cache_free(s->bitmap);
-            s->bitmap = NULL;
-            goto fail;
-        }
-    }
-    g_free(backing);
-    g_free(fmt);
-    g_free(full);
+    s->bitmap = add_cow_bitmap_cache_new(bs);
+    /* Nothing is written during open (the layer may still fail it, e.g.
+     * on the backing file): unknown autoclear bits are cleared before the
+     * first change instead (add_cow_begin_change). */
+    s->autoclear_pending = (flags & BDRV_O_RDWR) &&
+        (s->header.autoclear_features & ~ADD_COW_AUTOCLEAR_MASK);
     return 0;
 
 fail:
-    bs->data_file = NULL;
-    bdrv_unref(s->image);
-    s->image = NULL;
     g_free(s->image_name);
     s->image_name = NULL;
-    g_free(backing);
-    g_free(fmt);
-    g_free(full);
+    bs->backing_file[0] = '\0';
+    bs->backing_format[0] = '\0';
     return ret;
 }
 
@@ -572,11 +763,14 @@ static int coroutine_fn add_cow_write_alloc(BlockDriverState *bs,
     if (!qiov && head == 0 && tail == 0) {
         BdrvRequestFlags zf = BDRV_REQ_MAY_UNMAP & flags;
         ret = bdrv_co_pwrite_zeroes(s->image, start, end - start, zf);
-    } else if (head && tail && qiov) {
+    } else if (head && tail && qiov &&
+               end - start <= 2 * (int64_t)s->cluster_size) {
         /*
-         * Both ends need backing data: one read of the whole range, the
-         * guest's bytes laid over it in the write vector (two I/Os, not
-         * three, per small allocating write).
+         * Both ends of a range of at most two clusters need backing data:
+         * one read of the whole range, the guest's bytes laid over it in
+         * the write vector (two I/Os, not three, per small allocating
+         * write). Larger ranges read only their head and tail below, never
+         * the middle the guest overwrites.
          */
         uint8_t *buf = qemu_blockalign(end - start);
         QEMUIOVector whole;
@@ -644,16 +838,21 @@ static int coroutine_fn add_cow_do_write(BlockDriverState *bs, int64_t offset,
 {
     BDRVAddCowState *s = bs->opaque;
     int bits = s->header.cluster_bits;
+    int ret;
 
     if ((uint64_t)offset + bytes > s->header.size) {
         return -EIO;
+    }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        return ret;
     }
     while (bytes > 0) {
         uint64_t c = offset >> bits;
         uint64_t c_end = ((uint64_t)(offset + bytes - 1) >> bits) + 1;
         uint64_t run;
         bool set;
-        int ret = add_cow_run(s, c, c_end, &set, &run);
+        ret = add_cow_run(s, c, c_end, &set, &run);
         if (ret < 0) {
             return ret;
         }
@@ -737,13 +936,22 @@ static int coroutine_fn add_cow_co_pdiscard(BlockDriverState *bs,
     uint64_t c = DIV_ROUND_UP((uint64_t)offset, s->cluster_size);
     uint64_t c_end = (uint64_t)(offset + bytes) >> bits;
 
+    int ret;
+
     if ((uint64_t)(offset + bytes) == s->header.size) {
         c_end = s->nb_clusters;
+    }
+    if (c >= c_end) {
+        return 0;
+    }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        return ret;
     }
     while (c < c_end) {
         uint64_t run;
         bool set;
-        int ret = add_cow_run(s, c, c_end, &set, &run);
+        ret = add_cow_run(s, c, c_end, &set, &run);
         if (ret < 0) {
             return ret;
         }
@@ -847,9 +1055,19 @@ static int coroutine_fn add_cow_set_names(BlockDriverState *bs,
     fmt = fmt ? fmt : (backing[0] ? cur_fmt : "");
     image = image ? image : s->image_name;
     size_t lb = strlen(backing), lf = strlen(fmt), li = strlen(image);
-    if (lb > ADD_COW_MAX_NAME || li > ADD_COW_MAX_NAME || li == 0 ||
-        lf > ADD_COW_MAX_FMT_NAME) {
-        error_setg(errp, "add-cow names too long (or empty image file name)");
+    if (lb > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Backing file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
+        return -EINVAL;
+    }
+    if (lf > ADD_COW_MAX_FMT_NAME) {
+        error_setg(errp, "Backing format name too long (at most %d bytes)",
+                   ADD_COW_MAX_FMT_NAME);
+        return -EINVAL;
+    }
+    if (li == 0 || li > ADD_COW_MAX_NAME) {
+        error_setg(errp, "add-cow image file name must be 1 to %d bytes",
+                   ADD_COW_MAX_NAME);
         return -EINVAL;
     }
     uint32_t offs[3] = { h.backing_file_offset, h.backing_fmt_offset,
@@ -943,8 +1161,11 @@ static int coroutine_fn add_cow_change_backing_file(BlockDriverState *bs,
                                                     const char *backing_fmt)
 {
     BDRVAddCowState *s = bs->opaque;
-    int ret;
+    int ret = add_cow_begin_change(bs);
 
+    if (ret < 0) {
+        return ret;
+    }
     qemu_co_mutex_lock(&s->meta_lock);
     ret = add_cow_set_names(bs, backing_file ? backing_file : "",
                             backing_fmt ? backing_fmt : "", NULL, NULL);
@@ -955,6 +1176,55 @@ static int coroutine_fn add_cow_change_backing_file(BlockDriverState *bs,
     return ret;
 }
 
+/*
+ * amend image_file=NAME: the new raw image must open (resolved like the
+ * header's name) and hold the whole disk before the header may name it;
+ * the session then continues on it.
+ */
+static BlockDriverState *coroutine_fn
+add_cow_amend_open_image(BlockDriverState *bs, const char *image, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    BlockDriverState *img;
+    char *full;
+
+    if (!*image) {
+        error_setg(errp, "add-cow image file name must not be empty");
+        return NULL;
+    }
+    if (strlen(image) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Image file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
+        return NULL;
+    }
+    if (!bdrv_header_name_allowed(image, "Image file", errp)) {
+        return NULL;
+    }
+    full = path_combine(bs->filename, image);
+    img = add_cow_open_image(full, bs->open_flags, s->header.size, errp);
+    g_free(full);
+    return img;
+}
+
+/*
+ * Continue on new_image; returns the old image for the caller to release.
+ * The bitmap was flushed, so no page depends on the old image: a fresh
+ * cache ordered after new_image replaces it (amend runs with no request
+ * in flight, so no page is pinned).
+ */
+static BlockDriverState *add_cow_switch_image(BlockDriverState *bs,
+                                              BlockDriverState *new_image)
+{
+    BDRVAddCowState *s = bs->opaque;
+    BlockDriverState *old = s->image;
+
+    s->image = new_image;
+    bs->data_file = new_image;
+    table_cache_free(s->bitmap);
+    s->bitmap = add_cow_bitmap_cache_new(bs);
+    return old;
+}
+
 static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
                                               QemuOpts *opts, bool force,
                                               Error **errp)
@@ -963,16 +1233,37 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
     const char *backing = qemu_opt_get(opts, "backing_file");
     const char *fmt = qemu_opt_get(opts, "backing_fmt");
     const char *image = qemu_opt_get(opts, "image_file");
+    BlockDriverState *new_image = NULL;
     int ret = 0;
 
     if (!backing && !fmt && !image) {
         return 0;
     }
-    if (image && !bdrv_header_name_allowed(image, "Image file", errp)) {
-        return -EPERM;
+    if (image) {
+        new_image = add_cow_amend_open_image(bs, image, errp);
+        if (!new_image) {
+            return -EINVAL;
+        }
+    }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write add-cow header");
+        bdrv_unref(new_image);
+        return ret;
     }
     qemu_co_mutex_lock(&s->meta_lock);
-    ret = add_cow_set_names(bs, backing, fmt, image, errp);
+    if (new_image) {
+        ret = table_cache_flush(s->bitmap);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not write add-cow bitmap");
+        }
+    }
+    if (ret >= 0) {
+        ret = add_cow_set_names(bs, backing, fmt, image, errp);
+    }
+    if (ret >= 0 && new_image) {
+        new_image = add_cow_switch_image(bs, new_image);
+    }
     if (ret >= 0 && backing && !*backing) {
         ret = add_cow_fill_unallocated(bs);
         if (ret < 0) {
@@ -980,6 +1271,7 @@ static int coroutine_fn add_cow_amend_options(BlockDriverState *bs,
         }
     }
     qemu_co_mutex_unlock(&s->meta_lock);
+    bdrv_unref(new_image);      /* the old image after a switch */
     if (ret >= 0 && (backing || fmt)) {
         pstrcpy(bs->backing_file, sizeof(bs->backing_file),
                 backing ? backing : bs->backing_file);
@@ -1003,8 +1295,7 @@ static int coroutine_fn add_cow_grow(BlockDriverState *bs, uint64_t old,
     uint64_t cs = s->cluster_size;
     uint64_t first = DIV_ROUND_UP(old, cs);      /* first wholly new cluster */
     uint64_t new_clusters = DIV_ROUND_UP(new, cs);
-    uint64_t need = ROUND_UP(add_cow_bitmap_bytes(new, s->header.cluster_bits),
-                             ADD_COW_PAGE_SIZE);
+    uint64_t need = add_cow_bitmap_area(new, s->header.cluster_bits);
     int64_t img_len = bdrv_getlength(s->image);
     int ret = 0;
 
@@ -1096,15 +1387,26 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
     if (new == old) {
         return 0;
     }
+    ret = add_cow_begin_change(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write add-cow header");
+        return ret;
+    }
     qemu_co_mutex_lock(&s->meta_lock);
     if (new > old) {
         ret = add_cow_grow(bs, old, new, errp);
     } else {
-        /* Commit point first, then the raw image may shrink. */
+        /* Commit point first, then the raw image may shrink. The bitmap
+         * area shrinks with the size (it is derived from it); the file
+         * keeps its length, so the bitmap stays inside it. */
+        uint64_t old_area = s->header.bitmap_size;
         s->header.size = new;
+        s->header.bitmap_size = add_cow_bitmap_area(new,
+                                                    s->header.cluster_bits);
         ret = add_cow_write_header(bs);
         if (ret < 0) {
             s->header.size = old;
+            s->header.bitmap_size = old_area;
             error_setg_errno(errp, -ret, "Could not write add-cow header");
         } else {
             /* After the commit point: bits past the end are meaningless;
@@ -1219,8 +1521,11 @@ static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
                 "disk\n", (fix & BDRV_FIX_LEAKS) ? "Repairing" : "Leaked",
                 cnt.stray);
         if ((fix & BDRV_FIX_LEAKS) && !bs->read_only) {
-            int ret = add_cow_set_bits(s, s->nb_clusters,
+            int ret = add_cow_begin_change(bs);
+            if (ret >= 0) {
+                ret = add_cow_set_bits(s, s->nb_clusters,
                                        s->header.bitmap_size * 8, false);
+            }
             if (ret >= 0) {
                 ret = table_cache_flush(s->bitmap);
             }
@@ -1257,21 +1562,28 @@ static bool add_cow_has_zero_init(BlockDriverState *bs)
 
 /* ---- create ---- */
 
-static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
-                                       Error **errp)
+/* One create: its options, checked before anything is created. */
+typedef struct AddCowCreate {
+    const char *filename;
+    const char *backing, *fmt;
+    char *image_name;           /* as stored in the header */
+    char *image_path;           /* resolved against filename */
+    uint32_t cluster_bits;
+    bool has_size;
+    uint64_t size;
+} AddCowCreate;
+
+static int add_cow_create_check_opts(AddCowCreate *c, QemuOpts *opts,
+                                     Error **errp)
 {
-    const char *backing = qemu_opt_get(opts, "backing_file");
-    const char *fmt = qemu_opt_get(opts, "backing_fmt");
     const char *image_opt = qemu_opt_get(opts, "image_file");
     uint64_t cluster_size = qemu_opt_get_size(opts, "cluster_size",
                                               1 << ADD_COW_DEFAULT_CLUSTER_BITS);
-    bool has_size = qemu_opt_has(opts, "size");
-    uint64_t size = qemu_opt_get_size(opts, "size", 0);
-    char *image_name = NULL, *image_path = NULL;
-    BlockDriverState *file = NULL, *img = NULL;
-    AddCowHeader h = { 0 };
-    int ret;
 
+    c->backing = qemu_opt_get(opts, "backing_file");
+    c->fmt = qemu_opt_get(opts, "backing_fmt");
+    c->has_size = qemu_opt_has(opts, "size");
+    c->size = qemu_opt_get_size(opts, "size", 0);
     if (cluster_size < (1u << ADD_COW_MIN_CLUSTER_BITS) ||
         cluster_size > (1u << ADD_COW_MAX_CLUSTER_BITS) ||
         (cluster_size & (cluster_size - 1))) {
@@ -1279,128 +1591,183 @@ static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
                    "and 2M");
         return -EINVAL;
     }
-    if (fmt && !backing) {
+    c->cluster_bits = __builtin_ctzll(cluster_size);
+    if (c->fmt && !c->backing) {
         error_setg(errp, "backing_fmt given without backing_file");
         return -EINVAL;
     }
-    if (fmt && strlen(fmt) > ADD_COW_MAX_FMT_NAME) {
+    if (c->fmt && strlen(c->fmt) > ADD_COW_MAX_FMT_NAME) {
         error_setg(errp, "Backing format name too long");
         return -EINVAL;
     }
-    if (backing && strlen(backing) > ADD_COW_MAX_NAME) {
-        error_setg(errp, "Backing file name too long");
+    if (c->backing && strlen(c->backing) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Backing file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
         return -EINVAL;
     }
     /* Default image file: next to the add-cow file, named after it. */
     if (image_opt && *image_opt) {
-        image_name = g_strdup(image_opt);
+        c->image_name = g_strdup(image_opt);
     } else {
-        char *base = g_path_get_basename(filename);
-        image_name = g_strdup_printf("%s.raw", base);
+        char *base = g_path_get_basename(c->filename);
+        c->image_name = g_strdup_printf("%s.raw", base);
         g_free(base);
     }
-    if (strlen(image_name) > ADD_COW_MAX_NAME) {
-        error_setg(errp, "Image file name too long");
-        ret = -EINVAL;
-        goto out;
+    if (strlen(c->image_name) > ADD_COW_MAX_NAME) {
+        error_setg(errp, "Image file name too long (at most %d bytes)",
+                   ADD_COW_MAX_NAME);
+        return -EINVAL;
     }
-    image_path = path_combine(filename, image_name);
-    if (!has_size && backing) {
-        char *bpath = path_combine(filename, backing);
-        BlockDriverState *b = bdrv_open_child(bpath, fmt, NULL,
-                                              BDRV_O_NO_BACKING, true, errp);
-        g_free(bpath);
-        if (!b) {
-            error_prepend(errp, "Could not open backing file: ");
-            ret = -EINVAL;
-            goto out;
-        }
-        size = bdrv_getlength(b);
-        bdrv_unref(b);
-        has_size = true;
+    c->image_path = path_combine(c->filename, c->image_name);
+    if (!strcmp(c->image_path, c->filename)) {
+        error_setg(errp, "The add-cow image file cannot be the add-cow file "
+                   "itself");
+        return -EINVAL;
     }
+    return 0;
+}
 
-    /* An existing image file of sufficient size is kept as it is. */
-    img = bdrv_open_child(image_path, NULL, NULL, BDRV_O_RDWR, false, NULL);
-    if (img) {
-        int64_t len = bdrv_getlength(img);
-        if (!has_size) {
-            size = len;
-            has_size = true;
-        } else if (len < (int64_t)size) {
-            ret = bdrv_co_truncate(img, size, false, PREALLOC_MODE_OFF, errp);
-            if (ret < 0) {
-                goto out;
-            }
-        }
-    } else {
-        QemuOpts *io = qemu_opts_new();
-        qemu_opt_set_number(io, "size", size);
-        ret = bdrv_create_file(image_path, io, errp);
-        qemu_opts_del(io);
-        if (ret < 0) {
-            error_prepend(errp, "Could not create image file: ");
-            goto out;
-        }
+/* Without a size option the backing image gives it. */
+static int coroutine_fn add_cow_create_backing_size(AddCowCreate *c,
+                                                    Error **errp)
+{
+    char *bpath = path_combine(c->filename, c->backing);
+    BlockDriverState *b = bdrv_open_child(bpath, c->fmt, NULL,
+                                          BDRV_O_NO_BACKING, true, errp);
+    int64_t len;
+
+    g_free(bpath);
+    if (!b) {
+        error_prepend(errp, "Could not open backing file: ");
+        return -EINVAL;
     }
-    if (!has_size) {
+    len = bdrv_getlength(b);
+    bdrv_unref(b);
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get the backing file "
+                         "size");
+        return (int)len;
+    }
+    c->size = len;
+    c->has_size = true;
+    return 0;
+}
+
+/*
+ * The raw image file: an existing one of sufficient size is kept as it is
+ * (a shorter one grows; *old_len says from what), a missing one is created
+ * (*created). Sizes are checked first, so nothing is made for a create
+ * that cannot succeed.
+ */
+static int coroutine_fn add_cow_create_image(AddCowCreate *c,
+                                             bool *created, int64_t *old_len,
+                                             Error **errp)
+{
+    BlockDriverState *img;
+    int ret = 0;
+
+    *created = false;
+    *old_len = -1;
+    img = bdrv_open_child(c->image_path, NULL, NULL, BDRV_O_RDWR, false, NULL);
+    if (img && !c->has_size) {
+        int64_t len = bdrv_getlength(img);
+        c->size = MAX(len, 0);
+        c->has_size = len >= 0;
+    }
+    if (!c->has_size) {
         error_setg(errp, "Image size must be specified");
         ret = -EINVAL;
-        goto out;
-    }
-    size = QEMU_ALIGN_UP(size, BDRV_SECTOR_SIZE);
-    if (size > ADD_COW_MAX_SIZE) {
+    } else if (c->size > ADD_COW_MAX_SIZE) {
         error_setg(errp, "Image size is too large");
         ret = -EFBIG;
-        goto out;
     }
+    if (ret < 0) {
+        bdrv_unref(img);
+        return ret;
+    }
+    c->size = QEMU_ALIGN_UP(c->size, BDRV_SECTOR_SIZE);
 
-    size_t lb = backing ? strlen(backing) : 0;
-    size_t lf = fmt ? strlen(fmt) : 0;
-    size_t li = strlen(image_name);
-    h.version = ADD_COW_VERSION;
-    h.header_size = ROUND_UP(ADD_COW_FIXED_HEADER_SIZE + 2 * (lb + lf + li) +
-                             1024, ADD_COW_PAGE_SIZE);
-    h.size = size;
-    h.cluster_bits = __builtin_ctzll(cluster_size);
-    h.bitmap_offset = h.header_size;
-    h.bitmap_size = MAX(ROUND_UP(add_cow_bitmap_bytes(size, h.cluster_bits),
-                                 ADD_COW_PAGE_SIZE), ADD_COW_PAGE_SIZE);
-    h.backing_file_offset = lb ? ADD_COW_FIXED_HEADER_SIZE : 0;
-    h.backing_file_size = lb;
-    h.backing_fmt_offset = lf ? ADD_COW_FIXED_HEADER_SIZE + lb : 0;
-    h.backing_fmt_size = lf;
-    h.image_file_offset = ADD_COW_FIXED_HEADER_SIZE + lb + lf;
-    h.image_file_size = li;
+    if (img) {
+        int64_t len = bdrv_getlength(img);
+        if (len >= 0 && len < (int64_t)c->size) {
+            ret = bdrv_co_truncate(img, c->size, false, PREALLOC_MODE_OFF,
+                                   errp);
+            *old_len = len;
+        }
+        if (ret >= 0) {
+            ret = bdrv_co_flush(img);
+        }
+        bdrv_unref(img);
+        return ret;
+    }
+    QemuOpts *io = qemu_opts_new();
+    qemu_opt_set_number(io, "size", c->size);
+    ret = bdrv_create_file(c->image_path, io, errp);
+    qemu_opts_del(io);
+    *created = true;            /* possibly half made: removed on failure */
+    if (ret < 0) {
+        error_prepend(errp, "Could not create image file: ");
+    }
+    return ret;
+}
 
+/* The header of a new image of c->size bytes. */
+static void add_cow_create_header(const AddCowCreate *c, AddCowHeader *h)
+{
+    size_t lb = c->backing ? strlen(c->backing) : 0;
+    size_t lf = c->fmt ? strlen(c->fmt) : 0;
+    size_t li = strlen(c->image_name);
+
+    memset(h, 0, sizeof(*h));
+    h->version = ADD_COW_VERSION;
+    h->header_size = ROUND_UP(ADD_COW_FIXED_HEADER_SIZE + 2 * (lb + lf + li) +
+                              1024, ADD_COW_PAGE_SIZE);
+    h->size = c->size;
+    h->cluster_bits = c->cluster_bits;
+    h->bitmap_offset = h->header_size;
+    h->bitmap_size = add_cow_bitmap_area(c->size, h->cluster_bits);
+    h->backing_file_offset = lb ? ADD_COW_FIXED_HEADER_SIZE : 0;
+    h->backing_file_size = lb;
+    h->backing_fmt_offset = lf ? ADD_COW_FIXED_HEADER_SIZE + lb : 0;
+    h->backing_fmt_size = lf;
+    h->image_file_offset = ADD_COW_FIXED_HEADER_SIZE + lb + lf;
+    h->image_file_size = li;
+}
+
+/* The add-cow file: sized to hold the bitmap first, then the header and
+ * names, then flushed, so it never names a bitmap past its end. */
+static int coroutine_fn add_cow_create_meta(const AddCowCreate *c,
+                                            Error **errp)
+{
+    AddCowHeader h;
+    BlockDriverState *file;
     QemuOpts *fo = qemu_opts_new();
-    ret = bdrv_create_file(filename, fo, errp);
+    uint8_t *hdr;
+    int ret;
+
+    add_cow_create_header(c, &h);
+    ret = bdrv_create_file(c->filename, fo, errp);
     qemu_opts_del(fo);
     if (ret < 0) {
-        goto out;
+        return ret;
     }
-    file = bdrv_open_child(filename, NULL, NULL, BDRV_O_RDWR, false, errp);
+    file = bdrv_open_child(c->filename, NULL, NULL, BDRV_O_RDWR, false, errp);
     if (!file) {
-        ret = -EIO;
-        goto out;
+        return -EIO;
     }
-    uint8_t *hdr = g_malloc0(h.header_size);
+    hdr = g_malloc0(h.header_size);
     add_cow_header_to_disk(&h, (AddCowDiskHeader *)hdr);
-    if (lb) {
-        memcpy(hdr + h.backing_file_offset, backing, lb);
+    if (h.backing_file_size) {
+        memcpy(hdr + h.backing_file_offset, c->backing, h.backing_file_size);
     }
-    if (lf) {
-        memcpy(hdr + h.backing_fmt_offset, fmt, lf);
+    if (h.backing_fmt_size) {
+        memcpy(hdr + h.backing_fmt_offset, c->fmt, h.backing_fmt_size);
     }
-    memcpy(hdr + h.image_file_offset, image_name, li);
-    ret = bdrv_co_pwrite(file, 0, h.header_size, hdr, 0);
-    g_free(hdr);
+    memcpy(hdr + h.image_file_offset, c->image_name, h.image_file_size);
+    ret = bdrv_co_truncate(file, h.bitmap_offset + h.bitmap_size, false,
+                           PREALLOC_MODE_OFF, errp);
     if (ret >= 0) {
-        ret = bdrv_co_truncate(file, h.bitmap_offset + h.bitmap_size, false,
-                               PREALLOC_MODE_OFF, errp);
-    }
-    if (ret >= 0 && img) {
-        ret = bdrv_co_flush(img);
+        ret = bdrv_co_pwrite(file, 0, h.header_size, hdr, 0);
     }
     if (ret >= 0) {
         ret = bdrv_co_flush(file);
@@ -1408,11 +1775,51 @@ static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
     if (ret < 0 && errp && !*errp) {
         error_setg_errno(errp, -ret, "Could not write add-cow header");
     }
-out:
+    g_free(hdr);
     bdrv_unref(file);
-    bdrv_unref(img);
-    g_free(image_name);
-    g_free(image_path);
+    return ret;
+}
+
+/* Undo what a failed create did to the raw image file. */
+static void coroutine_fn add_cow_create_undo_image(const AddCowCreate *c,
+                                                   bool created,
+                                                   int64_t old_len)
+{
+    if (created) {
+        bdrv_co_delete_file(c->image_path, NULL);
+    } else if (old_len >= 0) {
+        BlockDriverState *img = bdrv_open_child(c->image_path, NULL, NULL,
+                                                BDRV_O_RDWR, false, NULL);
+        if (img) {
+            bdrv_co_truncate(img, old_len, true, PREALLOC_MODE_OFF, NULL);
+            bdrv_unref(img);
+        }
+    }
+}
+
+static int coroutine_fn add_cow_create(const char *filename, QemuOpts *opts,
+                                       Error **errp)
+{
+    AddCowCreate c = { .filename = filename };
+    bool created;
+    int64_t old_len;
+    int ret;
+
+    ret = add_cow_create_check_opts(&c, opts, errp);
+    if (ret >= 0 && !c.has_size && c.backing) {
+        ret = add_cow_create_backing_size(&c, errp);
+    }
+    if (ret >= 0) {
+        ret = add_cow_create_image(&c, &created, &old_len, errp);
+        if (ret >= 0) {
+            ret = add_cow_create_meta(&c, errp);
+        }
+        if (ret < 0) {
+            add_cow_create_undo_image(&c, created, old_len);
+        }
+    }
+    g_free(c.image_name);
+    g_free(c.image_path);
     return ret;
 }
 

@@ -25,9 +25,13 @@
 #define ADD_COW_MIN_CLUSTER_BITS    9
 #define ADD_COW_MAX_CLUSTER_BITS    21
 #define ADD_COW_DEFAULT_CLUSTER_BITS 16
-#define ADD_COW_MAX_NAME            4096
+/* Longest name: it must fit a PATH_MAX buffer with its NUL, or it would be
+ * cut and name a different file. */
+#define ADD_COW_MAX_NAME            4095
 #define ADD_COW_MAX_FMT_NAME        31
+/* Largest virtual size; sizes are whole 512-byte sectors. */
 #define ADD_COW_MAX_SIZE            (INT64_C(1) << 62)
+#define ADD_COW_SIZE_ALIGN          512
 
 /* Feature bits: none defined in version 1. */
 #define ADD_COW_INCOMPAT_MASK       UINT64_C(0)

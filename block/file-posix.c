@@ -676,6 +676,30 @@ static int coroutine_fn file_create(const char *filename, QemuOpts *opts,
     return ret;
 }
 
+/* Only regular files: a failed create never made a device node. */
+static int coroutine_fn file_co_delete_file(const char *filename,
+                                            Error **errp)
+{
+    const char *path = file_strip_prefix(filename);
+    struct stat st;
+
+    if (lstat(path, &st) < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not stat '%s'", path);
+        return -err;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        error_setg(errp, "Will not delete '%s': not a regular file", path);
+        return -EPERM;
+    }
+    if (unlink(path) < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not delete '%s'", path);
+        return -err;
+    }
+    return 0;
+}
+
 static BlockDriver bdrv_file = {
     .format_name            = "file",
     .protocol_name          = "file",
@@ -687,6 +711,7 @@ static BlockDriver bdrv_file = {
     .bdrv_close             = file_close,
     .bdrv_refresh_limits    = file_refresh_limits,
     .bdrv_create            = file_create,
+    .bdrv_co_delete_file    = file_co_delete_file,
 
     .bdrv_co_preadv         = file_co_preadv,
     .bdrv_co_pwritev        = file_co_pwritev,

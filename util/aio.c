@@ -53,6 +53,9 @@ struct AioContext {
     int event_fd;
 
     GPtrArray *timers;          /* binary min-heap on expire_ns */
+
+    AioIdleFunc *idle_fn;       /* see aio_set_idle_handler() */
+    void *idle_opaque;
 };
 
 static AioContext *main_ctx;
@@ -78,12 +81,45 @@ AioContext *qemu_get_aio_context(void)
     return main_ctx;
 }
 
-int64_t qemu_clock_get_ns(void)
+/* The virtual clock (qemu_clock_use_virtual); read by any thread. */
+static bool clock_virtual;
+static int64_t clock_virtual_ns;
+
+static int64_t clock_monotonic_ns(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int64_t qemu_clock_get_ns(void)
+{
+    if (__atomic_load_n(&clock_virtual, __ATOMIC_ACQUIRE)) {
+        return __atomic_load_n(&clock_virtual_ns, __ATOMIC_RELAXED);
+    }
+    return clock_monotonic_ns();
+}
+
+void qemu_clock_use_virtual(bool on)
+{
+    if (on && !clock_virtual) {
+        __atomic_store_n(&clock_virtual_ns, clock_monotonic_ns(),
+                         __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&clock_virtual, on, __ATOMIC_RELEASE);
+}
+
+bool qemu_clock_is_virtual(void)
+{
+    return __atomic_load_n(&clock_virtual, __ATOMIC_ACQUIRE);
+}
+
+void qemu_clock_set_virtual_ns(int64_t ns)
+{
+    if (ns > clock_virtual_ns) {
+        __atomic_store_n(&clock_virtual_ns, ns, __ATOMIC_RELAXED);
+    }
 }
 
 /* ---- fd handlers ---- */
@@ -401,6 +437,14 @@ static bool aio_timers_run(AioContext *ctx)
     return progress;
 }
 
+int64_t aio_first_timer_ns(AioContext *ctx)
+{
+    if (!ctx->timers->len) {
+        return -1;
+    }
+    return ((QEMUTimer *)g_ptr_array_index(ctx->timers, 0))->expire_ns;
+}
+
 /* -1: no timer; otherwise ns until the first deadline (0 if past). */
 static int64_t aio_timers_deadline(AioContext *ctx)
 {
@@ -426,6 +470,31 @@ static bool aio_bh_pending(AioContext *ctx)
         }
     }
     return false;
+}
+
+void aio_set_idle_handler(AioContext *ctx, AioIdleFunc *fn, void *opaque)
+{
+    ctx->idle_fn = fn;
+    ctx->idle_opaque = opaque;
+}
+
+/* Nothing ran and nothing is queued: give the idle handler its turn. */
+static bool aio_run_idle_handler(AioContext *ctx)
+{
+    bool pending;
+
+    if (!ctx->idle_fn) {
+        return false;
+    }
+    pthread_mutex_lock(&ctx->bh_lock);
+    pending = aio_bh_pending(ctx);
+    pthread_mutex_unlock(&ctx->bh_lock);
+    if (pending || !ctx->idle_fn(ctx->idle_opaque)) {
+        return false;
+    }
+    aio_bh_poll(ctx);
+    aio_timers_run(ctx);
+    return true;
 }
 
 /*
@@ -516,6 +585,9 @@ bool aio_poll(AioContext *ctx, bool blocking)
     progress = aio_bh_poll(ctx);
     progress |= aio_timers_run(ctx);
 
+    if (blocking && !progress && aio_run_idle_handler(ctx)) {
+        return true;
+    }
     if (blocking && !progress) {
         bool idle;
 

@@ -168,3 +168,8 @@ int thread_pool_nr_threads(void)
     pthread_mutex_unlock(&pool_lock);
     return n;
 }
+
+unsigned thread_pool_in_flight(void)
+{
+    return nr_inflight;
+}

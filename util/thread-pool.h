@@ -15,5 +15,10 @@ typedef int ThreadPoolFunc(void *opaque);
 int coroutine_fn thread_pool_submit_co(ThreadPoolFunc *func, void *arg);
 /* Number of worker threads currently alive (for tests). */
 int thread_pool_nr_threads(void);
+/*
+ * Jobs submitted whose coroutine has not resumed yet (loop thread only).
+ * Zero means no blocking call is out: a simulator may move its clock.
+ */
+unsigned thread_pool_in_flight(void);
 
 #endif

@@ -2,8 +2,8 @@
 /*
  * Unit tests of add-cow concurrency: many allocating writes into the same
  * cluster at once (each must keep its data: guest writes win over copied
- * backing data), overlapping allocating and in-place writes, and a 1 TiB
- * image whose bitmap stays small in memory.
+ * backing data), overlapping allocating and in-place writes, a 1 TiB
+ * image whose bitmap stays small in memory, and the cache-size option.
  */
 #include "block_int.h"
 #include "util/aio.h"
@@ -132,6 +132,45 @@ static void test_huge(void)
     g_free(top);
 }
 
+/* cache-size: one 4 KiB page is enough (every other page is evicted and
+ * reloaded), less is refused with a clear message. */
+static void test_cache_size(void)
+{
+    char *top = path_of("cache.add-cow");
+    QemuOpts *o = qemu_opts_new();
+    Error *err = NULL;
+    uint8_t buf[4096], out[4096];
+
+    create("add-cow", top, "size=1T");
+    qemu_opt_set(o, "cache-size", "100");
+    g_assert_null(bdrv_open(top, "add-cow", o, BDRV_O_RDWR, &err));
+    g_assert_cmpstr(error_get_pretty(err), ==,
+                    "add-cow cache-size must be at least 4096 bytes");
+    error_free(err);
+    err = NULL;
+    qemu_opt_set(o, "cache-size", "4k");
+    BlockDriverState *bs = bdrv_open(top, "add-cow", o, BDRV_O_RDWR, &err);
+    g_assert(bs);
+    /* 16 writes 64 GiB apart: 16 bitmap pages through a 1-page cache. */
+    for (int i = 0; i < 16; i++) {
+        memset(buf, i + 1, sizeof(buf));
+        g_assert_cmpint(bdrv_pwrite(bs, (int64_t)i * 64 * GiB, sizeof(buf),
+                                    buf, 0), ==, 0);
+    }
+    bdrv_unref(bs);
+    bs = bdrv_open(top, "add-cow", o, 0, &err);
+    g_assert(bs);
+    for (int i = 0; i < 16; i++) {
+        memset(buf, i + 1, sizeof(buf));
+        g_assert_cmpint(bdrv_pread(bs, (int64_t)i * 64 * GiB, sizeof(out),
+                                   out, 0), ==, 0);
+        g_assert(!memcmp(out, buf, sizeof(out)));
+    }
+    bdrv_unref(bs);
+    qemu_opts_del(o);
+    g_free(top);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-add-cow.XXXXXX";
@@ -141,6 +180,7 @@ int main(int argc, char **argv)
     test_same_cluster("4096");
     test_same_cluster("512");
     test_huge();
+    test_cache_size();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);

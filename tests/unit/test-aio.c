@@ -434,6 +434,82 @@ static void test_linux_aio(void)
 }
 #endif
 
+/*
+ * Virtual clock and idle handler: a simulator that only moves time when the
+ * loop has nothing else to do sees timers fire in virtual-time order, with
+ * no real waiting, interleaved with its own events.
+ */
+
+typedef struct SimState {
+    int64_t events[4];          /* virtual times of the simulator's events */
+    int next;
+    GString *order;
+} SimState;
+
+static void sim_timer_cb(void *opaque)
+{
+    g_string_append_c(((SimState *)opaque)->order, 't');
+}
+
+static bool sim_idle(void *opaque)
+{
+    SimState *s = opaque;
+    int64_t t = aio_first_timer_ns(ctx);
+
+    if (s->next < (int)G_N_ELEMENTS(s->events) &&
+        (t < 0 || s->events[s->next] < t)) {
+        qemu_clock_set_virtual_ns(s->events[s->next++]);
+        g_string_append_c(s->order, 'e');
+        return true;
+    }
+    if (t >= 0) {
+        qemu_clock_set_virtual_ns(t);
+        return true;
+    }
+    return false;
+}
+
+static void test_virtual_clock(void)
+{
+    SimState s = { .order = g_string_new(NULL) };
+    QEMUTimer *t1 = aio_timer_new(ctx, sim_timer_cb, &s);
+    QEMUTimer *t2 = aio_timer_new(ctx, sim_timer_cb, &s);
+    int64_t real_start = g_get_monotonic_time();
+    int64_t base;
+
+    qemu_clock_use_virtual(true);
+    g_assert(qemu_clock_is_virtual());
+    base = qemu_clock_get_ns();
+    /* Frozen: the clock does not move by itself, nor backwards. */
+    g_usleep(1000);
+    g_assert_cmpint(qemu_clock_get_ns(), ==, base);
+    qemu_clock_set_virtual_ns(base - 5);
+    g_assert_cmpint(qemu_clock_get_ns(), ==, base);
+
+    /* Timers an hour away fire at once, in order with the events. */
+    timer_mod_ns(t1, base + 3600 * 1000000000LL);
+    timer_mod_ns(t2, base + 10 * 1000000000LL);
+    s.events[0] = base + 1000;
+    s.events[1] = base + 20 * 1000000000LL;
+    s.events[2] = base + 20 * 1000000000LL + 1;
+    s.events[3] = base + 7200 * 1000000000LL;
+    g_assert_cmpint(aio_first_timer_ns(ctx), ==, base + 10 * 1000000000LL);
+    aio_set_idle_handler(ctx, sim_idle, &s);
+    while (aio_poll(ctx, true)) {
+    }
+    aio_set_idle_handler(ctx, NULL, NULL);
+    g_assert_cmpstr(s.order->str, ==, "eteete");
+    g_assert_cmpint(qemu_clock_get_ns(), ==, base + 7200 * 1000000000LL);
+    g_assert_cmpint(aio_first_timer_ns(ctx), ==, -1);
+    g_assert_cmpint(g_get_monotonic_time() - real_start, <, 60 * 1000000);
+
+    qemu_clock_use_virtual(false);
+    g_assert(!qemu_clock_is_virtual());
+    timer_free(t1);
+    timer_free(t2);
+    g_string_free(s.order, TRUE);
+}
+
 int main(int argc, char **argv)
 {
     ctx = qemu_get_aio_context();
@@ -446,6 +522,7 @@ int main(int argc, char **argv)
     test_bh_hammer();
     test_timers();
     test_timer_heap();
+    test_virtual_clock();
 #ifdef CONFIG_LINUX_AIO
     test_linux_aio();
 #endif
