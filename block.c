@@ -313,6 +313,8 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
     bs->opaque = g_malloc0(MAX(drv->instance_size, 1));
     bs->bl.request_alignment = 1;
     bs->bl.min_mem_alignment = 1;
+    bs->shared_perm = BLK_PERM_ALL;
+    bs->user_shared = BLK_PERM_ALL;
     pstrcpy(bs->filename, sizeof(bs->filename), filename ? filename : "");
     qemu_co_queue_init(&bs->flush_queue);
     return bs;
@@ -465,21 +467,118 @@ static BlockDriver *coroutine_fn bdrv_co_probe(BlockDriverState *file,
     return drv;
 }
 
-bool bdrv_header_name_allowed(const char *name, const char *what,
-                              Error **errp)
-{
-    size_t len;
+/* ---- names read from image headers (DESIGN.md decision 8) ---- */
 
-    if (!path_has_protocol(name, &len)) {
-        return true;
+/*
+ * May drv, selected by name (the name or format called what), be reached
+ * from an image header? origin is " from the image header" when the name
+ * was read from one, "" when the user is about to store it in one.
+ */
+static bool bdrv_header_driver_allowed(BlockDriver *drv, const char *what,
+                                       const char *name, const char *origin,
+                                       int flags, Error **errp)
+{
+    if (drv->is_filter) {
+        error_setg(errp, "%s '%s'%s selects the filter driver '%s', which an "
+                   "image header may never name", what, name, origin,
+                   drv->format_name);
+        return false;
     }
-    BlockDriver *drv = bdrv_find_protocol(name, NULL);
-    if (!strncmp(name, "json", len) || !drv || drv->is_filter) {
-        error_setg(errp, "%s name '%s' names a protocol that is not allowed "
-                   "in an image header", what, name);
+    if (drv->protocol_name && !drv->local_file &&
+        !(flags & BDRV_O_HEADER_PROTOCOLS)) {
+        error_setg(errp, "%s '%s'%s uses protocol '%s', but header names may "
+                   "only name local files (opt in with "
+                   "--allow-header-protocols)", what, name, origin,
+                   drv->protocol_name);
         return false;
     }
     return true;
+}
+
+static bool bdrv_header_names_check(const char *what, const char *name,
+                                    const char *fmt, const char *origin,
+                                    int flags, Error **errp)
+{
+    size_t len;
+
+    bdrv_init();
+    if (name && path_has_protocol(name, &len)) {
+        BlockDriver *drv = bdrv_find_protocol(name, NULL);
+
+        if (len == 4 && !strncmp(name, "json", 4)) {
+            error_setg(errp, "%s '%s'%s is a json: description, which an "
+                       "image header may never hold", what, name, origin);
+            return false;
+        }
+        if (!drv) {
+            error_setg(errp, "%s '%s'%s uses the unknown protocol '%.*s'",
+                       what, name, origin, (int)len, name);
+            return false;
+        }
+        if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
+                                        errp)) {
+            return false;
+        }
+    }
+    if (fmt) {
+        BlockDriver *drv = bdrv_find_format(fmt);
+        char *fwhat = g_strdup_printf("%s format", what);
+        bool ok = !drv || bdrv_header_driver_allowed(drv, fwhat, fmt, origin,
+                                                     flags, errp);
+        g_free(fwhat);
+        return ok;
+    }
+    return true;
+}
+
+bool bdrv_header_names_allowed(const char *what, const char *name,
+                               const char *fmt, int flags, Error **errp)
+{
+    return bdrv_header_names_check(what, name, fmt, " from the image header",
+                                   flags, errp);
+}
+
+bool bdrv_header_name_storable(const char *what, const char *name,
+                               const char *fmt, Error **errp)
+{
+    return bdrv_header_names_check(what, name, fmt, "",
+                                   BDRV_O_HEADER_PROTOCOLS, errp);
+}
+
+/*
+ * Keys every node accepts besides its driver's open_opts: they set open
+ * flags for the node and everything opened below it.
+ */
+static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
+{
+    static const struct {
+        const char *name;
+        int flag;
+    } keys[] = {
+        { "allow-header-protocols", BDRV_O_HEADER_PROTOCOLS },
+        { "force-share", BDRV_O_FORCE_SHARE },
+    };
+    int ret = 0;
+
+    for (unsigned i = 0; i < ARRAY_SIZE(keys); i++) {
+        char *v = qemu_opt_get_del(opts, keys[i].name);
+        bool on;
+
+        if (v && !qemu_parse_bool(v, &on)) {
+            error_setg(errp, "Parameter '%s' expects 'on' or 'off'",
+                       keys[i].name);
+            ret = -EINVAL;
+        } else if (v) {
+            *flags = on ? (*flags | keys[i].flag) : (*flags & ~keys[i].flag);
+        }
+        g_free(v);
+    }
+    if (ret >= 0 && (*flags & BDRV_O_FORCE_SHARE) && (*flags & BDRV_O_RDWR)) {
+        error_setg(errp, "force-share=on can only be used with read-only "
+                   "images");
+        ret = -EINVAL;
+    }
+    return ret;
 }
 
 static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
@@ -507,6 +606,9 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
             error_setg(errp, "Unknown driver '%s'", fmt);
             goto out;
         }
+    }
+    if (bdrv_take_generic_opts(opts, &a->flags, errp) < 0) {
+        goto out;
     }
     file_opts = qemu_opts_extract_prefix(opts, "file");
     backing_opts = qemu_opts_extract_prefix(opts, "backing");
@@ -574,6 +676,11 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     if (ret < 0) {
         goto fail_bs;
     }
+    /* Lock what the format needs before it reads (or repairs) anything. */
+    ret = bdrv_attach_file_perm(bs, errp);
+    if (ret < 0) {
+        goto fail_bs;
+    }
     ret = fmt_drv->bdrv_open(bs, opts, a->flags, errp);
     if (ret < 0) {
         goto fail_bs;
@@ -634,22 +741,36 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
                                              int depth, Error **errp)
 {
     Error *local_err = NULL;
-    char *name;
+    char *name = NULL;
+    /* backing.file.filename / backing.filename: the user names the backing
+     * file, and backing.driver its format, instead of the header. */
+    bool user_name = backing_opts &&
+        (qemu_opt_has(backing_opts, "filename") ||
+         qemu_opt_has(backing_opts, "file.filename"));
+    bool user_fmt = backing_opts && qemu_opt_has(backing_opts, "driver");
+    const char *fmt = !user_fmt && bs->backing_format[0] ? bs->backing_format
+                                                          : NULL;
 
     if (depth + 1 >= BACKING_CHAIN_MAX) {
         error_setg(errp, "Backing file chain of '%s' is longer than %d "
                    "images (a loop?)", bs->filename, BACKING_CHAIN_MAX);
         return -ELOOP;
     }
-    if (!bdrv_header_name_allowed(bs->backing_file, "Backing file", errp)) {
+    if (!bdrv_header_names_allowed("Backing file",
+                                   user_name ? NULL : bs->backing_file, fmt,
+                                   bs->open_flags, errp)) {
         return -EPERM;
     }
-    name = bdrv_get_full_backing_filename(bs);
+    if (!user_name) {
+        name = bdrv_get_full_backing_filename(bs);
+    }
     OpenArgs a = {
         .filename = name,
-        .fmt = bs->backing_format[0] ? bs->backing_format : NULL,
+        .fmt = fmt,
         .options = backing_opts,
-        .flags = (bs->open_flags & ~(BDRV_O_RDWR | BDRV_O_COPY_ON_READ)),
+        /* Read-only; the user's own flags (resize, no-share) stay above. */
+        .flags = (bs->open_flags & ~(BDRV_O_RDWR | BDRV_O_COPY_ON_READ |
+                                     BDRV_O_RESIZE | BDRV_O_NO_SHARE)),
         .allow_probe = true,
         .depth = depth + 1,
     };
@@ -684,6 +805,12 @@ BlockDriverState *bdrv_open(const char *filename, const char *fmt,
         return NULL;
     }
     a.result->is_root = true;
+    /* a.flags: with the flags of generic options (force-share=on). */
+    bdrv_user_perm(a.flags, &a.result->user_perm, &a.result->user_shared);
+    if (bdrv_restore_perms(a.result, errp) < 0) {
+        bdrv_unref(a.result);
+        return NULL;
+    }
     return a.result;
 }
 
@@ -702,6 +829,23 @@ BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
         error_propagate(errp, a.err);
     }
     return a.result;
+}
+
+BlockDriverState *bdrv_open_header_file(BlockDriverState *parent,
+                                        const char *name, const char *what,
+                                        int flags, Error **errp)
+{
+    BlockDriverState *bs;
+    char *full;
+
+    if (!bdrv_header_names_allowed(what, name, NULL, parent->open_flags,
+                                   errp)) {
+        return NULL;
+    }
+    full = path_combine(parent->filename, name);
+    bs = bdrv_open_child(full, NULL, NULL, flags, false, errp);
+    g_free(full);
+    return bs;
 }
 
 void bdrv_ref(BlockDriverState *bs)

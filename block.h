@@ -20,8 +20,10 @@
 typedef struct BlockDriver BlockDriver;
 typedef struct BlockDriverState BlockDriverState;
 
-/* Open flags */
+/* Open flags (same values as QEMU's) */
+#define BDRV_O_NO_SHARE     0x0001  /* others may only read (convert source) */
 #define BDRV_O_RDWR         0x0002  /* open read-write */
+#define BDRV_O_RESIZE       0x0004  /* the user resizes the image */
 #define BDRV_O_NOCACHE      0x0020  /* bypass the host page cache (O_DIRECT) */
 #define BDRV_O_NATIVE_AIO   0x0080  /* use Linux native AIO (needs NOCACHE) */
 #define BDRV_O_NO_BACKING   0x0100  /* do not open the backing file */
@@ -32,8 +34,15 @@ typedef struct BlockDriverState BlockDriverState;
 #define BDRV_O_UNMAP        0x4000  /* discard requests reach the file */
 #define BDRV_O_PROTOCOL     0x8000  /* open only the protocol layer */
 #define BDRV_O_NO_IO        0x10000 /* metadata only (qemu-img info): no guest
-                                       I/O follows, parts of the image that
-                                       only I/O needs may be missing */
+                                     * data I/O follows, so no read or write
+                                     * permission is taken, and parts of the
+                                     * image only I/O needs may be missing */
+/* Share every permission with other users, whatever the format needs
+ * (-U, force-share=on); read-only opens only. Inherited. */
+#define BDRV_O_FORCE_SHARE  0x80000
+/* Names read from image headers may use any image protocol, not only local
+ * files (the user's opt-in: --allow-header-protocols). Inherited. */
+#define BDRV_O_HEADER_PROTOCOLS 0x100000
 
 /* Request flags */
 typedef enum BdrvRequestFlags {
@@ -166,6 +175,32 @@ int bdrv_parse_aio(const char *mode, int *flags);
 
 /* ---- open / close / create ---- */
 /*
+ * The one rule for names read from image headers (backing file, add-cow's
+ * image file) and for the header's format name (DESIGN.md decision 8;
+ * docs/image-names.md): they are data, so they may only select what cannot
+ * reach a resource the user did not name.
+ * - name (as stored; NULL: only fmt is checked) without a "proto:" prefix is
+ *   a local file, absolute or relative to the image (a relative name stays
+ *   on the storage the user named for the image itself);
+ * - a "proto:" prefix or fmt may select a protocol that declares itself
+ *   local_file ("file:"); any other image protocol (sheepdog, later rbd and
+ *   nbd with their addresses and config files) only with
+ *   BDRV_O_HEADER_PROTOCOLS in flags;
+ * - never a filter (blkdebug, crashsim), a json: description or an unknown
+ *   protocol, whatever the flags.
+ * what names the field in the error ("Backing file"). Returns false with
+ * errp set if the name may not be opened.
+ */
+bool bdrv_header_names_allowed(const char *what, const char *name,
+                               const char *fmt, int flags, Error **errp);
+/*
+ * For names the user is about to write into a header (qemu-img amend): the
+ * same rule as if the opt-in were given, so only what no open could ever
+ * follow (filters, json:, unknown protocols) is refused.
+ */
+bool bdrv_header_name_storable(const char *what, const char *name,
+                               const char *fmt, Error **errp);
+/*
  * Open filename as a graph: protocol node chosen by prefix, format node on
  * top (fmt, or probed; raw as the fallback), backing chain below unless
  * BDRV_O_NO_BACKING. options (borrowed, may be NULL) holds driver options;
@@ -177,6 +212,18 @@ int bdrv_parse_aio(const char *mode, int *flags);
 BlockDriverState *bdrv_open(const char *filename, const char *fmt,
                             QemuOpts *options, int flags, Error **errp);
 void bdrv_ref(BlockDriverState *bs);
+/*
+ * Image locking (docs/locking.md). A root opened with bdrv_open holds the
+ * permissions of its flags (read unless BDRV_O_NO_IO, write with
+ * BDRV_O_RDWR, resize with BDRV_O_RESIZE; shares all, or only reads with
+ * BDRV_O_NO_SHARE) and its nodes what their formats need, as locks other
+ * processes see. bdrv_drop_perms makes the graph below bs hold and forbid
+ * nothing (before a second graph of the same images is opened in this
+ * process: qemu-io reopen, qemu-img commit); bdrv_restore_perms takes the
+ * root's permissions again (and may fail if another user took them).
+ */
+void bdrv_drop_perms(BlockDriverState *bs);
+int bdrv_restore_perms(BlockDriverState *bs, Error **errp);
 /* Drops a reference; the last one drains, closes and frees the graph. */
 void bdrv_unref(BlockDriverState *bs);
 

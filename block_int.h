@@ -30,12 +30,40 @@ typedef struct BlockLimits {
 
 typedef struct BdrvTrackedRequest BdrvTrackedRequest;
 
+/*
+ * Permissions a node's users hold on it and the ones they let others hold
+ * (QEMU's BLK_PERM_*; block/perm.c). The bit numbers are also the offsets
+ * of the file protocol's lock bytes (100 + bit: held, 200 + bit: not
+ * shared), so other processes, QEMU 7.2 included, see the same locks.
+ */
+#define BLK_PERM_CONSISTENT_READ 0x01   /* reads see consistent data */
+#define BLK_PERM_WRITE           0x02
+#define BLK_PERM_WRITE_UNCHANGED 0x04   /* writes that keep the content */
+#define BLK_PERM_RESIZE          0x08
+#define BLK_PERM_ALL             0x0f
+
+/* What a child is to its parent, for the permissions it gets. */
+typedef enum BdrvChildRole {
+    BDRV_CHILD_DATA     = 0x1,  /* holds guest data (add-cow's raw image) */
+    BDRV_CHILD_METADATA = 0x2,  /* holds the format's metadata */
+    BDRV_CHILD_FILTERED = 0x4,  /* a filter's child: same content */
+    BDRV_CHILD_COW      = 0x8,  /* backing image */
+} BdrvChildRole;
+
 struct BlockDriver {
     /* ---- identity ---- */
     const char *format_name;
     int instance_size;              /* bytes of bs->opaque */
     const char *protocol_name;      /* set for protocols: "file", "sheepdog" */
-    bool is_filter;                 /* passes requests to bs->file */
+    /*
+     * Protocols: every name of this protocol addresses local storage (a
+     * file or device of this host), never a peer. Only such a protocol may
+     * be selected by a name or format read from an image header, unless the
+     * user opted in (BDRV_O_HEADER_PROTOCOLS); see bdrv_header_names_allowed.
+     */
+    bool local_file;
+    bool is_filter;                 /* passes requests to bs->file; never
+                                     * reachable from an image header */
     bool supports_backing;
     const QemuOptDesc *create_opts; /* qemu-img create -o */
     const QemuOptDesc *open_opts;   /* runtime options for bdrv_open */
@@ -169,6 +197,27 @@ struct BlockDriver {
     int (*bdrv_debug_resume)(BlockDriverState *bs, const char *tag);
     bool (*bdrv_debug_is_suspended)(BlockDriverState *bs, const char *tag);
 
+    /* ---- permissions and locking (block/perm.c) ----
+     * Formats: the permissions bs asks of bs->file when bs itself holds
+     * (perm, shared); NULL: bdrv_default_child_perm with FILTERED for
+     * filters, METADATA|DATA for formats.
+     */
+    void (*bdrv_file_perm)(BlockDriverState *bs, uint64_t perm,
+                           uint64_t shared, uint64_t *nperm,
+                           uint64_t *nshared);
+    /*
+     * Protocols with lockable storage, two phases over the whole graph:
+     * check takes what (perm, shared) needs on top of the current state and
+     * fails (releasing it again) if another user conflicts; then either
+     * set (commit exactly the new state) or abort (back to the state before
+     * check) follows. A check that only drops permissions cannot fail.
+     */
+    int (*bdrv_check_perm)(BlockDriverState *bs, uint64_t perm,
+                           uint64_t shared, Error **errp);
+    void (*bdrv_set_perm)(BlockDriverState *bs, uint64_t perm,
+                          uint64_t shared);
+    void (*bdrv_abort_perm_update)(BlockDriverState *bs);
+
     /* raw-like formats: snapshots and VM state go to bs->file. */
     bool passthrough_snapshots;
     /* Request flags the driver honours on writes / zero writes. */
@@ -236,6 +285,11 @@ struct BlockDriverState {
     bool probed;                        /* format chosen by probing */
     QemuOpts *options;                  /* driver options given at open */
     int backing_depth;                  /* links below the opened root */
+
+    /* permissions (block/perm.c): what bs's users hold and share */
+    uint64_t perm, shared_perm;
+    /* roots: what the user asked for at open (bdrv_restore_perms) */
+    uint64_t user_perm, user_shared;
 };
 
 /*
@@ -271,13 +325,51 @@ BlockDriverState *bdrv_open_child(const char *filename, const char *fmt,
 int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp);
 
 /*
- * May a file name read from an image header be opened? Header names are
- * data: they may name images (any protocol that holds image data), never a
- * filter such as blkdebug or crashsim whose options name further files, nor
- * a json: description. Sets errp (naming what) and returns false if not.
+ * Open a protocol node for a file that parent's image header names (add-cow's
+ * raw image): name is the string as stored, what says what it is in errors
+ * ("Image file"). The header-name rule (bdrv_header_names_allowed, with
+ * parent's opt-in flags) applies; a relative name resolves against parent's
+ * own name. Use bdrv_open_child for names the user gave.
  */
-bool bdrv_header_name_allowed(const char *name, const char *what,
-                              Error **errp);
+BlockDriverState *bdrv_open_header_file(BlockDriverState *parent,
+                                        const char *name, const char *what,
+                                        int flags, Error **errp);
+
+/* ---- permissions (block/perm.c) ---- */
+/* "write, resize" style names of the bits in perm (g_free). */
+char *bdrv_perm_names(uint64_t perm);
+/*
+ * QEMU's default rules: what a node bs holding (perm, shared) asks of a
+ * child with this role. COW: consistent read at most, sharing writes when
+ * bs does; FILTERED: the same; METADATA: write and resize when bs is
+ * writable, consistent read unless BDRV_O_NO_IO, never shares write or
+ * resize; DATA: never shares resize, write implies resize.
+ */
+void bdrv_default_child_perm(BlockDriverState *bs, BdrvChildRole role,
+                             uint64_t perm, uint64_t shared,
+                             uint64_t *nperm, uint64_t *nshared);
+/*
+ * Give bs (perm, shared) and every node below it what its parent asks of
+ * it: all nodes' checks pass and commit, or none changes. Errors carry the
+ * protocol's message and hint ("Failed to get \"write\" lock").
+ */
+int bdrv_set_perm(BlockDriverState *bs, uint64_t perm, uint64_t shared,
+                  Error **errp);
+/* The permissions a user opening a root with flags holds and shares. */
+void bdrv_user_perm(int flags, uint64_t *perm, uint64_t *shared);
+/*
+ * Format node bs has just got bs->file and has no users yet: lock what the
+ * format itself needs of the file before the driver reads or writes it
+ * (a writable format's file: write and resize, shared with nobody).
+ */
+int bdrv_attach_file_perm(BlockDriverState *bs, Error **errp);
+/*
+ * Format node bs (in use) is about to take data as its data file (add-cow's
+ * amend image_file=): lock what bs's current permissions ask of a data
+ * child, failing if another user conflicts.
+ */
+int bdrv_attach_data_file_perm(BlockDriverState *bs, BlockDriverState *data,
+                               Error **errp);
 
 /* Run fn(opaque) in a coroutine and poll until it returns (or call directly
  * when already in a coroutine). */

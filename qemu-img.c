@@ -37,6 +37,7 @@ enum {
     OPTION_TARGET_IMAGE_OPTS,
     OPTION_BITMAPS,
     OPTION_SIZE,
+    OPTION_ALLOW_HEADER_PROTOCOLS,
 };
 
 typedef enum OutputFormat {
@@ -69,6 +70,15 @@ static void QEMU_NORETURN unrecognized_option(const char *option)
     error_exit("unrecognized option '%s'", option);
 }
 
+/*
+ * Open flags every subcommand adds to the images it opens, from the options
+ * all of them accept (IMG_OPEN_OPTIONS, handled in common_option).
+ */
+static int img_common_flags;
+
+#define IMG_OPEN_OPTIONS \
+    {"allow-header-protocols", no_argument, 0, OPTION_ALLOW_HEADER_PROTOCOLS},
+
 /* Handles the getopt cases every command shares; exits on errors. */
 static void common_option(int c, char **argv)
 {
@@ -84,6 +94,11 @@ static void common_option(int c, char **argv)
     case OPTION_TARGET_IMAGE_OPTS:
         error_report("--image-opts is not supported by this qemu-img");
         exit(EXIT_FAILURE);
+    case OPTION_ALLOW_HEADER_PROTOCOLS:
+        /* Names in image headers may use network protocols (they may
+         * still never name a filter): docs/image-names.md. */
+        img_common_flags |= BDRV_O_HEADER_PROTOCOLS;
+        break;
     default:
         break;
     }
@@ -115,6 +130,7 @@ static void error_report_prefixed(Error *err, const char *fmt, ...)
     error_report("%s%s", prefix, err ? error_get_pretty(err) : "Unknown error");
     g_free(prefix);
     if (err) {
+        error_print_hint(err);
         error_free(err);
     }
 }
@@ -455,7 +471,7 @@ static BlockDriverState *img_open(const char *filename, const char *fmt,
                      fmt);
         return NULL;
     }
-    bs = bdrv_open(filename, fmt, NULL, flags, &err);
+    bs = bdrv_open(filename, fmt, NULL, flags | img_common_flags, &err);
     if (!bs) {
         error_report_prefixed(err, "Could not open '%s': ", filename);
         return NULL;
@@ -613,12 +629,13 @@ static void print_create_opts(QemuOpts *opts, const QemuOptDesc *const *descs)
     }
 }
 
-/* Backing name as seen from the directory of the image being written. */
+/*
+ * Backing name as seen from the directory of the image being written, as
+ * the block layer resolves it when it opens the image (a colon after a slash
+ * is part of a file name, not a protocol prefix).
+ */
 static char *full_backing_path(const char *image, const char *backing)
 {
-    if (path_is_absolute(backing) || strchr(backing, ':')) {
-        return g_strdup(backing);
-    }
     return path_combine(image, backing);
 }
 
@@ -711,7 +728,11 @@ static int img_create_image(const CreateParams *p)
             g_free(full);
             goto out;
         }
-        bs = bdrv_open(full, backing_fmt, NULL, 0, &err);
+        /* Only its size is read: take no permission, share everything
+         * (as QEMU), so that a backing file in use is fine. */
+        bs = bdrv_open(full, backing_fmt, NULL,
+                       BDRV_O_NO_IO | BDRV_O_FORCE_SHARE | img_common_flags,
+                       &err);
         g_free(full);
         if (!bs) {
             hint = "Could not open backing image.\n";
@@ -782,6 +803,7 @@ static int img_create(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {0, 0, 0, 0}
     };
@@ -1149,7 +1171,8 @@ static void dump_human_image_info(ImgInfo *info)
 
 /* Infos of filename and (with chain) its backing files; NULL on error. */
 static GPtrArray *collect_image_info_list(const char *filename,
-                                          const char *fmt, bool chain)
+                                          const char *fmt, bool chain,
+                                          int open_flags)
 {
     GPtrArray *list = g_ptr_array_new();
     GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal,
@@ -1168,8 +1191,9 @@ static GPtrArray *collect_image_info_list(const char *filename,
         }
         g_hash_table_add(seen, g_strdup(name));
 
-        bs = img_open(name, cur_fmt, BDRV_O_NO_BACKING | BDRV_O_NO_IO,
-                      false);
+        /* As QEMU: no guest I/O, so no read or write permission taken. */
+        bs = img_open(name, cur_fmt,
+                      BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags, false);
         if (!bs) {
             goto err;
         }
@@ -1185,6 +1209,18 @@ static GPtrArray *collect_image_info_list(const char *filename,
         g_free(cur_fmt);
         name = cur_fmt = NULL;
         if (chain) {
+            /* The next name comes from this image's header. */
+            if (info->backing_filename &&
+                !bdrv_header_names_allowed("Backing file",
+                                           info->backing_filename,
+                                           info->backing_format,
+                                           img_common_flags, &err)) {
+                error_report_prefixed(err, "Could not open '%s': ",
+                                      info->full_backing_filename ?
+                                      info->full_backing_filename :
+                                      info->backing_filename);
+                goto err;
+            }
             if (info->full_backing_filename) {
                 name = g_strdup(info->full_backing_filename);
             } else if (info->backing_filename) {
@@ -1214,6 +1250,7 @@ static int img_info(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
         {"backing-chain", no_argument, 0, OPTION_BACKING_CHAIN},
@@ -1225,6 +1262,7 @@ static int img_info(int argc, char **argv)
     OutputFormat output_format = OFORMAT_HUMAN;
     const char *fmt = NULL, *output = NULL;
     bool chain = false;
+    int open_flags = 0;
     GPtrArray *list;
     int c;
 
@@ -1236,6 +1274,7 @@ static int img_info(int argc, char **argv)
             fmt = optarg;
             break;
         case 'U':
+            open_flags |= BDRV_O_FORCE_SHARE;
             break;
         case OPTION_OUTPUT:
             output = optarg;
@@ -1254,7 +1293,8 @@ static int img_info(int argc, char **argv)
         output_format = parse_output_format(output);
     }
 
-    list = collect_image_info_list(argv[optind], fmt, chain);
+    list = collect_image_info_list(argv[optind], fmt, chain,
+                                   open_flags);
     if (!list) {
         return 1;
     }
@@ -1365,6 +1405,7 @@ static int img_check(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"repair", required_argument, 0, 'r'},
         {"output", required_argument, 0, OPTION_OUTPUT},
@@ -1411,6 +1452,7 @@ static int img_check(int argc, char **argv)
             quiet = true;
             break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -1971,6 +2013,7 @@ static int img_convert(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -1995,6 +2038,7 @@ static int img_convert(int argc, char **argv)
     const char *out_filename;
     bool explicit_min_sparse = false;
     int flags, src_flags, c, ret = -1;
+    bool force_share = false;
     bool writethrough, src_writethrough;
 
     while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
@@ -2072,6 +2116,7 @@ static int img_convert(int argc, char **argv)
             s.wr_in_order = false;
             break;
         case 'U':
+            force_share = true;
             break;
         case 'r':
             if (cvtnum("rate limit", optarg) < 0) {
@@ -2121,7 +2166,8 @@ static int img_convert(int argc, char **argv)
         goto out;
     }
 
-    src_flags = 0;
+    /* As QEMU: nobody may write the sources while they are copied. */
+    src_flags = BDRV_O_NO_SHARE | (force_share ? BDRV_O_FORCE_SHARE : 0);
     if (bdrv_parse_cache_mode(a.src_cache, &src_flags,
                               &src_writethrough) < 0) {
         error_report("Invalid source cache option: %s", a.src_cache);
@@ -2360,6 +2406,7 @@ static int img_commit(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {0, 0, 0, 0}
@@ -2439,11 +2486,16 @@ static int img_commit(int argc, char **argv)
     if (!err) {
         /*
          * The chain holds base read-only and block.h has no reopen: write
-         * through a second, writable node of the same image.
+         * through a second, writable node of the same image. Its locks
+         * would conflict with those of the chain's read-only base (a
+         * format never shares write on its metadata): the chain gives up
+         * its permissions on base, and base_rw's locks protect it instead.
          */
+        bdrv_drop_perms(base_bs);
         BlockDriverState *base_rw = bdrv_open(bdrv_get_filename(base_bs),
                                               bdrv_get_format_name(base_bs),
-                                              NULL, flags, &err);
+                                              NULL, flags | img_common_flags,
+                                              &err);
         if (base_rw) {
             bdrv_set_enable_write_cache(base_rw, !writethrough);
             commit_data(bs, base_rw, base_bs, &err);
@@ -2659,6 +2711,7 @@ static int img_rebase(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -2703,6 +2756,7 @@ static int img_rebase(int argc, char **argv)
             quiet = true;
             break;
         case 'U':
+            src_flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -2748,7 +2802,8 @@ static int img_rebase(int argc, char **argv)
             char *path = full_backing_path(filename, out_baseimg);
             Error *err = NULL;
 
-            new_backing = bdrv_open(path, out_basefmt, NULL, src_flags, &err);
+            new_backing = bdrv_open(path, out_basefmt, NULL,
+                                    src_flags | img_common_flags, &err);
             g_free(path);
             if (!new_backing) {
                 error_report_prefixed(err, "Could not open new backing file "
@@ -2909,6 +2964,7 @@ static int img_resize(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"preallocation", required_argument, 0, OPTION_PREALLOCATION},
@@ -2974,7 +3030,7 @@ static int img_resize(int argc, char **argv)
         return 1;
     }
 
-    bs = img_open(filename, fmt, BDRV_O_RDWR, false);
+    bs = img_open(filename, fmt, BDRV_O_RDWR | BDRV_O_RESIZE, false);
     if (!bs) {
         return 1;
     }
@@ -3032,6 +3088,7 @@ static int img_snapshot(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -3064,7 +3121,9 @@ static int img_snapshot(int argc, char **argv)
             }
             break;
         case 'q':
+            break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -3260,6 +3319,7 @@ static int img_map(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
         {"object", required_argument, 0, OPTION_OBJECT},
@@ -3274,7 +3334,7 @@ static int img_map(int argc, char **argv)
     int64_t start_offset = 0, max_length = -1, length;
     MapEntry curr = { .length = 0 }, next;
     BlockDriverState *bs;
-    int c, ret = 0;
+    int c, ret = 0, map_flags = 0;
 
     while ((c = getopt_long(argc, argv, ":f:hU", long_options, NULL)) != -1) {
         switch (c) {
@@ -3284,6 +3344,7 @@ static int img_map(int argc, char **argv)
             fmt = optarg;
             break;
         case 'U':
+            map_flags |= BDRV_O_FORCE_SHARE;
             break;
         case OPTION_OUTPUT:
             output = optarg;
@@ -3311,7 +3372,7 @@ static int img_map(int argc, char **argv)
         output_format = parse_output_format(output);
     }
 
-    bs = img_open(argv[optind], fmt, 0, false);
+    bs = img_open(argv[optind], fmt, map_flags, false);
     if (!bs) {
         return 1;
     }
@@ -3534,6 +3595,7 @@ static int img_compare(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force-share", no_argument, 0, 'U'},
@@ -3569,6 +3631,7 @@ static int img_compare(int argc, char **argv)
             a.strict = true;
             break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
@@ -3720,6 +3783,7 @@ static int img_bench(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"flush-interval", required_argument, 0, OPTION_FLUSH_INTERVAL},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"pattern", required_argument, 0, OPTION_PATTERN},
@@ -3798,6 +3862,7 @@ static int img_bench(int argc, char **argv)
             is_write = true;
             break;
         case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
             break;
         case OPTION_PATTERN:
             if (bench_parse_int(optarg, 0xff, "pattern byte", &pattern) < 0) {
@@ -3914,6 +3979,7 @@ static int img_amend(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
         {"object", required_argument, 0, OPTION_OBJECT},
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {"force", no_argument, 0, OPTION_FORCE},

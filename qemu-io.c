@@ -80,7 +80,7 @@ out:
 }
 
 static int openfile(const char *name, const char *fmt, int flags,
-                    bool writethrough, QemuOpts *opts)
+                    bool writethrough, bool force_share, QemuOpts *opts)
 {
     Error *local_err = NULL;
     bool snapshot = flags & QEMUIO_SNAPSHOT;
@@ -88,6 +88,16 @@ static int openfile(const char *name, const char *fmt, int flags,
     if (qemuio_bs) {
         error_report("file open already, try 'help close'");
         return 1;
+    }
+    if (force_share) {
+        const char *v = opts ? qemu_opt_get(opts, "force-share") : NULL;
+        bool on;
+
+        if (v && (!qemu_parse_bool(v, &on) || !on)) {
+            error_report("-U conflicts with image options");
+            return 1;
+        }
+        flags |= BDRV_O_FORCE_SHARE;
     }
 
     flags &= ~QEMUIO_SNAPSHOT;
@@ -103,6 +113,7 @@ static int openfile(const char *name, const char *fmt, int flags,
         error_report("can't open%s%s: %s", name ? " device " : "",
                      name ? name : "",
                      local_err ? error_get_pretty(local_err) : "failed");
+        error_print_hint(local_err);
         error_free(local_err);
         return 1;
     }
@@ -202,10 +213,17 @@ static int reopen_f(BlockDriverState *bs, int argc, char **argv)
             goto out;
         }
     }
+    /* The new graph opens the same files: the old one must not hold locks
+     * against it (docs/locking.md). */
+    bdrv_drop_perms(bs);
     new_bs = bdrv_open(cur_name, bdrv_get_format_name(bs),
                        qemu_opts_count(opts) ? opts : NULL, flags, &local_err);
     if (!new_bs) {
         error_report_err(local_err);
+        local_err = NULL;
+        if (bdrv_restore_perms(bs, &local_err) < 0) {
+            error_report_err(local_err);
+        }
         ret = -EINVAL;
         goto out;
     }
@@ -256,7 +274,7 @@ static const cmdinfo_t open_cmd = {
 static int open_f(BlockDriverState *bs, int argc, char **argv)
 {
     int flags = BDRV_O_UNMAP;
-    bool readonly = false, writethrough = true;
+    bool readonly = false, writethrough = true, force_share = false;
     QemuOpts *opts = qemu_opts_new();
     Error *local_err = NULL;
     int c, ret;
@@ -313,7 +331,7 @@ static int open_f(BlockDriverState *bs, int argc, char **argv)
             }
             break;
         case 'U':
-            /* No image locking here: shared permissions are implicit. */
+            force_share = true;
             break;
         default:
             qemuio_command_usage(&open_cmd);
@@ -336,10 +354,10 @@ static int open_f(BlockDriverState *bs, int argc, char **argv)
     }
 
     if (optind == argc - 1) {
-        ret = openfile(argv[optind], NULL, flags, writethrough,
+        ret = openfile(argv[optind], NULL, flags, writethrough, force_share,
                        qemu_opts_count(opts) ? opts : NULL);
     } else if (optind == argc) {
-        ret = openfile(NULL, NULL, flags, writethrough,
+        ret = openfile(NULL, NULL, flags, writethrough, force_share,
                        qemu_opts_count(opts) ? opts : NULL);
     } else {
         qemuio_command_usage(&open_cmd);
@@ -517,6 +535,9 @@ static void usage(const char *name)
 "                       specify tracing options\n"
 "                       see qemu-img(1) man page for full description\n"
 "  -U, --force-share    force shared permissions\n"
+"  --allow-header-protocols\n"
+"                       let names read from image headers (backing and data\n"
+"                       files) use network protocols, not only local files\n"
 "  -h, --help           display this help and exit\n"
 "  -V, --version        output version information and exit\n"
 "\n"
@@ -527,6 +548,7 @@ static void usage(const char *name)
 enum {
     OPTION_OBJECT = 256,
     OPTION_IMAGE_OPTS = 257,
+    OPTION_ALLOW_HEADER_PROTOCOLS = 258,
 };
 
 static const struct option long_options[] = {
@@ -547,13 +569,15 @@ static const struct option long_options[] = {
     { "object", required_argument, NULL, OPTION_OBJECT },
     { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
     { "force-share", no_argument, NULL, 'U' },
+    { "allow-header-protocols", no_argument, NULL,
+      OPTION_ALLOW_HEADER_PROTOCOLS },
     { NULL, 0, NULL, 0 }
 };
 
 int main(int argc, char **argv)
 {
     int flags = BDRV_O_UNMAP;
-    bool readonly = false, writethrough = true;
+    bool readonly = false, writethrough = true, force_share = false;
     const char *format = NULL;
     GPtrArray *cmdline = g_ptr_array_new();
     int c, ret;
@@ -617,12 +641,17 @@ int main(int argc, char **argv)
             usage(progname);
             exit(0);
         case 'U':
+            force_share = true;
             break;
         case OPTION_OBJECT:
             error_report("--object is not supported");
             exit(1);
         case OPTION_IMAGE_OPTS:
             image_opts = true;
+            break;
+        case OPTION_ALLOW_HEADER_PROTOCOLS:
+            /* docs/image-names.md; 'open -o allow-header-protocols=on' */
+            flags |= BDRV_O_HEADER_PROTOCOLS;
             break;
         default:
             usage(progname);
@@ -658,10 +687,12 @@ int main(int argc, char **argv)
                 error_report_err(local_err);
                 exit(1);
             }
-            ret = openfile(NULL, NULL, flags, writethrough, opts);
+            ret = openfile(NULL, NULL, flags, writethrough, force_share,
+                           opts);
             qemu_opts_del(opts);
         } else {
-            ret = openfile(argv[optind], format, flags, writethrough, NULL);
+            ret = openfile(argv[optind], format, flags, writethrough,
+                           force_share, NULL);
         }
         if (ret) {
             exit(1);

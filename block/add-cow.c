@@ -422,23 +422,27 @@ static int coroutine_fn add_cow_read_names(BlockDriverState *bs,
 }
 
 /*
- * Open the raw image file full (a name already resolved against the
- * add-cow file) with the session's flags and check that it holds a disk
- * of size bytes. Used by open and by amend image_file=.
+ * Open the raw image file with the session's flags and check that it holds
+ * a disk of size bytes. Used by open and by amend image_file=. With
+ * header_parent, full is the name as stored in header_parent's header and
+ * the header-name rule applies (bdrv_open_header_file); without, it is the
+ * user's name (open option, amend), already resolved.
  */
-static BlockDriverState *coroutine_fn add_cow_open_image(const char *full,
-                                                         int flags,
-                                                         uint64_t size,
-                                                         Error **errp)
+static BlockDriverState *coroutine_fn
+add_cow_open_image(BlockDriverState *header_parent, const char *full,
+                   int flags, uint64_t size, Error **errp)
 {
     BlockDriverState *img;
     int64_t img_len;
 
-    img = bdrv_open_child(full, NULL, NULL,
-                          flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
-                                   BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
-                                   BDRV_O_UNMAP),
-                          false, errp);
+    flags &= BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NATIVE_AIO |
+             BDRV_O_NO_FLUSH | BDRV_O_UNMAP;
+    if (header_parent) {
+        img = bdrv_open_header_file(header_parent, full, "Image file", flags,
+                                    errp);
+    } else {
+        img = bdrv_open_child(full, NULL, NULL, flags, false, errp);
+    }
     if (!img) {
         error_prepend(errp, "Could not open add-cow image file: ");
         return NULL;
@@ -446,8 +450,8 @@ static BlockDriverState *coroutine_fn add_cow_open_image(const char *full,
     img_len = bdrv_getlength(img);
     if (img_len < 0 || (uint64_t)img_len < size) {
         error_setg(errp, "add-cow image file '%s' is smaller than the "
-                   "virtual disk (%" PRId64 " < %" PRIu64 ")", full, img_len,
-                   size);
+                   "virtual disk (%" PRId64 " < %" PRIu64 ")",
+                   bdrv_get_filename(img), img_len, size);
         bdrv_unref(img);
         return NULL;
     }
@@ -472,7 +476,6 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
 {
     BDRVAddCowState *s = bs->opaque;
     const char *override = qemu_opt_get(options, "image_file");
-    char *full;
     int ret;
 
     qemu_co_mutex_init(&s->meta_lock);
@@ -487,17 +490,15 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
         goto fail;
     }
 
+    /* The image_file open option is the user's name; the header's obeys
+     * the header-name rule (bdrv_open_header_file). */
     if (override) {
-        full = g_strdup(override);
+        s->image = add_cow_open_image(NULL, override, flags, s->header.size,
+                                      errp);
     } else {
-        if (!bdrv_header_name_allowed(s->image_name, "Image file", errp)) {
-            ret = -EPERM;
-            goto fail;
-        }
-        full = path_combine(bs->filename, s->image_name);
+        s->image = add_cow_open_image(bs, s->image_name, flags,
+                                      s->header.size, errp);
     }
-    s->image = add_cow_open_image(full, flags, s->header.size, errp);
-    g_free(full);
     if (!s->image) {
         ret = -EINVAL;
         goto fail;
@@ -517,6 +518,10 @@ static int coroutine_fn add_cow_open(BlockDriverState *bs, QemuOpts *options,
     return 0;
 
 fail:
+    if (s->image) {
+        bdrv_unref(s->image);
+        s->image = NULL;
+    }
     g_free(s->image_name);
     s->image_name = NULL;
     bs->backing_file[0] = '\0';
@@ -1197,12 +1202,19 @@ add_cow_amend_open_image(BlockDriverState *bs, const char *image, Error **errp)
                    ADD_COW_MAX_NAME);
         return NULL;
     }
-    if (!bdrv_header_name_allowed(image, "Image file", errp)) {
+    /* The user names it here; refuse only what no later open could follow
+     * (a network protocol will need --allow-header-protocols then). */
+    if (!bdrv_header_name_storable("Image file", image, NULL, errp)) {
         return NULL;
     }
     full = path_combine(bs->filename, image);
-    img = add_cow_open_image(full, bs->open_flags, s->header.size, errp);
+    img = add_cow_open_image(NULL, full, bs->open_flags, s->header.size, errp);
     g_free(full);
+    /* Locked like the data file it replaces before the session uses it. */
+    if (img && bdrv_attach_data_file_perm(bs, img, errp) < 0) {
+        bdrv_unref(img);
+        img = NULL;
+    }
     return img;
 }
 

@@ -3,6 +3,7 @@
  * The "file" protocol: regular files and block devices. Data goes through
  * preadv/pwritev on the thread pool, or Linux native AIO with aio=native;
  * zeroes and discard use fallocate; block status uses SEEK_DATA/SEEK_HOLE.
+ * Permissions become QEMU 7.2's image locks (byte-range locks on the file).
  */
 #include "block_int.h"
 #include "util/cutils.h"
@@ -16,6 +17,12 @@
 
 typedef struct BDRVFileState {
     int fd;
+    bool use_lock;              /* locking=on|auto */
+    /* The permissions in force and the bits whose lock bytes s->fd holds
+     * (perm: byte 100 + bit; shared: byte 200 + bit for each bit NOT
+     * shared). perm_check may lock more bytes until set/abort. */
+    uint64_t perm, shared_perm;
+    uint64_t locked_perm, locked_shared_perm;
     bool is_blockdev;
     bool use_aio;               /* Linux native AIO */
     bool has_discard;
@@ -40,6 +47,8 @@ static const QemuOptDesc file_create_opts[] = {
 
 static const QemuOptDesc file_open_opts[] = {
     { "aio", QEMU_OPT_STRING, "host AIO implementation (threads, native)" },
+    { "locking", QEMU_OPT_STRING,
+      "file locking mode (on/off/auto, default: auto)" },
     { NULL }
 };
 
@@ -141,6 +150,241 @@ static int coroutine_fn file_submit(FileJob *job)
     return thread_pool_submit_co(file_job_run, job);
 }
 
+/* ---- image locking ----
+ *
+ * As QEMU 7.2 (so that both see each other's locks): a user holding
+ * permission bit i takes a shared lock on byte 100 + i, a user not sharing
+ * bit i one on byte 200 + i. Opening checks with a test for an exclusive
+ * lock that nobody holds 200 + i for a permission we want, nor 100 + i for
+ * one we do not share. Locks belong to the open file description (F_OFD_*),
+ * so two opens of one file conflict even in one process, and they go away
+ * with the descriptor.
+ */
+#define FILE_LOCK_PERM_BASE    100
+#define FILE_LOCK_SHARED_BASE  200
+
+/* fcntl commands: OFD locks, or POSIX ones where the kernel has none. */
+static int file_lock_set_cmd = -1, file_lock_get_cmd = -1;
+
+static bool file_have_ofd_locks(void)
+{
+    static int have = -1;
+
+    if (have < 0) {
+        struct flock fl = { .l_whence = SEEK_SET, .l_type = F_WRLCK };
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+        have = fd >= 0 && fcntl(fd, F_OFD_GETLK, &fl) == 0;
+        if (fd >= 0) {
+            close(fd);
+        }
+    }
+    return have;
+}
+
+/* Choose the fcntl commands once: OFD locks, else POSIX ones. */
+static bool file_lock_init(void)
+{
+    bool ofd = file_have_ofd_locks();
+
+    file_lock_set_cmd = ofd ? F_OFD_SETLK : F_SETLK;
+    file_lock_get_cmd = ofd ? F_OFD_GETLK : F_GETLK;
+    return ofd;
+}
+
+/* Apply "locking=on|off|auto" (QEMU's semantics and warning). */
+static int file_parse_locking(BDRVFileState *s, const char *mode,
+                              Error **errp)
+{
+    bool ofd = file_lock_init();
+
+    if (!mode || !strcmp(mode, "auto")) {
+        s->use_lock = ofd;
+    } else if (!strcmp(mode, "on")) {
+        s->use_lock = true;
+        if (!ofd) {
+            fprintf(stderr, "%s: warning: File lock requested but OFD locking "
+                    "syscall is unavailable, falling back to POSIX file "
+                    "locks\nDue to the implementation, locks can be lost "
+                    "unexpectedly.\n", error_get_progname());
+        }
+    } else if (!strcmp(mode, "off")) {
+        s->use_lock = false;
+    } else {
+        error_setg(errp, "invalid parameter value: %s", mode);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Shared-lock (or unlock) one byte; -errno on failure. */
+static int file_lock_byte(int fd, int64_t off, bool lock)
+{
+    struct flock fl = {
+        .l_whence = SEEK_SET, .l_start = off, .l_len = 1,
+        .l_type = lock ? F_RDLCK : F_UNLCK,
+    };
+
+    return fcntl(fd, file_lock_set_cmd, &fl) < 0 ? -errno : 0;
+}
+
+/* -EAGAIN if another open file holds a lock on byte off. */
+static int file_test_byte(int fd, int64_t off)
+{
+    struct flock fl = {
+        .l_whence = SEEK_SET, .l_start = off, .l_len = 1, .l_type = F_WRLCK,
+    };
+
+    if (fcntl(fd, file_lock_get_cmd, &fl) < 0) {
+        return -errno;
+    }
+    return fl.l_type == F_UNLCK ? 0 : -EAGAIN;
+}
+
+/* QEMU leaves out the errno when the lock is simply held by someone. */
+static void G_GNUC_PRINTF(3, 4) file_lock_error(Error **errp, int err,
+                                                const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    if (err == EAGAIN || err == EACCES) {
+        error_setg(errp, "%s", msg);
+    } else {
+        error_setg_errno(errp, err, "%s", msg);
+    }
+    g_free(msg);
+}
+
+/*
+ * Make s->fd hold the bytes of perm (100 + i) and unshared (200 + i); with
+ * unlock, release the bytes it holds beyond those.
+ */
+static int file_apply_lock_bytes(BDRVFileState *s, uint64_t perm,
+                                 uint64_t unshared, bool unlock, Error **errp)
+{
+    uint64_t *held[2] = { &s->locked_perm, &s->locked_shared_perm };
+    uint64_t want[2] = { perm & BLK_PERM_ALL, unshared & BLK_PERM_ALL };
+    int base[2] = { FILE_LOCK_PERM_BASE, FILE_LOCK_SHARED_BASE };
+
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; (1ULL << i) <= BLK_PERM_ALL; i++) {
+            uint64_t bit = 1ULL << i;
+            int off = base[k] + i, ret;
+
+            if ((want[k] & bit) && !(*held[k] & bit)) {
+                ret = file_lock_byte(s->fd, off, true);
+                if (ret < 0) {
+                    file_lock_error(errp, -ret, "Failed to lock byte %d", off);
+                    return ret;
+                }
+                *held[k] |= bit;
+            } else if (unlock && (*held[k] & bit) && !(want[k] & bit)) {
+                ret = file_lock_byte(s->fd, off, false);
+                if (ret < 0) {
+                    error_setg_errno(errp, -ret, "Failed to unlock byte %d",
+                                     off);
+                    return ret;
+                }
+                *held[k] &= ~bit;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Nobody else may forbid what we hold, nor hold what we forbid. */
+static int file_check_lock_bytes(int fd, uint64_t perm, uint64_t shared,
+                                 Error **errp)
+{
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; (1ULL << i) <= BLK_PERM_ALL; i++) {
+            uint64_t bit = 1ULL << i;
+            bool ours = k == 0 ? (perm & bit) : !(shared & bit);
+            int off = (k == 0 ? FILE_LOCK_SHARED_BASE : FILE_LOCK_PERM_BASE)
+                      + i;
+            int ret;
+
+            if (!ours) {
+                continue;
+            }
+            ret = file_test_byte(fd, off);
+            if (ret < 0) {
+                char *name = bdrv_perm_names(bit);
+                file_lock_error(errp, -ret, "Failed to get %s\"%s\" lock",
+                                k == 0 ? "" : "shared ", name);
+                g_free(name);
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Back to exactly the locks of (perm, shared); failures only warn. */
+static void file_relock(BlockDriverState *bs, uint64_t perm, uint64_t shared)
+{
+    BDRVFileState *s = bs->opaque;
+    Error *err = NULL;
+
+    if (file_apply_lock_bytes(s, perm, ~shared, true, &err) < 0) {
+        fprintf(stderr, "%s: warning: %s\n", error_get_progname(),
+                error_get_pretty(err));
+        error_free(err);
+    }
+}
+
+static int file_check_perm(BlockDriverState *bs, uint64_t perm,
+                           uint64_t shared, Error **errp)
+{
+    BDRVFileState *s = bs->opaque;
+    int ret;
+
+    if (!s->use_lock ||
+        ((s->perm | perm) == s->perm &&
+         (s->shared_perm & shared) == s->shared_perm)) {
+        /* Nothing to add: dropping locks happens in set and cannot fail. */
+        return 0;
+    }
+    /* Hold the union until set/abort: nobody can slip in meanwhile. */
+    ret = file_apply_lock_bytes(s, s->perm | perm, ~s->shared_perm | ~shared,
+                                false, errp);
+    if (ret >= 0) {
+        ret = file_check_lock_bytes(s->fd, perm, shared, errp);
+        if (ret >= 0) {
+            return 0;
+        }
+        error_append_hint(errp, "Is another process using the image [%s]?\n",
+                          bs->filename);
+    }
+    file_relock(bs, s->perm, s->shared_perm);
+    return ret;
+}
+
+static void file_set_perm(BlockDriverState *bs, uint64_t perm,
+                          uint64_t shared)
+{
+    BDRVFileState *s = bs->opaque;
+
+    if (s->use_lock) {
+        file_relock(bs, perm, shared);
+    }
+    s->perm = perm;
+    s->shared_perm = shared;
+}
+
+static void file_abort_perm_update(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+
+    if (s->use_lock) {
+        file_relock(bs, s->perm, s->shared_perm);
+    }
+}
+
 /* ---- open / close ---- */
 
 /* Find the smallest request size O_DIRECT accepts on this file. */
@@ -176,6 +420,11 @@ static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
     int oflags = O_CLOEXEC;
     struct stat st;
 
+    s->fd = -1;
+    s->shared_perm = BLK_PERM_ALL;
+    if (file_parse_locking(s, qemu_opt_get(options, "locking"), errp) < 0) {
+        return -EINVAL;
+    }
     if (aio) {
         if (bdrv_parse_aio(aio, &flags) < 0) {
             error_setg(errp, "Invalid aio option '%s'", aio);
@@ -649,6 +898,27 @@ static int coroutine_fn file_create(const char *filename, QemuOpts *opts,
         error_setg_errno(errp, -ret, "Could not create '%s'", path);
         return ret;
     }
+    /*
+     * As QEMU: before clearing the file, take write and resize and forbid
+     * resize, and fail if a user of the image conflicts (a format writing
+     * it: qemu-img create must not destroy an image in use).
+     */
+    BDRVFileState lock = { .fd = fd };
+    file_lock_init();
+    ret = file_apply_lock_bytes(&lock, BLK_PERM_WRITE | BLK_PERM_RESIZE,
+                                BLK_PERM_RESIZE, false, errp);
+    if (ret >= 0) {
+        ret = file_check_lock_bytes(fd, BLK_PERM_WRITE | BLK_PERM_RESIZE,
+                                    BLK_PERM_ALL & ~BLK_PERM_RESIZE, errp);
+        if (ret < 0) {
+            error_append_hint(errp, "Is another process using the image "
+                              "[%s]?\n", path);
+        }
+    }
+    if (ret < 0) {
+        close(fd);
+        return ret;
+    }
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && ftruncate(fd, 0) < 0) {
         ret = -errno;
@@ -703,6 +973,7 @@ static int coroutine_fn file_co_delete_file(const char *filename,
 static BlockDriver bdrv_file = {
     .format_name            = "file",
     .protocol_name          = "file",
+    .local_file             = true,
     .instance_size          = sizeof(BDRVFileState),
     .create_opts            = file_create_opts,
     .open_opts              = file_open_opts,
@@ -723,6 +994,10 @@ static BlockDriver bdrv_file = {
     .bdrv_getlength         = file_getlength,
     .bdrv_get_allocated_file_size = file_get_allocated_file_size,
     .bdrv_has_zero_init     = file_has_zero_init,
+
+    .bdrv_check_perm        = file_check_perm,
+    .bdrv_set_perm          = file_set_perm,
+    .bdrv_abort_perm_update = file_abort_perm_update,
 
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
 };

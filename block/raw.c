@@ -64,6 +64,27 @@ static int coroutine_fn raw_open(BlockDriverState *bs, QemuOpts *options,
     return 0;
 }
 
+/*
+ * The whole file is the disk: its users' permissions pass through. With a
+ * size window the file is data whose size must not change under us (QEMU
+ * 7.2's raw): no resize shared, and write/resize only when asked.
+ */
+static void raw_file_perm(BlockDriverState *bs, uint64_t perm,
+                          uint64_t shared, uint64_t *nperm, uint64_t *nshared)
+{
+    BDRVRawState *s = bs->opaque;
+
+    if (!s->has_size) {
+        bdrv_default_child_perm(bs, BDRV_CHILD_FILTERED, perm, shared, nperm,
+                                nshared);
+        return;
+    }
+    bdrv_default_child_perm(bs, BDRV_CHILD_DATA, perm, shared, nperm,
+                            nshared);
+    *nperm &= ~(BLK_PERM_WRITE | BLK_PERM_RESIZE);
+    *nperm |= perm & (BLK_PERM_WRITE | BLK_PERM_RESIZE);
+}
+
 static void raw_refresh_limits(BlockDriverState *bs, Error **errp)
 {
     BDRVRawState *s = bs->opaque;
@@ -248,6 +269,7 @@ static BlockDriver bdrv_raw = {
     .bdrv_get_info          = raw_get_info,
     .bdrv_has_zero_init     = raw_has_zero_init,
     .bdrv_measure           = raw_measure,
+    .bdrv_file_perm         = raw_file_perm,
 
     .supported_write_flags  = BDRV_REQ_FUA,
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA,

@@ -111,6 +111,51 @@
 
 _Static_assert(SD_INODE_CLIENT_SIZE == 4198968, "client part of the inode");
 
+/* Little-endian field access in wire buffers. */
+static inline void sd_st8(uint8_t *p, uint8_t v)
+{
+    p[0] = v;
+}
+
+static inline void sd_st16(uint8_t *p, uint16_t v)
+{
+    v = cpu_to_le16(v);
+    memcpy(p, &v, 2);
+}
+
+static inline void sd_st32(uint8_t *p, uint32_t v)
+{
+    v = cpu_to_le32(v);
+    memcpy(p, &v, 4);
+}
+
+static inline void sd_st64(uint8_t *p, uint64_t v)
+{
+    v = cpu_to_le64(v);
+    memcpy(p, &v, 8);
+}
+
+static inline uint16_t sd_ld16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return le16_to_cpu(v);
+}
+
+static inline uint32_t sd_ld32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32_to_cpu(v);
+}
+
+static inline uint64_t sd_ld64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64_to_cpu(v);
+}
+
 static inline uint64_t sd_vid_to_vdi_oid(uint32_t vid)
 {
     return SD_VDI_BIT | ((uint64_t)vid << SD_VDI_SPACE_SHIFT);
@@ -203,6 +248,11 @@ void sd_rsp_decode(const uint8_t buf[SD_HDR_SIZE], SheepdogRsp *rsp);
 void sd_inode_header_decode(const uint8_t *buf, SheepdogInodeHeader *hdr);
 /* Short name of a result code, or "unknown error 0x.." (static buffer). */
 const char *sd_strerror(uint32_t result);
+/* The negative errno a result code stands for (0 for SUCCESS). */
+int sd_result_to_errno(uint32_t result);
+/* An erasure-code copy_policy ((D/2) << 4 | P, D in 2,4,8,16, P 1..15)
+ * with nr_copies = D + P. */
+bool sd_valid_ec_policy(uint8_t copy_policy, uint8_t nr_copies);
 /* FNV-1a-64 of the name, masked to 24 bits, 0 mapped to 1. */
 uint32_t sd_name_hash(const char *name);
 

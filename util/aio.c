@@ -539,6 +539,16 @@ static bool aio_dispatch_fds(AioContext *ctx, int64_t timeout_ns)
         tsp = &ts;
     }
     ret = ppoll(pfd, n + 1, tsp, NULL);
+    if (ctx->in_poll) {
+        /*
+         * Awake again: bottom halves that the handlers below schedule (a
+         * completion waking its coroutine) run at the next aio_poll()
+         * without an eventfd kick.
+         */
+        pthread_mutex_lock(&ctx->bh_lock);
+        ctx->in_poll = false;
+        pthread_mutex_unlock(&ctx->bh_lock);
+    }
 
     if (ret > 0) {
         if (pfd[n].revents) {

@@ -4,6 +4,7 @@
 
 struct Error {
     char *msg;
+    char *hint;                 /* NULL or lines ending in '\n' */
 };
 
 static char *progname;
@@ -50,6 +51,35 @@ void error_setg_errno(Error **errp, int os_errno, const char *fmt, ...)
     errno = saved;
 }
 
+void error_append_hint(Error **errp, const char *fmt, ...)
+{
+    va_list ap;
+    char *more, *hint;
+
+    if (!errp || !*errp) {
+        return;
+    }
+    va_start(ap, fmt);
+    more = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    hint = g_strconcat((*errp)->hint ? (*errp)->hint : "", more, NULL);
+    g_free(more);
+    g_free((*errp)->hint);
+    (*errp)->hint = hint;
+}
+
+const char *error_get_hint(const Error *err)
+{
+    return err->hint;
+}
+
+void error_print_hint(const Error *err)
+{
+    if (err && err->hint) {
+        fputs(err->hint, stderr);
+    }
+}
+
 void error_prepend(Error **errp, const char *fmt, ...)
 {
     va_list ap;
@@ -88,6 +118,7 @@ void error_free(Error *err)
 {
     if (err) {
         g_free(err->msg);
+        g_free(err->hint);
         g_free(err);
     }
 }
@@ -97,6 +128,7 @@ Error *error_copy(const Error *err)
     Error *copy = g_new0(Error, 1);
 
     copy->msg = g_strdup(err->msg);
+    copy->hint = g_strdup(err->hint);
     return copy;
 }
 
@@ -129,5 +161,6 @@ void error_report(const char *fmt, ...)
 void error_report_err(Error *err)
 {
     error_report("%s", error_get_pretty(err));
+    error_print_hint(err);
     error_free(err);
 }

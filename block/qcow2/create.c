@@ -792,8 +792,11 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_DATA_RAW;
     }
     if (a->data_file) {
+        /* The user names it here; refuse only what no later open could
+         * follow (a network protocol needs --allow-header-protocols then). */
         if (*a->data_file &&
-            !bdrv_header_name_allowed(a->data_file, "Data file", errp)) {
+            !bdrv_header_name_storable("Data file", a->data_file, NULL,
+                                       errp)) {
             return -EPERM;
         }
         g_free(s->image_data_file);

@@ -381,7 +381,10 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
 {
     BDRVQcow2State *s = bs->opaque;
     const char *override = qemu_opt_get(opts, "data-file");
-    char *name;
+    int child_flags = flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
+                               BDRV_O_NATIVE_AIO | BDRV_O_NO_FLUSH |
+                               BDRV_O_UNMAP);
+    Error *local_err = NULL;
 
     if (!qcow2_has_data_file(s)) {
         if (override) {
@@ -397,13 +400,15 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
         return 0;
     }
     if (override) {
-        name = g_strdup(override);
+        /* The user's name: opened as given. */
+        s->data_file = bdrv_open_child(override, NULL, NULL, child_flags,
+                                       false, &local_err);
     } else if (s->image_data_file) {
-        if (!bdrv_header_name_allowed(s->image_data_file, "Data file",
-                                      errp)) {
-            return -EPERM;
-        }
-        name = path_combine(bs->filename, s->image_data_file);
+        /* The header's name: local files only unless the user opted in,
+         * filters and json: never (bdrv_open_header_file). */
+        s->data_file = bdrv_open_header_file(bs, s->image_data_file,
+                                             "Data file", child_flags,
+                                             &local_err);
     } else if ((flags & BDRV_O_NO_IO) && !(flags & BDRV_O_RDWR)) {
         /* Information only (as QEMU's qemu-img info): no data needed. */
         s->data_file = bs->file;
@@ -412,13 +417,6 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
         error_setg(errp, "'data-file' is required for this image");
         return -EINVAL;
     }
-    Error *local_err = NULL;
-    s->data_file = bdrv_open_child(name, NULL, NULL,
-                                   flags & (BDRV_O_RDWR | BDRV_O_NOCACHE |
-                                            BDRV_O_NATIVE_AIO |
-                                            BDRV_O_NO_FLUSH | BDRV_O_UNMAP),
-                                   false, &local_err);
-    g_free(name);
     if (!s->data_file && (flags & BDRV_O_NO_IO) && !(flags & BDRV_O_RDWR)) {
         /* Information only (as QEMU's qemu-img info): no data needed. */
         error_free(local_err);

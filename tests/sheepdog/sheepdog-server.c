@@ -56,6 +56,7 @@
 #define SD_RES_SUCCESS          0x00
 #define SD_RES_NO_OBJ           0x02
 #define SD_RES_EIO              0x03
+#define SD_RES_SYSTEM_ERROR     0x06
 #define SD_RES_VDI_EXIST        0x04
 #define SD_RES_INVALID_PARMS    0x05
 #define SD_RES_VDI_LOCKED       0x07
@@ -189,10 +190,12 @@ static struct {
     long close_count;
     unsigned delay_ms;
     GArray *faults;                      /* struct fault */
+    GArray *lost;                        /* struct fault: answers lost */
     uint8_t *inuse;                      /* VDI bitmap, bit vid */
     GHashTable *vdis;                    /* vid -> struct vdi */
     GHashTable *refs;                    /* data oid -> reference count */
     uint64_t nr_requests;
+    uint64_t nr_garbage;                 /* headers no client would send */
 } srv;
 
 static void __attribute__((format(printf, 1, 2))) die(const char *fmt, ...)
@@ -248,7 +251,6 @@ static uint64_t rng_next(void)
 
 static bool bit_test(uint32_t vid) { return srv.inuse[vid >> 3] & (1 << (vid & 7)); }
 static void bit_set(uint32_t vid) { srv.inuse[vid >> 3] |= 1 << (vid & 7); }
-static void bit_clear(uint32_t vid) { srv.inuse[vid >> 3] &= ~(1 << (vid & 7)); }
 
 static uint32_t vdi_hash(const char *name)
 {
@@ -304,7 +306,8 @@ static uint64_t obj_size(uint64_t oid)
     }
     v = vdi_get(oid_to_vid(oid));
     if (v && v->hdr[INO_BLOCK_SIZE_SHIFT]) {
-        return UINT64_C(1) << v->hdr[INO_BLOCK_SIZE_SHIFT];
+        /* sheep takes any shift; files here stay at most 4 GiB */
+        return UINT64_C(1) << MIN(v->hdr[INO_BLOCK_SIZE_SHIFT], 32);
     }
     return UINT64_C(1) << srv.default_shift;
 }
@@ -317,6 +320,11 @@ static int obj_open(uint64_t oid, int flags)
     g_free(p);
     return fd;
 }
+
+/* Bytes sheep returns past the end of an object file are whatever its
+ * buffer held; this server returns this filler so that a client that
+ * trusts them shows. */
+#define PAST_END_FILL 0xa5
 
 static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
@@ -331,7 +339,7 @@ static int pread_full(int fd, void *buf, size_t len, uint64_t off)
             return -1;
         }
         if (n == 0) {
-            memset((char *)buf + done, 0, len - done);   /* sparse tail */
+            memset((char *)buf + done, PAST_END_FILL, len - done);
             break;
         }
         done += n;
@@ -449,7 +457,7 @@ static void state_save(void)
 {
     char *p = g_strdup_printf("%s/vdi-state", srv.dir);
     char *tmp = g_strdup_printf("%s.tmp", p);
-    GString *s = g_string_new("# sheepdog-server state: inuse VID | lock VID TYPE\n");
+    GString *s = g_string_new("# sheepdog-server state: inuse VID\n");
     GHashTableIter it;
     gpointer key, val;
 
@@ -457,10 +465,6 @@ static void state_save(void)
     while (g_hash_table_iter_next(&it, &key, &val)) {
         struct vdi *v = val;
         g_string_append_printf(s, "inuse %06x\n", v->vid);
-        if (v->lock != LOCK_NONE) {
-            g_string_append_printf(s, "lock %06x %d\n", v->vid,
-                                   v->lock == LOCK_SHARED);
-        }
     }
     if (!g_file_set_contents(tmp, s->str, s->len, NULL) || rename(tmp, p) < 0) {
         fprintf(stderr, "sheepdog-server: cannot write %s\n", p);
@@ -556,11 +560,26 @@ struct lookup {
     uint32_t free_bit;      /* where a new VDI of this name would go */
 };
 
+/*
+ * sheep 1.0.1 dies here: a lookup whose payload had no tag field (256
+ * bytes) has no tag string at all, and comparing a tagged snapshot's tag
+ * with it dereferences NULL. Every connection of the node goes with it.
+ */
+static void __attribute__((noreturn)) crash_like_sheep(const char *why)
+{
+    fprintf(stderr, "sheepdog-server: crashing as sheep 1.0.1 does (SIGSEGV):"
+            " %s\n", why);
+    _exit(128 + SIGSEGV);
+}
+
 static bool tag_match(const struct vdi *v, const char *tag, uint32_t snapid)
 {
     const char *itag = (const char *)v->hdr + INO_TAG;
 
-    if (itag[0] && tag && !strncmp(itag, tag, SD_MAX_VDI_TAG_LEN)) {
+    if (itag[0] && !tag) {
+        crash_like_sheep("lookup without a tag field met a tagged snapshot");
+    }
+    if (itag[0] && !strncmp(itag, tag, SD_MAX_VDI_TAG_LEN)) {
         return true;
     }
     return snapid == ld32(v->hdr + INO_SNAP_ID);
@@ -635,8 +654,10 @@ static bool req_write(const struct request *rq)
     return ld16(rq->hdr + H_FLAGS) & SD_FLAG_CMD_WRITE;
 }
 
-/* Split a name (+tag) payload; false if its length is not 256 or 512. */
-static bool req_name_tag(const struct request *rq, char *name, char *tag)
+/* Split a name (+tag) payload; false if its length is not 256 or 512.
+ * *ptag is tag, or NULL when the payload had no tag field (as in sheep). */
+static bool req_name_tag(const struct request *rq, char *name, char *tag,
+                         const char **ptag)
 {
     if (!req_write(rq) ||
         (rq->len != SD_MAX_VDI_LEN && rq->len != SD_MAX_VDI_LEN + SD_MAX_VDI_TAG_LEN)) {
@@ -645,9 +666,11 @@ static bool req_name_tag(const struct request *rq, char *name, char *tag)
     memcpy(name, rq->data, SD_MAX_VDI_LEN);
     name[SD_MAX_VDI_LEN] = '\0';
     tag[0] = '\0';
+    *ptag = NULL;
     if (rq->len > SD_MAX_VDI_LEN) {
         memcpy(tag, rq->data + SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN);
         tag[SD_MAX_VDI_TAG_LEN] = '\0';
+        *ptag = tag;
     }
     return true;
 }
@@ -731,6 +754,22 @@ static bool obj_is_readonly(uint64_t oid)
     return v && vdi_is_snapshot(v);
 }
 
+/*
+ * This server is one node, one zone: like a one-node sheep it cannot place
+ * the strips of an erasure-coded VDI's data or VM state (SYSTEM_ERROR on
+ * every access); its inode is replicated and works.
+ */
+static bool obj_needs_zones(uint64_t oid)
+{
+    struct vdi *v;
+
+    if (is_vdi_obj(oid)) {
+        return false;
+    }
+    v = vdi_get(oid_to_vid(oid));
+    return v && v->hdr[INO_COPY_POLICY] != 0;
+}
+
 static int op_create_and_write(const struct request *rq, struct reply *rp)
 {
     uint64_t oid = ld64(rq->hdr + H_OBJ_OID);
@@ -738,8 +777,11 @@ static int op_create_and_write(const struct request *rq, struct reply *rp)
     uint64_t off = ld32(rq->hdr + H_OBJ_OFFSET);
     bool is_cow = ld16(rq->hdr + H_FLAGS) & SD_FLAG_CMD_COW;
 
-    if (!req_write(rq) || off + rq->len > obj_size(oid)) {
+    if (!req_write(rq)) {
         return SD_RES_INVALID_PARMS;
+    }
+    if (obj_needs_zones(oid)) {
+        return SD_RES_SYSTEM_ERROR;
     }
     if (obj_is_readonly(oid)) {
         return SD_RES_READONLY;
@@ -760,8 +802,11 @@ static int op_read_obj(const struct request *rq, struct reply *rp)
     uint32_t len = ld32(rq->hdr + H_DATA_LENGTH);
     int ret;
 
-    if (off + len > obj_size(oid)) {
+    if (len > MAX_PAYLOAD) {
         return SD_RES_INVALID_PARMS;
+    }
+    if (obj_needs_zones(oid)) {
+        return SD_RES_SYSTEM_ERROR;
     }
     rp->data = g_malloc(len);
     ret = obj_read(oid, rp->data, len, off);
@@ -777,8 +822,11 @@ static int op_write_obj(const struct request *rq, struct reply *rp)
     uint64_t off = ld32(rq->hdr + H_OBJ_OFFSET);
     struct vdi *v;
 
-    if (!req_write(rq) || off + rq->len > obj_size(oid)) {
+    if (!req_write(rq)) {
         return SD_RES_INVALID_PARMS;
+    }
+    if (obj_needs_zones(oid)) {
+        return SD_RES_SYSTEM_ERROR;
     }
     if (obj_is_readonly(oid)) {
         return SD_RES_READONLY;
@@ -820,9 +868,10 @@ static int op_discard_obj(const struct request *rq, struct reply *rp)
     return inode_write(v, zero, 4, SD_INODE_HEADER_SIZE + 4 * (uint64_t)idx);
 }
 
+/* Like sheep, a lookup answers the vdi_id field of the inode it found. */
 static void reply_vdi(struct reply *rp, const struct vdi *v)
 {
-    st32(rp->hdr + R_VDI_ID, v->vid);
+    st32(rp->hdr + R_VDI_ID, ld32(v->hdr + INO_VDI_ID));
     rp->hdr[R_VDI_COPIES] = v->hdr[INO_NR_COPIES];
     rp->hdr[R_VDI_BSS] = v->hdr[INO_BLOCK_SIZE_SHIFT];
 }
@@ -852,7 +901,8 @@ static int vdi_write_new(const struct new_vdi_args *a, uint32_t vid,
     hdr[INO_COPY_POLICY] = a->copy_policy;
     hdr[INO_STORE_POLICY] = a->store_policy;
     hdr[INO_NR_COPIES] = a->copies;
-    hdr[INO_BLOCK_SIZE_SHIFT] = a->shift;
+    /* sheep computes 1U << shift: a 32-bit shift count, so shift & 31 */
+    hdr[INO_BLOCK_SIZE_SHIFT] = a->shift & 31;
     st32(hdr + INO_SNAP_ID, snap_id);
     st32(hdr + INO_VDI_ID, vid);
     st32(hdr + INO_PARENT_VDI_ID, parent);
@@ -973,8 +1023,8 @@ static int op_new_vdi(const struct request *rq, struct reply *rp)
     if (!a.shift) {
         a.shift = srv.default_shift;
     }
-    if (!req_write(rq) || rq->len != SD_MAX_VDI_LEN ||
-        a.shift < 20 || a.shift > 31) {
+    /* sheep 1.0.1 checks neither block_size_shift nor vdi_size */
+    if (!req_write(rq) || rq->len != SD_MAX_VDI_LEN) {
         return SD_RES_INVALID_PARMS;
     }
     memcpy(name, rq->data, SD_MAX_VDI_LEN);
@@ -993,12 +1043,13 @@ static int op_new_vdi(const struct request *rq, struct reply *rp)
 static int op_get_vdi_info(const struct request *rq, struct reply *rp)
 {
     char name[SD_MAX_VDI_LEN + 1], tag[SD_MAX_VDI_TAG_LEN + 1];
+    const char *ptag;
     struct lookup l;
 
-    if (!req_name_tag(rq, name, tag)) {
+    if (!req_name_tag(rq, name, tag, &ptag)) {
         return SD_RES_INVALID_PARMS;
     }
-    l = vdi_lookup(name, tag, ld32(rq->hdr + H_VDI_SNAPID));
+    l = vdi_lookup(name, ptag, ld32(rq->hdr + H_VDI_SNAPID));
     if (l.ret == SD_RES_SUCCESS) {
         reply_vdi(rp, vdi_get(l.vid));
     }
@@ -1015,6 +1066,9 @@ static int op_lock_vdi(const struct request *rq, struct reply *rp)
         return ret;
     }
     v = vdi_get(ld32(rp->hdr + R_VDI_ID));
+    if (!v) {
+        return SD_RES_VDI_LOCKED;   /* sheep: no lock state for that vid */
+    }
     if (type == LOCK_TYPE_SHARED) {
         /* one holder per node, and this server is a single node */
         if (v->lock == LOCK_NORMAL) {
@@ -1063,49 +1117,6 @@ static int op_flush_vdi(const struct request *rq, struct reply *rp)
     return SD_RES_INVALID_PARMS;
 }
 
-static uint32_t vdi_family_root(uint32_t vid)
-{
-    struct vdi *v;
-    uint32_t guard = 0;
-
-    while ((v = vdi_get(vid)) && ld32(v->hdr + INO_PARENT_VDI_ID) &&
-           vdi_get(ld32(v->hdr + INO_PARENT_VDI_ID)) && ++guard < SD_NR_VDIS) {
-        vid = ld32(v->hdr + INO_PARENT_VDI_ID);
-    }
-    return vid;
-}
-
-/*
- * Once every member of a snapshot family is deleted, its vids are recycled
- * (sheep's vid GC): the inodes go and their in-use bits clear.  Until then
- * deleted members keep their bits so lookups of live members still work.
- */
-static void vdi_family_gc(uint32_t vid)
-{
-    uint32_t root = vdi_family_root(vid);
-    GArray *members = g_array_new(FALSE, FALSE, sizeof(uint32_t));
-    GHashTableIter it;
-    gpointer key, val;
-    bool all_deleted = true;
-
-    g_hash_table_iter_init(&it, srv.vdis);
-    while (g_hash_table_iter_next(&it, &key, &val)) {
-        struct vdi *v = val;
-        if (vdi_family_root(v->vid) == root) {
-            g_array_append_val(members, v->vid);
-            all_deleted &= vdi_is_deleted(v);
-        }
-    }
-    for (guint i = 0; all_deleted && i < members->len; i++) {
-        uint32_t m = g_array_index(members, uint32_t, i);
-        dbg("recycling vid %06x", m);
-        obj_remove(vid_to_vdi_oid(m));
-        g_hash_table_remove(srv.vdis, GUINT_TO_POINTER(m));
-        bit_clear(m);
-    }
-    g_array_free(members, TRUE);
-}
-
 /*
  * Delete: like sheep 1.0.1, a VDI whose map still has entries is left alone
  * (SUCCESS, data in place); otherwise its inode is marked deleted.
@@ -1135,7 +1146,7 @@ static int vdi_delete(uint32_t vid)
     if (ret == SD_RES_SUCCESS) {
         memcpy(v->hdr, hdr, SD_INODE_HEADER_SIZE);
         v->lock = LOCK_NONE;
-        vdi_family_gc(vid);
+        /* sheep 1.0.1 recycles no vid: the inode and its bit stay */
         state_save();
     }
     g_free(hdr);
@@ -1145,12 +1156,13 @@ static int vdi_delete(uint32_t vid)
 static int op_del_vdi(const struct request *rq, struct reply *rp)
 {
     char name[SD_MAX_VDI_LEN + 1], tag[SD_MAX_VDI_TAG_LEN + 1];
+    const char *ptag;
     struct lookup l;
 
-    if (!req_name_tag(rq, name, tag)) {
+    if (!req_name_tag(rq, name, tag, &ptag)) {
         return SD_RES_INVALID_PARMS;
     }
-    l = vdi_lookup(name, tag, ld32(rq->hdr + H_VDI_SNAPID));
+    l = vdi_lookup(name, ptag, ld32(rq->hdr + H_VDI_SNAPID));
     if (l.ret != SD_RES_SUCCESS) {
         return l.ret;
     }
@@ -1204,6 +1216,21 @@ static int fault_lookup(uint8_t opcode)
     return -1;
 }
 
+/* True (and one use spent) if the answer to this opcode is to be lost. */
+static bool lose_lookup(uint8_t opcode)
+{
+    for (guint i = 0; i < srv.lost->len; i++) {
+        struct fault *f = &g_array_index(srv.lost, struct fault, i);
+        if (f->opcode == opcode && f->count != 0) {
+            if (f->count > 0 && --f->count == 0) {
+                g_array_remove_index(srv.lost, i);
+            }
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Execute one request and fill in its reply. */
 static void request_execute(const struct request *rq, struct reply *rp)
 {
@@ -1222,6 +1249,7 @@ static void request_execute(const struct request *rq, struct reply *rp)
         name = "injected";
     } else if (op >= 0x80 ? ver != SD_SHEEP_PROTO_VER : ver > SD_PROTO_VER) {
         ret = SD_RES_VER_MISMATCH;
+        srv.nr_garbage++;
     } else {
         for (size_t i = 0; i < G_N_ELEMENTS(sd_ops); i++) {
             if (sd_ops[i].opcode == op) {
@@ -1257,15 +1285,14 @@ static void state_load(void)
     }
     lines = g_strsplit(text, "\n", -1);
     for (char **l = lines; *l; l++) {
-        unsigned vid, type;
+        unsigned vid;
         if (sscanf(*l, "inuse %x", &vid) == 1 && vid < SD_NR_VDIS) {
             struct vdi *v = vdi_add(vid);
             if (vdi_reload_header(v) != SD_RES_SUCCESS) {
                 fprintf(stderr, "sheepdog-server: inode %06x unreadable\n", vid);
             }
-        } else if (sscanf(*l, "lock %x %u", &vid, &type) == 2 && vdi_get(vid)) {
-            vdi_get(vid)->lock = type ? LOCK_SHARED : LOCK_NORMAL;
         }
+        /* Locks live in sheep's memory only: a restart forgets them. */
     }
     g_strfreev(lines);
     g_free(text);
@@ -1304,8 +1331,15 @@ struct conn {
     GByteArray *out;
     size_t out_off;
     GQueue batches;              /* struct batch *, oldest first */
-    bool want_out;
+    uint32_t events;             /* registered epoll events */
     bool closing;
+    /*
+     * The peer closed (or reset) its side. As sheep does, everything
+     * already read is still executed, nothing is answered, and the
+     * connection is closed once the last of it has run.
+     */
+    bool eof;
+    bool held;                   /* control "hold": neither read nor answered */
 };
 
 static int epfd;
@@ -1328,16 +1362,18 @@ static void batch_free(struct batch *b)
 
 static void conn_update_events(struct conn *c)
 {
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
-    bool want_out = c->out->len > c->out_off;
+    struct epoll_event ev = { .data.ptr = c };
 
-    if (want_out == c->want_out) {
+    if (!c->held && !c->eof) {
+        ev.events = EPOLLIN;
+        if (c->out->len > c->out_off) {
+            ev.events |= EPOLLOUT;
+        }
+    }
+    if (ev.events == c->events) {
         return;
     }
-    c->want_out = want_out;
-    if (want_out) {
-        ev.events |= EPOLLOUT;
-    }
+    c->events = ev.events;
     epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -1348,6 +1384,7 @@ static struct conn *conn_new(int fd, enum fd_kind kind)
 
     c->fd = fd;
     c->kind = kind;
+    c->events = EPOLLIN;
     c->in = g_byte_array_new();
     c->out = g_byte_array_new();
     g_queue_init(&c->batches);
@@ -1376,6 +1413,14 @@ static void conn_close(struct conn *c)
 
 static void conn_flush(struct conn *c)
 {
+    if (c->eof) {
+        g_byte_array_set_size(c->out, 0);   /* nobody reads answers now */
+        c->out_off = 0;
+        return;
+    }
+    if (c->held) {
+        return;
+    }
     while (c->out->len > c->out_off) {
         ssize_t n = send(c->fd, c->out->data + c->out_off,
                          c->out->len - c->out_off, MSG_NOSIGNAL);
@@ -1454,6 +1499,15 @@ static void batch_run(struct conn *c, struct batch *b)
         }
         srv.close_count++;
         request_execute(rq, &rp);
+        if (lose_lookup(req_op(rq))) {
+            /* executed, but the answer and the connection are lost */
+            dbg("lose-answer: executed id %u, dropping its answer and the "
+                "connection", ld32(rq->hdr + H_ID));
+            g_free(rp.data);
+            conn_flush(c);
+            c->closing = true;
+            return;
+        }
         g_byte_array_append(c->out, rp.hdr, SD_HDR_SIZE);
         if (rp.len) {
             g_byte_array_append(c->out, rp.data, rp.len);
@@ -1466,10 +1520,16 @@ static void conn_run_due(struct conn *c, uint64_t now)
 {
     struct batch *b;
 
+    if (c->held) {
+        return;
+    }
     while (!c->closing && (b = g_queue_peek_head(&c->batches)) && b->due <= now) {
         g_queue_pop_head(&c->batches);
         batch_run(c, b);
         batch_free(b);
+    }
+    if (c->eof && g_queue_is_empty(&c->batches)) {
+        c->closing = true;
     }
     if (!c->closing) {
         conn_flush(c);
@@ -1490,6 +1550,7 @@ static bool conn_parse(struct conn *c, GPtrArray *reqs)
 
         if (len > MAX_PAYLOAD) {
             fprintf(stderr, "sheepdog-server: data_length %u too large\n", len);
+            srv.nr_garbage++;
             return false;
         }
         if (c->in->len - off < SD_HDR_SIZE + (size_t)plen) {
@@ -1521,7 +1582,9 @@ static void conn_read(struct conn *c)
             break;
         }
         if (n <= 0) {
-            c->closing = true;
+            dbg("fd %d: peer closed; running what was read", c->fd);
+            c->eof = true;
+            conn_update_events(c);
             break;
         }
         g_byte_array_append(c->in, buf, n);
@@ -1532,6 +1595,7 @@ static void conn_read(struct conn *c)
     }
     if (!reqs->len || c->closing) {
         g_ptr_array_free(reqs, TRUE);
+        conn_run_due(c, now_ms());
         return;
     }
     batch_permute(reqs);
@@ -1594,6 +1658,19 @@ static void control_command(const char *line, GString *out)
         parse_close_after(arg);
     } else if (!strcmp(cmd, "delay-ms")) {
         srv.delay_ms = strtoul(arg, NULL, 0);
+    } else if (!strcmp(cmd, "lose-answer")) {
+        char **t = g_strsplit(arg, ":", 2);
+        struct fault f = { .count = -1 };
+        f.opcode = strtoul(t[0] ? t[0] : "", NULL, 0);
+        if (t[0] && t[1]) {
+            f.count = strtol(t[1], NULL, 0);
+        }
+        g_strfreev(t);
+        if (!*arg) {
+            g_string_append(out, "error: lose-answer X[:count]\n");
+            goto out;
+        }
+        g_array_append_val(srv.lost, f);
     } else if (!strcmp(cmd, "fail-opcode")) {
         if (!parse_fault(arg)) {
             g_string_append(out, "error: fail-opcode X:Y[:count]\n");
@@ -1609,17 +1686,29 @@ static void control_command(const char *line, GString *out)
         srv.order = ORDER_SHUFFLE;
     } else if (!strcmp(cmd, "clear")) {
         g_array_set_size(srv.faults, 0);
+        g_array_set_size(srv.lost, 0);
         srv.close_after = -1;
         srv.delay_ms = 0;
     } else if (!strcmp(cmd, "stats")) {
-        g_string_append_printf(out, "requests %" PRIu64 " vdis %u objects-referenced %u\n",
+        g_string_append_printf(out, "requests %" PRIu64 " vdis %u "
+                               "objects-referenced %u garbage %" PRIu64 "\n",
                                srv.nr_requests, g_hash_table_size(srv.vdis),
-                               g_hash_table_size(srv.refs));
+                               g_hash_table_size(srv.refs), srv.nr_garbage);
         goto out;
     } else if (!strcmp(cmd, "refcount")) {
         g_string_append_printf(out, "%u\n",
                                ref_count(g_ascii_strtoull(arg, NULL, 16)));
         goto out;
+    } else if (!strcmp(cmd, "hold") || !strcmp(cmd, "release")) {
+        /* hold: the connections open now are neither read nor answered
+         * (a stopped sheep); release: they go on, after everything newer */
+        for (GList *l = conns; l; l = l->next) {
+            struct conn *c = l->data;
+            if (c->kind == FD_CONN) {
+                c->held = !strcmp(cmd, "hold");
+                conn_update_events(c);
+            }
+        }
     } else if (!strcmp(cmd, "disconnect-all")) {
         for (GList *l = conns; l; l = l->next) {
             struct conn *c = l->data;
@@ -1753,7 +1842,16 @@ static void event_loop(void)
                 listener_accept(c);
                 break;
             case FD_CONN:
-                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+                    /* reset (or gone entirely): like sheep, drop what was
+                     * not read yet; what was read still runs */
+                    if (!c->held && !c->eof) {
+                        dbg("fd %d: hang-up", c->fd);
+                        c->eof = true;
+                        conn_update_events(c);
+                        conn_run_due(c, now_ms());
+                    }
+                } else if (evs[i].events & EPOLLIN) {
                     conn_read(c);
                 }
                 if (!c->closing && (evs[i].events & EPOLLOUT)) {
@@ -1831,8 +1929,9 @@ static int admin_delete(const char *name, const char *snap)
 {
     char *end = NULL;
     unsigned long snapid = snap ? strtoul(snap, &end, 10) : 0;
-    const char *tag = snap && (!*snap || *end) ? snap : NULL;
-    struct lookup l = vdi_lookup(name, tag, tag ? 0 : snapid);
+    /* like dog, always with a tag field (empty when looking up by id) */
+    const char *tag = snap && (!*snap || *end) ? snap : "";
+    struct lookup l = vdi_lookup(name, tag, *tag ? 0 : snapid);
     uint32_t *map, *zero;
 
     if (l.ret != SD_RES_SUCCESS) {
@@ -1914,6 +2013,7 @@ int main(int argc, char **argv)
     srv.close_after = -1;
     srv.rng = 1;
     srv.faults = g_array_new(FALSE, FALSE, sizeof(struct fault));
+    srv.lost = g_array_new(FALSE, FALSE, sizeof(struct fault));
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
         case O_PORT: port = atoi(optarg); break;

@@ -3,7 +3,7 @@
  * Unit tests of the block layer through its public API: create/open of raw
  * images, unaligned I/O with and without O_DIRECT, concurrent overlapping
  * writes (serialisation), zero writes, discard, block status, truncate,
- * blkdebug error injection and read-only enforcement.
+ * blkdebug error injection, read-only enforcement and image locking.
  */
 #include "block.h"
 #include "block_int.h"
@@ -308,6 +308,80 @@ static void test_probe(void)
     g_free(path);
 }
 
+/* Opening path must fail with msg as the error and the lock hint. */
+static void assert_lock_error(Error *err, const char *msg, const char *path)
+{
+    char *hint = g_strdup_printf("Is another process using the image [%s]?\n",
+                                 path);
+
+    g_assert(err);
+    g_assert_cmpstr(error_get_pretty(err), ==, msg);
+    g_assert_cmpstr(error_get_hint(err), ==, hint);
+    g_free(hint);
+    error_free(err);
+}
+
+/*
+ * Locks are per open file: two graphs of one image in this process conflict
+ * as two processes would; bdrv_drop_perms/bdrv_restore_perms (reopen) let a
+ * second graph in and take the locks back only when it is gone.
+ */
+static void test_locking(void)
+{
+    char *path = make_img("lock.img", 64 * KiB);
+    QemuOpts *window = qemu_opts_new();
+    Error *err = NULL;
+    BlockDriverState *a, *b;
+
+    /* A size window: nobody else may resize the file. */
+    qemu_opt_set(window, "size", "32768");
+    a = bdrv_open(path, "raw", window, BDRV_O_RDWR, &err);
+    g_assert(a);
+    b = bdrv_open(path, "raw", NULL, BDRV_O_RDWR | BDRV_O_RESIZE, &err);
+    g_assert(!b);
+    assert_lock_error(err, "Failed to get \"resize\" lock", path);
+    err = NULL;
+
+    /* A writer shares writes, but not with a user that forbids them. */
+    b = bdrv_open(path, "raw", NULL, BDRV_O_NO_SHARE, &err);
+    g_assert(!b);
+    assert_lock_error(err, "Failed to get shared \"write\" lock", path);
+    err = NULL;
+    b = bdrv_open(path, "raw", NULL, BDRV_O_NO_SHARE | BDRV_O_FORCE_SHARE,
+                  &err);
+    g_assert(b);
+    bdrv_unref(b);
+    b = bdrv_open(path, "raw", NULL, BDRV_O_RDWR | BDRV_O_FORCE_SHARE, &err);
+    g_assert(!b);
+    g_assert_cmpstr(error_get_pretty(err), ==,
+                    "force-share=on can only be used with read-only images");
+    error_free(err);
+    err = NULL;
+
+    /* a gives up its locks: b gets in, and a cannot take them back. */
+    bdrv_drop_perms(a);
+    b = bdrv_open(path, "raw", NULL, BDRV_O_RDWR | BDRV_O_RESIZE, &err);
+    g_assert(b);
+    g_assert_cmpint(bdrv_restore_perms(a, &err), <, 0);
+    assert_lock_error(err, "Failed to get shared \"resize\" lock", path);
+    err = NULL;
+    bdrv_unref(b);
+    g_assert_cmpint(bdrv_restore_perms(a, &err), ==, 0);
+    b = bdrv_open(path, "raw", NULL, BDRV_O_RDWR | BDRV_O_RESIZE, &err);
+    g_assert(!b);
+    error_free(err);
+    err = NULL;
+
+    /* locking=off neither takes nor checks locks. */
+    qemu_opts_parse(window, "file.locking=off", NULL, &err);
+    b = bdrv_open(path, "raw", window, BDRV_O_RDWR | BDRV_O_RESIZE, &err);
+    g_assert(b);
+    bdrv_unref(b);
+    bdrv_unref(a);
+    qemu_opts_del(window);
+    g_free(path);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-block.XXXXXX";
@@ -329,6 +403,7 @@ int main(int argc, char **argv)
     test_blkdebug();
     test_read_only_and_errors();
     test_probe();
+    test_locking();
 
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);

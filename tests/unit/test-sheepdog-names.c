@@ -95,6 +95,10 @@ static void test_names(void)
     check_err("sheepdog:h:70000:vol", "invalid port");
     check_err("sheepdog:h:x:vol", "invalid port");
     check_err("sheepdog://h:/vol", "empty port");
+    /* HOST::VDI used to mean port 7000 without a word */
+    check_err("sheepdog:h::vol", "empty port");
+    check_err("sheepdog::7001:vol", "empty host");
+    check_err("sheepdog::::", "empty host");
     check_err("sheepdog://h", "lacks");
     check_err("sheepdog://h/", "missing VDI name");
     check_err("sheepdog://h/vol?socket=/x", "no query");
