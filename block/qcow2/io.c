@@ -229,11 +229,40 @@ static bool coroutine_fn qcow2_range_is_zero(BlockDriverState *bs,
     return true;
 }
 
+/* Does any subcluster of [offset, offset + bytes) map host data? */
+static bool coroutine_fn qcow2_range_maps_data(BlockDriverState *bs,
+                                               uint64_t offset,
+                                               uint64_t bytes)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    while (bytes > 0) {
+        uint64_t cur = bytes, host;
+        Qcow2SubclusterType type;
+        int ret;
+
+        qemu_co_mutex_lock(&s->lock);
+        ret = qcow2_get_host_offset(bs, offset, &cur, &host, &type);
+        qemu_co_mutex_unlock(&s->lock);
+        if (ret < 0 || type == QCOW2_SC_NORMAL ||
+            type == QCOW2_SC_COMPRESSED) {
+            return true;
+        }
+        offset += cur;
+        bytes -= cur;
+    }
+    return false;
+}
+
 /* ---- allocating writes ---- */
 
 /*
  * Both COW regions read as zero: zero the whole new range on the data
- * file cheaply instead of writing zero buffers (skips the COW).
+ * file cheaply instead of writing zero buffers (skips the COW). A host
+ * cluster that is kept (extended L2, external data file) may map data
+ * inside the range, in subclusters this write overwrites: zeroing those
+ * first would show zeroes to readers until the data lands, and leave them
+ * on disk after a crash in between, so such a range is never zeroed.
  */
 static bool coroutine_fn qcow2_try_zero_cow(BlockDriverState *bs,
                                             Qcow2Alloc *m)
@@ -242,6 +271,10 @@ static bool coroutine_fn qcow2_try_zero_cow(BlockDriverState *bs,
     uint64_t start = m->cow_start.offset;
     uint64_t end = m->cow_end.offset + m->cow_end.bytes;
 
+    if (m->keep_old &&
+        qcow2_range_maps_data(bs, m->guest_offset + start, end - start)) {
+        return false;
+    }
     if (!qcow2_range_is_zero(bs, m->guest_offset + start,
                              m->cow_start.bytes) ||
         !qcow2_range_is_zero(bs, m->guest_offset + m->cow_end.offset,
@@ -509,6 +542,13 @@ static int coroutine_fn qcow2_zero_partial(BlockDriverState *bs,
         uint64_t cur = sc_end - sc_start, host;
         Qcow2SubclusterType type;
         qemu_co_mutex_lock(&s->lock);
+        /*
+         * The subcluster is more than this request: a write elsewhere in
+         * it may be allocating (the entry still reads as zero). Let it
+         * link first and look again, or zeroing the entry would hide its
+         * data. Holding the lock from here, no allocation starts.
+         */
+        qcow2_wait_allocs(bs, sc_start, sc_end - sc_start);
         ret = qcow2_get_host_offset(bs, sc_start, &cur, &host, &type);
         if (ret >= 0 && type != QCOW2_SC_NORMAL &&
             type != QCOW2_SC_COMPRESSED) {
