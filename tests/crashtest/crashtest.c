@@ -55,6 +55,14 @@ static int64_t qcow2_page_span(int64_t cluster_size)
     return qcow2_page_size(cluster_size) / entry * cluster_size;
 }
 
+/* Subclusters need clusters of at least 16 KiB (as QEMU requires). */
+static void qcow2_fit_create_opts(FormatPlug *plug)
+{
+    if (create_opt_is("extended_l2", "on")) {
+        plug->min_cluster_bits = MAX(plug->min_cluster_bits, 14);
+    }
+}
+
 static const FormatPlug format_plugs[] = {
     { "raw" },
     { "add-cow", .backing = true, .data_file_opt = "image_file",
@@ -66,8 +74,10 @@ static const FormatPlug format_plugs[] = {
       .data_file_open_opt = "data-file", .data_file_optional = true,
       .cluster_opt = "cluster_size", .min_cluster_bits = 9,
       .max_cluster_bits = 21, .cache_opt = "l2-cache-size",
+      .cache_opt2 = "refcount-cache-size",
       .meta_page_size = qcow2_page_size,
-      .meta_page_span = qcow2_page_span },
+      .meta_page_span = qcow2_page_span,
+      .fit_create_opts = qcow2_fit_create_opts },
 };
 
 static const char *const cache_modes[] = {
@@ -376,9 +386,12 @@ static BlockDriverState *open_simulated(const Paths *p, const IterConfig *ic,
         g_free(d);
     }
     if (ic->cache_pages) {
-        qemu_opt_set_number(opts, cfg.plug.cache_opt,
-                            ic->cache_pages *
-                            cfg.plug.meta_page_size(ic->cluster_size));
+        int64_t bytes = ic->cache_pages *
+                        cfg.plug.meta_page_size(ic->cluster_size);
+        qemu_opt_set_number(opts, cfg.plug.cache_opt, bytes);
+        if (cfg.plug.cache_opt2) {
+            qemu_opt_set_number(opts, cfg.plug.cache_opt2, bytes);
+        }
     }
     if (p->backing) {
         flags |= BDRV_O_NO_BACKING;
@@ -648,7 +661,7 @@ static void usage(void)
            "                 [-c MODE] [--qd N] [--cache-pages N]\n"
            "                 [--tear|--no-tear] [--truncate|--no-truncate]\n"
            "                 [--long] [--iter I] [--keep] [-d DIR] [-v]\n"
-           "                 [--data-file] [--no-backing]\n"
+           "                 [--data-file] [--no-backing] [--trace]\n"
            "                 [--self-test] [--unsafe] [--early-flush]\n"
            "Every choice not fixed by an option is drawn per crash point.\n"
            "--unsafe (cache=unsafe) and --early-flush (flushes of the data\n"
@@ -673,6 +686,7 @@ static void parse_args(int argc, char **argv)
         { "early-flush", no_argument, NULL, 'E' },
         { "data-file", no_argument, NULL, 'D' },
         { "no-backing", no_argument, NULL, 'B' },
+        { "trace", no_argument, NULL, 'R' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -704,6 +718,7 @@ static void parse_args(int argc, char **argv)
         case 'E': cfg.early_flush = "data"; break;
         case 'D': cfg.data_file = true; break;
         case 'B': cfg.no_backing = true; break;
+        case 'R': cfg.trace = true; break;
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
         }
@@ -770,6 +785,9 @@ void pick_plug(const char *fmt)
                                                    0);
         }
         qemu_opts_del(opts);
+    }
+    if (cfg.plug.fit_create_opts) {
+        cfg.plug.fit_create_opts(&cfg.plug);
     }
     if (cfg.plug.cache_opt && !cfg.plug.meta_page_size) {
         die("the format's plug has a cache option but no page size", NULL);

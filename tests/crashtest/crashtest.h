@@ -39,10 +39,15 @@ typedef struct FormatPlug {
     int min_cluster_bits, max_cluster_bits;
     /* Open option bounding the metadata cache, in bytes, or NULL. */
     const char *cache_opt;
+    /* A second cache bounded to the same bytes (qcow2's refcount blocks,
+     * paged like its L2 tables), or NULL. */
+    const char *cache_opt2;
     /* Bytes of one metadata cache page, and guest bytes one page maps, for
      * a cluster size (NULL: the format has no paged metadata). */
     int64_t (*meta_page_size)(int64_t cluster_size);
     int64_t (*meta_page_span)(int64_t cluster_size);
+    /* Fit the plug to the -o create options (NULL: nothing to fit). */
+    void (*fit_create_opts)(struct FormatPlug *plug);
 } FormatPlug;
 
 /* ---- command line ---- */
@@ -62,6 +67,7 @@ typedef struct Config {
     int truncate;               /* -1: random, else 0/1 */
     bool keep;
     bool verbose;
+    bool trace;                 /* --trace: every request on stderr */
     bool self_test;
     bool unsafe;                /* cache=unsafe: flushes make nothing durable */
     bool data_file;             /* --data-file: use an optional data file */
