@@ -1996,6 +1996,16 @@ static int convert_create_target(ConvertArgs *a, const char *out_filename,
         }
         qemu_opt_set(opts, "backing_fmt", a->backing_fmt);
     }
+    if (a->compressed) {
+        /* As QEMU: compressed clusters cannot go where space is taken. */
+        const char *prealloc = qemu_opt_get(opts, "preallocation");
+        if (prealloc && strcmp(prealloc, "off")) {
+            error_report("Compression and preallocation not supported at "
+                         "the same time");
+            qemu_opts_del(opts);
+            return -1;
+        }
+    }
     ret = bdrv_create(drv, out_filename, opts, &err);
     qemu_opts_del(opts);
     if (ret < 0) {
