@@ -814,8 +814,8 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
          g_strcmp0(a->backing_file, s->image_backing_file)) ||
         (a->has_backing_fmt &&
          g_strcmp0(a->backing_fmt, s->image_backing_format))) {
-        error_setg(errp, "Cannot amend the backing file\n"
-                   "You can use 'qemu-img rebase' instead.");
+        error_setg(errp, "Cannot amend the backing file");
+        error_append_hint(errp, "You can use 'qemu-img rebase' instead.\n");
         return -EINVAL;
     }
     if (a->lazy_refcounts != s->use_lazy_refcounts) {

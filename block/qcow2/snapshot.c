@@ -166,9 +166,10 @@ int coroutine_fn qcow2_do_read_snapshots(BlockDriverState *bs, bool repair,
             continue;
         }
         if (!repair) {
-            error_setg(errp, "Snapshot table is too big\nYou can "
-                       "force-remove all %" PRIu32 " overhanging snapshots "
-                       "with qemu-img check -r all", s->nb_snapshots - i);
+            error_setg(errp, "Snapshot table is too big");
+            error_append_hint(errp, "You can force-remove all %" PRIu32
+                              " overhanging snapshots with qemu-img check "
+                              "-r all\n", s->nb_snapshots - i);
             s->nb_snapshots = i + 1;
             ret = -EFBIG;
             goto fail;
