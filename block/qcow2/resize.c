@@ -278,6 +278,20 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,
                    "'qcow2' (try using a larger cluster size)");
         return -EFBIG;
     }
+    /*
+     * As QEMU's layer: where a longer backing file would show through the
+     * new area, that area is zeroed (v2 images have no zero flag: QEMU
+     * fails there; we fail before changing anything).
+     */
+    bool zero_new = false;
+    if ((uint64_t)offset > old && bs->backing) {
+        int64_t backing_len = bdrv_getlength(bs->backing);
+        zero_new = backing_len < 0 || (uint64_t)backing_len > old;
+    }
+    if (zero_new && s->qcow_version < 3) {
+        error_setg_errno(errp, ENOTSUP, "Failed to zero out new clusters");
+        return -ENOTSUP;
+    }
     qemu_co_mutex_lock(&s->lock);
     if (s->nb_snapshots && s->qcow_version < 3) {
         error_setg(errp, "Can't resize a v2 image which has snapshots");
@@ -306,6 +320,15 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,
     s->size = offset;
     s->l1_vm_state_index = qcow2_size_to_l1(s, offset);
     qcow2_resize_caches(bs);
+    qemu_co_mutex_unlock(&s->lock);
+    if (zero_new) {
+        /* The layer excludes every request past the old end meanwhile. */
+        ret = qcow2_co_pwrite_zeroes(bs, old, offset - old, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to zero out new clusters");
+        }
+    }
+    return ret;
 out:
     qemu_co_mutex_unlock(&s->lock);
     return ret;
