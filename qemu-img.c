@@ -777,8 +777,11 @@ static int img_create_image(const CreateParams *p)
     if (ret == -EFBIG) {
         error_free(err);
         err = NULL;
+        /* As QEMU: the hint when a cluster size is set or defaulted. */
+        const QemuOptDesc *cs = find_desc(descs, "cluster_size");
         error_setg(&err, "The image size is too large for file format '%s'%s",
-                   p->fmt, qemu_opt_get_size(opts, "cluster_size", 0) ?
+                   p->fmt, qemu_opt_get_size(opts, "cluster_size", 0) ||
+                   (cs && cs->def_value_str) ?
                    " (try using a larger cluster size)" : "");
     } else if (ret < 0 && !err) {
         error_setg_errno(&err, -ret, "Could not create image");

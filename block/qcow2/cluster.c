@@ -1369,6 +1369,16 @@ int coroutine_fn qcow2_expand_zero_clusters(BlockDriverState *bs)
     for (uint32_t i = 0; ret >= 0 && i < s->nb_snapshots; i++) {
         Qcow2Snapshot *sn = &s->snapshots[i];
         uint64_t bytes = (uint64_t)sn->l1_size * sizeof(uint64_t);
+        Error *err = NULL;
+        /* A damaged snapshot table stops the expansion (QEMU prints
+         * the reason, then the caller's "Failed to turn zero ...") */
+        ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size,
+                                   sizeof(uint64_t), QCOW2_MAX_L1_SIZE,
+                                   "Snapshot L1 table", &err);
+        if (ret < 0) {
+            error_report_err(err);
+            break;
+        }
         uint64_t *l1 = g_try_malloc(MAX(bytes, 8));
         if (!l1) {
             ret = -ENOMEM;

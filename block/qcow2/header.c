@@ -111,8 +111,8 @@ static void qcow2_report_unsupported(Error **errp, const uint8_t *table,
 {
     GString *names = g_string_new(NULL);
 
-    for (uint32_t off = 0; table && off + sizeof(Qcow2DiskFeature) <=
-         table_len; off += sizeof(Qcow2DiskFeature)) {
+    for (uint32_t off = 0; table && off < table_len;
+         off += sizeof(Qcow2DiskFeature)) {
         const Qcow2DiskFeature *f = (const void *)(table + off);
         if (f->name[0] == '\0') {
             break;
@@ -246,10 +246,6 @@ static int coroutine_fn qcow2_read_extensions(BlockDriverState *bs,
     while (offset < end) {
         Qcow2DiskExtension ext;
 
-        if (end - offset < sizeof(ext)) {
-            /* A header padded to its end: no end marker needed. */
-            break;
-        }
         ret = bdrv_co_pread(bs->file, offset, sizeof(ext), &ext, 0);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "qcow2_read_extension: ERROR: "
@@ -259,7 +255,8 @@ static int coroutine_fn qcow2_read_extensions(BlockDriverState *bs,
         uint32_t magic = be32_to_cpu(ext.magic);
         uint32_t len = be32_to_cpu(ext.len);
         offset += sizeof(ext);
-        if (len > end - offset) {
+        /* (as QEMU: an extension header cut by the end is too large too) */
+        if (offset > end || len > end - offset) {
             error_setg(errp, "Header extension too large");
             return -EINVAL;
         }
@@ -268,7 +265,10 @@ static int coroutine_fn qcow2_read_extensions(BlockDriverState *bs,
                 return 0;
             }
             if (magic == QCOW2_EXT_FEATURE_TABLE && !scan->features) {
-                scan->features = g_malloc0(len + 1);
+                /* Zero padded by one entry, as QEMU reads it: a last
+                 * entry cut short still names its bit. */
+                scan->features = g_malloc0((size_t)len +
+                                           sizeof(Qcow2DiskFeature));
                 scan->features_len = len;
                 ret = bdrv_co_pread(bs->file, offset, len, scan->features, 0);
                 if (ret < 0) {

@@ -452,14 +452,17 @@ static void qcow2_free_state(BlockDriverState *bs)
     s->external_data = false;
 }
 
-/* Open-time fix-ups of a writable image: autoclear bits, dirty bit. */
+/*
+ * Open-time fix-ups of a writable image: autoclear bits (also for check
+ * -r, as QEMU), the dirty bit (not for check -r: the check repairs it).
+ */
 static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
                                           Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     int ret;
 
-    if (bs->read_only || (flags & BDRV_O_CHECK)) {
+    if (bs->read_only) {
         return 0;
     }
     if (s->autoclear_features & ~QCOW2_AUTOCLEAR_MASK) {
@@ -474,7 +477,8 @@ static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
             return ret;
         }
     }
-    if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+    if ((s->incompatible_features & QCOW2_INCOMPAT_DIRTY) &&
+        !(flags & BDRV_O_CHECK)) {
         BdrvCheckResult res = { 0 };
         ret = qcow2_co_check_locked(bs, &res,
                                     BDRV_FIX_ERRORS | BDRV_FIX_LEAKS);
