@@ -775,14 +775,17 @@ static int img_create_image(const CreateParams *p)
 
     ret = bdrv_create(drv, p->filename, opts, &err);
     if (ret == -EFBIG) {
+        /*
+         * As QEMU: one message, with the hint when a cluster size was given
+         * (QEMU: or defaulted) or the driver says a larger one would help
+         * (qcow2; add-cow's limit does not depend on it).
+         */
+        bool cs_hint = qemu_opt_get_size(opts, "cluster_size", 0) ||
+            (err && strstr(error_get_pretty(err), "larger cluster size"));
         error_free(err);
         err = NULL;
-        /* As QEMU: the hint when a cluster size is set or defaulted. */
-        const QemuOptDesc *cs = find_desc(descs, "cluster_size");
         error_setg(&err, "The image size is too large for file format '%s'%s",
-                   p->fmt, qemu_opt_get_size(opts, "cluster_size", 0) ||
-                   (cs && cs->def_value_str) ?
-                   " (try using a larger cluster size)" : "");
+                   p->fmt, cs_hint ? " (try using a larger cluster size)" : "");
     } else if (ret < 0 && !err) {
         error_setg_errno(&err, -ret, "Could not create image");
     }
