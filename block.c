@@ -139,6 +139,11 @@ bool bdrv_driver_supports_backing(const BlockDriver *drv)
     return drv->supports_backing;
 }
 
+bool bdrv_driver_can_compress(const BlockDriver *drv)
+{
+    return drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED;
+}
+
 BlockDriver *bdrv_probe_all(const uint8_t *buf, int buf_size,
                             const char *filename, int *score)
 {
@@ -661,6 +666,10 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     bs = bdrv_new(fmt_drv, filename, a->flags);
     bs->probed = probed;
     bs->file = file;
+    /* As QEMU: the format decides what to discard (its own discard
+     * option, e.g. qcow2's pass-discard-*); the protocol below passes on
+     * whatever it is asked. */
+    file->open_flags |= BDRV_O_UNMAP;
     bs->backing_depth = a->depth;
     file = NULL;
     int ret = bdrv_validate_open_opts(fmt_drv, opts, errp);
@@ -944,6 +953,17 @@ int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
     return ret;
 }
 
+BlockMeasureInfo *bdrv_measure(BlockDriver *drv, QemuOpts *opts,
+                               BlockDriverState *in_bs, Error **errp)
+{
+    if (!drv->bdrv_measure) {
+        error_setg(errp, "Format driver '%s' does not support size "
+                   "measurement", drv->format_name);
+        return NULL;
+    }
+    return drv->bdrv_measure(opts, in_bs, errp);
+}
+
 int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp)
 {
     BlockDriver *proto = bdrv_find_protocol(filename, errp);
@@ -1105,7 +1125,7 @@ typedef enum {
     SYNC_READ, SYNC_WRITE, SYNC_ZEROES, SYNC_DISCARD, SYNC_FLUSH,
     SYNC_STATUS, SYNC_STATUS_ABOVE, SYNC_TRUNCATE, SYNC_CHECK, SYNC_BACKING,
     SYNC_AMEND, SYNC_SN_CREATE, SYNC_SN_GOTO, SYNC_SN_DELETE, SYNC_SN_LIST,
-    SYNC_VM_SAVE, SYNC_VM_LOAD,
+    SYNC_VM_SAVE, SYNC_VM_LOAD, SYNC_MAKE_EMPTY,
 } SyncOp;
 
 typedef struct SyncArgs {
@@ -1370,6 +1390,15 @@ static void coroutine_fn bdrv_sync_entry(void *opaque)
     case SYNC_VM_LOAD:
         a->ret = bdrv_co_vmstate(a);
         break;
+    case SYNC_MAKE_EMPTY:
+        if (!bs->drv->bdrv_make_empty) {
+            a->ret = -ENOTSUP;
+        } else if (bs->read_only) {
+            a->ret = -EACCES;
+        } else {
+            a->ret = bs->drv->bdrv_make_empty(bs);
+        }
+        break;
     }
 }
 
@@ -1519,6 +1548,12 @@ int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
     return bdrv_sync(&a);
 }
 
+int bdrv_make_empty(BlockDriverState *bs)
+{
+    SyncArgs a = { .op = SYNC_MAKE_EMPTY, .bs = bs };
+    return bdrv_sync(&a);
+}
+
 int bdrv_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn,
                          Error **errp)
 {
@@ -1556,20 +1591,17 @@ bool bdrv_can_snapshot(BlockDriverState *bs)
 }
 
 int bdrv_snapshot_find(BlockDriverState *bs, QEMUSnapshotInfo *sn,
-                       const char *name_or_id)
+                       const char *name)
 {
     QEMUSnapshotInfo *list;
     int n = bdrv_snapshot_list(bs, &list);
     int ret = -ENOENT;
 
-    for (int pass = 0; pass < 2 && ret < 0; pass++) {
-        for (int i = 0; i < n; i++) {
-            const char *key = pass == 0 ? list[i].id_str : list[i].name;
-            if (!strcmp(key, name_or_id)) {
-                *sn = list[i];
-                ret = 0;
-                break;
-            }
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(list[i].name, name)) {
+            *sn = list[i];
+            ret = 0;
+            break;
         }
     }
     g_free(list);

@@ -29,10 +29,14 @@ typedef struct BlockDriverState BlockDriverState;
 #define BDRV_O_NO_BACKING   0x0100  /* do not open the backing file */
 #define BDRV_O_NO_FLUSH     0x0200  /* cache=unsafe: flushes are no-ops */
 #define BDRV_O_COPY_ON_READ 0x0400  /* copy data read from backing into image */
+#define BDRV_O_CHECK        0x1000  /* opened by qemu-img check -r: a corrupt
+                                       image may be opened to repair it */
 #define BDRV_O_UNMAP        0x4000  /* discard requests reach the file */
 #define BDRV_O_PROTOCOL     0x8000  /* open only the protocol layer */
-#define BDRV_O_NO_IO        0x10000 /* no guest data I/O: take no read or
-                                     * write permission (qemu-img info) */
+#define BDRV_O_NO_IO        0x10000 /* metadata only (qemu-img info): no guest
+                                     * data I/O follows, so no read or write
+                                     * permission is taken, and parts of the
+                                     * image only I/O needs may be missing */
 /* Share every permission with other users, whatever the format needs
  * (-U, force-share=on); read-only opens only. Inherited. */
 #define BDRV_O_FORCE_SHARE  0x80000
@@ -46,6 +50,8 @@ typedef enum BdrvRequestFlags {
     BDRV_REQ_ZERO_WRITE   = 0x2,
     BDRV_REQ_MAY_UNMAP    = 0x4,    /* zeroes may be written as a hole */
     BDRV_REQ_FUA          = 0x10,   /* durable when the request completes */
+    BDRV_REQ_WRITE_COMPRESSED = 0x20, /* store compressed (cluster aligned);
+                                       -ENOTSUP if the format cannot */
     BDRV_REQ_SERIALISING  = 0x80,
     BDRV_REQ_NO_FALLBACK  = 0x100,  /* fail rather than write zero buffers */
 } BdrvRequestFlags;
@@ -57,6 +63,8 @@ typedef enum BdrvRequestFlags {
 #define BDRV_BLOCK_RAW          0x08  /* internal: ask bs->file */
 #define BDRV_BLOCK_ALLOCATED    0x10  /* this layer determines the content */
 #define BDRV_BLOCK_EOF          0x20  /* the range reaches the end of image */
+#define BDRV_BLOCK_RECURSE      0x40  /* internal: DATA at *map in *file, but
+                                         ask *file whether it reads zero */
 
 typedef enum PreallocMode {
     PREALLOC_MODE_OFF = 0,
@@ -116,6 +124,14 @@ typedef struct BdrvCheckResult {
     int64_t compressed_clusters;
 } BdrvCheckResult;
 
+/* qemu-img measure: bytes a new image of some format would need. */
+typedef struct BlockMeasureInfo {
+    int64_t required;           /* for the data present (or the size given) */
+    int64_t fully_allocated;    /* with every cluster allocated */
+    bool has_bitmaps;
+    int64_t bitmaps;            /* bytes of persistent bitmaps to copy */
+} BlockMeasureInfo;
+
 typedef struct QEMUSnapshotInfo {
     char id_str[128];
     char name[256];
@@ -145,6 +161,8 @@ const QemuOptDesc *bdrv_driver_amend_opts(const BlockDriver *drv);
 /* Create options of the protocol that would hold filename, or NULL. */
 const QemuOptDesc *bdrv_protocol_create_opts(const char *filename);
 bool bdrv_driver_supports_backing(const BlockDriver *drv);
+/* Can the format store compressed clusters (BDRV_REQ_WRITE_COMPRESSED)? */
+bool bdrv_driver_can_compress(const BlockDriver *drv);
 
 /*
  * cache modes: writeback, none, writethrough, directsync, unsafe (and "off" =
@@ -218,6 +236,13 @@ int bdrv_create(BlockDriver *drv, const char *filename, QemuOpts *opts,
                 Error **errp);
 /* Create the protocol-level object for filename (e.g. an empty file). */
 int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp);
+/*
+ * Space an image of format drv created with opts (validated against its
+ * create options) would need, holding in_bs's data (NULL: opts' "size").
+ * g_free the result; NULL with errp set on error or if drv cannot say.
+ */
+BlockMeasureInfo *bdrv_measure(BlockDriver *drv, QemuOpts *opts,
+                               BlockDriverState *in_bs, Error **errp);
 
 /* ---- properties ---- */
 const char *bdrv_get_format_name(BlockDriverState *bs);
@@ -288,6 +313,9 @@ int bdrv_change_backing_file(BlockDriverState *bs, const char *backing_file,
 void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing);
 int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
                        Error **errp);
+/* Make bs hold nothing of its own (reads go to its backing file).
+ * -ENOTSUP if the format cannot. */
+int bdrv_make_empty(BlockDriverState *bs);
 /* Wait until no request is in flight on bs or below. */
 void bdrv_drain(BlockDriverState *bs);
 
@@ -300,9 +328,10 @@ int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
                          const char *name, Error **errp);
 /* Returns the count (>= 0) and a g_malloc'd array, or -errno. */
 int bdrv_snapshot_list(BlockDriverState *bs, QEMUSnapshotInfo **psn_info);
-/* Find by id, then by name. 0 or -ENOENT. */
+/* The first snapshot with this name (names only, as QEMU's qemu-img
+ * snapshot -d). 0 or -ENOENT. */
 int bdrv_snapshot_find(BlockDriverState *bs, QEMUSnapshotInfo *sn,
-                       const char *name_or_id);
+                       const char *name);
 bool bdrv_can_snapshot(BlockDriverState *bs);
 /* Return bytes transferred or -errno. */
 int bdrv_save_vmstate(BlockDriverState *bs, const uint8_t *buf, int64_t pos,

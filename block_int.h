@@ -162,6 +162,13 @@ struct BlockDriver {
     int coroutine_fn (*bdrv_change_backing_file)(BlockDriverState *bs,
                                                  const char *backing_file,
                                                  const char *backing_fmt);
+    /* Drop every cluster of the image (qemu-img commit empties the top
+     * image): it reads as its backing file afterwards. */
+    int coroutine_fn (*bdrv_make_empty)(BlockDriverState *bs);
+    /* qemu-img measure (opts validated against create_opts; in_bs may be
+     * NULL). Not in coroutine context. */
+    BlockMeasureInfo *(*bdrv_measure)(QemuOpts *opts, BlockDriverState *in_bs,
+                                      Error **errp);
 
     /* ---- snapshots and VM state ---- */
     int coroutine_fn (*bdrv_snapshot_create)(BlockDriverState *bs,

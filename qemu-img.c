@@ -36,6 +36,7 @@ enum {
     OPTION_SALVAGE,
     OPTION_TARGET_IMAGE_OPTS,
     OPTION_BITMAPS,
+    OPTION_SIZE,
     OPTION_ALLOW_HEADER_PROTOCOLS,
 };
 
@@ -774,11 +775,17 @@ static int img_create_image(const CreateParams *p)
 
     ret = bdrv_create(drv, p->filename, opts, &err);
     if (ret == -EFBIG) {
+        /*
+         * As QEMU: one message, with the hint when a cluster size was given
+         * (QEMU: or defaulted) or the driver says a larger one would help
+         * (qcow2; add-cow's limit does not depend on it).
+         */
+        bool cs_hint = qemu_opt_get_size(opts, "cluster_size", 0) ||
+            (err && strstr(error_get_pretty(err), "larger cluster size"));
         error_free(err);
         err = NULL;
         error_setg(&err, "The image size is too large for file format '%s'%s",
-                   p->fmt, qemu_opt_get_size(opts, "cluster_size", 0) ?
-                   " (try using a larger cluster size)" : "");
+                   p->fmt, cs_hint ? " (try using a larger cluster size)" : "");
     } else if (ret < 0 && !err) {
         error_setg_errno(&err, -ret, "Could not create image");
     }
@@ -1420,7 +1427,7 @@ static int img_check(int argc, char **argv)
     BdrvCheckResult r;
     BlockDriverState *bs;
     bool quiet = false, writethrough;
-    int flags = 0, ret, c;
+    int flags = BDRV_O_CHECK, ret, c;
 
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", long_options,
                             NULL)) != -1) {
@@ -1571,6 +1578,9 @@ struct ConvertState {
 
     int64_t allocated_total;
     int64_t allocated_done;
+
+    bool compressed;                /* -c: whole clusters, compressed */
+    int64_t cluster_size;           /* of the target, with -c */
 };
 
 /* Bytes from offset that share one status and one source (> 0). */
@@ -1630,6 +1640,18 @@ static int64_t convert_iteration(ConvertState *s, int64_t offset)
     n = MIN(n, s->next_status - offset);
     if (s->status == BLK_DATA || (!s->min_sparse && s->status == BLK_ZERO)) {
         n = MIN(n, s->buf_size);
+    }
+    /*
+     * Compressed clusters are written whole: a shorter run counts as data
+     * up to the end of its cluster, longer ones stop at cluster ends.
+     */
+    if (s->compressed) {
+        if (n < s->cluster_size) {
+            n = MIN(s->cluster_size, s->total_size - offset);
+            s->status = BLK_DATA;
+        } else {
+            n = QEMU_ALIGN_DOWN(n, s->cluster_size);
+        }
     }
     return n;
 }
@@ -1728,6 +1750,18 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
             break;
 
         case BLK_DATA:
+            if (s->compressed) {
+                /* A cluster is written whole, or skipped if all zero. */
+                if (s->min_sparse && buffer_is_zero(buf, n)) {
+                    goto zero;
+                }
+                ret = bdrv_co_pwrite(s->target, offset, n, buf,
+                                     BDRV_REQ_WRITE_COMPRESSED);
+                if (ret < 0) {
+                    return ret;
+                }
+                break;
+            }
             if (s->min_sparse) {
                 int64_t sectors = DIV_ROUND_UP(bytes, BDRV_SECTOR_SIZE);
                 int64_t pnum;
@@ -1968,6 +2002,16 @@ static int convert_create_target(ConvertArgs *a, const char *out_filename,
         }
         qemu_opt_set(opts, "backing_fmt", a->backing_fmt);
     }
+    if (a->compressed) {
+        /* As QEMU: compressed clusters cannot go where space is taken. */
+        const char *prealloc = qemu_opt_get(opts, "preallocation");
+        if (prealloc && strcmp(prealloc, "off")) {
+            error_report("Compression and preallocation not supported at "
+                         "the same time");
+            qemu_opts_del(opts);
+            return -1;
+        }
+    }
     ret = bdrv_create(drv, out_filename, opts, &err);
     qemu_opts_del(opts);
     if (ret < 0) {
@@ -2174,9 +2218,12 @@ static int img_convert(int argc, char **argv)
         s.total_size += s.src_size[i];
     }
 
-    if (a.compressed) {
-        error_report("Compression not supported for this file format");
-        goto out;
+    if (a.compressed && !a.skip_create) {
+        BlockDriver *odrv = bdrv_find_format(a.out_fmt);
+        if (odrv && !bdrv_driver_can_compress(odrv)) {
+            error_report("Compression not supported for this file format");
+            goto out;
+        }
     }
     if (a.out_baseimg && !a.skip_create) {
         BlockDriver *odrv = bdrv_find_format(a.out_fmt);
@@ -2217,6 +2264,24 @@ static int img_convert(int argc, char **argv)
         bdrv_get_backing(s.target)) {
         s.target_backing_size = bdrv_getlength(bdrv_get_backing(s.target));
     }
+    if (a.compressed) {
+        BlockDriverInfo bdi;
+        if (!bdrv_driver_can_compress(bdrv_find_format(
+                bdrv_get_format_name(s.target)))) {
+            error_report("Compression not supported for this file format");
+            goto out;
+        }
+        if (bdrv_get_info(s.target, &bdi) < 0) {
+            error_report("could not get block driver info");
+            goto out;
+        }
+        if (bdi.cluster_size <= 0 || bdi.cluster_size > s.buf_size) {
+            error_report("invalid cluster size");
+            goto out;
+        }
+        s.compressed = true;
+        s.cluster_size = bdi.cluster_size;
+    }
     if (a.target_is_zero) {
         s.has_zero_init = true;
     } else if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
@@ -2224,6 +2289,14 @@ static int img_convert(int argc, char **argv)
     }
 
     ret = convert_do_copy(&s);
+    if (ret == 0 && s.compressed && bdrv_get_file(s.target)) {
+        /* The file ends on a sector boundary (compressed data may not). */
+        BlockDriverState *file = bdrv_get_file(s.target);
+        int64_t len = bdrv_getlength(file);
+        if (len >= 0) {
+            bdrv_truncate(file, len, false, PREALLOC_MODE_OFF, NULL);
+        }
+    }
 
 out:
     if (ret == 0) {
@@ -2317,7 +2390,8 @@ static int commit_data(BlockDriverState *bs, BlockDriverState *base_rw,
         }
         if (ret & BDRV_BLOCK_ALLOCATED || ret & BDRV_BLOCK_ZERO) {
             if (ret & BDRV_BLOCK_ZERO) {
-                ret = bdrv_pwrite_zeroes(base_rw, offset, pnum, 0);
+                ret = bdrv_pwrite_zeroes(base_rw, offset, pnum,
+                                         BDRV_REQ_MAY_UNMAP);
             } else {
                 ret = bdrv_pread(bs, offset, pnum, buf, 0);
                 if (ret < 0) {
@@ -2357,6 +2431,7 @@ static int img_commit(int argc, char **argv)
     bool quiet = false, show_progress = false, writethrough;
     BlockDriverState *bs, *base_bs;
     Error *err = NULL;
+    bool drop = false;
     int flags, c;
 
     while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", long_options,
@@ -2374,7 +2449,7 @@ static int img_commit(int argc, char **argv)
             base = optarg;
             break;
         case 'd':
-            /* the top image is never emptied: nothing to drop */
+            drop = true;
             break;
         case 'p':
             show_progress = true;
@@ -2411,6 +2486,8 @@ static int img_commit(int argc, char **argv)
     progress_init(show_progress, 1.f);
     progress_print(0.f, 100);
     if (base) {
+        /* Committing past the backing file implies -d (as QEMU). */
+        drop = true;
         base_bs = find_backing_image(bs, base);
         if (!base_bs) {
             error_setg(&err, "Did not find '%s' in the backing chain of '%s'",
@@ -2439,6 +2516,15 @@ static int img_commit(int argc, char **argv)
             bdrv_set_enable_write_cache(base_rw, !writethrough);
             commit_data(bs, base_rw, base_bs, &err);
             bdrv_unref(base_rw);
+            /* As QEMU: the top image is emptied unless -d; formats that
+             * cannot (no backing-relative content) keep theirs. */
+            if (!err && !drop) {
+                int ret = bdrv_make_empty(bs);
+                if (ret < 0 && ret != -ENOTSUP) {
+                    error_setg_errno(&err, -ret, "Could not empty %s",
+                                     argv[optind]);
+                }
+            }
             if (!err) {
                 progress_print(100.f, 0);
             }
@@ -2455,6 +2541,145 @@ static int img_commit(int argc, char **argv)
     }
     qprintf(quiet, "Image committed.\n");
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* measure                                                            */
+
+static void dump_measure(OutputFormat output_format,
+                         const BlockMeasureInfo *info)
+{
+    if (output_format == OFORMAT_HUMAN) {
+        printf("required size: %" PRIu64 "\n", (uint64_t)info->required);
+        printf("fully allocated size: %" PRIu64 "\n",
+               (uint64_t)info->fully_allocated);
+        if (info->has_bitmaps) {
+            printf("bitmaps size: %" PRIu64 "\n", (uint64_t)info->bitmaps);
+        }
+        return;
+    }
+    JsonValue *obj = json_new(JSON_OBJECT);
+    json_add_int(obj, "required", info->required);
+    json_add_int(obj, "fully-allocated", info->fully_allocated);
+    if (info->has_bitmaps) {
+        json_add_int(obj, "bitmaps", info->bitmaps);
+    }
+    json_dump(obj);
+}
+
+static int img_measure(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"output", required_argument, 0, OPTION_OUTPUT},
+        {"size", required_argument, 0, OPTION_SIZE},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    OutputFormat output_format = OFORMAT_HUMAN;
+    const char *fmt = NULL, *out_fmt = "raw", *filename = NULL;
+    char *options = NULL;
+    int64_t img_size = -1;
+    BlockDriverState *in_bs = NULL;
+    BlockMeasureInfo *info = NULL;
+    const QemuOptDesc *descs[3];
+    QemuOpts *opts = NULL;
+    Error *err = NULL;
+    BlockDriver *drv;
+    int c, ret = 1;
+
+    while ((c = getopt_long(argc, argv, ":hf:O:o:l:U", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'O':
+            out_fmt = optarg;
+            break;
+        case 'o':
+            accumulate_options(&options, optarg);
+            break;
+        case 'l':
+            error_report("-l (snapshot source) is not supported by this "
+                         "qemu-img");
+            goto out;
+        case 'U':
+            break;
+        case OPTION_OUTPUT:
+            output_format = parse_output_format(optarg);
+            break;
+        case OPTION_SIZE:
+            img_size = cvtnum("image size", optarg);
+            if (img_size < 0) {
+                goto out;
+            }
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (optind < argc) {
+        filename = argv[optind++];
+    }
+    if (optind < argc) {
+        error_report("Unexpected argument: %s", argv[optind]);
+        goto out;
+    }
+    if (options && has_help_option(options)) {
+        ret = print_block_option_help(NULL, out_fmt);
+        goto out;
+    }
+    if (filename && img_size != -1) {
+        error_report("--size N cannot be used together with a filename.");
+        goto out;
+    }
+    if (!filename && img_size == -1) {
+        error_report("Either --size N or one filename must be specified.");
+        goto out;
+    }
+    if (filename) {
+        in_bs = img_open(filename, fmt, 0, false);
+        if (!in_bs) {
+            goto out;
+        }
+    }
+    drv = get_create_descs(out_fmt, NULL, descs, &err);
+    if (!drv) {
+        error_report_err(err);
+        goto out;
+    }
+    descs[1] = bdrv_protocol_create_opts("file");
+    opts = qemu_opts_new();
+    if (options && (qemu_opts_parse(opts, options, NULL, &err) < 0 ||
+                    qemu_opts_validate(opts, descs, &err) < 0)) {
+        error_report_err(err);
+        goto out;
+    }
+    if (img_size != -1) {
+        qemu_opt_set_number(opts, "size", img_size);
+    }
+    info = bdrv_measure(drv, opts, in_bs, &err);
+    if (!info) {
+        error_report_err(err);
+        goto out;
+    }
+    dump_measure(output_format, info);
+    ret = 0;
+out:
+    g_free(info);
+    if (opts) {
+        qemu_opts_del(opts);
+    }
+    if (in_bs) {
+        bdrv_unref(in_bs);
+    }
+    g_free(options);
+    return ret;
 }
 
 /* ------------------------------------------------------------------ */
@@ -3853,8 +4078,7 @@ static int img_amend(int argc, char **argv)
     progress_print(0.f, 0);
     ret = bdrv_amend_options(bs, opts, force, &err);
     progress_print(100.f, 0);
-    if (ret == -ENOTSUP) {
-        error_free(err);
+    if (ret == -ENOTSUP && !err) {
         error_report("Format driver '%s' does not support option amendment",
                      fmt);
     } else if (ret < 0) {
@@ -3895,6 +4119,7 @@ static const ImgCmd img_cmds[] = {
     { "create", img_create },
     { "info", img_info },
     { "map", img_map },
+    { "measure", img_measure },
     { "rebase", img_rebase },
     { "resize", img_resize },
     { "snapshot", img_snapshot },
@@ -3936,6 +4161,8 @@ static void QEMU_NORETURN help(void)
 "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
 "  map [-f fmt] [--start-offset=offset] [--max-length=len]"
 " [--output=ofmt] [-U] filename\n"
+"  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N |"
+" [-f fmt] filename]\n"
 "  snapshot [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot]"
 " filename\n"
 "  rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u]"

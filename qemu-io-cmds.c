@@ -836,8 +836,9 @@ static int write_f(BlockDriverState *bs, int argc, char **argv)
         ret = bdrv_pwrite_zeroes(bs, offset, count, flags);
         total = count;
     } else if (cflag) {
-        /* The block API has no compressed write; no format offers one. */
-        ret = -ENOTSUP;
+        ret = bdrv_pwrite(bs, offset, count, buf,
+                          flags | BDRV_REQ_WRITE_COMPRESSED);
+        total = count;
     } else {
         ret = bdrv_pwrite(bs, offset, count, buf, flags);
         total = count;

@@ -369,6 +369,10 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
     if (!drv->bdrv_co_pwritev) {
         return -ENOTSUP;
     }
+    if ((flags & BDRV_REQ_WRITE_COMPRESSED) &&
+        !(drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED)) {
+        return -ENOTSUP;
+    }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
         ret = drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset,
@@ -608,24 +612,34 @@ int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
     if (!(bs->open_flags & BDRV_O_UNMAP) || !bs->drv->bdrv_co_pdiscard) {
         return 0;
     }
-    /* Discard is advisory: only the aligned interior is passed down. */
+    /*
+     * Discard is advisory. As QEMU's layer: the part aligned to the
+     * driver's discard alignment goes down in one piece, an unaligned head
+     * and tail (request aligned) each in their own, which the driver may
+     * refuse with -ENOTSUP (qcow2 takes a tail that ends the image).
+     */
     align = MAX(bs->bl.pdiscard_alignment, bs->bl.request_alignment);
-    int64_t start = QEMU_ALIGN_UP(offset, align);
-    int64_t end = QEMU_ALIGN_DOWN(offset + bytes, align);
-    if (end <= start) {
+    int64_t lo = QEMU_ALIGN_UP(offset, bs->bl.request_alignment);
+    int64_t hi = QEMU_ALIGN_DOWN(offset + bytes, bs->bl.request_alignment);
+    if (hi <= lo) {
         return 0;
     }
+    int64_t start = MIN(QEMU_ALIGN_UP(lo, align), hi);
+    int64_t end = MAX(QEMU_ALIGN_DOWN(hi, align), start);
+    const int64_t pieces[3][2] = { { lo, start }, { start, end }, { end, hi } };
     bs->in_flight++;
-    tracked_request_begin(&req, bs, start, end - start, true);
+    tracked_request_begin(&req, bs, lo, hi - lo, true);
     wait_serialising_requests(&req);
     ret = 0;
-    for (int64_t off = start; off < end && ret >= 0;) {
-        int64_t n = MIN(end - off, bdrv_max_transfer(bs));
-        ret = bs->drv->bdrv_co_pdiscard(bs, off, n);
-        if (ret == -ENOTSUP) {
-            ret = 0;
+    for (int i = 0; i < 3 && ret >= 0; i++) {
+        for (int64_t off = pieces[i][0]; off < pieces[i][1] && ret >= 0;) {
+            int64_t n = MIN(pieces[i][1] - off, bdrv_max_transfer(bs));
+            ret = bs->drv->bdrv_co_pdiscard(bs, off, n);
+            if (ret == -ENOTSUP) {
+                ret = 0;
+            }
+            off += n;
         }
-        off += n;
     }
     tracked_request_end(&req);
     bs->write_gen++;
@@ -792,6 +806,22 @@ int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
             return ret;
         }
         assert(*pnum > 0 && *pnum <= bytes);
+        if ((ret & BDRV_BLOCK_RECURSE) && local_file) {
+            /* Data that may be a hole in the file below: reads as zero. */
+            int64_t n = *pnum, fpnum;
+            int ret2 = bdrv_co_block_status(local_file, local_map, n, &fpnum,
+                                            NULL, NULL);
+            if (ret2 >= 0) {
+                if ((ret2 & BDRV_BLOCK_EOF) &&
+                    (!fpnum || (ret2 & BDRV_BLOCK_ZERO))) {
+                    ret |= BDRV_BLOCK_ZERO;
+                } else if (fpnum > 0) {
+                    *pnum = fpnum;
+                    ret |= ret2 & BDRV_BLOCK_ZERO;
+                }
+            }
+            ret &= ~BDRV_BLOCK_RECURSE;
+        }
         if (ret & BDRV_BLOCK_RAW) {
             /* The driver maps 1:1 onto local_file: ask it. */
             int64_t n = *pnum;

@@ -223,6 +223,30 @@ static int coroutine_fn raw_create(const char *filename, QemuOpts *opts,
     return bdrv_create_file(filename, opts, errp);
 }
 
+/* Raw images need as many bytes as the disk has (holes included). */
+static BlockMeasureInfo *raw_measure(QemuOpts *opts, BlockDriverState *in_bs,
+                                     Error **errp)
+{
+    BlockMeasureInfo *info;
+    int64_t required;
+
+    if (in_bs) {
+        required = bdrv_getlength(in_bs);
+        if (required < 0) {
+            error_setg_errno(errp, (int)-required, "Unable to get image "
+                             "virtual_size");
+            return NULL;
+        }
+    } else {
+        required = ROUND_UP(qemu_opt_get_size(opts, "size", 0),
+                            BDRV_SECTOR_SIZE);
+    }
+    info = g_new0(BlockMeasureInfo, 1);
+    info->required = required;
+    info->fully_allocated = required;
+    return info;
+}
+
 static BlockDriver bdrv_raw = {
     .format_name            = "raw",
     .instance_size          = sizeof(BDRVRawState),
@@ -244,6 +268,7 @@ static BlockDriver bdrv_raw = {
     .bdrv_getlength         = raw_getlength,
     .bdrv_get_info          = raw_get_info,
     .bdrv_has_zero_init     = raw_has_zero_init,
+    .bdrv_measure           = raw_measure,
     .bdrv_file_perm         = raw_file_perm,
 
     .supported_write_flags  = BDRV_REQ_FUA,

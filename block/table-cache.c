@@ -31,6 +31,7 @@ struct TableCache {
     size_t page_size;
     int num;
     TableEntry *entries;
+    void *pages;                /* every page, in one aligned block */
     GHashTable *by_offset;      /* &entry->offset -> entry */
     GHashTable *by_page;        /* entry->page -> entry */
     GQueue lru;                 /* every entry; head = least recently used */
@@ -41,6 +42,8 @@ struct TableCache {
     int num_deps;
     TableCache *dep;
     const char *load_event, *store_event;
+    TableCachePreWrite *pre_write;
+    void *pre_write_opaque;
     TableCacheStats stats;
 };
 
@@ -56,6 +59,9 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
     c->page_size = page_size;
     c->num = num_pages;
     c->entries = g_new0(TableEntry, num_pages);
+    /* One block for all pages: a large cache of small pages (qcow2 L2
+     * slices) costs its size, not a page-aligned allocation per page. */
+    c->pages = qemu_memalign(MAX(page_size, 4096), page_size * num_pages);
     c->by_offset = g_hash_table_new(g_int64_hash, g_int64_equal);
     c->by_page = g_hash_table_new(NULL, NULL);
     g_queue_init(&c->lru);
@@ -65,13 +71,25 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
     for (int i = 0; i < num_pages; i++) {
         TableEntry *e = &c->entries[i];
         e->offset = -1;
-        e->page = qemu_memalign(MAX(page_size, 4096), page_size);
+        e->page = (uint8_t *)c->pages + (size_t)i * page_size;
         e->lru_link.data = e;
         qemu_co_queue_init(&e->waiters);
         g_queue_push_tail_link(&c->lru, &e->lru_link);
         g_hash_table_insert(c->by_page, e->page, e);
     }
     return c;
+}
+
+void table_cache_set_pre_write(TableCache *c, TableCachePreWrite *fn,
+                               void *opaque)
+{
+    c->pre_write = fn;
+    c->pre_write_opaque = opaque;
+}
+
+int table_cache_num_pages(TableCache *c)
+{
+    return c->num;
 }
 
 void table_cache_free(TableCache *c)
@@ -81,8 +99,8 @@ void table_cache_free(TableCache *c)
     }
     for (int i = 0; i < c->num; i++) {
         assert(c->entries[i].ref == 0);
-        qemu_vfree(c->entries[i].page);
     }
+    qemu_vfree(c->pages);
     g_hash_table_destroy(c->by_offset);
     g_hash_table_destroy(c->by_page);
     g_free(c->entries);
@@ -212,6 +230,12 @@ static int coroutine_fn table_cache_store(TableCache *c, TableEntry **list,
     ret = table_cache_wait_deps(c, need);
     for (int i = 0; i < n; i++) {
         TableEntry *e = list[i];
+        if (ret >= 0) {
+            if (c->pre_write) {
+                ret = c->pre_write(c->pre_write_opaque, e->offset,
+                                   c->page_size);
+            }
+        }
         if (ret >= 0) {
             if (c->store_event) {
                 BLKDBG_EVENT(c->bs, c->store_event);
@@ -353,6 +377,50 @@ int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
     }
 }
 
+int coroutine_fn table_cache_get_empty(TableCache *c, uint64_t offset,
+                                       void **page)
+{
+    int64_t key = offset;
+    int ret;
+
+    assert(offset % c->page_size == 0 && offset <= INT64_MAX);
+    for (;;) {
+        TableEntry *e = g_hash_table_lookup(c->by_offset, &key);
+        if (e) {
+            if (e->loading) {
+                qemu_co_queue_wait(&e->waiters, NULL);
+                continue;
+            }
+            table_cache_pin(e);
+            table_cache_touch(c, e);
+            *page = e->page;
+            return 0;
+        }
+        TableEntry *victim = table_cache_find_victim(c);
+        if (!victim) {
+            qemu_co_queue_wait(&c->free_queue, NULL);
+            continue;
+        }
+        if (victim->dirty) {
+            ret = table_cache_evict_dirty(c, victim);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        if (victim->offset >= 0) {
+            g_hash_table_remove(c->by_offset, &victim->offset);
+        }
+        victim->offset = offset;
+        g_hash_table_insert(c->by_offset, &victim->offset, victim);
+        victim->ref = 1;
+        table_cache_touch(c, victim);
+        memset(victim->page, 0, c->page_size);
+        *page = victim->page;
+        return 0;
+    }
+}
+
 void table_cache_put(TableCache *c, void **page)
 {
     table_cache_unpin(c, table_cache_entry_of(c, *page));
@@ -451,6 +519,29 @@ void table_cache_invalidate(TableCache *c)
             g_queue_push_head_link(&c->lru, &e->lru_link);
         }
     }
+}
+
+void coroutine_fn table_cache_discard(TableCache *c, uint64_t offset)
+{
+    int64_t key = offset;
+    TableEntry *e;
+
+    while ((e = g_hash_table_lookup(c->by_offset, &key)) &&
+           (e->storing || e->loading)) {
+        qemu_co_queue_wait(&e->waiters, NULL);
+    }
+    if (!e) {
+        return;
+    }
+    assert(e->ref == 0);
+    g_hash_table_remove(c->by_offset, &e->offset);
+    e->offset = -1;
+    e->dirty = false;
+    for (int d = 0; d < TABLE_CACHE_MAX_DEPS; d++) {
+        e->dep_gen[d] = 0;
+    }
+    g_queue_unlink(&c->lru, &e->lru_link);
+    g_queue_push_head_link(&c->lru, &e->lru_link);
 }
 
 void table_cache_get_stats(TableCache *c, TableCacheStats *stats)

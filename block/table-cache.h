@@ -36,6 +36,8 @@ typedef struct TableCache TableCache;
 TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
                             int num_pages, const char *load_event,
                             const char *store_event);
+/* Number of pages the cache was created with. */
+int table_cache_num_pages(TableCache *c);
 /* Frees the cache; dirty pages are lost (flush first). */
 void table_cache_free(TableCache *c);
 
@@ -49,9 +51,26 @@ void table_cache_add_dependency_bs(TableCache *c, BlockDriverState *dep_bs);
 /* Write and flush cache dep before writing any dirty page of c. */
 void table_cache_set_dependency(TableCache *c, TableCache *dep);
 
+/*
+ * Called before each page write with the page's offset and size; a
+ * negative return fails the write with that error and leaves the page
+ * dirty (qcow2: the metadata overlap check).
+ */
+typedef int coroutine_fn TableCachePreWrite(void *opaque, uint64_t offset,
+                                            size_t size);
+void table_cache_set_pre_write(TableCache *c, TableCachePreWrite *fn,
+                               void *opaque);
+
 /* Pin the page at byte offset (a multiple of page_size), loading it. */
 int coroutine_fn table_cache_get(TableCache *c, uint64_t offset,
                                  void **page);
+/*
+ * Pin the page at offset without reading it: the area was just allocated
+ * and the caller fills the whole page (it starts zeroed unless it was
+ * cached already), then marks it dirty.
+ */
+int coroutine_fn table_cache_get_empty(TableCache *c, uint64_t offset,
+                                       void **page);
 /* Unpin a page returned by table_cache_get. */
 void table_cache_put(TableCache *c, void **page);
 /* Mark a pinned page dirty, depending on every dependency node as of now. */
@@ -75,6 +94,12 @@ int coroutine_fn table_cache_write(TableCache *c);
 int coroutine_fn table_cache_flush(TableCache *c);
 /* Drop every clean, unpinned page (after the area was rewritten). */
 void table_cache_invalidate(TableCache *c);
+/*
+ * Forget the page at offset even if it is dirty (the area was freed and
+ * its content no longer matters); waits for a write of it in flight. The
+ * page must not be pinned.
+ */
+void coroutine_fn table_cache_discard(TableCache *c, uint64_t offset);
 
 /* Statistics for tests and benchmarks. */
 typedef struct TableCacheStats {

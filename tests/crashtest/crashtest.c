@@ -33,6 +33,43 @@ static const char *const fvd_variants[] = {
     "journal_size=16k", "journal_size=32k", "journal_size=256k", "", NULL,
 };
 
+/* Whether -o sets create option name to value. */
+static bool create_opt_is(const char *name, const char *value)
+{
+    QemuOpts *opts = qemu_opts_new();
+    bool is = false;
+
+    if (cfg.create_opts &&
+        qemu_opts_parse(opts, cfg.create_opts, NULL, NULL) >= 0) {
+        const char *v = qemu_opt_get(opts, name);
+        is = v && !strcmp(v, value);
+    }
+    qemu_opts_del(opts);
+    return is;
+}
+
+/* qcow2's L2 cache loads 4 KiB slices (or whole smaller clusters) when it
+ * does not cover the disk, as with the small caches crashtest sets. */
+static int64_t qcow2_page_size(int64_t cluster_size)
+{
+    return MIN(cluster_size, 4096);
+}
+
+/* One slice maps an entry (8 bytes, 16 with extended_l2) per cluster. */
+static int64_t qcow2_page_span(int64_t cluster_size)
+{
+    int entry = create_opt_is("extended_l2", "on") ? 16 : 8;
+    return qcow2_page_size(cluster_size) / entry * cluster_size;
+}
+
+/* Subclusters need clusters of at least 16 KiB (as QEMU requires). */
+static void qcow2_fit_create_opts(FormatPlug *plug)
+{
+    if (create_opt_is("extended_l2", "on")) {
+        plug->min_cluster_bits = MAX(plug->min_cluster_bits, 14);
+    }
+}
+
 static const FormatPlug format_plugs[] = {
     { "raw" },
     { "add-cow", .backing = true, .data_file_opt = "image_file",
@@ -46,6 +83,14 @@ static const FormatPlug format_plugs[] = {
       .meta_page_size = bitmap_page_size,
       .meta_page_span = bitmap_page_span,
       .create_variants = fvd_variants },
+    { "qcow2", .backing = true, .data_file_opt = "data_file",
+      .data_file_open_opt = "data-file", .data_file_optional = true,
+      .cluster_opt = "cluster_size", .min_cluster_bits = 9,
+      .max_cluster_bits = 21, .cache_opt = "l2-cache-size",
+      .cache_opt2 = "refcount-cache-size",
+      .meta_page_size = qcow2_page_size,
+      .meta_page_span = qcow2_page_span,
+      .fit_create_opts = qcow2_fit_create_opts },
 };
 
 static const char *const cache_modes[] = {
@@ -364,13 +409,16 @@ static BlockDriverState *open_simulated(const Paths *p, const IterConfig *ic,
 
     if (p->data) {
         char *d = g_strconcat("crashsim:", p->data, NULL);
-        qemu_opt_set(opts, cfg.plug.data_file_opt, d);
+        qemu_opt_set(opts, plug_data_file_open_opt(), d);
         g_free(d);
     }
     if (ic->cache_pages) {
-        qemu_opt_set_number(opts, cfg.plug.cache_opt,
-                            ic->cache_pages *
-                            cfg.plug.meta_page_size(ic->cluster_size));
+        int64_t bytes = ic->cache_pages *
+                        cfg.plug.meta_page_size(ic->cluster_size);
+        qemu_opt_set_number(opts, cfg.plug.cache_opt, bytes);
+        if (cfg.plug.cache_opt2) {
+            qemu_opt_set_number(opts, cfg.plug.cache_opt2, bytes);
+        }
     }
     if (p->backing) {
         flags |= BDRV_O_NO_BACKING;
@@ -492,9 +540,11 @@ static const char *replay_flags(void)
     if (cfg.cache_pages >= 0) {
         snprintf(pages, sizeof(pages), " --cache-pages %d", cfg.cache_pages);
     }
-    snprintf(buf, sizeof(buf), "%s%s%s%s%s%s%s%s%s%s%s",
+    snprintf(buf, sizeof(buf), "%s%s%s%s%s%s%s%s%s%s%s%s%s",
              cfg.cache_mode ? " -c " : "",
              cfg.cache_mode ? cfg.cache_mode : "", qd, pages,
+             cfg.data_file ? " --data-file" : "",
+             cfg.no_backing ? " --no-backing" : "",
              cfg.torn == 1 ? " --tear" : cfg.torn == 0 ? " --no-tear" : "",
              cfg.truncate == 1 ? " --truncate" :
              cfg.truncate == 0 ? " --no-truncate" : "",
@@ -639,6 +689,7 @@ static void usage(void)
            "                 [-c MODE] [--qd N] [--cache-pages N]\n"
            "                 [--tear|--no-tear] [--truncate|--no-truncate]\n"
            "                 [--long] [--iter I] [--keep] [-d DIR] [-v]\n"
+           "                 [--data-file] [--no-backing] [--trace]\n"
            "                 [--self-test] [--unsafe] [--early-flush]\n"
            "                 [--no-data-file]\n"
            "Every choice not fixed by an option is drawn per crash point.\n"
@@ -665,6 +716,9 @@ static void parse_args(int argc, char **argv)
         { "unsafe", no_argument, NULL, 'U' },
         { "early-flush", no_argument, NULL, 'E' },
         { "no-data-file", no_argument, NULL, 'N' },
+        { "data-file", no_argument, NULL, 'D' },
+        { "no-backing", no_argument, NULL, 'B' },
+        { "trace", no_argument, NULL, 'R' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -695,6 +749,9 @@ static void parse_args(int argc, char **argv)
         case 'U': cfg.unsafe = true; break;
         case 'E': cfg.early_flush = "data"; break;
         case 'N': cfg.no_data_file = true; break;
+        case 'D': cfg.data_file = true; break;
+        case 'B': cfg.no_backing = true; break;
+        case 'R': cfg.trace = true; break;
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
         }
@@ -736,8 +793,23 @@ void pick_plug(const char *fmt)
             cfg.plug = format_plugs[i];
         }
     }
-    if (cfg.no_data_file) {
+    if (cfg.no_data_file && cfg.data_file) {
+        fprintf(stderr, "crashtest: --data-file and --no-data-file exclude "
+                "each other\n");
+        exit(2);
+    }
+    if (cfg.no_data_file ||
+        (cfg.plug.data_file_optional && !cfg.data_file)) {
         cfg.plug.data_file_opt = NULL;
+        cfg.plug.data_file_open_opt = NULL;
+    }
+    if (cfg.data_file && !cfg.plug.data_file_opt) {
+        fprintf(stderr, "crashtest: format '%s' has no data file option\n",
+                fmt);
+        exit(2);
+    }
+    if (cfg.no_backing) {
+        cfg.plug.backing = false;
     }
     cfg.create_sets_cluster = false;
     if (cfg.plug.cluster_opt && cfg.create_opts) {
@@ -752,6 +824,9 @@ void pick_plug(const char *fmt)
                                                    0);
         }
         qemu_opts_del(opts);
+    }
+    if (cfg.plug.fit_create_opts) {
+        cfg.plug.fit_create_opts(&cfg.plug);
     }
     if (cfg.plug.cache_opt && !cfg.plug.meta_page_size) {
         die("the format's plug has a cache option but no page size", NULL);

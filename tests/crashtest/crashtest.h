@@ -29,11 +29,19 @@ typedef struct FormatPlug {
     /* Create and open option naming a data file the format opens itself;
      * crashtest names it "crashsim:PATH" at open, plain PATH at create. */
     const char *data_file_opt;
+    /* The open option for it when named differently (qcow2: data_file at
+     * create, data-file at open), else NULL. */
+    const char *data_file_open_opt;
+    /* The data file is used only with --data-file (qcow2), else always. */
+    bool data_file_optional;
     /* Create option for the cluster size and its range (log2), or NULL. */
     const char *cluster_opt;
     int min_cluster_bits, max_cluster_bits;
     /* Open option bounding the metadata cache, in bytes, or NULL. */
     const char *cache_opt;
+    /* A second cache bounded to the same bytes (qcow2's refcount blocks,
+     * paged like its L2 tables), or NULL. */
+    const char *cache_opt2;
     /* Bytes of one metadata cache page, and guest bytes one page maps, for
      * a cluster size (NULL: the format has no paged metadata). */
     int64_t (*meta_page_size)(int64_t cluster_size);
@@ -41,6 +49,8 @@ typedef struct FormatPlug {
     /* Create options drawn per crash point, one string of the NULL-ended
      * list (e.g. journal sizes); options given with -o win. May be NULL. */
     const char *const *create_variants;
+    /* Fit the plug to the -o create options (NULL: nothing to fit). */
+    void (*fit_create_opts)(struct FormatPlug *plug);
 } FormatPlug;
 
 /* ---- command line ---- */
@@ -60,14 +70,24 @@ typedef struct Config {
     int truncate;               /* -1: random, else 0/1 */
     bool keep;
     bool verbose;
+    bool trace;                 /* --trace: every request on stderr */
     bool self_test;
     bool unsafe;                /* cache=unsafe: flushes make nothing durable */
+    bool data_file;             /* --data-file: use an optional data file */
+    bool no_backing;            /* --no-backing: no backing file */
     const char *early_flush;    /* self-test fault: "data" or NULL */
     bool no_data_file;          /* --no-data-file: the plug's extra file off */
     char *dir;
 } Config;
 
 extern Config cfg;
+
+/* The open option naming the data file (see FormatPlug). */
+static inline const char *plug_data_file_open_opt(void)
+{
+    return cfg.plug.data_file_open_opt ? cfg.plug.data_file_open_opt
+                                       : cfg.plug.data_file_opt;
+}
 
 /* ---- one iteration ---- */
 

@@ -109,10 +109,32 @@ static void req_check_read(Req *r, const uint8_t *buf)
     }
 }
 
+/* --trace: one line per request issued and completed, on stderr. */
+static void req_trace(const Req *r, const char *what, int ret)
+{
+    if (!cfg.trace) {
+        return;
+    }
+    fprintf(stderr, "trace: %s %s", what, req_names[r->kind]);
+    if (r->kind != REQ_FLUSH) {
+        fprintf(stderr, " [%" PRId64 ", +%" PRId64 ")", r->offset, r->len);
+    }
+    if (req_is_write(r)) {
+        fprintf(stderr, " id %u%s", r->id,
+                r->flags & BDRV_REQ_MAY_UNMAP ? " unmap" : "");
+    }
+    if (ret < 0) {
+        fprintf(stderr, ": %s", strerror(-ret));
+    }
+    fprintf(stderr, "\n");
+}
+
 static void req_done(Req *r, int ret)
 {
     Work *w = r->w;
     bool before_cut = !crashsim_crashed();
+
+    req_trace(r, "done", ret);
 
     if (ret < 0) {
         if (req_is_write(r)) {
@@ -211,6 +233,7 @@ static void work_issue(Work *w, Req *r)
     w->n_inflight++;
     w->ws->requests++;
     w->ws->max_inflight = MAX(w->ws->max_inflight, (unsigned)w->n_inflight);
+    req_trace(r, "issue", 0);
     qemu_coroutine_enter(qemu_coroutine_create(req_entry, r));
 }
 
@@ -340,6 +363,9 @@ static void coroutine_fn work_grow(Work *w)
     }
     size = MIN(size, l->size + GROW_ROOM);
     guint idx = model_resize_issued(w->m, size);
+    if (cfg.trace) {
+        fprintf(stderr, "trace: grow to %" PRId64 "\n", size);
+    }
     int ret = bdrv_co_truncate(w->bs, size, false, PREALLOC_MODE_OFF, &err);
     if (ret >= 0 && !crashsim_crashed()) {
         model_resize_done(w->m, idx);

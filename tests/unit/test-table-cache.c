@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * Unit tests of the shared metadata table cache: one load per page under
- * concurrent getters, LRU eviction with write-back, and the dependency rule
- * (the dependency node is flushed before a dirty page is written).
+ * concurrent getters, LRU eviction with write-back, the dependency rule
+ * (the dependency node is flushed before a dirty page is written), pages
+ * of one allocation, empty pages, discarded pages and the pre-write hook.
  */
 #include "block_int.h"
 #include "block/table-cache.h"
@@ -332,6 +333,118 @@ static void test_flush_merging(void)
     g_free(path);
 }
 
+/* ---- pages of one allocation, empty pages, discard, pre-write ---- */
+
+typedef struct PagesArgs {
+    TableCache *c;
+    BlockDriverState *bs;
+    int fail_writes;            /* the pre-write hook fails this many */
+    int hook_calls;
+    uint64_t hook_offset;
+    bool done;
+} PagesArgs;
+
+static int coroutine_fn pre_write_hook(void *opaque, uint64_t offset,
+                                       size_t size)
+{
+    PagesArgs *a = opaque;
+
+    a->hook_calls++;
+    a->hook_offset = offset;
+    g_assert_cmpint(size, ==, 512);
+    if (a->fail_writes > 0) {
+        a->fail_writes--;
+        return -EPERM;
+    }
+    return 0;
+}
+
+static void coroutine_fn pages_entry(void *opaque)
+{
+    PagesArgs *a = opaque;
+    uint8_t *page, *other, b[512];
+
+    /* An empty page is zeroed and never read from the file. */
+    g_assert_cmpint(table_cache_get_empty(a->c, 512, (void **)&page), ==, 0);
+    g_assert(buffer_is_zero(page, 512));
+    memset(page, 0x21, 512);
+    table_cache_mark_dirty(a->c, page);
+    table_cache_put(a->c, (void **)&page);
+    TableCacheStats st;
+    table_cache_get_stats(a->c, &st);
+    g_assert_cmpint(st.loads, ==, 0);
+    /* Asking again for it as empty returns the cached content. */
+    g_assert_cmpint(table_cache_get_empty(a->c, 512, (void **)&page), ==, 0);
+    g_assert_cmpint(page[511], ==, 0x21);
+    table_cache_put(a->c, (void **)&page);
+
+    /* A failing pre-write hook fails the write and keeps the page dirty. */
+    a->fail_writes = 1;
+    g_assert_cmpint(table_cache_write(a->c), ==, -EPERM);
+    g_assert_cmpint(a->hook_offset, ==, 512);
+    g_assert_cmpint(bdrv_co_pread(a->bs, 512, 512, b, 0), ==, 0);
+    g_assert_cmpint(b[0], ==, 0x55);
+    g_assert_cmpint(table_cache_flush(a->c), ==, 0);
+    g_assert_cmpint(bdrv_co_pread(a->bs, 512, 512, b, 0), ==, 0);
+    g_assert_cmpint(b[0], ==, 0x21);
+
+    /* A discarded dirty page is forgotten: never written. */
+    g_assert_cmpint(table_cache_get(a->c, 1024, (void **)&page), ==, 0);
+    g_assert_cmpint(page[0], ==, 0x55);
+    memset(page, 0x33, 512);
+    table_cache_mark_dirty(a->c, page);
+    table_cache_put(a->c, (void **)&page);
+    table_cache_discard(a->c, 1024);
+    int calls = a->hook_calls;
+    g_assert_cmpint(table_cache_flush(a->c), ==, 0);
+    g_assert_cmpint(a->hook_calls, ==, calls);
+    g_assert_cmpint(bdrv_co_pread(a->bs, 1024, 512, b, 0), ==, 0);
+    g_assert_cmpint(b[0], ==, 0x55);
+    g_assert_cmpint(table_cache_get(a->c, 1024, (void **)&page), ==, 0);
+    g_assert_cmpint(page[0], ==, 0x55);
+    table_cache_put(a->c, (void **)&page);
+
+    /*
+     * Every page of the cache pinned at once: distinct, whole buffers, all
+     * in one block of 64 * 512 bytes (a cache of small pages costs its
+     * size, not a 4 KiB-aligned allocation per page).
+     */
+    uint8_t *pinned[64], *lo = NULL, *hi = NULL;
+    for (int i = 0; i < 64; i++) {
+        g_assert_cmpint(table_cache_get(a->c, 4096 + i * 512,
+                                        (void **)&pinned[i]), ==, 0);
+        memset(pinned[i], i, 512);
+        lo = !lo || pinned[i] < lo ? pinned[i] : lo;
+        hi = !hi || pinned[i] > hi ? pinned[i] : hi;
+    }
+    g_assert_cmpint(hi - lo, ==, 63 * 512);
+    for (int i = 0; i < 64; i++) {
+        for (int k = 0; k < 512; k++) {
+            g_assert_cmpint(pinned[i][k], ==, i);
+        }
+        other = pinned[i];
+        table_cache_put(a->c, (void **)&other);
+    }
+    a->done = true;
+}
+
+static void test_pages_empty_discard_pre_write(void)
+{
+    BlockDriverState *bs = open_file("pages.img", 1 * MiB);
+    uint8_t buf[64 * 1024];
+    memset(buf, 0x55, sizeof(buf));
+    g_assert_cmpint(bdrv_pwrite(bs, 0, sizeof(buf), buf, 0), ==, 0);
+
+    TableCache *c = table_cache_new(bs, 512, 64, NULL, NULL);
+    PagesArgs a = { c, bs };
+    g_assert_cmpint(table_cache_num_pages(c), ==, 64);
+    table_cache_set_pre_write(c, pre_write_hook, &a);
+    qemu_coroutine_enter(qemu_coroutine_create(pages_entry, &a));
+    AIO_WAIT_WHILE(!a.done);
+    table_cache_free(c);
+    bdrv_unref(bs);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-table-cache.XXXXXX";
@@ -341,6 +454,7 @@ int main(int argc, char **argv)
     test_evict_and_dependency();
     test_page_waits_for_running_flush();
     test_flush_merging();
+    test_pages_empty_discard_pre_write();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);
