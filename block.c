@@ -7,6 +7,7 @@
 #include "block_int.h"
 #include "util/aio.h"
 #include "util/cutils.h"
+#include "util/json-parse.h"
 
 #define BACKING_CHAIN_MAX 64
 
@@ -345,12 +346,30 @@ static void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
            !(bs->bl.request_alignment & (bs->bl.request_alignment - 1)));
 }
 
-/* Check leftover options against the driver's table; split known ones. */
+/*
+ * Does key belong to a child the driver opens itself ("image.driver" for
+ * blkdebug's image)? Such keys are the driver's to pass on.
+ */
+static bool bdrv_is_child_key(const BlockDriver *drv, const char *key)
+{
+    for (const char *const *p = drv->child_prefixes; p && *p; p++) {
+        size_t n = strlen(*p);
+
+        if (!strncmp(key, *p, n) && key[n] == '.') {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Check the node's options (generic ones taken out) against its driver. */
 static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
                                    Error **errp)
 {
     const QemuOptDesc *descs[2] = { drv->open_opts, NULL };
     static const QemuOptDesc none[] = { { NULL } };
+    QemuOpts *own = qemu_opts_new();
+    int ret = 0;
 
     if (!drv->open_opts) {
         descs[0] = none;
@@ -358,7 +377,11 @@ static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
     for (size_t i = 0; i < qemu_opts_count(opts); i++) {
         const char *name, *value;
         bool known = false;
+
         qemu_opts_nth(opts, i, &name, &value);
+        if (bdrv_is_child_key(drv, name)) {
+            continue;
+        }
         for (const QemuOptDesc *d = descs[0]; d->name; d++) {
             known |= !strcmp(d->name, name);
         }
@@ -370,17 +393,27 @@ static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
                 error_setg(errp, "Block format '%s' does not support the "
                            "option '%s'", drv->format_name, name);
             }
-            return -EINVAL;
+            ret = -EINVAL;
+            break;
         }
+        qemu_opt_set(own, name, value);
     }
-    return qemu_opts_validate(opts, descs, errp);
+    if (ret == 0) {
+        ret = qemu_opts_validate(own, descs, errp);
+    }
+    qemu_opts_del(own);
+    return ret;
 }
 
 typedef struct OpenArgs {
-    const char *filename;
-    const char *fmt;
-    QemuOpts *options;
+    const char *filename;       /* as the user gave it ("json:{...}" too) */
+    const char *fmt;            /* -f; a "driver" option overrides it */
+    QemuOpts *options;          /* borrowed; NULL: none */
+    /* In: the open flags. Out: with the node's generic options applied
+     * (force-share=on, read-only=on), for the user's permissions. */
     int flags;
+    /* No driver named: probe a format over the protocol node (false: the
+     * protocol node alone). */
     bool allow_probe;
     int depth;
     BlockDriverState *result;
@@ -401,6 +434,11 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
     }
     if (!drv->bdrv_open) {
         error_setg(errp, "Driver '%s' cannot open images", drv->format_name);
+        goto fail;
+    }
+    if (!*bs->filename && !drv->filename_optional) {
+        error_setg(errp, "The '%s' block driver requires a file name",
+                   drv->format_name);
         goto fail;
     }
     ret = drv->bdrv_open(bs, opts, flags, errp);
@@ -492,6 +530,80 @@ static bool bdrv_header_driver_allowed(BlockDriver *drv, const char *what,
 
 static bool bdrv_header_names_check(const char *what, const char *name,
                                     const char *fmt, const char *origin,
+                                    int flags, Error **errp);
+
+/* The last component of a flattened option key ("file.driver" -> "driver"). */
+static const char *bdrv_opt_basename(const char *key)
+{
+    const char *dot = strrchr(key, '.');
+    return dot ? dot + 1 : key;
+}
+
+/*
+ * A json: description from a header (name) needs the opt-in; then every
+ * driver it selects and every file name it holds obey the rule as if they
+ * stood alone (so never a filter, at any depth).
+ */
+static bool bdrv_header_json_check(const char *what, const char *name,
+                                   const char *origin, int flags,
+                                   Error **errp)
+{
+    static const char *const name_keys[] = {
+        "filename", "image_file", "data_file", "data-file",
+    };
+    Error *local_err = NULL;
+    JsonNode *node;
+    QemuOpts *opts;
+    bool ok = true;
+
+    if (!(flags & BDRV_O_HEADER_PROTOCOLS)) {
+        error_setg(errp, "%s '%s'%s is a json: description, which needs "
+                   "--allow-header-protocols", what, name, origin);
+        return false;
+    }
+    node = json_parse(name + strlen("json:"), &local_err);
+    opts = qemu_opts_new();
+    if (!node || node->type != JSON_NODE_OBJECT ||
+        json_flatten_into_opts(node, opts, &local_err) < 0) {
+        error_setg(errp, "%s '%s'%s is not a valid json: description%s%s",
+                   what, name, origin, local_err ? ": " : "",
+                   local_err ? error_get_pretty(local_err) : "");
+        error_free(local_err);
+        ok = false;
+    }
+    for (size_t i = 0; ok && i < qemu_opts_count(opts); i++) {
+        const char *key, *value, *base;
+        BlockDriver *drv;
+
+        qemu_opts_nth(opts, i, &key, &value);
+        base = bdrv_opt_basename(key);
+        if (!strcmp(base, "driver")) {
+            drv = bdrv_find_format(value);
+            if (!drv) {
+                error_setg(errp, "%s '%s'%s selects the unknown driver '%s'",
+                           what, name, origin, value);
+                ok = false;
+            } else {
+                ok = bdrv_header_driver_allowed(drv, what, name, origin,
+                                                flags, errp);
+            }
+            continue;
+        }
+        for (unsigned k = 0; k < ARRAY_SIZE(name_keys); k++) {
+            if (!strcmp(base, name_keys[k])) {
+                ok = bdrv_header_names_check(what, value, NULL, origin, flags,
+                                             errp);
+                break;
+            }
+        }
+    }
+    qemu_opts_del(opts);
+    json_node_free(node);
+    return ok;
+}
+
+static bool bdrv_header_names_check(const char *what, const char *name,
+                                    const char *fmt, const char *origin,
                                     int flags, Error **errp)
 {
     size_t len;
@@ -501,17 +613,15 @@ static bool bdrv_header_names_check(const char *what, const char *name,
         BlockDriver *drv = bdrv_find_protocol(name, NULL);
 
         if (len == 4 && !strncmp(name, "json", 4)) {
-            error_setg(errp, "%s '%s'%s is a json: description, which an "
-                       "image header may never hold", what, name, origin);
-            return false;
-        }
-        if (!drv) {
+            if (!bdrv_header_json_check(what, name, origin, flags, errp)) {
+                return false;
+            }
+        } else if (!drv) {
             error_setg(errp, "%s '%s'%s uses the unknown protocol '%.*s'",
                        what, name, origin, (int)len, name);
             return false;
-        }
-        if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
-                                        errp)) {
+        } else if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
+                                               errp)) {
             return false;
         }
     }
@@ -541,21 +651,27 @@ bool bdrv_header_name_storable(const char *what, const char *name,
 }
 
 /*
- * Keys every node accepts besides its driver's open_opts: they set open
- * flags for the node and everything opened below it.
+ * Keys every node accepts besides its driver's open_opts (QEMU's generic
+ * block options): they set open flags for the node and everything opened
+ * below it.
  */
 static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
 {
     static const struct {
         const char *name;
         int flag;
+        bool on_clears;         /* "on" clears the flag (read-only) */
     } keys[] = {
         { "allow-header-protocols", BDRV_O_HEADER_PROTOCOLS },
         { "force-share", BDRV_O_FORCE_SHARE },
+        { "cache.direct", BDRV_O_NOCACHE },
+        { "cache.no-flush", BDRV_O_NO_FLUSH },
+        { "read-only", BDRV_O_RDWR, true },
     };
+    char *discard = qemu_opt_get_del(opts, "discard");
     int ret = 0;
 
-    for (unsigned i = 0; i < ARRAY_SIZE(keys); i++) {
+    for (unsigned i = 0; i < ARRAY_SIZE(keys) && ret == 0; i++) {
         char *v = qemu_opt_get_del(opts, keys[i].name);
         bool on;
 
@@ -564,11 +680,23 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
                        keys[i].name);
             ret = -EINVAL;
         } else if (v) {
-            *flags = on ? (*flags | keys[i].flag) : (*flags & ~keys[i].flag);
+            *flags = on != keys[i].on_clears ? (*flags | keys[i].flag)
+                                             : (*flags & ~keys[i].flag);
         }
         g_free(v);
     }
-    if (ret >= 0 && (*flags & BDRV_O_FORCE_SHARE) && (*flags & BDRV_O_RDWR)) {
+    if (ret == 0 && discard) {
+        if (!strcmp(discard, "unmap") || !strcmp(discard, "on")) {
+            *flags |= BDRV_O_UNMAP;
+        } else if (!strcmp(discard, "ignore") || !strcmp(discard, "off")) {
+            *flags &= ~BDRV_O_UNMAP;
+        } else {
+            error_setg(errp, "Invalid discard option");
+            ret = -EINVAL;
+        }
+    }
+    g_free(discard);
+    if (ret == 0 && (*flags & BDRV_O_FORCE_SHARE) && (*flags & BDRV_O_RDWR)) {
         error_setg(errp, "force-share=on can only be used with read-only "
                    "images");
         ret = -EINVAL;
@@ -576,94 +704,82 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
     return ret;
 }
 
+/*
+ * "json:{...}" names a graph by its options (QEMU's pseudo-protocol): its
+ * members join opts, below the options given beside it.
+ */
+static int bdrv_absorb_json_name(const char *filename, QemuOpts *opts,
+                                 Error **errp)
+{
+    Error *local_err = NULL;
+    JsonNode *node = json_parse(filename + strlen("json:"), &local_err);
+    int ret = -EINVAL;
+
+    if (!node) {
+        error_propagate(errp, local_err);
+        error_prepend(errp, "Could not parse the JSON options: ");
+        return -EINVAL;
+    }
+    if (node->type != JSON_NODE_OBJECT) {
+        error_setg(errp, "Invalid JSON object given");
+    } else {
+        ret = json_flatten_into_opts(node, opts, errp);
+    }
+    json_node_free(node);
+    return ret;
+}
+
+static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
+                                                         Error **errp);
 static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
                                              QemuOpts *backing_opts,
                                              int depth, Error **errp);
 
-static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
-                                                         Error **errp)
+/*
+ * A protocol node (drv NULL: chosen by the name's prefix, or by probing
+ * the device for a name without one).
+ */
+static BlockDriverState *coroutine_fn
+bdrv_co_open_protocol(BlockDriver *drv, const char *name, QemuOpts *opts,
+                      int flags, Error **errp)
 {
-    QemuOpts *opts = a->options ? qemu_opts_clone(a->options)
-                                : qemu_opts_new();
-    QemuOpts *file_opts = NULL, *backing_opts = NULL;
-    BlockDriverState *file = NULL, *bs = NULL;
-    BlockDriver *proto, *fmt_drv = NULL;
-    char *drvname = qemu_opt_get_del(opts, "driver");
-    char *fname = qemu_opt_get_del(opts, "filename");
-    char *fname2 = NULL;
-    const char *filename = a->filename ? a->filename : fname;
-    const char *fmt = drvname ? drvname : a->fmt;
+    if (!drv) {
+        if (!name || !*name) {
+            error_setg(errp, "A block device must be specified for \"file\"");
+            return NULL;
+        }
+        drv = bdrv_find_protocol(name, errp);
+        if (!drv) {
+            return NULL;
+        }
+    }
+    return bdrv_co_open_node(drv, name ? name : "", opts, flags, NULL, errp);
+}
+
+/* Open a format node drv (NULL: probe) over file; takes file. */
+static BlockDriverState *coroutine_fn
+bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
+                         BlockDriverState *file, QemuOpts *opts,
+                         QemuOpts *backing_opts, Error **errp)
+{
+    BlockDriverState *bs;
     bool probed = false;
+    Error *local_err = NULL;
+    int ret;
 
-    if (fmt) {
-        fmt_drv = bdrv_find_format(fmt);
-        if (!fmt_drv) {
-            error_setg(errp, "Unknown driver '%s'", fmt);
-            goto out;
-        }
-    }
-    if (bdrv_take_generic_opts(opts, &a->flags, errp) < 0) {
-        goto out;
-    }
-    file_opts = qemu_opts_extract_prefix(opts, "file");
-    backing_opts = qemu_opts_extract_prefix(opts, "backing");
-    if (!filename && file_opts) {
-        /* --image-opts driver=raw,file.filename=X */
-        fname2 = qemu_opt_get_del(file_opts, "filename");
-        filename = fname2;
-        g_free(qemu_opt_get_del(file_opts, "driver"));
-    }
-    if (!filename || !*filename) {
-        error_setg(errp, "A block device must be specified for \"file\"");
-        goto out;
-    }
-
-    /* A protocol named as the format (-f file, -f blkdebug) is the node. */
-    if (fmt_drv && fmt_drv->protocol_name) {
-        if (file_opts) {
-            error_setg(errp, "Invalid parameter 'file' for protocol '%s'",
-                       fmt_drv->format_name);
-            goto out;
-        }
-        bs = bdrv_co_open_node(fmt_drv, filename, opts, a->flags, NULL,
-                               errp);
-        goto out;
-    }
-    proto = bdrv_find_protocol(filename, errp);
-    if (!proto) {
-        goto out;
-    }
-    if (a->flags & BDRV_O_PROTOCOL) {
-        bs = bdrv_co_open_node(proto, filename, file_opts ? file_opts : opts,
-                               a->flags, NULL, errp);
-        goto out;
-    }
-    if (!file_opts) {
-        file_opts = qemu_opts_new();
-    }
-    file = bdrv_co_open_node(proto, filename, file_opts, a->flags, NULL,
-                             errp);
-    if (!file) {
-        goto out;
-    }
-    if (!fmt_drv) {
-        if (!a->allow_probe) {
-            bs = file;
-            file = NULL;
-            goto out;
-        }
-        fmt_drv = bdrv_co_probe(file, filename, errp);
-        if (!fmt_drv) {
-            goto out;
+    if (!drv) {
+        drv = bdrv_co_probe(file, name, errp);
+        if (!drv) {
+            bdrv_unref(file);
+            return NULL;
         }
         probed = true;
     }
-    bs = bdrv_new(fmt_drv, filename, a->flags);
+    bs = bdrv_new(drv, name, a->flags);
     bs->probed = probed;
     bs->file = file;
     bs->backing_depth = a->depth;
-    file = NULL;
-    int ret = bdrv_validate_open_opts(fmt_drv, opts, errp);
+    ret = bdrv_validate_open_opts(drv, opts, errp);
     if (ret < 0) {
         goto fail_bs;
     }
@@ -672,12 +788,11 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     if (ret < 0) {
         goto fail_bs;
     }
-    ret = fmt_drv->bdrv_open(bs, opts, a->flags, errp);
+    ret = drv->bdrv_open(bs, opts, a->flags, errp);
     if (ret < 0) {
         goto fail_bs;
     }
     bs->options = qemu_opts_clone(opts);
-    Error *local_err = NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
         error_propagate(errp, local_err);
@@ -685,8 +800,7 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     }
     ret = bdrv_refresh_total_bytes(bs);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not get the size of '%s'",
-                         filename);
+        error_setg_errno(errp, -ret, "Could not get the size of '%s'", name);
         goto fail_close;
     }
     if (!(a->flags & BDRV_O_NO_BACKING) && bs->backing_file[0]) {
@@ -699,31 +813,115 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
                    "options to");
         goto fail_close;
     }
-    goto out;
+    return bs;
 
 fail_close:
-    if (fmt_drv->bdrv_close) {
-        fmt_drv->bdrv_close(bs);
+    if (drv->bdrv_close) {
+        drv->bdrv_close(bs);
     }
 fail_bs:
     bdrv_unref(bs->file);
     bs->file = NULL;
     bdrv_free(bs);
-    bs = NULL;
+    return NULL;
+}
+
+/*
+ * A format or filter node: its "file" child is opened first from name
+ * (the name flows down to the protocol) or from the "file." options
+ * (file.driver may name another format or filter), then the node itself.
+ */
+static BlockDriverState *coroutine_fn
+bdrv_co_open_format(OpenArgs *a, BlockDriver *drv, const char *name,
+                    QemuOpts *opts, Error **errp)
+{
+    QemuOpts *file_opts = qemu_opts_extract_prefix(opts, "file");
+    QemuOpts *backing_opts = qemu_opts_extract_prefix(opts, "backing");
+    OpenArgs fa = {
+        .filename = name,
+        .options = file_opts,
+        .flags = a->flags,
+        .allow_probe = false,
+        .depth = a->depth,
+    };
+    BlockDriverState *file, *bs = NULL;
+
+    if (qemu_opt_has(opts, "file")) {
+        /* QEMU's reference to another node by name: we have none. */
+        const char *ref = qemu_opt_get(opts, "file");
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'", ref,
+                   ref);
+        goto out;
+    }
+    if (!name && !file_opts) {
+        error_setg(errp, "A block device must be specified for \"file\"");
+        goto out;
+    }
+    file = bdrv_co_open_graph(&fa, errp);
+    if (!file) {
+        goto out;
+    }
+    bs = bdrv_co_open_format_node(a, drv, name ? name : file->filename, file,
+                                  opts, backing_opts, errp);
 out:
-    if (file) {
-        bdrv_unref(file);
+    qemu_opts_del(file_opts);
+    qemu_opts_del(backing_opts);
+    return bs;
+}
+
+/*
+ * Open the graph a describes: a protocol node, or a format (given,
+ * named by a "driver" option, or probed) over its file child, with its
+ * backing chain.
+ */
+static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
+                                                         Error **errp)
+{
+    QemuOpts *opts = a->options ? qemu_opts_clone(a->options)
+                                : qemu_opts_new();
+    const char *filename = a->filename;
+    BlockDriverState *bs = NULL;
+    BlockDriver *drv = NULL;
+    char *drvname = NULL, *fname = NULL;
+    const char *fmt;
+    bool proto_only = (a->flags & BDRV_O_PROTOCOL) || !a->allow_probe;
+
+    a->flags &= ~BDRV_O_PROTOCOL;
+    if (filename && strstart(filename, "json:", NULL)) {
+        if (bdrv_absorb_json_name(filename, opts, errp) < 0) {
+            goto out;
+        }
+        filename = NULL;
     }
-    if (file_opts) {
-        qemu_opts_del(file_opts);
+    drvname = qemu_opt_get_del(opts, "driver");
+    fname = qemu_opt_get_del(opts, "filename");
+    if (filename && fname) {
+        error_setg(errp, "Can't specify 'file' and 'filename' options at the "
+                   "same time");
+        goto out;
     }
-    if (backing_opts) {
-        qemu_opts_del(backing_opts);
+    filename = filename ? filename : fname;
+    if (bdrv_take_generic_opts(opts, &a->flags, errp) < 0) {
+        goto out;
     }
+    fmt = drvname ? drvname : a->fmt;
+    if (fmt) {
+        drv = bdrv_find_format(fmt);
+        if (!drv) {
+            error_setg(errp, "Unknown driver '%s'", fmt);
+            goto out;
+        }
+    }
+    /* A protocol named as the driver (-f file, -f blkdebug) is the node. */
+    if ((drv && drv->protocol_name) || (!drv && proto_only)) {
+        bs = bdrv_co_open_protocol(drv, filename, opts, a->flags, errp);
+    } else {
+        bs = bdrv_co_open_format(a, drv, filename, opts, errp);
+    }
+out:
     qemu_opts_del(opts);
     g_free(drvname);
     g_free(fname);
-    g_free(fname2);
     return bs;
 }
 

@@ -65,8 +65,15 @@ struct BlockDriver {
     bool is_filter;                 /* passes requests to bs->file; never
                                      * reachable from an image header */
     bool supports_backing;
+    /* Protocols that need no name (null-co): opening one without a file
+     * name is not an error. */
+    bool filename_optional;
     const QemuOptDesc *create_opts; /* qemu-img create -o */
     const QemuOptDesc *open_opts;   /* runtime options for bdrv_open */
+    /* Prefixes of options for children the driver opens itself
+     * ("image" for blkdebug: image.driver=qcow2): the layer passes keys
+     * "PREFIX.*" to bdrv_open unchecked. NULL-terminated; NULL: none. */
+    const char *const *child_prefixes;
     const QemuOptDesc *amend_opts;  /* qemu-img amend -o; NULL: none */
 
     /* ---- probing ---- */
@@ -80,8 +87,10 @@ struct BlockDriver {
     /*
      * Formats: bs->file is open. Set bs->backing_file / bs->backing_format
      * when the image has a backing file; the layer opens it afterwards.
-     * Protocols: bs->filename is the whole name. options holds only the keys
-     * listed in open_opts (validated). flags are BDRV_O_*.
+     * Protocols: bs->filename is the whole name ("" when the user named
+     * the node by options only and filename_optional is set). options
+     * holds only the keys listed in open_opts (validated) and those under
+     * child_prefixes. flags are BDRV_O_*.
      */
     int coroutine_fn (*bdrv_open)(BlockDriverState *bs, QemuOpts *options,
                                   int flags, Error **errp);
