@@ -660,31 +660,41 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
     static const struct {
         const char *name;
         int flag;
-        bool on_clears;         /* "on" clears the flag (read-only) */
     } keys[] = {
         { "allow-header-protocols", BDRV_O_HEADER_PROTOCOLS },
         { "force-share", BDRV_O_FORCE_SHARE },
         { "cache.direct", BDRV_O_NOCACHE },
         { "cache.no-flush", BDRV_O_NO_FLUSH },
-        { "read-only", BDRV_O_RDWR, true },
     };
     char *discard = qemu_opt_get_del(opts, "discard");
+    char *ro = qemu_opt_get_del(opts, "read-only");
+    bool on;
     int ret = 0;
 
     for (unsigned i = 0; i < ARRAY_SIZE(keys) && ret == 0; i++) {
         char *v = qemu_opt_get_del(opts, keys[i].name);
-        bool on;
 
         if (v && !qemu_parse_bool(v, &on)) {
             error_setg(errp, "Parameter '%s' expects 'on' or 'off'",
                        keys[i].name);
             ret = -EINVAL;
         } else if (v) {
-            *flags = on != keys[i].on_clears ? (*flags | keys[i].flag)
-                                             : (*flags & ~keys[i].flag);
+            *flags = on ? (*flags | keys[i].flag) : (*flags & ~keys[i].flag);
         }
         g_free(v);
     }
+    /* A node the user made read-only cannot serve a writable open (QEMU
+     * refuses the write permission the same way). */
+    if (ret == 0 && ro) {
+        if (!qemu_parse_bool(ro, &on)) {
+            error_setg(errp, "Parameter 'read-only' expects 'on' or 'off'");
+            ret = -EINVAL;
+        } else if (on && (*flags & BDRV_O_RDWR)) {
+            error_setg(errp, "Block node is read-only");
+            ret = -EPERM;
+        }
+    }
+    g_free(ro);
     if (ret == 0 && discard) {
         if (!strcmp(discard, "unmap") || !strcmp(discard, "on")) {
             *flags |= BDRV_O_UNMAP;
@@ -869,6 +879,22 @@ out:
     return bs;
 }
 
+/* Do opts name child (a "child" reference or "child.*" options)? */
+static bool bdrv_opts_name_child(QemuOpts *opts, const char *child)
+{
+    size_t n = strlen(child);
+
+    for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+
+        qemu_opts_nth(opts, i, &name, &value);
+        if (!strncmp(name, child, n) && (!name[n] || name[n] == '.')) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /*
  * Open the graph a describes: a protocol node, or a format (given,
  * named by a "driver" option, or probed) over its file child, with its
@@ -900,7 +926,6 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
                    "same time");
         goto out;
     }
-    filename = filename ? filename : fname;
     if (bdrv_take_generic_opts(opts, &a->flags, errp) < 0) {
         goto out;
     }
@@ -914,8 +939,14 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     }
     /* A protocol named as the driver (-f file, -f blkdebug) is the node. */
     if ((drv && drv->protocol_name) || (!drv && proto_only)) {
-        bs = bdrv_co_open_protocol(drv, filename, opts, a->flags, errp);
+        bs = bdrv_co_open_protocol(drv, filename ? filename : fname, opts,
+                                   a->flags, errp);
+    } else if (!drv && !filename &&
+               !bdrv_opts_name_child(opts, "file")) {
+        error_setg(errp, "Must specify either driver or file");
     } else {
+        /* A format's own "filename" option names no file: the file child
+         * is named by file.filename (QEMU's rule). */
         bs = bdrv_co_open_format(a, drv, filename, opts, errp);
     }
 out:

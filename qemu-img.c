@@ -74,6 +74,10 @@ static void QEMU_NORETURN unrecognized_option(const char *option)
  * all of them accept (IMG_OPEN_OPTIONS, handled in common_option).
  */
 static int img_common_flags;
+/* --image-opts: image names are option strings ("driver=raw,file.filename=
+ * disk.img"); --target-image-opts: the same for convert's target. */
+static bool img_image_opts;
+static bool img_target_image_opts;
 
 #define IMG_OPEN_OPTIONS \
     {"allow-header-protocols", no_argument, 0, OPTION_ALLOW_HEADER_PROTOCOLS},
@@ -90,9 +94,11 @@ static void common_option(int c, char **argv)
         error_report("--object is not supported by this qemu-img");
         exit(EXIT_FAILURE);
     case OPTION_IMAGE_OPTS:
+        img_image_opts = true;
+        break;
     case OPTION_TARGET_IMAGE_OPTS:
-        error_report("--image-opts is not supported by this qemu-img");
-        exit(EXIT_FAILURE);
+        img_target_image_opts = true;
+        break;
     case OPTION_ALLOW_HEADER_PROTOCOLS:
         /* Names in image headers may use network protocols (they may
          * still never name a filter): docs/image-names.md. */
@@ -459,24 +465,72 @@ static void json_dump(JsonValue *v)
 /* ------------------------------------------------------------------ */
 /* Opening images and option helpers                                  */
 
-static BlockDriverState *img_open(const char *filename, const char *fmt,
-                                  int flags, bool writethrough)
+/*
+ * --image-opts: name is "key=value,..." (a first element without '=' is
+ * QEMU's node reference "file=", which we cannot resolve).
+ */
+static QemuOpts *img_parse_image_opts(const char *name, const char *fmt,
+                                      int flags)
+{
+    QemuOpts *opts;
+    Error *err = NULL;
+    const char *fs;
+
+    if (fmt) {
+        error_report("--image-opts and --format are mutually exclusive");
+        return NULL;
+    }
+    opts = qemu_opts_new();
+    if (qemu_opts_parse(opts, name, "file", &err) < 0) {
+        error_report_err(err);
+        qemu_opts_del(opts);
+        return NULL;
+    }
+    fs = qemu_opt_get(opts, "force-share");
+    if ((flags & BDRV_O_FORCE_SHARE) && fs && strcmp(fs, "on")) {
+        error_report("--force-share/-U conflicts with image options");
+        qemu_opts_del(opts);
+        return NULL;
+    }
+    return opts;
+}
+
+/* Open name as the user named it: a file name, or with image_opts an
+ * option string. */
+static BlockDriverState *img_open_as(bool image_opts, const char *filename,
+                                     const char *fmt, int flags,
+                                     bool writethrough)
 {
     BlockDriverState *bs;
+    QemuOpts *opts = NULL;
     Error *err = NULL;
 
-    if (fmt && !bdrv_find_format(fmt)) {
+    if (image_opts) {
+        opts = img_parse_image_opts(filename, fmt, flags);
+        if (!opts) {
+            return NULL;
+        }
+    } else if (fmt && !bdrv_find_format(fmt)) {
         error_report("Could not open '%s': Unknown driver '%s'", filename,
                      fmt);
         return NULL;
     }
-    bs = bdrv_open(filename, fmt, NULL, flags | img_common_flags, &err);
+    bs = bdrv_open(image_opts ? NULL : filename, fmt, opts,
+                   flags | img_common_flags, &err);
+    qemu_opts_del(opts);
     if (!bs) {
         error_report_prefixed(err, "Could not open '%s': ", filename);
         return NULL;
     }
     bdrv_set_enable_write_cache(bs, !writethrough);
     return bs;
+}
+
+/* The images a subcommand names (--image-opts applies to them). */
+static BlockDriverState *img_open(const char *filename, const char *fmt,
+                                  int flags, bool writethrough)
+{
+    return img_open_as(img_image_opts, filename, fmt, flags, writethrough);
 }
 
 /* -o may be given several times: the lists are joined with ','. */
@@ -1190,9 +1244,11 @@ static GPtrArray *collect_image_info_list(const char *filename,
         }
         g_hash_table_add(seen, g_strdup(name));
 
-        /* As QEMU: no guest I/O, so no read or write permission taken. */
-        bs = img_open(name, cur_fmt,
-                      BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags, false);
+        /* As QEMU: no guest I/O, so no read or write permission taken.
+         * Only the first name is the user's (--image-opts). */
+        bs = img_open_as(img_image_opts && list->len == 0, name, cur_fmt,
+                         BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags,
+                         false);
         if (!bs) {
             goto err;
         }
@@ -2106,8 +2162,12 @@ static int img_convert(int argc, char **argv)
         }
     }
     (void)explicit_min_sparse;
-    if (!a.out_fmt && !a.skip_create) {
+    if (!a.out_fmt && !img_target_image_opts) {
         a.out_fmt = "raw";
+    }
+    if (img_target_image_opts && !a.skip_create) {
+        error_report("--target-image-opts requires use of -n flag");
+        goto out;
     }
     if (a.quiet) {
         a.progress = false;
@@ -2197,7 +2257,8 @@ static int img_convert(int argc, char **argv)
             goto out;
         }
     }
-    s.target = img_open(out_filename, a.out_fmt, flags, writethrough);
+    s.target = img_open_as(img_target_image_opts, out_filename, a.out_fmt,
+                           flags, writethrough);
     if (!s.target) {
         goto out;
     }

@@ -718,11 +718,21 @@ static int coroutine_fn file_co_block_status(BlockDriverState *bs,
         }
         ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
     }
-    /* Keep answers aligned for O_DIRECT users; round data up. */
-    if (align > 1 && *pnum < bytes) {
-        int64_t end = QEMU_ALIGN_UP(offset + *pnum, align);
-        *pnum = MIN(bytes, MAX(end - offset, align));
-        ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    /*
+     * Keep answers aligned for O_DIRECT users, as QEMU does: a data extent
+     * ending inside a block (a partial block at the end of the file) grows
+     * to the block's end; a hole ending inside one shrinks to the block
+     * before it, or, if nothing is left, the block counts as data.
+     */
+    if (align > 1 && !QEMU_IS_ALIGNED(offset + *pnum, align)) {
+        int64_t down = QEMU_ALIGN_DOWN(offset + *pnum, align);
+
+        if ((ret & BDRV_BLOCK_ZERO) && down > offset) {
+            *pnum = down - offset;
+        } else {
+            *pnum = MIN(bytes, QEMU_ALIGN_UP(offset + *pnum, align) - offset);
+            ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+        }
     }
     return ret;
 }

@@ -113,6 +113,18 @@ static void coroutine_fn wait_serialising_requests(BdrvTrackedRequest *self)
     } while (retry);
 }
 
+/*
+ * The request layer's own blkdebug events (QEMU's names: pwritev,
+ * pwritev_done, pwritev_rmw_*): raised on the node doing the request and
+ * seen only if that node is blkdebug itself, as in QEMU.
+ */
+static void bdrv_debug_event_node(BlockDriverState *bs, const char *event)
+{
+    if (bs->drv && bs->drv->bdrv_debug_event) {
+        bs->drv->bdrv_debug_event(bs, event);
+    }
+}
+
 /* ---- checks ---- */
 
 static int bdrv_check_request(BlockDriverState *bs, int64_t offset,
@@ -440,11 +452,14 @@ static int coroutine_fn bdrv_aligned_pwritev(BlockDriverState *bs,
     int ret;
 
     if (flags & BDRV_REQ_ZERO_WRITE) {
+        /* (blkdebug raises QEMU's pwritev_zero itself, as "zero") */
         ret = bdrv_driver_pwrite_zeroes(bs, offset, bytes, flags);
     } else {
+        bdrv_debug_event_node(bs, "pwritev");
         ret = bdrv_driver_pwritev(bs, offset, bytes, qiov, qiov_offset,
                                   flags);
     }
+    bdrv_debug_event_node(bs, "pwritev_done");
     if (ret >= 0 && bs->drv->protocol_name && bs->total_bytes >= 0 &&
         offset + bytes > bs->total_bytes) {
         bdrv_refresh_total_bytes(bs);
@@ -502,14 +517,25 @@ static int coroutine_fn bdrv_co_do_rmw(BlockDriverState *bs, int64_t offset,
     }
 
     bdrv_pad_init(&pad, bs, offset, bytes, qiov, qiov_offset);
+    /* The events let tests stop a write between its reads and its write
+     * (blkdebug breakpoints, QEMU's names); head and tail inside one block
+     * are one read, announced as the head. */
     if (pad.head) {
+        bdrv_debug_event_node(bs, "pwritev_rmw_head");
         qemu_iovec_init_buf(&blk, pad.buf, align);
         ret = bdrv_aligned_preadv(bs, pad.offset, align, &blk, 0, 0);
+        bdrv_debug_event_node(bs, "pwritev_rmw_after_head");
+        if (pad.tail && pad.bytes == align) {
+            memcpy(pad.buf + align, pad.buf, align);
+            pad.tail = 0;       /* read already */
+        }
     }
     if (ret >= 0 && pad.tail) {
+        bdrv_debug_event_node(bs, "pwritev_rmw_tail");
         qemu_iovec_init_buf(&blk, pad.buf + align, align);
         ret = bdrv_aligned_preadv(bs, pad.offset + pad.bytes - align, align,
                                   &blk, 0, 0);
+        bdrv_debug_event_node(bs, "pwritev_rmw_after_tail");
     }
     if (ret >= 0) {
         ret = bdrv_aligned_pwritev(bs, pad.offset, pad.bytes, &pad.qiov, 0,
