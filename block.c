@@ -71,13 +71,36 @@ static bool path_has_protocol(const char *path, size_t *len)
     return true;
 }
 
+/*
+ * A name without a prefix: the protocol whose bdrv_probe_device likes it
+ * best (host_device for /dev/sda), else "file".
+ */
+static BlockDriver *bdrv_find_local_protocol(const char *filename)
+{
+    BlockDriver *best = NULL;
+    int best_score = 0;
+
+    for (guint i = 0; i < bdrv_drivers->len; i++) {
+        BlockDriver *drv = g_ptr_array_index(bdrv_drivers, i);
+
+        if (drv->bdrv_probe_device) {
+            int score = drv->bdrv_probe_device(filename);
+            if (score > best_score) {
+                best_score = score;
+                best = drv;
+            }
+        }
+    }
+    return best ? best : bdrv_find_format("file");
+}
+
 BlockDriver *bdrv_find_protocol(const char *filename, Error **errp)
 {
     size_t len;
 
     bdrv_init();
     if (!path_has_protocol(filename, &len)) {
-        return bdrv_find_format("file");
+        return bdrv_find_local_protocol(filename);
     }
     /* "sheepdog+unix://" style names select the base protocol. */
     size_t base_len = strcspn(filename, "+:");
@@ -871,8 +894,10 @@ bdrv_co_open_format(OpenArgs *a, BlockDriver *drv, const char *name,
     if (!file) {
         goto out;
     }
-    bs = bdrv_co_open_format_node(a, drv, name ? name : file->filename, file,
-                                  opts, backing_opts, errp);
+    /* The node shows its file's name, as the protocol normalised it
+     * ("file:a.img" is "a.img"), as QEMU does. */
+    bs = bdrv_co_open_format_node(a, drv, file->filename, file, opts,
+                                  backing_opts, errp);
 out:
     qemu_opts_del(file_opts);
     qemu_opts_del(backing_opts);
@@ -1148,6 +1173,59 @@ int bdrv_create(BlockDriver *drv, const char *filename, QemuOpts *opts,
     return c.ret;
 }
 
+/*
+ * "Creating" on a protocol that cannot create (a device, null-co), as
+ * QEMU does: open what is there, make sure it is big enough (growing it
+ * if the protocol can) and zero its first sector, so that no old content
+ * is probed as a format.
+ */
+static int bdrv_create_file_fallback(BlockDriver *proto, const char *filename,
+                                     QemuOpts *opts, Error **errp)
+{
+    uint64_t size = opts ? qemu_opt_get_size(opts, "size", 0) : 0;
+    const char *prealloc = opts ? qemu_opt_get(opts, "preallocation") : NULL;
+    Error *local_err = NULL;
+    BlockDriverState *bs;
+    int64_t len;
+    int ret;
+
+    if (prealloc && strcmp(prealloc, "off")) {
+        error_setg(errp, "Unsupported preallocation mode '%s'", prealloc);
+        return -ENOTSUP;
+    }
+    bs = bdrv_open(filename, proto->format_name, NULL,
+                   BDRV_O_RDWR | BDRV_O_RESIZE, &local_err);
+    if (!bs) {
+        error_propagate(errp, local_err);
+        error_prepend(errp, "Protocol driver '%s' does not support image "
+                      "creation, and opening the image failed: ",
+                      proto->format_name);
+        return -EINVAL;
+    }
+    ret = bdrv_truncate(bs, size, false, PREALLOC_MODE_OFF, &local_err);
+    if (ret == -ENOTSUP) {
+        error_free(local_err);
+        ret = 0;
+    } else if (ret < 0) {
+        error_propagate(errp, local_err);
+    }
+    len = ret < 0 ? 0 : bdrv_getlength(bs);
+    if (ret == 0 && len >= 0 && (uint64_t)len < size) {
+        error_setg(errp, "Image file size is smaller than specified");
+        ret = -EINVAL;
+    }
+    if (ret == 0 && len > 0) {
+        ret = bdrv_pwrite_zeroes(bs, 0, MIN(len, (int64_t)BDRV_SECTOR_SIZE),
+                                 BDRV_REQ_MAY_UNMAP);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to clear the new image's "
+                             "first sector");
+        }
+    }
+    bdrv_unref(bs);
+    return ret;
+}
+
 int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
 {
     BlockDriver *proto = bdrv_find_protocol(filename, errp);
@@ -1156,6 +1234,14 @@ int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
 
     if (!proto) {
         return -ENOENT;
+    }
+    if (!proto->bdrv_create && proto->create_opens_existing) {
+        return bdrv_create_file_fallback(proto, filename, opts, errp);
+    }
+    if (!proto->bdrv_create) {
+        error_setg(errp, "Protocol driver '%s' does not support image "
+                   "creation", proto->format_name);
+        return -ENOTSUP;
     }
     /* Pass only the options the protocol understands. */
     popts = qemu_opts_new();

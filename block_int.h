@@ -68,6 +68,9 @@ struct BlockDriver {
     /* Protocols that need no name (null-co): opening one without a file
      * name is not an error. */
     bool filename_optional;
+    /* Protocols without bdrv_create whose "create" opens what exists (a
+     * device) and checks it is big enough (QEMU's create_opts_simple). */
+    bool create_opens_existing;
     const QemuOptDesc *create_opts; /* qemu-img create -o */
     const QemuOptDesc *open_opts;   /* runtime options for bdrv_open */
     /* Prefixes of options for children the driver opens itself

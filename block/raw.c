@@ -207,9 +207,10 @@ static int64_t raw_getlength(BlockDriverState *bs)
     return MAX(len - (int64_t)s->offset, 0);
 }
 
+/* What the file knows (QEMU's raw asks it too: over null-co, nothing). */
 static int raw_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
 {
-    return 0;
+    return bdrv_get_info(bs->file, bdi);
 }
 
 static bool raw_has_zero_init(BlockDriverState *bs)
