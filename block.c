@@ -1044,6 +1044,11 @@ BlockDriverState *bdrv_open(const char *filename, const char *fmt,
     };
 
     bdrv_init();
+    /* Copying needs writing; as QEMU, say so before opening anything. */
+    if ((flags & BDRV_O_COPY_ON_READ) && !(flags & BDRV_O_RDWR)) {
+        error_setg(errp, "Can't use copy-on-read on read-only device");
+        return NULL;
+    }
     bdrv_run_co(bdrv_open_entry, &a);
     if (!a.result) {
         error_propagate(errp, a.err);

@@ -114,7 +114,8 @@ struct BlockDriver {
      * Promises for preadv/pwritev: offset and bytes are multiples of
      * bs->bl.request_alignment, bytes <= bl.max_transfer when set, bytes > 0,
      * qiov (from qiov_offset) covers exactly bytes; flags only contain bits
-     * the driver listed in supported_write_flags (writes) or none (reads).
+     * the driver listed in supported_write_flags (writes) or none (reads;
+     * filters may get BDRV_REQ_COPY_ON_READ, to pass to their file).
      * The range does not overlap any serialising request in flight.
      */
     int coroutine_fn (*bdrv_co_preadv)(BlockDriverState *bs, int64_t offset,

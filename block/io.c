@@ -157,7 +157,8 @@ static int64_t bdrv_max_transfer(BlockDriverState *bs)
 static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
                                            int64_t offset, int64_t bytes,
                                            QEMUIOVector *qiov,
-                                           size_t qiov_offset)
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
 {
     BlockDriver *drv = bs->drv;
     int64_t max = bdrv_max_transfer(bs);
@@ -170,7 +171,8 @@ static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
     }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
-        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset, 0);
+        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset,
+                                      flags);
         if (ret < 0) {
             return ret;
         }
@@ -213,8 +215,9 @@ static int coroutine_fn bdrv_co_do_copy_on_readv(BlockDriverState *bs,
             int64_t align = bs->bl.request_alignment;
             pnum = MIN(QEMU_ALIGN_UP(offset + pnum, align) - offset, bytes);
         }
-        ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset);
+        ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset, 0);
         if (ret >= 0 && copy) {
+            BLKDBG_EVENT(bs->file, "cor_write");
             ret = bdrv_driver_pwritev(bs, offset, pnum, qiov, qiov_offset, 0);
         }
         if (ret < 0) {
@@ -256,7 +259,10 @@ static int coroutine_fn bdrv_aligned_preadv(BlockDriverState *bs,
         return bdrv_co_do_copy_on_readv(bs, offset, readable, qiov,
                                         qiov_offset);
     }
-    return bdrv_driver_preadv(bs, offset, readable, qiov, qiov_offset);
+    /* A filter passes copy-on-read to the node that has the backing. */
+    return bdrv_driver_preadv(bs, offset, readable, qiov, qiov_offset,
+                              bs->drv->is_filter
+                              ? flags & BDRV_REQ_COPY_ON_READ : 0);
 }
 
 /*
