@@ -1035,6 +1035,75 @@ static void coroutine_fn bdrv_open_entry(void *opaque)
     a->result = bdrv_co_open_graph(a, &a->err);
 }
 
+/*
+ * Snapshot mode (QEMU's -snapshot): the image opened read-only below a
+ * temporary overlay that takes every write and is deleted at once (its
+ * files stay open, so they vanish when the graph is closed, or when the
+ * process dies). The overlay is qcow2 when that driver is built in, else
+ * add-cow (with its data file beside it).
+ */
+static BlockDriverState *bdrv_open_snapshot(const char *filename,
+                                            const char *fmt,
+                                            QemuOpts *options, int flags,
+                                            Error **errp)
+{
+    const char *dir = g_getenv("TMPDIR");
+    BlockDriver *drv = bdrv_find_format("qcow2");
+    BlockDriverState *base, *top = NULL;
+    char *tmp, *data = NULL;
+    QemuOpts *opts;
+    int64_t len;
+    int fd;
+
+    base = bdrv_open(filename, fmt, options,
+                     flags & ~(BDRV_O_SNAPSHOT | BDRV_O_RDWR |
+                               BDRV_O_COPY_ON_READ | BDRV_O_RESIZE), errp);
+    if (!base) {
+        return NULL;
+    }
+    len = bdrv_getlength(base);
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get image size");
+        bdrv_unref(base);
+        return NULL;
+    }
+    tmp = g_build_filename(dir && *dir ? dir : "/var/tmp", "vl.XXXXXX",
+                           NULL);
+    fd = mkstemp(tmp);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "Could not get temporary filename");
+        goto out;
+    }
+    close(fd);
+    opts = qemu_opts_new();
+    qemu_opt_set_number(opts, "size", len);
+    if (!drv) {
+        drv = bdrv_find_format("add-cow");
+        data = g_strdup_printf("%s.raw", tmp);
+        qemu_opt_set(opts, "image_file", data);
+    }
+    if (bdrv_create(drv, tmp, opts, errp) >= 0) {
+        top = bdrv_open(tmp, bdrv_driver_name(drv), NULL,
+                        (flags & ~BDRV_O_SNAPSHOT) | BDRV_O_RDWR |
+                        BDRV_O_NO_BACKING, errp);
+    }
+    qemu_opts_del(opts);
+    if (top) {
+        /* Reads of what the overlay lacks go to the open image. */
+        base->is_root = false;
+        bdrv_set_backing_hd(top, base);
+    }
+out:
+    unlink(tmp);
+    if (data) {
+        unlink(data);
+    }
+    g_free(tmp);
+    g_free(data);
+    bdrv_unref(base);
+    return top;
+}
+
 BlockDriverState *bdrv_open(const char *filename, const char *fmt,
                             QemuOpts *options, int flags, Error **errp)
 {
@@ -1044,6 +1113,9 @@ BlockDriverState *bdrv_open(const char *filename, const char *fmt,
     };
 
     bdrv_init();
+    if (flags & BDRV_O_SNAPSHOT) {
+        return bdrv_open_snapshot(filename, fmt, options, flags, errp);
+    }
     /* Copying needs writing; as QEMU, say so before opening anything. */
     if ((flags & BDRV_O_COPY_ON_READ) && !(flags & BDRV_O_RDWR)) {
         error_setg(errp, "Can't use copy-on-read on read-only device");

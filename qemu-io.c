@@ -152,6 +152,13 @@ static int reopen_f(BlockDriverState *bs, int argc, char **argv)
         ret = -EINVAL;
         goto out;
     }
+    /* A new graph would come with a new, empty overlay: the writes made
+     * in snapshot mode would be gone. */
+    if (cur_flags & BDRV_O_SNAPSHOT) {
+        error_report("Cannot reopen an image opened in snapshot mode (-s)");
+        ret = -ENOTSUP;
+        goto out;
+    }
     /* Everything written so far must be on disk before the new graph
      * reads the metadata. */
     qemuio_wait_aio();
@@ -231,9 +238,8 @@ static int open_f(BlockDriverState *bs, int argc, char **argv)
     while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
         switch (c) {
         case 's':
-            error_report("snapshot mode (-s) is not supported");
-            ret = -ENOTSUP;
-            goto out;
+            flags |= BDRV_O_SNAPSHOT;
+            break;
         case 'n':
             flags |= BDRV_O_NOCACHE;
             writethrough = false;
@@ -539,8 +545,8 @@ int main(int argc, char **argv)
                             long_options, NULL)) != -1) {
         switch (c) {
         case 's':
-            error_report("snapshot mode (-s) is not supported");
-            exit(1);
+            flags |= BDRV_O_SNAPSHOT;
+            break;
         case 'n':
             flags |= BDRV_O_NOCACHE;
             writethrough = false;
