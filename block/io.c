@@ -255,7 +255,10 @@ static int coroutine_fn bdrv_aligned_preadv(BlockDriverState *bs,
     if (readable == 0) {
         return 0;
     }
-    if ((flags & BDRV_REQ_COPY_ON_READ) && bs->backing) {
+    /* As QEMU: whatever the node does not hold itself is written into it,
+     * backing file or not (unallocated parts of an image without one are
+     * copied as the zeroes they read as). */
+    if ((flags & BDRV_REQ_COPY_ON_READ) && !bs->drv->is_filter) {
         return bdrv_co_do_copy_on_readv(bs, offset, readable, qiov,
                                         qiov_offset);
     }
@@ -330,7 +333,7 @@ int coroutine_fn bdrv_co_preadv_part(BlockDriverState *bs, int64_t offset,
     align = bs->bl.request_alignment;
     bs->in_flight++;
     tracked_request_begin(&req, bs, offset, bytes, false);
-    if ((flags & BDRV_REQ_COPY_ON_READ) && bs->backing) {
+    if ((flags & BDRV_REQ_COPY_ON_READ) && !bs->drv->is_filter) {
         /* Copying writes into the image: exclude concurrent writers. */
         tracked_request_serialise(&req, align);
     }
