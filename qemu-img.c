@@ -618,6 +618,11 @@ static BlockDriver *get_create_descs(const char *fmt, const char *filename,
                    bdrv_driver_name(drv));
         return NULL;
     }
+    if (proto && !bdrv_driver_create_opts(proto)) {
+        error_setg(errp, "Protocol driver '%s' does not support image "
+                   "creation", bdrv_driver_name(proto));
+        return NULL;
+    }
     descs[n++] = bdrv_driver_create_opts(drv);
     if (proto && proto != drv && bdrv_driver_create_opts(proto)) {
         descs[n++] = bdrv_driver_create_opts(proto);
