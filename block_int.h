@@ -155,6 +155,10 @@ struct BlockDriver {
     int coroutine_fn (*bdrv_co_truncate)(BlockDriverState *bs, int64_t offset,
                                          bool exact, PreallocMode prealloc,
                                          Error **errp);
+    /* Removable media (host_cdrom): false while no medium is present;
+     * every request to a graph over this node then fails with
+     * -ENOMEDIUM. NULL: always present. */
+    bool (*bdrv_is_inserted)(BlockDriverState *bs);
     /* Virtual size in bytes (cheap; no I/O). */
     int64_t (*bdrv_getlength)(BlockDriverState *bs);
     /* Default: sum over bs->file (and driver-opened files via the hook). */

@@ -1072,6 +1072,14 @@ static int cdrom_probe_device(const char *filename)
     return score;
 }
 
+/* A medium is present when the drive says it has a readable disc. */
+static bool cdrom_is_inserted(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+
+    return ioctl(s->fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) == CDS_DISC_OK;
+}
+
 /* What the three protocols share (they differ in what they open). */
 #define FILE_DRIVER_COMMON                                          \
     .local_file             = true,                                 \
@@ -1109,6 +1117,7 @@ static BlockDriver bdrv_host_cdrom = {
     .format_name            = "host_cdrom",
     .protocol_name          = "host_cdrom",
     .bdrv_probe_device      = cdrom_probe_device,
+    .bdrv_is_inserted       = cdrom_is_inserted,
     .create_opens_existing  = true,
     FILE_DRIVER_COMMON,
 };

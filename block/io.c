@@ -127,10 +127,21 @@ static void bdrv_debug_event_node(BlockDriverState *bs, const char *event)
 
 /* ---- checks ---- */
 
+/* Is there a medium below the root bs (host_cdrom without a disc)? */
+static bool bdrv_is_inserted(BlockDriverState *bs)
+{
+    for (; bs && bs->drv; bs = bs->file) {
+        if (bs->drv->bdrv_is_inserted && !bs->drv->bdrv_is_inserted(bs)) {
+            return false;
+        }
+    }
+    return bs == NULL;
+}
+
 static int bdrv_check_request(BlockDriverState *bs, int64_t offset,
                               int64_t bytes)
 {
-    if (!bs->drv) {
+    if (!bs->drv || (bs->is_root && !bdrv_is_inserted(bs))) {
         return -ENOMEDIUM;
     }
     if (offset < 0 || bytes < 0 || offset > INT64_MAX - bytes) {
