@@ -339,8 +339,7 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
     } else if (!image && *bs->filename) {
         image = bs->filename;
     }
-    if ((!image || !*image) &&
-        !(image_opts && qemu_opt_has(image_opts, "filename"))) {
+    if ((!image || !*image) && !image_opts) {
         error_setg(errp, "blkdebug: no image given");
         ret = -EINVAL;
         goto fail;
