@@ -7,6 +7,7 @@
 #include "block_int.h"
 #include "util/aio.h"
 #include "util/cutils.h"
+#include "util/json-parse.h"
 
 #define BACKING_CHAIN_MAX 64
 
@@ -70,13 +71,36 @@ static bool path_has_protocol(const char *path, size_t *len)
     return true;
 }
 
+/*
+ * A name without a prefix: the protocol whose bdrv_probe_device likes it
+ * best (host_device for /dev/sda), else "file".
+ */
+static BlockDriver *bdrv_find_local_protocol(const char *filename)
+{
+    BlockDriver *best = NULL;
+    int best_score = 0;
+
+    for (guint i = 0; i < bdrv_drivers->len; i++) {
+        BlockDriver *drv = g_ptr_array_index(bdrv_drivers, i);
+
+        if (drv->bdrv_probe_device) {
+            int score = drv->bdrv_probe_device(filename);
+            if (score > best_score) {
+                best_score = score;
+                best = drv;
+            }
+        }
+    }
+    return best ? best : bdrv_find_format("file");
+}
+
 BlockDriver *bdrv_find_protocol(const char *filename, Error **errp)
 {
     size_t len;
 
     bdrv_init();
     if (!path_has_protocol(filename, &len)) {
-        return bdrv_find_format("file");
+        return bdrv_find_local_protocol(filename);
     }
     /* "sheepdog+unix://" style names select the base protocol. */
     size_t base_len = strcspn(filename, "+:");
@@ -350,12 +374,30 @@ static void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
            !(bs->bl.request_alignment & (bs->bl.request_alignment - 1)));
 }
 
-/* Check leftover options against the driver's table; split known ones. */
+/*
+ * Does key belong to a child the driver opens itself ("image.driver" for
+ * blkdebug's image)? Such keys are the driver's to pass on.
+ */
+static bool bdrv_is_child_key(const BlockDriver *drv, const char *key)
+{
+    for (const char *const *p = drv->child_prefixes; p && *p; p++) {
+        size_t n = strlen(*p);
+
+        if (!strncmp(key, *p, n) && key[n] == '.') {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Check the node's options (generic ones taken out) against its driver. */
 static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
                                    Error **errp)
 {
     const QemuOptDesc *descs[2] = { drv->open_opts, NULL };
     static const QemuOptDesc none[] = { { NULL } };
+    QemuOpts *own = qemu_opts_new();
+    int ret = 0;
 
     if (!drv->open_opts) {
         descs[0] = none;
@@ -363,7 +405,11 @@ static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
     for (size_t i = 0; i < qemu_opts_count(opts); i++) {
         const char *name, *value;
         bool known = false;
+
         qemu_opts_nth(opts, i, &name, &value);
+        if (bdrv_is_child_key(drv, name)) {
+            continue;
+        }
         for (const QemuOptDesc *d = descs[0]; d->name; d++) {
             known |= !strcmp(d->name, name);
         }
@@ -375,17 +421,27 @@ static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
                 error_setg(errp, "Block format '%s' does not support the "
                            "option '%s'", drv->format_name, name);
             }
-            return -EINVAL;
+            ret = -EINVAL;
+            break;
         }
+        qemu_opt_set(own, name, value);
     }
-    return qemu_opts_validate(opts, descs, errp);
+    if (ret == 0) {
+        ret = qemu_opts_validate(own, descs, errp);
+    }
+    qemu_opts_del(own);
+    return ret;
 }
 
 typedef struct OpenArgs {
-    const char *filename;
-    const char *fmt;
-    QemuOpts *options;
+    const char *filename;       /* as the user gave it ("json:{...}" too) */
+    const char *fmt;            /* -f; a "driver" option overrides it */
+    QemuOpts *options;          /* borrowed; NULL: none */
+    /* In: the open flags. Out: with the node's generic options applied
+     * (force-share=on, read-only=on), for the user's permissions. */
     int flags;
+    /* No driver named: probe a format over the protocol node (false: the
+     * protocol node alone). */
     bool allow_probe;
     int depth;
     BlockDriverState *result;
@@ -406,6 +462,11 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
     }
     if (!drv->bdrv_open) {
         error_setg(errp, "Driver '%s' cannot open images", drv->format_name);
+        goto fail;
+    }
+    if (!*bs->filename && !drv->filename_optional) {
+        error_setg(errp, "The '%s' block driver requires a file name",
+                   drv->format_name);
         goto fail;
     }
     ret = drv->bdrv_open(bs, opts, flags, errp);
@@ -497,6 +558,80 @@ static bool bdrv_header_driver_allowed(BlockDriver *drv, const char *what,
 
 static bool bdrv_header_names_check(const char *what, const char *name,
                                     const char *fmt, const char *origin,
+                                    int flags, Error **errp);
+
+/* The last component of a flattened option key ("file.driver" -> "driver"). */
+static const char *bdrv_opt_basename(const char *key)
+{
+    const char *dot = strrchr(key, '.');
+    return dot ? dot + 1 : key;
+}
+
+/*
+ * A json: description from a header (name) needs the opt-in; then every
+ * driver it selects and every file name it holds obey the rule as if they
+ * stood alone (so never a filter, at any depth).
+ */
+static bool bdrv_header_json_check(const char *what, const char *name,
+                                   const char *origin, int flags,
+                                   Error **errp)
+{
+    static const char *const name_keys[] = {
+        "filename", "image_file", "data_file", "data-file",
+    };
+    Error *local_err = NULL;
+    JsonNode *node;
+    QemuOpts *opts;
+    bool ok = true;
+
+    if (!(flags & BDRV_O_HEADER_PROTOCOLS)) {
+        error_setg(errp, "%s '%s'%s is a json: description, which needs "
+                   "--allow-header-protocols", what, name, origin);
+        return false;
+    }
+    node = json_parse(name + strlen("json:"), &local_err);
+    opts = qemu_opts_new();
+    if (!node || node->type != JSON_NODE_OBJECT ||
+        json_flatten_into_opts(node, opts, &local_err) < 0) {
+        error_setg(errp, "%s '%s'%s is not a valid json: description%s%s",
+                   what, name, origin, local_err ? ": " : "",
+                   local_err ? error_get_pretty(local_err) : "");
+        error_free(local_err);
+        ok = false;
+    }
+    for (size_t i = 0; ok && i < qemu_opts_count(opts); i++) {
+        const char *key, *value, *base;
+        BlockDriver *drv;
+
+        qemu_opts_nth(opts, i, &key, &value);
+        base = bdrv_opt_basename(key);
+        if (!strcmp(base, "driver")) {
+            drv = bdrv_find_format(value);
+            if (!drv) {
+                error_setg(errp, "%s '%s'%s selects the unknown driver '%s'",
+                           what, name, origin, value);
+                ok = false;
+            } else {
+                ok = bdrv_header_driver_allowed(drv, what, name, origin,
+                                                flags, errp);
+            }
+            continue;
+        }
+        for (unsigned k = 0; k < ARRAY_SIZE(name_keys); k++) {
+            if (!strcmp(base, name_keys[k])) {
+                ok = bdrv_header_names_check(what, value, NULL, origin, flags,
+                                             errp);
+                break;
+            }
+        }
+    }
+    qemu_opts_del(opts);
+    json_node_free(node);
+    return ok;
+}
+
+static bool bdrv_header_names_check(const char *what, const char *name,
+                                    const char *fmt, const char *origin,
                                     int flags, Error **errp)
 {
     size_t len;
@@ -506,17 +641,15 @@ static bool bdrv_header_names_check(const char *what, const char *name,
         BlockDriver *drv = bdrv_find_protocol(name, NULL);
 
         if (len == 4 && !strncmp(name, "json", 4)) {
-            error_setg(errp, "%s '%s'%s is a json: description, which an "
-                       "image header may never hold", what, name, origin);
-            return false;
-        }
-        if (!drv) {
+            if (!bdrv_header_json_check(what, name, origin, flags, errp)) {
+                return false;
+            }
+        } else if (!drv) {
             error_setg(errp, "%s '%s'%s uses the unknown protocol '%.*s'",
                        what, name, origin, (int)len, name);
             return false;
-        }
-        if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
-                                        errp)) {
+        } else if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
+                                               errp)) {
             return false;
         }
     }
@@ -546,8 +679,9 @@ bool bdrv_header_name_storable(const char *what, const char *name,
 }
 
 /*
- * Keys every node accepts besides its driver's open_opts: they set open
- * flags for the node and everything opened below it.
+ * Keys every node accepts besides its driver's open_opts (QEMU's generic
+ * block options): they set open flags for the node and everything opened
+ * below it.
  */
 static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
 {
@@ -557,12 +691,16 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
     } keys[] = {
         { "allow-header-protocols", BDRV_O_HEADER_PROTOCOLS },
         { "force-share", BDRV_O_FORCE_SHARE },
+        { "cache.direct", BDRV_O_NOCACHE },
+        { "cache.no-flush", BDRV_O_NO_FLUSH },
     };
+    char *discard = qemu_opt_get_del(opts, "discard");
+    char *ro = qemu_opt_get_del(opts, "read-only");
+    bool on;
     int ret = 0;
 
-    for (unsigned i = 0; i < ARRAY_SIZE(keys); i++) {
+    for (unsigned i = 0; i < ARRAY_SIZE(keys) && ret == 0; i++) {
         char *v = qemu_opt_get_del(opts, keys[i].name);
-        bool on;
 
         if (v && !qemu_parse_bool(v, &on)) {
             error_setg(errp, "Parameter '%s' expects 'on' or 'off'",
@@ -573,7 +711,30 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
         }
         g_free(v);
     }
-    if (ret >= 0 && (*flags & BDRV_O_FORCE_SHARE) && (*flags & BDRV_O_RDWR)) {
+    /* A node the user made read-only cannot serve a writable open (QEMU
+     * refuses the write permission the same way). */
+    if (ret == 0 && ro) {
+        if (!qemu_parse_bool(ro, &on)) {
+            error_setg(errp, "Parameter 'read-only' expects 'on' or 'off'");
+            ret = -EINVAL;
+        } else if (on && (*flags & BDRV_O_RDWR)) {
+            error_setg(errp, "Block node is read-only");
+            ret = -EPERM;
+        }
+    }
+    g_free(ro);
+    if (ret == 0 && discard) {
+        if (!strcmp(discard, "unmap") || !strcmp(discard, "on")) {
+            *flags |= BDRV_O_UNMAP;
+        } else if (!strcmp(discard, "ignore") || !strcmp(discard, "off")) {
+            *flags &= ~BDRV_O_UNMAP;
+        } else {
+            error_setg(errp, "Invalid discard option");
+            ret = -EINVAL;
+        }
+    }
+    g_free(discard);
+    if (ret == 0 && (*flags & BDRV_O_FORCE_SHARE) && (*flags & BDRV_O_RDWR)) {
         error_setg(errp, "force-share=on can only be used with read-only "
                    "images");
         ret = -EINVAL;
@@ -581,89 +742,78 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
     return ret;
 }
 
+/*
+ * "json:{...}" names a graph by its options (QEMU's pseudo-protocol): its
+ * members join opts, below the options given beside it.
+ */
+static int bdrv_absorb_json_name(const char *filename, QemuOpts *opts,
+                                 Error **errp)
+{
+    Error *local_err = NULL;
+    JsonNode *node = json_parse(filename + strlen("json:"), &local_err);
+    int ret = -EINVAL;
+
+    if (!node) {
+        error_propagate(errp, local_err);
+        error_prepend(errp, "Could not parse the JSON options: ");
+        return -EINVAL;
+    }
+    if (node->type != JSON_NODE_OBJECT) {
+        error_setg(errp, "Invalid JSON object given");
+    } else {
+        ret = json_flatten_into_opts(node, opts, errp);
+    }
+    json_node_free(node);
+    return ret;
+}
+
+static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
+                                                         Error **errp);
 static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
                                              QemuOpts *backing_opts,
                                              int depth, Error **errp);
 
-static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
-                                                         Error **errp)
+/*
+ * A protocol node (drv NULL: chosen by the name's prefix, or by probing
+ * the device for a name without one).
+ */
+static BlockDriverState *coroutine_fn
+bdrv_co_open_protocol(BlockDriver *drv, const char *name, QemuOpts *opts,
+                      int flags, Error **errp)
 {
-    QemuOpts *opts = a->options ? qemu_opts_clone(a->options)
-                                : qemu_opts_new();
-    QemuOpts *file_opts = NULL, *backing_opts = NULL;
-    BlockDriverState *file = NULL, *bs = NULL;
-    BlockDriver *proto, *fmt_drv = NULL;
-    char *drvname = qemu_opt_get_del(opts, "driver");
-    char *fname = qemu_opt_get_del(opts, "filename");
-    char *fname2 = NULL;
-    const char *filename = a->filename ? a->filename : fname;
-    const char *fmt = drvname ? drvname : a->fmt;
+    if (!drv) {
+        if (!name || !*name) {
+            error_setg(errp, "A block device must be specified for \"file\"");
+            return NULL;
+        }
+        drv = bdrv_find_protocol(name, errp);
+        if (!drv) {
+            return NULL;
+        }
+    }
+    return bdrv_co_open_node(drv, name ? name : "", opts, flags, NULL, errp);
+}
+
+/* Open a format node drv (NULL: probe) over file; takes file. */
+static BlockDriverState *coroutine_fn
+bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
+                         BlockDriverState *file, QemuOpts *opts,
+                         QemuOpts *backing_opts, Error **errp)
+{
+    BlockDriverState *bs;
     bool probed = false;
+    Error *local_err = NULL;
+    int ret;
 
-    if (fmt) {
-        fmt_drv = bdrv_find_format(fmt);
-        if (!fmt_drv) {
-            error_setg(errp, "Unknown driver '%s'", fmt);
-            goto out;
-        }
-    }
-    if (bdrv_take_generic_opts(opts, &a->flags, errp) < 0) {
-        goto out;
-    }
-    file_opts = qemu_opts_extract_prefix(opts, "file");
-    backing_opts = qemu_opts_extract_prefix(opts, "backing");
-    if (!filename && file_opts) {
-        /* --image-opts driver=raw,file.filename=X */
-        fname2 = qemu_opt_get_del(file_opts, "filename");
-        filename = fname2;
-        g_free(qemu_opt_get_del(file_opts, "driver"));
-    }
-    if (!filename || !*filename) {
-        error_setg(errp, "A block device must be specified for \"file\"");
-        goto out;
-    }
-
-    /* A protocol named as the format (-f file, -f blkdebug) is the node. */
-    if (fmt_drv && fmt_drv->protocol_name) {
-        if (file_opts) {
-            error_setg(errp, "Invalid parameter 'file' for protocol '%s'",
-                       fmt_drv->format_name);
-            goto out;
-        }
-        bs = bdrv_co_open_node(fmt_drv, filename, opts, a->flags, NULL,
-                               errp);
-        goto out;
-    }
-    proto = bdrv_find_protocol(filename, errp);
-    if (!proto) {
-        goto out;
-    }
-    if (a->flags & BDRV_O_PROTOCOL) {
-        bs = bdrv_co_open_node(proto, filename, file_opts ? file_opts : opts,
-                               a->flags, NULL, errp);
-        goto out;
-    }
-    if (!file_opts) {
-        file_opts = qemu_opts_new();
-    }
-    file = bdrv_co_open_node(proto, filename, file_opts, a->flags, NULL,
-                             errp);
-    if (!file) {
-        goto out;
-    }
-    if (!fmt_drv) {
-        if (!a->allow_probe) {
-            bs = file;
-            file = NULL;
-            goto out;
-        }
-        fmt_drv = bdrv_co_probe(file, filename, errp);
-        if (!fmt_drv) {
-            goto out;
+    if (!drv) {
+        drv = bdrv_co_probe(file, name, errp);
+        if (!drv) {
+            bdrv_unref(file);
+            return NULL;
         }
         probed = true;
     }
-    bs = bdrv_new(fmt_drv, filename, a->flags);
+    bs = bdrv_new(drv, name, a->flags);
     bs->probed = probed;
     bs->file = file;
     /* As QEMU: the format decides what to discard (its own discard
@@ -671,8 +821,7 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
      * whatever it is asked. */
     file->open_flags |= BDRV_O_UNMAP;
     bs->backing_depth = a->depth;
-    file = NULL;
-    int ret = bdrv_validate_open_opts(fmt_drv, opts, errp);
+    ret = bdrv_validate_open_opts(drv, opts, errp);
     if (ret < 0) {
         goto fail_bs;
     }
@@ -681,12 +830,11 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     if (ret < 0) {
         goto fail_bs;
     }
-    ret = fmt_drv->bdrv_open(bs, opts, a->flags, errp);
+    ret = drv->bdrv_open(bs, opts, a->flags, errp);
     if (ret < 0) {
         goto fail_bs;
     }
     bs->options = qemu_opts_clone(opts);
-    Error *local_err = NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
         error_propagate(errp, local_err);
@@ -694,8 +842,7 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
     }
     ret = bdrv_refresh_total_bytes(bs);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not get the size of '%s'",
-                         filename);
+        error_setg_errno(errp, -ret, "Could not get the size of '%s'", name);
         goto fail_close;
     }
     if (!(a->flags & BDRV_O_NO_BACKING) && bs->backing_file[0]) {
@@ -708,31 +855,138 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
                    "options to");
         goto fail_close;
     }
-    goto out;
+    return bs;
 
 fail_close:
-    if (fmt_drv->bdrv_close) {
-        fmt_drv->bdrv_close(bs);
+    if (drv->bdrv_close) {
+        drv->bdrv_close(bs);
     }
 fail_bs:
     bdrv_unref(bs->file);
     bs->file = NULL;
     bdrv_free(bs);
-    bs = NULL;
+    return NULL;
+}
+
+/*
+ * A format or filter node: its "file" child is opened first from name
+ * (the name flows down to the protocol) or from the "file." options
+ * (file.driver may name another format or filter), then the node itself.
+ */
+static BlockDriverState *coroutine_fn
+bdrv_co_open_format(OpenArgs *a, BlockDriver *drv, const char *name,
+                    QemuOpts *opts, Error **errp)
+{
+    QemuOpts *file_opts = qemu_opts_extract_prefix(opts, "file");
+    QemuOpts *backing_opts = qemu_opts_extract_prefix(opts, "backing");
+    OpenArgs fa = {
+        .filename = name,
+        .options = file_opts,
+        .flags = a->flags,
+        .allow_probe = false,
+        .depth = a->depth,
+    };
+    BlockDriverState *file, *bs = NULL;
+
+    if (qemu_opt_has(opts, "file")) {
+        /* QEMU's reference to another node by name: we have none. */
+        const char *ref = qemu_opt_get(opts, "file");
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'", ref,
+                   ref);
+        goto out;
+    }
+    if (!name && !file_opts) {
+        error_setg(errp, "A block device must be specified for \"file\"");
+        goto out;
+    }
+    file = bdrv_co_open_graph(&fa, errp);
+    if (!file) {
+        goto out;
+    }
+    /* The node shows its file's name, as the protocol normalised it
+     * ("file:a.img" is "a.img"), as QEMU does. */
+    bs = bdrv_co_open_format_node(a, drv, file->filename, file, opts,
+                                  backing_opts, errp);
 out:
-    if (file) {
-        bdrv_unref(file);
+    qemu_opts_del(file_opts);
+    qemu_opts_del(backing_opts);
+    return bs;
+}
+
+/* Do opts name child (a "child" reference or "child.*" options)? */
+static bool bdrv_opts_name_child(QemuOpts *opts, const char *child)
+{
+    size_t n = strlen(child);
+
+    for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+
+        qemu_opts_nth(opts, i, &name, &value);
+        if (!strncmp(name, child, n) && (!name[n] || name[n] == '.')) {
+            return true;
+        }
     }
-    if (file_opts) {
-        qemu_opts_del(file_opts);
+    return false;
+}
+
+/*
+ * Open the graph a describes: a protocol node, or a format (given,
+ * named by a "driver" option, or probed) over its file child, with its
+ * backing chain.
+ */
+static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
+                                                         Error **errp)
+{
+    QemuOpts *opts = a->options ? qemu_opts_clone(a->options)
+                                : qemu_opts_new();
+    const char *filename = a->filename;
+    BlockDriverState *bs = NULL;
+    BlockDriver *drv = NULL;
+    char *drvname = NULL, *fname = NULL;
+    const char *fmt;
+    bool proto_only = (a->flags & BDRV_O_PROTOCOL) || !a->allow_probe;
+
+    a->flags &= ~BDRV_O_PROTOCOL;
+    if (filename && strstart(filename, "json:", NULL)) {
+        if (bdrv_absorb_json_name(filename, opts, errp) < 0) {
+            goto out;
+        }
+        filename = NULL;
     }
-    if (backing_opts) {
-        qemu_opts_del(backing_opts);
+    drvname = qemu_opt_get_del(opts, "driver");
+    fname = qemu_opt_get_del(opts, "filename");
+    if (filename && fname) {
+        error_setg(errp, "Can't specify 'file' and 'filename' options at the "
+                   "same time");
+        goto out;
     }
+    if (bdrv_take_generic_opts(opts, &a->flags, errp) < 0) {
+        goto out;
+    }
+    fmt = drvname ? drvname : a->fmt;
+    if (fmt) {
+        drv = bdrv_find_format(fmt);
+        if (!drv) {
+            error_setg(errp, "Unknown driver '%s'", fmt);
+            goto out;
+        }
+    }
+    /* A protocol named as the driver (-f file, -f blkdebug) is the node. */
+    if ((drv && drv->protocol_name) || (!drv && proto_only)) {
+        bs = bdrv_co_open_protocol(drv, filename ? filename : fname, opts,
+                                   a->flags, errp);
+    } else if (!drv && !filename &&
+               !bdrv_opts_name_child(opts, "file")) {
+        error_setg(errp, "Must specify either driver or file");
+    } else {
+        /* A format's own "filename" option names no file: the file child
+         * is named by file.filename (QEMU's rule). */
+        bs = bdrv_co_open_format(a, drv, filename, opts, errp);
+    }
+out:
     qemu_opts_del(opts);
     g_free(drvname);
     g_free(fname);
-    g_free(fname2);
     return bs;
 }
 
@@ -790,6 +1044,75 @@ static void coroutine_fn bdrv_open_entry(void *opaque)
     a->result = bdrv_co_open_graph(a, &a->err);
 }
 
+/*
+ * Snapshot mode (QEMU's -snapshot): the image opened read-only below a
+ * temporary overlay that takes every write and is deleted at once (its
+ * files stay open, so they vanish when the graph is closed, or when the
+ * process dies). The overlay is qcow2 when that driver is built in, else
+ * add-cow (with its data file beside it).
+ */
+static BlockDriverState *bdrv_open_snapshot(const char *filename,
+                                            const char *fmt,
+                                            QemuOpts *options, int flags,
+                                            Error **errp)
+{
+    const char *dir = g_getenv("TMPDIR");
+    BlockDriver *drv = bdrv_find_format("qcow2");
+    BlockDriverState *base, *top = NULL;
+    char *tmp, *data = NULL;
+    QemuOpts *opts;
+    int64_t len;
+    int fd;
+
+    base = bdrv_open(filename, fmt, options,
+                     flags & ~(BDRV_O_SNAPSHOT | BDRV_O_RDWR |
+                               BDRV_O_COPY_ON_READ | BDRV_O_RESIZE), errp);
+    if (!base) {
+        return NULL;
+    }
+    len = bdrv_getlength(base);
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get image size");
+        bdrv_unref(base);
+        return NULL;
+    }
+    tmp = g_build_filename(dir && *dir ? dir : "/var/tmp", "vl.XXXXXX",
+                           NULL);
+    fd = mkstemp(tmp);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "Could not get temporary filename");
+        goto out;
+    }
+    close(fd);
+    opts = qemu_opts_new();
+    qemu_opt_set_number(opts, "size", len);
+    if (!drv) {
+        drv = bdrv_find_format("add-cow");
+        data = g_strdup_printf("%s.raw", tmp);
+        qemu_opt_set(opts, "image_file", data);
+    }
+    if (bdrv_create(drv, tmp, opts, errp) >= 0) {
+        top = bdrv_open(tmp, bdrv_driver_name(drv), NULL,
+                        (flags & ~BDRV_O_SNAPSHOT) | BDRV_O_RDWR |
+                        BDRV_O_NO_BACKING, errp);
+    }
+    qemu_opts_del(opts);
+    if (top) {
+        /* Reads of what the overlay lacks go to the open image. */
+        base->is_root = false;
+        bdrv_set_backing_hd(top, base);
+    }
+out:
+    unlink(tmp);
+    if (data) {
+        unlink(data);
+    }
+    g_free(tmp);
+    g_free(data);
+    bdrv_unref(base);
+    return top;
+}
+
 BlockDriverState *bdrv_open(const char *filename, const char *fmt,
                             QemuOpts *options, int flags, Error **errp)
 {
@@ -799,6 +1122,14 @@ BlockDriverState *bdrv_open(const char *filename, const char *fmt,
     };
 
     bdrv_init();
+    if (flags & BDRV_O_SNAPSHOT) {
+        return bdrv_open_snapshot(filename, fmt, options, flags, errp);
+    }
+    /* Copying needs writing; as QEMU, say so before opening anything. */
+    if ((flags & BDRV_O_COPY_ON_READ) && !(flags & BDRV_O_RDWR)) {
+        error_setg(errp, "Can't use copy-on-read on read-only device");
+        return NULL;
+    }
     bdrv_run_co(bdrv_open_entry, &a);
     if (!a.result) {
         error_propagate(errp, a.err);
@@ -928,6 +1259,59 @@ int bdrv_create(BlockDriver *drv, const char *filename, QemuOpts *opts,
     return c.ret;
 }
 
+/*
+ * "Creating" on a protocol that cannot create (a device, null-co), as
+ * QEMU does: open what is there, make sure it is big enough (growing it
+ * if the protocol can) and zero its first sector, so that no old content
+ * is probed as a format.
+ */
+static int bdrv_create_file_fallback(BlockDriver *proto, const char *filename,
+                                     QemuOpts *opts, Error **errp)
+{
+    uint64_t size = opts ? qemu_opt_get_size(opts, "size", 0) : 0;
+    const char *prealloc = opts ? qemu_opt_get(opts, "preallocation") : NULL;
+    Error *local_err = NULL;
+    BlockDriverState *bs;
+    int64_t len;
+    int ret;
+
+    if (prealloc && strcmp(prealloc, "off")) {
+        error_setg(errp, "Unsupported preallocation mode '%s'", prealloc);
+        return -ENOTSUP;
+    }
+    bs = bdrv_open(filename, proto->format_name, NULL,
+                   BDRV_O_RDWR | BDRV_O_RESIZE, &local_err);
+    if (!bs) {
+        error_propagate(errp, local_err);
+        error_prepend(errp, "Protocol driver '%s' does not support image "
+                      "creation, and opening the image failed: ",
+                      proto->format_name);
+        return -EINVAL;
+    }
+    ret = bdrv_truncate(bs, size, false, PREALLOC_MODE_OFF, &local_err);
+    if (ret == -ENOTSUP) {
+        error_free(local_err);
+        ret = 0;
+    } else if (ret < 0) {
+        error_propagate(errp, local_err);
+    }
+    len = ret < 0 ? 0 : bdrv_getlength(bs);
+    if (ret == 0 && len >= 0 && (uint64_t)len < size) {
+        error_setg(errp, "Image file size is smaller than specified");
+        ret = -EINVAL;
+    }
+    if (ret == 0 && len > 0) {
+        ret = bdrv_pwrite_zeroes(bs, 0, MIN(len, (int64_t)BDRV_SECTOR_SIZE),
+                                 BDRV_REQ_MAY_UNMAP);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to clear the new image's "
+                             "first sector");
+        }
+    }
+    bdrv_unref(bs);
+    return ret;
+}
+
 int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
 {
     BlockDriver *proto = bdrv_find_protocol(filename, errp);
@@ -936,6 +1320,14 @@ int bdrv_create_file(const char *filename, QemuOpts *opts, Error **errp)
 
     if (!proto) {
         return -ENOENT;
+    }
+    if (!proto->bdrv_create && proto->create_opens_existing) {
+        return bdrv_create_file_fallback(proto, filename, opts, errp);
+    }
+    if (!proto->bdrv_create) {
+        error_setg(errp, "Protocol driver '%s' does not support image "
+                   "creation", proto->format_name);
+        return -ENOTSUP;
     }
     /* Pass only the options the protocol understands. */
     popts = qemu_opts_new();

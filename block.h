@@ -24,6 +24,8 @@ typedef struct BlockDriverState BlockDriverState;
 #define BDRV_O_NO_SHARE     0x0001  /* others may only read (convert source) */
 #define BDRV_O_RDWR         0x0002  /* open read-write */
 #define BDRV_O_RESIZE       0x0004  /* the user resizes the image */
+#define BDRV_O_SNAPSHOT     0x0008  /* writes go to a temporary overlay,
+                                     * the image is only read (qemu-io -s) */
 #define BDRV_O_NOCACHE      0x0020  /* bypass the host page cache (O_DIRECT) */
 #define BDRV_O_NATIVE_AIO   0x0080  /* use Linux native AIO (needs NOCACHE) */
 #define BDRV_O_NO_BACKING   0x0100  /* do not open the backing file */

@@ -65,8 +65,18 @@ struct BlockDriver {
     bool is_filter;                 /* passes requests to bs->file; never
                                      * reachable from an image header */
     bool supports_backing;
+    /* Protocols that need no name (null-co): opening one without a file
+     * name is not an error. */
+    bool filename_optional;
+    /* Protocols without bdrv_create whose "create" opens what exists (a
+     * device) and checks it is big enough (QEMU's create_opts_simple). */
+    bool create_opens_existing;
     const QemuOptDesc *create_opts; /* qemu-img create -o */
     const QemuOptDesc *open_opts;   /* runtime options for bdrv_open */
+    /* Prefixes of options for children the driver opens itself
+     * ("image" for blkdebug: image.driver=qcow2): the layer passes keys
+     * "PREFIX.*" to bdrv_open unchecked. NULL-terminated; NULL: none. */
+    const char *const *child_prefixes;
     const QemuOptDesc *amend_opts;  /* qemu-img amend -o; NULL: none */
 
     /* ---- probing ---- */
@@ -80,8 +90,10 @@ struct BlockDriver {
     /*
      * Formats: bs->file is open. Set bs->backing_file / bs->backing_format
      * when the image has a backing file; the layer opens it afterwards.
-     * Protocols: bs->filename is the whole name. options holds only the keys
-     * listed in open_opts (validated). flags are BDRV_O_*.
+     * Protocols: bs->filename is the whole name ("" when the user named
+     * the node by options only and filename_optional is set). options
+     * holds only the keys listed in open_opts (validated) and those under
+     * child_prefixes. flags are BDRV_O_*.
      */
     int coroutine_fn (*bdrv_open)(BlockDriverState *bs, QemuOpts *options,
                                   int flags, Error **errp);
@@ -102,7 +114,8 @@ struct BlockDriver {
      * Promises for preadv/pwritev: offset and bytes are multiples of
      * bs->bl.request_alignment, bytes <= bl.max_transfer when set, bytes > 0,
      * qiov (from qiov_offset) covers exactly bytes; flags only contain bits
-     * the driver listed in supported_write_flags (writes) or none (reads).
+     * the driver listed in supported_write_flags (writes) or none (reads;
+     * filters may get BDRV_REQ_COPY_ON_READ, to pass to their file).
      * The range does not overlap any serialising request in flight.
      */
     int coroutine_fn (*bdrv_co_preadv)(BlockDriverState *bs, int64_t offset,
@@ -142,6 +155,10 @@ struct BlockDriver {
     int coroutine_fn (*bdrv_co_truncate)(BlockDriverState *bs, int64_t offset,
                                          bool exact, PreallocMode prealloc,
                                          Error **errp);
+    /* Removable media (host_cdrom): false while no medium is present;
+     * every request to a graph over this node then fails with
+     * -ENOMEDIUM. NULL: always present. */
+    bool (*bdrv_is_inserted)(BlockDriverState *bs);
     /* Virtual size in bytes (cheap; no I/O). */
     int64_t (*bdrv_getlength)(BlockDriverState *bs);
     /* Default: sum over bs->file (and driver-opened files via the hook). */

@@ -75,6 +75,10 @@ static void QEMU_NORETURN unrecognized_option(const char *option)
  * all of them accept (IMG_OPEN_OPTIONS, handled in common_option).
  */
 static int img_common_flags;
+/* --image-opts: image names are option strings ("driver=raw,file.filename=
+ * disk.img"); --target-image-opts: the same for convert's target. */
+static bool img_image_opts;
+static bool img_target_image_opts;
 
 #define IMG_OPEN_OPTIONS \
     {"allow-header-protocols", no_argument, 0, OPTION_ALLOW_HEADER_PROTOCOLS},
@@ -91,9 +95,11 @@ static void common_option(int c, char **argv)
         error_report("--object is not supported by this qemu-img");
         exit(EXIT_FAILURE);
     case OPTION_IMAGE_OPTS:
+        img_image_opts = true;
+        break;
     case OPTION_TARGET_IMAGE_OPTS:
-        error_report("--image-opts is not supported by this qemu-img");
-        exit(EXIT_FAILURE);
+        img_target_image_opts = true;
+        break;
     case OPTION_ALLOW_HEADER_PROTOCOLS:
         /* Names in image headers may use network protocols (they may
          * still never name a filter): docs/image-names.md. */
@@ -460,24 +466,72 @@ static void json_dump(JsonValue *v)
 /* ------------------------------------------------------------------ */
 /* Opening images and option helpers                                  */
 
-static BlockDriverState *img_open(const char *filename, const char *fmt,
-                                  int flags, bool writethrough)
+/*
+ * --image-opts: name is "key=value,..." (a first element without '=' is
+ * QEMU's node reference "file=", which we cannot resolve).
+ */
+static QemuOpts *img_parse_image_opts(const char *name, const char *fmt,
+                                      int flags)
+{
+    QemuOpts *opts;
+    Error *err = NULL;
+    const char *fs;
+
+    if (fmt) {
+        error_report("--image-opts and --format are mutually exclusive");
+        return NULL;
+    }
+    opts = qemu_opts_new();
+    if (qemu_opts_parse(opts, name, "file", &err) < 0) {
+        error_report_err(err);
+        qemu_opts_del(opts);
+        return NULL;
+    }
+    fs = qemu_opt_get(opts, "force-share");
+    if ((flags & BDRV_O_FORCE_SHARE) && fs && strcmp(fs, "on")) {
+        error_report("--force-share/-U conflicts with image options");
+        qemu_opts_del(opts);
+        return NULL;
+    }
+    return opts;
+}
+
+/* Open name as the user named it: a file name, or with image_opts an
+ * option string. */
+static BlockDriverState *img_open_as(bool image_opts, const char *filename,
+                                     const char *fmt, int flags,
+                                     bool writethrough)
 {
     BlockDriverState *bs;
+    QemuOpts *opts = NULL;
     Error *err = NULL;
 
-    if (fmt && !bdrv_find_format(fmt)) {
+    if (image_opts) {
+        opts = img_parse_image_opts(filename, fmt, flags);
+        if (!opts) {
+            return NULL;
+        }
+    } else if (fmt && !bdrv_find_format(fmt)) {
         error_report("Could not open '%s': Unknown driver '%s'", filename,
                      fmt);
         return NULL;
     }
-    bs = bdrv_open(filename, fmt, NULL, flags | img_common_flags, &err);
+    bs = bdrv_open(image_opts ? NULL : filename, fmt, opts,
+                   flags | img_common_flags, &err);
+    qemu_opts_del(opts);
     if (!bs) {
         error_report_prefixed(err, "Could not open '%s': ", filename);
         return NULL;
     }
     bdrv_set_enable_write_cache(bs, !writethrough);
     return bs;
+}
+
+/* The images a subcommand names (--image-opts applies to them). */
+static BlockDriverState *img_open(const char *filename, const char *fmt,
+                                  int flags, bool writethrough)
+{
+    return img_open_as(img_image_opts, filename, fmt, flags, writethrough);
 }
 
 /* -o may be given several times: the lists are joined with ','. */
@@ -563,6 +617,11 @@ static BlockDriver *get_create_descs(const char *fmt, const char *filename,
     if (!bdrv_driver_create_opts(drv)) {
         error_setg(errp, "Format driver '%s' does not support image creation",
                    bdrv_driver_name(drv));
+        return NULL;
+    }
+    if (proto && !bdrv_driver_create_opts(proto)) {
+        error_setg(errp, "Protocol driver '%s' does not support image "
+                   "creation", bdrv_driver_name(proto));
         return NULL;
     }
     descs[n++] = bdrv_driver_create_opts(drv);
@@ -1197,9 +1256,11 @@ static GPtrArray *collect_image_info_list(const char *filename,
         }
         g_hash_table_add(seen, g_strdup(name));
 
-        /* As QEMU: no guest I/O, so no read or write permission taken. */
-        bs = img_open(name, cur_fmt,
-                      BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags, false);
+        /* As QEMU: no guest I/O, so no read or write permission taken.
+         * Only the first name is the user's (--image-opts). */
+        bs = img_open_as(img_image_opts && list->len == 0, name, cur_fmt,
+                         BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags,
+                         false);
         if (!bs) {
             goto err;
         }
@@ -2150,8 +2211,12 @@ static int img_convert(int argc, char **argv)
         }
     }
     (void)explicit_min_sparse;
-    if (!a.out_fmt && !a.skip_create) {
+    if (!a.out_fmt && !img_target_image_opts) {
         a.out_fmt = "raw";
+    }
+    if (img_target_image_opts && !a.skip_create) {
+        error_report("--target-image-opts requires use of -n flag");
+        goto out;
     }
     if (a.quiet) {
         a.progress = false;
@@ -2244,7 +2309,8 @@ static int img_convert(int argc, char **argv)
             goto out;
         }
     }
-    s.target = img_open(out_filename, a.out_fmt, flags, writethrough);
+    s.target = img_open_as(img_target_image_opts, out_filename, a.out_fmt,
+                           flags, writethrough);
     if (!s.target) {
         goto out;
     }
@@ -4102,6 +4168,210 @@ out_no_progress:
 }
 
 /* ------------------------------------------------------------------ */
+/* dd                                                                 */
+
+static void QEMU_NORETURN help(void);
+
+typedef struct DdArgs {
+    int64_t bsz;                /* bs=, default 512 */
+    int64_t count;              /* count= (with has_count) */
+    int64_t skip;               /* skip= in blocks */
+    bool has_count, has_skip;
+    const char *in, *out;       /* if=, of= (point into argv) */
+} DdArgs;
+
+/* One "name=value" operand, as QEMU's dd parses it. Returns 0 or -1. */
+static int dd_parse_operand(const char *arg, DdArgs *a)
+{
+    const char *eq = strchr(arg, '=');
+    const char *v = eq ? eq + 1 : NULL;
+    size_t n = eq ? (size_t)(eq - arg) : 0;
+
+    if (!eq) {
+        error_report("unrecognized operand %s", arg);
+        return -1;
+    }
+    if (n == 2 && !strncmp(arg, "bs", 2)) {
+        a->bsz = cvtnum_full("bs", v, 1, INT_MAX);
+        return a->bsz < 0 ? -1 : 0;
+    } else if (n == 5 && !strncmp(arg, "count", 5)) {
+        a->count = cvtnum("count", v);
+        a->has_count = true;
+        return a->count < 0 ? -1 : 0;
+    } else if (n == 4 && !strncmp(arg, "skip", 4)) {
+        a->skip = cvtnum("skip", v);
+        a->has_skip = true;
+        return a->skip < 0 ? -1 : 0;
+    } else if (n == 2 && !strncmp(arg, "if", 2)) {
+        a->in = v;
+        return 0;
+    } else if (n == 2 && !strncmp(arg, "of", 2)) {
+        a->out = v;
+        return 0;
+    }
+    error_report("unrecognized operand %.*s", (int)n, arg);
+    return -1;
+}
+
+/*
+ * Create the output image (format out_fmt, size bytes) and open it. As
+ * QEMU's dd, the output is always created and never given image options.
+ */
+static BlockDriverState *dd_create_output(const char *out, const char *out_fmt,
+                                          int64_t size)
+{
+    const QemuOptDesc *descs[3];
+    BlockDriver *drv = bdrv_find_format(out_fmt);
+    QemuOpts *opts;
+    Error *err = NULL;
+    int ret;
+
+    if (!drv) {
+        error_report("Unknown file format");
+        return NULL;
+    }
+    if (!bdrv_find_protocol(out, &err)) {
+        error_report_err(err);
+        return NULL;
+    }
+    if (!get_create_descs(out_fmt, out, descs, &err)) {
+        error_report_err(err);
+        return NULL;
+    }
+    opts = qemu_opts_new();
+    qemu_opt_set_number(opts, "size", size);
+    ret = bdrv_create(drv, out, opts, &err);
+    qemu_opts_del(opts);
+    if (ret < 0) {
+        error_report_prefixed(err, "%s: error while creating output image: ",
+                              out);
+        return NULL;
+    }
+    return img_open_as(false, out, out_fmt, BDRV_O_RDWR, false);
+}
+
+/* Copy [in_pos, size) of in to the start of out, bsz bytes at a time. */
+static int dd_copy(BlockDriverState *in, BlockDriverState *out,
+                   int64_t in_pos, int64_t size, int64_t bsz)
+{
+    uint8_t *buf = g_try_malloc(bsz);
+    int64_t out_pos = 0;
+    int ret = 0;
+
+    if (!buf) {
+        error_report("Could not allocate a buffer of %" PRId64 " bytes",
+                     bsz);
+        return -ENOMEM;
+    }
+    while (in_pos < size) {
+        int64_t bytes = MIN(bsz, size - in_pos);
+
+        ret = bdrv_pread(in, in_pos, bytes, buf, 0);
+        if (ret < 0) {
+            error_report("error while reading from input image file: %s",
+                         strerror(-ret));
+            break;
+        }
+        in_pos += bytes;
+        ret = bdrv_pwrite(out, out_pos, bytes, buf, 0);
+        if (ret < 0) {
+            error_report("error while writing to output image file: %s",
+                         strerror(-ret));
+            break;
+        }
+        out_pos += bytes;
+    }
+    g_free(buf);
+    return ret;
+}
+
+/*
+ * qemu-img dd [-f fmt] [-O output_fmt] [-U] [bs=N] [count=N] [skip=N]
+ * if=INPUT of=OUTPUT, with QEMU 7.2's arithmetic: count limits the end of
+ * the input (count*bs), skip moves its start, so with both only
+ * count - skip blocks are copied; a skip past the end gives an empty
+ * output and a message.
+ */
+static int img_dd(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"force-share", no_argument, 0, 'U'},
+        {0, 0, 0, 0}
+    };
+    DdArgs a = { .bsz = 512 };
+    const char *fmt = NULL, *out_fmt = "raw";
+    BlockDriverState *in = NULL, *out = NULL;
+    int64_t size, in_pos;
+    bool skip_past_end;
+    int flags = 0;
+    int c, ret = 1;
+
+    while ((c = getopt_long(argc, argv, ":hf:O:U", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            help();
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'O':
+            out_fmt = optarg;
+            break;
+        case 'U':
+            flags |= BDRV_O_FORCE_SHARE;
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    for (int i = optind; i < argc; i++) {
+        if (dd_parse_operand(argv[i], &a) < 0) {
+            return 1;
+        }
+    }
+    if (!a.in || !a.out) {
+        error_report("Must specify both input and output files");
+        return 1;
+    }
+    in = img_open(a.in, fmt, flags, false);
+    if (!in) {
+        return 1;
+    }
+    size = bdrv_getlength(in);
+    if (size < 0) {
+        error_report("Failed to get size for '%s'", a.in);
+        goto out;
+    }
+    if (a.has_count && a.count <= INT64_MAX / a.bsz &&
+        a.count * a.bsz < size) {
+        size = a.count * a.bsz;
+    }
+    skip_past_end = a.has_skip && (a.skip > INT64_MAX / a.bsz ||
+                                   size < a.skip * a.bsz);
+    out = dd_create_output(a.out, out_fmt,
+                           skip_past_end ? 0 : size - a.skip * a.bsz);
+    if (!out) {
+        goto out;
+    }
+    if (skip_past_end) {
+        /* Like dd(1): an empty output, and a word about it. */
+        error_report("%s: cannot skip to specified offset", a.in);
+        in_pos = size;
+    } else {
+        in_pos = a.skip * a.bsz;
+    }
+    ret = dd_copy(in, out, in_pos, size, a.bsz) < 0 ? 1 : 0;
+out:
+    bdrv_unref(out);
+    bdrv_unref(in);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
 /* main                                                               */
 
 typedef struct ImgCmd {
@@ -4117,6 +4387,7 @@ static const ImgCmd img_cmds[] = {
     { "compare", img_compare },
     { "convert", img_convert },
     { "create", img_create },
+    { "dd", img_dd },
     { "info", img_info },
     { "map", img_map },
     { "measure", img_measure },
@@ -4158,6 +4429,8 @@ static void QEMU_NORETURN help(void)
 " [--target-is-zero] filename [filename2 [...]] output_filename\n"
 "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
 " [-o options] filename [size]\n"
+"  dd [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks]"
+" [skip=blocks] if=input of=output\n"
 "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
 "  map [-f fmt] [--start-offset=offset] [--max-length=len]"
 " [--output=ofmt] [-U] filename\n"
@@ -4193,6 +4466,13 @@ static void QEMU_NORETURN help(void)
 " supported by\n"
 "    the used format\n"
 "  '-q' use Quiet mode - do not print any output (except errors)\n"
+"\n"
+"Parameters to dd subcommand:\n"
+"  'bs=BYTES' read and write up to BYTES bytes at a time (default: 512)\n"
+"  'count=N' copy only N input blocks\n"
+"  'if=FILE' read from FILE\n"
+"  'of=FILE' write to FILE\n"
+"  'skip=N' skip N bs-sized blocks at the start of input\n"
 "\n"
 "Supported formats:");
     bdrv_iterate_format(format_print, NULL);

@@ -9,8 +9,6 @@
 #include "util/aio.h"
 
 #define QEMU_IO_VERSION "0.1.0"
-/* Open flag private to qemu-io: -s, writes go to a temporary overlay. */
-#define QEMUIO_SNAPSHOT 0x40000000
 
 static BlockDriverState *qemuio_bs;
 static char *cur_name;          /* how the current image was opened */
@@ -39,51 +37,10 @@ static int parse_discard_flags(const char *mode, int *flags)
  * Open name (or only opts when name is NULL) as the current image. Returns
  * 0, or 1 after reporting the failure. opts is borrowed.
  */
-/*
- * -s: a temporary qcow2 overlay (deleted at once, kept open) takes every
- * write; base, opened read-only, is its backing node. As QEMU's -snapshot.
- */
-static BlockDriverState *open_temp_overlay(BlockDriverState *base, int flags,
-                                           Error **errp)
-{
-    char *tmp = g_build_filename(g_file_test("/var/tmp", G_FILE_TEST_IS_DIR)
-                                 ? "/var/tmp" : g_get_tmp_dir(),
-                                 "vl.XXXXXX", NULL);
-    BlockDriverState *top = NULL;
-    QemuOpts *opts;
-    int64_t len = bdrv_getlength(base);
-    int fd = mkstemp(tmp);
-
-    if (fd < 0) {
-        error_setg_errno(errp, errno, "Could not get temporary filename");
-        goto out;
-    }
-    close(fd);
-    if (len < 0) {
-        error_setg_errno(errp, (int)-len, "Could not get image size");
-        goto out;
-    }
-    opts = qemu_opts_new();
-    qemu_opt_set_number(opts, "size", len);
-    if (bdrv_create(bdrv_find_format("qcow2"), tmp, opts, errp) >= 0) {
-        top = bdrv_open(tmp, "qcow2", NULL, (flags | BDRV_O_RDWR |
-                                             BDRV_O_NO_BACKING), errp);
-    }
-    qemu_opts_del(opts);
-    if (top) {
-        bdrv_set_backing_hd(top, base);
-    }
-out:
-    unlink(tmp);
-    g_free(tmp);
-    return top;
-}
-
 static int openfile(const char *name, const char *fmt, int flags,
                     bool writethrough, bool force_share, QemuOpts *opts)
 {
     Error *local_err = NULL;
-    bool snapshot = flags & QEMUIO_SNAPSHOT;
 
     if (qemuio_bs) {
         error_report("file open already, try 'help close'");
@@ -100,15 +57,7 @@ static int openfile(const char *name, const char *fmt, int flags,
         flags |= BDRV_O_FORCE_SHARE;
     }
 
-    flags &= ~QEMUIO_SNAPSHOT;
-    qemuio_bs = bdrv_open(name, fmt, opts,
-                          snapshot ? flags & ~BDRV_O_RDWR : flags,
-                          &local_err);
-    if (qemuio_bs && snapshot) {
-        BlockDriverState *base = qemuio_bs;
-        qemuio_bs = open_temp_overlay(base, flags, &local_err);
-        bdrv_unref(base);
-    }
+    qemuio_bs = bdrv_open(name, fmt, opts, flags, &local_err);
     if (!qemuio_bs) {
         error_report("can't open%s%s: %s", name ? " device " : "",
                      name ? name : "",
@@ -203,6 +152,13 @@ static int reopen_f(BlockDriverState *bs, int argc, char **argv)
         ret = -EINVAL;
         goto out;
     }
+    /* A new graph would come with a new, empty overlay: the writes made
+     * in snapshot mode would be gone. */
+    if (cur_flags & BDRV_O_SNAPSHOT) {
+        error_report("Cannot reopen an image opened in snapshot mode (-s)");
+        ret = -ENOTSUP;
+        goto out;
+    }
     /* Everything written so far must be on disk before the new graph
      * reads the metadata. */
     qemuio_wait_aio();
@@ -282,7 +238,7 @@ static int open_f(BlockDriverState *bs, int argc, char **argv)
     while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
         switch (c) {
         case 's':
-            flags |= QEMUIO_SNAPSHOT;
+            flags |= BDRV_O_SNAPSHOT;
             break;
         case 'n':
             flags |= BDRV_O_NOCACHE;
@@ -589,7 +545,7 @@ int main(int argc, char **argv)
                             long_options, NULL)) != -1) {
         switch (c) {
         case 's':
-            flags |= QEMUIO_SNAPSHOT;
+            flags |= BDRV_O_SNAPSHOT;
             break;
         case 'n':
             flags |= BDRV_O_NOCACHE;

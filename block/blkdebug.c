@@ -8,7 +8,9 @@
  * (the request that raised it, for request events) fails.
  *
  * Name: blkdebug:RULES_FILE:IMAGE (RULES_FILE may be empty), or options
- * config=, image=, and one inline rule with event=, errno=, once=, offset=.
+ * config=, image= (or QEMU's x-image=), image.* for the image node (e.g.
+ * image.driver=qcow2), and one inline rule with event=, errno=, once=,
+ * offset=. align= and max-transfer= impose request limits (QEMU's).
  *
  * Rules file (ini style):
  *   [inject-error]
@@ -16,6 +18,8 @@
  *   errno = "5"          # default EIO
  *   once = "on"          # remove the rule after it fired once
  *   offset = "65536"     # only requests touching this byte
+ *   sector = "128"       # QEMU's spelling: offset = sector * 512
+ *   immediately = "on"   # accepted (QEMU's); failures are always at once
  */
 #include "block_int.h"
 #include "util/cutils.h"
@@ -37,7 +41,13 @@ typedef struct BlkdebugSuspended {
     Coroutine *co;
 } BlkdebugSuspended;
 
+/* Largest align= and max-transfer= (an unaligned request allocates two
+ * alignment units of bounce buffer). */
+#define BLKDEBUG_MAX_LIMIT (64 * MiB)
+
 typedef struct BDRVBlkdebugState {
+    uint64_t align;              /* 0: the image's own */
+    uint64_t max_transfer;       /* 0: the image's own */
     GPtrArray *rules;            /* of BlkdebugRule * */
     GPtrArray *breaks;           /* of BlkdebugBreak * */
     GPtrArray *suspended;        /* of BlkdebugSuspended * */
@@ -46,12 +56,17 @@ typedef struct BDRVBlkdebugState {
 static const QemuOptDesc blkdebug_open_opts[] = {
     { "config", QEMU_OPT_STRING, "Path to the rules file" },
     { "image", QEMU_OPT_STRING, "The image to open below the filter" },
+    { "x-image", QEMU_OPT_STRING, "The image to open below the filter" },
+    { "align", QEMU_OPT_SIZE, "Required alignment in bytes" },
+    { "max-transfer", QEMU_OPT_SIZE, "Maximum transfer size in bytes" },
     { "event", QEMU_OPT_STRING, "Inline rule: event that triggers it" },
     { "errno", QEMU_OPT_NUMBER, "Inline rule: error to return" },
     { "once", QEMU_OPT_BOOL, "Inline rule: fire only once" },
     { "offset", QEMU_OPT_SIZE, "Inline rule: only at this byte offset" },
     { NULL }
 };
+
+static const char *const blkdebug_child_prefixes[] = { "image", NULL };
 
 static void blkdebug_rule_free(gpointer p)
 {
@@ -132,21 +147,45 @@ static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
 }
 
 typedef struct RuleText {
-    char *event, *err, *once, *offset;
+    char *event, *err, *once, *offset, *sector, *immediately;
 } RuleText;
 
 static int blkdebug_flush_section(BDRVBlkdebugState *s, RuleText *t,
                                   bool in_rule, Error **errp)
 {
+    char *offset = t->offset;
+    uint64_t sector;
+    bool b;
     int ret = 0;
-    if (in_rule) {
-        ret = blkdebug_add_rule(s, t->event, t->err, t->once, t->offset,
-                                errp);
+
+    if (in_rule && t->sector) {
+        if (qemu_strtou64(t->sector, NULL, 0, &sector) < 0 ||
+            sector > INT64_MAX / BDRV_SECTOR_SIZE) {
+            error_setg(errp, "blkdebug: invalid sector '%s'", t->sector);
+            ret = -EINVAL;
+        } else if (!offset) {
+            offset = g_strdup_printf("%" PRIu64,
+                                     (uint64_t)(sector * BDRV_SECTOR_SIZE));
+        }
+    }
+    if (ret == 0 && in_rule && t->immediately &&
+        !qemu_parse_bool(t->immediately, &b)) {
+        error_setg(errp, "blkdebug: invalid value for 'immediately': '%s'",
+                   t->immediately);
+        ret = -EINVAL;
+    }
+    if (ret == 0 && in_rule) {
+        ret = blkdebug_add_rule(s, t->event, t->err, t->once, offset, errp);
+    }
+    if (offset != t->offset) {
+        g_free(offset);
     }
     g_free(t->event);
     g_free(t->err);
     g_free(t->once);
     g_free(t->offset);
+    g_free(t->sector);
+    g_free(t->immediately);
     memset(t, 0, sizeof(*t));
     return ret;
 }
@@ -203,7 +242,9 @@ static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
         char **slot = !strcmp(key, "event") ? &t.event :
                       !strcmp(key, "errno") ? &t.err :
                       !strcmp(key, "once") ? &t.once :
-                      !strcmp(key, "offset") ? &t.offset : NULL;
+                      !strcmp(key, "offset") ? &t.offset :
+                      !strcmp(key, "sector") ? &t.sector :
+                      !strcmp(key, "immediately") ? &t.immediately : NULL;
         if (!slot) {
             error_setg(errp, "blkdebug: %s:%d: unknown key '%s'", path, i + 1,
                        key);
@@ -223,12 +264,54 @@ static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
     return ret;
 }
 
+/* align= and max-transfer= (QEMU's checks and messages). */
+static int blkdebug_parse_limits(BDRVBlkdebugState *s, QemuOpts *options,
+                                 Error **errp)
+{
+    s->align = qemu_opt_get_size(options, "align", 0);
+    if (s->align && (s->align > BLKDEBUG_MAX_LIMIT ||
+                     (s->align & (s->align - 1)))) {
+        error_setg(errp, "Cannot meet constraints with align %" PRIu64,
+                   s->align);
+        return -EINVAL;
+    }
+    s->max_transfer = qemu_opt_get_size(options, "max-transfer", 0);
+    if (s->max_transfer && (s->max_transfer > BLKDEBUG_MAX_LIMIT ||
+                            !QEMU_IS_ALIGNED(s->max_transfer,
+                                             MAX(s->align, 1)))) {
+        error_setg(errp, "Cannot meet constraints with max-transfer %" PRIu64,
+                   s->max_transfer);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* The image.* options: for the node under the filter (image.driver=...). */
+static QemuOpts *blkdebug_image_opts(QemuOpts *options)
+{
+    QemuOpts *opts = NULL;
+
+    for (size_t i = 0; i < qemu_opts_count(options); i++) {
+        const char *name, *value;
+
+        qemu_opts_nth(options, i, &name, &value);
+        if (g_str_has_prefix(name, "image.")) {
+            if (!opts) {
+                opts = qemu_opts_new();
+            }
+            qemu_opt_set(opts, name + strlen("image."), value);
+        }
+    }
+    return opts;
+}
+
 static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
                                       int flags, Error **errp)
 {
     BDRVBlkdebugState *s = bs->opaque;
     const char *config = qemu_opt_get(options, "config");
     const char *image = qemu_opt_get(options, "image");
+    QemuOpts *image_opts = blkdebug_image_opts(options);
     char *cfg_from_name = NULL;
     const char *rest;
     int ret;
@@ -236,6 +319,9 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
     s->rules = g_ptr_array_new_with_free_func(blkdebug_rule_free);
     s->breaks = g_ptr_array_new_with_free_func(blkdebug_break_free);
     s->suspended = g_ptr_array_new();
+    if (!image) {
+        image = qemu_opt_get(options, "x-image");
+    }
     if (strstart(bs->filename, "blkdebug:", &rest)) {
         const char *colon = strchr(rest, ':');
         if (!colon) {
@@ -250,12 +336,16 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
         if (!image) {
             image = colon + 1;
         }
-    } else if (!image) {
+    } else if (!image && *bs->filename) {
         image = bs->filename;
     }
-    if (!image || !*image) {
+    if ((!image || !*image) && !image_opts) {
         error_setg(errp, "blkdebug: no image given");
         ret = -EINVAL;
+        goto fail;
+    }
+    ret = blkdebug_parse_limits(s, options, errp);
+    if (ret < 0) {
         goto fail;
     }
     if (config) {
@@ -273,21 +363,50 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
             goto fail;
         }
     }
-    bs->file = bdrv_open_child(image, NULL, NULL, flags, false, errp);
+    if (image && *image && image_opts &&
+        qemu_opt_has(image_opts, "filename")) {
+        error_setg(errp, "blkdebug: the image is named twice ('%s' and "
+                   "image.filename)", image);
+        ret = -EINVAL;
+        goto fail;
+    }
+    bs->file = bdrv_open_child(image && *image ? image : NULL, NULL,
+                               image_opts, flags, false, errp);
     if (!bs->file) {
         ret = -EINVAL;
         goto fail;
     }
+    qemu_opts_del(image_opts);
     g_free(cfg_from_name);
     return 0;
 
 fail:
+    qemu_opts_del(image_opts);
     g_free(cfg_from_name);
     g_ptr_array_free(s->rules, TRUE);
     g_ptr_array_free(s->breaks, TRUE);
     g_ptr_array_free(s->suspended, TRUE);
     s->rules = NULL;
     return ret;
+}
+
+static void blkdebug_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    BDRVBlkdebugState *s = bs->opaque;
+
+    if (s->align > bs->bl.request_alignment) {
+        bs->bl.request_alignment = s->align;
+        bs->bl.min_mem_alignment = MAX(bs->bl.min_mem_alignment,
+                                       (uint32_t)MIN(s->align, 4096));
+    }
+    if (s->max_transfer) {
+        bs->bl.max_transfer = QEMU_ALIGN_DOWN(s->max_transfer,
+                                              bs->bl.request_alignment);
+        if (!bs->bl.max_transfer) {
+            error_setg(errp, "Cannot meet constraints with max-transfer %"
+                       PRIu64, s->max_transfer);
+        }
+    }
 }
 
 static void coroutine_fn blkdebug_close(BlockDriverState *bs)
@@ -521,9 +640,12 @@ static BlockDriver bdrv_blkdebug = {
     .instance_size          = sizeof(BDRVBlkdebugState),
     .is_filter              = true,
     .open_opts              = blkdebug_open_opts,
+    .child_prefixes         = blkdebug_child_prefixes,
+    .filename_optional      = true,
 
     .bdrv_open              = blkdebug_open,
     .bdrv_close             = blkdebug_close,
+    .bdrv_refresh_limits    = blkdebug_refresh_limits,
 
     .bdrv_co_preadv         = blkdebug_co_preadv,
     .bdrv_co_pwritev        = blkdebug_co_pwritev,

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * The "file" protocol: regular files and block devices. Data goes through
+ * The "file" protocol (regular files) and "host_device" / "host_cdrom"
+ * (block and character devices), as QEMU splits them. Data goes through
  * preadv/pwritev on the thread pool, or Linux native AIO with aio=native;
  * zeroes and discard use fallocate; block status uses SEEK_DATA/SEEK_HOLE.
  * Permissions become QEMU 7.2's image locks (byte-range locks on the file).
@@ -13,6 +14,7 @@
 #endif
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/cdrom.h>
 #include <sys/ioctl.h>
 
 typedef struct BDRVFileState {
@@ -24,6 +26,7 @@ typedef struct BDRVFileState {
     uint64_t perm, shared_perm;
     uint64_t locked_perm, locked_shared_perm;
     bool is_blockdev;
+    bool is_chardev;            /* host_device on /dev/null, a tape, ... */
     bool use_aio;               /* Linux native AIO */
     bool has_discard;
     bool has_write_zeroes;
@@ -33,6 +36,12 @@ typedef struct BDRVFileState {
     LinuxAioState *aio;
 #endif
 } BDRVFileState;
+
+/* A device node (host_device, host_cdrom): fixed size, no fallocate. */
+static bool file_is_device(BDRVFileState *s)
+{
+    return s->is_blockdev || s->is_chardev;
+}
 
 static const QemuOptDesc file_create_opts[] = {
     { "size", QEMU_OPT_SIZE, "Virtual disk size" },
@@ -52,10 +61,20 @@ static const QemuOptDesc file_open_opts[] = {
     { NULL }
 };
 
+/* The path a name of any of our three protocols stands for. */
 static const char *file_strip_prefix(const char *filename)
 {
+    static const char *const prefixes[] = {
+        "file:", "host_device:", "host_cdrom:",
+    };
     const char *rest;
-    return strstart(filename, "file:", &rest) ? rest : filename;
+
+    for (unsigned i = 0; i < ARRAY_SIZE(prefixes); i++) {
+        if (strstart(filename, prefixes[i], &rest)) {
+            return rest;
+        }
+    }
+    return filename;
 }
 
 /* ---- blocking work, run on the thread pool ---- */
@@ -411,6 +430,28 @@ static void file_probe_alignment(BlockDriverState *bs, BDRVFileState *s)
     bs->bl.min_mem_alignment = MAX(bs->bl.request_alignment, 512);
 }
 
+/*
+ * What a driver accepts (QEMU's split): "file" regular files only,
+ * "host_device" and "host_cdrom" block and character devices.
+ */
+static int file_check_type(BlockDriverState *bs, const char *filename,
+                           const struct stat *st, Error **errp)
+{
+    bool device = strcmp(bs->drv->format_name, "file") != 0;
+
+    if (!device && !S_ISREG(st->st_mode)) {
+        error_setg(errp, "'file' driver requires '%s' to be a regular file",
+                   filename);
+        return -EINVAL;
+    }
+    if (device && !S_ISBLK(st->st_mode) && !S_ISCHR(st->st_mode)) {
+        error_setg(errp, "'%s' driver requires '%s' to be either a character "
+                   "or block device", bs->drv->format_name, filename);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
                                   int flags, Error **errp)
 {
@@ -419,7 +460,16 @@ static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
     const char *aio = qemu_opt_get(options, "aio");
     int oflags = O_CLOEXEC;
     struct stat st;
+    int ret;
 
+    /* A CD-ROM drive without a disc must still open (QEMU's host_cdrom). */
+    if (!strcmp(bs->drv->format_name, "host_cdrom")) {
+        oflags |= O_NONBLOCK;
+    }
+
+    /* The node is called by its path ("file:a.img" is "a.img"). */
+    memmove(bs->filename, filename, strlen(filename) + 1);
+    filename = bs->filename;
     s->fd = -1;
     s->shared_perm = BLK_PERM_ALL;
     if (file_parse_locking(s, qemu_opt_get(options, "locking"), errp) < 0) {
@@ -459,13 +509,13 @@ static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
         close(s->fd);
         return -err;
     }
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        error_setg(errp, "'file' driver requires '%s' to be a regular file",
-                   filename);
+    ret = file_check_type(bs, filename, &st, errp);
+    if (ret < 0) {
         close(s->fd);
-        return -EINVAL;
+        return ret;
     }
     s->is_blockdev = S_ISBLK(st.st_mode);
+    s->is_chardev = S_ISCHR(st.st_mode);
     s->has_discard = true;
     s->has_write_zeroes = true;
     s->has_fallocate = true;
@@ -617,7 +667,7 @@ static int coroutine_fn file_co_pwrite_zeroes(BlockDriverState *bs,
                     .offset = offset, .bytes = bytes };
     int ret;
 
-    if (s->is_blockdev) {
+    if (file_is_device(s)) {
         return -ENOTSUP;
     }
     if ((flags & BDRV_REQ_MAY_UNMAP) && s->has_discard) {
@@ -656,7 +706,7 @@ static int coroutine_fn file_co_pdiscard(BlockDriverState *bs, int64_t offset,
     FileJob job = { .fd = s->fd, .offset = offset, .bytes = bytes };
     int ret;
 
-    if (!s->has_discard) {
+    if (!s->has_discard || s->is_chardev) {
         return -ENOTSUP;
     }
     if (s->is_blockdev) {
@@ -692,7 +742,7 @@ static int coroutine_fn file_co_block_status(BlockDriverState *bs,
 
     *map = offset;
     *file = bs;
-    if (!want_zero || s->is_blockdev) {
+    if (!want_zero || file_is_device(s)) {
         *pnum = bytes;
         return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
     }
@@ -718,13 +768,29 @@ static int coroutine_fn file_co_block_status(BlockDriverState *bs,
         }
         ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
     }
-    /* Keep answers aligned for O_DIRECT users; round data up. */
-    if (align > 1 && *pnum < bytes) {
-        int64_t end = QEMU_ALIGN_UP(offset + *pnum, align);
-        *pnum = MIN(bytes, MAX(end - offset, align));
-        ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    /*
+     * Keep answers aligned for O_DIRECT users, as QEMU does: a data extent
+     * ending inside a block (a partial block at the end of the file) grows
+     * to the block's end; a hole ending inside one shrinks to the block
+     * before it, or, if nothing is left, the block counts as data.
+     */
+    if (align > 1 && !QEMU_IS_ALIGNED(offset + *pnum, align)) {
+        int64_t down = QEMU_ALIGN_DOWN(offset + *pnum, align);
+
+        if ((ret & BDRV_BLOCK_ZERO) && down > offset) {
+            *pnum = down - offset;
+        } else {
+            *pnum = MIN(bytes, QEMU_ALIGN_UP(offset + *pnum, align) - offset);
+            ret = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+        }
     }
     return ret;
+}
+
+/* Nothing to tell beyond the defaults, but the question has an answer. */
+static int file_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    return 0;
 }
 
 static int64_t file_getlength(BlockDriverState *bs)
@@ -738,6 +804,10 @@ static int64_t file_getlength(BlockDriverState *bs)
             return -errno;
         }
         return size;
+    }
+    if (s->is_chardev) {
+        off_t end = lseek(s->fd, 0, SEEK_END);
+        return end < 0 ? -errno : end;
     }
     if (fstat(s->fd, &st) < 0) {
         return -errno;
@@ -807,7 +877,7 @@ static int coroutine_fn file_co_truncate(BlockDriverState *bs, int64_t offset,
         error_setg_errno(errp, (int)-cur, "Could not get the file size");
         return (int)cur;
     }
-    if (s->is_blockdev) {
+    if (file_is_device(s)) {
         if (offset > cur || (exact && offset != cur)) {
             error_setg(errp, "Cannot grow device files");
             return -EINVAL;
@@ -836,7 +906,7 @@ static int coroutine_fn file_co_truncate(BlockDriverState *bs, int64_t offset,
 static bool file_has_zero_init(BlockDriverState *bs)
 {
     BDRVFileState *s = bs->opaque;
-    return !s->is_blockdev;
+    return !file_is_device(s);
 }
 
 /*
@@ -970,6 +1040,91 @@ static int coroutine_fn file_co_delete_file(const char *filename,
     return 0;
 }
 
+/* Names without a prefix: device nodes go to host_device (QEMU's rule,
+ * "/dev/cdrom..." a little less eagerly, for host_cdrom to win). */
+static int hdev_probe_device(const char *filename)
+{
+    struct stat st;
+
+    if (strstart(filename, "/dev/cdrom", NULL)) {
+        return 50;
+    }
+    if (stat(filename, &st) == 0 &&
+        (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))) {
+        return 100;
+    }
+    return 0;
+}
+
+/* A CD-ROM drive answers the drive status ioctl, with or without disc. */
+static int cdrom_probe_device(const char *filename)
+{
+    int fd = open(filename, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    int score = 0;
+
+    if (fd < 0) {
+        return 0;
+    }
+    if (ioctl(fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) >= 0) {
+        score = 100;
+    }
+    close(fd);
+    return score;
+}
+
+/* A medium is present when the drive says it has a readable disc. */
+static bool cdrom_is_inserted(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+
+    return ioctl(s->fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) == CDS_DISC_OK;
+}
+
+/* What the three protocols share (they differ in what they open). */
+#define FILE_DRIVER_COMMON                                          \
+    .local_file             = true,                                 \
+    .instance_size          = sizeof(BDRVFileState),                \
+    .create_opts            = file_create_opts,                     \
+    .open_opts              = file_open_opts,                       \
+    .bdrv_open              = file_open,                            \
+    .bdrv_close             = file_close,                           \
+    .bdrv_refresh_limits    = file_refresh_limits,                  \
+    .bdrv_co_preadv         = file_co_preadv,                       \
+    .bdrv_co_pwritev        = file_co_pwritev,                      \
+    .bdrv_co_pwrite_zeroes  = file_co_pwrite_zeroes,                \
+    .bdrv_co_pdiscard       = file_co_pdiscard,                     \
+    .bdrv_co_flush_to_disk  = file_co_flush_to_disk,                \
+    .bdrv_co_block_status   = file_co_block_status,                 \
+    .bdrv_co_truncate       = file_co_truncate,                     \
+    .bdrv_getlength         = file_getlength,                       \
+    .bdrv_get_info          = file_get_info,                        \
+    .bdrv_get_allocated_file_size = file_get_allocated_file_size,   \
+    .bdrv_has_zero_init     = file_has_zero_init,                   \
+    .bdrv_check_perm        = file_check_perm,                      \
+    .bdrv_set_perm          = file_set_perm,                        \
+    .bdrv_abort_perm_update = file_abort_perm_update,               \
+    .supported_zero_flags   = BDRV_REQ_MAY_UNMAP
+
+static BlockDriver bdrv_host_device = {
+    .format_name            = "host_device",
+    .protocol_name          = "host_device",
+    .bdrv_probe_device      = hdev_probe_device,
+    .create_opens_existing  = true,
+    FILE_DRIVER_COMMON,
+};
+
+static BlockDriver bdrv_host_cdrom = {
+    .format_name            = "host_cdrom",
+    .protocol_name          = "host_cdrom",
+    .bdrv_probe_device      = cdrom_probe_device,
+    .bdrv_is_inserted       = cdrom_is_inserted,
+    .create_opens_existing  = true,
+    FILE_DRIVER_COMMON,
+};
+
+BLOCK_DRIVER_REGISTER(bdrv_host_device)
+BLOCK_DRIVER_REGISTER(bdrv_host_cdrom)
+
 static BlockDriver bdrv_file = {
     .format_name            = "file",
     .protocol_name          = "file",
@@ -992,6 +1147,7 @@ static BlockDriver bdrv_file = {
     .bdrv_co_block_status   = file_co_block_status,
     .bdrv_co_truncate       = file_co_truncate,
     .bdrv_getlength         = file_getlength,
+    .bdrv_get_info          = file_get_info,
     .bdrv_get_allocated_file_size = file_get_allocated_file_size,
     .bdrv_has_zero_init     = file_has_zero_init,
 

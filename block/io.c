@@ -113,12 +113,35 @@ static void coroutine_fn wait_serialising_requests(BdrvTrackedRequest *self)
     } while (retry);
 }
 
+/*
+ * The request layer's own blkdebug events (QEMU's names: pwritev,
+ * pwritev_done, pwritev_rmw_*): raised on the node doing the request and
+ * seen only if that node is blkdebug itself, as in QEMU.
+ */
+static void bdrv_debug_event_node(BlockDriverState *bs, const char *event)
+{
+    if (bs->drv && bs->drv->bdrv_debug_event) {
+        bs->drv->bdrv_debug_event(bs, event);
+    }
+}
+
 /* ---- checks ---- */
+
+/* Is there a medium below the root bs (host_cdrom without a disc)? */
+static bool bdrv_is_inserted(BlockDriverState *bs)
+{
+    for (; bs && bs->drv; bs = bs->file) {
+        if (bs->drv->bdrv_is_inserted && !bs->drv->bdrv_is_inserted(bs)) {
+            return false;
+        }
+    }
+    return bs == NULL;
+}
 
 static int bdrv_check_request(BlockDriverState *bs, int64_t offset,
                               int64_t bytes)
 {
-    if (!bs->drv) {
+    if (!bs->drv || (bs->is_root && !bdrv_is_inserted(bs))) {
         return -ENOMEDIUM;
     }
     if (offset < 0 || bytes < 0 || offset > INT64_MAX - bytes) {
@@ -145,7 +168,8 @@ static int64_t bdrv_max_transfer(BlockDriverState *bs)
 static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
                                            int64_t offset, int64_t bytes,
                                            QEMUIOVector *qiov,
-                                           size_t qiov_offset)
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
 {
     BlockDriver *drv = bs->drv;
     int64_t max = bdrv_max_transfer(bs);
@@ -158,7 +182,8 @@ static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
     }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
-        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset, 0);
+        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset,
+                                      flags);
         if (ret < 0) {
             return ret;
         }
@@ -201,8 +226,9 @@ static int coroutine_fn bdrv_co_do_copy_on_readv(BlockDriverState *bs,
             int64_t align = bs->bl.request_alignment;
             pnum = MIN(QEMU_ALIGN_UP(offset + pnum, align) - offset, bytes);
         }
-        ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset);
+        ret = bdrv_driver_preadv(bs, offset, pnum, qiov, qiov_offset, 0);
         if (ret >= 0 && copy) {
+            BLKDBG_EVENT(bs->file, "cor_write");
             ret = bdrv_driver_pwritev(bs, offset, pnum, qiov, qiov_offset, 0);
         }
         if (ret < 0) {
@@ -240,11 +266,17 @@ static int coroutine_fn bdrv_aligned_preadv(BlockDriverState *bs,
     if (readable == 0) {
         return 0;
     }
-    if ((flags & BDRV_REQ_COPY_ON_READ) && bs->backing) {
+    /* As QEMU: whatever the node does not hold itself is written into it,
+     * backing file or not (unallocated parts of an image without one are
+     * copied as the zeroes they read as). */
+    if ((flags & BDRV_REQ_COPY_ON_READ) && !bs->drv->is_filter) {
         return bdrv_co_do_copy_on_readv(bs, offset, readable, qiov,
                                         qiov_offset);
     }
-    return bdrv_driver_preadv(bs, offset, readable, qiov, qiov_offset);
+    /* A filter passes copy-on-read to the node that has the backing. */
+    return bdrv_driver_preadv(bs, offset, readable, qiov, qiov_offset,
+                              bs->drv->is_filter
+                              ? flags & BDRV_REQ_COPY_ON_READ : 0);
 }
 
 /*
@@ -312,7 +344,7 @@ int coroutine_fn bdrv_co_preadv_part(BlockDriverState *bs, int64_t offset,
     align = bs->bl.request_alignment;
     bs->in_flight++;
     tracked_request_begin(&req, bs, offset, bytes, false);
-    if ((flags & BDRV_REQ_COPY_ON_READ) && bs->backing) {
+    if ((flags & BDRV_REQ_COPY_ON_READ) && !bs->drv->is_filter) {
         /* Copying writes into the image: exclude concurrent writers. */
         tracked_request_serialise(&req, align);
     }
@@ -444,11 +476,14 @@ static int coroutine_fn bdrv_aligned_pwritev(BlockDriverState *bs,
     int ret;
 
     if (flags & BDRV_REQ_ZERO_WRITE) {
+        /* (blkdebug raises QEMU's pwritev_zero itself, as "zero") */
         ret = bdrv_driver_pwrite_zeroes(bs, offset, bytes, flags);
     } else {
+        bdrv_debug_event_node(bs, "pwritev");
         ret = bdrv_driver_pwritev(bs, offset, bytes, qiov, qiov_offset,
                                   flags);
     }
+    bdrv_debug_event_node(bs, "pwritev_done");
     if (ret >= 0 && bs->drv->protocol_name && bs->total_bytes >= 0 &&
         offset + bytes > bs->total_bytes) {
         bdrv_refresh_total_bytes(bs);
@@ -506,14 +541,25 @@ static int coroutine_fn bdrv_co_do_rmw(BlockDriverState *bs, int64_t offset,
     }
 
     bdrv_pad_init(&pad, bs, offset, bytes, qiov, qiov_offset);
+    /* The events let tests stop a write between its reads and its write
+     * (blkdebug breakpoints, QEMU's names); head and tail inside one block
+     * are one read, announced as the head. */
     if (pad.head) {
+        bdrv_debug_event_node(bs, "pwritev_rmw_head");
         qemu_iovec_init_buf(&blk, pad.buf, align);
         ret = bdrv_aligned_preadv(bs, pad.offset, align, &blk, 0, 0);
+        bdrv_debug_event_node(bs, "pwritev_rmw_after_head");
+        if (pad.tail && pad.bytes == align) {
+            memcpy(pad.buf + align, pad.buf, align);
+            pad.tail = 0;       /* read already */
+        }
     }
     if (ret >= 0 && pad.tail) {
+        bdrv_debug_event_node(bs, "pwritev_rmw_tail");
         qemu_iovec_init_buf(&blk, pad.buf + align, align);
         ret = bdrv_aligned_preadv(bs, pad.offset + pad.bytes - align, align,
                                   &blk, 0, 0);
+        bdrv_debug_event_node(bs, "pwritev_rmw_after_tail");
     }
     if (ret >= 0) {
         ret = bdrv_aligned_pwritev(bs, pad.offset, pad.bytes, &pad.qiov, 0,

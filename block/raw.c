@@ -53,8 +53,13 @@ static int coroutine_fn raw_open(BlockDriverState *bs, QemuOpts *options,
     s->has_size = qemu_opt_has(options, "size");
     s->size = s->has_size ? qemu_opt_get_size(options, "size", 0)
                           : (uint64_t)MAX(file_len - (int64_t)s->offset, 0);
-    if (s->offset > (uint64_t)file_len ||
-        s->size > (uint64_t)file_len - s->offset) {
+    if (s->offset > (uint64_t)file_len) {
+        error_setg(errp, "Offset (%" PRIu64 ") cannot be greater than size "
+                   "of the containing file (%" PRId64 ")", s->offset,
+                   file_len);
+        return -EINVAL;
+    }
+    if (s->size > (uint64_t)file_len - s->offset) {
         error_setg(errp, "The sum of offset (%" PRIu64 ") and size (%" PRIu64
                    ") has to be smaller or equal to the actual size of the "
                    "containing file (%" PRId64 ")", s->offset, s->size,
@@ -207,9 +212,10 @@ static int64_t raw_getlength(BlockDriverState *bs)
     return MAX(len - (int64_t)s->offset, 0);
 }
 
+/* What the file knows (QEMU's raw asks it too: over null-co, nothing). */
 static int raw_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
 {
-    return 0;
+    return bdrv_get_info(bs->file, bdi);
 }
 
 static bool raw_has_zero_init(BlockDriverState *bs)

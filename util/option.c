@@ -328,6 +328,9 @@ static int check_value(const QemuOptDesc *desc, const char *value,
         if (qemu_strtosz(value, NULL, &n) < 0) {
             error_setg(errp, "Parameter '%s' expects a non-negative number "
                        "below 2^64", desc->name);
+            error_append_hint(errp, "Optional suffix k, M, G, T, P or E "
+                              "means kilo-, mega-, giga-, tera-, peta-\n"
+                              "and exabytes, respectively.\n");
             return -EINVAL;
         }
         return 0;
