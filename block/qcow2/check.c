@@ -23,6 +23,11 @@ typedef struct Qcow2Check {
     Qcow2Imrt imrt;
     bool rebuild;
     int64_t file_len;
+    /* Whole refcount blocks read straight from the file (see
+     * check_get_refcount); rb_off is the block in rb_buf, 0 for none. */
+    uint8_t *rb_buf;
+    uint64_t rb_off;
+    bool rb_use_cache;
 } Qcow2Check;
 
 enum { CHECK_FRAG_INFO = 1 };
@@ -436,6 +441,56 @@ static int coroutine_fn check_refblocks(Qcow2Check *c)
     return 0;
 }
 
+/*
+ * A cluster's refcount as check reads it: one whole refcount block at a
+ * time, straight from the file. The refcount cache works in slices, which
+ * would cost a read per slice over the whole image (and again for the
+ * OFLAG_COPIED pass); QEMU reads each block once. The cache is written back
+ * before the first direct read; once check has changed a refcount it reads
+ * through the cache again, so it never sees a stale block.
+ */
+static int coroutine_fn check_get_refcount(Qcow2Check *c, uint64_t cl,
+                                           uint64_t *rc)
+{
+    BlockDriverState *bs = c->bs;
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t rt = cl >> s->refcount_block_bits;
+    uint64_t off;
+    int ret;
+
+    *rc = 0;
+    if (c->rb_use_cache || !c->rb_buf) {
+        return qcow2_get_refcount(bs, cl, rc);
+    }
+    if (rt >= s->refcount_table_size) {
+        return 0;
+    }
+    off = s->refcount_table[rt] & QCOW2_REFT_OFFSET_MASK;
+    if (!off) {
+        return 0;
+    }
+    if (qcow2_offset_into_cluster(s, off) || off > QCOW2_MAX_HOST_OFFSET) {
+        return qcow2_get_refcount(bs, cl, rc);  /* reports the corruption */
+    }
+    if (off != c->rb_off) {
+        if (!c->rb_off) {
+            ret = table_cache_flush(s->refcount_cache);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        c->rb_off = 0;
+        ret = bdrv_co_pread(bs->file, off, s->cluster_size, c->rb_buf, 0);
+        if (ret < 0) {
+            return ret;
+        }
+        c->rb_off = off;
+    }
+    *rc = qcow2_get_refcount_ro(s, c->rb_buf,
+                                cl & (s->refcount_block_size - 1));
+    return 0;
+}
+
 /* Every reference the image makes, counted in c->imrt. */
 static int coroutine_fn calculate_refcounts(Qcow2Check *c)
 {
@@ -503,7 +558,7 @@ static void coroutine_fn compare_refcounts(Qcow2Check *c, BdrvCheckMode fix,
     *highest = 0;
     for (int64_t i = 0; i < c->imrt.nb_clusters; i++) {
         uint64_t rc1, rc2 = imrt_get(s, &c->imrt, i);
-        int ret = qcow2_get_refcount(bs, i, &rc1);
+        int ret = check_get_refcount(c, i, &rc1);
         if (ret < 0) {
             fprintf(stderr, "Can't get refcount for cluster %" PRId64 ": %s\n",
                     i, strerror(-ret));
@@ -530,6 +585,7 @@ static void coroutine_fn compare_refcounts(Qcow2Check *c, BdrvCheckMode fix,
         if (fixed) {
             int64_t diff = rc2 > rc1 ? (int64_t)(rc2 - rc1)
                                      : -(int64_t)(rc1 - rc2);
+            c->rb_use_cache = true;     /* the file's blocks are stale now */
             if (qcow2_update_refcount(bs, i << s->cluster_bits, 1, diff)
                 >= 0) {
                 (*fixed)++;
@@ -735,7 +791,7 @@ static int coroutine_fn check_oflag_copied(Qcow2Check *c)
         if (!l2 || qcow2_offset_into_cluster(s, l2)) {
             continue;
         }
-        if (qcow2_get_refcount(bs, l2 >> s->cluster_bits, &rc) < 0) {
+        if (check_get_refcount(c, l2 >> s->cluster_bits, &rc) < 0) {
             continue;
         }
         if ((rc == 1) != !!(l1e & QCOW2_OFLAG_COPIED)) {
@@ -770,7 +826,7 @@ static int coroutine_fn check_oflag_copied(Qcow2Check *c)
             }
             if (qcow2_has_data_file(s)) {
                 rc = 1;
-            } else if (qcow2_get_refcount(bs, data >> s->cluster_bits,
+            } else if (check_get_refcount(c, data >> s->cluster_bits,
                                           &rc) < 0) {
                 continue;
             }
@@ -877,6 +933,7 @@ static int coroutine_fn qcow2_check_refcounts(BlockDriverState *bs,
         return -EFBIG;
     }
     res->total_clusters = qcow2_size_to_clusters(s, s->size);
+    c.rb_buf = qemu_blockalign(s->cluster_size);
     if (imrt_resize(s, &c.imrt, nb) < 0) {
         res->check_errors++;
         return -ENOMEM;
@@ -888,6 +945,7 @@ static int coroutine_fn qcow2_check_refcounts(BlockDriverState *bs,
     pre = *res;
     compare_refcounts(&c, 0, &highest);
     if (c.rebuild && (fix & BDRV_FIX_ERRORS)) {
+        c.rb_use_cache = true;          /* the blocks are rewritten */
         ret = check_rebuild(&c, &highest);
         if (ret < 0) {
             goto out;
@@ -910,6 +968,7 @@ static int coroutine_fn qcow2_check_refcounts(BlockDriverState *bs,
     }
     res->image_end_offset = (highest + 1) * (int64_t)s->cluster_size;
 out:
+    qemu_vfree(c.rb_buf);
     g_free(c.imrt.table);
     return ret;
 }
