@@ -198,8 +198,11 @@ static void test_bh_from_thread(void)
 
     timer_mod_ns(keepalive, qemu_clock_get_ns() + 10000000000LL);
     s.bh = aio_bh_new(ctx, bh_count, &s.runs);
-    t = g_thread_new("bh", bh_thread, &s);
+    /* start before the thread exists: its 50 ms sleep then always ends
+     * after start, however late this thread runs again (a loaded machine
+     * can deschedule it for longer than 10 ms). */
     start = qemu_clock_get_ns();
+    t = g_thread_new("bh", bh_thread, &s);
     while (s.runs == 0) {
         aio_poll(ctx, true);
         polls++;
