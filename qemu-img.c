@@ -2117,6 +2117,7 @@ static int img_convert(int argc, char **argv)
     int flags, src_flags, c, ret = -1;
     bool force_share = false;
     bool writethrough, src_writethrough;
+    QemuOpts *user_opts = NULL;
 
     while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
                             long_options, NULL)) != -1) {
@@ -2290,6 +2291,22 @@ static int img_convert(int argc, char **argv)
             goto out;
         }
     }
+    /* As QEMU: the backing file and its format may come from -o too. */
+    if (a.options && !a.skip_create) {
+        Error *err = NULL;
+
+        user_opts = qemu_opts_new();
+        if (qemu_opts_parse(user_opts, a.options, NULL, &err) < 0) {
+            error_free(err);    /* reported when the target is created */
+        } else {
+            if (!a.out_baseimg) {
+                a.out_baseimg = qemu_opt_get(user_opts, "backing_file");
+            }
+            if (!a.backing_fmt) {
+                a.backing_fmt = qemu_opt_get(user_opts, "backing_fmt");
+            }
+        }
+    }
     if (a.out_baseimg && !a.skip_create) {
         BlockDriver *odrv = bdrv_find_format(a.out_fmt);
         if (odrv && !bdrv_driver_supports_backing(odrv)) {
@@ -2380,6 +2397,9 @@ out:
     g_free(s.src);
     g_free(s.src_len);
     g_free(s.src_size);
+    if (user_opts) {
+        qemu_opts_del(user_opts);
+    }
     g_free(a.options);
     return ret ? 1 : 0;
 }
