@@ -2407,11 +2407,16 @@ out:
 /* ------------------------------------------------------------------ */
 /* commit                                                             */
 
-/* The node of bs's backing chain (below bs) named base, or NULL. */
+/*
+ * The node of bs's backing chain (below bs) named base, or NULL. As
+ * QEMU's: a relative name is relative to each overlay's directory (how
+ * backing names are stored), an absolute one is compared by real path.
+ */
 static BlockDriverState *find_backing_image(BlockDriverState *bs,
                                             const char *base)
 {
-    char *want = realpath(base, NULL);
+    bool relative = base[0] != '/' && !strstr(base, ":");
+    char *want = relative ? NULL : realpath(base, NULL);
     BlockDriverState *found = NULL;
 
     for (BlockDriverState *cur = bs; cur && !found;
@@ -2420,13 +2425,21 @@ static BlockDriverState *find_backing_image(BlockDriverState *bs,
         const char *stored = bdrv_get_backing_filename(cur);
         char *full = bdrv_get_full_backing_filename(cur);
         char *real = full ? realpath(full, NULL) : NULL;
+        char *rel = NULL, *rel_real = NULL;
 
+        if (next && relative) {
+            rel = path_combine(bdrv_get_filename(cur), base);
+            rel_real = realpath(rel, NULL);
+        }
         if (next && ((stored && !strcmp(stored, base)) ||
-                     (full && !strcmp(full, base)) ||
-                     !strcmp(bdrv_get_filename(next), base) ||
-                     (want && real && !strcmp(want, real)))) {
+                     (!relative && full && !strcmp(full, base)) ||
+                     (!relative && !strcmp(bdrv_get_filename(next), base)) ||
+                     (want && real && !strcmp(want, real)) ||
+                     (rel_real && real && !strcmp(rel_real, real)))) {
             found = next;
         }
+        free(rel_real);
+        g_free(rel);
         free(real);
         g_free(full);
     }
