@@ -1772,28 +1772,47 @@ static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
     return 1;
 }
 
-/* Read [offset, offset + n) of the concatenated sources (one source). */
+/*
+ * Read [offset, offset + n) of the concatenated sources: one source, or
+ * several when a compressed cluster spans the end of one (as QEMU's).
+ */
 static int coroutine_fn convert_co_read(ConvertState *s, int64_t offset,
                                         int64_t n, uint8_t *buf)
 {
-    int64_t start = 0, local, len;
+    int64_t start = 0;
     int i = 0;
 
-    while (offset >= start + s->src_size[i]) {
-        start += s->src_size[i];
-        i++;
+    while (n > 0) {
+        int64_t local, len, chunk;
+        int ret;
+
+        while (i < s->src_num && offset >= start + s->src_size[i]) {
+            start += s->src_size[i];
+            i++;
+        }
+        if (i == s->src_num) {
+            memset(buf, 0, n);      /* beyond the last source */
+            return 0;
+        }
+        local = offset - start;
+        chunk = MIN(n, s->src_size[i] - local);
+        len = s->src_len[i];
+        if (local >= len) {
+            memset(buf, 0, chunk);
+        } else {
+            int64_t avail = MIN(chunk, len - local);
+
+            ret = bdrv_co_pread(s->src[i], local, avail, buf, 0);
+            if (ret < 0) {
+                return ret;
+            }
+            memset(buf + avail, 0, chunk - avail);
+        }
+        offset += chunk;
+        buf += chunk;
+        n -= chunk;
     }
-    local = offset - start;
-    len = s->src_len[i];
-    if (local >= len) {
-        memset(buf, 0, n);
-        return 0;
-    }
-    if (local + n > len) {
-        memset(buf + (len - local), 0, n - (len - local));
-        n = len - local;
-    }
-    return bdrv_co_pread(s->src[i], local, n, buf, 0);
+    return 0;
 }
 
 static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
