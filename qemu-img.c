@@ -1619,6 +1619,7 @@ struct ConvertState {
     bool has_zero_init;
     bool wr_in_order;
     int64_t min_sparse;             /* in sectors; 0 = write everything */
+    int64_t alignment;              /* sectors: zero/data runs end on it */
     int64_t buf_size;
 
     /* iteration state, protected by lock */
@@ -1718,57 +1719,74 @@ static int64_t convert_iteration(ConvertState *s, int64_t offset)
 }
 
 /*
- * Status of the first sector of buf and the number of sectors (*pnum) that
- * share it, where zero runs shorter than min sectors count as data: 1 for
- * data to write, 0 for a zero run that may be skipped.
+ * Status of the first sector of buf (1 data, 0 zero) and in *pnum the
+ * number of sectors that share it, with the end moved to a multiple of
+ * alignment sectors (a power of two) when the run ends inside the buffer,
+ * as QEMU's: a data run grows up to the boundary, a zero run shrinks down
+ * to it, and a zero run shorter than its part before the boundary becomes
+ * data (the next data write would fill it anyway).
  */
-static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
-                                    int64_t *pnum, int64_t min)
+static int convert_sector_run(const uint8_t *buf, int64_t n, int64_t *pnum,
+                              int64_t sector, int64_t alignment)
 {
-    int64_t i = 0;
-    bool first_zero;
+    bool zero;
+    int64_t i, tail;
 
     if (n <= 0) {
         *pnum = 0;
         return 0;
     }
-    if (n < min) {
-        *pnum = n;
-        return 1;
-    }
-    first_zero = buffer_is_zero(buf, BDRV_SECTOR_SIZE);
-    if (first_zero) {
-        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                       BDRV_SECTOR_SIZE)) {
-            i++;
-        }
-        if (i >= min || i == n) {
-            *pnum = i;
-            return 0;
-        }
-    }
-    /* data, possibly with short zero holes */
-    for (;;) {
-        int64_t zstart;
-
-        while (i < n && !buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                        BDRV_SECTOR_SIZE)) {
-            i++;
-        }
-        if (i == n) {
+    zero = buffer_is_zero(buf, BDRV_SECTOR_SIZE);
+    for (i = 1; i < n; i++) {
+        if (buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
+                           BDRV_SECTOR_SIZE) != zero) {
             break;
         }
-        zstart = i;
-        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                       BDRV_SECTOR_SIZE)) {
-            i++;
+    }
+    if (i < n) {
+        tail = (sector + i) & (alignment - 1);
+        if (tail && zero && i <= tail) {
+            zero = false;
         }
-        if (i - zstart >= min || i == n) {
-            i = zstart;
-            break;
+        if (tail && !zero) {
+            i = MIN(i + alignment - tail, n);
+        } else if (tail) {
+            i -= tail;
         }
     }
     *pnum = i;
+    return !zero;
+}
+
+/*
+ * Like convert_sector_run, but a data run swallows the zero runs after it
+ * that are shorter than min sectors (no split of a write for a small hole):
+ * 1 and the sectors to write, or 0 and a leading zero run to skip.
+ */
+static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
+                                    int64_t *pnum, int64_t min,
+                                    int64_t sector, int64_t alignment)
+{
+    int64_t used, checked, run;
+
+    min = MIN(min, n);
+    if (!convert_sector_run(buf, n, pnum, sector, alignment)) {
+        return 0;
+    }
+    used = checked = *pnum;
+    while (checked < n) {
+        int data = convert_sector_run(buf + checked * BDRV_SECTOR_SIZE,
+                                      n - checked, &run, sector + checked,
+                                      alignment);
+
+        checked += run;
+        if (data) {
+            used = checked;
+        } else if (run >= min) {
+            break;
+        }
+    }
+    *pnum = used;
     return 1;
 }
 
@@ -1832,6 +1850,7 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
         case BLK_DATA:
             if (s->compressed) {
                 /* A cluster is written whole, or skipped if all zero. */
+                n = MIN(n, s->cluster_size);
                 if (s->min_sparse && buffer_is_zero(buf, n)) {
                     goto zero;
                 }
@@ -1846,7 +1865,9 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
                 int64_t sectors = DIV_ROUND_UP(bytes, BDRV_SECTOR_SIZE);
                 int64_t pnum;
                 int alloc = is_allocated_sectors_min(buf, sectors, &pnum,
-                                                     s->min_sparse);
+                                                     s->min_sparse,
+                                                     offset / BDRV_SECTOR_SIZE,
+                                                     s->alignment);
 
                 n = MIN(bytes, pnum * (int64_t)BDRV_SECTOR_SIZE);
                 if (!alloc) {
@@ -2310,6 +2331,11 @@ static int img_convert(int argc, char **argv)
             goto out;
         }
     }
+    if (s.src_num > 1 && a.out_baseimg) {
+        error_report("Having a backing file for the target makes no sense "
+                     "when concatenating multiple input images");
+        goto out;
+    }
     /* As QEMU: the backing file and its format may come from -o too. */
     if (a.options && !a.skip_create) {
         Error *err = NULL;
@@ -2384,6 +2410,15 @@ static int img_convert(int argc, char **argv)
         s.compressed = true;
         s.cluster_size = bdi.cluster_size;
     }
+    /* As QEMU: runs end on -S (a power of two below) or the target's
+     * request alignment, whichever is larger. */
+    s.alignment = 1;
+    while (s.alignment * 2 <= s.min_sparse) {
+        s.alignment *= 2;
+    }
+    s.alignment = MAX(s.alignment,
+                      DIV_ROUND_UP(bdrv_get_request_alignment(s.target),
+                                   BDRV_SECTOR_SIZE));
     if (a.target_is_zero) {
         s.has_zero_init = true;
     } else if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
