@@ -915,6 +915,50 @@ int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
     return ret;
 }
 
+/*
+ * Status of [offset, offset + bytes) as read through bs: the first node of
+ * the chain from bs down to (not including) base that allocates the start
+ * answers, and *pnum is how far that answer holds in every node above it.
+ * *depth (if given) counts the nodes looked at. Unallocated down to base
+ * returns the last node's status without BDRV_BLOCK_EOF.
+ */
+int coroutine_fn bdrv_co_block_status_above(BlockDriverState *bs,
+                                            BlockDriverState *base,
+                                            int64_t offset, int64_t bytes,
+                                            int64_t *pnum, int64_t *map,
+                                            BlockDriverState **file,
+                                            int *depth)
+{
+    BlockDriverState *p = bs;
+    int d = 0;
+    int ret = 0;
+
+    *pnum = bytes;
+    for (; p && p != base; p = p->backing, d++) {
+        int64_t len = bdrv_getlength(p);
+        if (len >= 0 && offset >= len && p != bs) {
+            /* Past the end of a shorter backing file: reads as zero. */
+            ret = BDRV_BLOCK_ZERO;
+            *pnum = bytes;
+            break;
+        }
+        ret = bdrv_co_block_status(p, offset, bytes, pnum, map, file);
+        if (ret < 0 || (ret & BDRV_BLOCK_ALLOCATED) || *pnum == 0) {
+            break;
+        }
+        bytes = *pnum;
+        if (!p->backing || p->backing == base) {
+            ret &= ~BDRV_BLOCK_EOF;
+            d++;
+            break;
+        }
+    }
+    if (depth) {
+        *depth = d;
+    }
+    return ret;
+}
+
 /* ---- truncate ---- */
 
 int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Unit tests of the block core on a counting test driver: concurrent
+ * flushes of one node share driver flushes, and the synchronous wrappers
+ * and block_status_above behave as their coroutine versions.
+ */
+#include "block.h"
+#include "block_int.h"
+#include "util/aio.h"
+
+/* ---- the "counter" test protocol ---- */
+
+typedef struct CounterState {
+    int64_t length;
+} CounterState;
+
+static unsigned counter_flushes;        /* driver flushes started */
+static unsigned counter_writes;
+
+static int coroutine_fn counter_open(BlockDriverState *bs, QemuOpts *options,
+                                     int flags, Error **errp)
+{
+    CounterState *s = bs->opaque;
+    s->length = 1 * MiB;
+    return 0;
+}
+
+static int64_t counter_getlength(BlockDriverState *bs)
+{
+    CounterState *s = bs->opaque;
+    return s->length;
+}
+
+/* Complete from the event loop, so that other coroutines run meanwhile. */
+static void coroutine_fn counter_yield(void)
+{
+    aio_co_schedule(qemu_coroutine_self());
+    qemu_coroutine_yield();
+}
+
+static int coroutine_fn counter_co_preadv(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset,
+                                          BdrvRequestFlags flags)
+{
+    qemu_iovec_memset(qiov, qiov_offset, 0, bytes);
+    counter_yield();
+    return 0;
+}
+
+static int coroutine_fn counter_co_pwritev(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
+{
+    counter_writes++;
+    counter_yield();
+    return 0;
+}
+
+static int coroutine_fn counter_co_flush_to_disk(BlockDriverState *bs)
+{
+    counter_flushes++;
+    counter_yield();
+    return 0;
+}
+
+static BlockDriver bdrv_counter = {
+    .format_name            = "counter",
+    .protocol_name          = "counter",
+    .instance_size          = sizeof(CounterState),
+    .filename_optional      = true,
+    .bdrv_open              = counter_open,
+    .bdrv_getlength         = counter_getlength,
+    .bdrv_co_preadv         = counter_co_preadv,
+    .bdrv_co_pwritev        = counter_co_pwritev,
+    .bdrv_co_flush_to_disk  = counter_co_flush_to_disk,
+};
+
+BLOCK_DRIVER_REGISTER(bdrv_counter)
+
+static BlockDriverState *open_counter(void)
+{
+    Error *err = NULL;
+    BlockDriverState *bs = bdrv_open("counter://", "counter", NULL,
+                                     BDRV_O_RDWR, &err);
+    if (!bs) {
+        fprintf(stderr, "open: %s\n", error_get_pretty(err));
+        abort();
+    }
+    return bs;
+}
+
+/* ---- flush merging ---- */
+
+typedef struct FlushCo {
+    BlockDriverState *bs;
+    int ret;
+    bool done;
+} FlushCo;
+
+static void coroutine_fn flush_entry(void *opaque)
+{
+    FlushCo *f = opaque;
+    f->ret = bdrv_co_flush(f->bs);
+    f->done = true;
+}
+
+static void coroutine_fn write_entry(void *opaque)
+{
+    FlushCo *f = opaque;
+    uint8_t buf[512] = { 0 };
+    f->ret = bdrv_co_pwrite(f->bs, 0, sizeof(buf), buf, 0);
+    f->done = true;
+}
+
+static void start(CoroutineEntry *fn, FlushCo *f)
+{
+    qemu_coroutine_enter(qemu_coroutine_create(fn, f));
+}
+
+static bool all_done(FlushCo *f, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (!f[i].done) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Eight flushes started together after one write cost one driver flush;
+ * a write that lands while a flush runs is covered by exactly one more,
+ * shared by every flush that arrived after it.
+ */
+static void test_flush_merge(void)
+{
+    BlockDriverState *bs = open_counter();
+    enum { N = 8 };
+    FlushCo f[N], w = { .bs = bs };
+
+    g_assert_cmpint(bdrv_pwrite(bs, 0, 512, (uint8_t[512]){ 0 }, 0), ==, 0);
+    counter_flushes = 0;
+    for (int i = 0; i < N; i++) {
+        f[i] = (FlushCo) { .bs = bs };
+        start(flush_entry, &f[i]);
+    }
+    AIO_WAIT_WHILE(!all_done(f, N));
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(f[i].ret, ==, 0);
+    }
+    g_assert_cmpuint(counter_flushes, ==, 1);
+
+    /* Nothing written since: a flush of a node that syncs is free. */
+    g_assert_cmpint(bdrv_flush(bs), ==, 0);
+    g_assert_cmpuint(counter_flushes, ==, 1);
+
+    /* f[0] flushes an old write; a new write completes meanwhile; f[1..]
+     * need it durable and share the next flush. */
+    g_assert_cmpint(bdrv_pwrite(bs, 0, 512, (uint8_t[512]){ 0 }, 0), ==, 0);
+    counter_flushes = 0;
+    f[0] = (FlushCo) { .bs = bs };
+    start(flush_entry, &f[0]);
+    g_assert(bs->flush_active);
+    start(write_entry, &w);
+    AIO_WAIT_WHILE(!w.done);
+    g_assert(bs->flush_active || f[0].done);
+    for (int i = 1; i < N; i++) {
+        f[i] = (FlushCo) { .bs = bs };
+        start(flush_entry, &f[i]);
+    }
+    AIO_WAIT_WHILE(!all_done(f, N));
+    g_assert_cmpuint(counter_flushes, ==, 2);
+    g_assert(bdrv_write_gen_is_durable(bs, bdrv_get_write_gen(bs)));
+    bdrv_unref(bs);
+}
+
+/* ---- synchronous wrappers and block_status_above ---- */
+
+static void test_sync_wrappers(void)
+{
+    BlockDriverState *bs = open_counter();
+    uint8_t buf[4096];
+    int64_t pnum = -1;
+    int depth = -1;
+
+    counter_writes = 0;
+    g_assert_cmpint(bdrv_pread(bs, 0, sizeof(buf), buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pwrite(bs, 4096, sizeof(buf), buf, 0), ==, 0);
+    g_assert_cmpuint(counter_writes, ==, 1);
+    g_assert_cmpint(bdrv_pwrite(bs, 1 * MiB, 1, buf, 0), ==, -EIO);
+    /* No status callback: all data; one node, depth 1 is the top. */
+    int ret = bdrv_block_status_above(bs, NULL, 0, 1 * MiB, &pnum, NULL,
+                                      NULL, &depth);
+    g_assert_cmpint(ret & BDRV_BLOCK_ALLOCATED, !=, 0);
+    g_assert_cmpint(pnum, ==, 1 * MiB);
+    g_assert_cmpint(depth, ==, 0);
+    /* base == bs: nothing above base, status 0. */
+    ret = bdrv_block_status_above(bs, bs, 0, 1 * MiB, &pnum, NULL, NULL,
+                                  &depth);
+    g_assert_cmpint(ret, ==, 0);
+    g_assert_cmpint(depth, ==, 0);
+    bdrv_unref(bs);
+}
+
+int main(int argc, char **argv)
+{
+    error_set_progname(argv[0]);
+    bdrv_init();
+
+    test_flush_merge();
+    test_sync_wrappers();
+
+    printf("PASS test-block-core\n");
+    return 0;
+}
