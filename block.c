@@ -331,7 +331,6 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
     bs->drv = drv;
     bs->refcnt = 1;
     bs->total_bytes = -1;
-    bs->enable_write_cache = true;
     bs->open_flags = flags;
     bs->read_only = !(flags & BDRV_O_RDWR);
     bs->opaque = g_malloc0(MAX(drv->instance_size, 1));
@@ -1099,7 +1098,6 @@ static BlockDriverState *bdrv_open_snapshot(const char *filename,
     qemu_opts_del(opts);
     if (top) {
         /* Reads of what the overlay lacks go to the open image. */
-        base->is_root = false;
         bdrv_set_backing_hd(top, base);
     }
 out:
@@ -1135,7 +1133,6 @@ BlockDriverState *bdrv_open(const char *filename, const char *fmt,
         error_propagate(errp, a.err);
         return NULL;
     }
-    a.result->is_root = true;
     /* a.flags: with the flags of generic options (force-share=on). */
     bdrv_user_perm(a.flags, &a.result->user_perm, &a.result->user_shared);
     if (bdrv_restore_perms(a.result, errp) < 0) {
@@ -1501,15 +1498,6 @@ bool bdrv_has_zero_init(BlockDriverState *bs)
     return false;
 }
 
-void bdrv_set_enable_write_cache(BlockDriverState *bs, bool wce)
-{
-    bs->enable_write_cache = wce;
-}
-
-bool bdrv_get_enable_write_cache(BlockDriverState *bs)
-{
-    return bs->enable_write_cache;
-}
 
 /* ---- coroutine operations that are not requests ---- */
 

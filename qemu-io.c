@@ -10,7 +10,7 @@
 
 #define QEMU_IO_VERSION "0.1.0"
 
-static BlockDriverState *qemuio_bs;
+static BlockBackend *qemuio_blk;
 static char *cur_name;          /* how the current image was opened */
 static QemuOpts *cur_opts;
 static int cur_flags;
@@ -42,7 +42,7 @@ static int openfile(const char *name, const char *fmt, int flags,
 {
     Error *local_err = NULL;
 
-    if (qemuio_bs) {
+    if (qemuio_blk) {
         error_report("file open already, try 'help close'");
         return 1;
     }
@@ -57,8 +57,8 @@ static int openfile(const char *name, const char *fmt, int flags,
         flags |= BDRV_O_FORCE_SHARE;
     }
 
-    qemuio_bs = bdrv_open(name, fmt, opts, flags, &local_err);
-    if (!qemuio_bs) {
+    qemuio_blk = blk_new_open(name, fmt, opts, flags, &local_err);
+    if (!qemuio_blk) {
         error_report("can't open%s%s: %s", name ? " device " : "",
                      name ? name : "",
                      local_err ? error_get_pretty(local_err) : "failed");
@@ -66,7 +66,7 @@ static int openfile(const char *name, const char *fmt, int flags,
         error_free(local_err);
         return 1;
     }
-    bdrv_set_enable_write_cache(qemuio_bs, !writethrough);
+    blk_set_enable_write_cache(qemuio_blk, !writethrough);
     g_free(cur_name);
     cur_name = g_strdup(name);
     if (cur_opts) {
@@ -95,7 +95,7 @@ static void reopen_help(void)
 "\n");
 }
 
-static int reopen_f(BlockDriverState *bs, int argc, char **argv);
+static int reopen_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t reopen_cmd = {
     .name = "reopen", .argmin = 0, .argmax = -1, .cfunc = reopen_f,
@@ -104,14 +104,15 @@ static const cmdinfo_t reopen_cmd = {
     .help = reopen_help,
 };
 
-static int reopen_f(BlockDriverState *bs, int argc, char **argv)
+static int reopen_f(BlockBackend *blk, int argc, char **argv)
 {
     int flags = cur_flags;
-    bool writethrough = !bdrv_get_enable_write_cache(bs);
+    BlockDriverState *bs = blk_bs(blk);
+    bool writethrough = !blk_enable_write_cache(blk);
     bool has_rw = false;
     QemuOpts *opts = qemu_opts_clone(cur_opts);
     Error *local_err = NULL;
-    BlockDriverState *new_bs;
+    BlockBackend *new_blk;
     int c, ret = 0;
 
     optind = 0;
@@ -163,7 +164,7 @@ static int reopen_f(BlockDriverState *bs, int argc, char **argv)
      * reads the metadata. */
     qemuio_wait_aio();
     if (!bdrv_is_read_only(bs)) {
-        ret = bdrv_flush(bs);
+        ret = blk_flush(blk);
         if (ret < 0) {
             error_report("Could not flush before reopen: %s", strerror(-ret));
             goto out;
@@ -172,9 +173,10 @@ static int reopen_f(BlockDriverState *bs, int argc, char **argv)
     /* The new graph opens the same files: the old one must not hold locks
      * against it (docs/locking.md). */
     bdrv_drop_perms(bs);
-    new_bs = bdrv_open(cur_name, bdrv_get_format_name(bs),
-                       qemu_opts_count(opts) ? opts : NULL, flags, &local_err);
-    if (!new_bs) {
+    new_blk = blk_new_open(cur_name, bdrv_get_format_name(bs),
+                           qemu_opts_count(opts) ? opts : NULL, flags,
+                           &local_err);
+    if (!new_blk) {
         error_report_err(local_err);
         local_err = NULL;
         if (bdrv_restore_perms(bs, &local_err) < 0) {
@@ -183,9 +185,9 @@ static int reopen_f(BlockDriverState *bs, int argc, char **argv)
         ret = -EINVAL;
         goto out;
     }
-    bdrv_unref(qemuio_bs);
-    qemuio_bs = new_bs;
-    bdrv_set_enable_write_cache(qemuio_bs, !writethrough);
+    blk_unref(qemuio_blk);
+    qemuio_blk = new_blk;
+    blk_set_enable_write_cache(qemuio_blk, !writethrough);
     cur_flags = flags;
     qemu_opts_del(cur_opts);
     cur_opts = qemu_opts_clone(opts);
@@ -217,7 +219,7 @@ static void open_help(void)
 "\n");
 }
 
-static int open_f(BlockDriverState *bs, int argc, char **argv);
+static int open_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t open_cmd = {
     .name = "open", .altname = "o", .cfunc = open_f,
@@ -227,7 +229,7 @@ static const cmdinfo_t open_cmd = {
     .help = open_help,
 };
 
-static int open_f(BlockDriverState *bs, int argc, char **argv)
+static int open_f(BlockBackend *blk, int argc, char **argv)
 {
     int flags = BDRV_O_UNMAP;
     bool readonly = false, writethrough = true, force_share = false;
@@ -326,11 +328,11 @@ out:
     return ret;
 }
 
-static int close_f(BlockDriverState *bs, int argc, char **argv)
+static int close_f(BlockBackend *blk, int argc, char **argv)
 {
     qemuio_wait_aio();
-    bdrv_unref(qemuio_bs);
-    qemuio_bs = NULL;
+    blk_unref(qemuio_blk);
+    qemuio_blk = NULL;
     return 0;
 }
 
@@ -339,7 +341,7 @@ static const cmdinfo_t close_cmd = {
     .oneline = "close the current open file",
 };
 
-static int quit_f(BlockDriverState *bs, int argc, char **argv)
+static int quit_f(BlockBackend *blk, int argc, char **argv)
 {
     quit_qemu_io = true;
     return 0;
@@ -441,7 +443,7 @@ static int command_loop(char **cmdline, int ncmdline)
 
     if (ncmdline) {
         for (i = 0; !quit_qemu_io && i < ncmdline; i++) {
-            ret = qemuio_command(qemuio_bs, cmdline[i]);
+            ret = qemuio_command(qemuio_blk, cmdline[i]);
             if (ret < 0) {
                 last_error = ret;
             }
@@ -456,7 +458,7 @@ static int command_loop(char **cmdline, int ncmdline)
         if (!input) {
             break;
         }
-        ret = qemuio_command(qemuio_bs, input);
+        ret = qemuio_command(qemuio_blk, input);
         g_free(input);
         if (ret < 0) {
             last_error = ret;
@@ -659,9 +661,9 @@ int main(int argc, char **argv)
 
     /* Let every outstanding request complete (and report) before exiting. */
     qemuio_wait_aio();
-    if (qemuio_bs) {
-        bdrv_unref(qemuio_bs);
-        qemuio_bs = NULL;
+    if (qemuio_blk) {
+        blk_unref(qemuio_blk);
+        qemuio_blk = NULL;
     }
     g_ptr_array_free(cmdline, true);
     g_free(progname);

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * Unit tests of the block core on a counting test driver: concurrent
- * flushes of one node share driver flushes, and the synchronous wrappers
- * and block_status_above behave as their coroutine versions.
+ * flushes of one node share driver flushes; the synchronous wrappers and
+ * block_status_above; the user layer's bounds, permissions (alone and
+ * between users of one node), write cache and statistics.
  */
-#include "block.h"
+#include "block-backend.h"
 #include "block_int.h"
 #include "util/aio.h"
 
@@ -191,7 +192,7 @@ static void test_sync_wrappers(void)
     g_assert_cmpint(bdrv_pread(bs, 0, sizeof(buf), buf, 0), ==, 0);
     g_assert_cmpint(bdrv_pwrite(bs, 4096, sizeof(buf), buf, 0), ==, 0);
     g_assert_cmpuint(counter_writes, ==, 1);
-    g_assert_cmpint(bdrv_pwrite(bs, 1 * MiB, 1, buf, 0), ==, -EIO);
+    g_assert_cmpint(bdrv_pwrite(bs, -1, 1, buf, 0), ==, -EIO);
     /* No status callback: all data; one node, depth 1 is the top. */
     int ret = bdrv_block_status_above(bs, NULL, 0, 1 * MiB, &pnum, NULL,
                                       NULL, &depth);
@@ -206,6 +207,140 @@ static void test_sync_wrappers(void)
     bdrv_unref(bs);
 }
 
+/* ---- the user layer ---- */
+
+#define PERM_RW (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE)
+
+static BlockBackend *user(BlockDriverState *bs, uint64_t perm,
+                          uint64_t shared)
+{
+    BlockBackend *blk = blk_new(perm, shared);
+    Error *err = NULL;
+
+    if (blk_insert_bs(blk, bs, &err) < 0) {
+        fprintf(stderr, "insert: %s\n", error_get_pretty(err));
+        abort();
+    }
+    return blk;
+}
+
+static void test_blk_bounds(void)
+{
+    BlockDriverState *bs = open_counter();
+    BlockBackend *blk = user(bs, PERM_RW | BLK_PERM_RESIZE, BLK_PERM_ALL);
+    uint8_t buf[4096] = { 0 };
+
+    g_assert_cmpint(blk_getlength(blk), ==, 1 * MiB);
+    g_assert_cmpint(blk_pread(blk, 1 * MiB - 4096, 4096, buf, 0), ==, 0);
+    g_assert_cmpint(blk_pread(blk, 1 * MiB - 4095, 4096, buf, 0), ==, -EIO);
+    g_assert_cmpint(blk_pwrite(blk, 1 * MiB, 1, buf, 0), ==, -EIO);
+    g_assert_cmpint(blk_pwrite_zeroes(blk, 1 * MiB - 1, 2, 0), ==, -EIO);
+    g_assert_cmpint(blk_pdiscard(blk, -1, 1), ==, -EIO);
+    g_assert_cmpint(blk_pread(blk, INT64_MAX, 1, buf, 0), ==, -EIO);
+    /* The empty request at the very end is in bounds. */
+    g_assert_cmpint(blk_pwrite(blk, 1 * MiB, 0, buf, 0), ==, 0);
+    /* Nodes check no bounds of their own: a driver may read its file
+     * past a size its user sees. */
+    g_assert_cmpint(bdrv_pread(bs, 1 * MiB, 512, buf, 0), ==, 0);
+    blk_remove_bs(blk);
+    g_assert(!blk_is_inserted(blk));
+    g_assert_cmpint(blk_pread(blk, 0, 512, buf, 0), ==, -ENOMEDIUM);
+    g_assert_cmpint(blk_flush(blk), ==, -ENOMEDIUM);
+    blk_unref(blk);
+    bdrv_unref(bs);
+}
+
+static void test_blk_perm(void)
+{
+    BlockDriverState *bs = open_counter();
+    BlockBackend *ro = user(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    uint8_t buf[512] = { 0 };
+    Error *err = NULL;
+
+    /* What the user does not hold, it cannot do. */
+    g_assert_cmpint(blk_pread(ro, 0, 512, buf, 0), ==, 0);
+    g_assert_cmpint(blk_pwrite(ro, 0, 512, buf, 0), ==, -EPERM);
+    g_assert_cmpint(blk_pwrite_zeroes(ro, 0, 512, 0), ==, -EPERM);
+    g_assert_cmpint(blk_pdiscard(ro, 0, 512), ==, -EPERM);
+    g_assert_cmpint(blk_truncate(ro, 2 * MiB, false, PREALLOC_MODE_OFF,
+                                 &err), ==, -EPERM);
+    error_free(err);
+    err = NULL;
+
+    /* A writer that shares only reads keeps a second writer out... */
+    BlockBackend *w = user(bs, PERM_RW, BLK_PERM_CONSISTENT_READ);
+    BlockBackend *w2 = blk_new(PERM_RW, BLK_PERM_ALL);
+    g_assert_cmpint(blk_insert_bs(w2, bs, &err), ==, -EPERM);
+    g_assert(strstr(error_get_pretty(err), "write"));
+    error_free(err);
+    err = NULL;
+    g_assert_null(blk_bs(w2));
+    g_assert_cmpint(bs->user_perm, ==, PERM_RW);
+    g_assert_cmpint(bs->user_shared, ==, BLK_PERM_CONSISTENT_READ);
+    /* ...and cannot take a write the reader's sharing forbids. */
+    g_assert_cmpint(blk_set_perm(ro, BLK_PERM_CONSISTENT_READ,
+                                 BLK_PERM_CONSISTENT_READ, &err), ==, -EPERM);
+    error_free(err);
+    err = NULL;
+    uint64_t perm, shared;
+    blk_get_perm(ro, &perm, &shared);
+    g_assert_cmpint(shared, ==, BLK_PERM_ALL);
+    /* Once it shares writes, the second writer gets in. */
+    g_assert_cmpint(blk_set_perm(w, PERM_RW, BLK_PERM_ALL, NULL), ==, 0);
+    g_assert_cmpint(blk_insert_bs(w2, bs, NULL), ==, 0);
+    g_assert_cmpint(blk_pwrite(w2, 0, 512, buf, 0), ==, 0);
+    /* Leaving gives back what it held. */
+    blk_unref(w);
+    blk_unref(w2);
+    g_assert_cmpint(bs->user_perm, ==, BLK_PERM_CONSISTENT_READ);
+    g_assert_cmpint(bs->user_shared, ==, BLK_PERM_ALL);
+    /* Resize needs its own permission. */
+    g_assert_cmpint(blk_set_perm(ro, BLK_PERM_RESIZE, BLK_PERM_ALL, NULL),
+                    ==, 0);
+    g_assert_cmpint(blk_truncate(ro, 1 * MiB, false, PREALLOC_MODE_OFF,
+                                 &err), ==, -ENOTSUP);
+    error_free(err);
+    blk_unref(ro);
+    bdrv_unref(bs);
+}
+
+static void test_blk_cache_and_stats(void)
+{
+    BlockDriverState *bs = open_counter();
+    BlockBackend *blk = user(bs, PERM_RW, BLK_PERM_ALL);
+    uint8_t buf[512] = { 0 };
+
+    g_assert(blk_enable_write_cache(blk));
+    counter_flushes = 0;
+    g_assert_cmpint(blk_pwrite(blk, 0, 512, buf, 0), ==, 0);
+    g_assert_cmpuint(counter_flushes, ==, 0);
+    /* Writethrough: every write is durable when it completes. */
+    blk_set_enable_write_cache(blk, false);
+    g_assert_cmpint(blk_pwrite(blk, 512, 512, buf, 0), ==, 0);
+    g_assert_cmpint(blk_pwrite_zeroes(blk, 0, 512, 0), ==, 0);
+    g_assert_cmpuint(counter_flushes, ==, 2);
+    g_assert(bdrv_write_gen_is_durable(bs, bdrv_get_write_gen(bs)));
+
+    g_assert(!blk_get_copy_on_read(blk));
+    blk_set_copy_on_read(blk, true);
+    g_assert(blk_get_copy_on_read(blk));
+    blk_set_copy_on_read(blk, false);
+
+    g_assert_cmpint(blk_pread(blk, 0, 512, buf, 0), ==, 0);
+    g_assert_cmpint(blk_pread(blk, 1 * MiB, 512, buf, 0), ==, -EIO);
+    g_assert_cmpint(blk_flush(blk), ==, 0);
+    const BlockAcctStats *st = blk_get_stats(blk);
+    g_assert_cmpuint(st->rd_ops, ==, 1);
+    g_assert_cmpuint(st->rd_bytes, ==, 512);
+    g_assert_cmpuint(st->wr_ops, ==, 2);
+    g_assert_cmpuint(st->wr_bytes, ==, 1024);
+    g_assert_cmpuint(st->zero_ops, ==, 1);
+    g_assert_cmpuint(st->flush_ops, ==, 1);
+    g_assert_cmpuint(st->failed_ops, ==, 1);
+    blk_unref(blk);
+    bdrv_unref(bs);
+}
+
 int main(int argc, char **argv)
 {
     error_set_progname(argv[0]);
@@ -213,6 +348,9 @@ int main(int argc, char **argv)
 
     test_flush_merge();
     test_sync_wrappers();
+    test_blk_bounds();
+    test_blk_perm();
+    test_blk_cache_and_stats();
 
     printf("PASS test-block-core\n");
     return 0;
