@@ -1201,8 +1201,12 @@ void bdrv_unref(BlockDriverState *bs)
     if (--bs->refcnt > 0) {
         return;
     }
-    bdrv_drain(bs);
+    /* Nothing runs beside the close: background work of the whole
+     * subtree is stopped, and the section ends for the children only
+     * (the closed driver hears of it no more). */
+    bdrv_drained_begin(bs);
     bdrv_run_co(bdrv_close_entry, bs);
+    bdrv_drained_end_closed(bs);
     bdrv_unref(bs->backing);
     bdrv_unref(bs->file);
     bdrv_free(bs);
@@ -1950,11 +1954,17 @@ int bdrv_change_backing_file(BlockDriverState *bs, const char *backing_file,
 
 void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing)
 {
+    BlockDriverState *old = bs->backing;
+
     if (backing) {
         bdrv_ref(backing);
     }
-    bdrv_unref(bs->backing);
-    bs->backing = backing;
+    /* A graph change: no request of bs's users runs across it, and
+     * whatever sections bs is in cover the new child instead of the old. */
+    bdrv_drained_begin(bs);
+    bdrv_replace_child_drained(bs, &bs->backing, backing);
+    bdrv_drained_end(bs);
+    bdrv_unref(old);
 }
 
 typedef struct AmendCo {
@@ -2007,12 +2017,22 @@ static void coroutine_fn bdrv_snapshot_create_entry(void *opaque)
     c->ret = bdrv_co_snapshot_create(c->bs, c->sn, c->errp);
 }
 
+/* Snapshot operations never run beside I/O: in a drained section. */
+static int bdrv_snapshot_run(CoroutineEntry *entry, NamesCo *c)
+{
+    BlockDriverState *bs = c->bs;
+
+    bdrv_drained_begin(bs);
+    bdrv_run_co(entry, c);
+    bdrv_drained_end(bs);
+    return c->ret;
+}
+
 int bdrv_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn,
                          Error **errp)
 {
     NamesCo c = { .bs = bs, .sn = sn, .errp = errp };
-    bdrv_run_co(bdrv_snapshot_create_entry, &c);
-    return c.ret;
+    return bdrv_snapshot_run(bdrv_snapshot_create_entry, &c);
 }
 
 static void coroutine_fn bdrv_snapshot_goto_entry(void *opaque)
@@ -2025,8 +2045,7 @@ int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
                        Error **errp)
 {
     NamesCo c = { .bs = bs, .s1 = snapshot_id, .errp = errp };
-    bdrv_run_co(bdrv_snapshot_goto_entry, &c);
-    return c.ret;
+    return bdrv_snapshot_run(bdrv_snapshot_goto_entry, &c);
 }
 
 static void coroutine_fn bdrv_snapshot_delete_entry(void *opaque)
@@ -2039,8 +2058,7 @@ int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
                          const char *name, Error **errp)
 {
     NamesCo c = { .bs = bs, .s1 = snapshot_id, .s2 = name, .errp = errp };
-    bdrv_run_co(bdrv_snapshot_delete_entry, &c);
-    return c.ret;
+    return bdrv_snapshot_run(bdrv_snapshot_delete_entry, &c);
 }
 
 static void coroutine_fn bdrv_snapshot_list_entry(void *opaque)

@@ -413,6 +413,15 @@ void bdrv_add_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
                          void *opaque);
 void bdrv_remove_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
                             void *opaque);
+/*
+ * Point *slot (a child link of parent) at child: the drained sections
+ * parent is in now cover child (waited for) instead of the old child.
+ */
+void bdrv_replace_child_drained(BlockDriverState *parent,
+                                BlockDriverState **slot,
+                                BlockDriverState *child);
+/* End a section of bs after its driver was closed: children only. */
+void bdrv_drained_end_closed(BlockDriverState *bs);
 
 /* Run fn(opaque) in a coroutine and poll until it returns (or call directly
  * when already in a coroutine). */

@@ -118,6 +118,8 @@ static int blk_apply_perm(BlockDriverState *bs, BlockBackend *blk,
         g_free(names);
         return -EPERM;
     }
+    /* Lock changes never run beside I/O. */
+    bdrv_drained_begin(bs);
     bs->user_perm = perm | operm;
     bs->user_shared = shared & oshared;
     ret = bdrv_restore_perms(bs, errp);
@@ -126,6 +128,7 @@ static int blk_apply_perm(BlockDriverState *bs, BlockBackend *blk,
         bs->user_shared = old_shared;
         bdrv_restore_perms(bs, NULL);
     }
+    bdrv_drained_end(bs);
     return ret;
 }
 
@@ -449,9 +452,16 @@ int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset,
         error_setg(errp, "Image is not opened for resizing");
         return -EPERM;
     }
-    blk_request_begin(blk);
-    ret = bdrv_co_truncate(blk->root, offset, exact, prealloc, errp);
+    /* No request of any user runs beside a resize. The section is ours:
+     * we do not wait in our own queue. */
+    BlockDriverState *bs = blk->root;
+    bdrv_ref(bs);
+    bdrv_drained_begin(bs);
+    blk->in_flight++;
+    ret = bdrv_co_truncate(bs, offset, exact, prealloc, errp);
     blk->in_flight--;
+    bdrv_drained_end(bs);
+    bdrv_unref(bs);
     return ret;
 }
 

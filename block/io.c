@@ -1136,6 +1136,35 @@ void bdrv_drained_end(BlockDriverState *bs)
     bdrv_do_drained_end(bs, 0);
 }
 
+void bdrv_drained_end_closed(BlockDriverState *bs)
+{
+    assert(bs->quiesce_counter > 0);
+    bs->quiesce_counter--;
+    bdrv_do_drained_end(bs->backing, 1);
+    if (bs->data_file != bs->file) {
+        bdrv_do_drained_end(bs->data_file, 1);
+    }
+    bdrv_do_drained_end(bs->file, 1);
+}
+
+void bdrv_replace_child_drained(BlockDriverState *parent,
+                                BlockDriverState **slot,
+                                BlockDriverState *child)
+{
+    BlockDriverState *old = *slot;
+
+    for (int i = 0; i < parent->quiesce_counter; i++) {
+        bdrv_do_drained_begin(child, 1);
+    }
+    *slot = child;
+    for (int i = 0; i < parent->quiesce_counter; i++) {
+        bdrv_do_drained_end(old, 1);
+    }
+    if (child && parent->quiesce_counter) {
+        bdrv_drain_wait(child);
+    }
+}
+
 bool bdrv_is_drained(BlockDriverState *bs)
 {
     return bs->quiesce_counter > 0;

@@ -17,6 +17,17 @@ typedef struct CounterState {
 
 static unsigned counter_flushes;        /* driver flushes started */
 static unsigned counter_writes;
+static unsigned counter_drain_begins, counter_drain_ends;
+
+static void counter_drain_begin(BlockDriverState *bs)
+{
+    counter_drain_begins++;
+}
+
+static void counter_drain_end(BlockDriverState *bs)
+{
+    counter_drain_ends++;
+}
 
 static int coroutine_fn counter_open(BlockDriverState *bs, QemuOpts *options,
                                      int flags, Error **errp)
@@ -78,6 +89,8 @@ static BlockDriver bdrv_counter = {
     .bdrv_co_preadv         = counter_co_preadv,
     .bdrv_co_pwritev        = counter_co_pwritev,
     .bdrv_co_flush_to_disk  = counter_co_flush_to_disk,
+    .bdrv_drain_begin       = counter_drain_begin,
+    .bdrv_drain_end         = counter_drain_end,
 };
 
 BLOCK_DRIVER_REGISTER(bdrv_counter)
@@ -341,6 +354,229 @@ static void test_blk_cache_and_stats(void)
     bdrv_unref(bs);
 }
 
+/* ---- drained sections ---- */
+
+typedef struct BlkWrite {
+    BlockBackend *blk;
+    int64_t offset;
+    int ret;
+    bool done;
+} BlkWrite;
+
+static void coroutine_fn blk_write_entry(void *opaque)
+{
+    BlkWrite *w = opaque;
+    uint8_t buf[512] = { 0 };
+    w->ret = blk_co_pwrite(w->blk, w->offset, sizeof(buf), buf, 0);
+    w->done = true;
+}
+
+/* Run what the event loop has ready, without blocking. */
+static void run_ready(void)
+{
+    while (aio_poll(qemu_get_aio_context(), false)) {
+    }
+}
+
+/*
+ * A drained section waits for the request in flight, queues the ones that
+ * start during it (they reach no driver) and lets them go at its end.
+ */
+static void test_drain_queues_requests(void)
+{
+    BlockDriverState *bs = open_counter();
+    BlockBackend *blk = user(bs, PERM_RW, BLK_PERM_ALL);
+    BlkWrite before = { .blk = blk }, during[3];
+
+    counter_writes = 0;
+    counter_drain_begins = counter_drain_ends = 0;
+    qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &before));
+    g_assert(!before.done);             /* in the driver, in flight */
+    g_assert_cmpuint(blk_in_flight(blk), ==, 1);
+    bdrv_drained_begin(bs);
+    g_assert(before.done);              /* the drain waited for it */
+    g_assert_cmpint(before.ret, ==, 0);
+    g_assert_cmpuint(counter_drain_begins, ==, 1);
+    g_assert(bdrv_is_drained(bs));
+
+    for (int i = 0; i < 3; i++) {
+        during[i] = (BlkWrite) { .blk = blk, .offset = 512 * i };
+        qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry,
+                                                   &during[i]));
+    }
+    run_ready();
+    for (int i = 0; i < 3; i++) {
+        g_assert(!during[i].done);
+    }
+    g_assert_cmpuint(counter_writes, ==, 1);
+    g_assert_cmpuint(blk_in_flight(blk), ==, 3);   /* queued */
+
+    bdrv_drained_end(bs);
+    g_assert_cmpuint(counter_drain_ends, ==, 1);
+    AIO_WAIT_WHILE(!during[0].done || !during[1].done || !during[2].done);
+    for (int i = 0; i < 3; i++) {
+        g_assert_cmpint(during[i].ret, ==, 0);
+    }
+    g_assert_cmpuint(counter_writes, ==, 4);
+    g_assert_cmpuint(blk_in_flight(blk), ==, 0);
+    blk_unref(blk);
+    bdrv_unref(bs);
+}
+
+/*
+ * Sections nest, over the whole subtree: the driver hooks run at the
+ * outermost begin and end only, and requests stay queued until the last
+ * end. A raw image: format node over a file node.
+ */
+static void test_drain_nested(void)
+{
+    char tmpl[] = "/var/tmp/test-block-core.XXXXXX";
+    char *dir = g_mkdtemp(tmpl);
+    char *path = g_build_filename(dir, "nested.raw", NULL);
+    QemuOpts *opts = qemu_opts_new();
+    Error *err = NULL;
+
+    qemu_opt_set_number(opts, "size", 1 * MiB);
+    g_assert_cmpint(bdrv_create(bdrv_find_format("raw"), path, opts, &err),
+                    ==, 0);
+    qemu_opts_del(opts);
+    BlockBackend *blk = blk_new_open(path, "raw", NULL, BDRV_O_RDWR, &err);
+    g_assert(blk);
+    BlockDriverState *bs = blk_bs(blk), *file = bdrv_get_file(bs);
+    BlkWrite w = { .blk = blk };
+
+    g_assert(file);
+    bdrv_drained_begin(bs);
+    bdrv_drained_begin(file);
+    bdrv_drained_begin(bs);
+    g_assert_cmpint(bs->quiesce_counter, ==, 2);
+    g_assert_cmpint(file->quiesce_counter, ==, 3);
+    qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
+    bdrv_drained_end(bs);
+    run_ready();
+    g_assert(!w.done);
+    bdrv_drained_end(file);
+    g_assert_cmpint(file->quiesce_counter, ==, 1);
+    run_ready();
+    g_assert(!w.done);                  /* bs is still drained */
+    bdrv_drained_end(bs);
+    g_assert(!bdrv_is_drained(bs) && !bdrv_is_drained(file));
+    AIO_WAIT_WHILE(!w.done);
+    g_assert_cmpint(w.ret, ==, 0);
+
+    /* A drain of a file node leaves its format's user alone. */
+    w.done = false;
+    bdrv_drained_begin(file);
+    qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
+    AIO_WAIT_WHILE(!w.done);
+    bdrv_drained_end(file);
+
+    /* Nested hooks: only the outermost section reaches the driver. */
+    BlockDriverState *c = open_counter();
+    counter_drain_begins = counter_drain_ends = 0;
+    bdrv_drained_begin(c);
+    bdrv_drained_begin(c);
+    bdrv_drained_end(c);
+    g_assert_cmpuint(counter_drain_begins, ==, 1);
+    g_assert_cmpuint(counter_drain_ends, ==, 0);
+    bdrv_drained_end(c);
+    g_assert_cmpuint(counter_drain_ends, ==, 1);
+    bdrv_unref(c);
+
+    blk_unref(blk);
+    unlink(path);
+    rmdir(dir);
+    g_free(path);
+}
+
+/* Background work (a prefetcher) registered on a node. */
+typedef struct Worker {
+    BlockDriverState *bs;
+    int paused;                 /* drained_begin minus drained_end */
+    bool busy;                  /* a step of its own is running */
+    unsigned steps_left;
+} Worker;
+
+static void worker_begin(void *opaque)
+{
+    ((Worker *)opaque)->paused++;
+}
+
+static void worker_end(void *opaque)
+{
+    ((Worker *)opaque)->paused--;
+}
+
+static bool worker_poll(void *opaque)
+{
+    return ((Worker *)opaque)->busy;
+}
+
+static const BdrvDrainOps worker_ops = {
+    .drained_begin = worker_begin,
+    .drained_end   = worker_end,
+    .drained_poll  = worker_poll,
+};
+
+/* A step that takes a few loop iterations to finish. */
+static void coroutine_fn worker_step(void *opaque)
+{
+    Worker *wk = opaque;
+    while (wk->steps_left--) {
+        aio_co_schedule(qemu_coroutine_self());
+        qemu_coroutine_yield();
+    }
+    wk->busy = false;
+}
+
+static void test_drain_background_work(void)
+{
+    BlockDriverState *bs = open_counter();
+    Worker wk = { .bs = bs, .busy = true, .steps_left = 5 };
+
+    bdrv_add_drain_user(bs, &worker_ops, &wk);
+    qemu_coroutine_enter(qemu_coroutine_create(worker_step, &wk));
+    g_assert(wk.busy);
+    bdrv_drained_begin(bs);
+    g_assert_cmpint(wk.paused, ==, 1);
+    g_assert(!wk.busy);                 /* the drain waited for its step */
+    bdrv_drained_begin(bs);
+    g_assert_cmpint(wk.paused, ==, 2);
+    bdrv_drained_end(bs);
+    bdrv_drained_end(bs);
+    g_assert_cmpint(wk.paused, ==, 0);
+
+    /* Registered inside a section: paused at once, resumed at its end. */
+    Worker late = { .bs = bs };
+    bdrv_drained_begin(bs);
+    bdrv_add_drain_user(bs, &worker_ops, &late);
+    g_assert_cmpint(late.paused, ==, 1);
+    bdrv_drained_end(bs);
+    g_assert_cmpint(late.paused, ==, 0);
+    bdrv_remove_drain_user(bs, &worker_ops, &late);
+    bdrv_remove_drain_user(bs, &worker_ops, &wk);
+    bdrv_unref(bs);
+}
+
+/* Truncate through the user layer runs in a drained section. */
+static void test_drain_around_truncate(void)
+{
+    BlockDriverState *bs = open_counter();
+    BlockBackend *blk = user(bs, PERM_RW | BLK_PERM_RESIZE, BLK_PERM_ALL);
+    Error *err = NULL;
+
+    counter_drain_begins = counter_drain_ends = 0;
+    /* The counter driver cannot resize, but the section ran. */
+    g_assert_cmpint(blk_truncate(blk, 2 * MiB, false, PREALLOC_MODE_OFF,
+                                 &err), ==, -ENOTSUP);
+    error_free(err);
+    g_assert_cmpuint(counter_drain_begins, ==, 1);
+    g_assert_cmpuint(counter_drain_ends, ==, 1);
+    g_assert(!bdrv_is_drained(bs));
+    blk_unref(blk);
+    bdrv_unref(bs);
+}
+
 int main(int argc, char **argv)
 {
     error_set_progname(argv[0]);
@@ -351,6 +587,10 @@ int main(int argc, char **argv)
     test_blk_bounds();
     test_blk_perm();
     test_blk_cache_and_stats();
+    test_drain_queues_requests();
+    test_drain_nested();
+    test_drain_background_work();
+    test_drain_around_truncate();
 
     printf("PASS test-block-core\n");
     return 0;
