@@ -54,6 +54,14 @@ void blk_get_perm(BlockBackend *blk, uint64_t *perm, uint64_t *shared_perm);
 int blk_set_perm(BlockBackend *blk, uint64_t perm, uint64_t shared_perm,
                  Error **errp);
 
+/*
+ * Reopen the root and the nodes below (bdrv_reopen): read-only or
+ * read-write, cache mode, options. The user then holds what the new flags
+ * give; on failure nothing changed.
+ */
+int blk_reopen(BlockBackend *blk, int flags, QemuOpts *options,
+               Error **errp);
+
 /* false = writethrough: every write is flushed before it completes. */
 void blk_set_enable_write_cache(BlockBackend *blk, bool wce);
 bool blk_enable_write_cache(BlockBackend *blk);

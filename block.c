@@ -2224,6 +2224,337 @@ void bdrv_aio_flush(BlockDriverState *bs, BlockCompletionFunc *cb,
     bdrv_aio_submit(bdrv_flush_entry, bs, 0, 0, NULL, 0, cb, opaque);
 }
 
+/* ---- reopen ---- */
+
+/* The open flags a reopen may change; the others stay as opened. */
+#define BDRV_REOPEN_FLAGS (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | \
+                           BDRV_O_UNMAP | BDRV_O_NATIVE_AIO)
+
+typedef struct ReopenEntry {
+    BdrvReopenState state;
+    int old_flags;
+    QemuOpts *old_options;
+    bool changes;               /* flags or options differ */
+    bool generic;               /* no callbacks: closed and opened again */
+    bool prepared;              /* the driver's prepare succeeded */
+    bool closed;                /* generic: driver closed in commit */
+} ReopenEntry;
+
+static bool bdrv_reopen_queued(GPtrArray *q, BlockDriverState *bs)
+{
+    for (guint i = 0; i < q->len; i++) {
+        if (((ReopenEntry *)g_ptr_array_index(q, i))->state.bs == bs) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Queue bs with flags (only BDRV_REOPEN_FLAGS of them count) and, parents
+ * first, every node below: its file and data file follow bs's flags,
+ * backing files keep read-only but follow the cache mode.
+ */
+static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
+                              QemuOpts *options, int depth)
+{
+    if (!bs || !bs->drv || depth > BACKING_CHAIN_MAX * 4 ||
+        bdrv_reopen_queued(q, bs)) {
+        return;
+    }
+    ReopenEntry *e = g_new0(ReopenEntry, 1);
+    int nflags = (bs->open_flags & ~BDRV_REOPEN_FLAGS) |
+                 (flags & BDRV_REOPEN_FLAGS);
+
+    e->state.bs = bs;
+    e->state.flags = nflags;
+    e->old_flags = bs->open_flags;
+    e->old_options = bs->options;
+    if (options && qemu_opts_count(options)) {
+        e->state.options = bs->options ? qemu_opts_clone(bs->options)
+                                       : qemu_opts_new();
+        for (size_t i = 0; i < qemu_opts_count(options); i++) {
+            const char *name, *value;
+            qemu_opts_nth(options, i, &name, &value);
+            qemu_opt_set(e->state.options, name, value);
+        }
+    }
+    e->changes = nflags != bs->open_flags || e->state.options;
+    e->generic = e->changes && !bs->drv->bdrv_reopen_prepare;
+    g_ptr_array_add(q, e);
+
+    bdrv_reopen_queue(q, bs->file, nflags, NULL, depth + 1);
+    /* A format opened again opens its data file again itself. */
+    if (!e->generic && bs->data_file != bs->file) {
+        bdrv_reopen_queue(q, bs->data_file, nflags, NULL, depth + 1);
+    }
+    if (bs->backing) {
+        int bflags = (nflags & ~BDRV_O_RDWR) |
+                     (bs->backing->open_flags & BDRV_O_RDWR);
+        bdrv_reopen_queue(q, bs->backing, bflags, NULL, depth + 1);
+    }
+}
+
+static void bdrv_reopen_entry_free(gpointer p)
+{
+    ReopenEntry *e = p;
+    if (e->state.options && e->state.options != e->state.bs->options) {
+        qemu_opts_del(e->state.options);
+    }
+    g_free(e);
+}
+
+/* Prepare one node: checks, flush before it stops writing, the driver. */
+static int bdrv_reopen_prepare(ReopenEntry *e, Error **errp)
+{
+    BlockDriverState *bs = e->state.bs;
+    BlockDriver *drv = bs->drv;
+    int ret;
+
+    if (!e->changes) {
+        return 0;
+    }
+    if ((e->state.flags & BDRV_O_RDWR) && !(e->old_flags & BDRV_O_RDWR) &&
+        (e->old_flags & BDRV_O_NO_IO)) {
+        error_setg(errp, "Cannot make '%s' writable: opened for metadata "
+                   "only", bs->filename);
+        return -EINVAL;
+    }
+    if (e->state.options &&
+        bdrv_validate_open_opts(drv, e->state.options, errp) < 0) {
+        return -EINVAL;
+    }
+    if (!(e->state.flags & BDRV_O_RDWR) && !bs->read_only) {
+        ret = bdrv_flush(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not flush '%s'",
+                             bs->filename);
+            return ret;
+        }
+    }
+    if (drv->bdrv_reopen_prepare) {
+        ret = drv->bdrv_reopen_prepare(&e->state, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        e->prepared = true;
+    }
+    return 0;
+}
+
+static void bdrv_reopen_abort_one(ReopenEntry *e)
+{
+    if (e->prepared && e->state.bs->drv->bdrv_reopen_abort) {
+        e->state.bs->drv->bdrv_reopen_abort(&e->state);
+    }
+    e->prepared = false;
+}
+
+static void coroutine_fn bdrv_reopen_close_entry(void *opaque)
+{
+    BlockDriverState *bs = opaque;
+    bs->drv->bdrv_close(bs);
+}
+
+/* Generic nodes, parents first: the driver closes with its old flags. */
+static void bdrv_reopen_close_generic(ReopenEntry *e)
+{
+    BlockDriverState *bs = e->state.bs;
+
+    if (!e->generic) {
+        return;
+    }
+    if (bs->data_file && bs->data_file != bs->file) {
+        /* The driver replaces it: sections move off the old one. */
+        bdrv_replace_child_drained(bs, &bs->data_file, NULL);
+    }
+    if (bs->drv->bdrv_close) {
+        bdrv_run_co(bdrv_reopen_close_entry, bs);
+    }
+    memset(bs->opaque, 0, bs->drv->instance_size);
+    e->closed = true;
+}
+
+typedef struct ReopenOpenArgs {
+    BlockDriverState *bs;
+    QemuOpts *options;
+    int flags;
+    Error **errp;
+    int ret;
+} ReopenOpenArgs;
+
+static void coroutine_fn bdrv_reopen_open_entry(void *opaque)
+{
+    ReopenOpenArgs *a = opaque;
+    a->ret = a->bs->drv->bdrv_open(a->bs, a->options, a->flags, a->errp);
+}
+
+/*
+ * Generic nodes, children first: the driver opens with the new flags; if
+ * that fails, with the old ones again (the error is still reported), and
+ * if that fails too the node has no medium.
+ */
+static int bdrv_reopen_open_generic(ReopenEntry *e, Error **errp)
+{
+    BlockDriverState *bs = e->state.bs;
+    QemuOpts *opts = e->state.options ? e->state.options : bs->options;
+    ReopenOpenArgs a = { .bs = bs, .options = opts, .flags = e->state.flags,
+                         .errp = errp };
+
+    if (!e->closed) {
+        return 0;
+    }
+    bs->open_flags = e->state.flags;
+    bs->read_only = !(e->state.flags & BDRV_O_RDWR);
+    bdrv_run_co(bdrv_reopen_open_entry, &a);
+    if (a.ret < 0) {
+        memset(bs->opaque, 0, bs->drv->instance_size);
+        a = (ReopenOpenArgs) { .bs = bs, .options = bs->options,
+                               .flags = e->old_flags };
+        bs->open_flags = e->old_flags;
+        bs->read_only = !(e->old_flags & BDRV_O_RDWR);
+        bdrv_run_co(bdrv_reopen_open_entry, &a);
+        if (a.ret < 0) {
+            bs->drv = NULL;             /* no medium: requests fail */
+        }
+        return -EIO;
+    }
+    if (bs->data_file && bs->data_file != bs->file) {
+        BlockDriverState *d = bs->data_file;
+        bs->data_file = NULL;
+        bdrv_replace_child_drained(bs, &bs->data_file, d);
+    }
+    if (e->state.options) {
+        bs->options = e->state.options;     /* the node owns them now */
+        qemu_opts_del(e->old_options);
+    }
+    return 0;
+}
+
+/* Driver nodes: the prepared state takes over. */
+static void bdrv_reopen_commit_one(ReopenEntry *e)
+{
+    BlockDriverState *bs = e->state.bs;
+
+    if (!e->prepared) {
+        return;
+    }
+    if (bs->drv->bdrv_reopen_commit) {
+        bs->drv->bdrv_reopen_commit(&e->state);
+    }
+    bs->open_flags = e->state.flags;
+    bs->read_only = !(e->state.flags & BDRV_O_RDWR);
+    if (e->state.options) {
+        qemu_opts_del(bs->options);
+        bs->options = e->state.options;
+    }
+}
+
+/* Nodes whose flags changed, and no driver saw: the flags only. */
+static void bdrv_reopen_set_flags(GPtrArray *q, bool new)
+{
+    for (guint i = 0; i < q->len; i++) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        int f = new ? e->state.flags : e->old_flags;
+        e->state.bs->open_flags = f;
+        e->state.bs->read_only = !(f & BDRV_O_RDWR);
+    }
+}
+
+int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
+                Error **errp)
+{
+    GPtrArray *q;
+    uint64_t old_perm = bs->user_perm, old_shared = bs->user_shared;
+    Error *local_err = NULL;
+    QemuOpts *own = NULL;
+    int ret = 0;
+
+    /* Generic keys become flags; the driver stays what it is. */
+    if (options && qemu_opts_count(options)) {
+        own = qemu_opts_clone(options);
+        char *drv = qemu_opt_get_del(own, "driver");
+        if (drv && (!bs->drv || strcmp(drv, bs->drv->format_name))) {
+            error_setg(errp, "Cannot change the option 'driver'");
+            ret = -EINVAL;
+        }
+        g_free(drv);
+        if (ret == 0) {
+            ret = bdrv_take_generic_opts(own, &flags, errp);
+        }
+        if (ret < 0) {
+            qemu_opts_del(own);
+            return ret;
+        }
+        options = own;
+    }
+    q = g_ptr_array_new_with_free_func(bdrv_reopen_entry_free);
+    bdrv_ref(bs);
+    bdrv_drained_begin(bs);
+    bdrv_reopen_queue(q, bs, flags, options, 0);
+
+    /* Prepare every node; any failure aborts the prepared ones. */
+    for (guint i = 0; i < q->len && ret == 0; i++) {
+        ret = bdrv_reopen_prepare(g_ptr_array_index(q, i), errp);
+    }
+    /* Locks follow the permissions of the new flags, checked before
+     * anything is committed (on the old file descriptors). */
+    if (ret == 0) {
+        bdrv_reopen_set_flags(q, true);
+        bdrv_user_perm(flags | (bs->open_flags & BDRV_O_FORCE_SHARE),
+                       &bs->user_perm, &bs->user_shared);
+        ret = bdrv_restore_perms(bs, errp);
+        if (ret < 0) {
+            bdrv_reopen_set_flags(q, false);
+            bs->user_perm = old_perm;
+            bs->user_shared = old_shared;
+        }
+    }
+    if (ret < 0) {
+        for (guint i = 0; i < q->len; i++) {
+            bdrv_reopen_abort_one(g_ptr_array_index(q, i));
+        }
+        goto out;
+    }
+    /* Commit: generic drivers close (parents first), prepared drivers
+     * take their new state, generic drivers open again (children
+     * first). */
+    bdrv_reopen_set_flags(q, false);
+    for (guint i = 0; i < q->len; i++) {
+        bdrv_reopen_close_generic(g_ptr_array_index(q, i));
+    }
+    for (guint i = q->len; i-- > 0;) {
+        bdrv_reopen_commit_one(g_ptr_array_index(q, i));
+    }
+    for (guint i = q->len; i-- > 0;) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        if (bdrv_reopen_open_generic(e, local_err ? NULL : &local_err) < 0) {
+            ret = -EIO;
+        }
+    }
+    for (guint i = q->len; i-- > 0;) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        BlockDriverState *n = e->state.bs;
+        if (e->changes && n->drv) {
+            bdrv_refresh_limits(n, NULL);
+            bdrv_refresh_total_bytes(n);
+        }
+        if (!e->generic || !e->closed) {
+            n->open_flags = e->state.flags;
+            n->read_only = !(e->state.flags & BDRV_O_RDWR);
+        }
+    }
+    if (local_err) {
+        error_propagate(errp, local_err);
+    }
+out:
+    g_ptr_array_free(q, TRUE);
+    qemu_opts_del(own);
+    bdrv_drained_end(bs);
+    bdrv_unref(bs);
+    return ret;
+}
+
 /* ---- blkdebug events ---- */
 
 void bdrv_debug_event(BlockDriverState *bs, const char *event)

@@ -338,6 +338,15 @@ void bdrv_drain(BlockDriverState *bs);
  * to be called by a request of that subtree (it would wait for itself).
  */
 void bdrv_drained_begin(BlockDriverState *bs);
+/*
+ * Reopen bs and the nodes below it with flags (read-only or read-write,
+ * cache mode, unmap; other flags stay) and options (merged into bs's), in
+ * a drained section: every node prepares, the locks of the new
+ * permissions are checked, then all commit; on any failure every node is
+ * as it was. bs's own permissions become those of flags (as at open).
+ */
+int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
+                Error **errp);
 void bdrv_drained_end(BlockDriverState *bs);
 bool bdrv_is_drained(BlockDriverState *bs);
 

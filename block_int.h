@@ -30,6 +30,14 @@ typedef struct BlockLimits {
 
 typedef struct BdrvTrackedRequest BdrvTrackedRequest;
 
+/* One node's part of a reopen (block.c: bdrv_reopen). */
+typedef struct BdrvReopenState {
+    BlockDriverState *bs;
+    int flags;                  /* the new open flags */
+    QemuOpts *options;          /* the new options, NULL: unchanged */
+    void *opaque;               /* the driver's, prepare to commit/abort */
+} BdrvReopenState;
+
 /* What a child is to its parent, for the permissions it gets. */
 typedef enum BdrvChildRole {
     BDRV_CHILD_DATA     = 0x1,  /* holds guest data (add-cow's raw image) */
@@ -239,6 +247,19 @@ struct BlockDriver {
     void (*bdrv_drain_begin)(BlockDriverState *bs);
     bool (*bdrv_drain_poll)(BlockDriverState *bs);
     void (*bdrv_drain_end)(BlockDriverState *bs);
+
+    /* ---- reopen (block.c: bdrv_reopen) ----
+     * prepare: get ready to run with state->flags / state->options (both
+     * validated) without changing what is in use; keep what is needed in
+     * state->opaque. All nodes of the chain are prepared, and the lock
+     * changes checked, before any commits; if anything fails, abort is
+     * called for every node whose prepare succeeded. commit and abort
+     * cannot fail. Drivers without prepare are closed and opened again
+     * with the new flags (formats: their own children too).
+     */
+    int (*bdrv_reopen_prepare)(BdrvReopenState *state, Error **errp);
+    void (*bdrv_reopen_commit)(BdrvReopenState *state);
+    void (*bdrv_reopen_abort)(BdrvReopenState *state);
 };
 
 struct BdrvTrackedRequest {

@@ -2597,21 +2597,33 @@ static int img_commit(int argc, char **argv)
     }
     if (!err) {
         /*
-         * The chain holds base read-only and block.h has no reopen: write
-         * through a second, writable node of the same image. Its locks
-         * would conflict with those of the chain's read-only base (a
-         * format never shares write on its metadata): the chain gives up
-         * its permissions on base, and base_rw's locks protect it instead.
+         * The chain holds base read-only: reopen it read-write in place
+         * (with the cache mode of -t; its locks follow), write through a
+         * user of base, and reopen it read-only again.
          */
-        bdrv_drop_perms(base_bs);
-        BlockBackend *base_rw = blk_new_open(bdrv_get_filename(base_bs),
-                                             bdrv_get_format_name(base_bs),
-                                             NULL, flags | img_common_flags,
-                                             &err);
+        int base_flags = bdrv_get_flags(base_bs);
+        BlockBackend *base_rw = NULL;
+
+        if (bdrv_reopen(base_bs, flags, NULL, &err) == 0) {
+            base_rw = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                              BLK_PERM_ALL);
+            if (blk_insert_bs(base_rw, base_bs, &err) < 0) {
+                blk_unref(base_rw);
+                base_rw = NULL;
+            }
+        }
         if (base_rw) {
             blk_set_enable_write_cache(base_rw, !writethrough);
             commit_data(blk, base_rw, base_bs, &err);
             blk_unref(base_rw);
+            Error *ro_err = NULL;
+            if (bdrv_reopen(base_bs, base_flags, NULL, &ro_err) < 0) {
+                if (!err) {
+                    err = ro_err;
+                } else {
+                    error_free(ro_err);
+                }
+            }
             /* As QEMU: the top image is emptied unless -d; formats that
              * cannot (no backing-relative content) keep theirs. */
             if (!err && !drop) {

@@ -107,12 +107,10 @@ static const cmdinfo_t reopen_cmd = {
 static int reopen_f(BlockBackend *blk, int argc, char **argv)
 {
     int flags = cur_flags;
-    BlockDriverState *bs = blk_bs(blk);
     bool writethrough = !blk_enable_write_cache(blk);
     bool has_rw = false;
-    QemuOpts *opts = qemu_opts_clone(cur_opts);
+    QemuOpts *opts = qemu_opts_new();  /* what -o changes */
     Error *local_err = NULL;
-    BlockBackend *new_blk;
     int c, ret = 0;
 
     optind = 0;
@@ -153,44 +151,30 @@ static int reopen_f(BlockBackend *blk, int argc, char **argv)
         ret = -EINVAL;
         goto out;
     }
-    /* A new graph would come with a new, empty overlay: the writes made
-     * in snapshot mode would be gone. */
+    /* Snapshot mode's overlay is a temporary image that only exists
+     * writable: it is not reopened (as before the in-place reopen). */
     if (cur_flags & BDRV_O_SNAPSHOT) {
         error_report("Cannot reopen an image opened in snapshot mode (-s)");
         ret = -ENOTSUP;
         goto out;
     }
-    /* Everything written so far must be on disk before the new graph
-     * reads the metadata. */
+    /* The requests started so far complete first; then the graph is
+     * reopened in place (prepare, lock check, commit over the chain). */
     qemuio_wait_aio();
-    if (!bdrv_is_read_only(bs)) {
-        ret = blk_flush(blk);
-        if (ret < 0) {
-            error_report("Could not flush before reopen: %s", strerror(-ret));
-            goto out;
-        }
-    }
-    /* The new graph opens the same files: the old one must not hold locks
-     * against it (docs/locking.md). */
-    bdrv_drop_perms(bs);
-    new_blk = blk_new_open(cur_name, bdrv_get_format_name(bs),
-                           qemu_opts_count(opts) ? opts : NULL, flags,
-                           &local_err);
-    if (!new_blk) {
+    ret = blk_reopen(blk, flags, qemu_opts_count(opts) ? opts : NULL,
+                     &local_err);
+    if (ret < 0) {
         error_report_err(local_err);
-        local_err = NULL;
-        if (bdrv_restore_perms(bs, &local_err) < 0) {
-            error_report_err(local_err);
-        }
         ret = -EINVAL;
         goto out;
     }
-    blk_unref(qemuio_blk);
-    qemuio_blk = new_blk;
-    blk_set_enable_write_cache(qemuio_blk, !writethrough);
+    blk_set_enable_write_cache(blk, !writethrough);
     cur_flags = flags;
-    qemu_opts_del(cur_opts);
-    cur_opts = qemu_opts_clone(opts);
+    for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+        qemu_opts_nth(opts, i, &name, &value);
+        qemu_opt_set(cur_opts, name, value);
+    }
 out:
     qemu_opts_del(opts);
     return ret;

@@ -26,6 +26,25 @@ struct BlockBackend {
 /* Every user, for the permission rules between users of one node. */
 static GList *blk_all;
 
+int blk_reopen(BlockBackend *blk, int flags, QemuOpts *options,
+               Error **errp)
+{
+    BlockDriverState *bs = blk->root;
+    int ret;
+
+    if (!bs) {
+        error_setg(errp, "No medium inserted");
+        return -ENOMEDIUM;
+    }
+    ret = bdrv_reopen(bs, flags, options, errp);
+    if (ret == 0) {
+        /* The root holds for the user what the new flags give. */
+        blk->perm = bs->user_perm;
+        blk->shared_perm = bs->user_shared;
+    }
+    return ret;
+}
+
 /* ---- drained sections of the root ---- */
 
 static void blk_root_drained_begin(void *opaque)

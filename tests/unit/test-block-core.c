@@ -29,6 +29,53 @@ static void counter_drain_end(BlockDriverState *bs)
     counter_drain_ends++;
 }
 
+/* Reopen: prepare may be told to fail; what ran is counted. */
+static bool counter_fail_prepare, counter_fail_perm;
+static unsigned counter_prepares, counter_commits, counter_aborts;
+
+static int counter_reopen_prepare(BdrvReopenState *state, Error **errp)
+{
+    if (counter_fail_prepare) {
+        error_setg(errp, "counter: prepare refused");
+        return -EIO;
+    }
+    counter_prepares++;
+    state->opaque = g_strdup("prepared");
+    return 0;
+}
+
+static void counter_reopen_commit(BdrvReopenState *state)
+{
+    counter_commits++;
+    g_free(state->opaque);
+}
+
+static void counter_reopen_abort(BdrvReopenState *state)
+{
+    counter_aborts++;
+    g_free(state->opaque);
+}
+
+/* A lock another process would hold: write cannot be taken. */
+static int counter_check_perm(BlockDriverState *bs, uint64_t perm,
+                              uint64_t shared, Error **errp)
+{
+    if (counter_fail_perm && (perm & BLK_PERM_WRITE)) {
+        error_setg(errp, "counter: write lock held elsewhere");
+        return -EAGAIN;
+    }
+    return 0;
+}
+
+static void counter_set_perm(BlockDriverState *bs, uint64_t perm,
+                             uint64_t shared)
+{
+}
+
+static void counter_abort_perm_update(BlockDriverState *bs)
+{
+}
+
 static int coroutine_fn counter_open(BlockDriverState *bs, QemuOpts *options,
                                      int flags, Error **errp)
 {
@@ -91,6 +138,12 @@ static BlockDriver bdrv_counter = {
     .bdrv_co_flush_to_disk  = counter_co_flush_to_disk,
     .bdrv_drain_begin       = counter_drain_begin,
     .bdrv_drain_end         = counter_drain_end,
+    .bdrv_check_perm        = counter_check_perm,
+    .bdrv_set_perm          = counter_set_perm,
+    .bdrv_abort_perm_update = counter_abort_perm_update,
+    .bdrv_reopen_prepare    = counter_reopen_prepare,
+    .bdrv_reopen_commit     = counter_reopen_commit,
+    .bdrv_reopen_abort      = counter_reopen_abort,
 };
 
 BLOCK_DRIVER_REGISTER(bdrv_counter)
@@ -577,6 +630,138 @@ static void test_drain_around_truncate(void)
     bdrv_unref(bs);
 }
 
+/* ---- reopen ---- */
+
+/* Read-only <-> read-write over a raw image on a file: both nodes follow,
+ * the user's permissions and the write check too. */
+static void test_reopen_rw(void)
+{
+    char tmpl[] = "/var/tmp/test-block-core.XXXXXX";
+    char *dir = g_mkdtemp(tmpl);
+    char *path = g_build_filename(dir, "reopen.raw", NULL);
+    QemuOpts *opts = qemu_opts_new();
+    uint8_t buf[512] = { 0x5a };
+    Error *err = NULL;
+
+    qemu_opt_set_number(opts, "size", 1 * MiB);
+    g_assert_cmpint(bdrv_create(bdrv_find_format("raw"), path, opts, &err),
+                    ==, 0);
+    qemu_opts_del(opts);
+    BlockBackend *blk = blk_new_open(path, "raw", NULL, 0, &err);
+    g_assert(blk);
+    BlockDriverState *bs = blk_bs(blk), *file = bdrv_get_file(bs);
+    uint64_t perm, shared;
+
+    g_assert(bdrv_is_read_only(bs) && bdrv_is_read_only(file));
+    g_assert_cmpint(blk_pwrite(blk, 0, 512, buf, 0), ==, -EPERM);
+
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), ==, 0);
+    g_assert(!bdrv_is_read_only(bs) && !bdrv_is_read_only(file));
+    blk_get_perm(blk, &perm, &shared);
+    g_assert_cmpint(perm, ==, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE);
+    g_assert_cmpint(file->perm & BLK_PERM_WRITE, !=, 0);
+    g_assert_cmpint(blk_pwrite(blk, 0, 512, buf, 0), ==, 0);
+    g_assert(!bdrv_is_drained(bs));
+
+    /* Back to read-only: what was written is flushed and stays. */
+    g_assert_cmpint(blk_reopen(blk, 0, NULL, &err), ==, 0);
+    g_assert(bdrv_is_read_only(bs) && bdrv_is_read_only(file));
+    g_assert_cmpint(file->perm & BLK_PERM_WRITE, ==, 0);
+    g_assert_cmpint(blk_pwrite(blk, 0, 512, buf, 0), ==, -EPERM);
+    uint8_t out[512];
+    g_assert_cmpint(blk_pread(blk, 0, 512, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0x5a);
+
+    /* Unknown options fail and change nothing. */
+    QemuOpts *bad = qemu_opts_new();
+    qemu_opt_set(bad, "nosuchoption", "1");
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, bad, &err), <, 0);
+    g_assert(strstr(error_get_pretty(err), "nosuchoption"));
+    error_free(err);
+    err = NULL;
+    qemu_opts_del(bad);
+    g_assert(bdrv_is_read_only(bs) && bdrv_is_read_only(file));
+
+    blk_unref(blk);
+    unlink(path);
+    rmdir(dir);
+    g_free(path);
+}
+
+typedef struct NodeState {
+    int flags;
+    bool read_only;
+    uint64_t perm, shared;
+} NodeState;
+
+static NodeState node_state(BlockDriverState *bs)
+{
+    return (NodeState) { bdrv_get_flags(bs), bdrv_is_read_only(bs),
+                         bs->perm, bs->shared_perm };
+}
+
+static void assert_node_state(BlockDriverState *bs, NodeState st)
+{
+    g_assert_cmpint(bdrv_get_flags(bs), ==, st.flags);
+    g_assert_cmpint(bdrv_is_read_only(bs), ==, st.read_only);
+    g_assert_cmpint(bs->perm, ==, st.perm);
+    g_assert_cmpint(bs->shared_perm, ==, st.shared);
+}
+
+/*
+ * A failed prepare on one node, or a lock the new permissions cannot
+ * get, leaves every node of the chain as it was; nodes whose prepare
+ * succeeded are aborted, none committed.
+ */
+static void test_reopen_abort(void)
+{
+    Error *err = NULL;
+    BlockBackend *blk = blk_new_open("counter://", "raw", NULL, 0, &err);
+    g_assert(blk);
+    BlockDriverState *bs = blk_bs(blk), *proto = bdrv_get_file(bs);
+    g_assert(proto);
+    NodeState top = node_state(bs), bottom = node_state(proto);
+    uint64_t perm, shared;
+
+    counter_prepares = counter_commits = counter_aborts = 0;
+    counter_fail_prepare = true;
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), ==, -EIO);
+    g_assert(strstr(error_get_pretty(err), "prepare refused"));
+    error_free(err);
+    err = NULL;
+    counter_fail_prepare = false;
+    assert_node_state(bs, top);
+    assert_node_state(proto, bottom);
+    g_assert_cmpuint(counter_commits + counter_aborts, ==, 0);
+    blk_get_perm(blk, &perm, &shared);
+    g_assert_cmpint(perm, ==, BLK_PERM_CONSISTENT_READ);
+    g_assert(!bdrv_is_drained(bs) && !bdrv_is_drained(proto));
+
+    /* All prepared, then the write lock fails: abort, no commit. */
+    counter_fail_perm = true;
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), <, 0);
+    g_assert(strstr(error_get_pretty(err), "write lock"));
+    error_free(err);
+    err = NULL;
+    counter_fail_perm = false;
+    g_assert_cmpuint(counter_prepares, ==, 1);
+    g_assert_cmpuint(counter_aborts, ==, 1);
+    g_assert_cmpuint(counter_commits, ==, 0);
+    assert_node_state(bs, top);
+    assert_node_state(proto, bottom);
+    blk_get_perm(blk, &perm, &shared);
+    g_assert_cmpint(perm, ==, BLK_PERM_CONSISTENT_READ);
+    uint8_t buf[512] = { 0 };
+    g_assert_cmpint(blk_pwrite(blk, 0, 512, buf, 0), ==, -EPERM);
+
+    /* And when nothing fails, every node commits. */
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), ==, 0);
+    g_assert_cmpuint(counter_commits, ==, 1);
+    g_assert(!bdrv_is_read_only(bs) && !bdrv_is_read_only(proto));
+    g_assert_cmpint(blk_pwrite(blk, 0, 512, buf, 0), ==, 0);
+    blk_unref(blk);
+}
+
 int main(int argc, char **argv)
 {
     error_set_progname(argv[0]);
@@ -591,6 +776,8 @@ int main(int argc, char **argv)
     test_drain_nested();
     test_drain_background_work();
     test_drain_around_truncate();
+    test_reopen_rw();
+    test_reopen_abort();
 
     printf("PASS test-block-core\n");
     return 0;
