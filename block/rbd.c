@@ -9,6 +9,7 @@
 
 #include "block_int.h"
 #include "block/rbd-name.h"
+#include "util/aio.h"
 #include "util/coroutine.h"
 #include "util/secret.h"
 
@@ -33,11 +34,14 @@ typedef struct BDRVRBDState {
     uint64_t image_size;
 } BDRVRBDState;
 
-/* One request in flight: the coroutine waiting and what librbd returned. */
+/* One request in flight: the coroutine waiting and what librbd returned.
+ * ret is written by librbd's thread before the bottom half is scheduled;
+ * done and waiting belong to the loop thread. */
 typedef struct RBDTask {
     Coroutine *co;
     int64_t ret;
     bool done;
+    bool waiting;
 } RBDTask;
 
 static const QemuOptDesc rbd_open_opts[] = {
@@ -73,26 +77,44 @@ static const QemuOptDesc rbd_create_opts[] = {
 /* ------------------------------------------------------------------ */
 /* Completions                                                        */
 
-/* librbd's thread: record the result, resume the coroutine in the loop. */
+/* Loop thread: the request is complete; resume its coroutine if it has
+ * yielded (it has not when librbd completed it inside the submission). */
+static void rbd_finish_bh(void *opaque)
+{
+    RBDTask *task = opaque;
+
+    task->done = true;
+    if (task->waiting) {
+        qemu_coroutine_enter(task->co);
+    }
+}
+
+/*
+ * librbd's thread (or, for some requests, the submitting call itself):
+ * record the result and hand the rest to the loop. The coroutine's stack
+ * holds task, so it must not return before rbd_finish_bh ran.
+ */
 static void rbd_complete_cb(rbd_completion_t c, void *opaque)
 {
     RBDTask *task = opaque;
 
     task->ret = rbd_aio_get_return_value(c);
     rbd_aio_release(c);
-    __atomic_store_n(&task->done, true, __ATOMIC_RELEASE);
-    aio_co_wake(task->co);
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), rbd_finish_bh, task);
 }
 
-/* Wait for task's completion (the request was submitted with c). */
+/* Wait for task's completion (the request was submitted with c; r is what
+ * the submission returned). */
 static int coroutine_fn rbd_co_wait(RBDTask *task, rbd_completion_t c, int r)
 {
     if (r < 0) {
         rbd_aio_release(c);
         return r;
     }
-    while (!__atomic_load_n(&task->done, __ATOMIC_ACQUIRE)) {
+    while (!task->done) {
+        task->waiting = true;
         qemu_coroutine_yield();
+        task->waiting = false;
     }
     return task->ret < 0 ? (int)task->ret : 0;
 }
@@ -102,6 +124,7 @@ static int rbd_new_completion(RBDTask *task, rbd_completion_t *c)
     task->co = qemu_coroutine_self();
     task->ret = 0;
     task->done = false;
+    task->waiting = false;
     return rbd_aio_create_completion(task, rbd_complete_cb, c);
 }
 
