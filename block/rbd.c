@@ -269,6 +269,10 @@ static int rbd_connect(const RbdName *n, QemuOpts *opts, rados_t *cluster,
         error_setg_errno(errp, -r, "rbd: error creating the cluster handle");
         return r;
     }
+    /* Our own one-line errors say what failed; librados' messages on
+     * stderr would only add noise (a conf file may turn them back on). */
+    rados_conf_set(*cluster, "log_to_stderr", "false");
+    rados_conf_set(*cluster, "err_to_stderr", "false");
     if (n->conf) {
         r = rados_conf_read_file(*cluster, n->conf);
         if (r < 0) {
@@ -316,6 +320,20 @@ static int rbd_connect(const RbdName *n, QemuOpts *opts, rados_t *cluster,
         }
         r = rbd_conf_set(*cluster, "key", key, errp);
         if (r < 0) {
+            goto fail;
+        }
+    }
+    {
+        char mons[16] = "";
+
+        /* Without monitor addresses librados would try DNS SRV records
+         * and print to stderr; say what is missing instead. */
+        if (rados_conf_get(*cluster, "mon_host", mons, sizeof(mons)) == 0 &&
+            !mons[0]) {
+            error_setg(errp, "rbd: no monitor address: set mon_host in a "
+                       "conf file (conf=, CEPH_CONF, /etc/ceph/ceph.conf), "
+                       "in the name (:mon_host=) or with server.N.host");
+            r = -EINVAL;
             goto fail;
         }
     }
