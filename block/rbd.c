@@ -252,8 +252,8 @@ static bool rbd_user_set(const RbdName *n, const char *key)
 }
 
 /* Create the cluster handle from n and opts and connect it. */
-static int rbd_connect(const RbdName *n, QemuOpts *opts, rados_t *cluster,
-                       Error **errp)
+static int rbd_connect(const RbdName *n, QemuOpts *opts, int flags,
+                       rados_t *cluster, Error **errp)
 {
     static const char *const timeouts[][2] = {
         { "client_mount_timeout", RBD_DEFAULT_MOUNT_TIMEOUT },
@@ -290,6 +290,10 @@ static int rbd_connect(const RbdName *n, QemuOpts *opts, rados_t *cluster,
             rados_conf_set(*cluster, timeouts[i][0], timeouts[i][1]);
         }
     }
+    /* The cache mode picks librbd's cache, as in QEMU (cache=none: off);
+     * an rbd_cache= in the name wins. */
+    rados_conf_set(*cluster, "rbd_cache",
+                   (flags & BDRV_O_NOCACHE) ? "false" : "true");
     for (unsigned i = 0; i < n->nr_opts; i++) {
         r = rbd_conf_set(*cluster, n->keys[i], n->values[i], errp);
         if (r < 0) {
@@ -413,7 +417,7 @@ static int coroutine_fn rbd_co_open(BlockDriverState *bs, QemuOpts *options,
         r = -EACCES;
         goto fail;
     }
-    r = rbd_connect(&s->name, options, &s->cluster, errp);
+    r = rbd_connect(&s->name, options, flags, &s->cluster, errp);
     if (r < 0) {
         goto fail;
     }
@@ -842,7 +846,7 @@ static int coroutine_fn rbd_co_create(const char *filename, QemuOpts *opts,
         rbd_image_options_set_uint64(ropts, RBD_IMAGE_OPTION_FEATURES,
                                      features);
     }
-    r = rbd_connect(&n, NULL, &cluster, errp);
+    r = rbd_connect(&n, NULL, BDRV_O_NOCACHE, &cluster, errp);
     if (r < 0) {
         goto out;
     }
