@@ -32,7 +32,16 @@ typedef struct BDRVRBDState {
     uint64_t object_size;
     uint64_t features;
     uint64_t image_size;
+    /*
+     * While requests are out, an armed timer tells aio_poll() the loop is
+     * not idle, so it sleeps until a completion's bottom half wakes it
+     * instead of returning at once and spinning (as util/thread-pool.c).
+     */
+    QEMUTimer *keepalive;
+    unsigned in_flight;
 } BDRVRBDState;
+
+#define RBD_KEEPALIVE_NS (3600LL * 1000000000LL)
 
 /* One request in flight: the coroutine waiting and what librbd returned.
  * ret is written by librbd's thread before the bottom half is scheduled;
@@ -103,18 +112,32 @@ static void rbd_complete_cb(rbd_completion_t c, void *opaque)
     aio_bh_schedule_oneshot(qemu_get_aio_context(), rbd_finish_bh, task);
 }
 
+static void rbd_keepalive_cb(void *opaque)
+{
+    BDRVRBDState *s = opaque;
+
+    timer_mod_ns(s->keepalive, qemu_clock_get_ns() + RBD_KEEPALIVE_NS);
+}
+
 /* Wait for task's completion (the request was submitted with c; r is what
  * the submission returned). */
-static int coroutine_fn rbd_co_wait(RBDTask *task, rbd_completion_t c, int r)
+static int coroutine_fn rbd_co_wait(BDRVRBDState *s, RBDTask *task,
+                                    rbd_completion_t c, int r)
 {
     if (r < 0) {
         rbd_aio_release(c);
         return r;
     }
+    if (s->in_flight++ == 0) {
+        rbd_keepalive_cb(s);
+    }
     while (!task->done) {
         task->waiting = true;
         qemu_coroutine_yield();
         task->waiting = false;
+    }
+    if (--s->in_flight == 0) {
+        timer_del(s->keepalive);
     }
     return task->ret < 0 ? (int)task->ret : 0;
 }
@@ -386,6 +409,11 @@ static int rbd_refresh_size(BDRVRBDState *s)
 
 static void rbd_free_state(BDRVRBDState *s)
 {
+    if (s->keepalive) {
+        timer_del(s->keepalive);
+        timer_free(s->keepalive);
+        s->keepalive = NULL;
+    }
     if (s->image) {
         rbd_close(s->image);
         s->image = NULL;
@@ -447,6 +475,7 @@ static int coroutine_fn rbd_co_open(BlockDriverState *bs, QemuOpts *options,
         error_setg_errno(errp, -r, "rbd: error reading the image's header");
         goto fail;
     }
+    s->keepalive = aio_timer_new(qemu_get_aio_context(), rbd_keepalive_cb, s);
     return 0;
 
 fail:
@@ -519,7 +548,7 @@ static int coroutine_fn rbd_co_rw(BlockDriverState *bs, RBDOp op,
         r = rbd_aio_flush(s->image, c);
         break;
     }
-    r = rbd_co_wait(&task, c, r);
+    r = rbd_co_wait(s, &task, c, r);
     if (qiov) {
         qemu_iovec_destroy(&slice);
     }
