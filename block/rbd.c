@@ -365,6 +365,11 @@ static int rbd_connect(const RbdName *n, QemuOpts *opts, int flags,
         }
     }
     r = rados_connect(*cluster);
+    if (r == -ENOENT) {
+        error_setg(errp, "rbd: error connecting to the cluster: no keyring "
+                   "or key found for the client's cephx authentication");
+        goto fail;
+    }
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: error connecting to the cluster");
         goto fail;
