@@ -64,6 +64,10 @@ static const QemuOptDesc rbd_open_opts[] = {
       "Authentication methods: cephx, none (separated by ';')" },
     { "key-secret", QEMU_OPT_STRING,
       "id of a secret object holding the cephx key" },
+    { "encrypt.format", QEMU_OPT_STRING,
+      "Load librbd encryption: luks or luks2" },
+    { "encrypt.key-secret", QEMU_OPT_STRING,
+      "id of a secret object holding the encryption passphrase" },
     { NULL }
 };
 
@@ -80,8 +84,115 @@ static const QemuOptDesc rbd_create_opts[] = {
     { "backing_file", QEMU_OPT_STRING,
       "Snapshot to clone (rbd:pool/image@snap)" },
     { "backing_fmt", QEMU_OPT_STRING, "Format of the snapshot (raw)" },
+    { "encrypt.format", QEMU_OPT_STRING,
+      "Format the image with librbd encryption: luks or luks2" },
+    { "encrypt.key-secret", QEMU_OPT_STRING,
+      "id of a secret object holding the encryption passphrase" },
+    { "encrypt.cipher-alg", QEMU_OPT_STRING,
+      "Cipher: aes-128 or aes-256 (default)" },
     { NULL }
 };
+
+/* ------------------------------------------------------------------ */
+/* Encryption (librbd's LUKS support)                                 */
+
+/*
+ * Format (create) or load (open) librbd encryption on image, as opts'
+ * encrypt.* keys say. No encrypt.format: nothing to do.
+ */
+static int rbd_encryption(rbd_image_t image, QemuOpts *opts, bool format,
+                          Error **errp)
+{
+    const char *fmt = opts ? qemu_opt_get(opts, "encrypt.format") : NULL;
+    const char *sid = opts ? qemu_opt_get(opts, "encrypt.key-secret") : NULL;
+    const char *alg = format ? qemu_opt_get(opts, "encrypt.cipher-alg") : NULL;
+    rbd_encryption_luks1_format_options_t lopts = {
+        .alg = RBD_ENCRYPTION_ALGORITHM_AES256,
+    };
+    rbd_encryption_format_t efmt;
+    g_autofree char *pass = NULL;
+    size_t len;
+    int r;
+
+    if (!fmt) {
+        if (sid || alg) {
+            error_setg(errp, "rbd: encrypt.* options need encrypt.format");
+            return -EINVAL;
+        }
+        return 0;
+    }
+    if (!strcmp(fmt, "luks")) {
+        efmt = RBD_ENCRYPTION_FORMAT_LUKS1;
+    } else if (!strcmp(fmt, "luks2")) {
+        efmt = RBD_ENCRYPTION_FORMAT_LUKS2;
+    } else {
+        error_setg(errp, "rbd: encrypt.format must be luks or luks2, not "
+                   "'%s'", fmt);
+        return -EINVAL;
+    }
+    if (alg && !strcmp(alg, "aes-128")) {
+        lopts.alg = RBD_ENCRYPTION_ALGORITHM_AES128;
+    } else if (alg && strcmp(alg, "aes-256")) {
+        error_setg(errp, "rbd: encrypt.cipher-alg must be aes-128 or "
+                   "aes-256, not '%s'", alg);
+        return -EINVAL;
+    }
+    if (!sid) {
+        error_setg(errp, "rbd: encrypt.format needs encrypt.key-secret");
+        return -EINVAL;
+    }
+    pass = secret_lookup_bytes(sid, &len, errp);
+    if (!pass) {
+        return -EINVAL;
+    }
+    lopts.passphrase = pass;
+    lopts.passphrase_size = len;
+    /* the LUKS2 options struct has the same layout */
+    if (format) {
+        r = rbd_encryption_format(image, efmt, &lopts, sizeof(lopts));
+    } else {
+        r = rbd_encryption_load(image, efmt, &lopts, sizeof(lopts));
+    }
+    explicit_bzero(pass, len);
+    if (r == -EPERM && !format) {
+        error_setg(errp, "rbd: error loading %s encryption: wrong passphrase "
+                   "or not a %s image", fmt, fmt);
+    } else if (r < 0) {
+        error_setg_errno(errp, -r, "rbd: %s %s encryption",
+                         format ? "error formatting" : "error loading", fmt);
+    }
+    return r;
+}
+
+/* Format a new image's encryption; grow it so that the space the LUKS
+ * header takes does not come off the size asked for (as QEMU does). */
+static int rbd_format_encryption(rados_ioctx_t io_ctx, const char *name,
+                                 QemuOpts *opts, Error **errp)
+{
+    rbd_image_t img;
+    uint64_t raw_size, effective;
+    int r = rbd_open(io_ctx, name, &img, NULL);
+
+    if (r < 0) {
+        error_setg_errno(errp, -r, "rbd: error opening the new image");
+        return r;
+    }
+    r = rbd_get_size(img, &raw_size);
+    if (r == 0) {
+        r = rbd_encryption(img, opts, true, errp);
+    }
+    if (r == 0 && rbd_get_size(img, &effective) == 0 &&
+        effective < raw_size) {
+        /* resize counts raw bytes: add what the header took */
+        r = rbd_resize(img, raw_size + (raw_size - effective));
+        if (r < 0) {
+            error_setg_errno(errp, -r, "rbd: error resizing the encrypted "
+                             "image");
+        }
+    }
+    rbd_close(img);
+    return r;
+}
 
 /* ------------------------------------------------------------------ */
 /* Completions                                                        */
@@ -473,6 +584,10 @@ static int coroutine_fn rbd_co_open(BlockDriverState *bs, QemuOpts *options,
             error_setg_errno(errp, -r, "rbd: error opening image '%s'",
                              s->name.image);
         }
+        goto fail;
+    }
+    r = rbd_encryption(s->image, options, false, errp);
+    if (r < 0) {
         goto fail;
     }
     r = rbd_refresh_size(s);
@@ -907,6 +1022,11 @@ static int coroutine_fn rbd_co_create(const char *filename, QemuOpts *opts,
     r = rbd_create4(io_ctx, n.image, size, ropts);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: error creating image '%s'", n.image);
+    } else if (qemu_opt_get(opts, "encrypt.format")) {
+        r = rbd_format_encryption(io_ctx, n.image, opts, errp);
+        if (r < 0) {
+            rbd_remove(io_ctx, n.image);
+        }
     }
 out:
     rbd_image_options_destroy(ropts);
@@ -1040,9 +1160,11 @@ static bool rbd_header_name_config(const char *name, char **key)
     return ret;
 }
 
-/* Open options that say how to reach or authenticate to a cluster. */
+/* Open options that say how to reach or authenticate to a cluster (and
+ * encrypt.key-secret, which names a secret of the user's). */
 static const char *const rbd_header_forbidden_opts[] = {
-    "conf", "user", "key-secret", "auth-client-required", "server", NULL
+    "conf", "user", "key-secret", "auth-client-required", "server",
+    "encrypt", NULL
 };
 
 /* ------------------------------------------------------------------ */

@@ -163,6 +163,21 @@ char *secret_lookup_base64(const char *id, Error **errp)
     return g_base64_encode(p, len);
 }
 
+char *secret_lookup_bytes(const char *id, size_t *len, Error **errp)
+{
+    Secret *s = secret_find(id);
+    gsize n;
+    const char *p;
+
+    if (!s) {
+        error_setg(errp, "No secret with id '%s'", id);
+        return NULL;
+    }
+    p = g_bytes_get_data(s->data, &n);
+    *len = n;
+    return g_strndup(p ? p : "", n);
+}
+
 void secret_clear_all(void)
 {
     if (secrets) {

@@ -23,6 +23,11 @@ int secret_object_add(const char *def, Error **errp);
  * id ("No secret with id 'x'").
  */
 char *secret_lookup_base64(const char *id, Error **errp);
+/*
+ * The secret id's bytes (g_free; NUL-terminated for convenience, *len
+ * without it), or NULL with an error naming the id.
+ */
+char *secret_lookup_bytes(const char *id, size_t *len, Error **errp);
 /* Forget every secret (tests). */
 void secret_clear_all(void);
 
