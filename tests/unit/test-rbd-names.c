@@ -167,6 +167,12 @@ static void test_secrets(void)
     b64 = secret_lookup_base64("s1", &err);
     CHECK(b64 && !strcmp(b64, "aGVsbG8="));
     g_free(b64);
+    {
+        size_t len = 0;
+        char *raw = secret_lookup_bytes("s1", &len, &err);
+        CHECK(raw && len == 5 && !memcmp(raw, "hello", 5));
+        g_free(raw);
+    }
     CHECK(secret_object_add("secret,id=s2,data=aGVsbG8=,format=base64",
                             &err) == 0);
     b64 = secret_lookup_base64("s2", &err);
