@@ -864,9 +864,19 @@ static ImageInfoSpecific *rbd_get_specific_info(BlockDriverState *bs,
     return info;
 }
 
+/* A new image reads as zeroes; a clone reads as its parent. */
 static bool rbd_has_zero_init(BlockDriverState *bs)
 {
-    return true;
+    BDRVRBDState *s = bs->opaque;
+    rbd_linked_image_spec_t parent;
+    rbd_snap_spec_t snap;
+
+    if (rbd_get_parent(s->image, &parent, &snap) < 0) {
+        return true;        /* -ENOENT: no parent */
+    }
+    rbd_linked_image_spec_cleanup(&parent);
+    rbd_snap_spec_cleanup(&snap);
+    return false;
 }
 
 /* ------------------------------------------------------------------ */
