@@ -12,6 +12,7 @@
 #include "util/aio.h"
 #include "util/coroutine.h"
 #include "util/secret.h"
+#include "util/thread-pool.h"
 
 /* Client timeouts we set unless the user sets them (seconds): a monitor
  * that is down or a wrong address fails the open instead of hanging. */
@@ -720,7 +721,8 @@ static int coroutine_fn rbd_co_flush(BlockDriverState *bs)
 /* State of one rbd_diff_iterate2 call: the first allocated extent at or
  * after offset. */
 typedef struct RBDDiff {
-    uint64_t offset;
+    rbd_image_t image;
+    uint64_t offset, bytes;
     uint64_t start, len;
     bool found;
 } RBDDiff;
@@ -745,6 +747,16 @@ static int rbd_diff_cb(uint64_t offs, size_t len, int exists, void *opaque)
     d->start = MAX(offs, d->offset);
     d->len = offs + len - d->start;
     return 0;
+}
+
+/* Thread pool: rbd_diff_iterate2 is synchronous (it may wait for the
+ * object map to load), so it runs off the loop thread. */
+static int rbd_diff_worker(void *opaque)
+{
+    RBDDiff *d = opaque;
+
+    return rbd_diff_iterate2(d->image, NULL, d->offset, d->bytes, true, true,
+                             rbd_diff_cb, d);
 }
 
 /*
@@ -772,8 +784,9 @@ static int coroutine_fn rbd_co_block_status(BlockDriverState *bs,
         (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
         return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
     }
-    r = rbd_diff_iterate2(s->image, NULL, offset, bytes, true, true,
-                          rbd_diff_cb, &d);
+    d.image = s->image;
+    d.bytes = bytes;
+    r = thread_pool_submit_co(rbd_diff_worker, &d);
     if (r < 0 && r != RBD_DIFF_STOP) {
         return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
     }
