@@ -801,6 +801,45 @@ static int coroutine_fn rbd_co_block_status(BlockDriverState *bs,
     return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
 }
 
+/* A synchronous librbd call, run in the thread pool (DESIGN.md decision
+ * 3: blocking calls stay off the loop thread). */
+typedef enum {
+    RBD_SYNC_RESIZE, RBD_SYNC_SNAP_CREATE, RBD_SYNC_SNAP_ROLLBACK,
+    RBD_SYNC_SNAP_REMOVE,
+} RBDSyncOp;
+
+typedef struct RBDSync {
+    RBDSyncOp op;
+    rbd_image_t image;
+    const char *name;
+    uint64_t size;
+} RBDSync;
+
+static int rbd_sync_worker(void *opaque)
+{
+    RBDSync *a = opaque;
+
+    switch (a->op) {
+    case RBD_SYNC_RESIZE:
+        return rbd_resize(a->image, a->size);
+    case RBD_SYNC_SNAP_CREATE:
+        return rbd_snap_create(a->image, a->name);
+    case RBD_SYNC_SNAP_ROLLBACK:
+        return rbd_snap_rollback(a->image, a->name);
+    case RBD_SYNC_SNAP_REMOVE:
+        return rbd_snap_remove(a->image, a->name);
+    }
+    return -EINVAL;
+}
+
+static int coroutine_fn rbd_co_sync(RBDSyncOp op, rbd_image_t image,
+                                    const char *name, uint64_t size)
+{
+    RBDSync a = { .op = op, .image = image, .name = name, .size = size };
+
+    return thread_pool_submit_co(rbd_sync_worker, &a);
+}
+
 static int coroutine_fn rbd_co_truncate(BlockDriverState *bs, int64_t offset,
                                         bool exact, PreallocMode prealloc,
                                         Error **errp)
@@ -813,7 +852,7 @@ static int coroutine_fn rbd_co_truncate(BlockDriverState *bs, int64_t offset,
                    qemu_prealloc_name(prealloc));
         return -ENOTSUP;
     }
-    r = rbd_resize(s->image, offset);
+    r = rbd_co_sync(RBD_SYNC_RESIZE, s->image, NULL, offset);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: failed to resize the image");
         return r;
@@ -1081,7 +1120,7 @@ static int coroutine_fn rbd_co_snapshot_create(BlockDriverState *bs,
         error_setg(errp, "rbd: snapshot ids are names");
         return -EINVAL;
     }
-    r = rbd_snap_create(s->image, sn->name);
+    r = rbd_co_sync(RBD_SYNC_SNAP_CREATE, s->image, sn->name, 0);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: failed to create snapshot '%s'",
                          sn->name);
@@ -1094,7 +1133,7 @@ static int coroutine_fn rbd_co_snapshot_goto(BlockDriverState *bs,
                                           Error **errp)
 {
     BDRVRBDState *s = bs->opaque;
-    int r = rbd_snap_rollback(s->image, snapshot_id);
+    int r = rbd_co_sync(RBD_SYNC_SNAP_ROLLBACK, s->image, snapshot_id, 0);
 
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: failed to roll back to snapshot "
@@ -1117,7 +1156,7 @@ static int coroutine_fn rbd_co_snapshot_delete(BlockDriverState *bs,
                    snapshot_id, name);
         return -EINVAL;
     }
-    r = rbd_snap_remove(s->image, snap);
+    r = rbd_co_sync(RBD_SYNC_SNAP_REMOVE, s->image, snap, 0);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: failed to delete snapshot '%s'",
                          snap);
