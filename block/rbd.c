@@ -40,6 +40,9 @@ typedef struct BDRVRBDState {
      */
     QEMUTimer *keepalive;
     unsigned in_flight;
+    /* Writes past the end grow the image first (a format on top, such as
+     * qcow2, writes past its file's end as QEMU lets it on rbd). */
+    CoMutex grow_lock;
 } BDRVRBDState;
 
 #define RBD_KEEPALIVE_NS (3600LL * 1000000000LL)
@@ -597,6 +600,7 @@ static int coroutine_fn rbd_co_open(BlockDriverState *bs, QemuOpts *options,
         goto fail;
     }
     s->keepalive = aio_timer_new(qemu_get_aio_context(), rbd_keepalive_cb, s);
+    qemu_co_mutex_init(&s->grow_lock);
     return 0;
 
 fail:
@@ -688,11 +692,18 @@ static int coroutine_fn rbd_co_preadv(BlockDriverState *bs, int64_t offset,
     return rbd_co_rw(bs, RBD_OP_READ, offset, bytes, qiov, qiov_offset, 0);
 }
 
+static int coroutine_fn rbd_co_grow(BlockDriverState *bs, uint64_t end);
+
 static int coroutine_fn rbd_co_pwritev(BlockDriverState *bs, int64_t offset,
                                        int64_t bytes, QEMUIOVector *qiov,
                                        size_t qiov_offset,
                                        BdrvRequestFlags flags)
 {
+    int r = rbd_co_grow(bs, offset + bytes);
+
+    if (r < 0) {
+        return r;
+    }
     return rbd_co_rw(bs, RBD_OP_WRITE, offset, bytes, qiov, qiov_offset, 0);
 }
 
@@ -703,7 +714,11 @@ static int coroutine_fn rbd_co_pwrite_zeroes(BlockDriverState *bs,
 {
     int zflags = (flags & BDRV_REQ_MAY_UNMAP) ?
                  0 : RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
+    int r = rbd_co_grow(bs, offset + bytes);
 
+    if (r < 0) {
+        return r;
+    }
     return rbd_co_rw(bs, RBD_OP_ZERO, offset, bytes, NULL, 0, zflags);
 }
 
@@ -838,6 +853,26 @@ static int coroutine_fn rbd_co_sync(RBDSyncOp op, rbd_image_t image,
     RBDSync a = { .op = op, .image = image, .name = name, .size = size };
 
     return thread_pool_submit_co(rbd_sync_worker, &a);
+}
+
+/* Grow the image to at least end bytes (never shrinks; one at a time). */
+static int coroutine_fn rbd_co_grow(BlockDriverState *bs, uint64_t end)
+{
+    BDRVRBDState *s = bs->opaque;
+    int r = 0;
+
+    if (end <= s->image_size) {
+        return 0;
+    }
+    qemu_co_mutex_lock(&s->grow_lock);
+    if (end > s->image_size) {
+        r = rbd_co_sync(RBD_SYNC_RESIZE, s->image, NULL, end);
+        if (r == 0) {
+            s->image_size = end;
+        }
+    }
+    qemu_co_mutex_unlock(&s->grow_lock);
+    return r;
 }
 
 static int coroutine_fn rbd_co_truncate(BlockDriverState *bs, int64_t offset,
