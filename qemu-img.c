@@ -2588,15 +2588,15 @@ static int img_measure(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind < argc) {
-        filename = argv[optind++];
-    }
-    if (optind < argc) {
-        error_report("Unexpected argument: %s", argv[optind]);
+    /* QEMU 7.2's order of checks; it has no "-o help" for measure */
+    if (argc - optind > 1) {
+        error_report("At most one filename argument is allowed.");
         goto out;
+    } else if (argc - optind == 1) {
+        filename = argv[optind];
     }
-    if (options && has_help_option(options)) {
-        ret = print_block_option_help(NULL, out_fmt);
+    if (!filename && (img_image_opts || fmt)) {
+        error_report("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
     if (filename && img_size != -1) {
@@ -2624,6 +2624,7 @@ static int img_measure(int argc, char **argv)
     if (options && (qemu_opts_parse(opts, options, NULL, &err) < 0 ||
                     qemu_opts_validate(opts, descs, &err) < 0)) {
         error_report_err(err);
+        error_report("Invalid options for file format '%s'", out_fmt);
         goto out;
     }
     if (img_size != -1) {
