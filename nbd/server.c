@@ -476,7 +476,9 @@ static int coroutine_fn nbd_chunk(NBDRequest *req, uint16_t flags,
     p = nbd_put16(p, type);
     p = nbd_put64(p, req->handle);
     p = nbd_put32(p, flen + dlen);
-    memcpy(p, fixed, flen);
+    if (flen) {
+        memcpy(p, fixed, flen);
+    }
     iov[0].iov_base = hdr;
     iov[0].iov_len = NBD_STRUCTURED_REPLY_LEN + flen;
     iov[1].iov_base = (void *)data;
