@@ -15,6 +15,7 @@
 #define NBD_META_ID_DEPTH   2
 #define NBD_MAX_EXTENTS     4096    /* descriptors per block status chunk */
 #define NBD_PREFERRED_BLOCK 4096
+#define NBD_SPARSE_READ_MIN (64 * 1024)   /* smaller reads: one data chunk */
 
 typedef struct NBDClient NBDClient;
 
@@ -522,7 +523,10 @@ static int coroutine_fn nbd_do_read(NBDRequest *req)
     g_autofree void *buf = NULL;
     int ret;
 
-    if (!c->structured || (req->flags & NBD_CMD_FLAG_DF)) {
+    /* Small reads go out as one data chunk: asking block status first
+     * would cost more than the zeroes it could save. */
+    if (!c->structured || (req->flags & NBD_CMD_FLAG_DF) ||
+        req->len < NBD_SPARSE_READ_MIN) {
         buf = g_malloc(req->len);
         ret = nbd_backend_co_read(be, off, req->len, buf);
         if (ret < 0) {
