@@ -1772,28 +1772,47 @@ static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
     return 1;
 }
 
-/* Read [offset, offset + n) of the concatenated sources (one source). */
+/*
+ * Read [offset, offset + n) of the concatenated sources: one source, or
+ * several when a compressed cluster spans the end of one (as QEMU's).
+ */
 static int coroutine_fn convert_co_read(ConvertState *s, int64_t offset,
                                         int64_t n, uint8_t *buf)
 {
-    int64_t start = 0, local, len;
+    int64_t start = 0;
     int i = 0;
 
-    while (offset >= start + s->src_size[i]) {
-        start += s->src_size[i];
-        i++;
+    while (n > 0) {
+        int64_t local, len, chunk;
+        int ret;
+
+        while (i < s->src_num && offset >= start + s->src_size[i]) {
+            start += s->src_size[i];
+            i++;
+        }
+        if (i == s->src_num) {
+            memset(buf, 0, n);      /* beyond the last source */
+            return 0;
+        }
+        local = offset - start;
+        chunk = MIN(n, s->src_size[i] - local);
+        len = s->src_len[i];
+        if (local >= len) {
+            memset(buf, 0, chunk);
+        } else {
+            int64_t avail = MIN(chunk, len - local);
+
+            ret = bdrv_co_pread(s->src[i], local, avail, buf, 0);
+            if (ret < 0) {
+                return ret;
+            }
+            memset(buf + avail, 0, chunk - avail);
+        }
+        offset += chunk;
+        buf += chunk;
+        n -= chunk;
     }
-    local = offset - start;
-    len = s->src_len[i];
-    if (local >= len) {
-        memset(buf, 0, n);
-        return 0;
-    }
-    if (local + n > len) {
-        memset(buf + (len - local), 0, n - (len - local));
-        n = len - local;
-    }
-    return bdrv_co_pread(s->src[i], local, n, buf, 0);
+    return 0;
 }
 
 static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
@@ -2117,6 +2136,7 @@ static int img_convert(int argc, char **argv)
     int flags, src_flags, c, ret = -1;
     bool force_share = false;
     bool writethrough, src_writethrough;
+    QemuOpts *user_opts = NULL;
 
     while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
                             long_options, NULL)) != -1) {
@@ -2290,6 +2310,22 @@ static int img_convert(int argc, char **argv)
             goto out;
         }
     }
+    /* As QEMU: the backing file and its format may come from -o too. */
+    if (a.options && !a.skip_create) {
+        Error *err = NULL;
+
+        user_opts = qemu_opts_new();
+        if (qemu_opts_parse(user_opts, a.options, NULL, &err) < 0) {
+            error_free(err);    /* reported when the target is created */
+        } else {
+            if (!a.out_baseimg) {
+                a.out_baseimg = qemu_opt_get(user_opts, "backing_file");
+            }
+            if (!a.backing_fmt) {
+                a.backing_fmt = qemu_opt_get(user_opts, "backing_fmt");
+            }
+        }
+    }
     if (a.out_baseimg && !a.skip_create) {
         BlockDriver *odrv = bdrv_find_format(a.out_fmt);
         if (odrv && !bdrv_driver_supports_backing(odrv)) {
@@ -2380,6 +2416,9 @@ out:
     g_free(s.src);
     g_free(s.src_len);
     g_free(s.src_size);
+    if (user_opts) {
+        qemu_opts_del(user_opts);
+    }
     g_free(a.options);
     return ret ? 1 : 0;
 }
@@ -2387,11 +2426,16 @@ out:
 /* ------------------------------------------------------------------ */
 /* commit                                                             */
 
-/* The node of bs's backing chain (below bs) named base, or NULL. */
+/*
+ * The node of bs's backing chain (below bs) named base, or NULL. As
+ * QEMU's: a relative name is relative to each overlay's directory (how
+ * backing names are stored), an absolute one is compared by real path.
+ */
 static BlockDriverState *find_backing_image(BlockDriverState *bs,
                                             const char *base)
 {
-    char *want = realpath(base, NULL);
+    bool relative = base[0] != '/' && !strstr(base, ":");
+    char *want = relative ? NULL : realpath(base, NULL);
     BlockDriverState *found = NULL;
 
     for (BlockDriverState *cur = bs; cur && !found;
@@ -2400,13 +2444,21 @@ static BlockDriverState *find_backing_image(BlockDriverState *bs,
         const char *stored = bdrv_get_backing_filename(cur);
         char *full = bdrv_get_full_backing_filename(cur);
         char *real = full ? realpath(full, NULL) : NULL;
+        char *rel = NULL, *rel_real = NULL;
 
+        if (next && relative) {
+            rel = path_combine(bdrv_get_filename(cur), base);
+            rel_real = realpath(rel, NULL);
+        }
         if (next && ((stored && !strcmp(stored, base)) ||
-                     (full && !strcmp(full, base)) ||
-                     !strcmp(bdrv_get_filename(next), base) ||
-                     (want && real && !strcmp(want, real)))) {
+                     (!relative && full && !strcmp(full, base)) ||
+                     (!relative && !strcmp(bdrv_get_filename(next), base)) ||
+                     (want && real && !strcmp(want, real)) ||
+                     (rel_real && real && !strcmp(rel_real, real)))) {
             found = next;
         }
+        free(rel_real);
+        g_free(rel);
         free(real);
         g_free(full);
     }
