@@ -16,6 +16,11 @@
 #define NBD_MAX_EXTENTS     4096    /* descriptors per block status chunk */
 #define NBD_PREFERRED_BLOCK 4096
 #define NBD_SPARSE_READ_MIN (64 * 1024)   /* smaller reads: one data chunk */
+/* Read and write buffers of every client together: a request that would
+ * go over waits, unless its client has nothing in flight (so every client
+ * makes progress even while others do not read their replies; memory
+ * stays below the budget plus one maximal request per client). */
+#define NBD_SERVER_BUF_BUDGET (256 * 1024 * 1024)
 
 typedef struct NBDClient NBDClient;
 
@@ -26,6 +31,8 @@ struct NBDServer {
     GQueue pending;             /* accepted fds waiting for a slot */
     GList *clients;             /* NBDClient * being served */
     bool shutting_down;
+    uint64_t buf_used;          /* bytes of request buffers admitted */
+    CoQueue buf_wait;           /* request loops waiting for the budget */
 };
 
 struct NBDClient {
@@ -36,6 +43,7 @@ struct NBDClient {
     bool meta_base, meta_depth; /* selected contexts */
     bool closing;               /* read no more requests */
     unsigned inflight;
+    uint64_t buf_used;          /* this client's part of server->buf_used */
     CoQueue slot_wait;          /* request loop waits for inflight < max */
     Coroutine *main_co;
     bool main_waiting;          /* main_co waits for inflight == 0 */
@@ -48,10 +56,22 @@ typedef struct NBDRequest {
     uint64_t handle;
     uint64_t offset;
     uint32_t len;
+    uint32_t cost;              /* buffer bytes held in the budget */
     void *data;                 /* write payload */
 } NBDRequest;
 
 static void nbd_client_start(NBDServer *s, int fd);
+
+static void nbd_request_free(NBDServer *s, NBDRequest *req)
+{
+    if (req->cost) {
+        s->buf_used -= req->cost;
+        req->client->buf_used -= req->cost;
+        qemu_co_queue_restart_all(&s->buf_wait);
+    }
+    g_free(req->data);
+    g_free(req);
+}
 
 static int64_t nbd_deadline(int64_t ns)
 {
@@ -759,8 +779,7 @@ static void coroutine_fn nbd_request_co(void *opaque)
         c->closing = true;
         sock_conn_abort(c->conn, ret);
     }
-    g_free(req->data);
-    g_free(req);
+    nbd_request_free(c->server, req);
     c->inflight--;
     qemu_co_queue_next(&c->slot_wait);
     if (c->main_waiting && c->inflight == 0) {
@@ -803,12 +822,27 @@ static int coroutine_fn nbd_read_request(NBDClient *c, NBDRequest *req)
     if (req->type == NBD_CMD_DISC) {
         return 0;
     }
-    if (req->type == NBD_CMD_WRITE) {
-        /* The payload follows whatever we think of the request. Beyond
-         * what any valid write carries, the stream cannot be trusted. */
-        if (req->len > NBD_MAX_BUFFER_SIZE) {
-            return -EINVAL;
+    /* The payload follows whatever we think of the request. Beyond what
+     * any valid write carries, the stream cannot be trusted. */
+    if (req->type == NBD_CMD_WRITE && req->len > NBD_MAX_BUFFER_SIZE) {
+        return -EINVAL;
+    }
+    if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
+        req->len <= NBD_MAX_BUFFER_SIZE) {
+        while (c->buf_used && s->buf_used + req->len > NBD_SERVER_BUF_BUDGET &&
+               !c->closing) {
+            qemu_co_queue_wait(&s->buf_wait, NULL);
         }
+        if (c->closing) {
+            return -ESHUTDOWN;
+        }
+        req->cost = req->len;
+        s->buf_used += req->cost;
+        c->buf_used += req->cost;
+    }
+    if (req->type == NBD_CMD_WRITE) {
+        /* A fresh deadline for the payload after any wait for the budget */
+        sock_conn_set_recv_deadline(c->conn, nbd_deadline(s->conf.io_ns));
         req->data = g_try_malloc(MAX(req->len, 1));
         if (!req->data) {
             return -ENOMEM;
@@ -865,8 +899,7 @@ static void coroutine_fn nbd_client_co(void *opaque)
         req->client = c;
         ret = nbd_read_request(c, req);
         if (ret <= 0 || c->closing) {
-            g_free(req->data);
-            g_free(req);
+            nbd_request_free(s, req);
             if (ret < 0 && !c->closing && s->conf.verbose) {
                 fprintf(stderr, "nbd: client dropped: %s\n", strerror(-ret));
             }
@@ -880,12 +913,10 @@ static void coroutine_fn nbd_client_co(void *opaque)
         ret = nbd_check_request(c, req);
         if (ret < 0) {
             if (nbd_reply_error(req, ret) < 0) {
-                g_free(req->data);
-                g_free(req);
+                nbd_request_free(s, req);
                 break;
             }
-            g_free(req->data);
-            g_free(req);
+            nbd_request_free(s, req);
             continue;
         }
         c->inflight++;
@@ -929,6 +960,7 @@ NBDServer *nbd_server_new(const NBDServerConf *conf)
         s->conf.max_requests = 16;
     }
     g_queue_init(&s->pending);
+    qemu_co_queue_init(&s->buf_wait);
     return s;
 }
 
@@ -973,6 +1005,7 @@ void nbd_server_shutdown(NBDServer *s)
         sock_conn_set_recv_deadline(c->conn, qemu_clock_get_ns());
         qemu_co_queue_restart_all(&c->slot_wait);
     }
+    qemu_co_queue_restart_all(&s->buf_wait);
 }
 
 void nbd_server_free(NBDServer *s)
