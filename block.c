@@ -331,7 +331,6 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
     bs->drv = drv;
     bs->refcnt = 1;
     bs->total_bytes = -1;
-    bs->enable_write_cache = true;
     bs->open_flags = flags;
     bs->read_only = !(flags & BDRV_O_RDWR);
     bs->opaque = g_malloc0(MAX(drv->instance_size, 1));
@@ -560,6 +559,42 @@ static bool bdrv_header_names_check(const char *what, const char *name,
                                     const char *fmt, const char *origin,
                                     int flags, Error **errp);
 
+/*
+ * A header name of a network protocol never carries the protocol's
+ * configuration (conf=, keyring=, mon_host= for rbd), opt-in or not: it
+ * would make us read files or reach hosts the header chose.
+ */
+static bool bdrv_header_name_config_ok(BlockDriver *drv, const char *what,
+                                       const char *name, const char *origin,
+                                       Error **errp)
+{
+    g_autofree char *key = NULL;
+
+    if (drv->header_name_config && drv->header_name_config(name, &key)) {
+        error_setg(errp, "%s '%s'%s sets the %s option '%s', which a name "
+                   "in an image header may never set (name the image on "
+                   "the command line instead)", what, name, origin,
+                   drv->protocol_name, key);
+        return false;
+    }
+    return true;
+}
+
+/* Does a component of the dotted key appear in list? */
+static bool bdrv_key_in_list(const char *key, const char *const *list)
+{
+    g_auto(GStrv) parts = g_strsplit(key, ".", -1);
+
+    for (char **p = parts; *p; p++) {
+        for (const char *const *l = list; *l; l++) {
+            if (!strcmp(*p, *l)) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 /* The last component of a flattened option key ("file.driver" -> "driver"). */
 static const char *bdrv_opt_basename(const char *key)
 {
@@ -598,6 +633,30 @@ static bool bdrv_header_json_check(const char *what, const char *name,
                    local_err ? error_get_pretty(local_err) : "");
         error_free(local_err);
         ok = false;
+    }
+    /* Options no header may set on a node of a driver it selects (rbd's
+     * conf, user, key-secret, server.N): refused wherever they appear. */
+    for (size_t i = 0; ok && i < qemu_opts_count(opts); i++) {
+        const char *key, *value;
+        BlockDriver *drv;
+
+        qemu_opts_nth(opts, i, &key, &value);
+        if (strcmp(bdrv_opt_basename(key), "driver") ||
+            !(drv = bdrv_find_format(value)) || !drv->header_forbidden_opts) {
+            continue;
+        }
+        for (size_t j = 0; ok && j < qemu_opts_count(opts); j++) {
+            const char *k2, *v2;
+
+            qemu_opts_nth(opts, j, &k2, &v2);
+            if (bdrv_key_in_list(k2, drv->header_forbidden_opts)) {
+                error_setg(errp, "%s '%s'%s sets the %s option '%s', which "
+                           "a name in an image header may never set (name "
+                           "the image on the command line instead)", what,
+                           name, origin, drv->format_name, k2);
+                ok = false;
+            }
+        }
     }
     for (size_t i = 0; ok && i < qemu_opts_count(opts); i++) {
         const char *key, *value, *base;
@@ -649,6 +708,9 @@ static bool bdrv_header_names_check(const char *what, const char *name,
                        what, name, origin, (int)len, name);
             return false;
         } else if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
+                                               errp)) {
+            return false;
+        } else if (!bdrv_header_name_config_ok(drv, what, name, origin,
                                                errp)) {
             return false;
         }
@@ -1099,7 +1161,6 @@ static BlockDriverState *bdrv_open_snapshot(const char *filename,
     qemu_opts_del(opts);
     if (top) {
         /* Reads of what the overlay lacks go to the open image. */
-        base->is_root = false;
         bdrv_set_backing_hd(top, base);
     }
 out:
@@ -1135,7 +1196,6 @@ BlockDriverState *bdrv_open(const char *filename, const char *fmt,
         error_propagate(errp, a.err);
         return NULL;
     }
-    a.result->is_root = true;
     /* a.flags: with the flags of generic options (force-share=on). */
     bdrv_user_perm(a.flags, &a.result->user_perm, &a.result->user_shared);
     if (bdrv_restore_perms(a.result, errp) < 0) {
@@ -1204,8 +1264,12 @@ void bdrv_unref(BlockDriverState *bs)
     if (--bs->refcnt > 0) {
         return;
     }
-    bdrv_drain(bs);
+    /* Nothing runs beside the close: background work of the whole
+     * subtree is stopped, and the section ends for the children only
+     * (the closed driver hears of it no more). */
+    bdrv_drained_begin(bs);
     bdrv_run_co(bdrv_close_entry, bs);
+    bdrv_drained_end_closed(bs);
     bdrv_unref(bs->backing);
     bdrv_unref(bs->file);
     bdrv_free(bs);
@@ -1501,47 +1565,8 @@ bool bdrv_has_zero_init(BlockDriverState *bs)
     return false;
 }
 
-void bdrv_set_enable_write_cache(BlockDriverState *bs, bool wce)
-{
-    bs->enable_write_cache = wce;
-}
 
-bool bdrv_get_enable_write_cache(BlockDriverState *bs)
-{
-    return bs->enable_write_cache;
-}
-
-/* ---- synchronous wrappers ---- */
-
-typedef enum {
-    SYNC_READ, SYNC_WRITE, SYNC_ZEROES, SYNC_DISCARD, SYNC_FLUSH,
-    SYNC_STATUS, SYNC_STATUS_ABOVE, SYNC_TRUNCATE, SYNC_CHECK, SYNC_BACKING,
-    SYNC_AMEND, SYNC_SN_CREATE, SYNC_SN_GOTO, SYNC_SN_DELETE, SYNC_SN_LIST,
-    SYNC_VM_SAVE, SYNC_VM_LOAD, SYNC_MAKE_EMPTY,
-} SyncOp;
-
-typedef struct SyncArgs {
-    SyncOp op;
-    BlockDriverState *bs, *base;
-    int64_t offset, bytes;
-    QEMUIOVector *qiov;
-    BdrvRequestFlags flags;
-    int64_t *pnum, *map;
-    BlockDriverState **file;
-    int *depth;
-    bool exact, force;
-    PreallocMode prealloc;
-    BdrvCheckResult *res;
-    BdrvCheckMode fix;
-    const char *s1, *s2;
-    QemuOpts *opts;
-    QEMUSnapshotInfo *sn;
-    QEMUSnapshotInfo **psn;
-    Error **errp;
-    int ret;
-} SyncArgs;
-
-static int coroutine_fn bdrv_co_snapshot_op(SyncArgs *a);
+/* ---- coroutine operations that are not requests ---- */
 
 static int coroutine_fn bdrv_co_check(BlockDriverState *bs,
                                       BdrvCheckResult *res,
@@ -1552,6 +1577,54 @@ static int coroutine_fn bdrv_co_check(BlockDriverState *bs,
         return -ENOTSUP;
     }
     return bs->drv->bdrv_co_check(bs, res, fix);
+}
+
+static int coroutine_fn bdrv_co_change_backing_file(BlockDriverState *bs,
+                                                    const char *file,
+                                                    const char *fmt,
+                                                    Error **errp)
+{
+    int ret;
+
+    if (!bs->drv->bdrv_change_backing_file) {
+        error_setg(errp, "Format '%s' does not support backing files",
+                   bs->drv->format_name);
+        return -ENOTSUP;
+    }
+    if (bs->read_only) {
+        error_setg(errp, "Image is read-only");
+        return -EACCES;
+    }
+    ret = bs->drv->bdrv_change_backing_file(bs, file, fmt);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not change the backing file");
+        return ret;
+    }
+    pstrcpy(bs->backing_file, sizeof(bs->backing_file), file ? file : "");
+    pstrcpy(bs->backing_format, sizeof(bs->backing_format), fmt ? fmt : "");
+    return ret;
+}
+
+static int coroutine_fn bdrv_co_amend_options(BlockDriverState *bs,
+                                              QemuOpts *opts, bool force,
+                                              Error **errp)
+{
+    int ret = bs->drv->bdrv_amend_options(bs, opts, force, errp);
+    if (ret >= 0) {
+        bdrv_refresh_total_bytes(bs);
+    }
+    return ret;
+}
+
+static int coroutine_fn bdrv_co_make_empty(BlockDriverState *bs)
+{
+    if (!bs->drv->bdrv_make_empty) {
+        return -ENOTSUP;
+    }
+    if (bs->read_only) {
+        return -EACCES;
+    }
+    return bs->drv->bdrv_make_empty(bs);
 }
 
 /* Drivers without snapshot callbacks hand them to their file (raw, filters) */
@@ -1573,29 +1646,43 @@ static BlockDriverState *bdrv_vmstate_node(BlockDriverState *bs)
     return (bs && bs->drv && bs->drv->bdrv_co_save_vmstate) ? bs : NULL;
 }
 
+/* The node that takes snapshots for bs, or an error naming bs's format. */
+static BlockDriverState *bdrv_snapshot_node_err(BlockDriverState *bs,
+                                                Error **errp)
+{
+    BlockDriverState *node = bdrv_snapshot_node(bs);
+
+    if (!node) {
+        error_setg(errp, "Block format '%s' used by device '' does not "
+                   "support internal snapshots", bs->drv->format_name);
+    }
+    return node;
+}
+
+static int coroutine_fn bdrv_co_snapshot_goto(BlockDriverState *bs,
+                                              const char *id, Error **errp);
+
 /*
  * Snapshot goto through a raw-like format: the format is closed, the node
  * below switches snapshot, and the format is opened again so that it sees
  * the new content (as QEMU does).
  */
-static int coroutine_fn bdrv_co_snapshot_goto_fallback(SyncArgs *a)
+static int coroutine_fn bdrv_co_snapshot_goto_fallback(BlockDriverState *bs,
+                                                       const char *id,
+                                                       Error **errp)
 {
-    BlockDriverState *bs = a->bs;
     Error *local_err = NULL;
     int ret, open_ret;
 
     if (!bs->drv->passthrough_snapshots || !bs->file) {
-        error_setg(a->errp, "Block driver does not support snapshots");
+        error_setg(errp, "Block driver does not support snapshots");
         return -ENOTSUP;
     }
     if (!bdrv_snapshot_node(bs->file)) {
         ret = -ENOTSUP;
         error_setg(&local_err, "Block driver does not support snapshots");
     } else {
-        SyncArgs sub = *a;
-        sub.bs = bs->file;
-        sub.errp = &local_err;
-        ret = bdrv_co_snapshot_op(&sub);
+        ret = bdrv_co_snapshot_goto(bs->file, id, &local_err);
     }
     if (bs->drv->bdrv_close) {
         bs->drv->bdrv_close(bs);
@@ -1609,211 +1696,158 @@ static int coroutine_fn bdrv_co_snapshot_goto_fallback(SyncArgs *a)
     } else {
         bdrv_refresh_total_bytes(bs);
     }
-    error_propagate(a->errp, local_err);
+    error_propagate(errp, local_err);
     return ret;
 }
 
-static int coroutine_fn bdrv_co_snapshot_op(SyncArgs *a)
+static int coroutine_fn bdrv_co_snapshot_goto(BlockDriverState *bs,
+                                              const char *id, Error **errp)
 {
-    BlockDriverState *bs = bdrv_snapshot_node(a->bs);
+    BlockDriverState *node;
 
-    if (a->op == SYNC_SN_GOTO && a->bs->drv &&
-        !a->bs->drv->bdrv_snapshot_goto) {
-        return bdrv_co_snapshot_goto_fallback(a);
+    if (bs->drv && !bs->drv->bdrv_snapshot_goto) {
+        return bdrv_co_snapshot_goto_fallback(bs, id, errp);
     }
-    if (!bs) {
-        error_setg(a->errp, "Block format '%s' used by device '' does not "
-                   "support internal snapshots",
-                   a->bs->drv->format_name);
+    node = bdrv_snapshot_node_err(bs, errp);
+    if (!node || !node->drv->bdrv_snapshot_goto) {
         return -ENOTSUP;
     }
-    switch (a->op) {
-    case SYNC_SN_CREATE:
-        if (bs->read_only) {
-            error_setg(a->errp, "Image is read-only");
-            return -EACCES;
-        }
-        return bs->drv->bdrv_snapshot_create(bs, a->sn, a->errp);
-    case SYNC_SN_GOTO:
-        if (!bs->drv->bdrv_snapshot_goto) {
-            return -ENOTSUP;
-        }
-        return bs->drv->bdrv_snapshot_goto(bs, a->s1, a->errp);
-    case SYNC_SN_DELETE:
-        if (!bs->drv->bdrv_snapshot_delete) {
-            return -ENOTSUP;
-        }
-        return bs->drv->bdrv_snapshot_delete(bs, a->s1, a->s2, a->errp);
-    case SYNC_SN_LIST:
-        return bs->drv->bdrv_snapshot_list(bs, a->psn);
-    default:
-        abort();
-    }
+    return node->drv->bdrv_snapshot_goto(node, id, errp);
 }
 
-static int coroutine_fn bdrv_co_vmstate(SyncArgs *a)
+static int coroutine_fn bdrv_co_snapshot_create(BlockDriverState *bs,
+                                                QEMUSnapshotInfo *sn,
+                                                Error **errp)
 {
-    BlockDriverState *bs = bdrv_vmstate_node(a->bs);
+    BlockDriverState *node = bdrv_snapshot_node_err(bs, errp);
+
+    if (!node) {
+        return -ENOTSUP;
+    }
+    if (node->read_only) {
+        error_setg(errp, "Image is read-only");
+        return -EACCES;
+    }
+    return node->drv->bdrv_snapshot_create(node, sn, errp);
+}
+
+static int coroutine_fn bdrv_co_snapshot_delete(BlockDriverState *bs,
+                                                const char *id,
+                                                const char *name,
+                                                Error **errp)
+{
+    BlockDriverState *node = bdrv_snapshot_node_err(bs, errp);
+
+    if (!node) {
+        return -ENOTSUP;
+    }
+    if (!node->drv->bdrv_snapshot_delete) {
+        return -ENOTSUP;
+    }
+    return node->drv->bdrv_snapshot_delete(node, id, name, errp);
+}
+
+static int coroutine_fn bdrv_co_snapshot_list(BlockDriverState *bs,
+                                              QEMUSnapshotInfo **psn)
+{
+    BlockDriverState *node = bdrv_snapshot_node_err(bs, NULL);
+
+    if (!node) {
+        return -ENOTSUP;
+    }
+    return node->drv->bdrv_snapshot_list(node, psn);
+}
+
+/* Returns the bytes moved, or a negative errno. */
+static int coroutine_fn bdrv_co_vmstate(BlockDriverState *bs,
+                                        QEMUIOVector *qiov, int64_t pos,
+                                        bool save)
+{
+    BlockDriverState *node = bdrv_vmstate_node(bs);
     int ret;
 
-    if (!bs) {
+    if (!node) {
         return -ENOTSUP;
     }
-    if (a->op == SYNC_VM_SAVE) {
-        if (bs->read_only) {
+    if (save) {
+        if (node->read_only) {
             return -EPERM;
         }
-        ret = bs->drv->bdrv_co_save_vmstate(bs, a->qiov, a->offset);
+        ret = node->drv->bdrv_co_save_vmstate(node, qiov, pos);
     } else {
-        if (!bs->drv->bdrv_co_load_vmstate) {
+        if (!node->drv->bdrv_co_load_vmstate) {
             return -ENOTSUP;
         }
-        ret = bs->drv->bdrv_co_load_vmstate(bs, a->qiov, a->offset);
+        ret = node->drv->bdrv_co_load_vmstate(node, qiov, pos);
     }
-    return ret < 0 ? ret : (int)a->qiov->size;
+    return ret < 0 ? ret : (int)qiov->size;
 }
 
-static void coroutine_fn bdrv_sync_entry(void *opaque)
-{
-    SyncArgs *a = opaque;
-    BlockDriverState *bs = a->bs;
+/* ---- synchronous wrappers ---- */
 
-    switch (a->op) {
-    case SYNC_READ:
-        a->ret = bdrv_co_preadv(bs, a->offset, a->bytes, a->qiov, a->flags);
-        break;
-    case SYNC_WRITE:
-        a->ret = bdrv_co_pwritev(bs, a->offset, a->bytes, a->qiov, a->flags);
-        break;
-    case SYNC_ZEROES:
-        a->ret = bdrv_co_pwrite_zeroes(bs, a->offset, a->bytes, a->flags);
-        break;
-    case SYNC_DISCARD:
-        a->ret = bdrv_co_pdiscard(bs, a->offset, a->bytes);
-        break;
-    case SYNC_FLUSH:
-        a->ret = bdrv_co_flush(bs);
-        break;
-    case SYNC_STATUS:
-        a->ret = bdrv_co_block_status(bs, a->offset, a->bytes, a->pnum,
-                                      a->map, a->file);
-        break;
-    case SYNC_STATUS_ABOVE: {
-        BlockDriverState *p = bs;
-        int64_t bytes = a->bytes;
-        int d = 0;
-        a->ret = 0;
-        *a->pnum = bytes;
-        for (; p && p != a->base; p = p->backing, d++) {
-            int64_t len = bdrv_getlength(p);
-            if (len >= 0 && a->offset >= len && p != bs) {
-                /* Past the end of a shorter backing file: reads as zero. */
-                a->ret = BDRV_BLOCK_ZERO;
-                *a->pnum = bytes;
-                break;
-            }
-            int ret = bdrv_co_block_status(p, a->offset, bytes, a->pnum,
-                                           a->map, a->file);
-            if (ret < 0 || (ret & BDRV_BLOCK_ALLOCATED) || *a->pnum == 0) {
-                a->ret = ret;
-                break;
-            }
-            bytes = *a->pnum;
-            if (!p->backing || p->backing == a->base) {
-                a->ret = ret & ~BDRV_BLOCK_EOF;
-                d++;
-                break;
-            }
-        }
-        if (a->depth) {
-            *a->depth = d;
-        }
-        break;
-    }
-    case SYNC_TRUNCATE:
-        a->ret = bdrv_co_truncate(bs, a->offset, a->exact, a->prealloc,
-                                  a->errp);
-        break;
-    case SYNC_CHECK:
-        a->ret = bdrv_co_check(bs, a->res, a->fix);
-        break;
-    case SYNC_BACKING:
-        if (!bs->drv->bdrv_change_backing_file) {
-            error_setg(a->errp, "Format '%s' does not support backing files",
-                       bs->drv->format_name);
-            a->ret = -ENOTSUP;
-            break;
-        }
-        if (bs->read_only) {
-            error_setg(a->errp, "Image is read-only");
-            a->ret = -EACCES;
-            break;
-        }
-        a->ret = bs->drv->bdrv_change_backing_file(bs, a->s1, a->s2);
-        if (a->ret < 0) {
-            error_setg_errno(a->errp, -a->ret,
-                             "Could not change the backing file");
-        } else {
-            pstrcpy(bs->backing_file, sizeof(bs->backing_file),
-                    a->s1 ? a->s1 : "");
-            pstrcpy(bs->backing_format, sizeof(bs->backing_format),
-                    a->s2 ? a->s2 : "");
-        }
-        break;
-    case SYNC_AMEND:
-        if (!bs->drv->bdrv_amend_options) {
-            error_setg(a->errp, "Format driver '%s' does not support option "
-                       "amendment", bs->drv->format_name);
-            a->ret = -ENOTSUP;
-            break;
-        }
-        a->ret = bs->drv->bdrv_amend_options(bs, a->opts, a->force, a->errp);
-        if (a->ret >= 0) {
-            bdrv_refresh_total_bytes(bs);
-        }
-        break;
-    case SYNC_SN_CREATE:
-    case SYNC_SN_GOTO:
-    case SYNC_SN_DELETE:
-    case SYNC_SN_LIST:
-        a->ret = bdrv_co_snapshot_op(a);
-        break;
-    case SYNC_VM_SAVE:
-    case SYNC_VM_LOAD:
-        a->ret = bdrv_co_vmstate(a);
-        break;
-    case SYNC_MAKE_EMPTY:
-        if (!bs->drv->bdrv_make_empty) {
-            a->ret = -ENOTSUP;
-        } else if (bs->read_only) {
-            a->ret = -EACCES;
-        } else {
-            a->ret = bs->drv->bdrv_make_empty(bs);
-        }
-        break;
-    }
+/*
+ * One wrapper per operation: its arguments in a struct, an entry that calls
+ * the coroutine function, and bdrv_run_co() (which calls the entry directly
+ * when already in a coroutine, else runs it and polls until it returns).
+ */
+typedef struct RwCo {
+    BlockDriverState *bs;
+    int64_t offset, bytes;
+    QEMUIOVector *qiov;
+    BdrvRequestFlags flags;
+    int ret;
+} RwCo;
+
+static void coroutine_fn bdrv_preadv_entry(void *opaque)
+{
+    RwCo *c = opaque;
+    c->ret = bdrv_co_preadv(c->bs, c->offset, c->bytes, c->qiov, c->flags);
 }
 
-static int bdrv_sync(SyncArgs *a)
+static void coroutine_fn bdrv_pwritev_entry(void *opaque)
 {
-    bdrv_run_co(bdrv_sync_entry, a);
-    return a->ret;
+    RwCo *c = opaque;
+    c->ret = bdrv_co_pwritev(c->bs, c->offset, c->bytes, c->qiov, c->flags);
+}
+
+static void coroutine_fn bdrv_pwrite_zeroes_entry(void *opaque)
+{
+    RwCo *c = opaque;
+    c->ret = bdrv_co_pwrite_zeroes(c->bs, c->offset, c->bytes, c->flags);
+}
+
+static void coroutine_fn bdrv_pdiscard_entry(void *opaque)
+{
+    RwCo *c = opaque;
+    c->ret = bdrv_co_pdiscard(c->bs, c->offset, c->bytes);
+}
+
+static void coroutine_fn bdrv_flush_entry(void *opaque)
+{
+    RwCo *c = opaque;
+    c->ret = bdrv_co_flush(c->bs);
+}
+
+static int bdrv_rw_co(CoroutineEntry *entry, BlockDriverState *bs,
+                      int64_t offset, int64_t bytes, QEMUIOVector *qiov,
+                      BdrvRequestFlags flags)
+{
+    RwCo c = { .bs = bs, .offset = offset, .bytes = bytes, .qiov = qiov,
+               .flags = flags };
+    bdrv_run_co(entry, &c);
+    return c.ret;
 }
 
 int bdrv_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                 QEMUIOVector *qiov, BdrvRequestFlags flags)
 {
-    SyncArgs a = { .op = SYNC_READ, .bs = bs, .offset = offset,
-                   .bytes = bytes, .qiov = qiov, .flags = flags };
-    return bdrv_sync(&a);
+    return bdrv_rw_co(bdrv_preadv_entry, bs, offset, bytes, qiov, flags);
 }
 
 int bdrv_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                  QEMUIOVector *qiov, BdrvRequestFlags flags)
 {
-    SyncArgs a = { .op = SYNC_WRITE, .bs = bs, .offset = offset,
-                   .bytes = bytes, .qiov = qiov, .flags = flags };
-    return bdrv_sync(&a);
+    return bdrv_rw_co(bdrv_pwritev_entry, bs, offset, bytes, qiov, flags);
 }
 
 int bdrv_pread(BlockDriverState *bs, int64_t offset, int64_t bytes,
@@ -1841,32 +1875,51 @@ int bdrv_pwrite(BlockDriverState *bs, int64_t offset, int64_t bytes,
 int bdrv_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                        BdrvRequestFlags flags)
 {
-    SyncArgs a = { .op = SYNC_ZEROES, .bs = bs, .offset = offset,
-                   .bytes = bytes, .flags = flags };
-    return bdrv_sync(&a);
+    return bdrv_rw_co(bdrv_pwrite_zeroes_entry, bs, offset, bytes, NULL,
+                      flags);
 }
 
 int bdrv_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
 {
-    SyncArgs a = { .op = SYNC_DISCARD, .bs = bs, .offset = offset,
-                   .bytes = bytes };
-    return bdrv_sync(&a);
+    return bdrv_rw_co(bdrv_pdiscard_entry, bs, offset, bytes, NULL, 0);
 }
 
 int bdrv_flush(BlockDriverState *bs)
 {
-    SyncArgs a = { .op = SYNC_FLUSH, .bs = bs };
-    return bdrv_sync(&a);
+    return bdrv_rw_co(bdrv_flush_entry, bs, 0, 0, NULL, 0);
+}
+
+typedef struct StatusCo {
+    BlockDriverState *bs, *base;
+    int64_t offset, bytes;
+    int64_t *pnum, *map;
+    BlockDriverState **file;
+    int *depth;
+    int ret;
+} StatusCo;
+
+static void coroutine_fn bdrv_block_status_above_entry(void *opaque)
+{
+    StatusCo *c = opaque;
+    c->ret = bdrv_co_block_status_above(c->bs, c->base, c->offset, c->bytes,
+                                        c->pnum, c->map, c->file, c->depth);
+}
+
+static void coroutine_fn bdrv_block_status_entry(void *opaque)
+{
+    StatusCo *c = opaque;
+    c->ret = bdrv_co_block_status(c->bs, c->offset, c->bytes, c->pnum,
+                                  c->map, c->file);
 }
 
 int bdrv_block_status(BlockDriverState *bs, int64_t offset, int64_t bytes,
                       int64_t *pnum, int64_t *map, BlockDriverState **file)
 {
     int64_t dummy;
-    SyncArgs a = { .op = SYNC_STATUS, .bs = bs, .offset = offset,
-                   .bytes = bytes, .pnum = pnum ? pnum : &dummy, .map = map,
-                   .file = file };
-    return bdrv_sync(&a);
+    StatusCo c = { .bs = bs, .offset = offset, .bytes = bytes,
+                   .pnum = pnum ? pnum : &dummy, .map = map, .file = file };
+    bdrv_run_co(bdrv_block_status_entry, &c);
+    return c.ret;
 }
 
 int bdrv_block_status_above(BlockDriverState *bs, BlockDriverState *base,
@@ -1875,11 +1928,11 @@ int bdrv_block_status_above(BlockDriverState *bs, BlockDriverState *base,
                             int *depth)
 {
     int64_t dummy;
-    SyncArgs a = { .op = SYNC_STATUS_ABOVE, .bs = bs, .base = base,
-                   .offset = offset, .bytes = bytes,
+    StatusCo c = { .bs = bs, .base = base, .offset = offset, .bytes = bytes,
                    .pnum = pnum ? pnum : &dummy, .map = map, .file = file,
                    .depth = depth };
-    return bdrv_sync(&a);
+    bdrv_run_co(bdrv_block_status_above_entry, &c);
+    return c.ret;
 }
 
 int bdrv_is_allocated(BlockDriverState *bs, int64_t offset, int64_t bytes,
@@ -1892,35 +1945,103 @@ int bdrv_is_allocated(BlockDriverState *bs, int64_t offset, int64_t bytes,
     return !!(ret & BDRV_BLOCK_ALLOCATED);
 }
 
+typedef struct TruncateCo {
+    BlockDriverState *bs;
+    int64_t offset;
+    bool exact;
+    PreallocMode prealloc;
+    Error **errp;
+    int ret;
+} TruncateCo;
+
+static void coroutine_fn bdrv_truncate_entry(void *opaque)
+{
+    TruncateCo *c = opaque;
+    c->ret = bdrv_co_truncate(c->bs, c->offset, c->exact, c->prealloc,
+                              c->errp);
+}
+
 int bdrv_truncate(BlockDriverState *bs, int64_t offset, bool exact,
                   PreallocMode prealloc, Error **errp)
 {
-    SyncArgs a = { .op = SYNC_TRUNCATE, .bs = bs, .offset = offset,
-                   .exact = exact, .prealloc = prealloc, .errp = errp };
-    return bdrv_sync(&a);
+    TruncateCo c = { .bs = bs, .offset = offset, .exact = exact,
+                     .prealloc = prealloc, .errp = errp };
+    bdrv_run_co(bdrv_truncate_entry, &c);
+    return c.ret;
+}
+
+typedef struct CheckCo {
+    BlockDriverState *bs;
+    BdrvCheckResult *res;
+    BdrvCheckMode fix;
+    int ret;
+} CheckCo;
+
+static void coroutine_fn bdrv_check_entry(void *opaque)
+{
+    CheckCo *c = opaque;
+    c->ret = bdrv_co_check(c->bs, c->res, c->fix);
 }
 
 int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix)
 {
-    SyncArgs a = { .op = SYNC_CHECK, .bs = bs, .res = res, .fix = fix };
-    return bdrv_sync(&a);
+    CheckCo c = { .bs = bs, .res = res, .fix = fix };
+    bdrv_run_co(bdrv_check_entry, &c);
+    return c.ret;
+}
+
+/* Operations that name up to two strings (backing, snapshot id/name). */
+typedef struct NamesCo {
+    BlockDriverState *bs;
+    const char *s1, *s2;
+    QEMUSnapshotInfo *sn;
+    QEMUSnapshotInfo **psn;
+    Error **errp;
+    int ret;
+} NamesCo;
+
+static void coroutine_fn bdrv_change_backing_file_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    c->ret = bdrv_co_change_backing_file(c->bs, c->s1, c->s2, c->errp);
 }
 
 int bdrv_change_backing_file(BlockDriverState *bs, const char *backing_file,
                              const char *backing_fmt, Error **errp)
 {
-    SyncArgs a = { .op = SYNC_BACKING, .bs = bs, .s1 = backing_file,
-                   .s2 = backing_fmt, .errp = errp };
-    return bdrv_sync(&a);
+    NamesCo c = { .bs = bs, .s1 = backing_file, .s2 = backing_fmt,
+                  .errp = errp };
+    bdrv_run_co(bdrv_change_backing_file_entry, &c);
+    return c.ret;
 }
 
 void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing)
 {
+    BlockDriverState *old = bs->backing;
+
     if (backing) {
         bdrv_ref(backing);
     }
-    bdrv_unref(bs->backing);
-    bs->backing = backing;
+    /* A graph change: no request of bs's users runs across it, and
+     * whatever sections bs is in cover the new child instead of the old. */
+    bdrv_drained_begin(bs);
+    bdrv_replace_child_drained(bs, &bs->backing, backing);
+    bdrv_drained_end(bs);
+    bdrv_unref(old);
+}
+
+typedef struct AmendCo {
+    BlockDriverState *bs;
+    QemuOpts *opts;
+    bool force;
+    Error **errp;
+    int ret;
+} AmendCo;
+
+static void coroutine_fn bdrv_amend_options_entry(void *opaque)
+{
+    AmendCo *c = opaque;
+    c->ret = bdrv_co_amend_options(c->bs, c->opts, c->force, c->errp);
 }
 
 int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
@@ -1935,45 +2056,86 @@ int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
     if (qemu_opts_validate(opts, descs, errp) < 0) {
         return -EINVAL;
     }
-    SyncArgs a = { .op = SYNC_AMEND, .bs = bs, .opts = opts, .force = force,
-                   .errp = errp };
-    return bdrv_sync(&a);
+    AmendCo c = { .bs = bs, .opts = opts, .force = force, .errp = errp };
+    bdrv_run_co(bdrv_amend_options_entry, &c);
+    return c.ret;
+}
+
+static void coroutine_fn bdrv_make_empty_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    c->ret = bdrv_co_make_empty(c->bs);
 }
 
 int bdrv_make_empty(BlockDriverState *bs)
 {
-    SyncArgs a = { .op = SYNC_MAKE_EMPTY, .bs = bs };
-    return bdrv_sync(&a);
+    NamesCo c = { .bs = bs };
+    bdrv_run_co(bdrv_make_empty_entry, &c);
+    return c.ret;
+}
+
+static void coroutine_fn bdrv_snapshot_create_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    c->ret = bdrv_co_snapshot_create(c->bs, c->sn, c->errp);
+}
+
+/* Snapshot operations never run beside I/O: in a drained section. */
+static int bdrv_snapshot_run(CoroutineEntry *entry, NamesCo *c)
+{
+    BlockDriverState *bs = c->bs;
+
+    bdrv_drained_begin(bs);
+    bdrv_run_co(entry, c);
+    bdrv_drained_end(bs);
+    return c->ret;
 }
 
 int bdrv_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn,
                          Error **errp)
 {
-    SyncArgs a = { .op = SYNC_SN_CREATE, .bs = bs, .sn = sn, .errp = errp };
-    return bdrv_sync(&a);
+    NamesCo c = { .bs = bs, .sn = sn, .errp = errp };
+    return bdrv_snapshot_run(bdrv_snapshot_create_entry, &c);
+}
+
+static void coroutine_fn bdrv_snapshot_goto_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    c->ret = bdrv_co_snapshot_goto(c->bs, c->s1, c->errp);
 }
 
 int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
                        Error **errp)
 {
-    SyncArgs a = { .op = SYNC_SN_GOTO, .bs = bs, .s1 = snapshot_id,
-                   .errp = errp };
-    return bdrv_sync(&a);
+    NamesCo c = { .bs = bs, .s1 = snapshot_id, .errp = errp };
+    return bdrv_snapshot_run(bdrv_snapshot_goto_entry, &c);
+}
+
+static void coroutine_fn bdrv_snapshot_delete_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    c->ret = bdrv_co_snapshot_delete(c->bs, c->s1, c->s2, c->errp);
 }
 
 int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
                          const char *name, Error **errp)
 {
-    SyncArgs a = { .op = SYNC_SN_DELETE, .bs = bs, .s1 = snapshot_id,
-                   .s2 = name, .errp = errp };
-    return bdrv_sync(&a);
+    NamesCo c = { .bs = bs, .s1 = snapshot_id, .s2 = name, .errp = errp };
+    return bdrv_snapshot_run(bdrv_snapshot_delete_entry, &c);
+}
+
+static void coroutine_fn bdrv_snapshot_list_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    c->ret = bdrv_co_snapshot_list(c->bs, c->psn);
 }
 
 int bdrv_snapshot_list(BlockDriverState *bs, QEMUSnapshotInfo **psn_info)
 {
-    SyncArgs a = { .op = SYNC_SN_LIST, .bs = bs, .psn = psn_info };
+    NamesCo c = { .bs = bs, .psn = psn_info };
     *psn_info = NULL;
-    return bdrv_sync(&a);
+    bdrv_run_co(bdrv_snapshot_list_entry, &c);
+    return c.ret;
 }
 
 bool bdrv_can_snapshot(BlockDriverState *bs)
@@ -2000,14 +2162,28 @@ int bdrv_snapshot_find(BlockDriverState *bs, QEMUSnapshotInfo *sn,
     return n < 0 ? n : ret;
 }
 
+typedef struct VmstateCo {
+    BlockDriverState *bs;
+    QEMUIOVector *qiov;
+    int64_t pos;
+    bool save;
+    int ret;
+} VmstateCo;
+
+static void coroutine_fn bdrv_vmstate_entry(void *opaque)
+{
+    VmstateCo *c = opaque;
+    c->ret = bdrv_co_vmstate(c->bs, c->qiov, c->pos, c->save);
+}
+
 int bdrv_save_vmstate(BlockDriverState *bs, const uint8_t *buf, int64_t pos,
                       int size)
 {
     QEMUIOVector qiov;
     qemu_iovec_init_buf(&qiov, (void *)buf, size);
-    SyncArgs a = { .op = SYNC_VM_SAVE, .bs = bs, .offset = pos,
-                   .qiov = &qiov };
-    return bdrv_sync(&a);
+    VmstateCo c = { .bs = bs, .qiov = &qiov, .pos = pos, .save = true };
+    bdrv_run_co(bdrv_vmstate_entry, &c);
+    return c.ret;
 }
 
 int bdrv_load_vmstate(BlockDriverState *bs, uint8_t *buf, int64_t pos,
@@ -2015,15 +2191,17 @@ int bdrv_load_vmstate(BlockDriverState *bs, uint8_t *buf, int64_t pos,
 {
     QEMUIOVector qiov;
     qemu_iovec_init_buf(&qiov, buf, size);
-    SyncArgs a = { .op = SYNC_VM_LOAD, .bs = bs, .offset = pos,
-                   .qiov = &qiov };
-    return bdrv_sync(&a);
+    VmstateCo c = { .bs = bs, .qiov = &qiov, .pos = pos, .save = false };
+    bdrv_run_co(bdrv_vmstate_entry, &c);
+    return c.ret;
 }
 
 /* ---- asynchronous wrappers ---- */
 
+/* A request run in its own coroutine; the entry is one of the RwCo ones. */
 typedef struct AioArgs {
-    SyncArgs a;
+    RwCo c;
+    CoroutineEntry *entry;
     BlockCompletionFunc *cb;
     void *opaque;
     bool submitting;
@@ -2033,7 +2211,7 @@ typedef struct AioArgs {
 static void bdrv_aio_complete(void *opaque)
 {
     AioArgs *acb = opaque;
-    acb->cb(acb->opaque, acb->a.ret);
+    acb->cb(acb->opaque, acb->c.ret);
     g_free(acb);
 }
 
@@ -2041,9 +2219,9 @@ static void coroutine_fn bdrv_aio_entry(void *opaque)
 {
     AioArgs *acb = opaque;
 
-    acb->a.bs->in_flight++;
-    bdrv_sync_entry(&acb->a);
-    acb->a.bs->in_flight--;
+    acb->c.bs->in_flight++;
+    acb->entry(&acb->c);
+    acb->c.bs->in_flight--;
     acb->done = true;
     /* Callbacks never run before the submitting function returned. */
     if (!acb->submitting) {
@@ -2051,8 +2229,18 @@ static void coroutine_fn bdrv_aio_entry(void *opaque)
     }
 }
 
-static void bdrv_aio_submit(AioArgs *acb)
+static void bdrv_aio_submit(CoroutineEntry *entry, BlockDriverState *bs,
+                            int64_t offset, int64_t bytes, QEMUIOVector *qiov,
+                            BdrvRequestFlags flags, BlockCompletionFunc *cb,
+                            void *opaque)
 {
+    AioArgs *acb = g_new0(AioArgs, 1);
+
+    acb->c = (RwCo) { .bs = bs, .offset = offset, .bytes = bytes,
+                      .qiov = qiov, .flags = flags };
+    acb->entry = entry;
+    acb->cb = cb;
+    acb->opaque = opaque;
     acb->submitting = true;
     qemu_coroutine_enter(qemu_coroutine_create(bdrv_aio_entry, acb));
     acb->submitting = false;
@@ -2062,58 +2250,372 @@ static void bdrv_aio_submit(AioArgs *acb)
     }
 }
 
-static AioArgs *bdrv_aio_new(SyncOp op, BlockDriverState *bs, int64_t offset,
-                             int64_t bytes, QEMUIOVector *qiov,
-                             BdrvRequestFlags flags, BlockCompletionFunc *cb,
-                             void *opaque)
-{
-    AioArgs *acb = g_new0(AioArgs, 1);
-    acb->a.op = op;
-    acb->a.bs = bs;
-    acb->a.offset = offset;
-    acb->a.bytes = bytes;
-    acb->a.qiov = qiov;
-    acb->a.flags = flags;
-    acb->cb = cb;
-    acb->opaque = opaque;
-    return acb;
-}
-
 void bdrv_aio_preadv(BlockDriverState *bs, int64_t offset, QEMUIOVector *qiov,
                      BdrvRequestFlags flags, BlockCompletionFunc *cb,
                      void *opaque)
 {
-    bdrv_aio_submit(bdrv_aio_new(SYNC_READ, bs, offset, qiov->size, qiov,
-                                 flags, cb, opaque));
+    bdrv_aio_submit(bdrv_preadv_entry, bs, offset, qiov->size, qiov, flags,
+                    cb, opaque);
 }
 
 void bdrv_aio_pwritev(BlockDriverState *bs, int64_t offset,
                       QEMUIOVector *qiov, BdrvRequestFlags flags,
                       BlockCompletionFunc *cb, void *opaque)
 {
-    bdrv_aio_submit(bdrv_aio_new(SYNC_WRITE, bs, offset, qiov->size, qiov,
-                                 flags, cb, opaque));
+    bdrv_aio_submit(bdrv_pwritev_entry, bs, offset, qiov->size, qiov, flags,
+                    cb, opaque);
 }
 
 void bdrv_aio_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
                             int64_t bytes, BdrvRequestFlags flags,
                             BlockCompletionFunc *cb, void *opaque)
 {
-    bdrv_aio_submit(bdrv_aio_new(SYNC_ZEROES, bs, offset, bytes, NULL, flags,
-                                 cb, opaque));
+    bdrv_aio_submit(bdrv_pwrite_zeroes_entry, bs, offset, bytes, NULL, flags,
+                    cb, opaque);
 }
 
 void bdrv_aio_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes,
                        BlockCompletionFunc *cb, void *opaque)
 {
-    bdrv_aio_submit(bdrv_aio_new(SYNC_DISCARD, bs, offset, bytes, NULL, 0,
-                                 cb, opaque));
+    bdrv_aio_submit(bdrv_pdiscard_entry, bs, offset, bytes, NULL, 0, cb,
+                    opaque);
 }
 
 void bdrv_aio_flush(BlockDriverState *bs, BlockCompletionFunc *cb,
                     void *opaque)
 {
-    bdrv_aio_submit(bdrv_aio_new(SYNC_FLUSH, bs, 0, 0, NULL, 0, cb, opaque));
+    bdrv_aio_submit(bdrv_flush_entry, bs, 0, 0, NULL, 0, cb, opaque);
+}
+
+/* ---- reopen ---- */
+
+/* The open flags a reopen may change; the others stay as opened. */
+#define BDRV_REOPEN_FLAGS (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | \
+                           BDRV_O_UNMAP | BDRV_O_NATIVE_AIO)
+
+typedef struct ReopenEntry {
+    BdrvReopenState state;
+    int old_flags;
+    QemuOpts *old_options;
+    bool changes;               /* flags or options differ */
+    bool generic;               /* no callbacks: closed and opened again */
+    bool prepared;              /* the driver's prepare succeeded */
+    bool closed;                /* generic: driver closed in commit */
+} ReopenEntry;
+
+static bool bdrv_reopen_queued(GPtrArray *q, BlockDriverState *bs)
+{
+    for (guint i = 0; i < q->len; i++) {
+        if (((ReopenEntry *)g_ptr_array_index(q, i))->state.bs == bs) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Queue bs with flags (only BDRV_REOPEN_FLAGS of them count) and, parents
+ * first, every node below: its file and data file follow bs's flags,
+ * backing files keep read-only but follow the cache mode.
+ */
+static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
+                              QemuOpts *options, int depth)
+{
+    if (!bs || !bs->drv || depth > BACKING_CHAIN_MAX * 4 ||
+        bdrv_reopen_queued(q, bs)) {
+        return;
+    }
+    ReopenEntry *e = g_new0(ReopenEntry, 1);
+    int nflags = (bs->open_flags & ~BDRV_REOPEN_FLAGS) |
+                 (flags & BDRV_REOPEN_FLAGS);
+
+    e->state.bs = bs;
+    e->state.flags = nflags;
+    e->old_flags = bs->open_flags;
+    e->old_options = bs->options;
+    if (options && qemu_opts_count(options)) {
+        e->state.options = bs->options ? qemu_opts_clone(bs->options)
+                                       : qemu_opts_new();
+        for (size_t i = 0; i < qemu_opts_count(options); i++) {
+            const char *name, *value;
+            qemu_opts_nth(options, i, &name, &value);
+            qemu_opt_set(e->state.options, name, value);
+        }
+    }
+    e->changes = nflags != bs->open_flags || e->state.options;
+    e->generic = e->changes && !bs->drv->bdrv_reopen_prepare;
+    g_ptr_array_add(q, e);
+
+    bdrv_reopen_queue(q, bs->file, nflags, NULL, depth + 1);
+    /* A format opened again opens its data file again itself. */
+    if (!e->generic && bs->data_file != bs->file) {
+        bdrv_reopen_queue(q, bs->data_file, nflags, NULL, depth + 1);
+    }
+    if (bs->backing) {
+        int bflags = (nflags & ~BDRV_O_RDWR) |
+                     (bs->backing->open_flags & BDRV_O_RDWR);
+        bdrv_reopen_queue(q, bs->backing, bflags, NULL, depth + 1);
+    }
+}
+
+static void bdrv_reopen_entry_free(gpointer p)
+{
+    ReopenEntry *e = p;
+    if (e->state.options && e->state.options != e->state.bs->options) {
+        qemu_opts_del(e->state.options);
+    }
+    g_free(e);
+}
+
+/* Prepare one node: checks, flush before it stops writing, the driver. */
+static int bdrv_reopen_prepare(ReopenEntry *e, Error **errp)
+{
+    BlockDriverState *bs = e->state.bs;
+    BlockDriver *drv = bs->drv;
+    int ret;
+
+    if (!e->changes) {
+        return 0;
+    }
+    if ((e->state.flags & BDRV_O_RDWR) && !(e->old_flags & BDRV_O_RDWR) &&
+        (e->old_flags & BDRV_O_NO_IO)) {
+        error_setg(errp, "Cannot make '%s' writable: opened for metadata "
+                   "only", bs->filename);
+        return -EINVAL;
+    }
+    if (e->state.options &&
+        bdrv_validate_open_opts(drv, e->state.options, errp) < 0) {
+        return -EINVAL;
+    }
+    if (!(e->state.flags & BDRV_O_RDWR) && !bs->read_only) {
+        ret = bdrv_flush(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not flush '%s'",
+                             bs->filename);
+            return ret;
+        }
+    }
+    if (drv->bdrv_reopen_prepare) {
+        ret = drv->bdrv_reopen_prepare(&e->state, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        e->prepared = true;
+    }
+    return 0;
+}
+
+static void bdrv_reopen_abort_one(ReopenEntry *e)
+{
+    if (e->prepared && e->state.bs->drv->bdrv_reopen_abort) {
+        e->state.bs->drv->bdrv_reopen_abort(&e->state);
+    }
+    e->prepared = false;
+}
+
+static void coroutine_fn bdrv_reopen_close_entry(void *opaque)
+{
+    BlockDriverState *bs = opaque;
+    bs->drv->bdrv_close(bs);
+}
+
+/* Generic nodes, parents first: the driver closes with its old flags. */
+static void bdrv_reopen_close_generic(ReopenEntry *e)
+{
+    BlockDriverState *bs = e->state.bs;
+
+    if (!e->generic) {
+        return;
+    }
+    if (bs->data_file && bs->data_file != bs->file) {
+        /* The driver replaces it: sections move off the old one. */
+        bdrv_replace_child_drained(bs, &bs->data_file, NULL);
+    }
+    if (bs->drv->bdrv_close) {
+        bdrv_run_co(bdrv_reopen_close_entry, bs);
+    }
+    memset(bs->opaque, 0, bs->drv->instance_size);
+    e->closed = true;
+}
+
+typedef struct ReopenOpenArgs {
+    BlockDriverState *bs;
+    QemuOpts *options;
+    int flags;
+    Error **errp;
+    int ret;
+} ReopenOpenArgs;
+
+static void coroutine_fn bdrv_reopen_open_entry(void *opaque)
+{
+    ReopenOpenArgs *a = opaque;
+    a->ret = a->bs->drv->bdrv_open(a->bs, a->options, a->flags, a->errp);
+}
+
+/*
+ * Generic nodes, children first: the driver opens with the new flags; if
+ * that fails, with the old ones again (the error is still reported), and
+ * if that fails too the node has no medium.
+ */
+static int bdrv_reopen_open_generic(ReopenEntry *e, Error **errp)
+{
+    BlockDriverState *bs = e->state.bs;
+    QemuOpts *opts = e->state.options ? e->state.options : bs->options;
+    ReopenOpenArgs a = { .bs = bs, .options = opts, .flags = e->state.flags,
+                         .errp = errp };
+
+    if (!e->closed) {
+        return 0;
+    }
+    bs->open_flags = e->state.flags;
+    bs->read_only = !(e->state.flags & BDRV_O_RDWR);
+    bdrv_run_co(bdrv_reopen_open_entry, &a);
+    if (a.ret < 0) {
+        memset(bs->opaque, 0, bs->drv->instance_size);
+        a = (ReopenOpenArgs) { .bs = bs, .options = bs->options,
+                               .flags = e->old_flags };
+        bs->open_flags = e->old_flags;
+        bs->read_only = !(e->old_flags & BDRV_O_RDWR);
+        bdrv_run_co(bdrv_reopen_open_entry, &a);
+        if (a.ret < 0) {
+            bs->drv = NULL;             /* no medium: requests fail */
+        }
+        return -EIO;
+    }
+    if (bs->data_file && bs->data_file != bs->file) {
+        BlockDriverState *d = bs->data_file;
+        bs->data_file = NULL;
+        bdrv_replace_child_drained(bs, &bs->data_file, d);
+    }
+    if (e->state.options) {
+        bs->options = e->state.options;     /* the node owns them now */
+        qemu_opts_del(e->old_options);
+    }
+    return 0;
+}
+
+/* Driver nodes: the prepared state takes over. */
+static void bdrv_reopen_commit_one(ReopenEntry *e)
+{
+    BlockDriverState *bs = e->state.bs;
+
+    if (!e->prepared) {
+        return;
+    }
+    if (bs->drv->bdrv_reopen_commit) {
+        bs->drv->bdrv_reopen_commit(&e->state);
+    }
+    bs->open_flags = e->state.flags;
+    bs->read_only = !(e->state.flags & BDRV_O_RDWR);
+    if (e->state.options) {
+        qemu_opts_del(bs->options);
+        bs->options = e->state.options;
+    }
+}
+
+/* Nodes whose flags changed, and no driver saw: the flags only. */
+static void bdrv_reopen_set_flags(GPtrArray *q, bool new)
+{
+    for (guint i = 0; i < q->len; i++) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        int f = new ? e->state.flags : e->old_flags;
+        e->state.bs->open_flags = f;
+        e->state.bs->read_only = !(f & BDRV_O_RDWR);
+    }
+}
+
+int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
+                Error **errp)
+{
+    GPtrArray *q;
+    uint64_t old_perm = bs->user_perm, old_shared = bs->user_shared;
+    Error *local_err = NULL;
+    QemuOpts *own = NULL;
+    int ret = 0;
+
+    /* Generic keys become flags; the driver stays what it is. */
+    if (options && qemu_opts_count(options)) {
+        own = qemu_opts_clone(options);
+        char *drv = qemu_opt_get_del(own, "driver");
+        if (drv && (!bs->drv || strcmp(drv, bs->drv->format_name))) {
+            error_setg(errp, "Cannot change the option 'driver'");
+            ret = -EINVAL;
+        }
+        g_free(drv);
+        if (ret == 0) {
+            ret = bdrv_take_generic_opts(own, &flags, errp);
+        }
+        if (ret < 0) {
+            qemu_opts_del(own);
+            return ret;
+        }
+        options = own;
+    }
+    q = g_ptr_array_new_with_free_func(bdrv_reopen_entry_free);
+    bdrv_ref(bs);
+    bdrv_drained_begin(bs);
+    bdrv_reopen_queue(q, bs, flags, options, 0);
+
+    /* Prepare every node; any failure aborts the prepared ones. */
+    for (guint i = 0; i < q->len && ret == 0; i++) {
+        ret = bdrv_reopen_prepare(g_ptr_array_index(q, i), errp);
+    }
+    /* Locks follow the permissions of the new flags, checked before
+     * anything is committed (on the old file descriptors). */
+    if (ret == 0) {
+        bdrv_reopen_set_flags(q, true);
+        bdrv_user_perm(flags | (bs->open_flags & BDRV_O_FORCE_SHARE),
+                       &bs->user_perm, &bs->user_shared);
+        ret = bdrv_restore_perms(bs, errp);
+        if (ret < 0) {
+            bdrv_reopen_set_flags(q, false);
+            bs->user_perm = old_perm;
+            bs->user_shared = old_shared;
+        }
+    }
+    if (ret < 0) {
+        for (guint i = 0; i < q->len; i++) {
+            bdrv_reopen_abort_one(g_ptr_array_index(q, i));
+        }
+        goto out;
+    }
+    /* Commit: generic drivers close (parents first), prepared drivers
+     * take their new state, generic drivers open again (children
+     * first). */
+    bdrv_reopen_set_flags(q, false);
+    for (guint i = 0; i < q->len; i++) {
+        bdrv_reopen_close_generic(g_ptr_array_index(q, i));
+    }
+    for (guint i = q->len; i-- > 0;) {
+        bdrv_reopen_commit_one(g_ptr_array_index(q, i));
+    }
+    for (guint i = q->len; i-- > 0;) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        if (bdrv_reopen_open_generic(e, local_err ? NULL : &local_err) < 0) {
+            ret = -EIO;
+        }
+    }
+    for (guint i = q->len; i-- > 0;) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        BlockDriverState *n = e->state.bs;
+        if (e->changes && n->drv) {
+            bdrv_refresh_limits(n, NULL);
+            bdrv_refresh_total_bytes(n);
+        }
+        if (!e->generic || !e->closed) {
+            n->open_flags = e->state.flags;
+            n->read_only = !(e->state.flags & BDRV_O_RDWR);
+        }
+    }
+    if (local_err) {
+        error_propagate(errp, local_err);
+    }
+out:
+    g_ptr_array_free(q, TRUE);
+    qemu_opts_del(own);
+    bdrv_drained_end(bs);
+    bdrv_unref(bs);
+    return ret;
 }
 
 /* ---- blkdebug events ---- */

@@ -20,6 +20,18 @@
 typedef struct BlockDriver BlockDriver;
 typedef struct BlockDriverState BlockDriverState;
 
+/*
+ * Permissions a node's users hold on it and the ones they let others hold
+ * (QEMU's BLK_PERM_*; block/perm.c). The bit numbers are also the offsets
+ * of the file protocol's lock bytes (100 + bit: held, 200 + bit: not
+ * shared), so other processes, QEMU 7.2 included, see the same locks.
+ */
+#define BLK_PERM_CONSISTENT_READ 0x01   /* reads see consistent data */
+#define BLK_PERM_WRITE           0x02
+#define BLK_PERM_WRITE_UNCHANGED 0x04   /* writes that keep the content */
+#define BLK_PERM_RESIZE          0x08
+#define BLK_PERM_ALL             0x0f
+
 /* Open flags (same values as QEMU's) */
 #define BDRV_O_NO_SHARE     0x0001  /* others may only read (convert source) */
 #define BDRV_O_RDWR         0x0002  /* open read-write */
@@ -208,8 +220,8 @@ bool bdrv_header_name_storable(const char *what, const char *name,
  * BDRV_O_NO_BACKING. options (borrowed, may be NULL) holds driver options;
  * keys "file.X" go to the protocol node, "backing.X" to the backing node,
  * "driver" overrides fmt and "filename" may replace filename. Unknown keys
- * are errors. The returned node is a root: requests outside [0, length) fail
- * with -EIO, and its write cache setting applies (see set_enable_write_cache).
+ * are errors. Users do I/O on a root through a BlockBackend
+ * (block-backend.h: blk_new_open), which checks bounds and permissions.
  */
 BlockDriverState *bdrv_open(const char *filename, const char *fmt,
                             QemuOpts *options, int flags, Error **errp);
@@ -269,8 +281,6 @@ ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
 /* True if a newly created image of this node reads as zeroes. */
 bool bdrv_has_zero_init(BlockDriverState *bs);
 /* Root nodes only: false makes every write flush afterwards. */
-void bdrv_set_enable_write_cache(BlockDriverState *bs, bool wce);
-bool bdrv_get_enable_write_cache(BlockDriverState *bs);
 
 /* ---- synchronous I/O ---- */
 int bdrv_pread(BlockDriverState *bs, int64_t offset, int64_t bytes,
@@ -320,6 +330,25 @@ int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
 int bdrv_make_empty(BlockDriverState *bs);
 /* Wait until no request is in flight on bs or below. */
 void bdrv_drain(BlockDriverState *bs);
+/*
+ * A drained section over bs and every node below it (file, data file,
+ * backing): begin stops new requests from users (they wait in the user
+ * layer) and background work, then waits until nothing is in flight below
+ * bs; end lets them go on. Sections nest; each begin needs one end. Not
+ * to be called by a request of that subtree (it would wait for itself).
+ */
+void bdrv_drained_begin(BlockDriverState *bs);
+/*
+ * Reopen bs and the nodes below it with flags (read-only or read-write,
+ * cache mode, unmap; other flags stay) and options (merged into bs's), in
+ * a drained section: every node prepares, the locks of the new
+ * permissions are checked, then all commit; on any failure every node is
+ * as it was. bs's own permissions become those of flags (as at open).
+ */
+int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
+                Error **errp);
+void bdrv_drained_end(BlockDriverState *bs);
+bool bdrv_is_drained(BlockDriverState *bs);
 
 /* ---- snapshots and VM state ---- */
 int bdrv_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn,
@@ -398,6 +427,12 @@ int coroutine_fn bdrv_co_flush_gen(BlockDriverState *bs, uint64_t gen);
 int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
                                       int64_t bytes, int64_t *pnum,
                                       int64_t *map, BlockDriverState **file);
+int coroutine_fn bdrv_co_block_status_above(BlockDriverState *bs,
+                                            BlockDriverState *base,
+                                            int64_t offset, int64_t bytes,
+                                            int64_t *pnum, int64_t *map,
+                                            BlockDriverState **file,
+                                            int *depth);
 int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,
                                   bool exact, PreallocMode prealloc,
                                   Error **errp);

@@ -30,17 +30,13 @@ typedef struct BlockLimits {
 
 typedef struct BdrvTrackedRequest BdrvTrackedRequest;
 
-/*
- * Permissions a node's users hold on it and the ones they let others hold
- * (QEMU's BLK_PERM_*; block/perm.c). The bit numbers are also the offsets
- * of the file protocol's lock bytes (100 + bit: held, 200 + bit: not
- * shared), so other processes, QEMU 7.2 included, see the same locks.
- */
-#define BLK_PERM_CONSISTENT_READ 0x01   /* reads see consistent data */
-#define BLK_PERM_WRITE           0x02
-#define BLK_PERM_WRITE_UNCHANGED 0x04   /* writes that keep the content */
-#define BLK_PERM_RESIZE          0x08
-#define BLK_PERM_ALL             0x0f
+/* One node's part of a reopen (block.c: bdrv_reopen). */
+typedef struct BdrvReopenState {
+    BlockDriverState *bs;
+    int flags;                  /* the new open flags */
+    QemuOpts *options;          /* the new options, NULL: unchanged */
+    void *opaque;               /* the driver's, prepare to commit/abort */
+} BdrvReopenState;
 
 /* What a child is to its parent, for the permissions it gets. */
 typedef enum BdrvChildRole {
@@ -78,6 +74,17 @@ struct BlockDriver {
      * "PREFIX.*" to bdrv_open unchecked. NULL-terminated; NULL: none. */
     const char *const *child_prefixes;
     const QemuOptDesc *amend_opts;  /* qemu-img amend -o; NULL: none */
+    /*
+     * Network protocols whose names or options can say how to reach or
+     * authenticate to the storage (rbd's conf=, keyring=, mon_host=):
+     * names read from image headers may never carry those, even with the
+     * opt-in (docs/image-names.md). header_name_config returns true and
+     * the offending key (g_free) when name carries one; header_forbidden_
+     * opts lists option names (any dotted component) a json: description
+     * from a header may not set on a node of this driver. NULL: none.
+     */
+    bool (*header_name_config)(const char *name, char **key);
+    const char *const *header_forbidden_opts;
 
     /* ---- probing ---- */
     /* Score 0..100 that buf (the first bytes of the image, zero padded to
@@ -240,6 +247,30 @@ struct BlockDriver {
     /* Request flags the driver honours on writes / zero writes. */
     BdrvRequestFlags supported_write_flags;
     BdrvRequestFlags supported_zero_flags;
+
+    /* ---- drained sections (block/io.c) ----
+     * begin: the first drained section of bs starts; stop background work
+     * (timers, prefetch) from starting requests. poll: true while work the
+     * driver started on its own is still running. end: the last section
+     * ended; background work may resume. Requests of parents and users
+     * are already stopped and complete while poll is asked.
+     */
+    void (*bdrv_drain_begin)(BlockDriverState *bs);
+    bool (*bdrv_drain_poll)(BlockDriverState *bs);
+    void (*bdrv_drain_end)(BlockDriverState *bs);
+
+    /* ---- reopen (block.c: bdrv_reopen) ----
+     * prepare: get ready to run with state->flags / state->options (both
+     * validated) without changing what is in use; keep what is needed in
+     * state->opaque. All nodes of the chain are prepared, and the lock
+     * changes checked, before any commits; if anything fails, abort is
+     * called for every node whose prepare succeeded. commit and abort
+     * cannot fail. Drivers without prepare are closed and opened again
+     * with the new flags (formats: their own children too).
+     */
+    int (*bdrv_reopen_prepare)(BdrvReopenState *state, Error **errp);
+    void (*bdrv_reopen_commit)(BdrvReopenState *state);
+    void (*bdrv_reopen_abort)(BdrvReopenState *state);
 };
 
 struct BdrvTrackedRequest {
@@ -271,9 +302,6 @@ struct BlockDriverState {
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;
-    bool is_root;                       /* bounds-check requests */
-    bool enable_write_cache;            /* root only: false = writethrough */
-    bool copy_on_read;
 
     BlockLimits bl;
     int64_t total_bytes;                /* cached length, -1 if unknown */
@@ -282,6 +310,10 @@ struct BlockDriverState {
     BdrvTrackedRequest *tracked_requests;
     unsigned serialising_in_flight;
     unsigned in_flight;                 /* requests not yet completed */
+
+    /* drained sections (block/io.c) */
+    int quiesce_counter;                /* nested drained sections */
+    GSList *drain_users;                /* of BdrvDrainUser: paused by them */
 
     /*
      * Flush generations (block/io.c). write_gen counts writes, zero
@@ -387,6 +419,41 @@ int bdrv_attach_file_perm(BlockDriverState *bs, Error **errp);
  */
 int bdrv_attach_data_file_perm(BlockDriverState *bs, BlockDriverState *data,
                                Error **errp);
+
+/* Is there a medium below bs (host_cdrom without a disc)? */
+bool bdrv_is_inserted(BlockDriverState *bs);
+
+/*
+ * Drained sections (block/io.c). Whatever starts requests on a node without
+ * going through its parents (the user layer on a root, a driver's
+ * background work such as a prefetcher) registers here, and is told when a
+ * drained section of the node begins and ends (nested: once per section)
+ * and asked whether it still has work in flight. Between begin and end it
+ * starts nothing new; bdrv_drained_begin returns once every node of the
+ * subtree is idle. A user added inside a section is told it began.
+ */
+typedef struct BdrvDrainOps {
+    void (*drained_begin)(void *opaque);
+    void (*drained_end)(void *opaque);
+    /* true while work it started is still running */
+    bool (*drained_poll)(void *opaque);
+} BdrvDrainOps;
+
+#define BDRV_DRAIN_MAX_DEPTH 256
+
+void bdrv_add_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
+                         void *opaque);
+void bdrv_remove_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
+                            void *opaque);
+/*
+ * Point *slot (a child link of parent) at child: the drained sections
+ * parent is in now cover child (waited for) instead of the old child.
+ */
+void bdrv_replace_child_drained(BlockDriverState *parent,
+                                BlockDriverState **slot,
+                                BlockDriverState *child);
+/* End a section of bs after its driver was closed: children only. */
+void bdrv_drained_end_closed(BlockDriverState *bs);
 
 /* Run fn(opaque) in a coroutine and poll until it returns (or call directly
  * when already in a coroutine). */

@@ -4,10 +4,11 @@
  * the public block-layer API, with QEMU 7.2's command lines, output and exit
  * codes.
  */
-#include "block.h"
+#include "block-backend.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
 #include "util/cutils.h"
+#include "util/secret.h"
 
 #include <getopt.h>
 #include <sys/time.h>
@@ -91,9 +92,15 @@ static void common_option(int c, char **argv)
         missing_argument(argv[optind - 1]);
     case '?':
         unrecognized_option(argv[optind - 1]);
-    case OPTION_OBJECT:
-        error_report("--object is not supported by this qemu-img");
-        exit(EXIT_FAILURE);
+    case OPTION_OBJECT: {
+        Error *err = NULL;
+
+        if (secret_object_add(optarg, &err) < 0) {
+            error_report_err(err);
+            exit(EXIT_FAILURE);
+        }
+        break;
+    }
     case OPTION_IMAGE_OPTS:
         img_image_opts = true;
         break;
@@ -498,11 +505,11 @@ static QemuOpts *img_parse_image_opts(const char *name, const char *fmt,
 
 /* Open name as the user named it: a file name, or with image_opts an
  * option string. */
-static BlockDriverState *img_open_as(bool image_opts, const char *filename,
-                                     const char *fmt, int flags,
-                                     bool writethrough)
+static BlockBackend *img_open_as(bool image_opts, const char *filename,
+                                 const char *fmt, int flags,
+                                 bool writethrough)
 {
-    BlockDriverState *bs;
+    BlockBackend *blk;
     QemuOpts *opts = NULL;
     Error *err = NULL;
 
@@ -516,20 +523,20 @@ static BlockDriverState *img_open_as(bool image_opts, const char *filename,
                      fmt);
         return NULL;
     }
-    bs = bdrv_open(image_opts ? NULL : filename, fmt, opts,
-                   flags | img_common_flags, &err);
+    blk = blk_new_open(image_opts ? NULL : filename, fmt, opts,
+                       flags | img_common_flags, &err);
     qemu_opts_del(opts);
-    if (!bs) {
+    if (!blk) {
         error_report_prefixed(err, "Could not open '%s': ", filename);
         return NULL;
     }
-    bdrv_set_enable_write_cache(bs, !writethrough);
-    return bs;
+    blk_set_enable_write_cache(blk, !writethrough);
+    return blk;
 }
 
 /* The images a subcommand names (--image-opts applies to them). */
-static BlockDriverState *img_open(const char *filename, const char *fmt,
-                                  int flags, bool writethrough)
+static BlockBackend *img_open(const char *filename, const char *fmt,
+                              int flags, bool writethrough)
 {
     return img_open_as(img_image_opts, filename, fmt, flags, writethrough);
 }
@@ -1246,7 +1253,7 @@ static GPtrArray *collect_image_info_list(const char *filename,
     char *cur_fmt = g_strdup(fmt);
 
     while (name) {
-        BlockDriverState *bs;
+        BlockBackend *blk;
         ImgInfo *info;
         Error *err = NULL;
 
@@ -1258,14 +1265,14 @@ static GPtrArray *collect_image_info_list(const char *filename,
 
         /* As QEMU: no guest I/O, so no read or write permission taken.
          * Only the first name is the user's (--image-opts). */
-        bs = img_open_as(img_image_opts && list->len == 0, name, cur_fmt,
-                         BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags,
-                         false);
-        if (!bs) {
+        blk = img_open_as(img_image_opts && list->len == 0, name, cur_fmt,
+                          BDRV_O_NO_BACKING | BDRV_O_NO_IO | open_flags,
+                          false);
+        if (!blk) {
             goto err;
         }
-        info = collect_image_info(bs, &err);
-        bdrv_unref(bs);
+        info = collect_image_info(blk_bs(blk), &err);
+        blk_unref(blk);
         if (!info) {
             error_report_err(err);
             goto err;
@@ -1487,6 +1494,7 @@ static int img_check(int argc, char **argv)
     BdrvCheckMode fix = 0;
     BdrvCheckResult r;
     BlockDriverState *bs;
+    BlockBackend *blk = NULL;
     bool quiet = false, writethrough;
     int flags = BDRV_O_CHECK, ret, c;
 
@@ -1537,14 +1545,15 @@ static int img_check(int argc, char **argv)
         return 1;
     }
 
-    bs = img_open(filename, fmt, flags, writethrough);
+    blk = img_open(filename, fmt, flags, writethrough);
+    bs = blk ? blk_bs(blk) : NULL;
     if (!bs) {
         return 1;
     }
     ret = bdrv_check(bs, &r, fix);
     if (ret == -ENOTSUP) {
         error_report("This image format does not support checks");
-        bdrv_unref(bs);
+        blk_unref(blk);
         return 63;
     }
     if (ret == 0 && (r.corruptions_fixed || r.leaks_fixed)) {
@@ -1572,7 +1581,7 @@ static int img_check(int argc, char **argv)
                                   quiet);
         }
     }
-    bdrv_unref(bs);
+    blk_unref(blk);
 
     if (ret || r.check_errors) {
         if (ret) {
@@ -1607,18 +1616,19 @@ typedef struct ConvertWorker {
 } ConvertWorker;
 
 struct ConvertState {
-    BlockDriverState **src;
+    BlockBackend **src;
     int64_t *src_len;           /* real length of each source */
     int64_t *src_size;          /* length rounded up to sectors */
     int src_num;
     int64_t total_size;
-    BlockDriverState *target;
+    BlockBackend *target;
 
     bool target_has_backing;
     int64_t target_backing_size;    /* -1 if unknown */
     bool has_zero_init;
     bool wr_in_order;
     int64_t min_sparse;             /* in sectors; 0 = write everything */
+    int64_t alignment;              /* sectors: zero/data runs end on it */
     int64_t buf_size;
 
     /* iteration state, protected by lock */
@@ -1663,7 +1673,7 @@ static int64_t convert_iteration(ConvertState *s, int64_t offset)
     n = MIN(s->src_size[s->src_cur] - src_off, REQUEST_MAX_BYTES);
 
     if (s->next_status <= offset) {
-        BlockDriverState *src = s->src[s->src_cur];
+        BlockDriverState *src = blk_bs(s->src[s->src_cur]);
         int64_t len = s->src_len[s->src_cur];
 
         if (src_off >= len) {
@@ -1718,57 +1728,74 @@ static int64_t convert_iteration(ConvertState *s, int64_t offset)
 }
 
 /*
- * Status of the first sector of buf and the number of sectors (*pnum) that
- * share it, where zero runs shorter than min sectors count as data: 1 for
- * data to write, 0 for a zero run that may be skipped.
+ * Status of the first sector of buf (1 data, 0 zero) and in *pnum the
+ * number of sectors that share it, with the end moved to a multiple of
+ * alignment sectors (a power of two) when the run ends inside the buffer,
+ * as QEMU's: a data run grows up to the boundary, a zero run shrinks down
+ * to it, and a zero run shorter than its part before the boundary becomes
+ * data (the next data write would fill it anyway).
  */
-static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
-                                    int64_t *pnum, int64_t min)
+static int convert_sector_run(const uint8_t *buf, int64_t n, int64_t *pnum,
+                              int64_t sector, int64_t alignment)
 {
-    int64_t i = 0;
-    bool first_zero;
+    bool zero;
+    int64_t i, tail;
 
     if (n <= 0) {
         *pnum = 0;
         return 0;
     }
-    if (n < min) {
-        *pnum = n;
-        return 1;
-    }
-    first_zero = buffer_is_zero(buf, BDRV_SECTOR_SIZE);
-    if (first_zero) {
-        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                       BDRV_SECTOR_SIZE)) {
-            i++;
-        }
-        if (i >= min || i == n) {
-            *pnum = i;
-            return 0;
-        }
-    }
-    /* data, possibly with short zero holes */
-    for (;;) {
-        int64_t zstart;
-
-        while (i < n && !buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                        BDRV_SECTOR_SIZE)) {
-            i++;
-        }
-        if (i == n) {
+    zero = buffer_is_zero(buf, BDRV_SECTOR_SIZE);
+    for (i = 1; i < n; i++) {
+        if (buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
+                           BDRV_SECTOR_SIZE) != zero) {
             break;
         }
-        zstart = i;
-        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                       BDRV_SECTOR_SIZE)) {
-            i++;
+    }
+    if (i < n) {
+        tail = (sector + i) & (alignment - 1);
+        if (tail && zero && i <= tail) {
+            zero = false;
         }
-        if (i - zstart >= min || i == n) {
-            i = zstart;
-            break;
+        if (tail && !zero) {
+            i = MIN(i + alignment - tail, n);
+        } else if (tail) {
+            i -= tail;
         }
     }
     *pnum = i;
+    return !zero;
+}
+
+/*
+ * Like convert_sector_run, but a data run swallows the zero runs after it
+ * that are shorter than min sectors (no split of a write for a small hole):
+ * 1 and the sectors to write, or 0 and a leading zero run to skip.
+ */
+static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
+                                    int64_t *pnum, int64_t min,
+                                    int64_t sector, int64_t alignment)
+{
+    int64_t used, checked, run;
+
+    min = MIN(min, n);
+    if (!convert_sector_run(buf, n, pnum, sector, alignment)) {
+        return 0;
+    }
+    used = checked = *pnum;
+    while (checked < n) {
+        int data = convert_sector_run(buf + checked * BDRV_SECTOR_SIZE,
+                                      n - checked, &run, sector + checked,
+                                      alignment);
+
+        checked += run;
+        if (data) {
+            used = checked;
+        } else if (run >= min) {
+            break;
+        }
+    }
+    *pnum = used;
     return 1;
 }
 
@@ -1802,7 +1829,7 @@ static int coroutine_fn convert_co_read(ConvertState *s, int64_t offset,
         } else {
             int64_t avail = MIN(chunk, len - local);
 
-            ret = bdrv_co_pread(s->src[i], local, avail, buf, 0);
+            ret = blk_co_pread(s->src[i], local, avail, buf, 0);
             if (ret < 0) {
                 return ret;
             }
@@ -1832,10 +1859,11 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
         case BLK_DATA:
             if (s->compressed) {
                 /* A cluster is written whole, or skipped if all zero. */
+                n = MIN(n, s->cluster_size);
                 if (s->min_sparse && buffer_is_zero(buf, n)) {
                     goto zero;
                 }
-                ret = bdrv_co_pwrite(s->target, offset, n, buf,
+                ret = blk_co_pwrite(s->target, offset, n, buf,
                                      BDRV_REQ_WRITE_COMPRESSED);
                 if (ret < 0) {
                     return ret;
@@ -1846,14 +1874,16 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
                 int64_t sectors = DIV_ROUND_UP(bytes, BDRV_SECTOR_SIZE);
                 int64_t pnum;
                 int alloc = is_allocated_sectors_min(buf, sectors, &pnum,
-                                                     s->min_sparse);
+                                                     s->min_sparse,
+                                                     offset / BDRV_SECTOR_SIZE,
+                                                     s->alignment);
 
                 n = MIN(bytes, pnum * (int64_t)BDRV_SECTOR_SIZE);
                 if (!alloc) {
                     goto zero;
                 }
             }
-            ret = bdrv_co_pwrite(s->target, offset, n, buf, 0);
+            ret = blk_co_pwrite(s->target, offset, n, buf, 0);
             if (ret < 0) {
                 return ret;
             }
@@ -1864,8 +1894,8 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
             if (s->has_zero_init) {
                 break;
             }
-            ret = bdrv_co_pwrite_zeroes(s->target, offset, n,
-                                        BDRV_REQ_MAY_UNMAP);
+            ret = blk_co_pwrite_zeroes(s->target, offset, n,
+                                       BDRV_REQ_MAY_UNMAP);
             if (ret < 0) {
                 return ret;
             }
@@ -2014,7 +2044,7 @@ static int convert_do_copy(ConvertState *s)
     AIO_WAIT_WHILE(s->running > 0);
 
     if (s->ret == 0) {
-        int ret = bdrv_flush(s->target);
+        int ret = blk_flush(s->target);
 
         if (ret < 0) {
             error_report("error while flushing: %s", strerror(-ret));
@@ -2283,7 +2313,7 @@ static int img_convert(int argc, char **argv)
     progress_init(a.progress, 1.0);
     progress_print(0, 100);
 
-    s.src = g_new0(BlockDriverState *, s.src_num);
+    s.src = g_new0(BlockBackend *, s.src_num);
     s.src_len = g_new0(int64_t, s.src_num);
     s.src_size = g_new0(int64_t, s.src_num);
     for (int i = 0; i < s.src_num; i++) {
@@ -2293,7 +2323,7 @@ static int img_convert(int argc, char **argv)
         if (!s.src[i]) {
             goto out;
         }
-        s.src_len[i] = bdrv_getlength(s.src[i]);
+        s.src_len[i] = blk_getlength(s.src[i]);
         if (s.src_len[i] < 0) {
             error_report("Could not get size of %s: %s", name,
                          strerror((int)-s.src_len[i]));
@@ -2309,6 +2339,11 @@ static int img_convert(int argc, char **argv)
             error_report("Compression not supported for this file format");
             goto out;
         }
+    }
+    if (s.src_num > 1 && a.out_baseimg) {
+        error_report("Having a backing file for the target makes no sense "
+                     "when concatenating multiple input images");
+        goto out;
     }
     /* As QEMU: the backing file and its format may come from -o too. */
     if (a.options && !a.skip_create) {
@@ -2351,7 +2386,7 @@ static int img_convert(int argc, char **argv)
         goto out;
     }
     if (a.skip_create) {
-        int64_t out_len = bdrv_getlength(s.target);
+        int64_t out_len = blk_getlength(s.target);
 
         if (out_len < 0) {
             error_report("unable to get output image length: %s",
@@ -2363,17 +2398,18 @@ static int img_convert(int argc, char **argv)
         }
     }
     if (s.target_has_backing && !a.skip_create &&
-        bdrv_get_backing(s.target)) {
-        s.target_backing_size = bdrv_getlength(bdrv_get_backing(s.target));
+        bdrv_get_backing(blk_bs(s.target))) {
+        s.target_backing_size =
+            bdrv_getlength(bdrv_get_backing(blk_bs(s.target)));
     }
     if (a.compressed) {
         BlockDriverInfo bdi;
         if (!bdrv_driver_can_compress(bdrv_find_format(
-                bdrv_get_format_name(s.target)))) {
+                bdrv_get_format_name(blk_bs(s.target))))) {
             error_report("Compression not supported for this file format");
             goto out;
         }
-        if (bdrv_get_info(s.target, &bdi) < 0) {
+        if (bdrv_get_info(blk_bs(s.target), &bdi) < 0) {
             error_report("could not get block driver info");
             goto out;
         }
@@ -2384,16 +2420,25 @@ static int img_convert(int argc, char **argv)
         s.compressed = true;
         s.cluster_size = bdi.cluster_size;
     }
+    /* As QEMU: runs end on -S (a power of two below) or the target's
+     * request alignment, whichever is larger. */
+    s.alignment = 1;
+    while (s.alignment * 2 <= s.min_sparse) {
+        s.alignment *= 2;
+    }
+    s.alignment = MAX(s.alignment,
+                      DIV_ROUND_UP(bdrv_get_request_alignment(blk_bs(s.target)),
+                                   BDRV_SECTOR_SIZE));
     if (a.target_is_zero) {
         s.has_zero_init = true;
     } else if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
-        s.has_zero_init = bdrv_has_zero_init(s.target);
+        s.has_zero_init = bdrv_has_zero_init(blk_bs(s.target));
     }
 
     ret = convert_do_copy(&s);
-    if (ret == 0 && s.compressed && bdrv_get_file(s.target)) {
+    if (ret == 0 && s.compressed && bdrv_get_file(blk_bs(s.target))) {
         /* The file ends on a sector boundary (compressed data may not). */
-        BlockDriverState *file = bdrv_get_file(s.target);
+        BlockDriverState *file = bdrv_get_file(blk_bs(s.target));
         int64_t len = bdrv_getlength(file);
         if (len >= 0) {
             bdrv_truncate(file, len, false, PREALLOC_MODE_OFF, NULL);
@@ -2406,11 +2451,11 @@ out:
     }
     progress_end();
     if (s.target) {
-        bdrv_unref(s.target);
+        blk_unref(s.target);
     }
     for (int i = 0; s.src && i < s.src_num; i++) {
         if (s.src[i]) {
-            bdrv_unref(s.src[i]);
+            blk_unref(s.src[i]);
         }
     }
     g_free(s.src);
@@ -2425,6 +2470,30 @@ out:
 
 /* ------------------------------------------------------------------ */
 /* commit                                                             */
+
+/*
+ * Truncate through blk, taking the resize permission (the lock others see)
+ * only while it runs when the image was opened without it.
+ */
+static int img_truncate(BlockBackend *blk, int64_t offset, bool exact,
+                        PreallocMode prealloc, Error **errp)
+{
+    uint64_t perm, shared;
+    int ret;
+
+    blk_get_perm(blk, &perm, &shared);
+    if (!(perm & BLK_PERM_RESIZE)) {
+        ret = blk_set_perm(blk, perm | BLK_PERM_RESIZE, shared, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = blk_truncate(blk, offset, exact, prealloc, errp);
+    if (!(perm & BLK_PERM_RESIZE)) {
+        blk_set_perm(blk, perm, shared, NULL);
+    }
+    return ret;
+}
 
 /*
  * The node of bs's backing chain (below bs) named base, or NULL. As
@@ -2470,10 +2539,11 @@ static BlockDriverState *find_backing_image(BlockDriverState *bs,
  * Copy everything allocated above base (a node of bs's chain) into base_rw,
  * a writable node of the same image.
  */
-static int commit_data(BlockDriverState *bs, BlockDriverState *base_rw,
+static int commit_data(BlockBackend *blk, BlockBackend *base_rw,
                        BlockDriverState *base, Error **errp)
 {
-    int64_t len = bdrv_getlength(bs), base_len, offset, pnum;
+    BlockDriverState *bs = blk_bs(blk);
+    int64_t len = blk_getlength(blk), base_len, offset, pnum;
     uint8_t *buf;
     int ret = 0;
 
@@ -2481,13 +2551,13 @@ static int commit_data(BlockDriverState *bs, BlockDriverState *base_rw,
         error_setg_errno(errp, (int)-len, "Could not get size of image");
         return (int)len;
     }
-    base_len = bdrv_getlength(base_rw);
+    base_len = blk_getlength(base_rw);
     if (base_len < 0) {
         error_setg_errno(errp, (int)-base_len, "Could not get size of base");
         return (int)base_len;
     }
     if (base_len < len) {
-        ret = bdrv_truncate(base_rw, len, false, PREALLOC_MODE_OFF, errp);
+        ret = img_truncate(base_rw, len, false, PREALLOC_MODE_OFF, errp);
         if (ret < 0) {
             return ret;
         }
@@ -2508,15 +2578,15 @@ static int commit_data(BlockDriverState *bs, BlockDriverState *base_rw,
         }
         if (ret & BDRV_BLOCK_ALLOCATED || ret & BDRV_BLOCK_ZERO) {
             if (ret & BDRV_BLOCK_ZERO) {
-                ret = bdrv_pwrite_zeroes(base_rw, offset, pnum,
-                                         BDRV_REQ_MAY_UNMAP);
+                ret = blk_pwrite_zeroes(base_rw, offset, pnum,
+                                        BDRV_REQ_MAY_UNMAP);
             } else {
-                ret = bdrv_pread(bs, offset, pnum, buf, 0);
+                ret = blk_pread(blk, offset, pnum, buf, 0);
                 if (ret < 0) {
                     error_setg_errno(errp, -ret, "Could not read image");
                     break;
                 }
-                ret = bdrv_pwrite(base_rw, offset, pnum, buf, 0);
+                ret = blk_pwrite(base_rw, offset, pnum, buf, 0);
             }
             if (ret < 0) {
                 error_setg_errno(errp, -ret, "Could not write to base image");
@@ -2528,7 +2598,7 @@ static int commit_data(BlockDriverState *bs, BlockDriverState *base_rw,
     }
     qemu_vfree(buf);
     if (ret == 0) {
-        ret = bdrv_flush(base_rw);
+        ret = blk_flush(base_rw);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "Could not flush base image");
         }
@@ -2548,6 +2618,7 @@ static int img_commit(int argc, char **argv)
     const char *fmt = NULL, *cache = BDRV_DEFAULT_CACHE, *base = NULL;
     bool quiet = false, show_progress = false, writethrough;
     BlockDriverState *bs, *base_bs;
+    BlockBackend *blk;
     Error *err = NULL;
     bool drop = false;
     int flags, c;
@@ -2596,10 +2667,11 @@ static int img_commit(int argc, char **argv)
         error_report("Invalid cache option: %s", cache);
         return 1;
     }
-    bs = img_open(argv[optind], fmt, flags, writethrough);
-    if (!bs) {
+    blk = img_open(argv[optind], fmt, flags, writethrough);
+    if (!blk) {
         return 1;
     }
+    bs = blk_bs(blk);
 
     progress_init(show_progress, 1.f);
     progress_print(0.f, 100);
@@ -2619,21 +2691,33 @@ static int img_commit(int argc, char **argv)
     }
     if (!err) {
         /*
-         * The chain holds base read-only and block.h has no reopen: write
-         * through a second, writable node of the same image. Its locks
-         * would conflict with those of the chain's read-only base (a
-         * format never shares write on its metadata): the chain gives up
-         * its permissions on base, and base_rw's locks protect it instead.
+         * The chain holds base read-only: reopen it read-write in place
+         * (with the cache mode of -t; its locks follow), write through a
+         * user of base, and reopen it read-only again.
          */
-        bdrv_drop_perms(base_bs);
-        BlockDriverState *base_rw = bdrv_open(bdrv_get_filename(base_bs),
-                                              bdrv_get_format_name(base_bs),
-                                              NULL, flags | img_common_flags,
-                                              &err);
+        int base_flags = bdrv_get_flags(base_bs);
+        BlockBackend *base_rw = NULL;
+
+        if (bdrv_reopen(base_bs, flags, NULL, &err) == 0) {
+            base_rw = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                              BLK_PERM_ALL);
+            if (blk_insert_bs(base_rw, base_bs, &err) < 0) {
+                blk_unref(base_rw);
+                base_rw = NULL;
+            }
+        }
         if (base_rw) {
-            bdrv_set_enable_write_cache(base_rw, !writethrough);
-            commit_data(bs, base_rw, base_bs, &err);
-            bdrv_unref(base_rw);
+            blk_set_enable_write_cache(base_rw, !writethrough);
+            commit_data(blk, base_rw, base_bs, &err);
+            blk_unref(base_rw);
+            Error *ro_err = NULL;
+            if (bdrv_reopen(base_bs, base_flags, NULL, &ro_err) < 0) {
+                if (!err) {
+                    err = ro_err;
+                } else {
+                    error_free(ro_err);
+                }
+            }
             /* As QEMU: the top image is emptied unless -d; formats that
              * cannot (no backing-relative content) keep theirs. */
             if (!err && !drop) {
@@ -2652,7 +2736,7 @@ static int img_commit(int argc, char **argv)
         }
     }
     progress_end();
-    bdrv_unref(bs);
+    blk_unref(blk);
     if (err) {
         error_report_err(err);
         return 1;
@@ -2701,6 +2785,7 @@ static int img_measure(int argc, char **argv)
     char *options = NULL;
     int64_t img_size = -1;
     BlockDriverState *in_bs = NULL;
+    BlockBackend *in_blk = NULL;
     BlockMeasureInfo *info = NULL;
     const QemuOptDesc *descs[3];
     QemuOpts *opts = NULL;
@@ -2761,7 +2846,8 @@ static int img_measure(int argc, char **argv)
         goto out;
     }
     if (filename) {
-        in_bs = img_open(filename, fmt, 0, false);
+        in_blk = img_open(filename, fmt, 0, false);
+        in_bs = in_blk ? blk_bs(in_blk) : NULL;
         if (!in_bs) {
             goto out;
         }
@@ -2794,7 +2880,7 @@ out:
         qemu_opts_del(opts);
     }
     if (in_bs) {
-        bdrv_unref(in_bs);
+        blk_unref(in_blk);
     }
     g_free(options);
     return ret;
@@ -2854,7 +2940,8 @@ static int img_rebase(int argc, char **argv)
     const char *fmt = NULL, *cache = BDRV_DEFAULT_CACHE;
     const char *src_cache = BDRV_DEFAULT_CACHE;
     const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
-    BlockDriverState *bs = NULL, *old_backing = NULL, *new_backing = NULL;
+    BlockDriverState *bs = NULL, *old_backing = NULL;
+    BlockBackend *blk = NULL, *old_blk = NULL, *new_backing = NULL;
     uint8_t *buf_old = NULL, *buf_new = NULL;
     bool unsafe = false, quiet = false, show_progress = false;
     bool writethrough, src_writethrough;
@@ -2919,7 +3006,8 @@ static int img_rebase(int argc, char **argv)
         error_report("Invalid source cache option: %s", src_cache);
         goto out;
     }
-    bs = img_open(filename, fmt, flags, writethrough);
+    blk = img_open(filename, fmt, flags, writethrough);
+    bs = blk ? blk_bs(blk) : NULL;
     if (!bs) {
         goto out;
     }
@@ -2936,8 +3024,8 @@ static int img_rebase(int argc, char **argv)
             char *path = full_backing_path(filename, out_baseimg);
             Error *err = NULL;
 
-            new_backing = bdrv_open(path, out_basefmt, NULL,
-                                    src_flags | img_common_flags, &err);
+            new_backing = blk_new_open(path, out_basefmt, NULL,
+                                       src_flags | img_common_flags, &err);
             g_free(path);
             if (!new_backing) {
                 error_report_prefixed(err, "Could not open new backing file "
@@ -2953,7 +3041,11 @@ static int img_rebase(int argc, char **argv)
             goto out;
         }
         if (old_backing) {
-            old_size = bdrv_getlength(old_backing);
+            /* Read as a user that holds nothing and shares everything:
+             * the chain's own permissions on it stay as they are. */
+            old_blk = blk_new(0, BLK_PERM_ALL);
+            blk_insert_bs(old_blk, old_backing, NULL);
+            old_size = blk_getlength(old_blk);
             if (old_size < 0) {
                 error_report("Could not get size of '%s': %s",
                              bdrv_get_backing_filename(bs),
@@ -2962,7 +3054,7 @@ static int img_rebase(int argc, char **argv)
             }
         }
         if (new_backing) {
-            new_size = bdrv_getlength(new_backing);
+            new_size = blk_getlength(new_backing);
             if (new_size < 0) {
                 error_report("Could not get size of '%s': %s", out_baseimg,
                              strerror((int)-new_size));
@@ -2998,7 +3090,7 @@ static int img_rebase(int argc, char **argv)
                 if (offset + n > old_size) {
                     n = old_size - offset;
                 }
-                ret = bdrv_pread(old_backing, offset, n, buf_old, 0);
+                ret = blk_pread(old_blk, offset, n, buf_old, 0);
                 if (ret < 0) {
                     error_report("error while reading from old backing file");
                     goto out;
@@ -3010,7 +3102,7 @@ static int img_rebase(int argc, char **argv)
                 if (offset + n > new_size) {
                     n = new_size - offset;
                 }
-                ret = bdrv_pread(new_backing, offset, n, buf_new, 0);
+                ret = blk_pread(new_backing, offset, n, buf_new, 0);
                 if (ret < 0) {
                     error_report("error while reading from new backing file");
                     goto out;
@@ -3023,11 +3115,11 @@ static int img_rebase(int argc, char **argv)
                 if (compare_buffers(buf_old + written, buf_new + written,
                                     n - written, &pnum)) {
                     if (old_is_zero) {
-                        ret = bdrv_pwrite_zeroes(bs, offset + written, pnum,
-                                                 0);
+                        ret = blk_pwrite_zeroes(blk, offset + written, pnum,
+                                                0);
                     } else {
-                        ret = bdrv_pwrite(bs, offset + written, pnum,
-                                          buf_old + written, 0);
+                        ret = blk_pwrite(blk, offset + written, pnum,
+                                         buf_old + written, 0);
                     }
                     if (ret < 0) {
                         error_report("Error while writing to COW image: %s",
@@ -3082,12 +3174,9 @@ out:
     progress_end();
     qemu_vfree(buf_old);
     qemu_vfree(buf_new);
-    if (new_backing) {
-        bdrv_unref(new_backing);
-    }
-    if (bs) {
-        bdrv_unref(bs);
-    }
+    blk_unref(new_backing);
+    blk_unref(old_blk);
+    blk_unref(blk);
     return ret ? 1 : 0;
 }
 
@@ -3112,6 +3201,7 @@ static int img_resize(int argc, char **argv)
     int64_t current_size, total_size;
     uint64_t n;
     BlockDriverState *bs;
+    BlockBackend *blk = NULL;
     Error *err = NULL;
 
     /* The size goes first so that "-1M" is not taken as an option */
@@ -3164,7 +3254,8 @@ static int img_resize(int argc, char **argv)
         return 1;
     }
 
-    bs = img_open(filename, fmt, BDRV_O_RDWR | BDRV_O_RESIZE, false);
+    blk = img_open(filename, fmt, BDRV_O_RDWR | BDRV_O_RESIZE, false);
+    bs = blk ? blk_bs(blk) : NULL;
     if (!bs) {
         return 1;
     }
@@ -3191,7 +3282,7 @@ static int img_resize(int argc, char **argv)
                      "operation, make sure there is no important data there.");
         goto fail;
     }
-    ret = bdrv_truncate(bs, total_size, true, prealloc, &err);
+    ret = blk_truncate(blk, total_size, true, prealloc, &err);
     if (ret < 0) {
         if (!err) {
             error_setg_errno(&err, -ret, "Could not resize image");
@@ -3199,12 +3290,12 @@ static int img_resize(int argc, char **argv)
         error_report_err(err);
         goto fail;
     }
-    bdrv_unref(bs);
+    blk_unref(blk);
     qprintf(quiet, "Image resized.\n");
     return 0;
 
 fail:
-    bdrv_unref(bs);
+    blk_unref(blk);
     return 1;
 }
 
@@ -3231,6 +3322,7 @@ static int img_snapshot(int argc, char **argv)
     const char *name = NULL, *filename;
     int action = 0, flags = BDRV_O_RDWR | BDRV_O_NO_BACKING, c, ret = 0;
     BlockDriverState *bs;
+    BlockBackend *blk = NULL;
     QEMUSnapshotInfo sn;
     Error *err = NULL;
 
@@ -3268,7 +3360,8 @@ static int img_snapshot(int argc, char **argv)
     }
     filename = argv[optind];
 
-    bs = img_open(filename, NULL, flags, false);
+    blk = img_open(filename, NULL, flags, false);
+    bs = blk ? blk_bs(blk) : NULL;
     if (!bs) {
         return 1;
     }
@@ -3330,7 +3423,7 @@ static int img_snapshot(int argc, char **argv)
         }
         break;
     }
-    bdrv_unref(bs);
+    blk_unref(blk);
     return ret ? 1 : 0;
 }
 
@@ -3468,6 +3561,7 @@ static int img_map(int argc, char **argv)
     int64_t start_offset = 0, max_length = -1, length;
     MapEntry curr = { .length = 0 }, next;
     BlockDriverState *bs;
+    BlockBackend *blk = NULL;
     int c, ret = 0, map_flags = 0;
 
     while ((c = getopt_long(argc, argv, ":f:hU", long_options, NULL)) != -1) {
@@ -3506,7 +3600,8 @@ static int img_map(int argc, char **argv)
         output_format = parse_output_format(output);
     }
 
-    bs = img_open(argv[optind], fmt, map_flags, false);
+    blk = img_open(argv[optind], fmt, map_flags, false);
+    bs = blk ? blk_bs(blk) : NULL;
     if (!bs) {
         return 1;
     }
@@ -3554,19 +3649,19 @@ static int img_map(int argc, char **argv)
     }
 
 out:
-    bdrv_unref(bs);
+    blk_unref(blk);
     return ret < 0 ? 1 : 0;
 }
 
 /* ------------------------------------------------------------------ */
 /* compare                                                            */
 
-static int check_empty_sectors(BlockDriverState *bs, int64_t offset,
+static int check_empty_sectors(BlockBackend *blk, int64_t offset,
                                int64_t bytes, const char *filename,
                                uint8_t *buffer, bool quiet)
 {
     int64_t idx;
-    int ret = bdrv_pread(bs, offset, bytes, buffer, 0);
+    int ret = blk_pread(blk, offset, bytes, buffer, 0);
 
     if (ret < 0) {
         error_report("Error while reading offset %" PRId64 " of %s: %s",
@@ -3584,6 +3679,7 @@ static int check_empty_sectors(BlockDriverState *bs, int64_t offset,
 
 typedef struct CompareArgs {
     BlockDriverState *bs1, *bs2;
+    BlockBackend *blk1, *blk2;
     const char *filename1, *filename2;
     bool strict, quiet;
 } CompareArgs;
@@ -3652,14 +3748,14 @@ static int compare_images(CompareArgs *a, uint8_t *buf1, uint8_t *buf2)
                 int64_t pnum;
 
                 chunk = MIN(chunk, IO_BUF_SIZE);
-                ret = bdrv_pread(a->bs1, offset, chunk, buf1, 0);
+                ret = blk_pread(a->blk1, offset, chunk, buf1, 0);
                 if (ret < 0) {
                     error_report("Error while reading offset %" PRId64
                                  " of %s: %s", offset, a->filename1,
                                  strerror(-ret));
                     return 4;
                 }
-                ret = bdrv_pread(a->bs2, offset, chunk, buf2, 0);
+                ret = blk_pread(a->blk2, offset, chunk, buf2, 0);
                 if (ret < 0) {
                     error_report("Error while reading offset %" PRId64
                                  " of %s: %s", offset, a->filename2,
@@ -3676,10 +3772,10 @@ static int compare_images(CompareArgs *a, uint8_t *buf1, uint8_t *buf2)
         } else {
             chunk = MIN(chunk, IO_BUF_SIZE);
             if (allocated1) {
-                ret = check_empty_sectors(a->bs1, offset, chunk,
+                ret = check_empty_sectors(a->blk1, offset, chunk,
                                           a->filename1, buf1, a->quiet);
             } else {
-                ret = check_empty_sectors(a->bs2, offset, chunk,
+                ret = check_empty_sectors(a->blk2, offset, chunk,
                                           a->filename2, buf1, a->quiet);
             }
             if (ret) {
@@ -3693,6 +3789,8 @@ static int compare_images(CompareArgs *a, uint8_t *buf1, uint8_t *buf2)
     if (total_size1 != total_size2) {
         BlockDriverState *bs_over = total_size1 > total_size2 ? a->bs1
                                                               : a->bs2;
+        BlockBackend *blk_over = total_size1 > total_size2 ? a->blk1
+                                                           : a->blk2;
         const char *filename_over = total_size1 > total_size2 ?
                                     a->filename1 : a->filename2;
 
@@ -3711,7 +3809,7 @@ static int compare_images(CompareArgs *a, uint8_t *buf1, uint8_t *buf2)
             }
             if ((ret & BDRV_BLOCK_ALLOCATED) && !(ret & BDRV_BLOCK_ZERO)) {
                 chunk = MIN(chunk, IO_BUF_SIZE);
-                ret = check_empty_sectors(bs_over, offset, chunk,
+                ret = check_empty_sectors(blk_over, offset, chunk,
                                           filename_over, buf1, a->quiet);
                 if (ret) {
                     return ret;
@@ -3786,12 +3884,14 @@ static int img_compare(int argc, char **argv)
         ret = 2;
         goto out;
     }
-    a.bs1 = img_open(a.filename1, fmt1, flags, writethrough);
+    a.blk1 = img_open(a.filename1, fmt1, flags, writethrough);
+    a.bs1 = a.blk1 ? blk_bs(a.blk1) : NULL;
     if (!a.bs1) {
         ret = 2;
         goto out;
     }
-    a.bs2 = img_open(a.filename2, fmt2, flags, writethrough);
+    a.blk2 = img_open(a.filename2, fmt2, flags, writethrough);
+    a.bs2 = a.blk2 ? blk_bs(a.blk2) : NULL;
     if (!a.bs2) {
         ret = 2;
         goto out;
@@ -3804,10 +3904,10 @@ out:
     qemu_vfree(buf1);
     qemu_vfree(buf2);
     if (a.bs2) {
-        bdrv_unref(a.bs2);
+        blk_unref(a.blk2);
     }
     if (a.bs1) {
-        bdrv_unref(a.bs1);
+        blk_unref(a.blk1);
     }
     progress_end();
     return ret;
@@ -3817,7 +3917,7 @@ out:
 /* bench                                                              */
 
 typedef struct BenchData {
-    BlockDriverState *bs;
+    BlockBackend *blk;
     uint64_t image_size;
     bool write;
     int bufsize;
@@ -3873,7 +3973,7 @@ static void bench_cb(void *opaque, int ret)
                 } else {
                     cb = bench_undrained_flush_cb;
                 }
-                bdrv_aio_flush(b->bs, cb, b);
+                blk_aio_flush(b->blk, cb, b);
             }
             if (b->drain_on_flush) {
                 return;
@@ -3893,9 +3993,9 @@ static void bench_cb(void *opaque, int ret)
             b->offset %= b->image_size;
         }
         if (b->write) {
-            bdrv_aio_pwritev(b->bs, offset, b->qiov, 0, bench_cb, b);
+            blk_aio_pwritev(b->blk, offset, b->qiov, 0, bench_cb, b);
         } else {
-            bdrv_aio_preadv(b->bs, offset, b->qiov, 0, bench_cb, b);
+            blk_aio_preadv(b->blk, offset, b->qiov, 0, bench_cb, b);
         }
     }
 }
@@ -3932,6 +4032,7 @@ static int img_bench(int argc, char **argv)
     size_t bufsize = 4096, step = 0;
     int flags = 0, c, ret = 0;
     BlockDriverState *bs = NULL;
+    BlockBackend *blk = NULL;
     BenchData data = { 0 };
     struct timeval t1, t2;
 
@@ -4032,18 +4133,19 @@ static int img_bench(int argc, char **argv)
         return 1;
     }
 
-    bs = img_open(argv[optind], fmt, flags, writethrough);
+    blk = img_open(argv[optind], fmt, flags, writethrough);
+    bs = blk ? blk_bs(blk) : NULL;
     if (!bs) {
         return 1;
     }
-    image_size = bdrv_getlength(bs);
+    image_size = blk_getlength(blk);
     if (image_size < 0) {
         ret = 1;
         goto out;
     }
 
     data = (BenchData) {
-        .bs             = bs,
+        .blk            = blk,
         .image_size     = image_size,
         .bufsize        = (int)bufsize,
         .step           = (int)(step ? step : bufsize),
@@ -4080,7 +4182,7 @@ static int img_bench(int argc, char **argv)
 out:
     qemu_vfree(data.buf);
     g_free(data.qiov);
-    bdrv_unref(bs);
+    blk_unref(blk);
     return ret;
 }
 
@@ -4123,6 +4225,7 @@ static int img_amend(int argc, char **argv)
     bool quiet = false, show_progress = false, force = false, writethrough;
     char *options = NULL;
     BlockDriverState *bs = NULL;
+    BlockBackend *blk = NULL;
     QemuOpts *opts = NULL;
     Error *err = NULL;
     int flags, c, ret = -1;
@@ -4178,7 +4281,8 @@ static int img_amend(int argc, char **argv)
         error_report("Invalid cache option: %s", cache);
         goto out;
     }
-    bs = img_open(filename, fmt, flags, writethrough);
+    blk = img_open(filename, fmt, flags, writethrough);
+    bs = blk ? blk_bs(blk) : NULL;
     if (!bs) {
         goto out;
     }
@@ -4210,7 +4314,7 @@ out:
     progress_end();
 out_no_progress:
     if (bs) {
-        bdrv_unref(bs);
+        blk_unref(blk);
     }
     if (opts) {
         qemu_opts_del(opts);
@@ -4269,8 +4373,8 @@ static int dd_parse_operand(const char *arg, DdArgs *a)
  * Create the output image (format out_fmt, size bytes) and open it. As
  * QEMU's dd, the output is always created and never given image options.
  */
-static BlockDriverState *dd_create_output(const char *out, const char *out_fmt,
-                                          int64_t size)
+static BlockBackend *dd_create_output(const char *out, const char *out_fmt,
+                                      int64_t size)
 {
     const QemuOptDesc *descs[3];
     BlockDriver *drv = bdrv_find_format(out_fmt);
@@ -4303,7 +4407,7 @@ static BlockDriverState *dd_create_output(const char *out, const char *out_fmt,
 }
 
 /* Copy [in_pos, size) of in to the start of out, bsz bytes at a time. */
-static int dd_copy(BlockDriverState *in, BlockDriverState *out,
+static int dd_copy(BlockBackend *in, BlockBackend *out,
                    int64_t in_pos, int64_t size, int64_t bsz)
 {
     uint8_t *buf = g_try_malloc(bsz);
@@ -4318,14 +4422,14 @@ static int dd_copy(BlockDriverState *in, BlockDriverState *out,
     while (in_pos < size) {
         int64_t bytes = MIN(bsz, size - in_pos);
 
-        ret = bdrv_pread(in, in_pos, bytes, buf, 0);
+        ret = blk_pread(in, in_pos, bytes, buf, 0);
         if (ret < 0) {
             error_report("error while reading from input image file: %s",
                          strerror(-ret));
             break;
         }
         in_pos += bytes;
-        ret = bdrv_pwrite(out, out_pos, bytes, buf, 0);
+        ret = blk_pwrite(out, out_pos, bytes, buf, 0);
         if (ret < 0) {
             error_report("error while writing to output image file: %s",
                          strerror(-ret));
@@ -4356,7 +4460,7 @@ static int img_dd(int argc, char **argv)
     };
     DdArgs a = { .bsz = 512 };
     const char *fmt = NULL, *out_fmt = "raw";
-    BlockDriverState *in = NULL, *out = NULL;
+    BlockBackend *in = NULL, *out = NULL;
     int64_t size, in_pos;
     bool skip_past_end;
     int flags = 0;
@@ -4393,7 +4497,7 @@ static int img_dd(int argc, char **argv)
     if (!in) {
         return 1;
     }
-    size = bdrv_getlength(in);
+    size = blk_getlength(in);
     if (size < 0) {
         error_report("Failed to get size for '%s'", a.in);
         goto out;
@@ -4418,8 +4522,8 @@ static int img_dd(int argc, char **argv)
     }
     ret = dd_copy(in, out, in_pos, size, a.bsz) < 0 ? 1 : 0;
 out:
-    bdrv_unref(out);
-    bdrv_unref(in);
+    blk_unref(out);
+    blk_unref(in);
     return ret;
 }
 

@@ -77,9 +77,11 @@ static bool check_argc(const cmdinfo_t *ct, int argc, const char *name)
     return false;
 }
 
-static int run_command(BlockDriverState *bs, const cmdinfo_t *ct, int argc,
+static int run_command(BlockBackend *blk, const cmdinfo_t *ct, int argc,
                        char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
+
     if (!(ct->flags & (CMD_FLAG_GLOBAL | CMD_NOFILE_OK)) && !bs) {
         fprintf(stderr, "no file open, try 'help open'\n");
         return -EINVAL;
@@ -93,10 +95,10 @@ static int run_command(BlockDriverState *bs, const cmdinfo_t *ct, int argc,
     }
     /* glibc: optind = 0 restarts getopt from scratch for each command. */
     optind = 0;
-    return ct->cfunc(bs, argc, argv);
+    return ct->cfunc(blk, argc, argv);
 }
 
-int qemuio_command(BlockDriverState *bs, const char *cmd)
+int qemuio_command(BlockBackend *blk, const char *cmd)
 {
     char *input = g_strdup(cmd);
     GPtrArray *words = g_ptr_array_new();
@@ -117,7 +119,7 @@ int qemuio_command(BlockDriverState *bs, const char *cmd)
 
         ct = find_command(argv[0]);
         if (ct) {
-            ret = run_command(bs, ct, words->len - 1, argv);
+            ret = run_command(blk, ct, words->len - 1, argv);
         } else {
             fprintf(stderr, "command \"%s\" not found\n", argv[0]);
             ret = -EINVAL;
@@ -416,7 +418,7 @@ static void read_help(void)
 "\n");
 }
 
-static int read_f(BlockDriverState *bs, int argc, char **argv);
+static int read_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t read_cmd = {
     .name = "read", .altname = "r", .cfunc = read_f,
@@ -442,8 +444,9 @@ static bool check_sector_aligned(int64_t offset, int64_t count)
     return true;
 }
 
-static int read_f(BlockDriverState *bs, int argc, char **argv)
+static int read_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     bool Cflag = false, qflag = false, vflag = false;
     bool Pflag = false, sflag = false, lflag = false, bflag = false;
     int c, pattern = 0;
@@ -542,7 +545,7 @@ static int read_f(BlockDriverState *bs, int argc, char **argv)
         ret = bdrv_load_vmstate(bs, buf, offset, count);
         total = ret;
     } else {
-        ret = bdrv_pread(bs, offset, count, buf, 0);
+        ret = blk_pread(blk, offset, count, buf, 0);
         total = count;
     }
     t2 = now_ns();
@@ -592,7 +595,7 @@ static void readv_help(void)
 "\n");
 }
 
-static int readv_f(BlockDriverState *bs, int argc, char **argv);
+static int readv_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t readv_cmd = {
     .name = "readv", .cfunc = readv_f,
@@ -602,7 +605,7 @@ static const cmdinfo_t readv_cmd = {
     .help = readv_help,
 };
 
-static int readv_f(BlockDriverState *bs, int argc, char **argv)
+static int readv_f(BlockBackend *blk, int argc, char **argv)
 {
     bool Cflag = false, qflag = false, vflag = false, Pflag = false;
     int c, pattern = 0, ret;
@@ -652,7 +655,7 @@ static int readv_f(BlockDriverState *bs, int argc, char **argv)
     }
 
     t1 = now_ns();
-    ret = bdrv_preadv(bs, offset, qiov.size, &qiov, 0);
+    ret = blk_preadv(blk, offset, qiov.size, &qiov, 0);
     t2 = now_ns();
 
     if (ret < 0) {
@@ -706,7 +709,7 @@ static void write_help(void)
 "\n");
 }
 
-static int write_f(BlockDriverState *bs, int argc, char **argv);
+static int write_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t write_cmd = {
     .name = "write", .altname = "w", .cfunc = write_f,
@@ -716,8 +719,9 @@ static const cmdinfo_t write_cmd = {
     .help = write_help,
 };
 
-static int write_f(BlockDriverState *bs, int argc, char **argv)
+static int write_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     bool Cflag = false, qflag = false, bflag = false;
     bool Pflag = false, zflag = false, cflag = false, sflag = false;
     BdrvRequestFlags flags = 0;
@@ -833,14 +837,14 @@ static int write_f(BlockDriverState *bs, int argc, char **argv)
         ret = bdrv_save_vmstate(bs, buf, offset, count);
         total = ret;
     } else if (zflag) {
-        ret = bdrv_pwrite_zeroes(bs, offset, count, flags);
+        ret = blk_pwrite_zeroes(blk, offset, count, flags);
         total = count;
     } else if (cflag) {
-        ret = bdrv_pwrite(bs, offset, count, buf,
+        ret = blk_pwrite(blk, offset, count, buf,
                           flags | BDRV_REQ_WRITE_COMPRESSED);
         total = count;
     } else {
-        ret = bdrv_pwrite(bs, offset, count, buf, flags);
+        ret = blk_pwrite(blk, offset, count, buf, flags);
         total = count;
     }
     t2 = now_ns();
@@ -878,7 +882,7 @@ static void writev_help(void)
 "\n");
 }
 
-static int writev_f(BlockDriverState *bs, int argc, char **argv);
+static int writev_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t writev_cmd = {
     .name = "writev", .cfunc = writev_f,
@@ -888,7 +892,7 @@ static const cmdinfo_t writev_cmd = {
     .help = writev_help,
 };
 
-static int writev_f(BlockDriverState *bs, int argc, char **argv)
+static int writev_f(BlockBackend *blk, int argc, char **argv)
 {
     bool Cflag = false, qflag = false;
     BdrvRequestFlags flags = 0;
@@ -938,7 +942,7 @@ static int writev_f(BlockDriverState *bs, int argc, char **argv)
     }
 
     t1 = now_ns();
-    ret = bdrv_pwritev(bs, offset, qiov.size, &qiov, flags);
+    ret = blk_pwritev(blk, offset, qiov.size, &qiov, flags);
     t2 = now_ns();
 
     if (ret < 0) {
@@ -1046,7 +1050,7 @@ static void aio_read_help(void)
 "\n");
 }
 
-static int aio_read_f(BlockDriverState *bs, int argc, char **argv);
+static int aio_read_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t aio_read_cmd = {
     .name = "aio_read", .cfunc = aio_read_f,
@@ -1056,7 +1060,7 @@ static const cmdinfo_t aio_read_cmd = {
     .help = aio_read_help,
 };
 
-static int aio_read_f(BlockDriverState *bs, int argc, char **argv)
+static int aio_read_f(BlockBackend *blk, int argc, char **argv)
 {
     AioCtx *ctx = g_new0(AioCtx, 1);
     int c;
@@ -1117,7 +1121,7 @@ static int aio_read_f(BlockDriverState *bs, int argc, char **argv)
 
     aio_inflight++;
     ctx->t1 = now_ns();
-    bdrv_aio_preadv(bs, ctx->offset, &ctx->qiov, 0, aio_read_done, ctx);
+    blk_aio_preadv(blk, ctx->offset, &ctx->qiov, 0, aio_read_done, ctx);
     return 0;
 }
 
@@ -1148,7 +1152,7 @@ static void aio_write_help(void)
 "\n");
 }
 
-static int aio_write_f(BlockDriverState *bs, int argc, char **argv);
+static int aio_write_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t aio_write_cmd = {
     .name = "aio_write", .cfunc = aio_write_f,
@@ -1158,7 +1162,7 @@ static const cmdinfo_t aio_write_cmd = {
     .help = aio_write_help,
 };
 
-static int aio_write_f(BlockDriverState *bs, int argc, char **argv)
+static int aio_write_f(BlockBackend *blk, int argc, char **argv)
 {
     AioCtx *ctx = g_new0(AioCtx, 1);
     BdrvRequestFlags flags = 0;
@@ -1242,7 +1246,7 @@ static int aio_write_f(BlockDriverState *bs, int argc, char **argv)
         ctx->bytes = count;
         aio_inflight++;
         ctx->t1 = now_ns();
-        bdrv_aio_pwrite_zeroes(bs, ctx->offset, count, flags,
+        blk_aio_pwrite_zeroes(blk, ctx->offset, count, flags,
                                aio_write_done, ctx);
     } else {
         ctx->buf = create_iovec(&ctx->qiov, &argv[optind], argc - optind,
@@ -1254,17 +1258,17 @@ static int aio_write_f(BlockDriverState *bs, int argc, char **argv)
         ctx->bytes = ctx->qiov.size;
         aio_inflight++;
         ctx->t1 = now_ns();
-        bdrv_aio_pwritev(bs, ctx->offset, &ctx->qiov, flags,
+        blk_aio_pwritev(blk, ctx->offset, &ctx->qiov, flags,
                          aio_write_done, ctx);
     }
     return 0;
 }
 
 /* Waits for the aio requests only; like QEMU, it does not flush the disk. */
-static int aio_flush_f(BlockDriverState *bs, int argc, char **argv)
+static int aio_flush_f(BlockBackend *blk, int argc, char **argv)
 {
     qemuio_wait_aio();
-    bdrv_drain(bs);
+    blk_drain(blk);
     return 0;
 }
 
@@ -1275,9 +1279,9 @@ static const cmdinfo_t aio_flush_cmd = {
 
 /* ---- flush, truncate, length, info, discard ---- */
 
-static int flush_f(BlockDriverState *bs, int argc, char **argv)
+static int flush_f(BlockBackend *blk, int argc, char **argv)
 {
-    return bdrv_flush(bs);
+    return blk_flush(blk);
 }
 
 static const cmdinfo_t flush_cmd = {
@@ -1285,7 +1289,7 @@ static const cmdinfo_t flush_cmd = {
     .oneline = "flush all in-core file state to disk",
 };
 
-static int truncate_f(BlockDriverState *bs, int argc, char **argv);
+static int truncate_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t truncate_cmd = {
     .name = "truncate", .altname = "t", .cfunc = truncate_f,
@@ -1294,7 +1298,7 @@ static const cmdinfo_t truncate_cmd = {
     .oneline = "truncates the current file at the given offset",
 };
 
-static int truncate_f(BlockDriverState *bs, int argc, char **argv)
+static int truncate_f(BlockBackend *blk, int argc, char **argv)
 {
     PreallocMode prealloc = PREALLOC_MODE_OFF;
     Error *local_err = NULL;
@@ -1326,8 +1330,20 @@ static int truncate_f(BlockDriverState *bs, int argc, char **argv)
         return offset;
     }
 
+    /* The resize permission only for as long as the truncate runs (the
+     * lock others see), as the image was not opened for resizing. */
+    uint64_t perm, shared;
+    blk_get_perm(blk, &perm, &shared);
+    if (!(perm & BLK_PERM_RESIZE) &&
+        blk_set_perm(blk, perm | BLK_PERM_RESIZE, shared, &local_err) < 0) {
+        error_report_err(local_err);
+        return -EPERM;
+    }
     /* A debugging tool: be strict and ask for the exact size. */
-    ret = bdrv_truncate(bs, offset, true, prealloc, &local_err);
+    ret = blk_truncate(blk, offset, true, prealloc, &local_err);
+    if (!(perm & BLK_PERM_RESIZE)) {
+        blk_set_perm(blk, perm, shared, NULL);
+    }
     if (ret < 0) {
         if (local_err) {
             error_report_err(local_err);
@@ -1339,9 +1355,9 @@ static int truncate_f(BlockDriverState *bs, int argc, char **argv)
     return 0;
 }
 
-static int length_f(BlockDriverState *bs, int argc, char **argv)
+static int length_f(BlockBackend *blk, int argc, char **argv)
 {
-    int64_t size = bdrv_getlength(bs);
+    int64_t size = blk_getlength(blk);
     char s1[64];
 
     if (size < 0) {
@@ -1384,8 +1400,9 @@ static void dump_specific_info(const ImageInfoSpecific *info)
     }
 }
 
-static int info_f(BlockDriverState *bs, int argc, char **argv)
+static int info_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     BlockDriverInfo bdi;
     ImageInfoSpecific *spec;
     Error *local_err = NULL;
@@ -1439,7 +1456,7 @@ static void discard_help(void)
 "\n");
 }
 
-static int discard_f(BlockDriverState *bs, int argc, char **argv);
+static int discard_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t discard_cmd = {
     .name = "discard", .altname = "d", .cfunc = discard_f,
@@ -1449,7 +1466,7 @@ static const cmdinfo_t discard_cmd = {
     .help = discard_help,
 };
 
-static int discard_f(BlockDriverState *bs, int argc, char **argv)
+static int discard_f(BlockBackend *blk, int argc, char **argv)
 {
     bool Cflag = false, qflag = false;
     int64_t offset, bytes, t1, t2;
@@ -1491,7 +1508,7 @@ static int discard_f(BlockDriverState *bs, int argc, char **argv)
     }
 
     t1 = now_ns();
-    ret = bdrv_pdiscard(bs, offset, bytes);
+    ret = blk_pdiscard(blk, offset, bytes);
     t2 = now_ns();
 
     if (ret < 0) {
@@ -1506,8 +1523,9 @@ static int discard_f(BlockDriverState *bs, int argc, char **argv)
 
 /* ---- alloc, map ---- */
 
-static int alloc_f(BlockDriverState *bs, int argc, char **argv)
+static int alloc_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     int64_t offset, start, count, remaining, num, sum_alloc = 0;
     char s1[64];
     int ret;
@@ -1591,13 +1609,14 @@ static int map_is_allocated(BlockDriverState *bs, int64_t offset,
     return firstret;
 }
 
-static int map_f(BlockDriverState *bs, int argc, char **argv)
+static int map_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     int64_t offset = 0, bytes, num;
     char s1[64], s2[64];
     int ret;
 
-    bytes = bdrv_getlength(bs);
+    bytes = blk_getlength(blk);
     if (bytes < 0) {
         error_report("Failed to query image length: %s", strerror(-bytes));
         return bytes;
@@ -1637,7 +1656,7 @@ static void sleep_cb(void *opaque)
     *(bool *)opaque = true;
 }
 
-static int sleep_f(BlockDriverState *bs, int argc, char **argv)
+static int sleep_f(BlockBackend *blk, int argc, char **argv)
 {
     AioContext *ctx = qemu_get_aio_context();
     QEMUTimer *timer;
@@ -1664,8 +1683,9 @@ static int sleep_f(BlockDriverState *bs, int argc, char **argv)
 
 /* ---- blkdebug breakpoints ---- */
 
-static int break_f(BlockDriverState *bs, int argc, char **argv)
+static int break_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     int ret = bdrv_debug_breakpoint(bs, argv[1], argv[2]);
     if (ret < 0) {
         printf("Could not set breakpoint: %s\n", strerror(-ret));
@@ -1679,8 +1699,9 @@ static const cmdinfo_t break_cmd = {
     .oneline = "sets a breakpoint on event and tags the stopped request as tag",
 };
 
-static int remove_break_f(BlockDriverState *bs, int argc, char **argv)
+static int remove_break_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     int ret = bdrv_debug_remove_breakpoint(bs, argv[1]);
     if (ret < 0) {
         printf("Could not remove breakpoint %s: %s\n", argv[1],
@@ -1695,8 +1716,9 @@ static const cmdinfo_t remove_break_cmd = {
     .oneline = "remove a breakpoint by tag",
 };
 
-static int resume_f(BlockDriverState *bs, int argc, char **argv)
+static int resume_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     int ret = bdrv_debug_resume(bs, argv[1]);
     if (ret < 0) {
         printf("Could not resume request: %s\n", strerror(-ret));
@@ -1711,8 +1733,9 @@ static const cmdinfo_t resume_cmd = {
 };
 
 /* Poll until a request is suspended under tag (aio requests progress). */
-static int wait_break_f(BlockDriverState *bs, int argc, char **argv)
+static int wait_break_f(BlockBackend *blk, int argc, char **argv)
 {
+    BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
     while (!bdrv_debug_is_suspended(bs, argv[1])) {
         aio_poll(qemu_get_aio_context(), true);
     }
@@ -1745,7 +1768,7 @@ static void sigraise_help(void)
 "\n", SIGTERM);
 }
 
-static int sigraise_f(BlockDriverState *bs, int argc, char **argv)
+static int sigraise_f(BlockBackend *blk, int argc, char **argv)
 {
     int64_t sig = cvtnum(argv[1]);
 
@@ -1773,7 +1796,7 @@ static const cmdinfo_t sigraise_cmd = {
     .help = sigraise_help,
 };
 
-static int abort_f(BlockDriverState *bs, int argc, char **argv)
+static int abort_f(BlockBackend *blk, int argc, char **argv)
 {
     abort();
 }
@@ -1792,7 +1815,7 @@ static void help_oneline(const char *name, const cmdinfo_t *ct)
     printf("-- %s\n", ct->oneline);
 }
 
-static int help_f(BlockDriverState *bs, int argc, char **argv)
+static int help_f(BlockBackend *blk, int argc, char **argv)
 {
     const cmdinfo_t *ct;
     int i;

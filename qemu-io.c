@@ -7,10 +7,11 @@
 
 #include "qemu-io.h"
 #include "util/aio.h"
+#include "util/secret.h"
 
 #define QEMU_IO_VERSION "0.1.0"
 
-static BlockDriverState *qemuio_bs;
+static BlockBackend *qemuio_blk;
 static char *cur_name;          /* how the current image was opened */
 static QemuOpts *cur_opts;
 static int cur_flags;
@@ -42,7 +43,7 @@ static int openfile(const char *name, const char *fmt, int flags,
 {
     Error *local_err = NULL;
 
-    if (qemuio_bs) {
+    if (qemuio_blk) {
         error_report("file open already, try 'help close'");
         return 1;
     }
@@ -57,8 +58,8 @@ static int openfile(const char *name, const char *fmt, int flags,
         flags |= BDRV_O_FORCE_SHARE;
     }
 
-    qemuio_bs = bdrv_open(name, fmt, opts, flags, &local_err);
-    if (!qemuio_bs) {
+    qemuio_blk = blk_new_open(name, fmt, opts, flags, &local_err);
+    if (!qemuio_blk) {
         error_report("can't open%s%s: %s", name ? " device " : "",
                      name ? name : "",
                      local_err ? error_get_pretty(local_err) : "failed");
@@ -66,7 +67,7 @@ static int openfile(const char *name, const char *fmt, int flags,
         error_free(local_err);
         return 1;
     }
-    bdrv_set_enable_write_cache(qemuio_bs, !writethrough);
+    blk_set_enable_write_cache(qemuio_blk, !writethrough);
     g_free(cur_name);
     cur_name = g_strdup(name);
     if (cur_opts) {
@@ -95,7 +96,7 @@ static void reopen_help(void)
 "\n");
 }
 
-static int reopen_f(BlockDriverState *bs, int argc, char **argv);
+static int reopen_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t reopen_cmd = {
     .name = "reopen", .argmin = 0, .argmax = -1, .cfunc = reopen_f,
@@ -104,14 +105,13 @@ static const cmdinfo_t reopen_cmd = {
     .help = reopen_help,
 };
 
-static int reopen_f(BlockDriverState *bs, int argc, char **argv)
+static int reopen_f(BlockBackend *blk, int argc, char **argv)
 {
     int flags = cur_flags;
-    bool writethrough = !bdrv_get_enable_write_cache(bs);
+    bool writethrough = !blk_enable_write_cache(blk);
     bool has_rw = false;
-    QemuOpts *opts = qemu_opts_clone(cur_opts);
+    QemuOpts *opts = qemu_opts_new();  /* what -o changes */
     Error *local_err = NULL;
-    BlockDriverState *new_bs;
     int c, ret = 0;
 
     optind = 0;
@@ -152,43 +152,30 @@ static int reopen_f(BlockDriverState *bs, int argc, char **argv)
         ret = -EINVAL;
         goto out;
     }
-    /* A new graph would come with a new, empty overlay: the writes made
-     * in snapshot mode would be gone. */
+    /* Snapshot mode's overlay is a temporary image that only exists
+     * writable: it is not reopened (as before the in-place reopen). */
     if (cur_flags & BDRV_O_SNAPSHOT) {
         error_report("Cannot reopen an image opened in snapshot mode (-s)");
         ret = -ENOTSUP;
         goto out;
     }
-    /* Everything written so far must be on disk before the new graph
-     * reads the metadata. */
+    /* The requests started so far complete first; then the graph is
+     * reopened in place (prepare, lock check, commit over the chain). */
     qemuio_wait_aio();
-    if (!bdrv_is_read_only(bs)) {
-        ret = bdrv_flush(bs);
-        if (ret < 0) {
-            error_report("Could not flush before reopen: %s", strerror(-ret));
-            goto out;
-        }
-    }
-    /* The new graph opens the same files: the old one must not hold locks
-     * against it (docs/locking.md). */
-    bdrv_drop_perms(bs);
-    new_bs = bdrv_open(cur_name, bdrv_get_format_name(bs),
-                       qemu_opts_count(opts) ? opts : NULL, flags, &local_err);
-    if (!new_bs) {
+    ret = blk_reopen(blk, flags, qemu_opts_count(opts) ? opts : NULL,
+                     &local_err);
+    if (ret < 0) {
         error_report_err(local_err);
-        local_err = NULL;
-        if (bdrv_restore_perms(bs, &local_err) < 0) {
-            error_report_err(local_err);
-        }
         ret = -EINVAL;
         goto out;
     }
-    bdrv_unref(qemuio_bs);
-    qemuio_bs = new_bs;
-    bdrv_set_enable_write_cache(qemuio_bs, !writethrough);
+    blk_set_enable_write_cache(blk, !writethrough);
     cur_flags = flags;
-    qemu_opts_del(cur_opts);
-    cur_opts = qemu_opts_clone(opts);
+    for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+        qemu_opts_nth(opts, i, &name, &value);
+        qemu_opt_set(cur_opts, name, value);
+    }
 out:
     qemu_opts_del(opts);
     return ret;
@@ -217,7 +204,7 @@ static void open_help(void)
 "\n");
 }
 
-static int open_f(BlockDriverState *bs, int argc, char **argv);
+static int open_f(BlockBackend *blk, int argc, char **argv);
 
 static const cmdinfo_t open_cmd = {
     .name = "open", .altname = "o", .cfunc = open_f,
@@ -227,7 +214,7 @@ static const cmdinfo_t open_cmd = {
     .help = open_help,
 };
 
-static int open_f(BlockDriverState *bs, int argc, char **argv)
+static int open_f(BlockBackend *blk, int argc, char **argv)
 {
     int flags = BDRV_O_UNMAP;
     bool readonly = false, writethrough = true, force_share = false;
@@ -326,11 +313,11 @@ out:
     return ret;
 }
 
-static int close_f(BlockDriverState *bs, int argc, char **argv)
+static int close_f(BlockBackend *blk, int argc, char **argv)
 {
     qemuio_wait_aio();
-    bdrv_unref(qemuio_bs);
-    qemuio_bs = NULL;
+    blk_unref(qemuio_blk);
+    qemuio_blk = NULL;
     return 0;
 }
 
@@ -339,7 +326,7 @@ static const cmdinfo_t close_cmd = {
     .oneline = "close the current open file",
 };
 
-static int quit_f(BlockDriverState *bs, int argc, char **argv)
+static int quit_f(BlockBackend *blk, int argc, char **argv)
 {
     quit_qemu_io = true;
     return 0;
@@ -441,7 +428,7 @@ static int command_loop(char **cmdline, int ncmdline)
 
     if (ncmdline) {
         for (i = 0; !quit_qemu_io && i < ncmdline; i++) {
-            ret = qemuio_command(qemuio_bs, cmdline[i]);
+            ret = qemuio_command(qemuio_blk, cmdline[i]);
             if (ret < 0) {
                 last_error = ret;
             }
@@ -456,7 +443,7 @@ static int command_loop(char **cmdline, int ncmdline)
         if (!input) {
             break;
         }
-        ret = qemuio_command(qemuio_bs, input);
+        ret = qemuio_command(qemuio_blk, input);
         g_free(input);
         if (ret < 0) {
             last_error = ret;
@@ -599,9 +586,15 @@ int main(int argc, char **argv)
         case 'U':
             force_share = true;
             break;
-        case OPTION_OBJECT:
-            error_report("--object is not supported");
-            exit(1);
+        case OPTION_OBJECT: {
+            Error *err = NULL;
+
+            if (secret_object_add(optarg, &err) < 0) {
+                error_report_err(err);
+                exit(1);
+            }
+            break;
+        }
         case OPTION_IMAGE_OPTS:
             image_opts = true;
             break;
@@ -659,9 +652,9 @@ int main(int argc, char **argv)
 
     /* Let every outstanding request complete (and report) before exiting. */
     qemuio_wait_aio();
-    if (qemuio_bs) {
-        bdrv_unref(qemuio_bs);
-        qemuio_bs = NULL;
+    if (qemuio_blk) {
+        blk_unref(qemuio_blk);
+        qemuio_blk = NULL;
     }
     g_ptr_array_free(cmdline, true);
     g_free(progname);

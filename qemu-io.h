@@ -6,14 +6,14 @@
 #ifndef QEMU_IO_H
 #define QEMU_IO_H
 
-#include "block.h"
+#include "block-backend.h"
 
 /*
  * A command handler returns 0 on success or a negative errno; any negative
  * return makes qemu-io exit with status 1. bs is NULL when no image is open
  * (only commands flagged CMD_NOFILE_OK or CMD_FLAG_GLOBAL then run).
  */
-typedef int (*cfunc_t)(BlockDriverState *bs, int argc, char **argv);
+typedef int (*cfunc_t)(BlockBackend *blk, int argc, char **argv);
 typedef void (*helpfunc_t)(void);
 
 /* Runs without an open image (open, sleep, ...). */
@@ -46,7 +46,7 @@ int qemuio_command_usage(const cmdinfo_t *ci);
  * Split cmd at spaces and run it against bs. Returns the handler's result,
  * or -EINVAL for an unknown command, a bad argument count or a missing image.
  */
-int qemuio_command(BlockDriverState *bs, const char *cmd);
+int qemuio_command(BlockBackend *blk, const char *cmd);
 /* Wait until every aio_read/aio_write request has completed. */
 void qemuio_wait_aio(void);
 

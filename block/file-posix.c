@@ -1080,6 +1080,91 @@ static bool cdrom_is_inserted(BlockDriverState *bs)
     return ioctl(s->fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) == CDS_DISC_OK;
 }
 
+/* ---- reopen: a new descriptor, swapped in at commit ---- */
+
+typedef struct FileReopenState {
+    int fd;
+    bool o_direct;
+} FileReopenState;
+
+static int file_reopen_prepare(BdrvReopenState *state, Error **errp)
+{
+    BlockDriverState *bs = state->bs;
+    BDRVFileState *s = bs->opaque;
+    int flags = state->flags, oflags = O_CLOEXEC;
+    FileReopenState *r;
+    int fd;
+
+    if ((flags ^ bs->open_flags) & BDRV_O_NATIVE_AIO) {
+        error_setg(errp, "Cannot change the aio mode of '%s' on reopen",
+                   bs->filename);
+        return -ENOTSUP;
+    }
+    if ((flags & BDRV_O_NATIVE_AIO) && !(flags & BDRV_O_NOCACHE)) {
+        error_setg(errp, "aio=native was specified, but it requires "
+                   "cache.direct=on, which was not specified.");
+        return -EINVAL;
+    }
+    if (state->options && qemu_opt_has(state->options, "locking") &&
+        g_strcmp0(qemu_opt_get(state->options, "locking"),
+                  bs->options ? qemu_opt_get(bs->options, "locking") : NULL)) {
+        error_setg(errp, "Cannot change the locking mode of '%s' on reopen",
+                   bs->filename);
+        return -ENOTSUP;
+    }
+    if (!strcmp(bs->drv->format_name, "host_cdrom")) {
+        oflags |= O_NONBLOCK;
+    }
+    oflags |= (flags & BDRV_O_RDWR) ? O_RDWR : O_RDONLY;
+    if (flags & BDRV_O_NOCACHE) {
+        oflags |= O_DIRECT;
+    }
+    fd = open(bs->filename, oflags);
+    if (fd < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not reopen '%s'", bs->filename);
+        return -err;
+    }
+    (void)s;
+    r = g_new(FileReopenState, 1);
+    r->fd = fd;
+    r->o_direct = !!(flags & BDRV_O_NOCACHE);
+    state->opaque = r;
+    return 0;
+}
+
+/* The new descriptor takes over the lock bytes, then the old one goes. */
+static void file_reopen_commit(BdrvReopenState *state)
+{
+    BDRVFileState *s = state->bs->opaque;
+    FileReopenState *r = state->opaque;
+
+    if (s->use_lock) {
+        for (int i = 0; (1ULL << i) <= BLK_PERM_ALL; i++) {
+            if (s->locked_perm & (1ULL << i)) {
+                file_lock_byte(r->fd, FILE_LOCK_PERM_BASE + i, true);
+            }
+            if (s->locked_shared_perm & (1ULL << i)) {
+                file_lock_byte(r->fd, FILE_LOCK_SHARED_BASE + i, true);
+            }
+        }
+    }
+    close(s->fd);
+    s->fd = r->fd;
+    s->o_direct = r->o_direct;
+    g_free(r);
+    state->opaque = NULL;
+}
+
+static void file_reopen_abort(BdrvReopenState *state)
+{
+    FileReopenState *r = state->opaque;
+
+    close(r->fd);
+    g_free(r);
+    state->opaque = NULL;
+}
+
 /* What the three protocols share (they differ in what they open). */
 #define FILE_DRIVER_COMMON                                          \
     .local_file             = true,                                 \
@@ -1103,6 +1188,9 @@ static bool cdrom_is_inserted(BlockDriverState *bs)
     .bdrv_check_perm        = file_check_perm,                      \
     .bdrv_set_perm          = file_set_perm,                        \
     .bdrv_abort_perm_update = file_abort_perm_update,               \
+    .bdrv_reopen_prepare    = file_reopen_prepare,                  \
+    .bdrv_reopen_commit     = file_reopen_commit,                   \
+    .bdrv_reopen_abort      = file_reopen_abort,                    \
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP
 
 static BlockDriver bdrv_host_device = {
@@ -1154,6 +1242,10 @@ static BlockDriver bdrv_file = {
     .bdrv_check_perm        = file_check_perm,
     .bdrv_set_perm          = file_set_perm,
     .bdrv_abort_perm_update = file_abort_perm_update,
+
+    .bdrv_reopen_prepare    = file_reopen_prepare,
+    .bdrv_reopen_commit     = file_reopen_commit,
+    .bdrv_reopen_abort      = file_reopen_abort,
 
     .supported_zero_flags   = BDRV_REQ_MAY_UNMAP,
 };

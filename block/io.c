@@ -127,8 +127,8 @@ static void bdrv_debug_event_node(BlockDriverState *bs, const char *event)
 
 /* ---- checks ---- */
 
-/* Is there a medium below the root bs (host_cdrom without a disc)? */
-static bool bdrv_is_inserted(BlockDriverState *bs)
+/* Is there a medium below bs (host_cdrom without a disc)? */
+bool bdrv_is_inserted(BlockDriverState *bs)
 {
     for (; bs && bs->drv; bs = bs->file) {
         if (bs->drv->bdrv_is_inserted && !bs->drv->bdrv_is_inserted(bs)) {
@@ -141,14 +141,11 @@ static bool bdrv_is_inserted(BlockDriverState *bs)
 static int bdrv_check_request(BlockDriverState *bs, int64_t offset,
                               int64_t bytes)
 {
-    if (!bs->drv || (bs->is_root && !bdrv_is_inserted(bs))) {
+    /* Bounds and medium are the user layer's checks (block-backend.c). */
+    if (!bs->drv) {
         return -ENOMEDIUM;
     }
     if (offset < 0 || bytes < 0 || offset > INT64_MAX - bytes) {
-        return -EIO;
-    }
-    if (bs->is_root && bs->total_bytes >= 0 &&
-        offset + bytes > bs->total_bytes) {
         return -EIO;
     }
     return 0;
@@ -338,9 +335,6 @@ int coroutine_fn bdrv_co_preadv_part(BlockDriverState *bs, int64_t offset,
         return 0;
     }
     assert(qiov_offset + bytes <= qiov->size);
-    if (bs->is_root && (bs->open_flags & BDRV_O_COPY_ON_READ)) {
-        flags |= BDRV_REQ_COPY_ON_READ;
-    }
     align = bs->bl.request_alignment;
     bs->in_flight++;
     tracked_request_begin(&req, bs, offset, bytes, false);
@@ -607,9 +601,6 @@ int coroutine_fn bdrv_co_pwritev_part(BlockDriverState *bs, int64_t offset,
     tracked_request_end(&req);
     bs->write_gen++;
     bs->in_flight--;
-    if (ret >= 0 && bs->is_root && !bs->enable_write_cache) {
-        ret = bdrv_co_flush(bs);
-    }
     return ret;
 }
 
@@ -915,6 +906,50 @@ int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
     return ret;
 }
 
+/*
+ * Status of [offset, offset + bytes) as read through bs: the first node of
+ * the chain from bs down to (not including) base that allocates the start
+ * answers, and *pnum is how far that answer holds in every node above it.
+ * *depth (if given) counts the nodes looked at. Unallocated down to base
+ * returns the last node's status without BDRV_BLOCK_EOF.
+ */
+int coroutine_fn bdrv_co_block_status_above(BlockDriverState *bs,
+                                            BlockDriverState *base,
+                                            int64_t offset, int64_t bytes,
+                                            int64_t *pnum, int64_t *map,
+                                            BlockDriverState **file,
+                                            int *depth)
+{
+    BlockDriverState *p = bs;
+    int d = 0;
+    int ret = 0;
+
+    *pnum = bytes;
+    for (; p && p != base; p = p->backing, d++) {
+        int64_t len = bdrv_getlength(p);
+        if (len >= 0 && offset >= len && p != bs) {
+            /* Past the end of a shorter backing file: reads as zero. */
+            ret = BDRV_BLOCK_ZERO;
+            *pnum = bytes;
+            break;
+        }
+        ret = bdrv_co_block_status(p, offset, bytes, pnum, map, file);
+        if (ret < 0 || (ret & BDRV_BLOCK_ALLOCATED) || *pnum == 0) {
+            break;
+        }
+        bytes = *pnum;
+        if (!p->backing || p->backing == base) {
+            ret &= ~BDRV_BLOCK_EOF;
+            d++;
+            break;
+        }
+    }
+    if (depth) {
+        *depth = d;
+    }
+    return ret;
+}
+
 /* ---- truncate ---- */
 
 int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,
@@ -970,25 +1005,173 @@ int coroutine_fn bdrv_co_truncate(BlockDriverState *bs, int64_t offset,
     return ret;
 }
 
-/* ---- drain ---- */
+/* ---- drained sections ---- */
 
-static bool bdrv_requests_pending(BlockDriverState *bs)
+typedef struct BdrvDrainUser {
+    const BdrvDrainOps *ops;
+    void *opaque;
+} BdrvDrainUser;
+
+void bdrv_add_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
+                         void *opaque)
 {
-    if (!bs) {
-        return false;
+    BdrvDrainUser *u = g_new(BdrvDrainUser, 1);
+
+    *u = (BdrvDrainUser) { .ops = ops, .opaque = opaque };
+    bs->drain_users = g_slist_append(bs->drain_users, u);
+    /* A user arriving inside a drained section is drained too. */
+    for (int i = 0; i < bs->quiesce_counter; i++) {
+        if (ops->drained_begin) {
+            ops->drained_begin(opaque);
+        }
     }
-    return bs->in_flight > 0 || bdrv_requests_pending(bs->file) ||
-           bdrv_requests_pending(bs->data_file) ||
-           bdrv_requests_pending(bs->backing);
 }
 
-void bdrv_drain(BlockDriverState *bs)
+void bdrv_remove_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
+                            void *opaque)
+{
+    for (GSList *l = bs->drain_users; l; l = l->next) {
+        BdrvDrainUser *u = l->data;
+        if (u->ops == ops && u->opaque == opaque) {
+            for (int i = 0; i < bs->quiesce_counter; i++) {
+                if (ops->drained_end) {
+                    ops->drained_end(opaque);
+                }
+            }
+            bs->drain_users = g_slist_delete_link(bs->drain_users, l);
+            g_free(u);
+            return;
+        }
+    }
+}
+
+static void bdrv_do_drained_begin(BlockDriverState *bs, int depth)
+{
+    if (!bs || depth > BDRV_DRAIN_MAX_DEPTH) {
+        return;
+    }
+    if (bs->quiesce_counter++ == 0 && bs->drv &&
+        bs->drv->bdrv_drain_begin) {
+        bs->drv->bdrv_drain_begin(bs);
+    }
+    for (GSList *l = bs->drain_users; l; l = l->next) {
+        BdrvDrainUser *u = l->data;
+        if (u->ops->drained_begin) {
+            u->ops->drained_begin(u->opaque);
+        }
+    }
+    bdrv_do_drained_begin(bs->file, depth + 1);
+    if (bs->data_file != bs->file) {
+        bdrv_do_drained_begin(bs->data_file, depth + 1);
+    }
+    bdrv_do_drained_begin(bs->backing, depth + 1);
+}
+
+static void bdrv_do_drained_end(BlockDriverState *bs, int depth)
+{
+    if (!bs || depth > BDRV_DRAIN_MAX_DEPTH) {
+        return;
+    }
+    bdrv_do_drained_end(bs->backing, depth + 1);
+    if (bs->data_file != bs->file) {
+        bdrv_do_drained_end(bs->data_file, depth + 1);
+    }
+    bdrv_do_drained_end(bs->file, depth + 1);
+    for (GSList *l = bs->drain_users; l; l = l->next) {
+        BdrvDrainUser *u = l->data;
+        if (u->ops->drained_end) {
+            u->ops->drained_end(u->opaque);
+        }
+    }
+    assert(bs->quiesce_counter > 0);
+    if (--bs->quiesce_counter == 0 && bs->drv && bs->drv->bdrv_drain_end) {
+        bs->drv->bdrv_drain_end(bs);
+    }
+}
+
+/* Is a request, or a user's or driver's work, still running below bs? */
+static bool bdrv_drain_poll(BlockDriverState *bs, int depth)
+{
+    if (!bs || depth > BDRV_DRAIN_MAX_DEPTH) {
+        return false;
+    }
+    if (bs->in_flight > 0) {
+        return true;
+    }
+    for (GSList *l = bs->drain_users; l; l = l->next) {
+        BdrvDrainUser *u = l->data;
+        if (u->ops->drained_poll && u->ops->drained_poll(u->opaque)) {
+            return true;
+        }
+    }
+    if (bs->drv && bs->drv->bdrv_drain_poll && bs->drv->bdrv_drain_poll(bs)) {
+        return true;
+    }
+    return bdrv_drain_poll(bs->file, depth + 1) ||
+           (bs->data_file != bs->file &&
+            bdrv_drain_poll(bs->data_file, depth + 1)) ||
+           bdrv_drain_poll(bs->backing, depth + 1);
+}
+
+static void bdrv_drain_wait(BlockDriverState *bs)
 {
     if (qemu_in_coroutine()) {
-        while (bdrv_requests_pending(bs)) {
+        /* The loop runs the requests we wait for meanwhile. */
+        while (bdrv_drain_poll(bs, 0)) {
             qemu_co_sleep_ns(100 * 1000);
         }
         return;
     }
-    AIO_WAIT_WHILE(bdrv_requests_pending(bs));
+    AIO_WAIT_WHILE(bdrv_drain_poll(bs, 0));
+}
+
+void bdrv_drained_begin(BlockDriverState *bs)
+{
+    bdrv_do_drained_begin(bs, 0);
+    bdrv_drain_wait(bs);
+}
+
+void bdrv_drained_end(BlockDriverState *bs)
+{
+    bdrv_do_drained_end(bs, 0);
+}
+
+void bdrv_drained_end_closed(BlockDriverState *bs)
+{
+    assert(bs->quiesce_counter > 0);
+    bs->quiesce_counter--;
+    bdrv_do_drained_end(bs->backing, 1);
+    if (bs->data_file != bs->file) {
+        bdrv_do_drained_end(bs->data_file, 1);
+    }
+    bdrv_do_drained_end(bs->file, 1);
+}
+
+void bdrv_replace_child_drained(BlockDriverState *parent,
+                                BlockDriverState **slot,
+                                BlockDriverState *child)
+{
+    BlockDriverState *old = *slot;
+
+    for (int i = 0; i < parent->quiesce_counter; i++) {
+        bdrv_do_drained_begin(child, 1);
+    }
+    *slot = child;
+    for (int i = 0; i < parent->quiesce_counter; i++) {
+        bdrv_do_drained_end(old, 1);
+    }
+    if (child && parent->quiesce_counter) {
+        bdrv_drain_wait(child);
+    }
+}
+
+bool bdrv_is_drained(BlockDriverState *bs)
+{
+    return bs->quiesce_counter > 0;
+}
+
+void bdrv_drain(BlockDriverState *bs)
+{
+    bdrv_drained_begin(bs);
+    bdrv_drained_end(bs);
 }

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * The NBD server's adapter to the block layer (see backend.h): the export
- * window (-o offset), detect-zeroes and the discard policy live here.
+ * The NBD server's adapter to the block layer (see backend.h), over the
+ * user layer (BlockBackend): the export window (-o offset), detect-zeroes
+ * and the discard policy live here.
  */
 #include "nbd/backend.h"
+#include "block-backend.h"
 
 struct NBDBackend {
-    BlockDriverState *bs;
+    BlockBackend *blk;
     int64_t offset;             /* export window start in bs */
     int64_t size;               /* export window length */
     NBDDetectZeroes detect_zeroes;
@@ -16,29 +18,30 @@ struct NBDBackend {
 
 NBDBackend *nbd_backend_open(const NBDBackendConf *conf, Error **errp)
 {
-    BlockDriverState *bs;
+    BlockBackend *blk;
     NBDBackend *be;
     int64_t len;
 
-    bs = bdrv_open(conf->filename, conf->fmt, conf->opts, conf->flags, errp);
-    if (!bs) {
+    blk = blk_new_open(conf->filename, conf->fmt, conf->opts, conf->flags,
+                       errp);
+    if (!blk) {
         return NULL;
     }
-    bdrv_set_enable_write_cache(bs, !conf->writethrough);
-    len = bdrv_getlength(bs);
+    blk_set_enable_write_cache(blk, !conf->writethrough);
+    len = blk_getlength(blk);
     if (len < 0) {
         error_setg_errno(errp, -len, "Failed to determine the image length");
-        bdrv_unref(bs);
+        blk_unref(blk);
         return NULL;
     }
     if (conf->offset < 0 || conf->offset > len) {
         error_setg(errp, "Offset (%" PRId64 ") has to be smaller than the "
                    "image size (%" PRId64 ")", conf->offset, len);
-        bdrv_unref(bs);
+        blk_unref(blk);
         return NULL;
     }
     be = g_new0(NBDBackend, 1);
-    be->bs = bs;
+    be->blk = blk;
     be->offset = conf->offset;
     be->size = len - conf->offset;
     be->detect_zeroes = conf->detect_zeroes;
@@ -52,11 +55,11 @@ void nbd_backend_close(NBDBackend *be)
     if (!be) {
         return;
     }
-    bdrv_drain(be->bs);
+    blk_drain(be->blk);
     if (!be->read_only) {
-        bdrv_flush(be->bs);
+        blk_flush(be->blk);
     }
-    bdrv_unref(be->bs);
+    blk_unref(be->blk);
     g_free(be);
 }
 
@@ -72,7 +75,7 @@ bool nbd_backend_read_only(NBDBackend *be)
 
 uint32_t nbd_backend_alignment(NBDBackend *be)
 {
-    uint32_t a = bdrv_get_request_alignment(be->bs);
+    uint32_t a = bdrv_get_request_alignment(blk_bs(be->blk));
 
     return a ? a : 1;
 }
@@ -101,7 +104,7 @@ static BdrvRequestFlags nbd_backend_req_flags(NBDBackend *be, int flags)
 int coroutine_fn nbd_backend_co_read(NBDBackend *be, int64_t offset,
                                      int64_t bytes, void *buf)
 {
-    return bdrv_co_pread(be->bs, be->offset + offset, bytes, buf, 0);
+    return blk_co_pread(be->blk, be->offset + offset, bytes, buf, 0);
 }
 
 int coroutine_fn nbd_backend_co_write(NBDBackend *be, int64_t offset,
@@ -117,14 +120,14 @@ int coroutine_fn nbd_backend_co_write(NBDBackend *be, int64_t offset,
         }
         return nbd_backend_co_zero(be, offset, bytes, zflags);
     }
-    return bdrv_co_pwrite(be->bs, be->offset + offset, bytes, buf,
+    return blk_co_pwrite(be->blk, be->offset + offset, bytes, buf,
                           nbd_backend_req_flags(be, flags & NBD_BE_FUA));
 }
 
 int coroutine_fn nbd_backend_co_zero(NBDBackend *be, int64_t offset,
                                      int64_t bytes, int flags)
 {
-    return bdrv_co_pwrite_zeroes(be->bs, be->offset + offset, bytes,
+    return blk_co_pwrite_zeroes(be->blk, be->offset + offset, bytes,
                                  nbd_backend_req_flags(be, flags));
 }
 
@@ -136,19 +139,19 @@ int coroutine_fn nbd_backend_co_trim(NBDBackend *be, int64_t offset,
     if (!be->unmap) {
         return 0;       /* --discard=ignore: a trim is only advice */
     }
-    ret = bdrv_co_pdiscard(be->bs, be->offset + offset, bytes);
+    ret = blk_co_pdiscard(be->blk, be->offset + offset, bytes);
     if (ret == -ENOTSUP) {
         ret = 0;
     }
     if (ret == 0 && (flags & NBD_BE_FUA)) {
-        ret = bdrv_co_flush(be->bs);
+        ret = blk_co_flush(be->blk);
     }
     return ret;
 }
 
 int coroutine_fn nbd_backend_co_flush(NBDBackend *be)
 {
-    return bdrv_co_flush(be->bs);
+    return blk_co_flush(be->blk);
 }
 
 int coroutine_fn nbd_backend_co_block_status(NBDBackend *be, int64_t offset,
@@ -159,8 +162,9 @@ int coroutine_fn nbd_backend_co_block_status(NBDBackend *be, int64_t offset,
     int d = 0;
     int ret;
 
-    ret = bdrv_block_status_above(be->bs, NULL, be->offset + offset, bytes,
-                                  pnum, NULL, NULL, &d);
+    ret = bdrv_co_block_status_above(blk_bs(be->blk), NULL,
+                                     be->offset + offset, bytes, pnum, NULL,
+                                     NULL, &d);
     if (ret < 0) {
         return ret;
     }
@@ -177,5 +181,5 @@ int coroutine_fn nbd_backend_co_block_status(NBDBackend *be, int64_t offset,
 
 void nbd_backend_drain(NBDBackend *be)
 {
-    bdrv_drain(be->bs);
+    blk_drain(be->blk);
 }

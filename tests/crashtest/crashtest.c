@@ -400,8 +400,8 @@ static void create_image(const Paths *p, const IterConfig *ic)
  * file (open option) and the backing file (attached after the open, so
  * its reads are scheduled like the rest).
  */
-static BlockDriverState *open_simulated(const Paths *p, const IterConfig *ic,
-                                        Error **errp)
+static BlockBackend *open_simulated(const Paths *p, const IterConfig *ic,
+                                    Error **errp)
 {
     QemuOpts *opts = qemu_opts_new();
     char *name = g_strconcat("crashsim:", p->img, NULL);
@@ -440,10 +440,20 @@ static BlockDriverState *open_simulated(const Paths *p, const IterConfig *ic,
         bdrv_set_backing_hd(bs, back);
         bdrv_unref(back);
     }
-    if (bs) {
-        bdrv_set_enable_write_cache(bs, !ic->writethrough);
+    if (!bs) {
+        return NULL;
     }
-    return bs;
+    /* The guest: reads, writes and resizes through the user layer. */
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
+                                BLK_PERM_RESIZE, BLK_PERM_ALL);
+    int ret = blk_insert_bs(blk, bs, errp);
+    bdrv_unref(bs);
+    if (ret < 0) {
+        blk_unref(blk);
+        return NULL;
+    }
+    blk_set_enable_write_cache(blk, !ic->writethrough);
+    return blk;
 }
 
 /* ---- one crash point ---- */
@@ -512,14 +522,14 @@ static uint64_t run_once(const Paths *p, Model *m, const IterConfig *ic,
     GRand *rng = g_rand_new_with_seed((guint32)iter_seed(iter, 1));
 
     crashsim_set_timing(&ic->timing);
-    BlockDriverState *bs = open_simulated(p, ic, &err);
-    if (bs) {
-        int ret = run_workload(bs, m, ic, rng, why, ws);
+    BlockBackend *blk = open_simulated(p, ic, &err);
+    if (blk) {
+        int ret = run_workload(blk, m, ic, rng, why, ws);
         if (ret < 0 && !crashsim_crashed() && !why->len) {
             g_string_append_printf(why, "I/O error before the cut: %s",
                                    strerror(-ret));
         }
-        bdrv_unref(bs);
+        blk_unref(blk);
     } else if (!crashsim_crashed()) {
         g_string_append_printf(why, "open: %s", error_get_pretty(err));
     }

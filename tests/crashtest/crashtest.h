@@ -7,7 +7,7 @@
 #ifndef CRASHTEST_H
 #define CRASHTEST_H
 
-#include "block.h"
+#include "block-backend.h"
 #include "block_int.h"
 #include "block/crashsim.h"
 
@@ -208,7 +208,7 @@ typedef struct WorkStats {
 
 /* Run the guest workload on bs; returns < 0 on an error before the cut,
  * with a reason in why. */
-int run_workload(BlockDriverState *bs, Model *m, const IterConfig *ic,
+int run_workload(BlockBackend *blk, Model *m, const IterConfig *ic,
                  GRand *rng, GString *why, WorkStats *ws);
 
 /* ---- verify.c ---- */

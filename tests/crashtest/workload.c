@@ -29,7 +29,7 @@ typedef struct Req {
 } Req;
 
 struct Work {
-    BlockDriverState *bs;
+    BlockBackend *blk;
     Model *m;
     const IterConfig *ic;
     GRand *rng;
@@ -169,7 +169,7 @@ static void req_done(Req *r, int ret)
 static void coroutine_fn req_entry(void *opaque)
 {
     Req *r = opaque;
-    BlockDriverState *bs = r->w->bs;
+    BlockBackend *blk = r->w->blk;
     uint8_t *buf = NULL;
     int ret;
 
@@ -177,20 +177,20 @@ static void coroutine_fn req_entry(void *opaque)
     case REQ_WRITE:
         buf = g_malloc(r->len);
         fill_range(buf, r->id, r->offset, r->len);
-        ret = bdrv_co_pwrite(bs, r->offset, r->len, buf, 0);
+        ret = blk_co_pwrite(blk, r->offset, r->len, buf, 0);
         break;
     case REQ_ZERO:
-        ret = bdrv_co_pwrite_zeroes(bs, r->offset, r->len, r->flags);
+        ret = blk_co_pwrite_zeroes(blk, r->offset, r->len, r->flags);
         break;
     case REQ_READ:
         buf = g_malloc(r->len);
-        ret = bdrv_co_pread(bs, r->offset, r->len, buf, 0);
+        ret = blk_co_pread(blk, r->offset, r->len, buf, 0);
         if (ret >= 0 && !crashsim_crashed()) {
             req_check_read(r, buf);
         }
         break;
     default:
-        ret = bdrv_co_flush(bs);
+        ret = blk_co_flush(blk);
         break;
     }
     g_free(buf);
@@ -366,7 +366,7 @@ static void coroutine_fn work_grow(Work *w)
     if (cfg.trace) {
         fprintf(stderr, "trace: grow to %" PRId64 "\n", size);
     }
-    int ret = bdrv_co_truncate(w->bs, size, false, PREALLOC_MODE_OFF, &err);
+    int ret = blk_co_truncate(w->blk, size, false, PREALLOC_MODE_OFF, &err);
     if (ret >= 0 && !crashsim_crashed()) {
         model_resize_done(w->m, idx);
     } else if (ret < 0 && !crashsim_crashed()) {
@@ -409,7 +409,7 @@ static void coroutine_fn work_driver(void *opaque)
     work_drain(w);
     if (work_go(w)) {
         uint64_t covers = model_flush_issued(w->m);
-        int ret = bdrv_co_flush(w->bs);
+        int ret = blk_co_flush(w->blk);
         if (ret >= 0 && !crashsim_crashed()) {
             model_flush_done(w->m, covers);
         } else if (ret < 0 && !crashsim_crashed()) {
@@ -419,10 +419,10 @@ static void coroutine_fn work_driver(void *opaque)
     w->done = true;
 }
 
-int run_workload(BlockDriverState *bs, Model *m, const IterConfig *ic,
+int run_workload(BlockBackend *blk, Model *m, const IterConfig *ic,
                  GRand *rng, GString *why, WorkStats *ws)
 {
-    Work w = { .bs = bs, .m = m, .ic = ic, .rng = rng, .why = why,
+    Work w = { .blk = blk, .m = m, .ic = ic, .rng = rng, .why = why,
                .ws = ws };
 
     qemu_co_queue_init(&w.slot);

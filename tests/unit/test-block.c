@@ -5,7 +5,7 @@
  * writes (serialisation), zero writes, discard, block status, truncate,
  * blkdebug error injection, read-only enforcement and image locking.
  */
-#include "block.h"
+#include "block-backend.h"
 #include "block_int.h"
 #include "util/aio.h"
 
@@ -38,6 +38,15 @@ static BlockDriverState *open_img(const char *path, int flags)
     return bs;
 }
 
+/* A user of bs holding read and write (what bs was opened for). */
+static BlockBackend *user_of(BlockDriverState *bs)
+{
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                BLK_PERM_ALL);
+    g_assert_cmpint(blk_insert_bs(blk, bs, NULL), ==, 0);
+    return blk;
+}
+
 static void test_basic_rw(void)
 {
     char *path = make_img("basic.img", 1 * MiB);
@@ -49,10 +58,13 @@ static void test_basic_rw(void)
     g_assert_cmpint(bdrv_pwrite(bs, 0, sizeof(buf), buf, 0), ==, 0);
     g_assert_cmpint(bdrv_pread(bs, 0, sizeof(out), out, 0), ==, 0);
     g_assert(!memcmp(buf, out, sizeof(buf)));
-    /* out of range */
-    g_assert_cmpint(bdrv_pread(bs, 1 * MiB - 100, 512, out, 0), ==, -EIO);
-    g_assert_cmpint(bdrv_pwrite(bs, 1 * MiB, 1, buf, 0), ==, -EIO);
+    /* out of range: the user layer's bounds */
+    BlockBackend *blk = user_of(bs);
+    g_assert_cmpint(blk_pread(blk, 1 * MiB - 100, 512, out, 0), ==, -EIO);
+    g_assert_cmpint(blk_pwrite(blk, 1 * MiB, 1, buf, 0), ==, -EIO);
+    g_assert_cmpint(blk_pread(blk, -1, 1, out, 0), ==, -EIO);
     g_assert_cmpint(bdrv_pread(bs, -1, 1, out, 0), ==, -EIO);
+    blk_unref(blk);
     g_assert_cmpint(bdrv_flush(bs), ==, 0);
     bdrv_unref(bs);
     g_free(path);
@@ -206,7 +218,9 @@ static void test_status_discard_truncate(void)
     g_assert_cmpint(bdrv_truncate(bs, 2 * MiB, true, PREALLOC_MODE_OFF,
                                   NULL), ==, 0);
     g_assert_cmpint(bdrv_getlength(bs), ==, 2 * MiB);
-    g_assert_cmpint(bdrv_pread(bs, 2 * MiB, 1, buf, 0), ==, -EIO);
+    BlockBackend *blk = user_of(bs);
+    g_assert_cmpint(blk_pread(blk, 2 * MiB, 1, buf, 0), ==, -EIO);
+    blk_unref(blk);
     bdrv_unref(bs);
     g_free(path);
 }
