@@ -1622,6 +1622,7 @@ struct ConvertState {
     bool has_zero_init;
     bool wr_in_order;
     int64_t min_sparse;             /* in sectors; 0 = write everything */
+    int64_t alignment;              /* sectors: zero/data runs end on it */
     int64_t buf_size;
 
     Job *job;                       /* the copy: progress, cancel */
@@ -1724,82 +1725,118 @@ static int64_t convert_iteration(ConvertState *s, int64_t offset)
 }
 
 /*
- * Status of the first sector of buf and the number of sectors (*pnum) that
- * share it, where zero runs shorter than min sectors count as data: 1 for
- * data to write, 0 for a zero run that may be skipped.
+ * Status of the first sector of buf (1 data, 0 zero) and in *pnum the
+ * number of sectors that share it, with the end moved to a multiple of
+ * alignment sectors (a power of two) when the run ends inside the buffer,
+ * as QEMU's: a data run grows up to the boundary, a zero run shrinks down
+ * to it, and a zero run shorter than its part before the boundary becomes
+ * data (the next data write would fill it anyway).
  */
-static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
-                                    int64_t *pnum, int64_t min)
+static int convert_sector_run(const uint8_t *buf, int64_t n, int64_t *pnum,
+                              int64_t sector, int64_t alignment)
 {
-    int64_t i = 0;
-    bool first_zero;
+    bool zero;
+    int64_t i, tail;
 
     if (n <= 0) {
         *pnum = 0;
         return 0;
     }
-    if (n < min) {
-        *pnum = n;
-        return 1;
-    }
-    first_zero = buffer_is_zero(buf, BDRV_SECTOR_SIZE);
-    if (first_zero) {
-        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                       BDRV_SECTOR_SIZE)) {
-            i++;
-        }
-        if (i >= min || i == n) {
-            *pnum = i;
-            return 0;
-        }
-    }
-    /* data, possibly with short zero holes */
-    for (;;) {
-        int64_t zstart;
-
-        while (i < n && !buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                        BDRV_SECTOR_SIZE)) {
-            i++;
-        }
-        if (i == n) {
+    zero = buffer_is_zero(buf, BDRV_SECTOR_SIZE);
+    for (i = 1; i < n; i++) {
+        if (buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
+                           BDRV_SECTOR_SIZE) != zero) {
             break;
         }
-        zstart = i;
-        while (i < n && buffer_is_zero(buf + i * BDRV_SECTOR_SIZE,
-                                       BDRV_SECTOR_SIZE)) {
-            i++;
+    }
+    if (i < n) {
+        tail = (sector + i) & (alignment - 1);
+        if (tail && zero && i <= tail) {
+            zero = false;
         }
-        if (i - zstart >= min || i == n) {
-            i = zstart;
-            break;
+        if (tail && !zero) {
+            i = MIN(i + alignment - tail, n);
+        } else if (tail) {
+            i -= tail;
         }
     }
     *pnum = i;
+    return !zero;
+}
+
+/*
+ * Like convert_sector_run, but a data run swallows the zero runs after it
+ * that are shorter than min sectors (no split of a write for a small hole):
+ * 1 and the sectors to write, or 0 and a leading zero run to skip.
+ */
+static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
+                                    int64_t *pnum, int64_t min,
+                                    int64_t sector, int64_t alignment)
+{
+    int64_t used, checked, run;
+
+    min = MIN(min, n);
+    if (!convert_sector_run(buf, n, pnum, sector, alignment)) {
+        return 0;
+    }
+    used = checked = *pnum;
+    while (checked < n) {
+        int data = convert_sector_run(buf + checked * BDRV_SECTOR_SIZE,
+                                      n - checked, &run, sector + checked,
+                                      alignment);
+
+        checked += run;
+        if (data) {
+            used = checked;
+        } else if (run >= min) {
+            break;
+        }
+    }
+    *pnum = used;
     return 1;
 }
 
-/* Read [offset, offset + n) of the concatenated sources (one source). */
+/*
+ * Read [offset, offset + n) of the concatenated sources: one source, or
+ * several when a compressed cluster spans the end of one (as QEMU's).
+ */
 static int coroutine_fn convert_co_read(ConvertState *s, int64_t offset,
                                         int64_t n, uint8_t *buf)
 {
-    int64_t start = 0, local, len;
+    int64_t start = 0;
     int i = 0;
 
-    while (offset >= start + s->src_size[i]) {
-        start += s->src_size[i];
-        i++;
+    while (n > 0) {
+        int64_t local, len, chunk;
+        int ret;
+
+        while (i < s->src_num && offset >= start + s->src_size[i]) {
+            start += s->src_size[i];
+            i++;
+        }
+        if (i == s->src_num) {
+            memset(buf, 0, n);      /* beyond the last source */
+            return 0;
+        }
+        local = offset - start;
+        chunk = MIN(n, s->src_size[i] - local);
+        len = s->src_len[i];
+        if (local >= len) {
+            memset(buf, 0, chunk);
+        } else {
+            int64_t avail = MIN(chunk, len - local);
+
+            ret = blk_co_pread(s->src[i], local, avail, buf, 0);
+            if (ret < 0) {
+                return ret;
+            }
+            memset(buf + avail, 0, chunk - avail);
+        }
+        offset += chunk;
+        buf += chunk;
+        n -= chunk;
     }
-    local = offset - start;
-    len = s->src_len[i];
-    if (local >= len) {
-        memset(buf, 0, n);
-        return 0;
-    }
-    if (local + n > len) {
-        memset(buf + (len - local), 0, n - (len - local));
-        n = len - local;
-    }
-    return blk_co_pread(s->src[i], local, n, buf, 0);
+    return 0;
 }
 
 static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
@@ -1819,6 +1856,7 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
         case BLK_DATA:
             if (s->compressed) {
                 /* A cluster is written whole, or skipped if all zero. */
+                n = MIN(n, s->cluster_size);
                 if (s->min_sparse && buffer_is_zero(buf, n)) {
                     goto zero;
                 }
@@ -1833,7 +1871,9 @@ static int coroutine_fn convert_co_write(ConvertState *s, int64_t offset,
                 int64_t sectors = DIV_ROUND_UP(bytes, BDRV_SECTOR_SIZE);
                 int64_t pnum;
                 int alloc = is_allocated_sectors_min(buf, sectors, &pnum,
-                                                     s->min_sparse);
+                                                     s->min_sparse,
+                                                     offset / BDRV_SECTOR_SIZE,
+                                                     s->alignment);
 
                 n = MIN(bytes, pnum * (int64_t)BDRV_SECTOR_SIZE);
                 if (!alloc) {
@@ -2158,6 +2198,7 @@ static int img_convert(int argc, char **argv)
     int flags, src_flags, c, ret = -1;
     bool force_share = false;
     bool writethrough, src_writethrough;
+    QemuOpts *user_opts = NULL;
 
     while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
                             long_options, NULL)) != -1) {
@@ -2331,6 +2372,27 @@ static int img_convert(int argc, char **argv)
             goto out;
         }
     }
+    if (s.src_num > 1 && a.out_baseimg) {
+        error_report("Having a backing file for the target makes no sense "
+                     "when concatenating multiple input images");
+        goto out;
+    }
+    /* As QEMU: the backing file and its format may come from -o too. */
+    if (a.options && !a.skip_create) {
+        Error *err = NULL;
+
+        user_opts = qemu_opts_new();
+        if (qemu_opts_parse(user_opts, a.options, NULL, &err) < 0) {
+            error_free(err);    /* reported when the target is created */
+        } else {
+            if (!a.out_baseimg) {
+                a.out_baseimg = qemu_opt_get(user_opts, "backing_file");
+            }
+            if (!a.backing_fmt) {
+                a.backing_fmt = qemu_opt_get(user_opts, "backing_fmt");
+            }
+        }
+    }
     if (a.out_baseimg && !a.skip_create) {
         BlockDriver *odrv = bdrv_find_format(a.out_fmt);
         if (odrv && !bdrv_driver_supports_backing(odrv)) {
@@ -2390,6 +2452,15 @@ static int img_convert(int argc, char **argv)
         s.compressed = true;
         s.cluster_size = bdi.cluster_size;
     }
+    /* As QEMU: runs end on -S (a power of two below) or the target's
+     * request alignment, whichever is larger. */
+    s.alignment = 1;
+    while (s.alignment * 2 <= s.min_sparse) {
+        s.alignment *= 2;
+    }
+    s.alignment = MAX(s.alignment,
+                      DIV_ROUND_UP(bdrv_get_request_alignment(blk_bs(s.target)),
+                                   BDRV_SECTOR_SIZE));
     if (a.target_is_zero) {
         s.has_zero_init = true;
     } else if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
@@ -2422,6 +2493,9 @@ out:
     g_free(s.src);
     g_free(s.src_len);
     g_free(s.src_size);
+    if (user_opts) {
+        qemu_opts_del(user_opts);
+    }
     g_free(a.options);
     return ret ? 1 : 0;
 }
@@ -2429,7 +2503,6 @@ out:
 /* ------------------------------------------------------------------ */
 /* commit                                                             */
 
-/* The node of bs's backing chain (below bs) named base, or NULL. */
 /*
  * Truncate through blk, taking the resize permission (the lock others see)
  * only while it runs when the image was opened without it.
@@ -2454,10 +2527,16 @@ static int img_truncate(BlockBackend *blk, int64_t offset, bool exact,
     return ret;
 }
 
+/*
+ * The node of bs's backing chain (below bs) named base, or NULL. As
+ * QEMU's: a relative name is relative to each overlay's directory (how
+ * backing names are stored), an absolute one is compared by real path.
+ */
 static BlockDriverState *find_backing_image(BlockDriverState *bs,
                                             const char *base)
 {
-    char *want = realpath(base, NULL);
+    bool relative = base[0] != '/' && !strstr(base, ":");
+    char *want = relative ? NULL : realpath(base, NULL);
     BlockDriverState *found = NULL;
 
     for (BlockDriverState *cur = bs; cur && !found;
@@ -2466,13 +2545,21 @@ static BlockDriverState *find_backing_image(BlockDriverState *bs,
         const char *stored = bdrv_get_backing_filename(cur);
         char *full = bdrv_get_full_backing_filename(cur);
         char *real = full ? realpath(full, NULL) : NULL;
+        char *rel = NULL, *rel_real = NULL;
 
+        if (next && relative) {
+            rel = path_combine(bdrv_get_filename(cur), base);
+            rel_real = realpath(rel, NULL);
+        }
         if (next && ((stored && !strcmp(stored, base)) ||
-                     (full && !strcmp(full, base)) ||
-                     !strcmp(bdrv_get_filename(next), base) ||
-                     (want && real && !strcmp(want, real)))) {
+                     (!relative && full && !strcmp(full, base)) ||
+                     (!relative && !strcmp(bdrv_get_filename(next), base)) ||
+                     (want && real && !strcmp(want, real)) ||
+                     (rel_real && real && !strcmp(rel_real, real)))) {
             found = next;
         }
+        free(rel_real);
+        g_free(rel);
         free(real);
         g_free(full);
     }
