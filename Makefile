@@ -48,8 +48,7 @@ check: all $(unit-tests-y) tests/crashtest/crashtest tests/sheepdog/sheepdog-ser
 # Sanitizer run: a separate out-of-tree ASan+UBSan build running the suite.
 check-asan:
 	@mkdir -p build-asan && cd build-asan && \
-	  $(SRC_PATH)/configure --enable-asan --enable-werror \
-	    --disable-rbd >/dev/null && \
+	  $(SRC_PATH)/configure --enable-asan --enable-werror >/dev/null && \
 	  $(MAKE) --no-print-directory check
 
 install: all

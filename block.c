@@ -559,6 +559,42 @@ static bool bdrv_header_names_check(const char *what, const char *name,
                                     const char *fmt, const char *origin,
                                     int flags, Error **errp);
 
+/*
+ * A header name of a network protocol never carries the protocol's
+ * configuration (conf=, keyring=, mon_host= for rbd), opt-in or not: it
+ * would make us read files or reach hosts the header chose.
+ */
+static bool bdrv_header_name_config_ok(BlockDriver *drv, const char *what,
+                                       const char *name, const char *origin,
+                                       Error **errp)
+{
+    g_autofree char *key = NULL;
+
+    if (drv->header_name_config && drv->header_name_config(name, &key)) {
+        error_setg(errp, "%s '%s'%s sets the %s option '%s', which a name "
+                   "in an image header may never set (name the image on "
+                   "the command line instead)", what, name, origin,
+                   drv->protocol_name, key);
+        return false;
+    }
+    return true;
+}
+
+/* Does a component of the dotted key appear in list? */
+static bool bdrv_key_in_list(const char *key, const char *const *list)
+{
+    g_auto(GStrv) parts = g_strsplit(key, ".", -1);
+
+    for (char **p = parts; *p; p++) {
+        for (const char *const *l = list; *l; l++) {
+            if (!strcmp(*p, *l)) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 /* The last component of a flattened option key ("file.driver" -> "driver"). */
 static const char *bdrv_opt_basename(const char *key)
 {
@@ -597,6 +633,30 @@ static bool bdrv_header_json_check(const char *what, const char *name,
                    local_err ? error_get_pretty(local_err) : "");
         error_free(local_err);
         ok = false;
+    }
+    /* Options no header may set on a node of a driver it selects (rbd's
+     * conf, user, key-secret, server.N): refused wherever they appear. */
+    for (size_t i = 0; ok && i < qemu_opts_count(opts); i++) {
+        const char *key, *value;
+        BlockDriver *drv;
+
+        qemu_opts_nth(opts, i, &key, &value);
+        if (strcmp(bdrv_opt_basename(key), "driver") ||
+            !(drv = bdrv_find_format(value)) || !drv->header_forbidden_opts) {
+            continue;
+        }
+        for (size_t j = 0; ok && j < qemu_opts_count(opts); j++) {
+            const char *k2, *v2;
+
+            qemu_opts_nth(opts, j, &k2, &v2);
+            if (bdrv_key_in_list(k2, drv->header_forbidden_opts)) {
+                error_setg(errp, "%s '%s'%s sets the %s option '%s', which "
+                           "a name in an image header may never set (name "
+                           "the image on the command line instead)", what,
+                           name, origin, drv->format_name, k2);
+                ok = false;
+            }
+        }
     }
     for (size_t i = 0; ok && i < qemu_opts_count(opts); i++) {
         const char *key, *value, *base;
@@ -648,6 +708,9 @@ static bool bdrv_header_names_check(const char *what, const char *name,
                        what, name, origin, (int)len, name);
             return false;
         } else if (!bdrv_header_driver_allowed(drv, what, name, origin, flags,
+                                               errp)) {
+            return false;
+        } else if (!bdrv_header_name_config_ok(drv, what, name, origin,
                                                errp)) {
             return false;
         }

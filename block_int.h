@@ -74,6 +74,17 @@ struct BlockDriver {
      * "PREFIX.*" to bdrv_open unchecked. NULL-terminated; NULL: none. */
     const char *const *child_prefixes;
     const QemuOptDesc *amend_opts;  /* qemu-img amend -o; NULL: none */
+    /*
+     * Network protocols whose names or options can say how to reach or
+     * authenticate to the storage (rbd's conf=, keyring=, mon_host=):
+     * names read from image headers may never carry those, even with the
+     * opt-in (docs/image-names.md). header_name_config returns true and
+     * the offending key (g_free) when name carries one; header_forbidden_
+     * opts lists option names (any dotted component) a json: description
+     * from a header may not set on a node of this driver. NULL: none.
+     */
+    bool (*header_name_config)(const char *name, char **key);
+    const char *const *header_forbidden_opts;
 
     /* ---- probing ---- */
     /* Score 0..100 that buf (the first bytes of the image, zero padded to

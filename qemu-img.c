@@ -9,6 +9,7 @@
 #include "util/aio.h"
 #include "util/coroutine.h"
 #include "util/cutils.h"
+#include "util/secret.h"
 
 #include <getopt.h>
 #include <sys/time.h>
@@ -92,9 +93,15 @@ static void common_option(int c, char **argv)
         missing_argument(argv[optind - 1]);
     case '?':
         unrecognized_option(argv[optind - 1]);
-    case OPTION_OBJECT:
-        error_report("--object is not supported by this qemu-img");
-        exit(EXIT_FAILURE);
+    case OPTION_OBJECT: {
+        Error *err = NULL;
+
+        if (secret_object_add(optarg, &err) < 0) {
+            error_report_err(err);
+            exit(EXIT_FAILURE);
+        }
+        break;
+    }
     case OPTION_IMAGE_OPTS:
         img_image_opts = true;
         break;

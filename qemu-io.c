@@ -7,6 +7,7 @@
 
 #include "qemu-io.h"
 #include "util/aio.h"
+#include "util/secret.h"
 
 #define QEMU_IO_VERSION "0.1.0"
 
@@ -585,9 +586,15 @@ int main(int argc, char **argv)
         case 'U':
             force_share = true;
             break;
-        case OPTION_OBJECT:
-            error_report("--object is not supported");
-            exit(1);
+        case OPTION_OBJECT: {
+            Error *err = NULL;
+
+            if (secret_object_add(optarg, &err) < 0) {
+                error_report_err(err);
+                exit(1);
+            }
+            break;
+        }
         case OPTION_IMAGE_OPTS:
             image_opts = true;
             break;
