@@ -2336,6 +2336,9 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     if (options && qemu_opts_count(options)) {
         e->state.options = bs->options ? qemu_opts_clone(bs->options)
                                        : qemu_opts_new();
+        if (bs->drv->bdrv_join_options) {
+            bs->drv->bdrv_join_options(e->state.options, options);
+        }
         for (size_t i = 0; i < qemu_opts_count(options); i++) {
             const char *name, *value;
             qemu_opts_nth(options, i, &name, &value);

@@ -271,6 +271,13 @@ struct BlockDriver {
     int (*bdrv_reopen_prepare)(BdrvReopenState *state, Error **errp);
     void (*bdrv_reopen_commit)(BdrvReopenState *state);
     void (*bdrv_reopen_abort)(BdrvReopenState *state);
+    /*
+     * A reopen with options keeps the node's old options unless new ones
+     * replace them; before the new ones are set, the driver may drop old
+     * options that new ones supersede (qcow2: a new overlap-check template
+     * replaces every old overlap-check option). old_opts is a copy.
+     */
+    void (*bdrv_join_options)(QemuOpts *old_opts, const QemuOpts *new_opts);
 };
 
 struct BdrvTrackedRequest {
