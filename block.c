@@ -1457,6 +1457,15 @@ BlockDriverState *bdrv_get_backing(BlockDriverState *bs)
     return bs->backing;
 }
 
+BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)
+{
+    for (int i = 0; bs && bs->drv && bs->drv->is_filter && bs->file &&
+                    i < BACKING_CHAIN_MAX * 4; i++) {
+        bs = bs->file;
+    }
+    return bs;
+}
+
 const char *bdrv_get_backing_filename(BlockDriverState *bs)
 {
     return bs->backing_file;

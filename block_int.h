@@ -21,9 +21,14 @@ typedef struct BlockLimits {
     /* Largest read/write passed in one call (0: no limit); a multiple of
      * request_alignment. Larger requests are split by the layer. */
     uint64_t max_transfer;
-    /* Preferred granularity for zeroes/discard (0: request_alignment). */
+    /* Preferred granularity for zeroes/discard (0: request_alignment; need
+     * not be a power of two). */
     uint32_t pwrite_zeroes_alignment;
     uint32_t pdiscard_alignment;
+    /* Largest zero write / discard passed in one call (0: no limit of its
+     * own); the layer splits at multiples of the granularity above. */
+    uint64_t max_pwrite_zeroes;
+    uint64_t max_pdiscard;
     /* Memory alignment needed for buffers (O_DIRECT), power of two. */
     uint32_t min_mem_alignment;
 } BlockLimits;
