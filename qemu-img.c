@@ -3500,7 +3500,9 @@ static int map_block_status(BlockDriverState *bs, int64_t offset,
         if (ret & (BDRV_BLOCK_ZERO | BDRV_BLOCK_DATA)) {
             break;
         }
-        next = bdrv_get_backing(bs);
+        /* The backing file of the format under any filter (QEMU's map:
+         * blkdebug over qcow2 shows the backing file's data too). */
+        next = bdrv_get_backing(bdrv_skip_filters(bs));
         if (!next) {
             ret = 0;
             break;
