@@ -1457,6 +1457,15 @@ BlockDriverState *bdrv_get_backing(BlockDriverState *bs)
     return bs->backing;
 }
 
+BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)
+{
+    for (int i = 0; bs && bs->drv && bs->drv->is_filter && bs->file &&
+                    i < BACKING_CHAIN_MAX * 4; i++) {
+        bs = bs->file;
+    }
+    return bs;
+}
+
 const char *bdrv_get_backing_filename(BlockDriverState *bs)
 {
     return bs->backing_file;
@@ -2336,6 +2345,9 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     if (options && qemu_opts_count(options)) {
         e->state.options = bs->options ? qemu_opts_clone(bs->options)
                                        : qemu_opts_new();
+        if (bs->drv->bdrv_join_options) {
+            bs->drv->bdrv_join_options(e->state.options, options);
+        }
         for (size_t i = 0; i < qemu_opts_count(options); i++) {
             const char *name, *value;
             qemu_opts_nth(options, i, &name, &value);

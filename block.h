@@ -263,6 +263,8 @@ const char *bdrv_get_format_name(BlockDriverState *bs);
 const char *bdrv_get_filename(BlockDriverState *bs);
 BlockDriverState *bdrv_get_file(BlockDriverState *bs);      /* or NULL */
 BlockDriverState *bdrv_get_backing(BlockDriverState *bs);   /* or NULL */
+/* bs without the filters above its first non-filter node (blkdebug, ...) */
+BlockDriverState *bdrv_skip_filters(BlockDriverState *bs);
 /* Backing file name as stored in the image ("" if none). */
 const char *bdrv_get_backing_filename(BlockDriverState *bs);
 /* Backing name resolved against the image's directory; g_free; NULL if none */

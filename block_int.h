@@ -21,9 +21,14 @@ typedef struct BlockLimits {
     /* Largest read/write passed in one call (0: no limit); a multiple of
      * request_alignment. Larger requests are split by the layer. */
     uint64_t max_transfer;
-    /* Preferred granularity for zeroes/discard (0: request_alignment). */
+    /* Preferred granularity for zeroes/discard (0: request_alignment; need
+     * not be a power of two). */
     uint32_t pwrite_zeroes_alignment;
     uint32_t pdiscard_alignment;
+    /* Largest zero write / discard passed in one call (0: no limit of its
+     * own); the layer splits at multiples of the granularity above. */
+    uint64_t max_pwrite_zeroes;
+    uint64_t max_pdiscard;
     /* Memory alignment needed for buffers (O_DIRECT), power of two. */
     uint32_t min_mem_alignment;
 } BlockLimits;
@@ -271,6 +276,13 @@ struct BlockDriver {
     int (*bdrv_reopen_prepare)(BdrvReopenState *state, Error **errp);
     void (*bdrv_reopen_commit)(BdrvReopenState *state);
     void (*bdrv_reopen_abort)(BdrvReopenState *state);
+    /*
+     * A reopen with options keeps the node's old options unless new ones
+     * replace them; before the new ones are set, the driver may drop old
+     * options that new ones supersede (qcow2: a new overlap-check template
+     * replaces every old overlap-check option). old_opts is a copy.
+     */
+    void (*bdrv_join_options)(QemuOpts *old_opts, const QemuOpts *new_opts);
 };
 
 struct BdrvTrackedRequest {

@@ -5,6 +5,7 @@
  * codes.
  */
 #include "block-backend.h"
+#include "block/job.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
 #include "util/cutils.h"
@@ -1393,6 +1394,9 @@ struct ConvertState {
     int64_t alignment;              /* sectors: zero/data runs end on it */
     int64_t buf_size;
 
+    Job *job;                       /* the copy: progress, cancel */
+    Coroutine *job_co;              /* its coroutine, waiting for workers */
+
     /* iteration state, protected by lock */
     CoMutex lock;
     int64_t offset;
@@ -1688,6 +1692,13 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
         bool need_read;
         int ret = 0;
 
+        /* Between chunks: a paused copy waits, a cancelled one stops. */
+        if (job_pause_point(s->job)) {
+            if (s->ret == -EINPROGRESS) {
+                s->ret = -ECANCELED;
+            }
+            break;
+        }
         qemu_co_mutex_lock(&s->lock);
         if (s->ret != -EINPROGRESS || s->offset >= s->total_size) {
             qemu_co_mutex_unlock(&s->lock);
@@ -1738,7 +1749,7 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
 
         if (status == BLK_DATA && s->allocated_total > 0) {
             s->allocated_done += n;
-            progress_print(100.0 * s->allocated_done / s->allocated_total, 0);
+            job_progress_update(s->job, n);
         }
 
         if (s->wr_in_order) {
@@ -1766,6 +1777,33 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
     if (!s->running && s->ret == -EINPROGRESS) {
         s->ret = 0;
     }
+    if (!s->running && s->job_co) {
+        aio_co_wake(s->job_co);
+    }
+}
+
+/* The copy as a job: workers started from the loop, then waited for. */
+static int coroutine_fn convert_job_run(Job *job, void *opaque)
+{
+    ConvertState *s = opaque;
+
+    s->job_co = qemu_coroutine_self();
+    for (int i = 0; i < s->num_coroutines; i++) {
+        if (s->co[i]) {
+            aio_co_schedule(s->co[i]);
+        }
+    }
+    while (s->running > 0) {
+        qemu_coroutine_yield();
+    }
+    s->job_co = NULL;
+    return s->ret;
+}
+
+static void convert_job_progress(Job *job, uint64_t current, uint64_t total,
+                                 void *opaque)
+{
+    progress_print(100.0 * current / total, 0);
 }
 
 static int convert_do_copy(ConvertState *s)
@@ -1798,12 +1836,13 @@ static int convert_do_copy(ConvertState *s)
         s->wait_offs[i] = -1;
         s->co[i] = qemu_coroutine_create(convert_co_do_copy, &s->workers[i]);
     }
-    for (int i = 0; i < s->num_coroutines; i++) {
-        if (s->co[i]) {
-            qemu_coroutine_enter(s->co[i]);
-        }
-    }
-    AIO_WAIT_WHILE(s->running > 0);
+    s->job = job_new(convert_job_run, s);
+    job_progress_set_total(s->job, s->allocated_total);
+    job_set_progress_cb(s->job, convert_job_progress, s);
+    job_start(s->job);
+    job_wait(s->job);
+    job_free(s->job);
+    s->job = NULL;
 
     if (s->ret == 0) {
         int ret = blk_flush(s->target);
@@ -3224,7 +3263,9 @@ static int map_block_status(BlockDriverState *bs, int64_t offset,
         if (ret & (BDRV_BLOCK_ZERO | BDRV_BLOCK_DATA)) {
             break;
         }
-        next = bdrv_get_backing(bs);
+        /* The backing file of the format under any filter (QEMU's map:
+         * blkdebug over qcow2 shows the backing file's data too). */
+        next = bdrv_get_backing(bdrv_skip_filters(bs));
         if (!next) {
             ret = 0;
             break;

@@ -48,6 +48,10 @@ typedef struct BlkdebugSuspended {
 typedef struct BDRVBlkdebugState {
     uint64_t align;              /* 0: the image's own */
     uint64_t max_transfer;       /* 0: the image's own */
+    uint64_t opt_write_zero;     /* opt-write-zero=, 0: the image's own */
+    uint64_t max_write_zero;     /* and so on */
+    uint64_t opt_discard;
+    uint64_t max_discard;
     GPtrArray *rules;            /* of BlkdebugRule * */
     GPtrArray *breaks;           /* of BlkdebugBreak * */
     GPtrArray *suspended;        /* of BlkdebugSuspended * */
@@ -59,6 +63,11 @@ static const QemuOptDesc blkdebug_open_opts[] = {
     { "x-image", QEMU_OPT_STRING, "The image to open below the filter" },
     { "align", QEMU_OPT_SIZE, "Required alignment in bytes" },
     { "max-transfer", QEMU_OPT_SIZE, "Maximum transfer size in bytes" },
+    { "opt-write-zero", QEMU_OPT_SIZE,
+      "Optimum write zero alignment in bytes" },
+    { "max-write-zero", QEMU_OPT_SIZE, "Maximum write zero size in bytes" },
+    { "opt-discard", QEMU_OPT_SIZE, "Optimum discard alignment in bytes" },
+    { "max-discard", QEMU_OPT_SIZE, "Maximum discard size in bytes" },
     { "event", QEMU_OPT_STRING, "Inline rule: event that triggers it" },
     { "errno", QEMU_OPT_NUMBER, "Inline rule: error to return" },
     { "once", QEMU_OPT_BOOL, "Inline rule: fire only once" },
@@ -283,6 +292,29 @@ static int blkdebug_parse_limits(BDRVBlkdebugState *s, QemuOpts *options,
                    s->max_transfer);
         return -EINVAL;
     }
+    /* Zero write and discard limits: a multiple of the alignment (the
+     * largest one of the optimum too), below 2 GiB; no power of two
+     * needed. */
+    const struct {
+        const char *name;
+        uint64_t *val;
+        const uint64_t *unit;
+    } lim[] = {
+        { "opt-write-zero", &s->opt_write_zero, NULL },
+        { "max-write-zero", &s->max_write_zero, &s->opt_write_zero },
+        { "opt-discard", &s->opt_discard, NULL },
+        { "max-discard", &s->max_discard, &s->opt_discard },
+    };
+    for (unsigned i = 0; i < ARRAY_SIZE(lim); i++) {
+        uint64_t v = qemu_opt_get_size(options, lim[i].name, 0);
+        uint64_t unit = MAX(MAX(s->align, 1), lim[i].unit ? *lim[i].unit : 0);
+        if (v && (v >= INT_MAX || !QEMU_IS_ALIGNED(v, unit))) {
+            error_setg(errp, "Cannot meet constraints with %s %" PRIu64,
+                       lim[i].name, v);
+            return -EINVAL;
+        }
+        *lim[i].val = v;
+    }
     return 0;
 }
 
@@ -406,6 +438,18 @@ static void blkdebug_refresh_limits(BlockDriverState *bs, Error **errp)
             error_setg(errp, "Cannot meet constraints with max-transfer %"
                        PRIu64, s->max_transfer);
         }
+    }
+    if (s->opt_write_zero) {
+        bs->bl.pwrite_zeroes_alignment = s->opt_write_zero;
+    }
+    if (s->max_write_zero) {
+        bs->bl.max_pwrite_zeroes = s->max_write_zero;
+    }
+    if (s->opt_discard) {
+        bs->bl.pdiscard_alignment = s->opt_discard;
+    }
+    if (s->max_discard) {
+        bs->bl.max_pdiscard = s->max_discard;
     }
 }
 
@@ -594,6 +638,12 @@ static int coroutine_fn blkdebug_co_pwrite_zeroes(BlockDriverState *bs,
                                                   int64_t bytes,
                                                   BdrvRequestFlags flags)
 {
+    /* As QEMU's blkdebug: pieces smaller than the zero granularity are
+     * refused, so that the layer's fallback (zero buffers) is tested. */
+    if (bytes < (int64_t)MAX(bs->bl.request_alignment,
+                             bs->bl.pwrite_zeroes_alignment)) {
+        return -ENOTSUP;
+    }
     int ret = blkdebug_check(bs, "zero", offset, bytes);
     if (ret < 0) {
         return ret;

@@ -416,17 +416,64 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
     return ret;
 }
 
+static int coroutine_fn bdrv_driver_pwrite_zeroes_one(BlockDriverState *bs,
+                                                      int64_t offset,
+                                                      int64_t bytes,
+                                                      BdrvRequestFlags flags);
+
 /* Zero an aligned range: driver's method, else zero-buffer writes. */
 static int coroutine_fn bdrv_driver_pwrite_zeroes(BlockDriverState *bs,
                                                   int64_t offset,
                                                   int64_t bytes,
                                                   BdrvRequestFlags flags)
 {
-    BlockDriver *drv = bs->drv;
-    int ret = -ENOTSUP;
+    int ret;
 
     assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
     assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
+    /*
+     * As QEMU's layer: an unaligned head (to the node's zero granularity,
+     * at most one transfer) and tail go down alone, the middle in pieces
+     * of at most the node's largest zero write (aligned to the
+     * granularity); a driver may refuse small pieces (-ENOTSUP) and they
+     * are written as zeroes.
+     */
+    int64_t zalign = MAX(bs->bl.pwrite_zeroes_alignment,
+                         bs->bl.request_alignment);
+    int64_t max = QEMU_ALIGN_DOWN(MIN(bs->bl.max_pwrite_zeroes ?
+                                      (int64_t)bs->bl.max_pwrite_zeroes :
+                                      (int64_t)INT_MAX, (int64_t)INT_MAX),
+                                  zalign);
+    int64_t head = offset % zalign;
+    int64_t tail = (offset + bytes) % zalign;
+
+    max = MAX(max, zalign);
+    ret = 0;
+    while (bytes > 0 && ret >= 0) {
+        int64_t n = bytes;
+        if (head) {
+            n = MIN(MIN(bytes, bdrv_max_transfer(bs)), zalign - head);
+            head = (head + n) % zalign;
+        } else if (tail && n > zalign) {
+            n -= tail;
+        }
+        n = MIN(n, max);
+        ret = bdrv_driver_pwrite_zeroes_one(bs, offset, n, flags);
+        offset += n;
+        bytes -= n;
+    }
+    return ret;
+}
+
+
+static int coroutine_fn bdrv_driver_pwrite_zeroes_one(BlockDriverState *bs,
+                                                      int64_t offset,
+                                                      int64_t bytes,
+                                                      BdrvRequestFlags flags)
+{
+    BlockDriver *drv = bs->drv;
+    int ret = -ENOTSUP;
+
     if (drv->bdrv_co_pwrite_zeroes) {
         ret = drv->bdrv_co_pwrite_zeroes(bs, offset, bytes,
                                          flags & (drv->supported_zero_flags |
@@ -669,13 +716,20 @@ int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
     int64_t start = MIN(QEMU_ALIGN_UP(lo, align), hi);
     int64_t end = MAX(QEMU_ALIGN_DOWN(hi, align), start);
     const int64_t pieces[3][2] = { { lo, start }, { start, end }, { end, hi } };
+    /* Pieces up to the node's largest discard (aligned down to its
+     * granularity), else up to its largest transfer. */
+    int64_t max = bdrv_max_transfer(bs);
+    if (bs->bl.max_pdiscard) {
+        max = MAX(QEMU_ALIGN_DOWN((int64_t)bs->bl.max_pdiscard, align),
+                  (int64_t)bs->bl.request_alignment);
+    }
     bs->in_flight++;
     tracked_request_begin(&req, bs, lo, hi - lo, true);
     wait_serialising_requests(&req);
     ret = 0;
     for (int i = 0; i < 3 && ret >= 0; i++) {
         for (int64_t off = pieces[i][0]; off < pieces[i][1] && ret >= 0;) {
-            int64_t n = MIN(pieces[i][1] - off, bdrv_max_transfer(bs));
+            int64_t n = MIN(pieces[i][1] - off, max);
             ret = bs->drv->bdrv_co_pdiscard(bs, off, n);
             if (ret == -ENOTSUP) {
                 ret = 0;

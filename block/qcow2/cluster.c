@@ -352,6 +352,12 @@ static int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs,
     if (new_off < 0) {
         return new_off;
     }
+    if (new_off == 0) {
+        /* Cluster 0 (the header) had refcount 0: a corrupt refcount. */
+        qcow2_signal_corruption(bs, true, -1, -1, "Preventing invalid "
+                                "allocation of L2 table at offset 0");
+        return -EIO;
+    }
     for (uint32_t off = 0; off < s->cluster_size; off += s->l2_slice_bytes) {
         void *page, *old = NULL;
         if (old_off) {

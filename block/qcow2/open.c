@@ -53,7 +53,7 @@ static const QemuOptDesc qcow2_open_opts[] = {
       "Size of each entry in the L2 cache" },
     { "refcount-cache-size", QEMU_OPT_SIZE,
       "Maximum refcount block cache size" },
-    { "cache-clean-interval", QEMU_OPT_NUMBER,
+    { "cache-clean-interval", QEMU_OPT_STRING,
       "Clean unused cache entries after this time (in seconds); accepted, "
       "the caches are not cleaned by time" },
     { NULL }
@@ -190,6 +190,68 @@ static int qcow2_parse_overlap(BDRVQcow2State *s, QemuOpts *opts,
     return 0;
 }
 
+/*
+ * cache-clean-interval: a number as QEMU parses one (a leading '-' wraps,
+ * as strtoull does), at most UINT_MAX seconds. Accepted and bounded; the
+ * caches are not cleaned by time.
+ */
+static int qcow2_parse_clean_interval(QemuOpts *opts, Error **errp)
+{
+    const char *v = qemu_opt_get(opts, "cache-clean-interval");
+    unsigned long long n;
+    char *end;
+
+    if (!v) {
+        return 0;
+    }
+    errno = 0;
+    n = strtoull(v, &end, 0);
+    if (!*v || *end || end == v || errno == EINVAL) {
+        error_setg(errp, "Parameter 'cache-clean-interval' expects a number");
+        return -EINVAL;
+    }
+    if (errno == ERANGE || n > UINT_MAX) {
+        error_setg(errp, "Cache clean interval too big");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/*
+ * Reopen: a new overlap-check template (either spelling) replaces every
+ * old overlap-check option; a new cache-size replaces the old l2 and
+ * refcount cache sizes; an old cache-size goes when all three would be
+ * set and cache-size is not new (QEMU's rules for keeping options).
+ */
+static void qcow2_join_options(QemuOpts *old_opts, const QemuOpts *new_opts)
+{
+    bool new_total = qemu_opt_has(new_opts, "cache-size");
+
+    if (qemu_opt_has(new_opts, "overlap-check") ||
+        qemu_opt_has(new_opts, "overlap-check.template")) {
+        for (size_t i = qemu_opts_count(old_opts); i-- > 0;) {
+            const char *name, *value;
+            qemu_opts_nth(old_opts, i, &name, &value);
+            if (!strncmp(name, "overlap-check", 13) &&
+                (name[13] == '\0' || name[13] == '.')) {
+                char *n = g_strdup(name);
+                qemu_opt_unset(old_opts, n);
+                g_free(n);
+            }
+        }
+    }
+    if (new_total) {
+        qemu_opt_unset(old_opts, "l2-cache-size");
+        qemu_opt_unset(old_opts, "refcount-cache-size");
+    } else if (qemu_opt_has(old_opts, "cache-size") &&
+               (qemu_opt_has(old_opts, "l2-cache-size") ||
+                qemu_opt_has(new_opts, "l2-cache-size")) &&
+               (qemu_opt_has(old_opts, "refcount-cache-size") ||
+                qemu_opt_has(new_opts, "refcount-cache-size"))) {
+        qemu_opt_unset(old_opts, "cache-size");
+    }
+}
+
 /* Apply the order rules to the L2 cache (see refcount.c). */
 /* QEMU's overlap check on every table write: a corrupt L1 or refcount
  * table may name metadata as an L2 table or refcount block. */
@@ -247,6 +309,10 @@ int coroutine_fn qcow2_setup_caches(BlockDriverState *bs, QemuOpts *opts,
     if (rb_pages > INT_MAX / 2) {
         error_setg(errp, "Refcount cache size too big");
         return -EINVAL;
+    }
+    ret = qcow2_parse_clean_interval(opts, errp);
+    if (ret < 0) {
+        return ret;
     }
     s->use_lazy_refcounts = qemu_opt_get_bool(opts, "lazy-refcounts",
                                               s->compatible_features &
@@ -644,6 +710,7 @@ static BlockDriver bdrv_qcow2 = {
     .bdrv_probe             = qcow2_probe,
     .bdrv_open              = qcow2_open,
     .bdrv_close             = qcow2_close,
+    .bdrv_join_options      = qcow2_join_options,
     .bdrv_refresh_limits    = qcow2_refresh_limits,
     .bdrv_create            = qcow2_co_create,
 
