@@ -565,6 +565,61 @@ static int64_t qcow2_measure_luks(QemuOpts *opts, Error **errp)
     return 4096 + 8 * ROUND_UP((int64_t)key_bytes * 4000, 4096);
 }
 
+/*
+ * QEMU's room for the persistent bitmaps of a qcow2 source in a target of
+ * cluster size cs: each bitmap fully allocated plus its table, and the
+ * directory, each rounded up to clusters.
+ */
+static int64_t qcow2_measure_bitmaps(BlockDriverState *in_bs, uint64_t cs,
+                                     Error **errp)
+{
+    BDRVQcow2State *s = in_bs->opaque;
+    int64_t len = bdrv_getlength(in_bs);
+    uint64_t total = 0, dir_size = 0, pos = 0;
+    uint8_t *dir;
+    int ret;
+
+    if (len < 0) {
+        error_setg_errno(errp, -len, "Unable to get image virtual_size");
+        return len;
+    }
+    if (!s->nb_bitmaps ||
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+        return 0;
+    }
+    /* bitmap_directory_size is bounded by QCOW2_MAX_BITMAP_DIR_SIZE */
+    dir = g_malloc0(s->bitmap_directory_size + 1);
+    ret = bdrv_pread(in_bs->file, s->bitmap_directory_offset,
+                     s->bitmap_directory_size, dir, 0);
+    if (ret < 0) {
+        g_free(dir);
+        error_setg_errno(errp, -ret, "Could not read bitmap directory");
+        return ret;
+    }
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        Qcow2DiskBitmapDirEntry e;
+        uint64_t bits, clusters;
+        unsigned gb;
+
+        if (s->bitmap_directory_size - pos < sizeof(e)) {
+            break;
+        }
+        memcpy(&e, dir + pos, sizeof(e));
+        gb = e.granularity_bits;
+        pos += ROUND_UP(sizeof(e) + be16_to_cpu(e.name_size) +
+                        (uint64_t)be32_to_cpu(e.extra_data_size), 8);
+        if (gb < 9 || gb > 31) {
+            continue;
+        }
+        bits = DIV_ROUND_UP((uint64_t)len, UINT64_C(1) << gb);
+        clusters = DIV_ROUND_UP(DIV_ROUND_UP(bits, 8), cs);
+        total += clusters * cs + ROUND_UP(clusters * 8, cs);
+        dir_size += ROUND_UP(sizeof(e) + be16_to_cpu(e.name_size), 8);
+    }
+    g_free(dir);
+    return total + ROUND_UP(dir_size, cs);
+}
+
 BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
                                 Error **errp)
 {
@@ -642,6 +697,15 @@ BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
                         !strcmp(bdrv_get_format_name(in_bs), "qcow2") &&
                         ((BDRVQcow2State *)in_bs->opaque)->qcow_version >= 3;
     info->bitmaps = 0;
+    if (info->has_bitmaps) {
+        int64_t b = qcow2_measure_bitmaps(in_bs, cs, errp);
+
+        if (b < 0) {
+            g_free(info);
+            return NULL;
+        }
+        info->bitmaps = b;
+    }
     return info;
 }
 
