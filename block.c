@@ -2120,6 +2120,40 @@ int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
     return bdrv_snapshot_run(bdrv_snapshot_goto_entry, &c);
 }
 
+static void coroutine_fn bdrv_snapshot_load_tmp_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    BlockDriverState *node = bdrv_snapshot_node(c->bs);
+
+    if (!node || !node->drv->bdrv_snapshot_load_tmp) {
+        error_setg(c->errp, "Block format '%s' used by device '' does not "
+                   "support temporarily loading internal snapshots",
+                   c->bs->drv->format_name);
+        c->ret = -ENOTSUP;
+        return;
+    }
+    if (!node->read_only) {
+        error_setg(c->errp, "Device '' is writable, cannot load a snapshot "
+                   "temporarily");
+        c->ret = -EINVAL;
+        return;
+    }
+    c->ret = node->drv->bdrv_snapshot_load_tmp(node, c->s1, c->s2, c->errp);
+    if (c->ret >= 0) {
+        bdrv_refresh_total_bytes(node);
+        if (node != c->bs) {
+            bdrv_refresh_total_bytes(c->bs);
+        }
+    }
+}
+
+int bdrv_snapshot_load_tmp(BlockDriverState *bs, const char *snapshot_id,
+                           const char *name, Error **errp)
+{
+    NamesCo c = { .bs = bs, .s1 = snapshot_id, .s2 = name, .errp = errp };
+    return bdrv_snapshot_run(bdrv_snapshot_load_tmp_entry, &c);
+}
+
 static void coroutine_fn bdrv_snapshot_delete_entry(void *opaque)
 {
     NamesCo *c = opaque;
