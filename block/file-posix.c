@@ -467,8 +467,22 @@ static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
         oflags |= O_NONBLOCK;
     }
 
-    /* The node is called by its path ("file:a.img" is "a.img"). */
-    memmove(bs->filename, filename, strlen(filename) + 1);
+    /* The node is called by its path ("file:a.img" is "a.img"); a
+     * relative path after a prefix that would read as a protocol prefix
+     * ("file:a:b.img") is called "./a:b.img", as QEMU shows it (and
+     * backing file names relative to it stay files); given by options
+     * (filename=a:b.img) it stays as given, as QEMU's. */
+    const char *colon = strchr(filename, ':');
+    const char *slash = strchr(filename, '/');
+    if (filename != bs->filename && colon && colon != filename &&
+        (!slash || colon < slash) &&
+        strlen(filename) + 3 <= sizeof(bs->filename)) {
+        char *dot = g_strdup_printf("./%s", filename);
+        pstrcpy(bs->filename, sizeof(bs->filename), dot);
+        g_free(dot);
+    } else {
+        memmove(bs->filename, filename, strlen(filename) + 1);
+    }
     filename = bs->filename;
     s->fd = -1;
     s->shared_perm = BLK_PERM_ALL;
