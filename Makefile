@@ -31,6 +31,9 @@ qemu-img: qemu-img.o libqemublock.a
 qemu-io: qemu-io.o qemu-io-cmds.o libqemublock.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
+qemu-nbd: qemu-nbd.o libqemublock.a
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
+
 tests/unit/%: tests/unit/%.o libqemublock.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 

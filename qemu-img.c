@@ -5,9 +5,11 @@
  * codes.
  */
 #include "block-backend.h"
+#include "block/job.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
 #include "util/cutils.h"
+#include "util/json-writer.h"
 #include "util/secret.h"
 
 #include <getopt.h>
@@ -229,245 +231,6 @@ static void progress_end(void)
     if (progress.enabled) {
         printf("\n");
     }
-}
-
-/* ------------------------------------------------------------------ */
-/* JSON output with QEMU's member order                               */
-
-/*
- * QEMU prints objects by walking its QDict hash table: buckets in order,
- * and inside a bucket the most recently inserted key first. Reproducing
- * that order keeps --output=json byte-identical.
- */
-typedef enum JsonType {
-    JSON_OBJECT,
-    JSON_ARRAY,
-    JSON_STRING,
-    JSON_INT,
-    JSON_BOOL,
-} JsonType;
-
-typedef struct JsonValue JsonValue;
-struct JsonValue {
-    JsonType type;
-    char *key;              /* member name inside an object */
-    unsigned seq;           /* insertion index inside an object */
-    char *str;
-    int64_t num;
-    bool flag;
-    GPtrArray *members;     /* objects and arrays */
-};
-
-static JsonValue *json_new(JsonType type)
-{
-    JsonValue *v = g_new0(JsonValue, 1);
-
-    v->type = type;
-    if (type == JSON_OBJECT || type == JSON_ARRAY) {
-        v->members = g_ptr_array_new();
-    }
-    return v;
-}
-
-static void json_free(JsonValue *v)
-{
-    if (!v) {
-        return;
-    }
-    if (v->members) {
-        for (guint i = 0; i < v->members->len; i++) {
-            json_free(g_ptr_array_index(v->members, i));
-        }
-        g_ptr_array_free(v->members, TRUE);
-    }
-    g_free(v->key);
-    g_free(v->str);
-    g_free(v);
-}
-
-static void json_add(JsonValue *obj, const char *key, JsonValue *v)
-{
-    if (key) {
-        v->key = g_strdup(key);
-    }
-    v->seq = obj->members->len;
-    g_ptr_array_add(obj->members, v);
-}
-
-static void json_add_str(JsonValue *obj, const char *key, const char *s)
-{
-    JsonValue *v = json_new(JSON_STRING);
-
-    v->str = g_strdup(s);
-    json_add(obj, key, v);
-}
-
-static void json_add_int(JsonValue *obj, const char *key, int64_t n)
-{
-    JsonValue *v = json_new(JSON_INT);
-
-    v->num = n;
-    json_add(obj, key, v);
-}
-
-static void json_add_bool(JsonValue *obj, const char *key, bool b)
-{
-    JsonValue *v = json_new(JSON_BOOL);
-
-    v->flag = b;
-    json_add(obj, key, v);
-}
-
-static unsigned qdict_bucket(const char *name)
-{
-    unsigned value = 0x238F13AF * (unsigned)strlen(name);
-
-    for (unsigned i = 0; name[i]; i++) {
-        value += ((unsigned)(unsigned char)name[i]) << (i * 5 % 24);
-    }
-    return (1103515243 * value + 12345) % 512;
-}
-
-static int json_member_cmp(gconstpointer a, gconstpointer b)
-{
-    const JsonValue *x = *(JsonValue *const *)a;
-    const JsonValue *y = *(JsonValue *const *)b;
-    unsigned bx = qdict_bucket(x->key), by = qdict_bucket(y->key);
-
-    if (bx != by) {
-        return bx < by ? -1 : 1;
-    }
-    return x->seq > y->seq ? -1 : (x->seq < y->seq ? 1 : 0);
-}
-
-/* Object members in QEMU's output order; g_ptr_array_free(arr, TRUE). */
-static GPtrArray *json_sorted_members(JsonValue *obj)
-{
-    GPtrArray *arr = g_ptr_array_sized_new(obj->members->len);
-
-    for (guint i = 0; i < obj->members->len; i++) {
-        g_ptr_array_add(arr, g_ptr_array_index(obj->members, i));
-    }
-    g_ptr_array_sort(arr, json_member_cmp);
-    return arr;
-}
-
-static void json_quote(GString *out, const char *s)
-{
-    const char *p = s;
-
-    g_string_append_c(out, '"');
-    while (*p) {
-        unsigned char c = *p;
-        gunichar cp;
-
-        switch (c) {
-        case '"':
-            g_string_append(out, "\\\"");
-            p++;
-            continue;
-        case '\\':
-            g_string_append(out, "\\\\");
-            p++;
-            continue;
-        case '\b':
-            g_string_append(out, "\\b");
-            p++;
-            continue;
-        case '\f':
-            g_string_append(out, "\\f");
-            p++;
-            continue;
-        case '\n':
-            g_string_append(out, "\\n");
-            p++;
-            continue;
-        case '\r':
-            g_string_append(out, "\\r");
-            p++;
-            continue;
-        case '\t':
-            g_string_append(out, "\\t");
-            p++;
-            continue;
-        default:
-            break;
-        }
-        if (c < 0x80) {
-            if (c < 0x20 || c == 0x7f) {
-                g_string_append_printf(out, "\\u%04X", c);
-            } else {
-                g_string_append_c(out, c);
-            }
-            p++;
-            continue;
-        }
-        cp = g_utf8_get_char_validated(p, -1);
-        if (cp == (gunichar)-1 || cp == (gunichar)-2) {
-            g_string_append(out, "\\uFFFD");
-            p++;
-            continue;
-        }
-        if (cp > 0xFFFF) {
-            cp -= 0x10000;
-            g_string_append_printf(out, "\\u%04X\\u%04X",
-                                   0xD800 | (cp >> 10), 0xDC00 | (cp & 0x3FF));
-        } else {
-            g_string_append_printf(out, "\\u%04X", cp);
-        }
-        p = g_utf8_next_char(p);
-    }
-    g_string_append_c(out, '"');
-}
-
-static void json_print(GString *out, JsonValue *v, int indent)
-{
-    GPtrArray *members;
-
-    switch (v->type) {
-    case JSON_STRING:
-        json_quote(out, v->str);
-        return;
-    case JSON_INT:
-        g_string_append_printf(out, "%" PRId64, v->num);
-        return;
-    case JSON_BOOL:
-        g_string_append(out, v->flag ? "true" : "false");
-        return;
-    case JSON_OBJECT:
-    case JSON_ARRAY:
-        break;
-    }
-
-    members = v->type == JSON_OBJECT ? json_sorted_members(v) : v->members;
-    g_string_append_c(out, v->type == JSON_OBJECT ? '{' : '[');
-    for (guint i = 0; i < members->len; i++) {
-        JsonValue *m = g_ptr_array_index(members, i);
-
-        g_string_append_printf(out, "%s\n%*s", i ? "," : "",
-                               4 * (indent + 1), "");
-        if (v->type == JSON_OBJECT) {
-            json_quote(out, m->key);
-            g_string_append(out, ": ");
-        }
-        json_print(out, m, indent + 1);
-    }
-    g_string_append_printf(out, "\n%*s%c", 4 * indent, "",
-                           v->type == JSON_OBJECT ? '}' : ']');
-    if (v->type == JSON_OBJECT) {
-        g_ptr_array_free(members, TRUE);
-    }
-}
-
-/* Print v pretty-printed plus a newline, and free it. */
-static void json_dump(JsonValue *v)
-{
-    GString *out = g_string_new(NULL);
-
-    json_print(out, v, 0);
-    printf("%s\n", out->str);
-    g_string_free(out, TRUE);
-    json_free(v);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1631,6 +1394,9 @@ struct ConvertState {
     int64_t alignment;              /* sectors: zero/data runs end on it */
     int64_t buf_size;
 
+    Job *job;                       /* the copy: progress, cancel */
+    Coroutine *job_co;              /* its coroutine, waiting for workers */
+
     /* iteration state, protected by lock */
     CoMutex lock;
     int64_t offset;
@@ -1926,6 +1692,13 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
         bool need_read;
         int ret = 0;
 
+        /* Between chunks: a paused copy waits, a cancelled one stops. */
+        if (job_pause_point(s->job)) {
+            if (s->ret == -EINPROGRESS) {
+                s->ret = -ECANCELED;
+            }
+            break;
+        }
         qemu_co_mutex_lock(&s->lock);
         if (s->ret != -EINPROGRESS || s->offset >= s->total_size) {
             qemu_co_mutex_unlock(&s->lock);
@@ -1976,7 +1749,7 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
 
         if (status == BLK_DATA && s->allocated_total > 0) {
             s->allocated_done += n;
-            progress_print(100.0 * s->allocated_done / s->allocated_total, 0);
+            job_progress_update(s->job, n);
         }
 
         if (s->wr_in_order) {
@@ -2004,6 +1777,33 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
     if (!s->running && s->ret == -EINPROGRESS) {
         s->ret = 0;
     }
+    if (!s->running && s->job_co) {
+        aio_co_wake(s->job_co);
+    }
+}
+
+/* The copy as a job: workers started from the loop, then waited for. */
+static int coroutine_fn convert_job_run(Job *job, void *opaque)
+{
+    ConvertState *s = opaque;
+
+    s->job_co = qemu_coroutine_self();
+    for (int i = 0; i < s->num_coroutines; i++) {
+        if (s->co[i]) {
+            aio_co_schedule(s->co[i]);
+        }
+    }
+    while (s->running > 0) {
+        qemu_coroutine_yield();
+    }
+    s->job_co = NULL;
+    return s->ret;
+}
+
+static void convert_job_progress(Job *job, uint64_t current, uint64_t total,
+                                 void *opaque)
+{
+    progress_print(100.0 * current / total, 0);
 }
 
 static int convert_do_copy(ConvertState *s)
@@ -2036,12 +1836,13 @@ static int convert_do_copy(ConvertState *s)
         s->wait_offs[i] = -1;
         s->co[i] = qemu_coroutine_create(convert_co_do_copy, &s->workers[i]);
     }
-    for (int i = 0; i < s->num_coroutines; i++) {
-        if (s->co[i]) {
-            qemu_coroutine_enter(s->co[i]);
-        }
-    }
-    AIO_WAIT_WHILE(s->running > 0);
+    s->job = job_new(convert_job_run, s);
+    job_progress_set_total(s->job, s->allocated_total);
+    job_set_progress_cb(s->job, convert_job_progress, s);
+    job_start(s->job);
+    job_wait(s->job);
+    job_free(s->job);
+    s->job = NULL;
 
     if (s->ret == 0) {
         int ret = blk_flush(s->target);

@@ -170,6 +170,55 @@ static void print_cvtnum_err(int64_t rc, const char *arg)
     }
 }
 
+/*
+ * The one parser of offset and length arguments for every command: a
+ * size with optional suffix, no sign. On error prints QEMU's message and
+ * returns -EINVAL or -ERANGE.
+ */
+static int parse_offset(const char *arg, int64_t *value)
+{
+    int64_t v = cvtnum(arg);
+
+    if (v < 0) {
+        print_cvtnum_err(v, arg);
+        return v;
+    }
+    *value = v;
+    return 0;
+}
+
+/*
+ * A length; with limit_note non-NULL it is also capped at QEMUIO_MAX_BYTES
+ * ("length cannot exceed N<limit_note>, given ARG").
+ */
+static int parse_length(const char *arg, const char *limit_note,
+                        int64_t *value)
+{
+    int ret = parse_offset(arg, value);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (limit_note && *value > QEMUIO_MAX_BYTES) {
+        printf("length cannot exceed %" PRIu64 "%s, given %s\n",
+               (uint64_t)QEMUIO_MAX_BYTES, limit_note, arg);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* argv[0] is the offset, argv[1] the length (see parse_length). */
+static int parse_offset_length(char **argv, const char *limit_note,
+                               int64_t *offset, int64_t *length)
+{
+    int ret = parse_offset(argv[0], offset);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return parse_length(argv[1], limit_note, length);
+}
+
 /* "%.3f UNIT" with a trailing ".000" dropped; plain bytes use "%f". */
 static void cvtstr(double value, char *str, size_t size)
 {
@@ -363,10 +412,9 @@ static void *create_iovec(QEMUIOVector *qiov, char **argv, int nr_iov,
     int i;
 
     for (i = 0; i < nr_iov; i++) {
-        int64_t len = cvtnum(argv[i]);
+        int64_t len = 0;
 
-        if (len < 0) {
-            print_cvtnum_err(len, argv[i]);
+        if (parse_length(argv[i], NULL, &len) < 0) {
             goto out;
         }
         if (len > QEMUIO_MAX_BYTES) {
@@ -466,10 +514,8 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
             break;
         case 'l':
             lflag = true;
-            pattern_count = cvtnum(optarg);
-            if (pattern_count < 0) {
-                print_cvtnum_err(pattern_count, optarg);
-                return pattern_count;
+            if (parse_length(optarg, NULL, &pattern_count) < 0) {
+                return -EINVAL;
             }
             break;
         case 'p':
@@ -487,10 +533,8 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
             break;
         case 's':
             sflag = true;
-            pattern_offset = cvtnum(optarg);
-            if (pattern_offset < 0) {
-                print_cvtnum_err(pattern_offset, optarg);
-                return pattern_offset;
+            if (parse_length(optarg, NULL, &pattern_offset) < 0) {
+                return -EINVAL;
             }
             break;
         case 'v':
@@ -507,20 +551,9 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    offset = cvtnum(argv[optind]);
-    if (offset < 0) {
-        print_cvtnum_err(offset, argv[optind]);
-        return offset;
-    }
-    optind++;
-    count = cvtnum(argv[optind]);
-    if (count < 0) {
-        print_cvtnum_err(count, argv[optind]);
-        return count;
-    } else if (count > QEMUIO_MAX_BYTES) {
-        printf("length cannot exceed %" PRIu64 ", given %s\n",
-               (uint64_t)QEMUIO_MAX_BYTES, argv[optind]);
-        return -EINVAL;
+    ret = parse_offset_length(&argv[optind], "", &offset, &count);
+    if (ret < 0) {
+        return ret;
     }
 
     if (!Pflag && (lflag || sflag)) {
@@ -642,10 +675,9 @@ static int readv_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    offset = cvtnum(argv[optind]);
-    if (offset < 0) {
-        print_cvtnum_err(offset, argv[optind]);
-        return offset;
+    ret = parse_offset(argv[optind], &offset);
+    if (ret < 0) {
+        return ret;
     }
     optind++;
 
@@ -802,20 +834,11 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    offset = cvtnum(argv[optind]);
-    if (offset < 0) {
-        print_cvtnum_err(offset, argv[optind]);
-        return offset;
-    }
-    optind++;
-    count = cvtnum(argv[optind]);
-    if (count < 0) {
-        print_cvtnum_err(count, argv[optind]);
-        return count;
-    } else if (count > QEMUIO_MAX_BYTES && !(flags & BDRV_REQ_NO_FALLBACK)) {
-        printf("length cannot exceed %" PRIu64 " without -n, given %s\n",
-               (uint64_t)QEMUIO_MAX_BYTES, argv[optind]);
-        return -EINVAL;
+    ret = parse_offset_length(&argv[optind],
+                              (flags & BDRV_REQ_NO_FALLBACK) ? NULL
+                              : " without -n", &offset, &count);
+    if (ret < 0) {
+        return ret;
     }
     if ((bflag || cflag) && !check_sector_aligned(offset, count)) {
         return -EINVAL;
@@ -929,10 +952,9 @@ static int writev_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    offset = cvtnum(argv[optind]);
-    if (offset < 0) {
-        print_cvtnum_err(offset, argv[optind]);
-        return offset;
+    ret = parse_offset(argv[optind], &offset);
+    if (ret < 0) {
+        return ret;
     }
     optind++;
 
@@ -1102,13 +1124,9 @@ static int aio_read_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    ctx->offset = cvtnum(argv[optind]);
-    if (ctx->offset < 0) {
-        int ret = ctx->offset;
-
-        print_cvtnum_err(ctx->offset, argv[optind]);
+    if (parse_offset(argv[optind], &ctx->offset) < 0) {
         g_free(ctx);
-        return ret;
+        return -EINVAL;
     }
     optind++;
 
@@ -1225,23 +1243,18 @@ static int aio_write_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    ctx->offset = cvtnum(argv[optind]);
-    if (ctx->offset < 0) {
-        int ret = ctx->offset;
-
-        print_cvtnum_err(ctx->offset, argv[optind]);
+    if (parse_offset(argv[optind], &ctx->offset) < 0) {
         g_free(ctx);
-        return ret;
+        return -EINVAL;
     }
     optind++;
 
     if (ctx->zflag) {
-        int64_t count = cvtnum(argv[optind]);
+        int64_t count;
 
-        if (count < 0) {
-            print_cvtnum_err(count, argv[optind]);
+        if (parse_length(argv[optind], NULL, &count) < 0) {
             g_free(ctx);
-            return count;
+            return -EINVAL;
         }
         ctx->bytes = count;
         aio_inflight++;
@@ -1324,10 +1337,9 @@ static int truncate_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    offset = cvtnum(argv[optind]);
-    if (offset < 0) {
-        print_cvtnum_err(offset, argv[optind]);
-        return offset;
+    ret = parse_offset(argv[optind], &offset);
+    if (ret < 0) {
+        return ret;
     }
 
     /* The resize permission only for as long as the truncate runs (the
@@ -1491,20 +1503,9 @@ static int discard_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
 
-    offset = cvtnum(argv[optind]);
-    if (offset < 0) {
-        print_cvtnum_err(offset, argv[optind]);
-        return offset;
-    }
-    optind++;
-    bytes = cvtnum(argv[optind]);
-    if (bytes < 0) {
-        print_cvtnum_err(bytes, argv[optind]);
-        return bytes;
-    } else if (bytes > QEMUIO_MAX_BYTES) {
-        printf("length cannot exceed %" PRIu64 ", given %s\n",
-               (uint64_t)QEMUIO_MAX_BYTES, argv[optind]);
-        return -EINVAL;
+    ret = parse_offset_length(&argv[optind], "", &offset, &bytes);
+    if (ret < 0) {
+        return ret;
     }
 
     t1 = now_ns();
@@ -1526,21 +1527,20 @@ static int discard_f(BlockBackend *blk, int argc, char **argv)
 static int alloc_f(BlockBackend *blk, int argc, char **argv)
 {
     BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
-    int64_t offset, start, count, remaining, num, sum_alloc = 0;
+    int64_t offset = 0, start, count, remaining, num, sum_alloc = 0;
     char s1[64];
     int ret;
 
-    start = offset = cvtnum(argv[1]);
-    if (offset < 0) {
-        print_cvtnum_err(offset, argv[1]);
-        return offset;
+    ret = parse_offset(argv[1], &offset);
+    if (ret < 0) {
+        return ret;
     }
+    start = offset;
 
     if (argc == 3) {
-        count = cvtnum(argv[2]);
-        if (count < 0) {
-            print_cvtnum_err(count, argv[2]);
-            return count;
+        ret = parse_length(argv[2], NULL, &count);
+        if (ret < 0) {
+            return ret;
         }
     } else {
         count = BDRV_SECTOR_SIZE;
@@ -1770,11 +1770,10 @@ static void sigraise_help(void)
 
 static int sigraise_f(BlockBackend *blk, int argc, char **argv)
 {
-    int64_t sig = cvtnum(argv[1]);
+    int64_t sig;
 
-    if (sig < 0) {
-        print_cvtnum_err(sig, argv[1]);
-        return sig;
+    if (parse_offset(argv[1], &sig) < 0) {
+        return -EINVAL;
     } else if (sig > NSIG) {
         printf("signal argument '%s' is too large to be a valid signal\n",
                argv[1]);

@@ -626,6 +626,11 @@ int coroutine_fn bdrv_co_pwritev_part(BlockDriverState *bs, int64_t offset,
     if (bs->read_only) {
         return -EPERM;
     }
+    /* QEMU refuses a compressed write the driver cannot do, even empty */
+    if ((flags & BDRV_REQ_WRITE_COMPRESSED) && bs->drv &&
+        !(bs->drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED)) {
+        return -ENOTSUP;
+    }
     if (bytes == 0) {
         return 0;
     }

@@ -740,6 +740,7 @@ typedef struct RBDDiff {
     uint64_t offset, bytes;
     uint64_t start, len;
     bool found;
+    bool whole_object;
 } RBDDiff;
 
 #define RBD_DIFF_STOP (-9000)
@@ -770,8 +771,8 @@ static int rbd_diff_worker(void *opaque)
 {
     RBDDiff *d = opaque;
 
-    return rbd_diff_iterate2(d->image, NULL, d->offset, d->bytes, true, true,
-                             rbd_diff_cb, d);
+    return rbd_diff_iterate2(d->image, NULL, d->offset, d->bytes, true,
+                             d->whole_object, rbd_diff_cb, d);
 }
 
 /*
@@ -797,7 +798,12 @@ static int coroutine_fn rbd_co_block_status(BlockDriverState *bs,
     if (!(s->features & RBD_FEATURE_FAST_DIFF) ||
         rbd_get_flags(s->image, &flags) < 0 ||
         (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
-        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+        if (!want_zero) {
+            return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+        }
+        d.whole_object = false;
+    } else {
+        d.whole_object = true;
     }
     d.image = s->image;
     d.bytes = bytes;

@@ -8,6 +8,7 @@
 #include "block-backend.h"
 #include "block_int.h"
 #include "util/aio.h"
+#include "block/job.h"
 
 /* ---- the "counter" test protocol ---- */
 
@@ -762,6 +763,76 @@ static void test_reopen_abort(void)
     blk_unref(blk);
 }
 
+/* ---- jobs ---- */
+
+enum { JOB_STEPS = 10 };
+
+/* Ten steps, each one loop iteration long, one unit of progress each. */
+static int coroutine_fn steps_run(Job *job, void *opaque)
+{
+    job_progress_set_total(job, JOB_STEPS);
+    for (int i = 0; i < JOB_STEPS; i++) {
+        if (job_pause_point(job)) {
+            return 0;
+        }
+        aio_co_schedule(qemu_coroutine_self());
+        qemu_coroutine_yield();
+        job_progress_update(job, 1);
+    }
+    return 0;
+}
+
+static void steps_progress(Job *job, uint64_t current, uint64_t total,
+                           void *opaque)
+{
+    unsigned *calls = opaque;
+    g_assert_cmpuint(total, ==, JOB_STEPS);
+    g_assert_cmpuint(current, ==, *calls + 1);
+    (*calls)++;
+}
+
+static void test_job_pause_resume(void)
+{
+    Job *job = job_new(steps_run, NULL);
+    unsigned calls = 0;
+    uint64_t cur, total;
+
+    job_set_progress_cb(job, steps_progress, &calls);
+    job_pause(job);
+    job_pause(job);
+    job_start(job);
+    run_ready();
+    g_assert(job_is_paused(job) && !job_is_completed(job));
+    job_resume(job);                    /* still paused once */
+    run_ready();
+    g_assert(job_is_paused(job));
+    job_progress_get(job, &cur, &total);
+    g_assert_cmpuint(cur, ==, 0);
+    job_resume(job);
+    g_assert_cmpint(job_wait(job), ==, 0);
+    job_progress_get(job, &cur, &total);
+    g_assert_cmpuint(cur, ==, JOB_STEPS);
+    g_assert_cmpuint(total, ==, JOB_STEPS);
+    g_assert_cmpuint(calls, ==, JOB_STEPS);
+    job_free(job);
+}
+
+static void test_job_cancel(void)
+{
+    Job *job = job_new(steps_run, NULL);
+    uint64_t cur, total;
+
+    job_pause(job);
+    job_start(job);
+    g_assert(job_is_paused(job));
+    job_cancel(job);                    /* wakes it at its pause point */
+    g_assert(job_is_cancelled(job));
+    g_assert_cmpint(job_wait(job), ==, -ECANCELED);
+    job_progress_get(job, &cur, &total);
+    g_assert_cmpuint(cur, ==, 0);
+    job_free(job);
+}
+
 int main(int argc, char **argv)
 {
     error_set_progname(argv[0]);
@@ -778,6 +849,8 @@ int main(int argc, char **argv)
     test_drain_around_truncate();
     test_reopen_rw();
     test_reopen_abort();
+    test_job_pause_resume();
+    test_job_cancel();
 
     printf("PASS test-block-core\n");
     return 0;
