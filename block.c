@@ -345,6 +345,7 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
 
 static void bdrv_free(BlockDriverState *bs)
 {
+    g_free(bs->node_name);
     if (bs->options) {
         qemu_opts_del(bs->options);
     }
@@ -407,6 +408,10 @@ static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
 
         qemu_opts_nth(opts, i, &name, &value);
         if (bdrv_is_child_key(drv, name)) {
+            continue;
+        }
+        /* Every node may be named (QEMU's node-name; kept, not used). */
+        if (!strcmp(name, "node-name")) {
             continue;
         }
         for (const QemuOptDesc *d = descs[0]; d->name; d++) {
@@ -472,6 +477,7 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
     if (ret < 0) {
         goto fail;
     }
+    bs->node_name = opts ? g_strdup(qemu_opt_get(opts, "node-name")) : NULL;
     Error *local_err = NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
@@ -755,6 +761,7 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
         { "force-share", BDRV_O_FORCE_SHARE },
         { "cache.direct", BDRV_O_NOCACHE },
         { "cache.no-flush", BDRV_O_NO_FLUSH },
+        { "auto-read-only", 0 },        /* accepted (QEMU's); no effect */
     };
     char *discard = qemu_opt_get_del(opts, "discard");
     char *ro = qemu_opt_get_del(opts, "read-only");
@@ -897,6 +904,7 @@ bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
         goto fail_bs;
     }
     bs->options = qemu_opts_clone(opts);
+    bs->node_name = opts ? g_strdup(qemu_opt_get(opts, "node-name")) : NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
         error_propagate(errp, local_err);
@@ -2376,6 +2384,12 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     e->state.flags = nflags;
     e->old_flags = bs->open_flags;
     e->old_options = bs->options;
+    QemuOpts *own = options ? qemu_opts_clone(options) : NULL;
+    QemuOpts *file_opts = own ? qemu_opts_extract_prefix(own, "file") : NULL;
+    QemuOpts *backing_opts = own ? qemu_opts_extract_prefix(own, "backing")
+                                 : NULL;
+
+    options = own;
     if (options && qemu_opts_count(options)) {
         e->state.options = bs->options ? qemu_opts_clone(bs->options)
                                        : qemu_opts_new();
@@ -2392,7 +2406,9 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     e->generic = e->changes && !bs->drv->bdrv_reopen_prepare;
     g_ptr_array_add(q, e);
 
-    bdrv_reopen_queue(q, bs->file, nflags, NULL, depth + 1);
+    qemu_opts_del(own);
+
+    bdrv_reopen_queue(q, bs->file, nflags, file_opts, depth + 1);
     /* A format opened again opens its data file again itself. */
     if (!e->generic && bs->data_file != bs->file) {
         bdrv_reopen_queue(q, bs->data_file, nflags, NULL, depth + 1);
@@ -2400,8 +2416,10 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     if (bs->backing) {
         int bflags = (nflags & ~BDRV_O_RDWR) |
                      (bs->backing->open_flags & BDRV_O_RDWR);
-        bdrv_reopen_queue(q, bs->backing, bflags, NULL, depth + 1);
+        bdrv_reopen_queue(q, bs->backing, bflags, backing_opts, depth + 1);
     }
+    qemu_opts_del(file_opts);
+    qemu_opts_del(backing_opts);
 }
 
 static void bdrv_reopen_entry_free(gpointer p)
@@ -2428,6 +2446,21 @@ static int bdrv_reopen_prepare(ReopenEntry *e, Error **errp)
         error_setg(errp, "Cannot make '%s' writable: opened for metadata "
                    "only", bs->filename);
         return -EINVAL;
+    }
+    if (e->state.options) {
+        /* The driver and the node's name stay what they are (QEMU's). */
+        const char *nd = qemu_opt_get(e->state.options, "driver");
+        const char *nn = qemu_opt_get(e->state.options, "node-name");
+        const char *on = bs->node_name;
+        if (nd && strcmp(nd, drv->format_name)) {
+            error_setg(errp, "Cannot change the option 'driver'");
+            return -EINVAL;
+        }
+        qemu_opt_unset(e->state.options, "driver");
+        if (nn && (!on || strcmp(nn, on))) {
+            error_setg(errp, "Cannot change the option 'node-name'");
+            return -EINVAL;
+        }
     }
     if (e->state.options &&
         bdrv_validate_open_opts(drv, e->state.options, errp) < 0) {

@@ -310,6 +310,7 @@ struct BlockDriverState {
     int refcnt;
 
     char filename[PATH_MAX];            /* as opened (with protocol prefix) */
+    char *node_name;                    /* node-name= at open, or NULL */
     char backing_file[PATH_MAX];        /* as stored in the image header */
     char backing_format[32];            /* as stored; "" if none */
 

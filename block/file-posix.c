@@ -1122,8 +1122,7 @@ static int file_reopen_prepare(BdrvReopenState *state, Error **errp)
     if (state->options && qemu_opt_has(state->options, "locking") &&
         g_strcmp0(qemu_opt_get(state->options, "locking"),
                   bs->options ? qemu_opt_get(bs->options, "locking") : NULL)) {
-        error_setg(errp, "Cannot change the locking mode of '%s' on reopen",
-                   bs->filename);
+        error_setg(errp, "Cannot change the option 'locking'");
         return -ENOTSUP;
     }
     if (!strcmp(bs->drv->format_name, "host_cdrom")) {
