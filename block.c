@@ -1255,6 +1255,9 @@ void bdrv_ref(BlockDriverState *bs)
 static void coroutine_fn bdrv_close_entry(void *opaque)
 {
     BlockDriverState *bs = opaque;
+    if (!bs->drv) {
+        return;         /* no medium: a reopen that could not open again */
+    }
     if (!bs->read_only) {
         bdrv_co_flush(bs);
     }
