@@ -1453,6 +1453,11 @@ const char *bdrv_get_format_name(BlockDriverState *bs)
     return bs->drv ? bs->drv->format_name : NULL;
 }
 
+const char *bdrv_get_protocol_name(BlockDriverState *bs)
+{
+    return bs->drv ? bs->drv->protocol_name : NULL;
+}
+
 const char *bdrv_get_filename(BlockDriverState *bs)
 {
     return bs->filename;

@@ -259,6 +259,8 @@ BlockMeasureInfo *bdrv_measure(BlockDriver *drv, QemuOpts *opts,
                                BlockDriverState *in_bs, Error **errp);
 
 /* ---- properties ---- */
+/* The protocol prefix of a protocol node's driver, or NULL. */
+const char *bdrv_get_protocol_name(BlockDriverState *bs);
 const char *bdrv_get_format_name(BlockDriverState *bs);
 const char *bdrv_get_filename(BlockDriverState *bs);
 BlockDriverState *bdrv_get_file(BlockDriverState *bs);      /* or NULL */
