@@ -279,6 +279,37 @@ void image_info_add_bool(ImageInfoSpecific *info, const char *key, bool v)
     image_info_add(info, key, INFO_ITEM_BOOL)->flag = v;
 }
 
+void image_info_add_json(ImageInfoSpecific *info, const char *key,
+                         JsonValue *v)
+{
+    image_info_add(info, key, INFO_ITEM_JSON)->json = v;
+}
+
+JsonValue *image_info_specific_json(const ImageInfoSpecific *spec)
+{
+    JsonValue *data = json_new(JSON_OBJECT);
+
+    for (guint i = 0; spec->items && i < spec->items->len; i++) {
+        const InfoItem *it = g_ptr_array_index(spec->items, i);
+
+        switch (it->type) {
+        case INFO_ITEM_STRING:
+            json_add_str(data, it->key, it->str ? it->str : "");
+            break;
+        case INFO_ITEM_INT:
+            json_add_int(data, it->key, it->num);
+            break;
+        case INFO_ITEM_BOOL:
+            json_add_bool(data, it->key, it->flag);
+            break;
+        case INFO_ITEM_JSON:
+            json_add(data, it->key, json_copy(it->json));
+            break;
+        }
+    }
+    return data;
+}
+
 void image_info_specific_free(ImageInfoSpecific *info)
 {
     if (!info) {
@@ -288,6 +319,7 @@ void image_info_specific_free(ImageInfoSpecific *info)
         InfoItem *item = g_ptr_array_index(info->items, i);
         g_free(item->key);
         g_free(item->str);
+        json_free(item->json);
         g_free(item);
     }
     g_ptr_array_free(info->items, TRUE);

@@ -16,6 +16,7 @@
 #include "util/iov.h"
 #include "util/option.h"
 #include "util/coroutine.h"
+#include "util/json-writer.h"
 
 typedef struct BlockDriver BlockDriver;
 typedef struct BlockDriverState BlockDriverState;
@@ -101,6 +102,7 @@ typedef enum InfoItemType {
     INFO_ITEM_STRING,
     INFO_ITEM_INT,
     INFO_ITEM_BOOL,
+    INFO_ITEM_JSON,             /* a list or object (qcow2's bitmaps) */
 } InfoItemType;
 typedef struct InfoItem {
     char *key;                  /* json name, e.g. "lazy-refcounts" */
@@ -108,6 +110,7 @@ typedef struct InfoItem {
     char *str;
     int64_t num;
     bool flag;
+    JsonValue *json;
 } InfoItem;
 typedef struct ImageInfoSpecific {
     char *type;                 /* "add-cow", "fvd", ... */
@@ -118,7 +121,12 @@ void image_info_add_str(ImageInfoSpecific *info, const char *key,
                         const char *value);
 void image_info_add_int(ImageInfoSpecific *info, const char *key, int64_t v);
 void image_info_add_bool(ImageInfoSpecific *info, const char *key, bool v);
+/* info takes v over. */
+void image_info_add_json(ImageInfoSpecific *info, const char *key,
+                         JsonValue *v);
 void image_info_specific_free(ImageInfoSpecific *info);
+/* The items as a JSON object (QEMU's member order when printed). */
+JsonValue *image_info_specific_json(const ImageInfoSpecific *spec);
 
 typedef enum BdrvCheckMode {
     BDRV_FIX_LEAKS  = 1,

@@ -802,24 +802,7 @@ static ImgInfo *collect_image_info(BlockDriverState *bs, Error **errp)
 
 static JsonValue *specific_data_json(ImageInfoSpecific *spec)
 {
-    JsonValue *data = json_new(JSON_OBJECT);
-
-    for (guint i = 0; spec->items && i < spec->items->len; i++) {
-        InfoItem *it = g_ptr_array_index(spec->items, i);
-
-        switch (it->type) {
-        case INFO_ITEM_STRING:
-            json_add_str(data, it->key, it->str ? it->str : "");
-            break;
-        case INFO_ITEM_INT:
-            json_add_int(data, it->key, it->num);
-            break;
-        case INFO_ITEM_BOOL:
-            json_add_bool(data, it->key, it->flag);
-            break;
-        }
-    }
-    return data;
+    return image_info_specific_json(spec);
 }
 
 static JsonValue *image_info_json(ImgInfo *info)
@@ -930,35 +913,8 @@ static void dump_snapshot_table(QEMUSnapshotInfo *sns, int n)
 static void dump_human_specific(ImageInfoSpecific *spec)
 {
     JsonValue *data = specific_data_json(spec);
-    GPtrArray *members = json_sorted_members(data);
 
-    for (guint i = 0; i < members->len; i++) {
-        JsonValue *m = g_ptr_array_index(members, i);
-        char *key = g_strdup(m->key);
-
-        for (char *p = key; *p; p++) {
-            if (*p == '-') {
-                *p = ' ';
-            }
-        }
-        printf("    %s: ", key);
-        switch (m->type) {
-        case JSON_STRING:
-            printf("%s\n", m->str);
-            break;
-        case JSON_INT:
-            printf("%" PRId64 "\n", m->num);
-            break;
-        case JSON_BOOL:
-            printf("%s\n", m->flag ? "true" : "false");
-            break;
-        default:
-            printf("\n");
-            break;
-        }
-        g_free(key);
-    }
-    g_ptr_array_free(members, TRUE);
+    json_dump_human(data, 1);
     json_free(data);
 }
 
@@ -2681,15 +2637,15 @@ static int img_measure(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind < argc) {
-        filename = argv[optind++];
-    }
-    if (optind < argc) {
-        error_report("Unexpected argument: %s", argv[optind]);
+    /* QEMU 7.2's order of checks; it has no "-o help" for measure */
+    if (argc - optind > 1) {
+        error_report("At most one filename argument is allowed.");
         goto out;
+    } else if (argc - optind == 1) {
+        filename = argv[optind];
     }
-    if (options && has_help_option(options)) {
-        ret = print_block_option_help(NULL, out_fmt);
+    if (!filename && (img_image_opts || fmt)) {
+        error_report("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
     if (filename && img_size != -1) {
@@ -2717,6 +2673,7 @@ static int img_measure(int argc, char **argv)
     if (options && (qemu_opts_parse(opts, options, NULL, &err) < 0 ||
                     qemu_opts_validate(opts, descs, &err) < 0)) {
         error_report_err(err);
+        error_report("Invalid options for file format '%s'", out_fmt);
         goto out;
     }
     if (img_size != -1) {

@@ -1386,30 +1386,14 @@ static const cmdinfo_t length_cmd = {
     .oneline = "gets the length of the current file",
 };
 
-/* Format-specific items as "    key words: value" (dashes become spaces). */
+/* Format-specific items as QEMU prints them (its member order, nesting). */
 static void dump_specific_info(const ImageInfoSpecific *info)
 {
-    guint i;
+    JsonValue *data = image_info_specific_json(info);
 
     printf("Format specific information:\n");
-    for (i = 0; info->items && i < info->items->len; i++) {
-        const InfoItem *item = g_ptr_array_index(info->items, i);
-        char *key = g_strdup(item->key);
-
-        g_strdelimit(key, "-", ' ');
-        switch (item->type) {
-        case INFO_ITEM_STRING:
-            printf("    %s: %s\n", key, item->str ? item->str : "");
-            break;
-        case INFO_ITEM_INT:
-            printf("    %s: %" PRId64 "\n", key, item->num);
-            break;
-        case INFO_ITEM_BOOL:
-            printf("    %s: %s\n", key, item->flag ? "true" : "false");
-            break;
-        }
-        g_free(key);
-    }
+    json_dump_human(data, 1);
+    json_free(data);
 }
 
 static int info_f(BlockBackend *blk, int argc, char **argv)

@@ -37,6 +37,22 @@ void json_free(JsonValue *v)
     g_free(v);
 }
 
+JsonValue *json_copy(const JsonValue *v)
+{
+    JsonValue *c = json_new(v->type);
+
+    c->key = g_strdup(v->key);
+    c->seq = v->seq;
+    c->str = g_strdup(v->str);
+    c->num = v->num;
+    c->flag = v->flag;
+    for (guint i = 0; v->members && i < v->members->len; i++) {
+        g_ptr_array_add(c->members,
+                        json_copy(g_ptr_array_index(v->members, i)));
+    }
+    return c;
+}
+
 void json_add(JsonValue *obj, const char *key, JsonValue *v)
 {
     if (key) {
@@ -220,4 +236,55 @@ void json_dump(JsonValue *v)
     printf("%s\n", out->str);
     g_string_free(out, TRUE);
     json_free(v);
+}
+
+/*
+ * QEMU's human dump of a value: object members "key: value" (dashes in
+ * keys as spaces), list elements "[i]: value", a list or object as
+ * "key:" and its contents four spaces further in.
+ */
+void json_dump_human(JsonValue *v, int indent)
+{
+    GPtrArray *members;
+
+    switch (v->type) {
+    case JSON_STRING:
+        printf("%s", v->str);
+        return;
+    case JSON_INT:
+        printf("%" PRId64, v->num);
+        return;
+    case JSON_BOOL:
+        printf("%s", v->flag ? "true" : "false");
+        return;
+    case JSON_OBJECT:
+    case JSON_ARRAY:
+        break;
+    }
+    members = v->type == JSON_OBJECT ? json_sorted_members(v) : v->members;
+    for (guint i = 0; i < members->len; i++) {
+        JsonValue *m = g_ptr_array_index(members, i);
+        bool composite = m->type == JSON_OBJECT || m->type == JSON_ARRAY;
+
+        if (v->type == JSON_OBJECT) {
+            char *key = g_strdup(m->key);
+
+            for (char *p = key; *p; p++) {
+                if (*p == '-') {
+                    *p = ' ';
+                }
+            }
+            printf("%*s%s:%c", indent * 4, "", key, composite ? '\n' : ' ');
+            g_free(key);
+        } else {
+            printf("%*s[%u]:%c", indent * 4, "", i, composite ? '\n' : ' ');
+        }
+        json_dump_human(m, indent + 1);
+        if (!composite) {
+            printf("\n");
+        }
+    }
+    if (v->type == JSON_OBJECT) {
+        g_ptr_array_free(members, TRUE);
+    }
 }

@@ -30,6 +30,8 @@ struct JsonValue {
 };
 
 JsonValue *json_new(JsonType type);
+/* A deep copy of v (member order and keys kept). */
+JsonValue *json_copy(const JsonValue *v);
 /* Frees v and everything under it; NULL is fine. */
 void json_free(JsonValue *v);
 /* Appends v to an object (key given) or array (key NULL); obj owns v. */
@@ -43,6 +45,12 @@ GPtrArray *json_sorted_members(JsonValue *obj);
 void json_quote(GString *out, const char *s);
 /* Appends v pretty-printed at the given indent level (no newline). */
 void json_print(GString *out, JsonValue *v, int indent);
+/*
+ * Prints v on stdout as QEMU's human "Format specific information": object
+ * members "key: value" with dashes as spaces, list elements "[i]: value",
+ * nested values four spaces per indent level further in.
+ */
+void json_dump_human(JsonValue *v, int indent);
 /* Prints v pretty-printed plus a newline on stdout, and frees it. */
 void json_dump(JsonValue *v);
 

@@ -6,6 +6,7 @@
  */
 #include "block/qcow2/qcow2.h"
 #include "util/cutils.h"
+#include "util/secret.h"
 
 /* Creation options, in QEMU's order (qemu-img prints them in this order). */
 const QemuOptDesc qcow2_create_opts[] = {
@@ -498,6 +499,127 @@ static int qcow2_measure_data(BlockDriverState *in_bs, uint64_t cs,
     return 0;
 }
 
+/*
+ * Bytes a LUKS header with its eight key slots takes in front of the data,
+ * as QEMU's measure computes it (0 unless encrypt.format=luks): a 4 KiB
+ * header, then per slot the key material (key length times 4000 stripes)
+ * rounded up to 4 KiB.
+ */
+static int64_t qcow2_measure_luks(QemuOpts *opts, Error **errp)
+{
+    static const struct {
+        const char *name;
+        int key_bytes;
+    } ciphers[] = {
+        { "aes-128", 16 }, { "aes-192", 24 }, { "aes-256", 32 },
+        { "cast5-128", 16 }, { "serpent-128", 16 }, { "serpent-192", 24 },
+        { "serpent-256", 32 }, { "twofish-128", 16 }, { "twofish-192", 24 },
+        { "twofish-256", 32 },
+    };
+    const char *fmt = qemu_opt_get(opts, "encrypt.format");
+    const char *secret = qemu_opt_get(opts, "encrypt.key-secret");
+    const char *alg = qemu_opt_get(opts, "encrypt.cipher-alg");
+    const char *mode = qemu_opt_get(opts, "encrypt.cipher-mode");
+    int key_bytes = 0;
+    size_t len;
+    char *data;
+
+    if (!fmt || strcmp(fmt, "luks")) {
+        return 0;
+    }
+    if (!secret) {
+        error_setg(errp, "Parameter 'encrypt.key-secret' is required for "
+                   "cipher");
+        return -EINVAL;
+    }
+    data = secret_lookup_bytes(secret, &len, errp);
+    if (!data) {
+        return -EINVAL;
+    }
+    g_free(data);
+    alg = alg ? alg : "aes-256";
+    mode = mode ? mode : "xts";
+    for (size_t i = 0; i < ARRAY_SIZE(ciphers); i++) {
+        if (!strcmp(alg, ciphers[i].name)) {
+            key_bytes = ciphers[i].key_bytes;
+        }
+    }
+    if (!key_bytes) {
+        error_setg(errp, "Parameter 'cipher-alg' does not accept value '%s'",
+                   alg);
+        return -EINVAL;
+    }
+    if (strcmp(mode, "xts") && strcmp(mode, "cbc") && strcmp(mode, "ecb") &&
+        strcmp(mode, "ctr")) {
+        error_setg(errp, "Parameter 'cipher-mode' does not accept value "
+                   "'%s'", mode);
+        return -EINVAL;
+    }
+    if (!strcmp(mode, "xts")) {
+        if (!strcmp(alg, "cast5-128")) {
+            error_setg(errp, "Unsupported cipher mode xts");
+            return -EINVAL;
+        }
+        key_bytes *= 2;
+    }
+    return 4096 + 8 * ROUND_UP((int64_t)key_bytes * 4000, 4096);
+}
+
+/*
+ * QEMU's room for the persistent bitmaps of a qcow2 source in a target of
+ * cluster size cs: each bitmap fully allocated plus its table, and the
+ * directory, each rounded up to clusters.
+ */
+static int64_t qcow2_measure_bitmaps(BlockDriverState *in_bs, uint64_t cs,
+                                     Error **errp)
+{
+    BDRVQcow2State *s = in_bs->opaque;
+    int64_t len = bdrv_getlength(in_bs);
+    uint64_t total = 0, dir_size = 0, pos = 0;
+    uint8_t *dir;
+    int ret;
+
+    if (len < 0) {
+        error_setg_errno(errp, -len, "Unable to get image virtual_size");
+        return len;
+    }
+    if (!s->nb_bitmaps ||
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+        return 0;
+    }
+    /* bitmap_directory_size is bounded by QCOW2_MAX_BITMAP_DIR_SIZE */
+    dir = g_malloc0(s->bitmap_directory_size + 1);
+    ret = bdrv_pread(in_bs->file, s->bitmap_directory_offset,
+                     s->bitmap_directory_size, dir, 0);
+    if (ret < 0) {
+        g_free(dir);
+        error_setg_errno(errp, -ret, "Could not read bitmap directory");
+        return ret;
+    }
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        Qcow2DiskBitmapDirEntry e;
+        uint64_t bits, clusters;
+        unsigned gb;
+
+        if (s->bitmap_directory_size - pos < sizeof(e)) {
+            break;
+        }
+        memcpy(&e, dir + pos, sizeof(e));
+        gb = e.granularity_bits;
+        pos += ROUND_UP(sizeof(e) + be16_to_cpu(e.name_size) +
+                        (uint64_t)be32_to_cpu(e.extra_data_size), 8);
+        if (gb < 9 || gb > 31) {
+            continue;
+        }
+        bits = DIV_ROUND_UP((uint64_t)len, UINT64_C(1) << gb);
+        clusters = DIV_ROUND_UP(DIV_ROUND_UP(bits, 8), cs);
+        total += clusters * cs + ROUND_UP(clusters * 8, cs);
+        dir_size += ROUND_UP(sizeof(e) + be16_to_cpu(e.name_size), 8);
+    }
+    g_free(dir);
+    return total + ROUND_UP(dir_size, cs);
+}
+
 BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
                                 Error **errp)
 {
@@ -507,6 +629,7 @@ BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
     const char *pre = qemu_opt_get(opts, "preallocation");
     PreallocMode prealloc = PREALLOC_MODE_OFF;
     uint64_t required = 0, virtual_size, refcount_bits;
+    int64_t luks;
     int version;
 
     if (!qcow2_check_cluster_size(cs, extended_l2, errp)) {
@@ -533,9 +656,12 @@ BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
         error_setg(errp, "invalid parameter value: %s", pre);
         return NULL;
     }
-    if (qcow2_refuse_encryption(opts, errp)) {
+    /* measure needs no crypto driver: aes adds nothing, luks its header */
+    luks = qcow2_measure_luks(opts, errp);
+    if (luks < 0) {
         return NULL;
     }
+    luks = ROUND_UP(luks, (int64_t)cs);
     virtual_size = ROUND_UP(qemu_opt_get_size(opts, "size", 0), cs);
     uint64_t l2e = extended_l2 ? 16 : 8;
     if (DIV_ROUND_UP(virtual_size / cs, cs / l2e) * 8 > QCOW2_MAX_L1_SIZE) {
@@ -564,11 +690,22 @@ BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
     BlockMeasureInfo *info = g_new0(BlockMeasureInfo, 1);
     info->fully_allocated = qcow2_prealloc_size(virtual_size, cs,
                                                 __builtin_ctzll(refcount_bits),
-                                                extended_l2);
+                                                extended_l2) + luks;
     info->required = info->fully_allocated - virtual_size + required;
+    /* QEMU: the source supports persistent bitmaps (a v3 qcow2) */
     info->has_bitmaps = version >= 3 && in_bs &&
-                        !strcmp(bdrv_get_format_name(in_bs), "qcow2");
+                        !strcmp(bdrv_get_format_name(in_bs), "qcow2") &&
+                        ((BDRVQcow2State *)in_bs->opaque)->qcow_version >= 3;
     info->bitmaps = 0;
+    if (info->has_bitmaps) {
+        int64_t b = qcow2_measure_bitmaps(in_bs, cs, errp);
+
+        if (b < 0) {
+            g_free(info);
+            return NULL;
+        }
+        info->bitmaps = b;
+    }
     return info;
 }
 

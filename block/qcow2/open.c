@@ -663,11 +663,69 @@ static int qcow2_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
     return 0;
 }
 
+/* QEMU's "bitmaps" list: name, granularity and flags of each bitmap. */
+static JsonValue *qcow2_bitmap_info_list(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    JsonValue *list;
+    uint64_t pos = 0;
+    uint8_t *dir;
+
+    if (!s->nb_bitmaps ||
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+        return NULL;
+    }
+    /* bitmap_directory_size is bounded by QCOW2_MAX_BITMAP_DIR_SIZE */
+    dir = g_malloc0(s->bitmap_directory_size + 1);
+    if (bdrv_pread(bs->file, s->bitmap_directory_offset,
+                   s->bitmap_directory_size, dir, 0) < 0) {
+        g_free(dir);
+        return NULL;
+    }
+    list = json_new(JSON_ARRAY);
+    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+        Qcow2DiskBitmapDirEntry e;
+        JsonValue *bm, *flags;
+        uint64_t name_size, entry;
+        uint32_t f;
+        char *name;
+
+        if (s->bitmap_directory_size - pos < sizeof(e)) {
+            break;
+        }
+        memcpy(&e, dir + pos, sizeof(e));
+        name_size = be16_to_cpu(e.name_size);
+        entry = sizeof(e) + (uint64_t)be32_to_cpu(e.extra_data_size);
+        if (s->bitmap_directory_size - pos < entry + name_size) {
+            break;
+        }
+        name = g_strndup((char *)dir + pos + entry, name_size);
+        f = be32_to_cpu(e.flags);
+        bm = json_new(JSON_OBJECT);
+        json_add_str(bm, "name", name);
+        json_add_int(bm, "granularity", INT64_C(1) << MIN(e.granularity_bits, 62));
+        flags = json_new(JSON_ARRAY);
+        if (f & 1) {
+            json_add_str(flags, NULL, "in-use");
+        }
+        if (f & 2) {
+            json_add_str(flags, NULL, "auto");
+        }
+        json_add(bm, "flags", flags);
+        json_add(list, NULL, bm);
+        g_free(name);
+        pos += ROUND_UP(entry + name_size, 8);
+    }
+    g_free(dir);
+    return list;
+}
+
 static ImageInfoSpecific *qcow2_get_specific_info(BlockDriverState *bs,
                                                   Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     ImageInfoSpecific *info = image_info_specific_new("qcow2");
+    JsonValue *bitmaps;
 
     image_info_add_str(info, "compression-type", "zlib");
     image_info_add_int(info, "refcount-bits", s->refcount_bits);
@@ -681,6 +739,10 @@ static ImageInfoSpecific *qcow2_get_specific_info(BlockDriverState *bs,
     image_info_add_bool(info, "corrupt",
                         s->incompatible_features & QCOW2_INCOMPAT_CORRUPT);
     image_info_add_bool(info, "extended-l2", s->extended_l2);
+    bitmaps = qcow2_bitmap_info_list(bs);
+    if (bitmaps) {
+        image_info_add_json(info, "bitmaps", bitmaps);
+    }
     if (s->image_data_file) {
         image_info_add_str(info, "data-file", s->image_data_file);
     }

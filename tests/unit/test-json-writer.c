@@ -129,6 +129,70 @@ static void test_empty_object(void)
     json_free(NULL);
 }
 
+static JsonValue *bitmap_list(void)
+{
+    JsonValue *list = json_new(JSON_ARRAY);
+    JsonValue *bm = json_new(JSON_OBJECT);
+    JsonValue *flags = json_new(JSON_ARRAY);
+
+    json_add_str(bm, "name", "b0");
+    json_add_int(bm, "granularity", 65536);
+    json_add_str(flags, NULL, "auto");
+    json_add(bm, "flags", flags);
+    json_add(list, NULL, bm);
+    bm = json_new(JSON_OBJECT);
+    json_add_str(bm, "name", "b-2");
+    json_add_int(bm, "granularity", 512);
+    json_add(bm, "flags", json_new(JSON_ARRAY));
+    json_add(list, NULL, bm);
+    return list;
+}
+
+static void test_copy(void)
+{
+    JsonValue *a = bitmap_list();
+    JsonValue *b = json_copy(a);
+    char *sa = printed(a), *sb = printed(b);
+
+    g_assert_cmpstr(sa, ==, sb);
+    g_free(sa);
+    g_free(sb);
+}
+
+/* QEMU's human dump of qcow2's bitmaps (qemu-img info, qemu-io info). */
+static void test_dump_human(void)
+{
+    JsonValue *obj = json_new(JSON_OBJECT);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    FILE *old = stdout;
+
+    g_assert_nonnull(f);
+    json_add(obj, "bitmaps", bitmap_list());
+    json_add_bool(obj, "lazy-refcounts", false);
+    fflush(stdout);
+    stdout = f;
+    json_dump_human(obj, 1);
+    fflush(f);
+    stdout = old;
+    fclose(f);
+    g_assert_cmpstr(out, ==,
+                    "    lazy refcounts: false\n"
+                    "    bitmaps:\n"
+                    "        [0]:\n"
+                    "            flags:\n"
+                    "                [0]: auto\n"
+                    "            name: b0\n"
+                    "            granularity: 65536\n"
+                    "        [1]:\n"
+                    "            flags:\n"
+                    "            name: b-2\n"
+                    "            granularity: 512\n");
+    free(out);
+    json_free(obj);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -137,5 +201,7 @@ int main(int argc, char **argv)
     g_test_add_func("/json-writer/nesting", test_nesting);
     g_test_add_func("/json-writer/member-order", test_member_order);
     g_test_add_func("/json-writer/empty-object", test_empty_object);
+    g_test_add_func("/json-writer/copy", test_copy);
+    g_test_add_func("/json-writer/dump-human", test_dump_human);
     return g_test_run();
 }
