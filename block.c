@@ -377,6 +377,7 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
 
 static void bdrv_free(BlockDriverState *bs)
 {
+    g_free(bs->node_name);
     if (bs->options) {
         qemu_opts_del(bs->options);
     }
@@ -439,6 +440,10 @@ static int bdrv_validate_open_opts(BlockDriver *drv, QemuOpts *opts,
 
         qemu_opts_nth(opts, i, &name, &value);
         if (bdrv_is_child_key(drv, name)) {
+            continue;
+        }
+        /* Every node may be named (QEMU's node-name; kept, not used). */
+        if (!strcmp(name, "node-name")) {
             continue;
         }
         for (const QemuOptDesc *d = descs[0]; d->name; d++) {
@@ -504,6 +509,7 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
     if (ret < 0) {
         goto fail;
     }
+    bs->node_name = opts ? g_strdup(qemu_opt_get(opts, "node-name")) : NULL;
     Error *local_err = NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
@@ -787,6 +793,7 @@ static int bdrv_take_generic_opts(QemuOpts *opts, int *flags, Error **errp)
         { "force-share", BDRV_O_FORCE_SHARE },
         { "cache.direct", BDRV_O_NOCACHE },
         { "cache.no-flush", BDRV_O_NO_FLUSH },
+        { "auto-read-only", 0 },        /* accepted (QEMU's); no effect */
     };
     char *discard = qemu_opt_get_del(opts, "discard");
     char *ro = qemu_opt_get_del(opts, "read-only");
@@ -929,6 +936,7 @@ bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
         goto fail_bs;
     }
     bs->options = qemu_opts_clone(opts);
+    bs->node_name = opts ? g_strdup(qemu_opt_get(opts, "node-name")) : NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
         error_propagate(errp, local_err);
@@ -1279,6 +1287,9 @@ void bdrv_ref(BlockDriverState *bs)
 static void coroutine_fn bdrv_close_entry(void *opaque)
 {
     BlockDriverState *bs = opaque;
+    if (!bs->drv) {
+        return;         /* no medium: a reopen that could not open again */
+    }
     if (!bs->read_only) {
         bdrv_co_flush(bs);
     }
@@ -1472,6 +1483,11 @@ int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp)
 const char *bdrv_get_format_name(BlockDriverState *bs)
 {
     return bs->drv ? bs->drv->format_name : NULL;
+}
+
+const char *bdrv_get_protocol_name(BlockDriverState *bs)
+{
+    return bs->drv ? bs->drv->protocol_name : NULL;
 }
 
 const char *bdrv_get_filename(BlockDriverState *bs)
@@ -2152,6 +2168,40 @@ int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
     return bdrv_snapshot_run(bdrv_snapshot_goto_entry, &c);
 }
 
+static void coroutine_fn bdrv_snapshot_load_tmp_entry(void *opaque)
+{
+    NamesCo *c = opaque;
+    BlockDriverState *node = bdrv_snapshot_node(c->bs);
+
+    if (!node || !node->drv->bdrv_snapshot_load_tmp) {
+        error_setg(c->errp, "Block format '%s' used by device '' does not "
+                   "support temporarily loading internal snapshots",
+                   c->bs->drv->format_name);
+        c->ret = -ENOTSUP;
+        return;
+    }
+    if (!node->read_only) {
+        error_setg(c->errp, "Device '' is writable, cannot load a snapshot "
+                   "temporarily");
+        c->ret = -EINVAL;
+        return;
+    }
+    c->ret = node->drv->bdrv_snapshot_load_tmp(node, c->s1, c->s2, c->errp);
+    if (c->ret >= 0) {
+        bdrv_refresh_total_bytes(node);
+        if (node != c->bs) {
+            bdrv_refresh_total_bytes(c->bs);
+        }
+    }
+}
+
+int bdrv_snapshot_load_tmp(BlockDriverState *bs, const char *snapshot_id,
+                           const char *name, Error **errp)
+{
+    NamesCo c = { .bs = bs, .s1 = snapshot_id, .s2 = name, .errp = errp };
+    return bdrv_snapshot_run(bdrv_snapshot_load_tmp_entry, &c);
+}
+
 static void coroutine_fn bdrv_snapshot_delete_entry(void *opaque)
 {
     NamesCo *c = opaque;
@@ -2374,6 +2424,12 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     e->state.flags = nflags;
     e->old_flags = bs->open_flags;
     e->old_options = bs->options;
+    QemuOpts *own = options ? qemu_opts_clone(options) : NULL;
+    QemuOpts *file_opts = own ? qemu_opts_extract_prefix(own, "file") : NULL;
+    QemuOpts *backing_opts = own ? qemu_opts_extract_prefix(own, "backing")
+                                 : NULL;
+
+    options = own;
     if (options && qemu_opts_count(options)) {
         e->state.options = bs->options ? qemu_opts_clone(bs->options)
                                        : qemu_opts_new();
@@ -2390,7 +2446,9 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     e->generic = e->changes && !bs->drv->bdrv_reopen_prepare;
     g_ptr_array_add(q, e);
 
-    bdrv_reopen_queue(q, bs->file, nflags, NULL, depth + 1);
+    qemu_opts_del(own);
+
+    bdrv_reopen_queue(q, bs->file, nflags, file_opts, depth + 1);
     /* A format opened again opens its data file again itself. */
     if (!e->generic && bs->data_file != bs->file) {
         bdrv_reopen_queue(q, bs->data_file, nflags, NULL, depth + 1);
@@ -2398,8 +2456,10 @@ static void bdrv_reopen_queue(GPtrArray *q, BlockDriverState *bs, int flags,
     if (bs->backing) {
         int bflags = (nflags & ~BDRV_O_RDWR) |
                      (bs->backing->open_flags & BDRV_O_RDWR);
-        bdrv_reopen_queue(q, bs->backing, bflags, NULL, depth + 1);
+        bdrv_reopen_queue(q, bs->backing, bflags, backing_opts, depth + 1);
     }
+    qemu_opts_del(file_opts);
+    qemu_opts_del(backing_opts);
 }
 
 static void bdrv_reopen_entry_free(gpointer p)
@@ -2426,6 +2486,21 @@ static int bdrv_reopen_prepare(ReopenEntry *e, Error **errp)
         error_setg(errp, "Cannot make '%s' writable: opened for metadata "
                    "only", bs->filename);
         return -EINVAL;
+    }
+    if (e->state.options) {
+        /* The driver and the node's name stay what they are (QEMU's). */
+        const char *nd = qemu_opt_get(e->state.options, "driver");
+        const char *nn = qemu_opt_get(e->state.options, "node-name");
+        const char *on = bs->node_name;
+        if (nd && strcmp(nd, drv->format_name)) {
+            error_setg(errp, "Cannot change the option 'driver'");
+            return -EINVAL;
+        }
+        qemu_opt_unset(e->state.options, "driver");
+        if (nn && (!on || strcmp(nn, on))) {
+            error_setg(errp, "Cannot change the option 'node-name'");
+            return -EINVAL;
+        }
     }
     if (e->state.options &&
         bdrv_validate_open_opts(drv, e->state.options, errp) < 0) {

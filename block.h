@@ -267,6 +267,8 @@ BlockMeasureInfo *bdrv_measure(BlockDriver *drv, QemuOpts *opts,
                                BlockDriverState *in_bs, Error **errp);
 
 /* ---- properties ---- */
+/* The protocol prefix of a protocol node's driver, or NULL. */
+const char *bdrv_get_protocol_name(BlockDriverState *bs);
 const char *bdrv_get_format_name(BlockDriverState *bs);
 const char *bdrv_get_filename(BlockDriverState *bs);
 BlockDriverState *bdrv_get_file(BlockDriverState *bs);      /* or NULL */
@@ -365,6 +367,10 @@ int bdrv_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn,
                          Error **errp);
 int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
                        Error **errp);
+/* A read-only node reads the snapshot named by id or name (either may be
+ * NULL: both given, both must match) until it is closed. */
+int bdrv_snapshot_load_tmp(BlockDriverState *bs, const char *snapshot_id,
+                           const char *name, Error **errp);
 int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
                          const char *name, Error **errp);
 /* Returns the count (>= 0) and a g_malloc'd array, or -errno. */

@@ -206,6 +206,13 @@ struct BlockDriver {
     int coroutine_fn (*bdrv_snapshot_goto)(BlockDriverState *bs,
                                            const char *snapshot_id,
                                            Error **errp);
+    /* Read-only nodes: the snapshot (by id, else by name; either may be
+     * NULL) becomes what is read, nothing is written (qemu-img convert
+     * -l). */
+    int coroutine_fn (*bdrv_snapshot_load_tmp)(BlockDriverState *bs,
+                                               const char *id,
+                                               const char *name,
+                                               Error **errp);
     int coroutine_fn (*bdrv_snapshot_delete)(BlockDriverState *bs,
                                              const char *snapshot_id,
                                              const char *name, Error **errp);
@@ -303,6 +310,7 @@ struct BlockDriverState {
     int refcnt;
 
     char filename[PATH_MAX];            /* as opened (with protocol prefix) */
+    char *node_name;                    /* node-name= at open, or NULL */
     char backing_file[PATH_MAX];        /* as stored in the image header */
     char backing_format[32];            /* as stored; "" if none */
 

@@ -1811,10 +1811,58 @@ static int convert_do_copy(ConvertState *s)
     return s->ret;
 }
 
+/*
+ * convert -l: the read-only source reads a snapshot. The argument is a
+ * snapshot's id or name, or "snapshot.id=ID,snapshot.name=NAME" (either
+ * key optional), as QEMU's.
+ */
+static int convert_load_snapshot(BlockBackend *blk, const char *arg)
+{
+    static const QemuOptDesc desc[] = {
+        { "snapshot.id", QEMU_OPT_STRING, "snapshot id" },
+        { "snapshot.name", QEMU_OPT_STRING, "snapshot name" },
+        { NULL }
+    };
+    const QemuOptDesc *const descs[] = { desc, NULL };
+    Error *err = NULL;
+    int ret;
+
+    if (g_str_has_prefix(arg, "snapshot.")) {
+        QemuOpts *opts = qemu_opts_new();
+        if (qemu_opts_parse(opts, arg, NULL, &err) < 0 ||
+            qemu_opts_validate(opts, descs, &err) < 0) {
+            error_report_err(err);
+            error_report("Failed in parsing snapshot param '%s'", arg);
+            qemu_opts_del(opts);
+            return -1;
+        }
+        ret = bdrv_snapshot_load_tmp(blk_bs(blk),
+                                     qemu_opt_get(opts, "snapshot.id"),
+                                     qemu_opt_get(opts, "snapshot.name"),
+                                     &err);
+        qemu_opts_del(opts);
+    } else {
+        /* An id first, then a name. */
+        ret = bdrv_snapshot_load_tmp(blk_bs(blk), arg, NULL, &err);
+        if (ret == -ENOENT) {
+            error_free(err);
+            err = NULL;
+            ret = bdrv_snapshot_load_tmp(blk_bs(blk), NULL, arg, &err);
+        }
+    }
+    if (ret < 0) {
+        error_prepend(&err, "Failed to load snapshot: ");
+        error_report_err(err);
+        return -1;
+    }
+    return 0;
+}
+
 typedef struct ConvertArgs {
     const char *fmt;
     const char *out_fmt;
     const char *out_baseimg;
+    const char *snapshot;       /* -l: name, or snapshot.id=,snapshot.name= */
     const char *backing_fmt;
     const char *cache;
     const char *src_cache;
@@ -1951,9 +1999,8 @@ static int img_convert(int argc, char **argv)
             accumulate_options(&a.options, optarg);
             break;
         case 'l':
-            error_report("-l (snapshot source) is not supported by this "
-                         "qemu-img");
-            goto out;
+            a.snapshot = optarg;
+            break;
         case 'S': {
             int64_t sval = cvtnum("buffer size for sparse output", optarg);
 
@@ -2070,6 +2117,10 @@ static int img_convert(int argc, char **argv)
     progress_init(a.progress, 1.0);
     progress_print(0, 100);
 
+    if (a.snapshot && s.src_num > 1) {
+        error_report("No support for concatenating multiple snapshot");
+        goto out;
+    }
     s.src = g_new0(BlockBackend *, s.src_num);
     s.src_len = g_new0(int64_t, s.src_num);
     s.src_size = g_new0(int64_t, s.src_num);
@@ -2078,6 +2129,9 @@ static int img_convert(int argc, char **argv)
 
         s.src[i] = img_open(name, a.fmt, src_flags, src_writethrough);
         if (!s.src[i]) {
+            goto out;
+        }
+        if (a.snapshot && convert_load_snapshot(s.src[i], a.snapshot) < 0) {
             goto out;
         }
         s.src_len[i] = blk_getlength(s.src[i]);

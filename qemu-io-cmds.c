@@ -1409,6 +1409,11 @@ static int info_f(BlockBackend *blk, int argc, char **argv)
     if (fmt) {
         printf("format name: %s\n", fmt);
     }
+    /* A protocol node names its protocol too, under the same label
+     * (QEMU's qemu-io prints both). */
+    if (bs && bdrv_get_protocol_name(bs)) {
+        printf("format name: %s\n", bdrv_get_protocol_name(bs));
+    }
 
     memset(&bdi, 0, sizeof(bdi));
     ret = bdrv_get_info(bs, &bdi);

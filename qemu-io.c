@@ -109,7 +109,7 @@ static int reopen_f(BlockBackend *blk, int argc, char **argv)
 {
     int flags = cur_flags;
     bool writethrough = !blk_enable_write_cache(blk);
-    bool has_rw = false;
+    bool has_rw = false, has_cache = false;
     QemuOpts *opts = qemu_opts_new();  /* what -o changes */
     Error *local_err = NULL;
     int c, ret = 0;
@@ -123,6 +123,7 @@ static int reopen_f(BlockBackend *blk, int argc, char **argv)
                 ret = -EINVAL;
                 goto out;
             }
+            has_cache = true;
             break;
         case 'o':
             if (qemu_opts_parse(opts, optarg, NULL, &local_err) < 0) {
@@ -149,6 +150,18 @@ static int reopen_f(BlockBackend *blk, int argc, char **argv)
     }
     if (optind != argc) {
         qemuio_command_usage(&reopen_cmd);
+        ret = -EINVAL;
+        goto out;
+    }
+    /* A flag and the option that says the same may not both be given. */
+    if (has_rw && qemu_opt_has(opts, "read-only")) {
+        error_report("Cannot set both -r/-w and 'read-only'");
+        ret = -EINVAL;
+        goto out;
+    }
+    if (has_cache && (qemu_opt_has(opts, "cache.direct") ||
+                      qemu_opt_has(opts, "cache.no-flush"))) {
+        error_report("Cannot set both -c and the cache options");
         ret = -EINVAL;
         goto out;
     }

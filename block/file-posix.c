@@ -467,8 +467,22 @@ static int coroutine_fn file_open(BlockDriverState *bs, QemuOpts *options,
         oflags |= O_NONBLOCK;
     }
 
-    /* The node is called by its path ("file:a.img" is "a.img"). */
-    memmove(bs->filename, filename, strlen(filename) + 1);
+    /* The node is called by its path ("file:a.img" is "a.img"); a
+     * relative path after a prefix that would read as a protocol prefix
+     * ("file:a:b.img") is called "./a:b.img", as QEMU shows it (and
+     * backing file names relative to it stay files); given by options
+     * (filename=a:b.img) it stays as given, as QEMU's. */
+    const char *colon = strchr(filename, ':');
+    const char *slash = strchr(filename, '/');
+    if (filename != bs->filename && colon && colon != filename &&
+        (!slash || colon < slash) &&
+        strlen(filename) + 3 <= sizeof(bs->filename)) {
+        char *dot = g_strdup_printf("./%s", filename);
+        pstrcpy(bs->filename, sizeof(bs->filename), dot);
+        g_free(dot);
+    } else {
+        memmove(bs->filename, filename, strlen(filename) + 1);
+    }
     filename = bs->filename;
     s->fd = -1;
     s->shared_perm = BLK_PERM_ALL;
@@ -1108,8 +1122,7 @@ static int file_reopen_prepare(BdrvReopenState *state, Error **errp)
     if (state->options && qemu_opt_has(state->options, "locking") &&
         g_strcmp0(qemu_opt_get(state->options, "locking"),
                   bs->options ? qemu_opt_get(bs->options, "locking") : NULL)) {
-        error_setg(errp, "Cannot change the locking mode of '%s' on reopen",
-                   bs->filename);
+        error_setg(errp, "Cannot change the option 'locking'");
         return -ENOTSUP;
     }
     if (!strcmp(bs->drv->format_name, "host_cdrom")) {

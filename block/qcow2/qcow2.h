@@ -568,6 +568,9 @@ int coroutine_fn qcow2_do_read_snapshots(BlockDriverState *bs, bool repair,
 void qcow2_free_snapshots(BDRVQcow2State *s);
 int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
                                        QEMUSnapshotInfo *sn, Error **errp);
+int coroutine_fn qcow2_snapshot_load_tmp(BlockDriverState *bs,
+                                         const char *id, const char *name,
+                                         Error **errp);
 int coroutine_fn qcow2_snapshot_goto(BlockDriverState *bs,
                                      const char *snapshot_id, Error **errp);
 int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs,

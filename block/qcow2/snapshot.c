@@ -736,6 +736,66 @@ int coroutine_fn qcow2_snapshot_goto(BlockDriverState *bs,
     return ret;
 }
 
+/* ---- read a snapshot without applying it (qemu-img convert -l) ---- */
+
+int coroutine_fn qcow2_snapshot_load_tmp(BlockDriverState *bs,
+                                         const char *id, const char *name,
+                                         Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2Snapshot *sn = NULL;
+    uint64_t *l1 = NULL;
+    int ret;
+
+    qemu_co_mutex_lock(&s->lock);
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        if ((!id || !strcmp(s->snapshots[i].id_str, id)) &&
+            (!name || !strcmp(s->snapshots[i].name, name)) && (id || name)) {
+            sn = &s->snapshots[i];
+            break;
+        }
+    }
+    if (!sn) {
+        error_setg(errp, "Can't find snapshot");
+        ret = -ENOENT;
+        goto out;
+    }
+    ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size,
+                               sizeof(uint64_t), QCOW2_MAX_L1_SIZE,
+                               "Snapshot L1 table", errp);
+    if (ret < 0) {
+        goto out;
+    }
+    if (sn->disk_size > INT64_MAX ||
+        qcow2_size_to_l1(s, sn->disk_size) > sn->l1_size) {
+        error_setg(errp, "Snapshot L1 table is too small");
+        ret = -EINVAL;
+        goto out;
+    }
+    ret = qcow2_read_l1_table(bs, sn->l1_table_offset, sn->l1_size, &l1);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Failed to read the snapshot's L1 "
+                         "table");
+        goto out;
+    }
+    /* Read-only: the node reads the snapshot's tree from now on. */
+    qemu_vfree(s->l1_table);
+    s->l1_table = qemu_blockalign(ROUND_UP(MAX((size_t)sn->l1_size * 8, 8),
+                                           512));
+    memset(s->l1_table, 0, ROUND_UP(MAX((size_t)sn->l1_size * 8, 8), 512));
+    memcpy(s->l1_table, l1, (size_t)sn->l1_size * 8);
+    s->l1_size = sn->l1_size;
+    s->l1_table_offset = sn->l1_table_offset;
+    s->size = sn->disk_size;
+    s->l1_vm_state_index = qcow2_size_to_l1(s, s->size);
+    qcow2_invalidate_meta_clusters(s);
+    ret = 0;
+out:
+    g_free(l1);
+    qemu_co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* ---- delete ---- */
 
 int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs,
