@@ -1913,6 +1913,8 @@ typedef struct ConvertArgs {
     bool quiet;
     bool compressed;
     bool target_is_zero;
+    bool force_share;
+    QemuOpts *user_opts;        /* -o parsed, for backing_file/backing_fmt */
 } ConvertArgs;
 
 /* Create the convert target; errors reported. 0 or -1. */
@@ -1981,7 +1983,103 @@ static int convert_create_target(ConvertArgs *a, const char *out_filename,
     return 0;
 }
 
-static int img_convert(int argc, char **argv)
+/* One option of convert into a and s: 0, or -1 after an error message. */
+static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
+                                char **argv)
+{
+    switch (c) {
+    case 'h':
+        error_exit("see 'qemu-img --help'");
+    case 'f':
+        a->fmt = optarg;
+        break;
+    case 'O':
+        a->out_fmt = optarg;
+        break;
+    case 'B':
+        a->out_baseimg = optarg;
+        break;
+    case 'C':
+        break;
+    case 'c':
+        a->compressed = true;
+        break;
+    case 'F':
+        a->backing_fmt = optarg;
+        break;
+    case 'o':
+        accumulate_options(&a->options, optarg);
+        break;
+    case 'l':
+        a->snapshot = optarg;
+        break;
+    case 'S': {
+        int64_t sval = cvtnum("buffer size for sparse output", optarg);
+
+        if (sval < 0) {
+            return -1;
+        }
+        if (!QEMU_IS_ALIGNED(sval, BDRV_SECTOR_SIZE) ||
+            sval / (int64_t)BDRV_SECTOR_SIZE > MAX_BUF_SECTORS) {
+            error_report("Invalid buffer size for sparse output specified. "
+                "Valid sizes are multiples of %llu up to %llu. Select "
+                "0 to disable sparse detection (fully allocates output).",
+                BDRV_SECTOR_SIZE, MAX_BUF_SECTORS * BDRV_SECTOR_SIZE);
+            return -1;
+        }
+        s->min_sparse = sval / BDRV_SECTOR_SIZE;
+        break;
+    }
+    case 'p':
+        a->progress = true;
+        break;
+    case 't':
+        a->cache = optarg;
+        break;
+    case 'T':
+        a->src_cache = optarg;
+        break;
+    case 'q':
+        a->quiet = true;
+        break;
+    case 'n':
+        a->skip_create = true;
+        break;
+    case 'm':
+        if (qemu_strtoi(optarg, NULL, 0, &s->num_coroutines) ||
+            s->num_coroutines < 1 || s->num_coroutines > MAX_COROUTINES) {
+            error_report("Invalid number of coroutines. Allowed number of"
+                         " coroutines is between 1 and %d",
+                         MAX_COROUTINES);
+            return -1;
+        }
+        break;
+    case 'W':
+        s->wr_in_order = false;
+        break;
+    case 'U':
+        a->force_share = true;
+        break;
+    case 'r':
+        if (cvtnum("rate limit", optarg) < 0) {
+            return -1;
+        }
+        break;
+    case OPTION_SALVAGE:
+    case OPTION_BITMAPS:
+        break;
+    case OPTION_TARGET_IS_ZERO:
+        a->target_is_zero = true;
+        break;
+    default:
+        common_option(c, argv);
+    }
+    return 0;
+}
+
+/* The options of convert and the checks that need no image: 0 or -1. */
+static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
+                              char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
@@ -1995,6 +2093,234 @@ static int img_convert(int argc, char **argv)
         {"bitmaps", no_argument, 0, OPTION_BITMAPS},
         {0, 0, 0, 0}
     };
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
+                            long_options, NULL)) != -1) {
+        if (convert_parse_option(a, s, c, argv) < 0) {
+            return -1;
+        }
+    }
+    if (!a->out_fmt && !img_target_image_opts) {
+        a->out_fmt = "raw";
+    }
+    if (img_target_image_opts && !a->skip_create) {
+        error_report("--target-image-opts requires use of -n flag");
+        return -1;
+    }
+    if (a->quiet) {
+        a->progress = false;
+    }
+    if (!s->wr_in_order && a->compressed) {
+        error_report("Out of order write and compress are mutually exclusive");
+        return -1;
+    }
+    if (a->skip_create && a->options) {
+        error_report("-o has no effect when skipping image creation");
+        return -1;
+    }
+    if (a->target_is_zero && !a->skip_create) {
+        error_report("--target-is-zero requires use of -n flag");
+        return -1;
+    }
+    return 0;
+}
+
+/* Open the sources (argv[0..src_num)) into s: 0, or -1 after an error. */
+static int convert_open_sources(ConvertArgs *a, ConvertState *s,
+                                char **names, int src_flags,
+                                bool src_writethrough)
+{
+    if (a->snapshot && s->src_num > 1) {
+        error_report("No support for concatenating multiple snapshot");
+        return -1;
+    }
+    s->src = g_new0(BlockBackend *, s->src_num);
+    s->src_len = g_new0(int64_t, s->src_num);
+    s->src_size = g_new0(int64_t, s->src_num);
+    for (int i = 0; i < s->src_num; i++) {
+        const char *name = names[i];
+
+        s->src[i] = img_open(name, a->fmt, src_flags, src_writethrough);
+        if (!s->src[i]) {
+            return -1;
+        }
+        if (a->snapshot && convert_load_snapshot(s->src[i], a->snapshot) < 0) {
+            return -1;
+        }
+        s->src_len[i] = blk_getlength(s->src[i]);
+        if (s->src_len[i] < 0) {
+            error_report("Could not get size of %s: %s", name,
+                         strerror((int)-s->src_len[i]));
+            return -1;
+        }
+        s->src_size[i] = ROUND_UP(s->src_len[i], (int64_t)BDRV_SECTOR_SIZE);
+        s->total_size += s->src_size[i];
+    }
+    return 0;
+}
+
+/*
+ * Checks of the target's format against -c and the backing file, which
+ * may come from -o too (as QEMU): 0, or -1 after an error message.
+ */
+static int convert_check_target_format(ConvertArgs *a, ConvertState *s)
+{
+    if (a->compressed && !a->skip_create) {
+        BlockDriver *odrv = bdrv_find_format(a->out_fmt);
+        if (odrv && !bdrv_driver_can_compress(odrv)) {
+            error_report("Compression not supported for this file format");
+            return -1;
+        }
+    }
+    if (s->src_num > 1 && a->out_baseimg) {
+        error_report("Having a backing file for the target makes no sense "
+                     "when concatenating multiple input images");
+        return -1;
+    }
+    if (a->options && !a->skip_create) {
+        Error *err = NULL;
+
+        a->user_opts = qemu_opts_new();
+        if (qemu_opts_parse(a->user_opts, a->options, NULL, &err) < 0) {
+            error_free(err);    /* reported when the target is created */
+        } else {
+            if (!a->out_baseimg) {
+                a->out_baseimg = qemu_opt_get(a->user_opts, "backing_file");
+            }
+            if (!a->backing_fmt) {
+                a->backing_fmt = qemu_opt_get(a->user_opts, "backing_fmt");
+            }
+        }
+    }
+    if (a->out_baseimg && !a->skip_create) {
+        BlockDriver *odrv = bdrv_find_format(a->out_fmt);
+        if (odrv && !bdrv_driver_supports_backing(odrv)) {
+            error_report("Backing file not supported for file format '%s'",
+                         a->out_fmt);
+            return -1;
+        }
+    }
+    if (a->out_baseimg && !a->backing_fmt && !a->skip_create) {
+        error_report("Use of backing file requires explicit backing format");
+        return -1;
+    }
+    s->target_has_backing = a->out_baseimg != NULL;
+    return 0;
+}
+
+/* Create (unless -n) and open the target: 0, or -1 after an error. */
+static int convert_open_target(ConvertArgs *a, ConvertState *s,
+                               const char *out_filename, int flags,
+                               bool writethrough)
+{
+    if (!a->skip_create) {
+        if (convert_create_target(a, out_filename, s->total_size) < 0) {
+            return -1;
+        }
+    }
+    s->target = img_open_as(img_target_image_opts, out_filename, a->out_fmt,
+                            flags, writethrough);
+    if (!s->target) {
+        return -1;
+    }
+    if (a->skip_create) {
+        int64_t out_len = blk_getlength(s->target);
+
+        if (out_len < 0) {
+            error_report("unable to get output image length: %s",
+                         strerror((int)-out_len));
+            return -1;
+        } else if (out_len < s->total_size) {
+            error_report("output file is smaller than input file");
+            return -1;
+        }
+    }
+    if (s->target_has_backing && !a->skip_create &&
+        bdrv_get_backing(blk_bs(s->target))) {
+        s->target_backing_size =
+            bdrv_getlength(bdrv_get_backing(blk_bs(s->target)));
+    }
+    return 0;
+}
+
+/* How the copy writes the open target: compression, the alignment of
+ * runs, whether zeroes need writing. 0, or -1 after an error message. */
+static int convert_setup_target(ConvertArgs *a, ConvertState *s)
+{
+    if (a->compressed) {
+        BlockDriverInfo bdi;
+        if (!bdrv_driver_can_compress(bdrv_find_format(
+                bdrv_get_format_name(blk_bs(s->target))))) {
+            error_report("Compression not supported for this file format");
+            return -1;
+        }
+        if (bdrv_get_info(blk_bs(s->target), &bdi) < 0) {
+            error_report("could not get block driver info");
+            return -1;
+        }
+        if (bdi.cluster_size <= 0 || bdi.cluster_size > s->buf_size) {
+            error_report("invalid cluster size");
+            return -1;
+        }
+        s->compressed = true;
+        s->cluster_size = bdi.cluster_size;
+    }
+    /* As QEMU: runs end on -S (a power of two below) or the target's
+     * request alignment, whichever is larger. */
+    s->alignment = 1;
+    while (s->alignment * 2 <= s->min_sparse) {
+        s->alignment *= 2;
+    }
+    s->alignment = MAX(s->alignment,
+                       DIV_ROUND_UP(bdrv_get_request_alignment(
+                                        blk_bs(s->target)),
+                                    BDRV_SECTOR_SIZE));
+    if (a->target_is_zero) {
+        s->has_zero_init = true;
+    } else if (!a->skip_create && s->min_sparse && !s->target_has_backing) {
+        s->has_zero_init = bdrv_has_zero_init(blk_bs(s->target));
+    }
+    return 0;
+}
+
+/* The copy, then the end of a compressed target's file on a sector. */
+static int convert_run(ConvertState *s)
+{
+    int ret = convert_do_copy(s);
+
+    if (ret == 0 && s->compressed && bdrv_get_file(blk_bs(s->target))) {
+        /* The file ends on a sector boundary (compressed data may not). */
+        BlockDriverState *file = bdrv_get_file(blk_bs(s->target));
+        int64_t len = bdrv_getlength(file);
+        if (len >= 0) {
+            bdrv_truncate(file, len, false, PREALLOC_MODE_OFF, NULL);
+        }
+    }
+    return ret;
+}
+
+static void convert_cleanup(ConvertArgs *a, ConvertState *s)
+{
+    if (s->target) {
+        blk_unref(s->target);
+    }
+    for (int i = 0; s->src && i < s->src_num; i++) {
+        if (s->src[i]) {
+            blk_unref(s->src[i]);
+        }
+    }
+    g_free(s->src);
+    g_free(s->src_len);
+    g_free(s->src_size);
+    if (a->user_opts) {
+        qemu_opts_del(a->user_opts);
+    }
+    g_free(a->options);
+}
+
+static int img_convert(int argc, char **argv)
+{
     ConvertArgs a = {
         .out_fmt = NULL,
         .cache = "unsafe",
@@ -2008,127 +2334,12 @@ static int img_convert(int argc, char **argv)
         .buf_size = IO_BUF_SIZE,
     };
     const char *out_filename;
-    bool explicit_min_sparse = false;
-    int flags, src_flags, c, ret = -1;
-    bool force_share = false;
+    int flags, src_flags, ret = -1;
     bool writethrough, src_writethrough;
-    QemuOpts *user_opts = NULL;
 
-    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
-                            long_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            error_exit("see 'qemu-img --help'");
-        case 'f':
-            a.fmt = optarg;
-            break;
-        case 'O':
-            a.out_fmt = optarg;
-            break;
-        case 'B':
-            a.out_baseimg = optarg;
-            break;
-        case 'C':
-            break;
-        case 'c':
-            a.compressed = true;
-            break;
-        case 'F':
-            a.backing_fmt = optarg;
-            break;
-        case 'o':
-            accumulate_options(&a.options, optarg);
-            break;
-        case 'l':
-            a.snapshot = optarg;
-            break;
-        case 'S': {
-            int64_t sval = cvtnum("buffer size for sparse output", optarg);
-
-            if (sval < 0) {
-                goto out;
-            }
-            if (!QEMU_IS_ALIGNED(sval, BDRV_SECTOR_SIZE) ||
-                sval / (int64_t)BDRV_SECTOR_SIZE > MAX_BUF_SECTORS) {
-                error_report("Invalid buffer size for sparse output specified. "
-                    "Valid sizes are multiples of %llu up to %llu. Select "
-                    "0 to disable sparse detection (fully allocates output).",
-                    BDRV_SECTOR_SIZE, MAX_BUF_SECTORS * BDRV_SECTOR_SIZE);
-                goto out;
-            }
-            s.min_sparse = sval / BDRV_SECTOR_SIZE;
-            explicit_min_sparse = true;
-            break;
-        }
-        case 'p':
-            a.progress = true;
-            break;
-        case 't':
-            a.cache = optarg;
-            break;
-        case 'T':
-            a.src_cache = optarg;
-            break;
-        case 'q':
-            a.quiet = true;
-            break;
-        case 'n':
-            a.skip_create = true;
-            break;
-        case 'm':
-            if (qemu_strtoi(optarg, NULL, 0, &s.num_coroutines) ||
-                s.num_coroutines < 1 || s.num_coroutines > MAX_COROUTINES) {
-                error_report("Invalid number of coroutines. Allowed number of"
-                             " coroutines is between 1 and %d",
-                             MAX_COROUTINES);
-                goto out;
-            }
-            break;
-        case 'W':
-            s.wr_in_order = false;
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case 'r':
-            if (cvtnum("rate limit", optarg) < 0) {
-                goto out;
-            }
-            break;
-        case OPTION_SALVAGE:
-        case OPTION_BITMAPS:
-            break;
-        case OPTION_TARGET_IS_ZERO:
-            a.target_is_zero = true;
-            break;
-        default:
-            common_option(c, argv);
-        }
-    }
-    (void)explicit_min_sparse;
-    if (!a.out_fmt && !img_target_image_opts) {
-        a.out_fmt = "raw";
-    }
-    if (img_target_image_opts && !a.skip_create) {
-        error_report("--target-image-opts requires use of -n flag");
+    if (convert_parse_args(&a, &s, argc, argv) < 0) {
         goto out;
     }
-    if (a.quiet) {
-        a.progress = false;
-    }
-    if (!s.wr_in_order && a.compressed) {
-        error_report("Out of order write and compress are mutually exclusive");
-        goto out;
-    }
-    if (a.skip_create && a.options) {
-        error_report("-o has no effect when skipping image creation");
-        goto out;
-    }
-    if (a.target_is_zero && !a.skip_create) {
-        error_report("--target-is-zero requires use of -n flag");
-        goto out;
-    }
-
     s.src_num = argc - optind - 1;
     out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
     if (a.options && has_help_option(a.options)) {
@@ -2143,7 +2354,7 @@ static int img_convert(int argc, char **argv)
     }
 
     /* As QEMU: nobody may write the sources while they are copied. */
-    src_flags = BDRV_O_NO_SHARE | (force_share ? BDRV_O_FORCE_SHARE : 0);
+    src_flags = BDRV_O_NO_SHARE | (a.force_share ? BDRV_O_FORCE_SHARE : 0);
     if (bdrv_parse_cache_mode(a.src_cache, &src_flags,
                               &src_writethrough) < 0) {
         error_report("Invalid source cache option: %s", a.src_cache);
@@ -2158,165 +2369,21 @@ static int img_convert(int argc, char **argv)
     progress_init(a.progress, 1.0);
     progress_print(0, 100);
 
-    if (a.snapshot && s.src_num > 1) {
-        error_report("No support for concatenating multiple snapshot");
+    if (convert_open_sources(&a, &s, argv + optind, src_flags,
+                             src_writethrough) < 0 ||
+        convert_check_target_format(&a, &s) < 0 ||
+        convert_open_target(&a, &s, out_filename, flags, writethrough) < 0 ||
+        convert_setup_target(&a, &s) < 0) {
         goto out;
     }
-    s.src = g_new0(BlockBackend *, s.src_num);
-    s.src_len = g_new0(int64_t, s.src_num);
-    s.src_size = g_new0(int64_t, s.src_num);
-    for (int i = 0; i < s.src_num; i++) {
-        const char *name = argv[optind + i];
-
-        s.src[i] = img_open(name, a.fmt, src_flags, src_writethrough);
-        if (!s.src[i]) {
-            goto out;
-        }
-        if (a.snapshot && convert_load_snapshot(s.src[i], a.snapshot) < 0) {
-            goto out;
-        }
-        s.src_len[i] = blk_getlength(s.src[i]);
-        if (s.src_len[i] < 0) {
-            error_report("Could not get size of %s: %s", name,
-                         strerror((int)-s.src_len[i]));
-            goto out;
-        }
-        s.src_size[i] = ROUND_UP(s.src_len[i], (int64_t)BDRV_SECTOR_SIZE);
-        s.total_size += s.src_size[i];
-    }
-
-    if (a.compressed && !a.skip_create) {
-        BlockDriver *odrv = bdrv_find_format(a.out_fmt);
-        if (odrv && !bdrv_driver_can_compress(odrv)) {
-            error_report("Compression not supported for this file format");
-            goto out;
-        }
-    }
-    if (s.src_num > 1 && a.out_baseimg) {
-        error_report("Having a backing file for the target makes no sense "
-                     "when concatenating multiple input images");
-        goto out;
-    }
-    /* As QEMU: the backing file and its format may come from -o too. */
-    if (a.options && !a.skip_create) {
-        Error *err = NULL;
-
-        user_opts = qemu_opts_new();
-        if (qemu_opts_parse(user_opts, a.options, NULL, &err) < 0) {
-            error_free(err);    /* reported when the target is created */
-        } else {
-            if (!a.out_baseimg) {
-                a.out_baseimg = qemu_opt_get(user_opts, "backing_file");
-            }
-            if (!a.backing_fmt) {
-                a.backing_fmt = qemu_opt_get(user_opts, "backing_fmt");
-            }
-        }
-    }
-    if (a.out_baseimg && !a.skip_create) {
-        BlockDriver *odrv = bdrv_find_format(a.out_fmt);
-        if (odrv && !bdrv_driver_supports_backing(odrv)) {
-            error_report("Backing file not supported for file format '%s'",
-                         a.out_fmt);
-            goto out;
-        }
-    }
-    if (a.out_baseimg && !a.backing_fmt && !a.skip_create) {
-        error_report("Use of backing file requires explicit backing format");
-        goto out;
-    }
-    s.target_has_backing = a.out_baseimg != NULL;
-
-    if (!a.skip_create) {
-        if (convert_create_target(&a, out_filename, s.total_size) < 0) {
-            goto out;
-        }
-    }
-    s.target = img_open_as(img_target_image_opts, out_filename, a.out_fmt,
-                           flags, writethrough);
-    if (!s.target) {
-        goto out;
-    }
-    if (a.skip_create) {
-        int64_t out_len = blk_getlength(s.target);
-
-        if (out_len < 0) {
-            error_report("unable to get output image length: %s",
-                         strerror((int)-out_len));
-            goto out;
-        } else if (out_len < s.total_size) {
-            error_report("output file is smaller than input file");
-            goto out;
-        }
-    }
-    if (s.target_has_backing && !a.skip_create &&
-        bdrv_get_backing(blk_bs(s.target))) {
-        s.target_backing_size =
-            bdrv_getlength(bdrv_get_backing(blk_bs(s.target)));
-    }
-    if (a.compressed) {
-        BlockDriverInfo bdi;
-        if (!bdrv_driver_can_compress(bdrv_find_format(
-                bdrv_get_format_name(blk_bs(s.target))))) {
-            error_report("Compression not supported for this file format");
-            goto out;
-        }
-        if (bdrv_get_info(blk_bs(s.target), &bdi) < 0) {
-            error_report("could not get block driver info");
-            goto out;
-        }
-        if (bdi.cluster_size <= 0 || bdi.cluster_size > s.buf_size) {
-            error_report("invalid cluster size");
-            goto out;
-        }
-        s.compressed = true;
-        s.cluster_size = bdi.cluster_size;
-    }
-    /* As QEMU: runs end on -S (a power of two below) or the target's
-     * request alignment, whichever is larger. */
-    s.alignment = 1;
-    while (s.alignment * 2 <= s.min_sparse) {
-        s.alignment *= 2;
-    }
-    s.alignment = MAX(s.alignment,
-                      DIV_ROUND_UP(bdrv_get_request_alignment(blk_bs(s.target)),
-                                   BDRV_SECTOR_SIZE));
-    if (a.target_is_zero) {
-        s.has_zero_init = true;
-    } else if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
-        s.has_zero_init = bdrv_has_zero_init(blk_bs(s.target));
-    }
-
-    ret = convert_do_copy(&s);
-    if (ret == 0 && s.compressed && bdrv_get_file(blk_bs(s.target))) {
-        /* The file ends on a sector boundary (compressed data may not). */
-        BlockDriverState *file = bdrv_get_file(blk_bs(s.target));
-        int64_t len = bdrv_getlength(file);
-        if (len >= 0) {
-            bdrv_truncate(file, len, false, PREALLOC_MODE_OFF, NULL);
-        }
-    }
+    ret = convert_run(&s);
 
 out:
     if (ret == 0) {
         progress_print(100, 0);
     }
     progress_end();
-    if (s.target) {
-        blk_unref(s.target);
-    }
-    for (int i = 0; s.src && i < s.src_num; i++) {
-        if (s.src[i]) {
-            blk_unref(s.src[i]);
-        }
-    }
-    g_free(s.src);
-    g_free(s.src_len);
-    g_free(s.src_size);
-    if (user_opts) {
-        qemu_opts_del(user_opts);
-    }
-    g_free(a.options);
+    convert_cleanup(&a, &s);
     return ret ? 1 : 0;
 }
 
@@ -4033,7 +4100,89 @@ static int bench_parse_int(const char *arg, unsigned long max,
     return 0;
 }
 
-static int img_bench(int argc, char **argv)
+typedef struct BenchArgs {
+    const char *fmt;
+    bool is_write;
+    bool drain_on_flush;
+    bool writethrough;
+    int count, depth, pattern, flush_interval;
+    int64_t offset;
+    size_t bufsize, step;
+    int flags;
+} BenchArgs;
+
+/* One option of bench into a: 0, or -1 after an error message. */
+static int bench_parse_option(BenchArgs *a, int c, char **argv)
+{
+    int64_t sval;
+
+    switch (c) {
+    case 'h':
+        error_exit("see 'qemu-img --help'");
+    case 'c':
+        return bench_parse_int(optarg, INT_MAX, "request count", &a->count);
+    case 'd':
+        return bench_parse_int(optarg, INT_MAX, "queue depth", &a->depth);
+    case 'f':
+        a->fmt = optarg;
+        break;
+    case 'n':
+        a->flags |= BDRV_O_NATIVE_AIO;
+        break;
+    case 'i':
+        if (bdrv_parse_aio(optarg, &a->flags) < 0) {
+            error_report("Invalid aio option: %s", optarg);
+            return -1;
+        }
+        break;
+    case 'o':
+        a->offset = cvtnum("offset", optarg);
+        return a->offset < 0 ? -1 : 0;
+    case 'q':
+        break;
+    case 's':
+        sval = cvtnum_full("buffer size", optarg, 0, INT_MAX);
+        if (sval < 0) {
+            return -1;
+        }
+        a->bufsize = sval;
+        break;
+    case 'S':
+        sval = cvtnum_full("step_size", optarg, 0, INT_MAX);
+        if (sval < 0) {
+            return -1;
+        }
+        a->step = sval;
+        break;
+    case 't':
+        if (bdrv_parse_cache_mode(optarg, &a->flags, &a->writethrough) < 0) {
+            error_report("Invalid cache mode");
+            return -1;
+        }
+        break;
+    case 'w':
+        a->flags |= BDRV_O_RDWR;
+        a->is_write = true;
+        break;
+    case 'U':
+        a->flags |= BDRV_O_FORCE_SHARE;
+        break;
+    case OPTION_PATTERN:
+        return bench_parse_int(optarg, 0xff, "pattern byte", &a->pattern);
+    case OPTION_FLUSH_INTERVAL:
+        return bench_parse_int(optarg, INT_MAX, "flush interval",
+                               &a->flush_interval);
+    case OPTION_NO_DRAIN:
+        a->drain_on_flush = false;
+        break;
+    default:
+        common_option(c, argv);
+    }
+    return 0;
+}
+
+/* The options of bench into a: 0, or -1 after an error message. */
+static int bench_parse_args(BenchArgs *a, int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
@@ -4045,117 +4194,79 @@ static int img_bench(int argc, char **argv)
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
-    const char *fmt = NULL;
-    bool is_write = false, drain_on_flush = true, writethrough = false;
-    int count = 75000, depth = 64, pattern = 0, flush_interval = 0;
-    int64_t offset = 0, sval, image_size;
-    size_t bufsize = 4096, step = 0;
-    int flags = 0, c, ret = 0;
-    BlockDriverState *bs = NULL;
-    BlockBackend *blk = NULL;
-    BenchData data = { 0 };
-    struct timeval t1, t2;
+    int c;
 
     while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU",
                             long_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            error_exit("see 'qemu-img --help'");
-        case 'c':
-            if (bench_parse_int(optarg, INT_MAX, "request count",
-                                &count) < 0) {
-                return 1;
-            }
-            break;
-        case 'd':
-            if (bench_parse_int(optarg, INT_MAX, "queue depth", &depth) < 0) {
-                return 1;
-            }
-            break;
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'n':
-            flags |= BDRV_O_NATIVE_AIO;
-            break;
-        case 'i':
-            if (bdrv_parse_aio(optarg, &flags) < 0) {
-                error_report("Invalid aio option: %s", optarg);
-                return 1;
-            }
-            break;
-        case 'o':
-            offset = cvtnum("offset", optarg);
-            if (offset < 0) {
-                return 1;
-            }
-            break;
-        case 'q':
-            break;
-        case 's':
-            sval = cvtnum_full("buffer size", optarg, 0, INT_MAX);
-            if (sval < 0) {
-                return 1;
-            }
-            bufsize = sval;
-            break;
-        case 'S':
-            sval = cvtnum_full("step_size", optarg, 0, INT_MAX);
-            if (sval < 0) {
-                return 1;
-            }
-            step = sval;
-            break;
-        case 't':
-            if (bdrv_parse_cache_mode(optarg, &flags, &writethrough) < 0) {
-                error_report("Invalid cache mode");
-                return 1;
-            }
-            break;
-        case 'w':
-            flags |= BDRV_O_RDWR;
-            is_write = true;
-            break;
-        case 'U':
-            flags |= BDRV_O_FORCE_SHARE;
-            break;
-        case OPTION_PATTERN:
-            if (bench_parse_int(optarg, 0xff, "pattern byte", &pattern) < 0) {
-                return 1;
-            }
-            break;
-        case OPTION_FLUSH_INTERVAL:
-            if (bench_parse_int(optarg, INT_MAX, "flush interval",
-                                &flush_interval) < 0) {
-                return 1;
-            }
-            break;
-        case OPTION_NO_DRAIN:
-            drain_on_flush = false;
-            break;
-        default:
-            common_option(c, argv);
+        if (bench_parse_option(a, c, argv) < 0) {
+            return -1;
         }
     }
     if (optind != argc - 1) {
         error_exit("Expecting one image file name");
     }
-    if (!is_write && flush_interval) {
+    if (!a->is_write && a->flush_interval) {
         error_report("--flush-interval is only available in write tests");
-        return 1;
+        return -1;
     }
-    if (flush_interval && flush_interval < depth) {
+    if (a->flush_interval && a->flush_interval < a->depth) {
         error_report("Flush interval can't be smaller than depth");
-        return 1;
+        return -1;
     }
-    if (depth < 1) {
+    if (a->depth < 1) {
         error_report("Invalid queue depth specified");
-        return 1;
+        return -1;
+    }
+    return 0;
+}
+
+/* Run the requests of data (set up) and print the time they took. */
+static void bench_run(BenchData *data, int pattern)
+{
+    struct timeval t1, t2;
+
+    printf("Sending %d %s requests, %d bytes each, %d in parallel "
+           "(starting at offset %" PRId64 ", step size %d)\n",
+           data->n, data->write ? "write" : "read", data->bufsize,
+           data->nrreq, (int64_t)data->offset, data->step);
+    if (data->flush_interval) {
+        printf("Sending flush every %d requests\n", data->flush_interval);
     }
 
-    blk = img_open(argv[optind], fmt, flags, writethrough);
-    bs = blk ? blk_bs(blk) : NULL;
-    if (!bs) {
+    /* One buffer shared by all requests: no per-request allocation */
+    data->buf = qemu_blockalign(MAX(data->bufsize, 1));
+    memset(data->buf, pattern, data->bufsize);
+    data->qiov = g_new(QEMUIOVector, 1);
+    qemu_iovec_init_buf(data->qiov, data->buf, data->bufsize);
+
+    gettimeofday(&t1, NULL);
+    bench_cb(data, 0);
+    AIO_WAIT_WHILE(data->n > 0);
+    gettimeofday(&t2, NULL);
+
+    printf("Run completed in %3.3f seconds.\n",
+           (t2.tv_sec - t1.tv_sec) +
+           ((double)(t2.tv_usec - t1.tv_usec) / 1000000));
+}
+
+static int img_bench(int argc, char **argv)
+{
+    BenchArgs a = {
+        .drain_on_flush = true,
+        .count = 75000,
+        .depth = 64,
+        .bufsize = 4096,
+    };
+    BlockBackend *blk;
+    BenchData data = { 0 };
+    int64_t image_size;
+    int ret = 0;
+
+    if (bench_parse_args(&a, argc, argv) < 0) {
+        return 1;
+    }
+    blk = img_open(argv[optind], a.fmt, a.flags, a.writethrough);
+    if (!blk) {
         return 1;
     }
     image_size = blk_getlength(blk);
@@ -4167,37 +4278,16 @@ static int img_bench(int argc, char **argv)
     data = (BenchData) {
         .blk            = blk,
         .image_size     = image_size,
-        .bufsize        = (int)bufsize,
-        .step           = (int)(step ? step : bufsize),
-        .nrreq          = depth,
-        .n              = count,
-        .offset         = offset,
-        .write          = is_write,
-        .flush_interval = flush_interval,
-        .drain_on_flush = drain_on_flush,
+        .bufsize        = (int)a.bufsize,
+        .step           = (int)(a.step ? a.step : a.bufsize),
+        .nrreq          = a.depth,
+        .n              = a.count,
+        .offset         = a.offset,
+        .write          = a.is_write,
+        .flush_interval = a.flush_interval,
+        .drain_on_flush = a.drain_on_flush,
     };
-    printf("Sending %d %s requests, %d bytes each, %d in parallel "
-           "(starting at offset %" PRId64 ", step size %d)\n",
-           data.n, data.write ? "write" : "read", data.bufsize, data.nrreq,
-           offset, data.step);
-    if (flush_interval) {
-        printf("Sending flush every %d requests\n", flush_interval);
-    }
-
-    /* One buffer shared by all requests: no per-request allocation */
-    data.buf = qemu_blockalign(MAX(data.bufsize, 1));
-    memset(data.buf, pattern, data.bufsize);
-    data.qiov = g_new(QEMUIOVector, 1);
-    qemu_iovec_init_buf(data.qiov, data.buf, data.bufsize);
-
-    gettimeofday(&t1, NULL);
-    bench_cb(&data, 0);
-    AIO_WAIT_WHILE(data.n > 0);
-    gettimeofday(&t2, NULL);
-
-    printf("Run completed in %3.3f seconds.\n",
-           (t2.tv_sec - t1.tv_sec) +
-           ((double)(t2.tv_usec - t1.tv_usec) / 1000000));
+    bench_run(&data, a.pattern);
 
 out:
     qemu_vfree(data.buf);
