@@ -143,7 +143,7 @@ static int coroutine_fn fvd_recover(BlockDriverState *bs, Error **errp)
     uint64_t records;
     int ret = fvd_journal_replay(bs, &records, errp);
 
-    if (ret >= 0 && !bs->read_only && s->bitmap) {
+    if (ret >= 0 && !bs->read_only && (s->bitmap || s->t.replayed)) {
         s->replayed_in_cache = true;
     }
     return ret;
@@ -157,6 +157,7 @@ static void fvd_free_state(BlockDriverState *bs)
      * a failed open never started any. */
     assert(!s->bg_running);
     fvd_bitmap_free(s);
+    fvd_table_free(s);
     table_cache_free(s->bitmap);
     s->bitmap = NULL;
     bs->data_file = NULL;
@@ -215,9 +216,21 @@ static int coroutine_fn fvd_open(BlockDriverState *bs, QemuOpts *options,
     if (ret < 0) {
         goto fail;
     }
+    if (s->header.incompatible_features & FVD_INCOMPAT_TABLE) {
+        ret = fvd_table_load(bs, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
     fvd_journal_init(bs);
     if (s->header.incompatible_features & FVD_INCOMPAT_DIRTY) {
         ret = fvd_recover(bs, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    if (s->compact) {
+        ret = fvd_table_rebuild_usage(s, errp);
         if (ret < 0) {
             goto fail;
         }
@@ -296,7 +309,7 @@ static int64_t fvd_get_allocated_file_size(BlockDriverState *bs)
 static bool fvd_has_zero_init(BlockDriverState *bs)
 {
     BDRVFvdState *s = bs->opaque;
-    return !bs->backing && !s->data_file;
+    return !bs->backing && (!s->data_file || s->compact);
 }
 
 static BlockDriver bdrv_fvd = {
