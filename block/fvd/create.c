@@ -206,10 +206,13 @@ static int fvd_create_layout(FvdCreate *c, FvdHeader *h, Error **errp)
     h->journal_size = c->journal_size;
     uint64_t meta_end = h->journal_offset + h->journal_size;
     if (c->compact) {
-        /* The table covers the disk, and room to grow it to 1 TiB (sparse
-         * in the file until used) within 64 MiB of table. */
+        /* The table covers the disk, and room for resize to grow it 64
+         * times (at least to 1 GiB, at most to 1 TiB, at most 64 MiB of
+         * table; sparse in the file until used). */
         uint64_t n = DIV_ROUND_UP(c->size, c->chunk_size);
-        uint64_t reserve = MAX(n, MIN(FVD_TABLE_RESERVE / c->chunk_size,
+        uint64_t room = MIN(MAX(c->size, FVD_TABLE_RESERVE / 1024 / 64) *
+                            UINT64_C(64), (uint64_t)FVD_TABLE_RESERVE);
+        uint64_t reserve = MAX(n, MIN(DIV_ROUND_UP(room, c->chunk_size),
                                       (uint64_t)FVD_MAX_TABLE / 4));
         if (n * 4 > FVD_MAX_TABLE) {
             error_setg(errp, "Too many chunks (%" PRIu64 "): use a larger "

@@ -537,7 +537,7 @@ static void coroutine_fn fvd_check_chunks(BlockDriverState *bs,
     if (!leaks) {
         return;
     }
-    fprintf(stderr, "%s %" PRIu64 " leaked chunks\n",
+    fprintf(stderr, "%s %" PRIu64 " chunks that no table entry maps\n",
             repair ? "Repairing" : "Leaked", leaks);
     if (repair && fvd_begin_change(bs) >= 0 && fvd_table_reclaim(bs) >= 0) {
         res->leaks_fixed += leaks;

@@ -533,21 +533,119 @@ uint64_t fvd_table_count_leaks(BDRVFvdState *s)
     return t->used - bitmap_count_one(t->in_use, t->used);
 }
 
+/*
+ * Make the image clean with no replayable record (a moved chunk's old
+ * mapping must never be replayed): commit, write everything home, then
+ * clear DIRTY as close does; the next journal write starts a new epoch.
+ */
+static int coroutine_fn fvd_make_clean(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    int ret = fvd_co_flush(bs);
+
+    if (ret >= 0) {
+        ret = fvd_journal_checkpoint(bs);
+    }
+    if (ret >= 0 &&
+        (s->header.incompatible_features & FVD_INCOMPAT_DIRTY)) {
+        s->header.incompatible_features &= ~FVD_INCOMPAT_DIRTY;
+        ret = fvd_write_header(bs);
+        if (ret < 0) {
+            s->header.incompatible_features |= FVD_INCOMPAT_DIRTY;
+            return ret;
+        }
+        s->session_dirty = false;
+        s->replayed_in_cache = false;
+    }
+    return ret;
+}
+
 int coroutine_fn fvd_table_reclaim(BlockDriverState *bs)
 {
     BDRVFvdState *s = bs->opaque;
     FvdTable *t = &s->t;
-    int ret = 0;
+    uint32_t *rev = NULL;
+    uint8_t *buf = NULL, *page = NULL;
+    int ret = fvd_make_clean(bs);
 
-    for (uint64_t p = find_next_zero_bit(t->in_use, t->used, 0);
-         p < t->used && ret >= 0;
-         p = find_next_zero_bit(t->in_use, t->used, p + 1)) {
-        ret = bdrv_co_pwrite_zeroes(s->data, fvd_chunk_host(s, p),
-                                    s->chunk_size, BDRV_REQ_MAY_UNMAP);
+    if (ret < 0) {
+        return ret;
     }
-    if (ret >= 0) {
-        ret = bdrv_co_flush(s->data);
+    rev = g_try_new(uint32_t, MAX(t->used, 1));
+    buf = qemu_blockalign(MIN(s->chunk_size, FVD_TABLE_READ_CHUNK));
+    page = qemu_blockalign(FVD_PAGE);
+    if (!rev) {
+        ret = -ENOMEM;
+        goto out;
     }
+    for (uint64_t v = 0; v < t->nchunks; v++) {
+        if (t->map[v]) {
+            rev[t->map[v] - 1] = v;
+        }
+    }
+    /*
+     * Move the highest chunk in use into the lowest hole until none is
+     * left. Each move: copy, flush the data, then one table page write
+     * (the entry is within one sector) and a flush. A crash leaves the old
+     * mapping (its chunk untouched) or the new one (its copy durable).
+     */
+    for (;;) {
+        uint64_t p = find_next_zero_bit(t->in_use, t->used, 0);
+        if (p >= t->used) {
+            break;
+        }
+        uint64_t q = t->used - 1, v = rev[q];
+        BLKDBG_EVENT(s->data, "chunk_move");
+        for (uint64_t o = 0; o < s->chunk_size && ret >= 0;
+             o += FVD_TABLE_READ_CHUNK) {
+            uint64_t n = MIN(s->chunk_size - o, FVD_TABLE_READ_CHUNK);
+            ret = bdrv_co_pread(s->data, fvd_chunk_host(s, q) + o, n, buf,
+                                0);
+            if (ret >= 0) {
+                ret = bdrv_co_pwrite(s->data, fvd_chunk_host(s, p) + o, n,
+                                     buf, 0);
+            }
+        }
+        if (ret >= 0) {
+            ret = bdrv_co_flush(s->data);
+        }
+        if (ret < 0) {
+            goto out;
+        }
+        t->map[v] = p + 1;
+        fvd_table_page(s, v / FVD_ENTRIES_PER_PAGE, page);
+        BLKDBG_EVENT(bs->file, "table_update");
+        ret = bdrv_co_pwrite(bs->file, s->header.table_offset +
+                             v / FVD_ENTRIES_PER_PAGE * FVD_PAGE, FVD_PAGE,
+                             page, 0);
+        if (ret >= 0) {
+            ret = bdrv_co_flush(bs->file);
+        }
+        if (ret < 0) {
+            t->map[v] = q + 1;
+            goto out;
+        }
+        rev[p] = v;
+        set_bit(p, t->in_use);
+        clear_bit(q, t->in_use);
+        while (t->used && !test_bit(t->used - 1, t->in_use)) {
+            t->used--;
+        }
+    }
+    /* The storage past the last chunk in use holds nothing: cut it (a
+     * device that cannot shrink keeps it, which is no error). */
+    if (bdrv_co_truncate(s->data, fvd_chunk_host(s, t->used), true,
+                         PREALLOC_MODE_OFF, NULL) >= 0) {
+        t->storage_chunks = t->used;
+        t->zero_from = t->used;     /* all past the end now */
+    } else {
+        t->zero_from = MAX(t->zero_from, t->storage_chunks);
+    }
+    ret = bdrv_co_flush(s->data);
+out:
+    g_free(rev);
+    qemu_vfree(buf);
+    qemu_vfree(page);
     return ret;
 }
 
