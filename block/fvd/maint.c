@@ -132,8 +132,12 @@ static int coroutine_fn fvd_shrink(BlockDriverState *bs, uint64_t new,
     if (s->compact) {
         /* The chunks past the end are free (discarded) and their entries
          * zero home; a crash before only leaves entries past the end,
-         * which no reader looks at and a grow clears first. */
-        fvd_table_resize(bs, new);
+         * which no reader looks at and a grow clears first. Then the
+         * chunks in use move down into the holes and the storage shrinks,
+         * as a raw layout's would (a failure there only leaves leaks). */
+        if (fvd_table_resize(bs, new) >= 0) {
+            fvd_table_reclaim(bs);
+        }
         return 0;
     }
     /* A longer data storage is allowed: failing to cut it is no error. */
