@@ -5,7 +5,9 @@
  * (a bitmap page goes home only after its journal record is durable, and
  * no record before its data is durable), background commits past the soft
  * limit and writers held at the hard limit while a commit is suspended,
- * and no background work left running after close.
+ * and no background work left running after close; for compact images the
+ * same orderings for table records and pages, concurrent chunk allocation
+ * and the rule that a bit without a mapped chunk means "in the base".
  */
 #include "block_int.h"
 #include "block/fvd/fvd.h"
@@ -373,6 +375,189 @@ static void test_close_after_failed_flush(void)
     g_free(top);
 }
 
+/*
+ * Compact image, spec section 11: a new chunk's mapping is journalled only
+ * after the data storage flush (held here), and a table page goes home only
+ * after a flush covering that record.
+ */
+static void test_table_write_ahead(void)
+{
+    char *top = path_of("twal.fvd");
+    create("fvd", top, "size=64M,compact_image=on,chunk_size=64k");
+    char *name = g_strdup_printf("blkdebug::%s", top);
+    BlockDriverState *bs = open_fvd(name, NULL);
+    BDRVFvdState *s = bs->opaque;
+    int done = 0;
+
+    Writer w = { bs, 5 * MiB, 4096, 0x42, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(done < 1);
+    g_assert_cmpint(w.ret, ==, 0);
+    g_assert_cmpint(s->t.pending->len, ==, 1);
+    g_assert_cmpint(fvd_table_get(s, 80), ==, 0);
+
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "journal_write", "J"), ==, 0);
+    CoCall fl = { bs, do_flush };
+    start_call(&fl);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F"));
+    poll_a_while();
+    g_assert(!bdrv_debug_is_suspended(bs, "J"));
+    g_assert_cmpint(s->stats.journal_sectors, ==, 0);
+    g_assert_cmpint(bdrv_debug_resume(bs, "F"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "J"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "J"), ==, 0);
+    AIO_WAIT_WHILE(!fl.done);
+    g_assert_cmpint(fl.ret, ==, 0);
+    g_assert_cmpint(s->t.pending->len, ==, 0);
+
+    /* The page of chunk 80 waits for the flush that covers its record. */
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F2"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "table_update", "W"), ==, 0);
+    CoCall cp = { bs, do_checkpoint };
+    start_call(&cp);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F2") &&
+                   !bdrv_debug_is_suspended(bs, "W"));
+    g_assert(bdrv_debug_is_suspended(bs, "F2"));
+    poll_a_while();
+    g_assert(!bdrv_debug_is_suspended(bs, "W"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "F2"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "W"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "W"), ==, 0);
+    AIO_WAIT_WHILE(!cp.done);
+    g_assert_cmpint(cp.ret, ==, 0);
+    g_assert_cmpint(s->j.tail, ==, s->j.written_seq);
+    bdrv_unref(bs);
+
+    /* The entry is home: physical chunk 0, stored as 1. */
+    bs = bdrv_open(top, "fvd", NULL, 0, NULL);
+    s = bs->opaque;
+    g_assert_cmpint(fvd_table_get(s, 80), ==, 0);
+    uint8_t out[4096];
+    g_assert_cmpint(bdrv_pread(bs, 5 * MiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0x42);
+    g_assert_cmpint(out[4095], ==, 0x42);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(name);
+    g_free(top);
+}
+
+/*
+ * Many writers at once into one unmapped chunk and into as many other
+ * chunks: each chunk is mapped once, to its own physical chunk, chunks are
+ * handed out from 0 without a gap, and every writer's bytes are there.
+ */
+static void test_table_concurrent_alloc(void)
+{
+    enum { N = 16 };
+    char *top = path_of("talloc.fvd");
+    create("fvd", top, "size=64M,compact_image=on,chunk_size=64k,"
+           "storage_grow_unit=64k");
+    BlockDriverState *bs = open_fvd(top, NULL);
+    BDRVFvdState *s = bs->opaque;
+    Writer w[2 * N];
+    int done = 0;
+
+    for (int i = 0; i < N; i++) {
+        w[i] = (Writer) { bs, 4096 * i, 4096, (uint8_t)(i + 1), 0, &done };
+        w[N + i] = (Writer) { bs, (int64_t)(i + 1) * 256 * KiB + 512, 1000,
+                              (uint8_t)(0x80 + i), 0, &done };
+    }
+    for (int i = 0; i < 2 * N; i++) {
+        start_writer(&w[i]);
+    }
+    AIO_WAIT_WHILE(done < 2 * N);
+    for (int i = 0; i < 2 * N; i++) {
+        g_assert_cmpint(w[i].ret, ==, 0);
+    }
+    g_assert_cmpint(s->stats.chunks_allocated, ==, N + 1);
+    g_assert_cmpint(s->t.used, ==, N + 1);
+    bool seen[N + 1] = { false };
+    for (uint64_t v = 0; v < s->t.nchunks; v++) {
+        int64_t p = fvd_table_get(s, v);
+        if (p >= 0) {
+            g_assert_cmpint(p, <=, N);
+            g_assert(!seen[p]);
+            seen[p] = true;
+        }
+    }
+    bdrv_unref(bs);
+    bs = bdrv_open(top, "fvd", NULL, 0, NULL);
+    uint8_t out[4096];
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(bdrv_pread(bs, 4096 * i, 4096, out, 0), ==, 0);
+        g_assert_cmpint(out[0], ==, i + 1);
+        g_assert_cmpint(out[4095], ==, i + 1);
+        g_assert_cmpint(bdrv_pread(bs, (int64_t)(i + 1) * 256 * KiB, 4096,
+                                   out, 0), ==, 0);
+        g_assert_cmpint(out[511], ==, 0);
+        g_assert_cmpint(out[512], ==, 0x80 + i);
+        g_assert_cmpint(out[1511], ==, 0x80 + i);
+        g_assert_cmpint(out[1512], ==, 0);
+    }
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+}
+
+typedef struct RunCall {
+    BDRVFvdState *s;
+    uint64_t start, end;
+    bool in_image;
+    uint64_t len;
+    int ret;
+} RunCall;
+
+static void coroutine_fn set_bits_entry(void *opaque)
+{
+    RunCall *r = opaque;
+    r->ret = fvd_bitmap_set_cached(r->s, r->start, r->end, NULL, 0);
+    if (r->ret >= 0) {
+        r->ret = fvd_block_run(r->s, r->start, r->end, &r->in_image,
+                               &r->len);
+    }
+}
+
+/*
+ * A bit set where the chunk is not mapped (a copy-on-read page that went
+ * home before the mapping's record, then a crash) means "in the base":
+ * the block reads base data, never the zeroes of an unmapped chunk.
+ */
+static void test_table_bit_without_mapping(void)
+{
+    char *base = make_base("tbase.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("tbit.fvd");
+    char *opts = g_strdup_printf("backing_file=%s,backing_fmt=raw,"
+                                 "compact_image=on,chunk_size=64k", base);
+    create("fvd", top, opts);
+    g_free(opts);
+    BlockDriverState *bs = open_fvd(top, NULL);
+    BDRVFvdState *s = bs->opaque;
+    RunCall r = { s, 32, 48 };  /* blocks of 4 KiB in chunk 2 */
+
+    bdrv_run_co(set_bits_entry, &r);
+    g_assert_cmpint(r.ret, ==, 0);
+    g_assert(!r.in_image);
+    g_assert_cmpint(r.len, ==, 16);
+    uint8_t out[4096];
+    g_assert_cmpint(bdrv_pread(bs, 128 * KiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0xee);
+    /* A write there allocates the chunk, copies the block's base bytes
+     * around the guest's, and the block is then in the image. */
+    g_assert_cmpint(bdrv_pwrite(bs, 128 * KiB + 100, 10, out + 100, 0), ==, 0);
+    g_assert_cmpint(fvd_table_get(s, 2), ==, 0);
+    memset(out, 0, sizeof(out));
+    g_assert_cmpint(bdrv_pread(bs, 128 * KiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0xee);
+    g_assert_cmpint(out[4095], ==, 0xee);
+    bdrv_unref(bs);
+    unlink(top);
+    unlink(base);
+    g_free(base);
+    g_free(top);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-fvd.XXXXXX";
@@ -384,6 +569,9 @@ int main(int argc, char **argv)
     test_write_ahead();
     test_pending_limits();
     test_close_after_failed_flush();
+    test_table_write_ahead();
+    test_table_concurrent_alloc();
+    test_table_bit_without_mapping();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);
