@@ -219,6 +219,9 @@ int64_t coroutine_fn fvd_table_alloc(BlockDriverState *bs, uint64_t v)
     s->stats.chunks_allocated++;
 out:
     qemu_co_mutex_unlock(&t->lock);
+    if (ret >= 0) {
+        fvd_journal_kick(bs);   /* past the soft limit: commit meanwhile */
+    }
     return ret < 0 ? ret : p;
 }
 
