@@ -24,6 +24,7 @@
 
 #include "block_int.h"
 #include "block/table-cache.h"
+#include "block/job.h"
 
 /* ---- header ---- */
 
@@ -265,10 +266,42 @@ typedef struct FvdTable {
     CoMutex lock;                   /* one allocation at a time */
 } FvdTable;
 
+/* Prefetch throughput measurement (reads from the base, writes). */
+typedef struct FvdThroughput {
+    int64_t ns;
+    uint64_t bytes;
+    double avg;                     /* bytes/s, EWMA */
+    bool have;
+} FvdThroughput;
+
+/* Whole-image prefetch of the base, a job (block/fvd/prefetch.c). */
+typedef struct FvdPrefetch {
+    Job *job;
+    int64_t start_delay_ns;
+    uint64_t bytes;                 /* per copy */
+    unsigned max_inflight;          /* copies at once (workers) */
+    uint64_t bandwidth;             /* bytes/s cap, 0: none */
+    uint64_t min_throughput;        /* bytes/s: slower is congestion */
+    int64_t measure_ns;
+    int64_t throttle_ns;            /* longest random pause, 0: never */
+    unsigned alpha;                 /* EWMA weight of the old average, % */
+    uint64_t cursor;                /* next block to look at */
+    unsigned workers, inflight;
+    CoQueue done_queue;
+    bool run_done;
+    int ret;
+    FvdThroughput rd, wr;
+    int64_t pause_until_ns;
+    int64_t bw_start_ns;
+    uint64_t bw_bytes;
+    bool drain_user;
+} FvdPrefetch;
+
 typedef struct FvdStats {
     uint64_t commits, journal_sectors, checkpoints, bg_commits;
     uint64_t cor_blocks, cow_reads, alloc_writes, pending_waits;
     uint64_t chunks_allocated, storage_grows;
+    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses;
 } FvdStats;
 
 typedef struct BDRVFvdState {
@@ -292,6 +325,7 @@ typedef struct BDRVFvdState {
 
     FvdAlloc *allocs;
     FvdJournal j;
+    FvdPrefetch pf;
     bool compact;                   /* TABLE: data through the table */
     uint64_t chunk_size;
     FvdTable t;
@@ -498,6 +532,14 @@ uint64_t fvd_table_count_leaks(BDRVFvdState *s);
 int coroutine_fn fvd_table_reclaim(BlockDriverState *bs);
 /* Bytes of data storage the image needs (check). */
 uint64_t fvd_data_needed(BDRVFvdState *s);
+
+/* prefetch.c */
+/* Open: read the prefetch options; start the job if prefetch=on. */
+int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp);
+/* Close: cancel the job and wait for it. */
+void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs);
+/* "running", "paused", "done", "cancelled", "failed", or NULL (none). */
+const char *fvd_prefetch_state(BDRVFvdState *s);
 
 /* Helpers shared by the files. */
 static inline uint64_t fvd_coverage(BDRVFvdState *s)

@@ -26,6 +26,7 @@ bool coroutine_fn fvd_alloc_wait(BDRVFvdState *s, uint64_t start,
     if (!a) {
         return false;
     }
+    s->stats.alloc_waits++;
     qemu_co_queue_wait(&a->waiters, NULL);
     return true;
 }

@@ -642,6 +642,14 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
                            s->t.used - fvd_table_count_leaks(s));
         image_info_add_int(info, "table-entries", s->t.capacity);
     }
+    const char *pf = fvd_prefetch_state(s);
+    if (pf) {
+        uint64_t cur, total;
+        job_progress_get(s->pf.job, &cur, &total);
+        image_info_add_str(info, "prefetch", pf);
+        image_info_add_int(info, "prefetch-done", cur);
+        image_info_add_int(info, "prefetch-total", total);
+    }
     if (cnt.ret >= 0) {
         uint64_t in_image = fvd_blocks_in_image(s, cnt.allocated);
         image_info_add_int(info, "blocks-in-image", in_image);

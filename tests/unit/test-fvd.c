@@ -12,6 +12,7 @@
 #include "block_int.h"
 #include "block/fvd/fvd.h"
 #include "util/aio.h"
+#include "block/job.h"
 
 static char *test_dir;
 
@@ -558,6 +559,146 @@ static void test_table_bit_without_mapping(void)
     g_free(top);
 }
 
+/* A base of 1 MiB of 0xee and an FVD image over it, opened with prefetch. */
+static BlockDriverState *open_prefetch(const char *name, const char *opts,
+                                       char **base, char **top)
+{
+    *base = make_base("pbase.raw", 1 * MiB, 1 * MiB);
+    *top = path_of(name);
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw", *base);
+    create("fvd", *top, c);
+    g_free(c);
+    char *dbg = g_strdup_printf("blkdebug::%s", *top);
+    BlockDriverState *bs = open_fvd(dbg, opts);
+    g_free(dbg);
+    return bs;
+}
+
+/* Guest bytes [off, off + len) are pat, everything else the base's. */
+static void check_prefetched(BlockDriverState *bs, int64_t off, int64_t len,
+                             uint8_t pat)
+{
+    BDRVFvdState *s = bs->opaque;
+    uint8_t *out = g_malloc(1 * MiB);
+    g_assert_cmpint(s->pf.ret, ==, 0);
+    g_assert(!strcmp(fvd_prefetch_state(s), "done"));
+    g_assert_cmpint(bdrv_pread(bs, 0, 1 * MiB, out, 0), ==, 0);
+    for (int64_t x = 0; x < 1 * MiB; x++) {
+        uint8_t want = x >= off && x < off + len ? pat : 0xee;
+        if (out[x] != want) {
+            fprintf(stderr, "byte %" PRId64 ": %#x, want %#x\n", x, out[x],
+                    want);
+            abort();
+        }
+    }
+    g_free(out);
+}
+
+/*
+ * Prefetch never overwrites a guest write that raced it. (a) The prefetch
+ * holds blocks 0-15 (base read, its write held at a breakpoint); a guest
+ * write into block 1 waits for it and lands on top. (b) A guest write holds
+ * block 1 (its write held); the prefetch waits for it and then skips the
+ * block. Both interleavings are forced and checked (alloc_waits).
+ */
+static void test_prefetch_race(void)
+{
+    char *base, *top;
+    BlockDriverState *bs = open_prefetch("pf1.fvd", "prefetch=on,"
+                                         "prefetch-bytes=64k,"
+                                         "prefetch-max-inflight=1,"
+                                         "prefetch-throttle-time=0",
+                                         &base, &top);
+    BDRVFvdState *s = bs->opaque;
+    int done = 0;
+
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "prefetch_write", "P"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "P"));
+    uint64_t waits = s->stats.alloc_waits;
+    Writer w = { bs, 4096 + 100, 100, 0x42, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(s->stats.alloc_waits == waits && !done);
+    g_assert_cmpint(done, ==, 0);       /* it waits for the prefetch */
+    /* Removing the breakpoint resumes the prefetch write (and lets later
+     * ones through). */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "P"), ==, 0);
+    AIO_WAIT_WHILE(!done || !s->pf.run_done);
+    g_assert_cmpint(w.ret, ==, 0);
+    check_prefetched(bs, 4096 + 100, 100, 0x42);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 256);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+
+    bs = open_prefetch("pf2.fvd", "prefetch=on,prefetch-bytes=64k,"
+                       "prefetch-max-inflight=1,prefetch-throttle-time=0",
+                       &base, &top);
+    s = bs->opaque;
+    done = 0;
+    job_pause(s->pf.job);       /* until the guest write holds block 1 */
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "cow_write", "G"), ==, 0);
+    w = (Writer) { bs, 4096 + 200, 100, 0x43, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "G"));
+    waits = s->stats.alloc_waits;
+    job_resume(s->pf.job);
+    AIO_WAIT_WHILE(s->stats.alloc_waits == waits);
+    g_assert(!s->pf.run_done);          /* the prefetch waits for it */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "G"), ==, 0);
+    AIO_WAIT_WHILE(!done || !s->pf.run_done);
+    g_assert_cmpint(w.ret, ==, 0);
+    check_prefetched(bs, 4096 + 200, 100, 0x43);
+    /* Block 1 was the guest's: the prefetch copied the other 255. */
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 255);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+}
+
+/*
+ * In a drained section the prefetch starts no I/O (a drain user: paused,
+ * and the drain waits for its copy in flight); it goes on afterwards.
+ */
+static void test_prefetch_drain(void)
+{
+    char *base, *top;
+    BlockDriverState *bs = open_prefetch("pf3.fvd", "prefetch=on,"
+                                         "prefetch-bytes=4k,"
+                                         "prefetch-throttle-time=0",
+                                         &base, &top);
+    BDRVFvdState *s = bs->opaque;
+
+    AIO_WAIT_WHILE(s->stats.prefetch_blocks == 0);
+    bdrv_drained_begin(bs);
+    g_assert_cmpint(s->pf.inflight, ==, 0);
+    uint64_t blocks = s->stats.prefetch_blocks;
+    poll_a_while();
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, blocks);
+    g_assert(!s->pf.run_done);
+    g_assert_cmpint(blocks, <, 256);
+    bdrv_drained_end(bs);
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 256);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+
+    /* Reopened, it finds nothing left to copy. */
+    bs = open_fvd(top, "prefetch=on");
+    s = bs->opaque;
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 0);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-fvd.XXXXXX";
@@ -572,6 +713,8 @@ int main(int argc, char **argv)
     test_table_write_ahead();
     test_table_concurrent_alloc();
     test_table_bit_without_mapping();
+    test_prefetch_race();
+    test_prefetch_drain();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);
