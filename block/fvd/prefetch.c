@@ -127,6 +127,42 @@ static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
     return ret;
 }
 
+/* One step at block c: skip a run in the image or copy a run in the base;
+ * *next is where the next step starts. */
+static int coroutine_fn fvd_pf_step(BlockDriverState *bs, uint64_t c,
+                                    uint64_t end, uint64_t *next)
+{
+    BDRVFvdState *s = bs->opaque;
+    bool in_image, in2;
+    uint64_t run, run2;
+    FvdAlloc a;
+    int ret = fvd_block_run(s, c, end, &in_image, &run);
+
+    *next = c;
+    if (ret < 0) {
+        return ret;
+    }
+    if (in_image) {
+        *next = c + run;
+        return 0;
+    }
+    /* A guest write or copy holds some of them: wait, look again. */
+    if (fvd_alloc_wait(s, c, c + run)) {
+        return 0;
+    }
+    fvd_alloc_begin(s, &a, c, c + run);
+    ret = fvd_block_run(s, c, c + run, &in2, &run2);
+    if (ret >= 0 && !in2 && run2 == run) {
+        ret = fvd_pf_copy(bs, c, run);
+        if (ret >= 0) {
+            job_progress_update(s->pf.job, run);
+            *next = c + run;
+        }
+    }
+    fvd_alloc_end(s, &a);
+    return ret;
+}
+
 /* Blocks [c, end): copy those still in the base, run by run. */
 static int coroutine_fn fvd_pf_range(BlockDriverState *bs, uint64_t c,
                                      uint64_t end)
@@ -135,35 +171,17 @@ static int coroutine_fn fvd_pf_range(BlockDriverState *bs, uint64_t c,
     FvdPrefetch *pf = &s->pf;
 
     while (c < end) {
-        bool in_image, in2;
-        uint64_t run, run2;
-        FvdAlloc a;
-        int ret = fvd_block_run(s, c, end, &in_image, &run);
-        if (ret < 0) {
-            return ret;
+        /* Between pause points every step counts as in flight, so a
+         * drained section waits for it (its bitmap loads and its copy) and
+         * it starts none inside one. */
+        if (job_pause_point(pf->job)) {
+            return 0;
         }
-        if (in_image) {
-            c += run;
-            continue;
-        }
-        /* A guest write or copy holds some of them: wait, look again. */
-        if (fvd_alloc_wait(s, c, c + run)) {
-            continue;
-        }
-        fvd_alloc_begin(s, &a, c, c + run);
         pf->inflight++;
-        ret = fvd_block_run(s, c, c + run, &in2, &run2);
-        if (ret >= 0 && !in2 && run2 == run) {
-            ret = fvd_pf_copy(bs, c, run);
-        }
+        int ret = fvd_pf_step(bs, c, end, &c);
         pf->inflight--;
-        fvd_alloc_end(s, &a);
         if (ret < 0) {
             return ret;
-        }
-        if (!in2 && run2 == run) {
-            job_progress_update(pf->job, run);
-            c += run;
         }
     }
     return 0;
@@ -213,7 +231,9 @@ static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
         goto out;               /* nothing to prefetch */
     }
     job_progress_set_total(job, s->nb_blocks);
+    pf->inflight++;
     ret = fvd_bitmap_count(s, &populated, &stray);
+    pf->inflight--;
     if (ret < 0) {
         goto out;
     }
