@@ -471,8 +471,11 @@ int main(int argc, char **argv)
     }
     /* Safe for several connections: every connection's requests go to
      * the same graph in this process, so a flush on one covers writes
-     * completed on all. */
-    sconf.multi_conn = !(flags & BDRV_O_RDWR) || sconf.max_clients != 1;
+     * completed on all. Offered only when several clients are served at
+     * once, as QEMU 7.2 (-e 1 -r too): a client that opens more
+     * connections after seeing it (nbdcopy opens four) would otherwise
+     * wait forever for the one slot its first connection holds. */
+    sconf.multi_conn = sconf.max_clients != 1;
 
     if (do_fork) {
         pid_t pid;
