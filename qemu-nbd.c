@@ -10,6 +10,8 @@
 #include "util/option.h"
 #include "util/aio.h"
 #include "util/socket.h"
+#include "util/object.h"
+#include "util/tls.h"
 #include "block.h"
 #include "nbd/nbd-proto.h"
 #include "nbd/server.h"
@@ -67,8 +69,10 @@ static void usage(const char *name)
 "General purpose options:\n"
 "  -L, --list                list exports available from another NBD server\n"
 "                            (not supported)\n"
-"  --object type,id=ID,...   define an object (not supported)\n"
-"  --tls-creds=ID            TLS (not supported: built without GnuTLS)\n"
+"  --object type,id=ID,...   define an object such as 'secret' or\n"
+"                            'tls-creds-x509' for providing passwords and/or\n"
+"                            TLS credentials\n"
+"  --tls-creds=ID            use id of an earlier --object to provide TLS\n"
 "  --tls-authz=ID            TLS authorization (not supported)\n"
 "  -T, --trace ...           accepted and ignored\n"
 "  --fork                    fork off the server process and exit the parent\n"
@@ -196,7 +200,7 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 }
     };
     const char *bindto = NULL, *sockpath = NULL, *fmt = NULL;
-    const char *pid_file = NULL;
+    const char *pid_file = NULL, *tlscredsid = NULL;
     int port = NBD_DEFAULT_PORT;
     int flags = BDRV_O_RDWR;
     bool writethrough = false, image_opts = false, do_fork = false;
@@ -397,13 +401,21 @@ int main(int argc, char **argv)
             unsupported("--list is not supported; use nbdinfo --list");
             break;
         case OPTION_TLSCREDS:
+            if (!tls_available()) {
+                unsupported("TLS is not supported: this qemu-nbd was built "
+                            "without GnuTLS");
+            }
+            tlscredsid = optarg;
+            break;
         case OPTION_TLSAUTHZ:
-            unsupported("TLS is not supported: this qemu-nbd was built "
-                        "without GnuTLS");
+            unsupported("--tls-authz is not supported (no authorization "
+                        "objects in this build)");
             break;
         case OPTION_OBJECT:
-            unsupported("--object is not supported (no TLS or secret "
-                        "objects in this build)");
+            if (user_object_add(optarg, &err) < 0) {
+                error_report_err(err);
+                exit(EXIT_FAILURE);
+            }
             break;
         case OPTION_SELINUX_LABEL:
             unsupported("--selinux-label is not supported");
@@ -432,6 +444,13 @@ int main(int argc, char **argv)
         error_report("setting detect-zeroes to unmap is not allowed "
                      "without setting discard operation to unmap");
         exit(EXIT_FAILURE);
+    }
+    if (tlscredsid) {
+        sconf.tls = tls_creds_lookup(tlscredsid, true, &err);
+        if (!sconf.tls) {
+            error_report("Failed to get TLS creds: %s", error_get_pretty(err));
+            exit(EXIT_FAILURE);
+        }
     }
     if (sconf.allocation_depth && bconf.offset) {
         /* Fine: depth is queried through the same window. */

@@ -16,6 +16,7 @@
 #include "util/socket.h"
 #include "util/aio.h"
 #include "util/cutils.h"
+#include "util/tls.h"
 
 #define NBD_CLIENT_SLOTS        16
 #define NBD_CLIENT_TIMEOUT_NS   (60 * 1000000000LL)   /* open and replies */
@@ -39,6 +40,9 @@ typedef struct NBDSlot {
 typedef struct BDRVNBDState {
     SockAddr addr;
     char *export;
+    TLSCreds *tls;              /* STARTTLS first, or NULL */
+    char *tls_hostname;         /* checked against the server's cert */
+    int64_t open_deadline;      /* connect and negotiation end by then */
     SockConn *conn;
     int err;                    /* once the connection broke: every request */
     uint64_t size;
@@ -64,8 +68,10 @@ static const QemuOptDesc nbd_open_opts[] = {
     { "port", QEMU_OPT_STRING, "TCP port (legacy)" },
     { "path", QEMU_OPT_STRING, "Unix socket path (legacy)" },
     { "export", QEMU_OPT_STRING, "Name of the NBD export" },
-    { "tls-creds", QEMU_OPT_STRING, "TLS credentials (not supported)" },
-    { "tls-hostname", QEMU_OPT_STRING, "TLS host name (not supported)" },
+    { "tls-creds", QEMU_OPT_STRING, "ID of the TLS credentials (--object "
+      "tls-creds-x509,...,endpoint=client)" },
+    { "tls-hostname", QEMU_OPT_STRING, "Host name to check the server's "
+      "certificate against (default: server.host)" },
     { "reconnect-delay", QEMU_OPT_NUMBER,
       "Seconds to wait for a reconnect (only 0 is supported)" },
     { "open-timeout", QEMU_OPT_NUMBER, "Seconds to try the first connect" },
@@ -304,6 +310,35 @@ static void nbd_c_rep_error(uint32_t opt, uint32_t type, const uint8_t *msg,
                (int)MIN(len, 200), (const char *)msg);
 }
 
+/* NBD_OPT_STARTTLS, then the TLS handshake: everything after is secret. */
+static int coroutine_fn nbd_c_starttls(BDRVNBDState *s, const char *exp,
+                                       Error **errp)
+{
+    g_autofree uint8_t *d = NULL;
+    uint32_t type, len;
+    int ret;
+
+    ret = nbd_c_opt(s, NBD_OPT_STARTTLS, NULL, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "nbd: sending to the server");
+        return ret;
+    }
+    ret = nbd_c_reply(s, NBD_OPT_STARTTLS, &type, &d, &len, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (type != NBD_REP_ACK) {
+        if (type & NBD_REP_FLAG_ERROR) {
+            nbd_c_rep_error(NBD_OPT_STARTTLS, type, d, len, exp, errp);
+        } else {
+            error_setg(errp, "nbd: bad reply to option starttls");
+        }
+        return -EPROTO;
+    }
+    return tls_co_handshake(s->conn, s->tls, s->tls_hostname,
+                            s->open_deadline, errp);
+}
+
 static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
 {
     uint8_t buf[NBD_HANDSHAKE_LEN];
@@ -331,6 +366,13 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
     ret = nbd_c_send(s, buf, 4, NULL, 0);
     if (ret < 0) {
         goto send_fail;
+    }
+
+    if (s->tls) {
+        ret = nbd_c_starttls(s, exp, errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
 
     /* Structured replies, then base:allocation if they were accepted. */
@@ -410,6 +452,11 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
         }
         if (type == NBD_REP_ACK) {
             break;
+        }
+        if (type == NBD_REP_ERR_TLS_REQD) {
+            error_setg(errp, "nbd: TLS negotiation required before "
+                       "option %d (go); use the tls-creds option", NBD_OPT_GO);
+            return -EACCES;
         }
         if (type & NBD_REP_FLAG_ERROR) {
             nbd_c_rep_error(NBD_OPT_GO, type, d, len, exp, errp);
@@ -739,6 +786,30 @@ static int coroutine_fn nbd_co_request(BlockDriverState *bs, uint16_t type,
 /* ------------------------------------------------------------------ */
 /* Driver callbacks                                                   */
 
+/* tls-creds and tls-hostname (the host name defaults to a TCP host). */
+static int nbd_open_tls(BDRVNBDState *s, QemuOpts *options, Error **errp)
+{
+    const char *id = options ? qemu_opt_get(options, "tls-creds") : NULL;
+    const char *host = options ? qemu_opt_get(options, "tls-hostname") : NULL;
+
+    if (!id) {
+        if (host) {
+            error_setg(errp, "nbd: tls-hostname needs tls-creds");
+            return -EINVAL;
+        }
+        return 0;
+    }
+    s->tls = tls_creds_lookup(id, false, errp);
+    if (!s->tls) {
+        return -EINVAL;
+    }
+    if (!host && s->addr.type == SOCK_ADDR_TCP) {
+        host = s->addr.host;
+    }
+    s->tls_hostname = g_strdup(host);
+    return 0;
+}
+
 static int coroutine_fn nbd_open(BlockDriverState *bs, QemuOpts *options,
                                  int flags, Error **errp)
 {
@@ -747,11 +818,6 @@ static int coroutine_fn nbd_open(BlockDriverState *bs, QemuOpts *options,
     int fd, ret;
 
     qemu_co_queue_init(&s->slot_wait);
-    if (options && (qemu_opt_get(options, "tls-creds") ||
-                    qemu_opt_get(options, "tls-hostname"))) {
-        error_setg(errp, "nbd: TLS is not supported (built without GnuTLS)");
-        return -ENOTSUP;
-    }
     if (options && qemu_opt_get_number(options, "reconnect-delay", 0)) {
         error_setg(errp, "nbd: reconnect-delay is not supported");
         return -ENOTSUP;
@@ -785,16 +851,18 @@ static int coroutine_fn nbd_open(BlockDriverState *bs, QemuOpts *options,
         ret = -EINVAL;
         goto fail;
     }
-    fd = sock_co_connect(&s->addr,
-                         qemu_clock_get_ns() + NBD_CLIENT_TIMEOUT_NS, NULL,
-                         errp);
+    ret = nbd_open_tls(s, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    s->open_deadline = qemu_clock_get_ns() + NBD_CLIENT_TIMEOUT_NS;
+    fd = sock_co_connect(&s->addr, s->open_deadline, NULL, errp);
     if (fd < 0) {
         ret = fd;
         goto fail;
     }
     s->conn = sock_conn_new(fd);
-    sock_conn_set_recv_deadline(s->conn,
-                                qemu_clock_get_ns() + NBD_CLIENT_TIMEOUT_NS);
+    sock_conn_set_recv_deadline(s->conn, s->open_deadline);
     ret = nbd_c_negotiate(s, errp);
     sock_conn_set_recv_deadline(s->conn, SOCK_NO_DEADLINE);
     if (ret < 0) {
@@ -815,6 +883,8 @@ fail:
     sock_addr_clear(&s->addr);
     g_free(s->export);
     s->export = NULL;
+    g_free(s->tls_hostname);
+    s->tls_hostname = NULL;
     return ret;
 }
 
@@ -835,6 +905,7 @@ static void coroutine_fn nbd_close(BlockDriverState *bs)
     s->conn = NULL;
     sock_addr_clear(&s->addr);
     g_free(s->export);
+    g_free(s->tls_hostname);
 }
 
 static void nbd_refresh_limits(BlockDriverState *bs, Error **errp)
