@@ -1237,6 +1237,14 @@ int coroutine_fn sock_client_co_connect(SockClient *cl, Error **errp)
     return 0;
 }
 
+void sock_client_adopt(SockClient *cl, SockConn *conn)
+{
+    assert(!cl->conn);
+    cl->conn = conn;
+    cl->healthy = true;
+    cl->down_since = qemu_clock_get_ns();
+}
+
 static void sock_client_start_loop(SockClient *cl)
 {
     if (!cl->loop_co && !cl->closing) {

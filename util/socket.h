@@ -224,6 +224,10 @@ SockClient *sock_client_new(const SockAddr *addr, const SockClientOps *ops,
 /* One connection attempt, no retry (the first connect of an open). */
 int coroutine_fn sock_client_co_connect(SockClient *cl, Error **errp);
 
+/* Take conn (the caller's reference) as the current connection, made
+ * outside the client (e.g. a first connect with its own retry policy). */
+void sock_client_adopt(SockClient *cl, SockConn *conn);
+
 /*
  * The current connection (a new reference), reconnecting if there is none.
  * With deadline 0 this fails at once (-ENOTCONN) while the client has given
