@@ -30,6 +30,7 @@ typedef struct NBDSlot {
     bool busy;
     bool done;
     bool lost;                  /* the connection broke before the reply */
+    bool sending;               /* its coroutine is in the send: no wake */
     Coroutine *co;
     SockConn *conn;             /* the connection it was sent on */
     uint64_t handle;
@@ -546,7 +547,9 @@ static void nbd_complete(NBDSlot *slot, int ret)
         slot->ret = ret;
     }
     slot->done = true;
-    aio_co_wake(slot->co);
+    if (!slot->sending) {
+        aio_co_wake(slot->co);
+    }
 }
 
 static void nbd_conn_broken(BDRVNBDState *s, SockConn *conn, int err);
@@ -750,7 +753,7 @@ static void coroutine_fn nbd_recv_co(void *opaque)
 static void nbd_conn_broken(BDRVNBDState *s, SockConn *conn, int err)
 {
     if (!s->cl && !s->err) {
-        s->err = err == -ECONNRESET || err >= 0 ? -EIO : err;
+        s->err = err == -ECONNRESET || err == -EPIPE || err >= 0 ? -EIO : err;
     }
     sock_conn_abort(conn, -EIO);
     for (int i = 0; i < NBD_CLIENT_SLOTS; i++) {
@@ -832,9 +835,13 @@ static int coroutine_fn nbd_co_request_once(BlockDriverState *bs,
     iov[0].iov_base = hdr;
     iov[0].iov_len = sizeof(hdr);
     sock_conn_ref(conn);
+    slot->sending = true;
     ret = sock_conn_co_send(conn, iov, niov, deadline, NULL);
+    slot->sending = false;
     g_free(iov);
-    if (ret < 0) {
+    if (slot->done) {
+        /* Lost (or answered by a broken server) while it was sent. */
+    } else if (ret < 0) {
         /* Nothing (or only part) of it arrived: lost with the others. */
         slot->done = true;
         nbd_conn_broken(s, conn, ret);
