@@ -13,6 +13,7 @@
  */
 #include "block_int.h"
 #include "nbd/nbd-proto.h"
+#include "nbd/client.h"
 #include "util/socket.h"
 #include "util/aio.h"
 #include "util/cutils.h"
@@ -361,11 +362,11 @@ static int coroutine_fn nbd_c_starttls(BDRVNBDState *s, const char *exp,
                             s->neg_deadline, errp);
 }
 
-static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
+/* The greeting, our flags, and STARTTLS when TLS is asked for. */
+static int coroutine_fn nbd_c_greet(BDRVNBDState *s, Error **errp)
 {
     uint8_t buf[NBD_HANDSHAKE_LEN];
     const char *exp = s->export ? s->export : "";
-    uint32_t elen = strlen(exp);
     uint16_t hflags;
     int ret;
 
@@ -387,14 +388,21 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
               (hflags & NBD_FLAG_NO_ZEROES ? NBD_FLAG_C_NO_ZEROES : 0));
     ret = nbd_c_send(s, buf, 4, NULL, 0);
     if (ret < 0) {
-        goto send_fail;
+        error_setg_errno(errp, -ret, "nbd: sending to the server");
+        return ret;
     }
+    return s->tls ? nbd_c_starttls(s, exp, errp) : 0;
+}
 
-    if (s->tls) {
-        ret = nbd_c_starttls(s, exp, errp);
-        if (ret < 0) {
-            return ret;
-        }
+static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
+{
+    const char *exp = s->export ? s->export : "";
+    uint32_t elen = strlen(exp);
+    int ret;
+
+    ret = nbd_c_greet(s, errp);
+    if (ret < 0) {
+        return ret;
     }
 
     /* Structured replies, then base:allocation if they were accepted. */
@@ -525,6 +533,323 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
 send_fail:
     error_setg_errno(errp, -ret, "nbd: sending to the server");
     return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Listing exports (qemu-nbd -L)                                      */
+
+static void nbd_export_desc_free(gpointer p)
+{
+    NBDExportDesc *e = p;
+
+    g_free(e->name);
+    g_free(e->description);
+    if (e->contexts) {
+        g_ptr_array_free(e->contexts, true);
+    }
+    g_free(e);
+}
+
+void nbd_export_list_free(GPtrArray *list)
+{
+    if (list) {
+        g_ptr_array_free(list, true);
+    }
+}
+
+/* An error reply to opt: one line, in QEMU's words. */
+static int nbd_c_list_error(uint32_t opt, uint32_t type, const uint8_t *msg,
+                            uint32_t len, Error **errp)
+{
+    const char *name = nbd_opt_name(opt);
+
+    switch (type) {
+    case NBD_REP_ERR_UNSUP:
+    case NBD_REP_ERR_PLATFORM:
+        error_setg(errp, "Server lacks support for option %" PRIu32 " (%s)",
+                   opt, name);
+        return -ENOTSUP;
+    case NBD_REP_ERR_TLS_REQD:
+        error_setg(errp, "TLS negotiation required before option %" PRIu32
+                   " (%s); use --tls-creds", opt, name);
+        return -EACCES;
+    case NBD_REP_ERR_POLICY:
+        error_setg(errp, "Denied by server for option %" PRIu32 " (%s)%s%.*s",
+                   opt, name, len ? ": " : "", (int)MIN(len, 200),
+                   (const char *)msg);
+        return -EACCES;
+    case NBD_REP_ERR_UNKNOWN:
+        error_setg(errp, "Requested export not available");
+        return -ENOENT;
+    case NBD_REP_ERR_SHUTDOWN:
+        error_setg(errp, "Server shutting down before option %" PRIu32 " (%s)",
+                   opt, name);
+        return -ESHUTDOWN;
+    default:
+        error_setg(errp, "Server error for option %" PRIu32 " (%s)%s%.*s",
+                   opt, name, len ? ": " : "", (int)MIN(len, 200),
+                   (const char *)msg);
+        return -EIO;
+    }
+}
+
+/* NBD_OPT_LIST: names and descriptions. */
+static int coroutine_fn nbd_c_list_names(BDRVNBDState *s, GPtrArray *list,
+                                         Error **errp)
+{
+    int ret = nbd_c_opt(s, NBD_OPT_LIST, NULL, 0);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "nbd: sending to the server");
+        return ret;
+    }
+    for (;;) {
+        g_autofree uint8_t *d = NULL;
+        uint32_t type, len, nlen;
+        NBDExportDesc *e;
+
+        ret = nbd_c_reply(s, NBD_OPT_LIST, &type, &d, &len, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == NBD_REP_ACK) {
+            return 0;
+        }
+        if (type & NBD_REP_FLAG_ERROR) {
+            return nbd_c_list_error(NBD_OPT_LIST, type, d, len, errp);
+        }
+        if (type != NBD_REP_SERVER) {
+            continue;
+        }
+        if (len < 4 || (nlen = nbd_get32(d)) > len - 4 ||
+            nlen > NBD_MAX_STRING_SIZE ||
+            len - 4 - nlen > NBD_MAX_STRING_SIZE) {
+            error_setg(errp, "nbd: bad reply to option list");
+            return -EPROTO;
+        }
+        if (list->len >= NBD_LIST_MAX_EXPORTS) {
+            error_setg(errp, "nbd: the server lists more than %d exports",
+                       NBD_LIST_MAX_EXPORTS);
+            return -E2BIG;
+        }
+        e = g_new0(NBDExportDesc, 1);
+        e->name = g_strndup((char *)d + 4, nlen);
+        if (len - 4 - nlen) {
+            e->description = g_strndup((char *)d + 4 + nlen, len - 4 - nlen);
+        }
+        g_ptr_array_add(list, e);
+    }
+}
+
+/* NBD_OPT_INFO asking for the description and block sizes. */
+static int coroutine_fn nbd_c_list_info(BDRVNBDState *s, NBDExportDesc *e,
+                                        Error **errp)
+{
+    uint32_t nlen = strlen(e->name);
+    g_autofree uint8_t *q = g_malloc(4 + nlen + 2 + 4);
+    uint8_t *p = nbd_put32(q, nlen);
+    bool have_export = false;
+    int ret;
+
+    memcpy(p, e->name, nlen);
+    p = nbd_put16(p + nlen, 2);
+    p = nbd_put16(p, NBD_INFO_DESCRIPTION);
+    nbd_put16(p, NBD_INFO_BLOCK_SIZE);
+    ret = nbd_c_opt(s, NBD_OPT_INFO, q, 4 + nlen + 6);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "nbd: sending to the server");
+        return ret;
+    }
+    for (;;) {
+        g_autofree uint8_t *d = NULL;
+        uint32_t type, len;
+
+        ret = nbd_c_reply(s, NBD_OPT_INFO, &type, &d, &len, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == NBD_REP_ACK) {
+            break;
+        }
+        if (type & NBD_REP_FLAG_ERROR) {
+            return nbd_c_list_error(NBD_OPT_INFO, type, d, len, errp);
+        }
+        if (type != NBD_REP_INFO || len < 2) {
+            continue;
+        }
+        switch (nbd_get16(d)) {
+        case NBD_INFO_EXPORT:
+            if (len != 12) {
+                goto bad;
+            }
+            e->size = nbd_get64(d + 2);
+            e->flags = nbd_get16(d + 10);
+            have_export = true;
+            break;
+        case NBD_INFO_BLOCK_SIZE:
+            if (len != 14) {
+                goto bad;
+            }
+            e->min_block = nbd_get32(d + 2);
+            e->opt_block = nbd_get32(d + 6);
+            e->max_block = nbd_get32(d + 10);
+            break;
+        case NBD_INFO_DESCRIPTION:
+            if (len - 2 > NBD_MAX_STRING_SIZE) {
+                goto bad;
+            }
+            g_free(e->description);
+            e->description = len > 2 ? g_strndup((char *)d + 2, len - 2)
+                                     : NULL;
+            break;
+        default:
+            break;
+        }
+    }
+    if (!have_export) {
+        goto bad;
+    }
+    return 0;
+
+bad:
+    error_setg(errp, "nbd: bad information about export '%s'", e->name);
+    return -EPROTO;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT with no query: every context of the export. */
+static int coroutine_fn nbd_c_list_contexts(BDRVNBDState *s,
+                                            NBDExportDesc *e, Error **errp)
+{
+    uint32_t nlen = strlen(e->name);
+    g_autofree uint8_t *q = g_malloc(4 + nlen + 4);
+    uint8_t *p = nbd_put32(q, nlen);
+    int ret;
+
+    memcpy(p, e->name, nlen);
+    nbd_put32(p + nlen, 0);
+    ret = nbd_c_opt(s, NBD_OPT_LIST_META_CONTEXT, q, 4 + nlen + 4);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "nbd: sending to the server");
+        return ret;
+    }
+    e->contexts = g_ptr_array_new_with_free_func(g_free);
+    for (;;) {
+        g_autofree uint8_t *d = NULL;
+        uint32_t type, len;
+
+        ret = nbd_c_reply(s, NBD_OPT_LIST_META_CONTEXT, &type, &d, &len, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == NBD_REP_ACK || (type & NBD_REP_FLAG_ERROR)) {
+            return 0;           /* an error: no contexts to show */
+        }
+        if (type != NBD_REP_META_CONTEXT) {
+            continue;
+        }
+        if (len < 4 || len - 4 > NBD_MAX_STRING_SIZE ||
+            e->contexts->len >= NBD_LIST_MAX_CONTEXTS) {
+            error_setg(errp, "nbd: bad reply to option list meta context");
+            return -EPROTO;
+        }
+        g_ptr_array_add(e->contexts, g_strndup((char *)d + 4, len - 4));
+    }
+}
+
+/* Structured replies (so that contexts may be listed); 1 if accepted. */
+static int coroutine_fn nbd_c_list_structured(BDRVNBDState *s, Error **errp)
+{
+    int ret = nbd_c_opt(s, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "nbd: sending to the server");
+        return ret;
+    }
+    for (;;) {
+        g_autofree uint8_t *d = NULL;
+        uint32_t type, len;
+
+        ret = nbd_c_reply(s, NBD_OPT_STRUCTURED_REPLY, &type, &d, &len, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == NBD_REP_ACK) {
+            return 1;
+        }
+        if (type & NBD_REP_FLAG_ERROR) {
+            return 0;
+        }
+    }
+}
+
+static int coroutine_fn nbd_c_list_all(BDRVNBDState *s, GPtrArray *list,
+                                       Error **errp)
+{
+    int structured, ret;
+
+    ret = nbd_c_greet(s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = nbd_c_list_names(s, list, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    structured = nbd_c_list_structured(s, errp);
+    if (structured < 0) {
+        return structured;
+    }
+    for (guint i = 0; i < list->len; i++) {
+        NBDExportDesc *e = g_ptr_array_index(list, i);
+
+        ret = nbd_c_list_info(s, e, errp);
+        if (ret == 0 && structured) {
+            e->structured = true;
+            ret = nbd_c_list_contexts(s, e, errp);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    nbd_c_opt(s, NBD_OPT_ABORT, NULL, 0);     /* a courtesy: no wait */
+    return 0;
+}
+
+GPtrArray *coroutine_fn nbd_co_list_exports(const SockAddr *addr,
+                                            TLSCreds *tls,
+                                            const char *tls_hostname,
+                                            Error **errp)
+{
+    g_autofree BDRVNBDState *s = g_new0(BDRVNBDState, 1);
+    GPtrArray *list = g_ptr_array_new_with_free_func(nbd_export_desc_free);
+    Error *err = NULL;
+    int fd, ret;
+
+    s->tls = tls;
+    s->tls_hostname = (char *)tls_hostname;
+    s->neg_deadline = qemu_clock_get_ns() + NBD_HANDSHAKE_TIMEOUT_NS;
+    fd = sock_co_connect(addr, s->neg_deadline, NULL, &err);
+    if (fd < 0) {
+        g_autofree char *where = addr->type == SOCK_ADDR_UNIX ?
+            g_strdup(addr->path) :
+            g_strdup_printf("%s:%d", addr->host, addr->port);
+
+        error_free(err);
+        error_setg(errp, "Failed to connect to '%s': %s", where,
+                   strerror(-fd));
+        nbd_export_list_free(list);
+        return NULL;
+    }
+    s->nconn = sock_conn_new(fd);
+    sock_conn_set_recv_deadline(s->nconn, s->neg_deadline);
+    ret = nbd_c_list_all(s, list, errp);
+    sock_conn_shutdown_send(s->nconn);
+    sock_conn_unref(s->nconn);
+    if (ret < 0) {
+        nbd_export_list_free(list);
+        return NULL;
+    }
+    return list;
 }
 
 /* ------------------------------------------------------------------ */

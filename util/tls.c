@@ -207,7 +207,7 @@ TLSCreds *tls_creds_lookup(const char *id, bool endpoint_server, Error **errp)
         return NULL;
     }
     if (cr->server != endpoint_server) {
-        error_setg(errp, "Expecting TLS credentials with a %s endpoint",
+        error_setg(errp, "Expected TLS credentials for a %s endpoint",
                    endpoint_server ? "server" : "client");
         return NULL;
     }
