@@ -391,7 +391,12 @@ int coroutine_fn qcow2_write_caches(BlockDriverState *bs)
     if (ret >= 0) {
         ret = qcow2_apply_durable_frees(bs);
     }
-    if (ret >= 0) {
+    /*
+     * While the dirty bit is set (lazy refcounts), refcount blocks reach
+     * the disk only when evicted or when the image is marked clean, as in
+     * QEMU: a crash then leaves stale refcounts that check repairs.
+     */
+    if (ret >= 0 && !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = table_cache_write(s->refcount_cache);
     }
     return ret;
