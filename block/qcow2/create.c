@@ -920,8 +920,17 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
         }
     }
     if (a->refcount_bits != (uint64_t)s->refcount_bits) {
-        error_setg(errp, "Changing the refcount width is not supported");
-        return -ENOTSUP;
+        if (a->new_version < 3 && a->refcount_bits != 16) {
+            error_setg(errp, "Refcount widths other than 16 bits require "
+                       "compatibility level 1.1 or above (use compat=1.1 or "
+                       "greater)");
+            return -EINVAL;
+        }
+        ret = qcow2_change_refcount_order(bs, __builtin_ctzll(a->refcount_bits),
+                                          errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (a->data_file_raw) {
         s->autoclear_features |= QCOW2_AUTOCLEAR_DATA_RAW;

@@ -619,8 +619,24 @@ static void coroutine_fn qcow2_close(BlockDriverState *bs)
     BDRVQcow2State *s = bs->opaque;
 
     if (!bs->read_only && !s->stopped) {
+        int result, ret;
+
+        /* As QEMU's inactivate: each cache's failure is reported. */
         qemu_co_mutex_lock(&s->lock);
-        if (qcow2_flush_caches(bs) >= 0) {
+        result = qcow2_settle_frees(bs);
+        ret = table_cache_flush(s->l2_cache);
+        if (ret < 0) {
+            error_report("Failed to flush the L2 table cache: %s",
+                         strerror(-ret));
+            result = ret;
+        }
+        ret = table_cache_flush(s->refcount_cache);
+        if (ret < 0) {
+            error_report("Failed to flush the refcount block cache: %s",
+                         strerror(-ret));
+            result = ret;
+        }
+        if (result >= 0) {
             qcow2_mark_clean(bs);
         }
         qemu_co_mutex_unlock(&s->lock);
