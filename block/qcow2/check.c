@@ -1166,6 +1166,7 @@ static int coroutine_fn check_read_snapshot_table(BlockDriverState *bs,
         res->check_errors++;
         error_report("ERROR failed to read the snapshot table: %s",
                      error_get_pretty(err));
+        error_print_hint(err);
         error_free(err);
         s->snapshots_offset = 0;
         s->nb_snapshots = 0;

@@ -228,7 +228,10 @@ static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
                        "with compatibility level 1.1 and above (use "
                        "version=v3 or greater)");
         } else {
-            error_setg(errp, "Unknown compression type");
+            /* What a QEMU built without zstd says (its QAPI enum has no
+             * 'zstd' then): zstd images are refused, not written. */
+            error_setg(errp, "Parameter 'compression-type' does not accept "
+                       "value 'zstd'");
         }
         return -EINVAL;
     }
