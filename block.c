@@ -356,6 +356,43 @@ void bdrv_run_co(CoroutineEntry *fn, void *opaque)
 
 /* ---- opening ---- */
 
+/* ---- the list of nodes (to find a node's parents) ---- */
+
+static BlockDriverState *all_nodes;
+
+static void bdrv_list_node(BlockDriverState *bs)
+{
+    bs->node_prev = NULL;
+    bs->node_next = all_nodes;
+    if (all_nodes) {
+        all_nodes->node_prev = bs;
+    }
+    all_nodes = bs;
+    bs->node_listed = true;
+}
+
+static void bdrv_unlist_node(BlockDriverState *bs)
+{
+    if (!bs->node_listed) {
+        return;
+    }
+    if (bs->node_prev) {
+        bs->node_prev->node_next = bs->node_next;
+    } else {
+        all_nodes = bs->node_next;
+    }
+    if (bs->node_next) {
+        bs->node_next->node_prev = bs->node_prev;
+    }
+    bs->node_next = bs->node_prev = NULL;
+    bs->node_listed = false;
+}
+
+BlockDriverState *bdrv_next_node(BlockDriverState *bs)
+{
+    return bs ? bs->node_next : all_nodes;
+}
+
 static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
                                   int flags)
 {
@@ -372,11 +409,13 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
     bs->user_shared = BLK_PERM_ALL;
     pstrcpy(bs->filename, sizeof(bs->filename), filename ? filename : "");
     qemu_co_queue_init(&bs->flush_queue);
+    bdrv_list_node(bs);
     return bs;
 }
 
 static void bdrv_free(BlockDriverState *bs)
 {
+    bdrv_unlist_node(bs);
     g_free(bs->node_name);
     if (bs->options) {
         qemu_opts_del(bs->options);
@@ -1309,7 +1348,9 @@ void bdrv_unref(BlockDriverState *bs)
     }
     /* Nothing runs beside the close: background work of the whole
      * subtree is stopped, and the section ends for the children only
-     * (the closed driver hears of it no more). */
+     * (the closed driver hears of it no more). A node being closed is
+     * nobody's child any more: no longer listed, it is no parent. */
+    bdrv_unlist_node(bs);
     bdrv_drained_begin(bs);
     bdrv_run_co(bdrv_close_entry, bs);
     bdrv_drained_end_closed(bs);

@@ -518,12 +518,16 @@ static void test_drain_nested(void)
     AIO_WAIT_WHILE(!w.done);
     g_assert_cmpint(w.ret, ==, 0);
 
-    /* A drain of a file node leaves its format's user alone. */
+    /* A drain of a file node reaches its format's user (as QEMU's). */
     w.done = false;
     bdrv_drained_begin(file);
+    g_assert(bdrv_is_drained(bs));
     qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
-    AIO_WAIT_WHILE(!w.done);
+    run_ready();
+    g_assert(!w.done);
     bdrv_drained_end(file);
+    AIO_WAIT_WHILE(!w.done);
+    g_assert(!bdrv_is_drained(bs));
 
     /* Nested hooks: only the outermost section reaches the driver. */
     BlockDriverState *c = open_counter();
@@ -540,6 +544,73 @@ static void test_drain_nested(void)
     blk_unref(blk);
     unlink(path);
     rmdir(dir);
+    g_free(path);
+}
+
+/*
+ * A section reaches up, as QEMU's: a drain of the file node quiesces the
+ * format above it, the filter above that and the user on the filter (its
+ * requests wait until the end, the one in flight is waited for), without
+ * being a section of their own over their other children.
+ */
+static void test_drain_reaches_parents(void)
+{
+    char tmpl[] = "/var/tmp/test-block-core.XXXXXX";
+    char *dir = g_mkdtemp(tmpl);
+    char *path = g_build_filename(dir, "parents.raw", NULL);
+    QemuOpts *opts = qemu_opts_new();
+    Error *err = NULL;
+
+    qemu_opt_set_number(opts, "size", 1 * MiB);
+    g_assert_cmpint(bdrv_create(bdrv_find_format("raw"), path, opts, &err),
+                    ==, 0);
+    qemu_opts_del(opts);
+    char *name = g_strdup_printf("json:{\"driver\": \"copy-on-read\", "
+                                 "\"file\": {\"driver\": \"raw\", "
+                                 "\"file\": {\"filename\": \"%s\"}}}",
+                                 path);
+    BlockBackend *blk = blk_new_open(name, NULL, NULL, BDRV_O_RDWR, &err);
+    if (!blk) {
+        error_report_err(err);
+    }
+    g_assert(blk);
+    BlockDriverState *cor = blk_bs(blk);
+    BlockDriverState *fmt = bdrv_get_file(cor);
+    BlockDriverState *file = fmt ? bdrv_get_file(fmt) : NULL;
+    BlkWrite w = { .blk = blk };
+
+    g_assert(file);
+    bdrv_drained_begin(file);
+    g_assert(bdrv_is_drained(fmt) && bdrv_is_drained(cor));
+    g_assert_cmpint(cor->quiesce_counter, ==, 0);     /* not its own */
+    g_assert_cmpint(cor->parent_quiesce_counter, ==, 1);
+    g_assert_cmpint(fmt->parent_quiesce_counter, ==, 1);
+    qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
+    run_ready();
+    g_assert(!w.done);                  /* queued by the user on the top */
+    bdrv_drained_begin(fmt);            /* nests with the section below */
+    g_assert_cmpint(cor->parent_quiesce_counter, ==, 2);
+    bdrv_drained_end(file);
+    run_ready();
+    g_assert(!w.done);
+    bdrv_drained_end(fmt);
+    AIO_WAIT_WHILE(!w.done);
+    g_assert_cmpint(w.ret, ==, 0);
+    g_assert(!bdrv_is_drained(cor) && !bdrv_is_drained(fmt) &&
+             !bdrv_is_drained(file));
+
+    /* A write of the user in flight is waited for. */
+    w.done = false;
+    qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
+    bdrv_drained_begin(file);
+    g_assert(w.done);
+    g_assert_cmpuint(blk_in_flight(blk), ==, 0);
+    bdrv_drained_end(file);
+
+    blk_unref(blk);
+    unlink(path);
+    rmdir(dir);
+    g_free(name);
     g_free(path);
 }
 
@@ -1013,6 +1084,7 @@ int main(int argc, char **argv)
     test_blk_cache_and_stats();
     test_drain_queues_requests();
     test_drain_nested();
+    test_drain_reaches_parents();
     test_drain_background_work();
     test_drain_around_truncate();
     test_reopen_rw();
