@@ -2725,6 +2725,59 @@ static void bdrv_reopen_set_flags(GPtrArray *q, bool new)
     }
 }
 
+/*
+ * After a generic node failed to open with its new flags and was opened
+ * with its old ones again (bdrv_reopen_open_generic), the reopen failed:
+ * every other node of the queue takes its old flags again, in the order
+ * of a commit. Generic nodes that opened with the new flags are closed
+ * and opened with the old ones; nodes whose driver committed the new
+ * flags prepare and commit the old ones (file-posix opens its descriptor
+ * in the old mode again). Options stay as they are now.
+ */
+static void bdrv_reopen_revert(GPtrArray *q)
+{
+    guint n = q->len;
+    ReopenEntry *back = g_new0(ReopenEntry, n);
+
+    for (guint i = 0; i < n; i++) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        BlockDriverState *bs = e->state.bs;
+        bool fell_back = e->closed && bs->open_flags == e->old_flags;
+
+        back[i] = (ReopenEntry) {
+            .state = { .bs = bs, .flags = e->old_flags },
+            .old_flags = e->state.flags,
+            .changes = e->changes && !fell_back && bs->drv &&
+                       e->old_flags != e->state.flags,
+        };
+        back[i].generic = back[i].changes && e->generic;
+    }
+    for (guint i = 0; i < n; i++) {
+        bdrv_reopen_close_generic(&back[i]);
+    }
+    for (guint i = n; i-- > 0;) {
+        ReopenEntry *b = &back[i];
+        BlockDriverState *bs = b->state.bs;
+
+        if (b->changes && !b->generic &&
+            bs->drv->bdrv_reopen_prepare(&b->state, NULL) == 0) {
+            b->prepared = true;
+            bdrv_reopen_commit_one(b);
+        }
+    }
+    for (guint i = n; i-- > 0;) {
+        bdrv_reopen_open_generic(&back[i], NULL);
+    }
+    for (guint i = 0; i < n; i++) {
+        BlockDriverState *bs = back[i].state.bs;
+        if (back[i].changes && !back[i].closed && bs->drv) {
+            bs->open_flags = back[i].state.flags;
+            bs->read_only = !(back[i].state.flags & BDRV_O_RDWR);
+        }
+    }
+    g_free(back);
+}
+
 int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
                 Error **errp)
 {
@@ -2796,6 +2849,13 @@ int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
             ret = -EIO;
         }
     }
+    if (ret < 0) {
+        /* A node fell back to its old flags: so does the whole chain. */
+        bdrv_reopen_revert(q);
+        bs->user_perm = old_perm;
+        bs->user_shared = old_shared;
+        bdrv_restore_perms(bs, NULL);
+    }
     for (guint i = q->len; i-- > 0;) {
         ReopenEntry *e = g_ptr_array_index(q, i);
         BlockDriverState *n = e->state.bs;
@@ -2803,7 +2863,7 @@ int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
             bdrv_refresh_limits(n, NULL);
             bdrv_refresh_total_bytes(n);
         }
-        if (!e->generic || !e->closed) {
+        if (ret == 0 && (!e->generic || !e->closed)) {
             n->open_flags = e->state.flags;
             n->read_only = !(e->state.flags & BDRV_O_RDWR);
         }

@@ -834,6 +834,89 @@ static void test_reopen_abort(void)
     blk_unref(blk);
 }
 
+/*
+ * "fragile": a format without reopen callbacks (closed and opened again
+ * by a reopen) whose open can be told to fail when read-write.
+ */
+static bool fragile_fail_rw;
+
+static int coroutine_fn fragile_open(BlockDriverState *bs, QemuOpts *options,
+                                     int flags, Error **errp)
+{
+    if (fragile_fail_rw && (flags & BDRV_O_RDWR)) {
+        error_setg(errp, "fragile: cannot open read-write");
+        return -EIO;
+    }
+    return 0;
+}
+
+static int64_t fragile_getlength(BlockDriverState *bs)
+{
+    return bdrv_getlength(bs->file);
+}
+
+static int coroutine_fn fragile_co_preadv(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset,
+                                          BdrvRequestFlags flags)
+{
+    return bdrv_co_preadv_part(bs->file, offset, bytes, qiov, qiov_offset,
+                               flags);
+}
+
+static BlockDriver bdrv_fragile = {
+    .format_name            = "fragile",
+    .instance_size          = 1,
+    .bdrv_open              = fragile_open,
+    .bdrv_getlength         = fragile_getlength,
+    .bdrv_co_preadv         = fragile_co_preadv,
+};
+
+BLOCK_DRIVER_REGISTER(bdrv_fragile)
+
+/*
+ * The commit's fallback: the format fails to open with the new flags and
+ * is opened with its old ones again. The reopen fails, and the file node
+ * below, whose driver had committed the new flags, takes its old flags
+ * again (its driver prepares and commits them), as do the permissions.
+ */
+static void test_reopen_fallback(void)
+{
+    Error *err = NULL;
+    BlockBackend *blk = blk_new_open("counter://", "fragile", NULL, 0, &err);
+    g_assert(blk);
+    BlockDriverState *bs = blk_bs(blk), *proto = bdrv_get_file(bs);
+    g_assert(proto);
+    NodeState top = node_state(bs), bottom = node_state(proto);
+    uint64_t perm, shared;
+    uint8_t buf[512] = { 0 };
+
+    g_assert(bdrv_is_read_only(proto));
+    counter_prepares = counter_commits = counter_aborts = 0;
+    fragile_fail_rw = true;
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), ==, -EIO);
+    g_assert(strstr(error_get_pretty(err), "cannot open read-write"));
+    error_free(err);
+    err = NULL;
+    g_assert_cmpuint(counter_prepares, ==, 2);      /* new, then old */
+    g_assert_cmpuint(counter_commits, ==, 2);
+    assert_node_state(bs, top);
+    assert_node_state(proto, bottom);
+    g_assert(bdrv_is_read_only(proto));
+    g_assert(bs->drv && !bdrv_is_drained(bs) && !bdrv_is_drained(proto));
+    blk_get_perm(blk, &perm, &shared);
+    g_assert_cmpint(perm, ==, BLK_PERM_CONSISTENT_READ);
+    g_assert_cmpint(bs->user_perm, ==, BLK_PERM_CONSISTENT_READ);
+    g_assert_cmpint(blk_pread(blk, 0, 512, buf, 0), ==, 0);
+
+    /* Once it can, the same reopen succeeds on every node. */
+    fragile_fail_rw = false;
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), ==, 0);
+    g_assert(!bdrv_is_read_only(bs) && !bdrv_is_read_only(proto));
+    blk_unref(blk);
+}
+
 /* ---- jobs ---- */
 
 enum { JOB_STEPS = 10 };
@@ -1089,6 +1172,7 @@ int main(int argc, char **argv)
     test_drain_around_truncate();
     test_reopen_rw();
     test_reopen_abort();
+    test_reopen_fallback();
     test_job_pause_resume();
     test_job_cancel();
     test_job_error_report();
