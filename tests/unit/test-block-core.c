@@ -1155,6 +1155,73 @@ static void test_job_error_enospc(void)
     job_free(job);
 }
 
+/* Three coroutines of one job fail at once (convert -m 3): one stop. */
+typedef struct MultiFail {
+    Job *job;
+    bool fixed;
+    int running;
+    unsigned done, errors;
+    Coroutine *waiter;
+} MultiFail;
+
+static void coroutine_fn multi_worker(void *opaque)
+{
+    MultiFail *m = opaque;
+    int ret;
+
+    do {
+        ret = m->fixed ? 1 : job_co_step_error(m->job, false, -EIO);
+    } while (ret == 0);
+    if (ret == 1) {
+        m->done++;
+    }
+    if (--m->running == 0) {
+        aio_co_wake(m->waiter);
+    }
+}
+
+static int coroutine_fn multi_run(Job *job, void *opaque)
+{
+    MultiFail *m = opaque;
+
+    m->waiter = qemu_coroutine_self();
+    m->running = 3;
+    for (int i = 0; i < 3; i++) {
+        aio_co_schedule(qemu_coroutine_create(multi_worker, m));
+    }
+    while (m->running > 0) {
+        qemu_coroutine_yield();
+    }
+    return 0;
+}
+
+static void multi_error(Job *job, JobErrorAction action, bool is_read,
+                        int error, void *opaque)
+{
+    g_assert(action == JOB_ERROR_ACTION_STOP);
+    ((MultiFail *)opaque)->errors++;
+}
+
+static void test_job_error_stop_workers(void)
+{
+    MultiFail m = { 0 };
+    Job *job = job_new(multi_run, &m);
+
+    m.job = job;
+    job_set_on_error(job, JOB_ON_ERROR_REPORT, JOB_ON_ERROR_STOP);
+    job_set_error_cb(job, multi_error, &m);
+    job_start(job);
+    run_ready();
+    g_assert(job_is_paused(job));
+    g_assert_cmpuint(m.errors, ==, 3);          /* each told, one stop */
+    g_assert_cmpint(job_stop_error(job), ==, -EIO);
+    m.fixed = true;
+    job_resume(job);                            /* one resume wakes all */
+    g_assert_cmpint(job_wait(job), ==, 0);
+    g_assert_cmpuint(m.done, ==, 3);
+    job_free(job);
+}
+
 int main(int argc, char **argv)
 {
     error_set_progname(argv[0]);
@@ -1179,6 +1246,7 @@ int main(int argc, char **argv)
     test_job_error_ignore();
     test_job_error_stop();
     test_job_error_enospc();
+    test_job_error_stop_workers();
 
     printf("PASS test-block-core\n");
     return 0;
