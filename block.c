@@ -356,6 +356,43 @@ void bdrv_run_co(CoroutineEntry *fn, void *opaque)
 
 /* ---- opening ---- */
 
+/* ---- the list of nodes (to find a node's parents) ---- */
+
+static BlockDriverState *all_nodes;
+
+static void bdrv_list_node(BlockDriverState *bs)
+{
+    bs->node_prev = NULL;
+    bs->node_next = all_nodes;
+    if (all_nodes) {
+        all_nodes->node_prev = bs;
+    }
+    all_nodes = bs;
+    bs->node_listed = true;
+}
+
+static void bdrv_unlist_node(BlockDriverState *bs)
+{
+    if (!bs->node_listed) {
+        return;
+    }
+    if (bs->node_prev) {
+        bs->node_prev->node_next = bs->node_next;
+    } else {
+        all_nodes = bs->node_next;
+    }
+    if (bs->node_next) {
+        bs->node_next->node_prev = bs->node_prev;
+    }
+    bs->node_next = bs->node_prev = NULL;
+    bs->node_listed = false;
+}
+
+BlockDriverState *bdrv_next_node(BlockDriverState *bs)
+{
+    return bs ? bs->node_next : all_nodes;
+}
+
 static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
                                   int flags)
 {
@@ -372,11 +409,13 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
     bs->user_shared = BLK_PERM_ALL;
     pstrcpy(bs->filename, sizeof(bs->filename), filename ? filename : "");
     qemu_co_queue_init(&bs->flush_queue);
+    bdrv_list_node(bs);
     return bs;
 }
 
 static void bdrv_free(BlockDriverState *bs)
 {
+    bdrv_unlist_node(bs);
     g_free(bs->node_name);
     if (bs->options) {
         qemu_opts_del(bs->options);
@@ -1309,7 +1348,9 @@ void bdrv_unref(BlockDriverState *bs)
     }
     /* Nothing runs beside the close: background work of the whole
      * subtree is stopped, and the section ends for the children only
-     * (the closed driver hears of it no more). */
+     * (the closed driver hears of it no more). A node being closed is
+     * nobody's child any more: no longer listed, it is no parent. */
+    bdrv_unlist_node(bs);
     bdrv_drained_begin(bs);
     bdrv_run_co(bdrv_close_entry, bs);
     bdrv_drained_end_closed(bs);
@@ -2730,6 +2771,59 @@ static void bdrv_reopen_set_flags(GPtrArray *q, bool new)
     }
 }
 
+/*
+ * After a generic node failed to open with its new flags and was opened
+ * with its old ones again (bdrv_reopen_open_generic), the reopen failed:
+ * every other node of the queue takes its old flags again, in the order
+ * of a commit. Generic nodes that opened with the new flags are closed
+ * and opened with the old ones; nodes whose driver committed the new
+ * flags prepare and commit the old ones (file-posix opens its descriptor
+ * in the old mode again). Options stay as they are now.
+ */
+static void bdrv_reopen_revert(GPtrArray *q)
+{
+    guint n = q->len;
+    ReopenEntry *back = g_new0(ReopenEntry, n);
+
+    for (guint i = 0; i < n; i++) {
+        ReopenEntry *e = g_ptr_array_index(q, i);
+        BlockDriverState *bs = e->state.bs;
+        bool fell_back = e->closed && bs->open_flags == e->old_flags;
+
+        back[i] = (ReopenEntry) {
+            .state = { .bs = bs, .flags = e->old_flags },
+            .old_flags = e->state.flags,
+            .changes = e->changes && !fell_back && bs->drv &&
+                       e->old_flags != e->state.flags,
+        };
+        back[i].generic = back[i].changes && e->generic;
+    }
+    for (guint i = 0; i < n; i++) {
+        bdrv_reopen_close_generic(&back[i]);
+    }
+    for (guint i = n; i-- > 0;) {
+        ReopenEntry *b = &back[i];
+        BlockDriverState *bs = b->state.bs;
+
+        if (b->changes && !b->generic &&
+            bs->drv->bdrv_reopen_prepare(&b->state, NULL) == 0) {
+            b->prepared = true;
+            bdrv_reopen_commit_one(b);
+        }
+    }
+    for (guint i = n; i-- > 0;) {
+        bdrv_reopen_open_generic(&back[i], NULL);
+    }
+    for (guint i = 0; i < n; i++) {
+        BlockDriverState *bs = back[i].state.bs;
+        if (back[i].changes && !back[i].closed && bs->drv) {
+            bs->open_flags = back[i].state.flags;
+            bs->read_only = !(back[i].state.flags & BDRV_O_RDWR);
+        }
+    }
+    g_free(back);
+}
+
 int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
                 Error **errp)
 {
@@ -2801,6 +2895,13 @@ int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
             ret = -EIO;
         }
     }
+    if (ret < 0) {
+        /* A node fell back to its old flags: so does the whole chain. */
+        bdrv_reopen_revert(q);
+        bs->user_perm = old_perm;
+        bs->user_shared = old_shared;
+        bdrv_restore_perms(bs, NULL);
+    }
     for (guint i = q->len; i-- > 0;) {
         ReopenEntry *e = g_ptr_array_index(q, i);
         BlockDriverState *n = e->state.bs;
@@ -2808,7 +2909,7 @@ int bdrv_reopen(BlockDriverState *bs, int flags, QemuOpts *options,
             bdrv_refresh_limits(n, NULL);
             bdrv_refresh_total_bytes(n);
         }
-        if (!e->generic || !e->closed) {
+        if (ret == 0 && (!e->generic || !e->closed)) {
             n->open_flags = e->state.flags;
             n->read_only = !(e->state.flags & BDRV_O_RDWR);
         }

@@ -343,7 +343,14 @@ struct BlockDriverState {
 
     /* drained sections (block/io.c) */
     int quiesce_counter;                /* nested drained sections */
+    int parent_quiesce_counter;         /* sections of nodes below it */
     GSList *drain_users;                /* of BdrvDrainUser: paused by them */
+    GSList *drained_parents;            /* per section begun here: the
+                                         * GPtrArray of parents it holds */
+
+    /* every open node, for finding a node's parents (block.c) */
+    BlockDriverState *node_next, *node_prev;
+    bool node_listed;
 
     /*
      * Flush generations (block/io.c). write_gen counts writes, zero
@@ -461,6 +468,11 @@ bool bdrv_is_inserted(BlockDriverState *bs);
  * and asked whether it still has work in flight. Between begin and end it
  * starts nothing new; bdrv_drained_begin returns once every node of the
  * subtree is idle. A user added inside a section is told it began.
+ *
+ * A section also reaches up, as QEMU's: every node above bs (parents,
+ * their parents: filters, formats over a file node) is quiesced with its
+ * users (parent_quiesce_counter, the same hooks and drain users) and
+ * waited for, but its other children are not drained.
  */
 typedef struct BdrvDrainOps {
     void (*drained_begin)(void *opaque);
@@ -482,6 +494,9 @@ void bdrv_remove_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
 void bdrv_replace_child_drained(BlockDriverState *parent,
                                 BlockDriverState **slot,
                                 BlockDriverState *child);
+/* Every open node, one after the other: bdrv_next_node(NULL) is the
+ * first; NULL after the last. A node being closed is no longer listed. */
+BlockDriverState *bdrv_next_node(BlockDriverState *bs);
 /* End a section of bs after its driver was closed: children only. */
 void bdrv_drained_end_closed(BlockDriverState *bs);
 

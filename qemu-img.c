@@ -2582,7 +2582,18 @@ static int commit_data(BlockBackend *blk, BlockBackend *base_rw,
     return ret;
 }
 
-static int img_commit(int argc, char **argv)
+typedef struct CommitArgs {
+    const char *fmt;
+    const char *cache;
+    const char *base;           /* -b, or NULL: the backing file */
+    const char *filename;
+    bool quiet;
+    bool progress;
+    bool drop;                  /* -d: leave the top image as it is */
+} CommitArgs;
+
+/* The options of commit into a: 0, or -1 after an error message. */
+static int commit_parse_args(CommitArgs *a, int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
@@ -2591,13 +2602,7 @@ static int img_commit(int argc, char **argv)
         {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
         {0, 0, 0, 0}
     };
-    const char *fmt = NULL, *cache = BDRV_DEFAULT_CACHE, *base = NULL;
-    bool quiet = false, show_progress = false, writethrough;
-    BlockDriverState *bs, *base_bs;
-    BlockBackend *blk;
-    Error *err = NULL;
-    bool drop = false;
-    int flags, c;
+    int c;
 
     while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", long_options,
                             NULL)) != -1) {
@@ -2605,59 +2610,127 @@ static int img_commit(int argc, char **argv)
         case 'h':
             error_exit("see 'qemu-img --help'");
         case 'f':
-            fmt = optarg;
+            a->fmt = optarg;
             break;
         case 't':
-            cache = optarg;
+            a->cache = optarg;
             break;
         case 'b':
-            base = optarg;
+            a->base = optarg;
             break;
         case 'd':
-            drop = true;
+            a->drop = true;
             break;
         case 'p':
-            show_progress = true;
+            a->progress = true;
             break;
         case 'q':
-            quiet = true;
+            a->quiet = true;
             break;
         case 'r':
             if (cvtnum("rate limit", optarg) < 0) {
-                return 1;
+                return -1;
             }
             break;
         default:
             common_option(c, argv);
         }
     }
-    if (quiet) {
-        show_progress = false;
+    if (a->quiet) {
+        a->progress = false;
     }
     if (optind != argc - 1) {
         error_exit("Expecting one image file name");
     }
+    a->filename = argv[optind];
+    return 0;
+}
 
-    flags = BDRV_O_RDWR | BDRV_O_UNMAP;
-    if (bdrv_parse_cache_mode(cache, &flags, &writethrough) < 0) {
-        error_report("Invalid cache option: %s", cache);
+/*
+ * Commit blk's image into base_bs: the chain holds base read-only, so it
+ * is reopened read-write in place (with the cache mode of -t; its locks
+ * follow), written through a user of base, and reopened read-only again.
+ * Then the top image is emptied unless -d.
+ */
+static void commit_into_base(CommitArgs *a, BlockBackend *blk,
+                             BlockDriverState *base_bs, int flags,
+                             bool writethrough, Error **errp)
+{
+    BlockDriverState *bs = blk_bs(blk);
+    int base_flags = bdrv_get_flags(base_bs);
+    BlockBackend *base_rw = NULL;
+    Error *err = NULL, *ro_err = NULL;
+
+    if (bdrv_reopen(base_bs, flags, NULL, &err) == 0) {
+        base_rw = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                          BLK_PERM_ALL);
+        if (blk_insert_bs(base_rw, base_bs, &err) < 0) {
+            blk_unref(base_rw);
+            base_rw = NULL;
+        }
+    }
+    if (!base_rw) {
+        error_prepend(&err, "Could not reopen '%s' read-write: ",
+                      bdrv_get_filename(base_bs));
+        error_propagate(errp, err);
+        return;
+    }
+    blk_set_enable_write_cache(base_rw, !writethrough);
+    commit_data(blk, base_rw, base_bs, &err);
+    blk_unref(base_rw);
+    if (bdrv_reopen(base_bs, base_flags, NULL, &ro_err) < 0) {
+        if (!err) {
+            err = ro_err;
+        } else {
+            error_free(ro_err);
+        }
+    }
+    /* As QEMU: the top image is emptied unless -d; formats that cannot
+     * (no backing-relative content) keep theirs. */
+    if (!err && !a->drop) {
+        int ret = bdrv_make_empty(bs);
+        if (ret < 0 && ret != -ENOTSUP) {
+            error_setg_errno(&err, -ret, "Could not empty %s", a->filename);
+        }
+    }
+    if (!err) {
+        progress_print(100.f, 0);
+    }
+    error_propagate(errp, err);
+}
+
+static int img_commit(int argc, char **argv)
+{
+    CommitArgs a = { .cache = BDRV_DEFAULT_CACHE };
+    BlockDriverState *bs, *base_bs;
+    BlockBackend *blk;
+    Error *err = NULL;
+    bool writethrough;
+    int flags;
+
+    if (commit_parse_args(&a, argc, argv) < 0) {
         return 1;
     }
-    blk = img_open(argv[optind], fmt, flags, writethrough);
+    flags = BDRV_O_RDWR | BDRV_O_UNMAP;
+    if (bdrv_parse_cache_mode(a.cache, &flags, &writethrough) < 0) {
+        error_report("Invalid cache option: %s", a.cache);
+        return 1;
+    }
+    blk = img_open(a.filename, a.fmt, flags, writethrough);
     if (!blk) {
         return 1;
     }
     bs = blk_bs(blk);
 
-    progress_init(show_progress, 1.f);
+    progress_init(a.progress, 1.f);
     progress_print(0.f, 100);
-    if (base) {
+    if (a.base) {
         /* Committing past the backing file implies -d (as QEMU). */
-        drop = true;
-        base_bs = find_backing_image(bs, base);
+        a.drop = true;
+        base_bs = find_backing_image(bs, a.base);
         if (!base_bs) {
             error_setg(&err, "Did not find '%s' in the backing chain of '%s'",
-                       base, argv[optind]);
+                       a.base, a.filename);
         }
     } else {
         base_bs = bdrv_get_backing(bs);
@@ -2666,50 +2739,7 @@ static int img_commit(int argc, char **argv)
         }
     }
     if (!err) {
-        /*
-         * The chain holds base read-only: reopen it read-write in place
-         * (with the cache mode of -t; its locks follow), write through a
-         * user of base, and reopen it read-only again.
-         */
-        int base_flags = bdrv_get_flags(base_bs);
-        BlockBackend *base_rw = NULL;
-
-        if (bdrv_reopen(base_bs, flags, NULL, &err) == 0) {
-            base_rw = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
-                              BLK_PERM_ALL);
-            if (blk_insert_bs(base_rw, base_bs, &err) < 0) {
-                blk_unref(base_rw);
-                base_rw = NULL;
-            }
-        }
-        if (base_rw) {
-            blk_set_enable_write_cache(base_rw, !writethrough);
-            commit_data(blk, base_rw, base_bs, &err);
-            blk_unref(base_rw);
-            Error *ro_err = NULL;
-            if (bdrv_reopen(base_bs, base_flags, NULL, &ro_err) < 0) {
-                if (!err) {
-                    err = ro_err;
-                } else {
-                    error_free(ro_err);
-                }
-            }
-            /* As QEMU: the top image is emptied unless -d; formats that
-             * cannot (no backing-relative content) keep theirs. */
-            if (!err && !drop) {
-                int ret = bdrv_make_empty(bs);
-                if (ret < 0 && ret != -ENOTSUP) {
-                    error_setg_errno(&err, -ret, "Could not empty %s",
-                                     argv[optind]);
-                }
-            }
-            if (!err) {
-                progress_print(100.f, 0);
-            }
-        } else {
-            error_prepend(&err, "Could not reopen '%s' read-write: ",
-                          bdrv_get_filename(base_bs));
-        }
+        commit_into_base(&a, blk, base_bs, flags, writethrough, &err);
     }
     progress_end();
     blk_unref(blk);
@@ -2717,7 +2747,7 @@ static int img_commit(int argc, char **argv)
         error_report_err(err);
         return 1;
     }
-    qprintf(quiet, "Image committed.\n");
+    qprintf(a.quiet, "Image committed.\n");
     return 0;
 }
 

@@ -1093,7 +1093,8 @@ void bdrv_add_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
     *u = (BdrvDrainUser) { .ops = ops, .opaque = opaque };
     bs->drain_users = g_slist_append(bs->drain_users, u);
     /* A user arriving inside a drained section is drained too. */
-    for (int i = 0; i < bs->quiesce_counter; i++) {
+    for (int i = 0; i < bs->quiesce_counter + bs->parent_quiesce_counter;
+         i++) {
         if (ops->drained_begin) {
             ops->drained_begin(opaque);
         }
@@ -1106,7 +1107,8 @@ void bdrv_remove_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
     for (GSList *l = bs->drain_users; l; l = l->next) {
         BdrvDrainUser *u = l->data;
         if (u->ops == ops && u->opaque == opaque) {
-            for (int i = 0; i < bs->quiesce_counter; i++) {
+            for (int i = 0;
+                 i < bs->quiesce_counter + bs->parent_quiesce_counter; i++) {
                 if (ops->drained_end) {
                     ops->drained_end(opaque);
                 }
@@ -1118,12 +1120,10 @@ void bdrv_remove_drain_user(BlockDriverState *bs, const BdrvDrainOps *ops,
     }
 }
 
-static void bdrv_do_drained_begin(BlockDriverState *bs, int depth)
+/* bs enters a section (its own or one of a node below): hook, users. */
+static void bdrv_quiesce_begin(BlockDriverState *bs)
 {
-    if (!bs || depth > BDRV_DRAIN_MAX_DEPTH) {
-        return;
-    }
-    if (bs->quiesce_counter++ == 0 && bs->drv &&
+    if (bs->quiesce_counter + bs->parent_quiesce_counter == 1 && bs->drv &&
         bs->drv->bdrv_drain_begin) {
         bs->drv->bdrv_drain_begin(bs);
     }
@@ -1133,6 +1133,30 @@ static void bdrv_do_drained_begin(BlockDriverState *bs, int depth)
             u->ops->drained_begin(u->opaque);
         }
     }
+}
+
+/* bs leaves a section: users, then the hook at the last one. */
+static void bdrv_quiesce_end(BlockDriverState *bs)
+{
+    for (GSList *l = bs->drain_users; l; l = l->next) {
+        BdrvDrainUser *u = l->data;
+        if (u->ops->drained_end) {
+            u->ops->drained_end(u->opaque);
+        }
+    }
+    if (bs->quiesce_counter + bs->parent_quiesce_counter == 0 && bs->drv &&
+        bs->drv->bdrv_drain_end) {
+        bs->drv->bdrv_drain_end(bs);
+    }
+}
+
+static void bdrv_do_drained_begin(BlockDriverState *bs, int depth)
+{
+    if (!bs || depth > BDRV_DRAIN_MAX_DEPTH) {
+        return;
+    }
+    bs->quiesce_counter++;
+    bdrv_quiesce_begin(bs);
     bdrv_do_drained_begin(bs->file, depth + 1);
     if (bs->data_file != bs->file) {
         bdrv_do_drained_begin(bs->data_file, depth + 1);
@@ -1150,16 +1174,69 @@ static void bdrv_do_drained_end(BlockDriverState *bs, int depth)
         bdrv_do_drained_end(bs->data_file, depth + 1);
     }
     bdrv_do_drained_end(bs->file, depth + 1);
-    for (GSList *l = bs->drain_users; l; l = l->next) {
-        BdrvDrainUser *u = l->data;
-        if (u->ops->drained_end) {
-            u->ops->drained_end(u->opaque);
+    assert(bs->quiesce_counter > 0);
+    bs->quiesce_counter--;
+    bdrv_quiesce_end(bs);
+}
+
+/* The nodes above bs (parents, theirs, ...), each once, into out. */
+static void bdrv_collect_parents(BlockDriverState *bs, GPtrArray *out,
+                                 int depth)
+{
+    if (depth > BDRV_DRAIN_MAX_DEPTH) {
+        return;
+    }
+    for (BlockDriverState *p = bdrv_next_node(NULL); p;
+         p = bdrv_next_node(p)) {
+        if ((p->file == bs || p->backing == bs || p->data_file == bs) &&
+            !g_ptr_array_find(out, p, NULL)) {
+            g_ptr_array_add(out, p);
+            bdrv_collect_parents(p, out, depth + 1);
         }
     }
-    assert(bs->quiesce_counter > 0);
-    if (--bs->quiesce_counter == 0 && bs->drv && bs->drv->bdrv_drain_end) {
-        bs->drv->bdrv_drain_end(bs);
+}
+
+/*
+ * The parents part of a section of bs: quiesce every node above it. The
+ * set is kept with the section (and the nodes referenced), so that its end
+ * releases the same nodes even if the graph changed meanwhile.
+ */
+static GPtrArray *bdrv_parents_drained_begin(BlockDriverState *bs)
+{
+    GPtrArray *parents = g_ptr_array_new();
+
+    /* A node being closed (refcnt 0) is nobody's child any more. */
+    if (bs->refcnt > 0) {
+        bdrv_collect_parents(bs, parents, 0);
     }
+    for (guint i = 0; i < parents->len; i++) {
+        BlockDriverState *p = g_ptr_array_index(parents, i);
+        bdrv_ref(p);
+        p->parent_quiesce_counter++;
+        bdrv_quiesce_begin(p);
+    }
+    bs->drained_parents = g_slist_prepend(bs->drained_parents, parents);
+    return parents;
+}
+
+static void bdrv_parents_drained_end(BlockDriverState *bs)
+{
+    GPtrArray *parents;
+
+    assert(bs->drained_parents);
+    parents = bs->drained_parents->data;
+    bs->drained_parents = g_slist_delete_link(bs->drained_parents,
+                                              bs->drained_parents);
+    for (guint i = parents->len; i-- > 0;) {
+        BlockDriverState *p = g_ptr_array_index(parents, i);
+        assert(p->parent_quiesce_counter > 0);
+        p->parent_quiesce_counter--;
+        bdrv_quiesce_end(p);
+    }
+    for (guint i = 0; i < parents->len; i++) {
+        bdrv_unref(g_ptr_array_index(parents, i));
+    }
+    g_ptr_array_free(parents, true);
 }
 
 /* Is a request, or a user's or driver's work, still running below bs? */
@@ -1186,33 +1263,59 @@ static bool bdrv_drain_poll(BlockDriverState *bs, int depth)
            bdrv_drain_poll(bs->backing, depth + 1);
 }
 
-static void bdrv_drain_wait(BlockDriverState *bs)
+/* Is a parent of the section (or a user of one) still busy? */
+static bool bdrv_parents_drain_poll(GPtrArray *parents)
+{
+    for (guint i = 0; parents && i < parents->len; i++) {
+        BlockDriverState *p = g_ptr_array_index(parents, i);
+
+        if (p->in_flight > 0) {
+            return true;
+        }
+        for (GSList *l = p->drain_users; l; l = l->next) {
+            BdrvDrainUser *u = l->data;
+            if (u->ops->drained_poll && u->ops->drained_poll(u->opaque)) {
+                return true;
+            }
+        }
+        if (p->drv && p->drv->bdrv_drain_poll && p->drv->bdrv_drain_poll(p)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void bdrv_drain_wait(BlockDriverState *bs, GPtrArray *parents)
 {
     if (qemu_in_coroutine()) {
         /* The loop runs the requests we wait for meanwhile. */
-        while (bdrv_drain_poll(bs, 0)) {
+        while (bdrv_drain_poll(bs, 0) || bdrv_parents_drain_poll(parents)) {
             qemu_co_sleep_ns(100 * 1000);
         }
         return;
     }
-    AIO_WAIT_WHILE(bdrv_drain_poll(bs, 0));
+    AIO_WAIT_WHILE(bdrv_drain_poll(bs, 0) || bdrv_parents_drain_poll(parents));
 }
 
 void bdrv_drained_begin(BlockDriverState *bs)
 {
+    GPtrArray *parents = bdrv_parents_drained_begin(bs);
+
     bdrv_do_drained_begin(bs, 0);
-    bdrv_drain_wait(bs);
+    bdrv_drain_wait(bs, parents);
 }
 
 void bdrv_drained_end(BlockDriverState *bs)
 {
     bdrv_do_drained_end(bs, 0);
+    bdrv_parents_drained_end(bs);
 }
 
 void bdrv_drained_end_closed(BlockDriverState *bs)
 {
     assert(bs->quiesce_counter > 0);
     bs->quiesce_counter--;
+    bdrv_parents_drained_end(bs);
     bdrv_do_drained_end(bs->backing, 1);
     if (bs->data_file != bs->file) {
         bdrv_do_drained_end(bs->data_file, 1);
@@ -1234,13 +1337,13 @@ void bdrv_replace_child_drained(BlockDriverState *parent,
         bdrv_do_drained_end(old, 1);
     }
     if (child && parent->quiesce_counter) {
-        bdrv_drain_wait(child);
+        bdrv_drain_wait(child, NULL);
     }
 }
 
 bool bdrv_is_drained(BlockDriverState *bs)
 {
-    return bs->quiesce_counter > 0;
+    return bs->quiesce_counter + bs->parent_quiesce_counter > 0;
 }
 
 void bdrv_drain(BlockDriverState *bs)

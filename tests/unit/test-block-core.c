@@ -518,12 +518,16 @@ static void test_drain_nested(void)
     AIO_WAIT_WHILE(!w.done);
     g_assert_cmpint(w.ret, ==, 0);
 
-    /* A drain of a file node leaves its format's user alone. */
+    /* A drain of a file node reaches its format's user (as QEMU's). */
     w.done = false;
     bdrv_drained_begin(file);
+    g_assert(bdrv_is_drained(bs));
     qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
-    AIO_WAIT_WHILE(!w.done);
+    run_ready();
+    g_assert(!w.done);
     bdrv_drained_end(file);
+    AIO_WAIT_WHILE(!w.done);
+    g_assert(!bdrv_is_drained(bs));
 
     /* Nested hooks: only the outermost section reaches the driver. */
     BlockDriverState *c = open_counter();
@@ -540,6 +544,73 @@ static void test_drain_nested(void)
     blk_unref(blk);
     unlink(path);
     rmdir(dir);
+    g_free(path);
+}
+
+/*
+ * A section reaches up, as QEMU's: a drain of the file node quiesces the
+ * format above it, the filter above that and the user on the filter (its
+ * requests wait until the end, the one in flight is waited for), without
+ * being a section of their own over their other children.
+ */
+static void test_drain_reaches_parents(void)
+{
+    char tmpl[] = "/var/tmp/test-block-core.XXXXXX";
+    char *dir = g_mkdtemp(tmpl);
+    char *path = g_build_filename(dir, "parents.raw", NULL);
+    QemuOpts *opts = qemu_opts_new();
+    Error *err = NULL;
+
+    qemu_opt_set_number(opts, "size", 1 * MiB);
+    g_assert_cmpint(bdrv_create(bdrv_find_format("raw"), path, opts, &err),
+                    ==, 0);
+    qemu_opts_del(opts);
+    char *name = g_strdup_printf("json:{\"driver\": \"copy-on-read\", "
+                                 "\"file\": {\"driver\": \"raw\", "
+                                 "\"file\": {\"filename\": \"%s\"}}}",
+                                 path);
+    BlockBackend *blk = blk_new_open(name, NULL, NULL, BDRV_O_RDWR, &err);
+    if (!blk) {
+        error_report_err(err);
+    }
+    g_assert(blk);
+    BlockDriverState *cor = blk_bs(blk);
+    BlockDriverState *fmt = bdrv_get_file(cor);
+    BlockDriverState *file = fmt ? bdrv_get_file(fmt) : NULL;
+    BlkWrite w = { .blk = blk };
+
+    g_assert(file);
+    bdrv_drained_begin(file);
+    g_assert(bdrv_is_drained(fmt) && bdrv_is_drained(cor));
+    g_assert_cmpint(cor->quiesce_counter, ==, 0);     /* not its own */
+    g_assert_cmpint(cor->parent_quiesce_counter, ==, 1);
+    g_assert_cmpint(fmt->parent_quiesce_counter, ==, 1);
+    qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
+    run_ready();
+    g_assert(!w.done);                  /* queued by the user on the top */
+    bdrv_drained_begin(fmt);            /* nests with the section below */
+    g_assert_cmpint(cor->parent_quiesce_counter, ==, 2);
+    bdrv_drained_end(file);
+    run_ready();
+    g_assert(!w.done);
+    bdrv_drained_end(fmt);
+    AIO_WAIT_WHILE(!w.done);
+    g_assert_cmpint(w.ret, ==, 0);
+    g_assert(!bdrv_is_drained(cor) && !bdrv_is_drained(fmt) &&
+             !bdrv_is_drained(file));
+
+    /* A write of the user in flight is waited for. */
+    w.done = false;
+    qemu_coroutine_enter(qemu_coroutine_create(blk_write_entry, &w));
+    bdrv_drained_begin(file);
+    g_assert(w.done);
+    g_assert_cmpuint(blk_in_flight(blk), ==, 0);
+    bdrv_drained_end(file);
+
+    blk_unref(blk);
+    unlink(path);
+    rmdir(dir);
+    g_free(name);
     g_free(path);
 }
 
@@ -760,6 +831,89 @@ static void test_reopen_abort(void)
     g_assert_cmpuint(counter_commits, ==, 1);
     g_assert(!bdrv_is_read_only(bs) && !bdrv_is_read_only(proto));
     g_assert_cmpint(blk_pwrite(blk, 0, 512, buf, 0), ==, 0);
+    blk_unref(blk);
+}
+
+/*
+ * "fragile": a format without reopen callbacks (closed and opened again
+ * by a reopen) whose open can be told to fail when read-write.
+ */
+static bool fragile_fail_rw;
+
+static int coroutine_fn fragile_open(BlockDriverState *bs, QemuOpts *options,
+                                     int flags, Error **errp)
+{
+    if (fragile_fail_rw && (flags & BDRV_O_RDWR)) {
+        error_setg(errp, "fragile: cannot open read-write");
+        return -EIO;
+    }
+    return 0;
+}
+
+static int64_t fragile_getlength(BlockDriverState *bs)
+{
+    return bdrv_getlength(bs->file);
+}
+
+static int coroutine_fn fragile_co_preadv(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset,
+                                          BdrvRequestFlags flags)
+{
+    return bdrv_co_preadv_part(bs->file, offset, bytes, qiov, qiov_offset,
+                               flags);
+}
+
+static BlockDriver bdrv_fragile = {
+    .format_name            = "fragile",
+    .instance_size          = 1,
+    .bdrv_open              = fragile_open,
+    .bdrv_getlength         = fragile_getlength,
+    .bdrv_co_preadv         = fragile_co_preadv,
+};
+
+BLOCK_DRIVER_REGISTER(bdrv_fragile)
+
+/*
+ * The commit's fallback: the format fails to open with the new flags and
+ * is opened with its old ones again. The reopen fails, and the file node
+ * below, whose driver had committed the new flags, takes its old flags
+ * again (its driver prepares and commits them), as do the permissions.
+ */
+static void test_reopen_fallback(void)
+{
+    Error *err = NULL;
+    BlockBackend *blk = blk_new_open("counter://", "fragile", NULL, 0, &err);
+    g_assert(blk);
+    BlockDriverState *bs = blk_bs(blk), *proto = bdrv_get_file(bs);
+    g_assert(proto);
+    NodeState top = node_state(bs), bottom = node_state(proto);
+    uint64_t perm, shared;
+    uint8_t buf[512] = { 0 };
+
+    g_assert(bdrv_is_read_only(proto));
+    counter_prepares = counter_commits = counter_aborts = 0;
+    fragile_fail_rw = true;
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), ==, -EIO);
+    g_assert(strstr(error_get_pretty(err), "cannot open read-write"));
+    error_free(err);
+    err = NULL;
+    g_assert_cmpuint(counter_prepares, ==, 2);      /* new, then old */
+    g_assert_cmpuint(counter_commits, ==, 2);
+    assert_node_state(bs, top);
+    assert_node_state(proto, bottom);
+    g_assert(bdrv_is_read_only(proto));
+    g_assert(bs->drv && !bdrv_is_drained(bs) && !bdrv_is_drained(proto));
+    blk_get_perm(blk, &perm, &shared);
+    g_assert_cmpint(perm, ==, BLK_PERM_CONSISTENT_READ);
+    g_assert_cmpint(bs->user_perm, ==, BLK_PERM_CONSISTENT_READ);
+    g_assert_cmpint(blk_pread(blk, 0, 512, buf, 0), ==, 0);
+
+    /* Once it can, the same reopen succeeds on every node. */
+    fragile_fail_rw = false;
+    g_assert_cmpint(blk_reopen(blk, BDRV_O_RDWR, NULL, &err), ==, 0);
+    g_assert(!bdrv_is_read_only(bs) && !bdrv_is_read_only(proto));
     blk_unref(blk);
 }
 
@@ -1001,6 +1155,73 @@ static void test_job_error_enospc(void)
     job_free(job);
 }
 
+/* Three coroutines of one job fail at once (convert -m 3): one stop. */
+typedef struct MultiFail {
+    Job *job;
+    bool fixed;
+    int running;
+    unsigned done, errors;
+    Coroutine *waiter;
+} MultiFail;
+
+static void coroutine_fn multi_worker(void *opaque)
+{
+    MultiFail *m = opaque;
+    int ret;
+
+    do {
+        ret = m->fixed ? 1 : job_co_step_error(m->job, false, -EIO);
+    } while (ret == 0);
+    if (ret == 1) {
+        m->done++;
+    }
+    if (--m->running == 0) {
+        aio_co_wake(m->waiter);
+    }
+}
+
+static int coroutine_fn multi_run(Job *job, void *opaque)
+{
+    MultiFail *m = opaque;
+
+    m->waiter = qemu_coroutine_self();
+    m->running = 3;
+    for (int i = 0; i < 3; i++) {
+        aio_co_schedule(qemu_coroutine_create(multi_worker, m));
+    }
+    while (m->running > 0) {
+        qemu_coroutine_yield();
+    }
+    return 0;
+}
+
+static void multi_error(Job *job, JobErrorAction action, bool is_read,
+                        int error, void *opaque)
+{
+    g_assert(action == JOB_ERROR_ACTION_STOP);
+    ((MultiFail *)opaque)->errors++;
+}
+
+static void test_job_error_stop_workers(void)
+{
+    MultiFail m = { 0 };
+    Job *job = job_new(multi_run, &m);
+
+    m.job = job;
+    job_set_on_error(job, JOB_ON_ERROR_REPORT, JOB_ON_ERROR_STOP);
+    job_set_error_cb(job, multi_error, &m);
+    job_start(job);
+    run_ready();
+    g_assert(job_is_paused(job));
+    g_assert_cmpuint(m.errors, ==, 3);          /* each told, one stop */
+    g_assert_cmpint(job_stop_error(job), ==, -EIO);
+    m.fixed = true;
+    job_resume(job);                            /* one resume wakes all */
+    g_assert_cmpint(job_wait(job), ==, 0);
+    g_assert_cmpuint(m.done, ==, 3);
+    job_free(job);
+}
+
 int main(int argc, char **argv)
 {
     error_set_progname(argv[0]);
@@ -1013,16 +1234,19 @@ int main(int argc, char **argv)
     test_blk_cache_and_stats();
     test_drain_queues_requests();
     test_drain_nested();
+    test_drain_reaches_parents();
     test_drain_background_work();
     test_drain_around_truncate();
     test_reopen_rw();
     test_reopen_abort();
+    test_reopen_fallback();
     test_job_pause_resume();
     test_job_cancel();
     test_job_error_report();
     test_job_error_ignore();
     test_job_error_stop();
     test_job_error_enospc();
+    test_job_error_stop_workers();
 
     printf("PASS test-block-core\n");
     return 0;
