@@ -296,6 +296,7 @@ typedef struct FvdPrefetch {
     int64_t bw_start_ns;
     uint64_t bw_bytes;
     bool drain_user;
+    GSList *sleepers;               /* FvdSleeper: woken early by stop */
 } FvdPrefetch;
 
 typedef struct FvdStats {
