@@ -259,6 +259,7 @@ typedef struct FvdTable {
     uint64_t storage_chunks;        /* chunks the data storage holds */
     uint64_t zero_from;             /* chunks from here on read zeroes */
     unsigned long *uncommitted;     /* virtual chunks mapped, no record */
+    unsigned long *fresh;           /* mapped to a chunk that read zeroes */
     GArray *pending;                /* those chunks, for the next commit */
     uint64_t committing;            /* entries taken by the running commit */
     unsigned long *home_dirty;      /* table pages to write home */
@@ -295,6 +296,7 @@ typedef struct FvdPrefetch {
     int64_t bw_start_ns;
     uint64_t bw_bytes;
     bool drain_user;
+    GSList *sleepers;               /* FvdSleeper: woken early by stop */
 } FvdPrefetch;
 
 typedef struct FvdStats {
@@ -506,6 +508,9 @@ GArray *fvd_table_take_pending(BDRVFvdState *s);
 void fvd_table_committed(BDRVFvdState *s, GArray *chunks, guint from,
                          guint to);
 void fvd_table_uncommit(BDRVFvdState *s, GArray *chunks, guint from);
+/* Every chunk in the list was mapped to a chunk that read as zeroes
+ * before (past the storage's end at open, never mapped since). */
+bool fvd_table_all_fresh(BDRVFvdState *s, GArray *chunks);
 /* Write the dirty table pages home (committed entries only). */
 int coroutine_fn fvd_table_write_home(BlockDriverState *bs);
 /* Resize: entries [from, to) cleared in memory and home, flushed. */

@@ -511,8 +511,15 @@ static int coroutine_fn fvd_commit_once(BlockDriverState *bs)
         tlist = fvd_table_take_pending(s);
     }
     /* Records may reach the disk as soon as they are written: the data
-     * they describe (and the chunks they map) must be durable first. */
-    ret = bdrv_co_flush_gen(s->data, bdrv_get_write_gen(s->data));
+     * they describe (and the chunks they map) must be durable first. Not
+     * needed for mappings alone of chunks that read as zeroes before
+     * (spec section 11, T2): without their data they read as the unmapped
+     * chunks did. */
+    if (list->len || (tlist && !fvd_table_all_fresh(s, tlist))) {
+        ret = bdrv_co_flush_gen(s->data, bdrv_get_write_gen(s->data));
+    } else {
+        ret = 0;
+    }
     if (ret >= 0) {
         ret = fvd_commit_shadows(bs, list, tlist);
     } else {

@@ -14,16 +14,50 @@
 #include "block/fvd/fvd.h"
 #include "util/aio.h"
 
-#define FVD_PF_SLICE_NS (50 * 1000 * 1000)  /* sleeps wake to see cancel */
+/* A sleeping worker: its timer wakes it, or stop does (cancel). The
+ * clock may be virtual (crashtest), so nothing waits for time to pass
+ * unless it has to. */
+typedef struct FvdSleeper {
+    Coroutine *co;
+    QEMUTimer *timer;
+    bool woken;
+} FvdSleeper;
 
-/* Sleep ns, in slices; false if the job was cancelled meanwhile. */
+static void fvd_pf_wake(void *opaque)
+{
+    FvdSleeper *sl = opaque;
+
+    if (!sl->woken) {
+        sl->woken = true;
+        aio_co_wake(sl->co);
+    }
+}
+
+/* Yield once to the event loop (no timer). */
+static void coroutine_fn fvd_pf_yield(void)
+{
+    aio_co_schedule(qemu_coroutine_self());
+    qemu_coroutine_yield();
+}
+
+/* Sleep ns; false if the job was cancelled (stop wakes sleepers early). */
 static bool coroutine_fn fvd_pf_sleep(FvdPrefetch *pf, int64_t ns)
 {
-    while (ns > 0 && !job_is_cancelled(pf->job)) {
-        int64_t n = MIN(ns, FVD_PF_SLICE_NS);
-        qemu_co_sleep_ns(n);
-        ns -= n;
+    FvdSleeper sl = { .co = qemu_coroutine_self() };
+
+    if (job_is_cancelled(pf->job)) {
+        return false;
     }
+    if (ns <= 0) {
+        fvd_pf_yield();
+        return !job_is_cancelled(pf->job);
+    }
+    sl.timer = aio_timer_new(qemu_get_aio_context(), fvd_pf_wake, &sl);
+    timer_mod_ns(sl.timer, qemu_clock_get_ns() + ns);
+    pf->sleepers = g_slist_prepend(pf->sleepers, &sl);
+    qemu_coroutine_yield();
+    pf->sleepers = g_slist_remove(pf->sleepers, &sl);
+    timer_free(sl.timer);
     return !job_is_cancelled(pf->job);
 }
 
@@ -177,6 +211,11 @@ static int coroutine_fn fvd_pf_range(BlockDriverState *bs, uint64_t c,
         if (job_pause_point(pf->job)) {
             return 0;
         }
+        /* A shrink (in a drained section) may have cut the coverage. */
+        end = MIN(end, s->nb_blocks);
+        if (c >= end) {
+            break;
+        }
         pf->inflight++;
         int ret = fvd_pf_step(bs, c, end, &c);
         pf->inflight--;
@@ -223,8 +262,7 @@ static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
     int ret = 0;
 
     /* At least one yield: the open finishes (the base is attached). */
-    if (!fvd_pf_sleep(pf, MAX(pf->start_delay_ns, 1000000)) ||
-        job_pause_point(job)) {
+    if (!fvd_pf_sleep(pf, pf->start_delay_ns) || job_pause_point(job)) {
         goto out;
     }
     if (!bs->backing || !s->bitmap || bs->read_only) {
@@ -338,11 +376,19 @@ void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs)
         return;
     }
     job_cancel(pf->job);
+    for (GSList *l = pf->sleepers; l; l = l->next) {
+        FvdSleeper *sl = l->data;
+        if (!sl->woken) {
+            sl->woken = true;
+            timer_del(sl->timer);
+            aio_co_schedule(sl->co);
+        }
+    }
     while (!pf->run_done) {
         qemu_co_queue_wait(&pf->done_queue, NULL);
     }
     while (!job_is_completed(pf->job)) {
-        qemu_co_sleep_ns(100000);   /* run returned; its coroutine ends */
+        fvd_pf_yield();             /* run returned; its coroutine ends */
     }
     if (pf->drain_user) {
         bdrv_remove_drain_user(bs, &fvd_pf_drain_ops, s);

@@ -67,6 +67,7 @@ int coroutine_fn fvd_table_load(BlockDriverState *bs, Error **errp)
     t->map = g_try_new0(uint32_t, MAX(t->nchunks, 1));
     t->in_use = bitmap_new(t->capacity);
     t->uncommitted = bitmap_new(t->capacity);
+    t->fresh = bitmap_new(t->capacity);
     t->home_dirty = bitmap_new(DIV_ROUND_UP(t->capacity,
                                             FVD_ENTRIES_PER_PAGE));
     t->pending = g_array_new(FALSE, FALSE, sizeof(uint64_t));
@@ -146,6 +147,7 @@ void fvd_table_free(BDRVFvdState *s)
     g_free(t->map);
     g_free(t->in_use);
     g_free(t->uncommitted);
+    g_free(t->fresh);
     g_free(t->home_dirty);
     if (t->pending) {
         g_array_free(t->pending, TRUE);
@@ -215,6 +217,11 @@ int64_t coroutine_fn fvd_table_alloc(BlockDriverState *bs, uint64_t v)
     set_bit(p, t->in_use);
     t->used = MAX(t->used, (uint64_t)p + 1);
     set_bit(v, t->uncommitted);
+    if ((uint64_t)p >= t->zero_from) {
+        set_bit(v, t->fresh);
+    } else {
+        clear_bit(v, t->fresh);
+    }
     g_array_append_val(t->pending, v);
     s->stats.chunks_allocated++;
 out:
@@ -268,6 +275,17 @@ void fvd_table_committed(BDRVFvdState *s, GArray *chunks, guint from,
         clear_bit(v, t->uncommitted);
         set_bit(v / FVD_ENTRIES_PER_PAGE, t->home_dirty);
     }
+}
+
+bool fvd_table_all_fresh(BDRVFvdState *s, GArray *chunks)
+{
+    for (guint i = 0; i < chunks->len; i++) {
+        uint64_t v = g_array_index(chunks, uint64_t, i);
+        if (v < s->t.nchunks && !test_bit(v, s->t.fresh)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 void fvd_table_uncommit(BDRVFvdState *s, GArray *chunks, guint from)

@@ -423,6 +423,11 @@ static BlockBackend *open_simulated(const Paths *p, const IterConfig *ic,
     char *name = g_strconcat("crashsim:", p->img, NULL);
     int flags = BDRV_O_RDWR | BDRV_O_UNMAP | ic->open_flags;
 
+    if (cfg.open_opts && qemu_opts_parse(opts, cfg.open_opts, NULL,
+                                         errp) < 0) {
+        qemu_opts_del(opts);
+        return NULL;
+    }
     if (p->data) {
         char *d = g_strconcat("crashsim:", p->data, NULL);
         qemu_opt_set(opts, plug_data_file_open_opt(), d);
@@ -566,7 +571,7 @@ static const char *replay_flags(void)
     if (cfg.cache_pages >= 0) {
         snprintf(pages, sizeof(pages), " --cache-pages %d", cfg.cache_pages);
     }
-    snprintf(buf, sizeof(buf), "%s%s%s%s%s%s%s%s%s%s%s%s%s",
+    snprintf(buf, sizeof(buf), "%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
              cfg.cache_mode ? " -c " : "",
              cfg.cache_mode ? cfg.cache_mode : "", qd, pages,
              cfg.data_file ? " --data-file" : "",
@@ -578,7 +583,9 @@ static const char *replay_flags(void)
              cfg.early_flush ? " --early-flush" : "",
              cfg.no_data_file ? " --no-data-file" : "",
              cfg.create_opts ? " -o " : "",
-             cfg.create_opts ? cfg.create_opts : "");
+             cfg.create_opts ? cfg.create_opts : "",
+             cfg.open_opts ? " --open-opts " : "",
+             cfg.open_opts ? cfg.open_opts : "");
     return buf;
 }
 
@@ -717,10 +724,11 @@ static void usage(void)
            "                 [--long] [--iter I] [--keep] [-d DIR] [-v]\n"
            "                 [--data-file] [--no-backing] [--trace]\n"
            "                 [--self-test] [--unsafe] [--early-flush]\n"
-           "                 [--no-data-file]\n"
+           "                 [--no-data-file] [--open-opts OPTIONS]\n"
            "Every choice not fixed by an option is drawn per crash point.\n"
            "--no-data-file leaves out the plug's extra file (FVD then keeps\n"
-           "its data in the FVD file).\n"
+           "its data in the FVD file). --open-opts passes driver options\n"
+           "to every open (e.g. -f fvd --open-opts prefetch=on).\n"
            "--unsafe (cache=unsafe) and --early-flush (flushes of the data\n"
            "file return while they still run) break the stack on purpose:\n"
            "failures are expected (shows that the checker bites).\n");
@@ -745,6 +753,7 @@ static void parse_args(int argc, char **argv)
         { "data-file", no_argument, NULL, 'D' },
         { "no-backing", no_argument, NULL, 'B' },
         { "trace", no_argument, NULL, 'R' },
+        { "open-opts", required_argument, NULL, 'O' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -759,6 +768,7 @@ static void parse_args(int argc, char **argv)
         case 'n': cfg.iterations = strtol(optarg, NULL, 0); break;
         case 's': cfg.seed = strtoull(optarg, NULL, 0); seeded = true; break;
         case 'o': cfg.create_opts = optarg; break;
+        case 'O': cfg.open_opts = optarg; break;
         case 'd': cfg.dir = g_strdup(optarg); break;
         case 'c': cfg.cache_mode = optarg; break;
         case 'v': cfg.verbose = true; break;

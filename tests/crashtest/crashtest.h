@@ -59,6 +59,7 @@ typedef struct Config {
     const char *fmt;
     FormatPlug plug;
     char *create_opts;
+    char *open_opts;            /* --open-opts: driver open options */
     bool create_sets_cluster;   /* -o names plug.cluster_opt */
     uint64_t seed;
     long iterations;

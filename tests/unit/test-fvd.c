@@ -376,43 +376,61 @@ static void test_close_after_failed_flush(void)
     g_free(top);
 }
 
+static int do_write_at(BlockDriverState *bs, int64_t off, uint8_t pat)
+{
+    uint8_t buf[4096];
+    memset(buf, pat, sizeof(buf));
+    return bdrv_pwrite(bs, off, sizeof(buf), buf, 0);
+}
+
 /*
- * Compact image, spec section 11: a new chunk's mapping is journalled only
- * after the data storage flush (held here), and a table page goes home only
- * after a flush covering that record.
+ * Compact image, spec section 11: the mapping of a chunk that may hold old
+ * bytes (zeroed first) is journalled only after the data storage flush
+ * (held here), and a table page goes home only after a flush covering its
+ * record (T2, T3). The mapping of a chunk past the storage's old end needs
+ * no data flush before its record (T2's exception): the journal write
+ * comes first.
  */
 static void test_table_write_ahead(void)
 {
     char *top = path_of("twal.fvd");
-    create("fvd", top, "size=64M,compact_image=on,chunk_size=64k");
-    char *name = g_strdup_printf("blkdebug::%s", top);
-    BlockDriverState *bs = open_fvd(name, NULL);
-    BDRVFvdState *s = bs->opaque;
-    int done = 0;
+    create("fvd", top, "size=64M,compact_image=on,chunk_size=64k,"
+           "storage_grow_unit=256k");
+    /* Session 1: chunk 80 -> physical 0; the storage grows to 4 chunks. */
+    BlockDriverState *bs = open_fvd(top, NULL);
+    g_assert_cmpint(do_write_at(bs, 5 * MiB, 0x41), ==, 0);
+    bdrv_unref(bs);
 
-    Writer w = { bs, 5 * MiB, 4096, 0x42, 0, &done };
-    start_writer(&w);
-    AIO_WAIT_WHILE(done < 1);
-    g_assert_cmpint(w.ret, ==, 0);
+    /* Session 2: physical chunks 1-3 may hold old bytes, 4 on are fresh. */
+    char *name = g_strdup_printf("blkdebug::%s", top);
+    bs = open_fvd(name, NULL);
+    BDRVFvdState *s = bs->opaque;
+    g_assert_cmpint(s->t.zero_from, ==, 4);
+    g_assert_cmpint(do_write_at(bs, 1 * MiB, 0x42), ==, 0);
+    g_assert_cmpint(bdrv_flush(bs), ==, 0);     /* the session's epoch */
+    g_assert_cmpint(do_write_at(bs, 1 * MiB + 64 * KiB, 0x43), ==, 0);
+    g_assert_cmpint(fvd_table_get(s, 17), ==, 2);
     g_assert_cmpint(s->t.pending->len, ==, 1);
-    g_assert_cmpint(fvd_table_get(s, 80), ==, 0);
 
     g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F"), ==, 0);
     g_assert_cmpint(bdrv_debug_breakpoint(bs, "journal_write", "J"), ==, 0);
     CoCall fl = { bs, do_flush };
     start_call(&fl);
-    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F"));
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F") &&
+                   !bdrv_debug_is_suspended(bs, "J"));
+    g_assert(bdrv_debug_is_suspended(bs, "F"));
+    uint64_t sectors = s->stats.journal_sectors;
     poll_a_while();
     g_assert(!bdrv_debug_is_suspended(bs, "J"));
-    g_assert_cmpint(s->stats.journal_sectors, ==, 0);
-    g_assert_cmpint(bdrv_debug_resume(bs, "F"), ==, 0);
+    g_assert_cmpint(s->stats.journal_sectors, ==, sectors);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "F"), ==, 0);
     AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "J"));
-    g_assert_cmpint(bdrv_debug_resume(bs, "J"), ==, 0);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "J"), ==, 0);
     AIO_WAIT_WHILE(!fl.done);
     g_assert_cmpint(fl.ret, ==, 0);
     g_assert_cmpint(s->t.pending->len, ==, 0);
 
-    /* The page of chunk 80 waits for the flush that covers its record. */
+    /* The table page waits for the flush that covers its record. */
     g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F2"), ==, 0);
     g_assert_cmpint(bdrv_debug_breakpoint(bs, "table_update", "W"), ==, 0);
     CoCall cp = { bs, do_checkpoint };
@@ -422,22 +440,46 @@ static void test_table_write_ahead(void)
     g_assert(bdrv_debug_is_suspended(bs, "F2"));
     poll_a_while();
     g_assert(!bdrv_debug_is_suspended(bs, "W"));
-    g_assert_cmpint(bdrv_debug_resume(bs, "F2"), ==, 0);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "F2"), ==, 0);
     AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "W"));
-    g_assert_cmpint(bdrv_debug_resume(bs, "W"), ==, 0);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "W"), ==, 0);
     AIO_WAIT_WHILE(!cp.done);
     g_assert_cmpint(cp.ret, ==, 0);
     g_assert_cmpint(s->j.tail, ==, s->j.written_seq);
+
+    /* A fresh chunk: the record is written before any flush. */
+    g_assert_cmpint(do_write_at(bs, 2 * MiB, 0x44), ==, 0);         /* 3 */
+    g_assert_cmpint(bdrv_flush(bs), ==, 0);
+    g_assert_cmpint(do_write_at(bs, 3 * MiB, 0x45), ==, 0);         /* 4 */
+    g_assert_cmpint(fvd_table_get(s, 48), ==, 4);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F3"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "journal_write", "J3"), ==, 0);
+    CoCall fl3 = { bs, do_flush };
+    start_call(&fl3);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F3") &&
+                   !bdrv_debug_is_suspended(bs, "J3"));
+    g_assert(bdrv_debug_is_suspended(bs, "J3"));
+    g_assert(!bdrv_debug_is_suspended(bs, "F3"));
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "J3"), ==, 0);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "F3"), ==, 0);
+    AIO_WAIT_WHILE(!fl3.done);
+    g_assert_cmpint(fl3.ret, ==, 0);
     bdrv_unref(bs);
 
-    /* The entry is home: physical chunk 0, stored as 1. */
+    /* Everything is home: the entries, the data. */
     bs = bdrv_open(top, "fvd", NULL, 0, NULL);
     s = bs->opaque;
     g_assert_cmpint(fvd_table_get(s, 80), ==, 0);
+    g_assert_cmpint(fvd_table_get(s, 16), ==, 1);
+    g_assert_cmpint(fvd_table_get(s, 17), ==, 2);
+    g_assert_cmpint(fvd_table_get(s, 32), ==, 3);
+    g_assert_cmpint(fvd_table_get(s, 48), ==, 4);
     uint8_t out[4096];
-    g_assert_cmpint(bdrv_pread(bs, 5 * MiB, 4096, out, 0), ==, 0);
-    g_assert_cmpint(out[0], ==, 0x42);
-    g_assert_cmpint(out[4095], ==, 0x42);
+    g_assert_cmpint(bdrv_pread(bs, 1 * MiB + 64 * KiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0x43);
+    g_assert_cmpint(out[4095], ==, 0x43);
+    g_assert_cmpint(bdrv_pread(bs, 3 * MiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0x45);
     bdrv_unref(bs);
     unlink(top);
     g_free(name);
