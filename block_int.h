@@ -322,6 +322,7 @@ struct BlockDriverState {
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;
+    bool encrypted;                     /* guest data encrypted (luks) */
 
     BlockLimits bl;
     int64_t total_bytes;                /* cached length, -1 if unknown */

@@ -713,6 +713,7 @@ typedef struct ImgInfo {
     bool has_cluster_size;
     bool dirty_flag;
     bool has_dirty_flag;
+    bool encrypted;
     char *backing_filename;         /* NULL if none */
     char *full_backing_filename;
     char *backing_format;
@@ -759,6 +760,7 @@ static ImgInfo *collect_image_info(BlockDriverState *bs, Error **errp)
     info->virtual_size = size;
     info->actual_size = bdrv_get_allocated_file_size(bs);
     info->has_actual_size = info->actual_size >= 0;
+    info->encrypted = bdrv_is_encrypted(bs);
 
     memset(&bdi, 0, sizeof(bdi));
     if (bdrv_get_info(bs, &bdi) >= 0) {
@@ -862,6 +864,9 @@ static JsonValue *image_info_json(ImgInfo *info)
         json_add(fs, "data", specific_data_json(info->spec));
         json_add(obj, "format-specific", fs);
     }
+    if (info->encrypted) {
+        json_add_bool(obj, "encrypted", true);
+    }
     return obj;
 }
 
@@ -934,6 +939,9 @@ static void dump_human_image_info(ImgInfo *info)
     g_free(dsize_buf);
     if (info->has_cluster_size) {
         printf("cluster_size: %" PRId64 "\n", info->cluster_size);
+    }
+    if (info->encrypted) {
+        printf("encrypted: yes\n");
     }
     if (info->has_dirty_flag && info->dirty_flag) {
         printf("cleanly shut down: no\n");
