@@ -76,21 +76,25 @@ static int luks_parse_mode(const char *spec, LuksParams *p, Error **errp)
         }
     }
     if (luks_mode_parse(s, &p->mode) < 0) {
-        error_setg(errp, "Cipher mode '%s' is not supported", s);
+        error_setg(errp, "Cipher mode '%s' not supported", s);
         return -ENOTSUP;
     }
     p->ivgen = LUKS_IVGEN_NONE;
     if (p->mode == LUKS_MODE_ECB && !iv) {
-        return 0;
+        return 0;               /* cryptsetup's plain "ecb" */
     }
-    if (!iv || luks_ivgen_parse(iv, &p->ivgen) < 0) {
-        error_setg(errp, "IV generator '%s' is not supported", iv ? iv : "");
+    if (!iv) {
+        error_setg(errp, "Unexpected cipher mode string format '%s'", spec);
+        return -ENOTSUP;
+    }
+    if (luks_ivgen_parse(iv, &p->ivgen) < 0) {
+        error_setg(errp, "IV generator '%s' not supported", iv);
         return -ENOTSUP;
     }
     p->ivhash = NULL;
     if (p->ivgen == LUKS_IVGEN_ESSIV) {
         if (!ivh || !(p->ivhash = luks_hash_find(ivh))) {
-            error_setg(errp, "Hash algorithm '%s' is not supported",
+            error_setg(errp, "Hash algorithm '%s' not supported",
                        ivh ? ivh : "");
             return -ENOTSUP;
         }
@@ -111,12 +115,11 @@ static int luks_check_header(const LuksHeader *h, int64_t file_len,
     uint64_t slot_bytes;
 
     if (h->version != LUKS_VERSION) {
-        error_setg(errp, "Unsupported LUKS version %u", h->version);
+        error_setg(errp, "LUKS version %u is not supported", h->version);
         return -ENOTSUP;
     }
     if (!(p->hash = luks_hash_find(h->hash_spec))) {
-        error_setg(errp, "Hash algorithm '%s' is not supported",
-                   h->hash_spec);
+        error_setg(errp, "Hash algorithm '%s' not supported", h->hash_spec);
         return -ENOTSUP;
     }
     if (luks_parse_mode(h->cipher_mode, p, errp) < 0) {
@@ -126,18 +129,22 @@ static int luks_check_header(const LuksHeader *h, int64_t file_len,
     if (h->key_bytes == 0 || h->key_bytes > LUKS_MAX_KEY_BYTES ||
         (p->mode == LUKS_MODE_XTS && h->key_bytes % 2) ||
         !(p->alg = luks_cipher_find_family(h->cipher_name, key_len))) {
-        error_setg(errp, "Cipher '%s' with key size %u bytes is not "
-                   "supported", h->cipher_name, h->key_bytes);
+        error_setg(errp, "Algorithm '%s' with key size %u bytes not "
+                   "supported", h->cipher_name,
+                   h->key_bytes / (p->mode == LUKS_MODE_XTS ? 2 : 1));
         return -ENOTSUP;
     }
-    if (h->mk_digest_iter == 0 || h->mk_digest_iter > LUKS_MAX_ITERS) {
-        error_setg(errp, "LUKS master key digest iterations %u out of range "
-                   "(1 to %u)", h->mk_digest_iter, LUKS_MAX_ITERS);
+    if (h->mk_digest_iter == 0) {
+        error_setg(errp, "LUKS key iteration count is zero");
+        return -EINVAL;
+    }
+    if (h->mk_digest_iter > LUKS_MAX_ITERS) {
+        error_setg(errp, "LUKS master key iteration count %u exceeds the "
+                   "limit of %u", h->mk_digest_iter, LUKS_MAX_ITERS);
         return -EINVAL;
     }
     if ((uint64_t)h->payload_offset * LUKS_SECTOR_SIZE < LUKS_HEADER_SIZE) {
-        error_setg(errp, "LUKS payload offset %u overlaps the header",
-                   h->payload_offset);
+        error_setg(errp, "LUKS payload is overlapping with the header");
         return -EINVAL;
     }
     if ((int64_t)h->payload_offset * LUKS_SECTOR_SIZE > file_len) {
@@ -151,38 +158,41 @@ static int luks_check_header(const LuksHeader *h, int64_t file_len,
         uint64_t start = (uint64_t)s->key_offset * LUKS_SECTOR_SIZE;
 
         if (s->active != LUKS_SLOT_ACTIVE && s->active != LUKS_SLOT_DISABLED) {
-            error_setg(errp, "LUKS key slot %d state 0x%x is corrupted", i,
-                       s->active);
+            error_setg(errp, "Keyslot %d state (active/disable) is "
+                       "corrupted", i);
             return -EINVAL;
         }
         if (s->stripes != LUKS_STRIPES) {
-            error_setg(errp, "LUKS key slot %d is corrupted (stripes %u != "
-                       "%u)", i, s->stripes, LUKS_STRIPES);
+            error_setg(errp, "Keyslot %d is corrupted (stripes %u != %u)",
+                       i, s->stripes, LUKS_STRIPES);
             return -EINVAL;
         }
         if (start < LUKS_HEADER_SIZE) {
-            error_setg(errp, "LUKS key slot %d is overlapping with the LUKS "
+            error_setg(errp, "Keyslot %d is overlapping with the LUKS "
                        "header", i);
             return -EINVAL;
         }
         if (start + slot_bytes >
             (uint64_t)h->payload_offset * LUKS_SECTOR_SIZE) {
-            error_setg(errp, "LUKS key slot %d is overlapping with the "
+            error_setg(errp, "Keyslot %d is overlapping with the "
                        "encrypted payload", i);
             return -EINVAL;
         }
         for (int j = 0; j < i; j++) {
             uint64_t o = (uint64_t)h->slots[j].key_offset * LUKS_SECTOR_SIZE;
             if (start < o + slot_bytes && o < start + slot_bytes) {
-                error_setg(errp, "LUKS key slots %d and %d are overlapping "
-                           "in the header", j, i);
+                error_setg(errp, "Keyslots %d and %d are overlapping in "
+                           "the header", j, i);
                 return -EINVAL;
             }
         }
-        if (s->active == LUKS_SLOT_ACTIVE &&
-            (s->iterations == 0 || s->iterations > LUKS_MAX_ITERS)) {
-            error_setg(errp, "LUKS key slot %d iterations %u out of range "
-                       "(1 to %u)", i, s->iterations, LUKS_MAX_ITERS);
+        if (s->active == LUKS_SLOT_ACTIVE && s->iterations == 0) {
+            error_setg(errp, "Keyslot %d iteration count is zero", i);
+            return -EINVAL;
+        }
+        if (s->active == LUKS_SLOT_ACTIVE && s->iterations > LUKS_MAX_ITERS) {
+            error_setg(errp, "Keyslot %d iteration count %u exceeds the "
+                       "limit of %u", i, s->iterations, LUKS_MAX_ITERS);
             return -EINVAL;
         }
     }
