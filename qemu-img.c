@@ -317,6 +317,24 @@ static void accumulate_options(char **options, const char *optarg)
     }
 }
 
+/*
+ * QEMU's check of a -o argument: no leading comma, and no trailing comma
+ * left unescaped (an odd number of them). Callers say "Invalid option
+ * list: %s".
+ */
+static bool valid_option_list(const char *list)
+{
+    size_t len = strlen(list), commas = 0;
+
+    if (list[0] == ',') {
+        return false;
+    }
+    while (commas < len && list[len - 1 - commas] == ',') {
+        commas++;
+    }
+    return commas % 2 == 0;
+}
+
 /* True if one element of the option list is "help" or "?". */
 static bool has_help_option(const char *options)
 {
@@ -2587,6 +2605,7 @@ static int img_measure(int argc, char **argv)
     };
     OutputFormat output_format = OFORMAT_HUMAN;
     const char *fmt = NULL, *out_fmt = "raw", *filename = NULL;
+    const char *snapshot = NULL;
     char *options = NULL;
     int64_t img_size = -1;
     BlockDriverState *in_bs = NULL;
@@ -2610,12 +2629,26 @@ static int img_measure(int argc, char **argv)
             out_fmt = optarg;
             break;
         case 'o':
+            if (!valid_option_list(optarg)) {
+                error_report("Invalid option list: %s", optarg);
+                goto out;
+            }
             accumulate_options(&options, optarg);
             break;
         case 'l':
-            error_report("-l (snapshot source) is not supported by this "
-                         "qemu-img");
-            goto out;
+            /* the keyed form is checked here, as QEMU does */
+            if (g_str_has_prefix(optarg, "snapshot.")) {
+                QemuOpts *sn = bdrv_snapshot_param_parse(optarg, &err);
+                if (!sn) {
+                    error_report_err(err);
+                    error_report("Failed in parsing snapshot param '%s'",
+                                 optarg);
+                    goto out;
+                }
+                qemu_opts_del(sn);
+            }
+            snapshot = optarg;
+            break;
         case 'U':
             break;
         case OPTION_OUTPUT:
@@ -2638,7 +2671,7 @@ static int img_measure(int argc, char **argv)
     } else if (argc - optind == 1) {
         filename = argv[optind];
     }
-    if (!filename && (img_image_opts || fmt)) {
+    if (!filename && (img_image_opts || fmt || snapshot)) {
         error_report("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
@@ -2654,6 +2687,9 @@ static int img_measure(int argc, char **argv)
         in_blk = img_open(filename, fmt, 0, false);
         in_bs = in_blk ? blk_bs(in_blk) : NULL;
         if (!in_bs) {
+            goto out;
+        }
+        if (snapshot && convert_load_snapshot(in_blk, snapshot) < 0) {
             goto out;
         }
     }
