@@ -266,11 +266,14 @@ static QemuOpts *img_parse_image_opts(const char *name, const char *fmt,
     return opts;
 }
 
-/* Open name as the user named it: a file name, or with image_opts an
- * option string. */
-static BlockBackend *img_open_as(bool image_opts, const char *filename,
-                                 const char *fmt, int flags,
-                                 bool writethrough)
+/*
+ * Open name as the user named it: a file name, or with image_opts an
+ * option string. extra (borrowed, may be NULL): driver options for a file
+ * name (convert's key secrets).
+ */
+static BlockBackend *img_open_extra(bool image_opts, const char *filename,
+                                    const char *fmt, QemuOpts *extra,
+                                    int flags, bool writethrough)
 {
     BlockBackend *blk;
     QemuOpts *opts = NULL;
@@ -285,6 +288,8 @@ static BlockBackend *img_open_as(bool image_opts, const char *filename,
         error_report("Could not open '%s': Unknown driver '%s'", filename,
                      fmt);
         return NULL;
+    } else if (extra) {
+        opts = qemu_opts_clone(extra);
     }
     blk = blk_new_open(image_opts ? NULL : filename, fmt, opts,
                        flags | img_common_flags, &err);
@@ -295,6 +300,39 @@ static BlockBackend *img_open_as(bool image_opts, const char *filename,
     }
     blk_set_enable_write_cache(blk, !writethrough);
     return blk;
+}
+
+static BlockBackend *img_open_as(bool image_opts, const char *filename,
+                                 const char *fmt, int flags,
+                                 bool writethrough)
+{
+    return img_open_extra(image_opts, filename, fmt, NULL, flags,
+                          writethrough);
+}
+
+/*
+ * The key secrets among create options ("key-secret", "encrypt.key-
+ * secret"): QEMU's convert opens the target it created with them. NULL if
+ * there are none.
+ */
+static QemuOpts *img_key_secrets(const char *options)
+{
+    QemuOpts *all = qemu_opts_new(), *ks = NULL;
+
+    if (options && qemu_opts_parse(all, options, NULL, NULL) == 0) {
+        for (size_t i = 0; i < qemu_opts_count(all); i++) {
+            const char *name, *value;
+
+            qemu_opts_nth(all, i, &name, &value);
+            if (!strcmp(name, "key-secret") ||
+                g_str_has_suffix(name, ".key-secret")) {
+                ks = ks ? ks : qemu_opts_new();
+                qemu_opt_set(ks, name, value);
+            }
+        }
+    }
+    qemu_opts_del(all);
+    return ks;
 }
 
 /* The images a subcommand names (--image-opts applies to them). */
@@ -1983,7 +2021,7 @@ static int img_convert(int argc, char **argv)
     int flags, src_flags, c, ret = -1;
     bool force_share = false;
     bool writethrough, src_writethrough;
-    QemuOpts *user_opts = NULL;
+    QemuOpts *user_opts = NULL, *target_secrets;
 
     while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
                             long_options, NULL)) != -1) {
@@ -2203,8 +2241,12 @@ static int img_convert(int argc, char **argv)
             goto out;
         }
     }
-    s.target = img_open_as(img_target_image_opts, out_filename, a.out_fmt,
-                           flags, writethrough);
+    target_secrets = a.skip_create ? NULL : img_key_secrets(a.options);
+    s.target = img_open_extra(img_target_image_opts, out_filename, a.out_fmt,
+                              target_secrets, flags, writethrough);
+    if (target_secrets) {
+        qemu_opts_del(target_secrets);
+    }
     if (!s.target) {
         goto out;
     }
