@@ -728,10 +728,12 @@ static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
     if (ret < 0) {
         return ret;
     }
-    if (pre && (qemu_prealloc_parse(pre, &prealloc) < 0 ||
-                prealloc == PREALLOC_MODE_METADATA)) {
-        error_setg(errp, "Unsupported preallocation mode '%s'", pre);
-        return -ENOTSUP;
+    if (pre && qemu_prealloc_parse(pre, &prealloc) < 0) {
+        error_setg(errp, "invalid parameter value: %s", pre);
+        return -EINVAL;
+    }
+    if (prealloc == PREALLOC_MODE_METADATA) {
+        prealloc = PREALLOC_MODE_OFF;   /* no metadata to allocate (QEMU) */
     }
     if (size > INT64_MAX - (uint64_t)c.payload_sectors * LUKS_SECTOR_SIZE) {
         error_setg(errp, "Image size is too large");
