@@ -1649,6 +1649,11 @@ ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
     return NULL;
 }
 
+bool bdrv_is_encrypted(BlockDriverState *bs)
+{
+    return bs->encrypted;
+}
+
 bool bdrv_has_zero_init(BlockDriverState *bs)
 {
     if (bs->backing) {

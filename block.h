@@ -291,6 +291,8 @@ int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
 /* NULL if the driver has nothing specific; free with ..._free. */
 ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
                                           Error **errp);
+/* True if the node's format encrypts the guest data (qemu-img info). */
+bool bdrv_is_encrypted(BlockDriverState *bs);
 /* True if a newly created image of this node reads as zeroes. */
 bool bdrv_has_zero_init(BlockDriverState *bs);
 /* Root nodes only: false makes every write flush afterwards. */

@@ -330,6 +330,7 @@ struct BlockDriverState {
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;
+    bool encrypted;                     /* guest data encrypted (luks) */
 
     Job *amend_job;                     /* the amend running, or NULL */
 

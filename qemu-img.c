@@ -294,11 +294,14 @@ static QemuOpts *img_parse_image_opts(const char *name, const char *fmt,
     return opts;
 }
 
-/* Open name as the user named it: a file name, or with image_opts an
- * option string. */
-static BlockBackend *img_open_as(bool image_opts, const char *filename,
-                                 const char *fmt, int flags,
-                                 bool writethrough)
+/*
+ * Open name as the user named it: a file name, or with image_opts an
+ * option string. extra (borrowed, may be NULL): driver options for a file
+ * name (convert's key secrets).
+ */
+static BlockBackend *img_open_extra(bool image_opts, const char *filename,
+                                    const char *fmt, QemuOpts *extra,
+                                    int flags, bool writethrough)
 {
     BlockBackend *blk;
     QemuOpts *opts = NULL;
@@ -313,6 +316,8 @@ static BlockBackend *img_open_as(bool image_opts, const char *filename,
         error_report("Could not open '%s': Unknown driver '%s'", filename,
                      fmt);
         return NULL;
+    } else if (extra) {
+        opts = qemu_opts_clone(extra);
     }
     blk = blk_new_open(image_opts ? NULL : filename, fmt, opts,
                        flags | img_common_flags, &err);
@@ -323,6 +328,39 @@ static BlockBackend *img_open_as(bool image_opts, const char *filename,
     }
     blk_set_enable_write_cache(blk, !writethrough);
     return blk;
+}
+
+static BlockBackend *img_open_as(bool image_opts, const char *filename,
+                                 const char *fmt, int flags,
+                                 bool writethrough)
+{
+    return img_open_extra(image_opts, filename, fmt, NULL, flags,
+                          writethrough);
+}
+
+/*
+ * The key secrets among create options ("key-secret", "encrypt.key-
+ * secret"): QEMU's convert opens the target it created with them. NULL if
+ * there are none.
+ */
+static QemuOpts *img_key_secrets(const char *options)
+{
+    QemuOpts *all = qemu_opts_new(), *ks = NULL;
+
+    if (options && qemu_opts_parse(all, options, NULL, NULL) == 0) {
+        for (size_t i = 0; i < qemu_opts_count(all); i++) {
+            const char *name, *value;
+
+            qemu_opts_nth(all, i, &name, &value);
+            if (!strcmp(name, "key-secret") ||
+                g_str_has_suffix(name, ".key-secret")) {
+                ks = ks ? ks : qemu_opts_new();
+                qemu_opt_set(ks, name, value);
+            }
+        }
+    }
+    qemu_opts_del(all);
+    return ks;
 }
 
 /* The images a subcommand names (--image-opts applies to them). */
@@ -343,6 +381,24 @@ static void accumulate_options(char **options, const char *optarg)
         *options = g_strdup_printf("%s,%s", old, optarg);
         g_free(old);
     }
+}
+
+/*
+ * QEMU's check of a -o argument: no leading comma, and no trailing comma
+ * left unescaped (an odd number of them). Callers say "Invalid option
+ * list: %s".
+ */
+static bool valid_option_list(const char *list)
+{
+    size_t len = strlen(list), commas = 0;
+
+    if (list[0] == ',') {
+        return false;
+    }
+    while (commas < len && list[len - 1 - commas] == ',') {
+        commas++;
+    }
+    return commas % 2 == 0;
 }
 
 /* True if one element of the option list is "help" or "?". */
@@ -741,6 +797,7 @@ typedef struct ImgInfo {
     bool has_cluster_size;
     bool dirty_flag;
     bool has_dirty_flag;
+    bool encrypted;
     char *backing_filename;         /* NULL if none */
     char *full_backing_filename;
     char *backing_format;
@@ -787,6 +844,7 @@ static ImgInfo *collect_image_info(BlockDriverState *bs, Error **errp)
     info->virtual_size = size;
     info->actual_size = bdrv_get_allocated_file_size(bs);
     info->has_actual_size = info->actual_size >= 0;
+    info->encrypted = bdrv_is_encrypted(bs);
 
     memset(&bdi, 0, sizeof(bdi));
     if (bdrv_get_info(bs, &bdi) >= 0) {
@@ -890,6 +948,9 @@ static JsonValue *image_info_json(ImgInfo *info)
         json_add(fs, "data", specific_data_json(info->spec));
         json_add(obj, "format-specific", fs);
     }
+    if (info->encrypted) {
+        json_add_bool(obj, "encrypted", true);
+    }
     return obj;
 }
 
@@ -962,6 +1023,9 @@ static void dump_human_image_info(ImgInfo *info)
     g_free(dsize_buf);
     if (info->has_cluster_size) {
         printf("cluster_size: %" PRId64 "\n", info->cluster_size);
+    }
+    if (info->encrypted) {
+        printf("encrypted: yes\n");
     }
     if (info->has_dirty_flag && info->dirty_flag) {
         printf("cleanly shut down: no\n");
@@ -2206,8 +2270,12 @@ static int convert_open_target(ConvertArgs *a, ConvertState *s,
             return -1;
         }
     }
-    s->target = img_open_as(img_target_image_opts, out_filename, a->out_fmt,
-                            flags, writethrough);
+    /* As QEMU: the target is opened with the key secrets it was made with */
+    QemuOpts *secrets = a->skip_create ? NULL : img_key_secrets(a->options);
+
+    s->target = img_open_extra(img_target_image_opts, out_filename,
+                               a->out_fmt, secrets, flags, writethrough);
+    qemu_opts_del(secrets);
     if (!s->target) {
         return -1;
     }
@@ -2788,6 +2856,7 @@ static int img_measure(int argc, char **argv)
     };
     OutputFormat output_format = OFORMAT_HUMAN;
     const char *fmt = NULL, *out_fmt = "raw", *filename = NULL;
+    const char *snapshot = NULL;
     char *options = NULL;
     int64_t img_size = -1;
     BlockDriverState *in_bs = NULL;
@@ -2811,12 +2880,26 @@ static int img_measure(int argc, char **argv)
             out_fmt = optarg;
             break;
         case 'o':
+            if (!valid_option_list(optarg)) {
+                error_report("Invalid option list: %s", optarg);
+                goto out;
+            }
             accumulate_options(&options, optarg);
             break;
         case 'l':
-            error_report("-l (snapshot source) is not supported by this "
-                         "qemu-img");
-            goto out;
+            /* the keyed form is checked here, as QEMU does */
+            if (g_str_has_prefix(optarg, "snapshot.")) {
+                QemuOpts *sn = bdrv_snapshot_param_parse(optarg, &err);
+                if (!sn) {
+                    error_report_err(err);
+                    error_report("Failed in parsing snapshot param '%s'",
+                                 optarg);
+                    goto out;
+                }
+                qemu_opts_del(sn);
+            }
+            snapshot = optarg;
+            break;
         case 'U':
             break;
         case OPTION_OUTPUT:
@@ -2839,7 +2922,7 @@ static int img_measure(int argc, char **argv)
     } else if (argc - optind == 1) {
         filename = argv[optind];
     }
-    if (!filename && (img_image_opts || fmt)) {
+    if (!filename && (img_image_opts || fmt || snapshot)) {
         error_report("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
@@ -2855,6 +2938,9 @@ static int img_measure(int argc, char **argv)
         in_blk = img_open(filename, fmt, 0, false);
         in_bs = in_blk ? blk_bs(in_blk) : NULL;
         if (!in_bs) {
+            goto out;
+        }
+        if (snapshot && convert_load_snapshot(in_blk, snapshot) < 0) {
             goto out;
         }
     }

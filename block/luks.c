@@ -1,0 +1,835 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The luks format: a LUKS1 header and key slots in front of guest data
+ * encrypted per 512-byte sector, byte-compatible with QEMU 7.2's luks
+ * driver and with cryptsetup (docs/specs/luks.txt, docs/luks.md).
+ */
+#include "block_int.h"
+#include "block/luks.h"
+#include "util/secret.h"
+
+/* Guest data is encrypted through bounce buffers of at most this size. */
+#define LUKS_BOUNCE_SIZE        (1 * MiB)
+#define LUKS_DEFAULT_ITER_TIME  2000    /* ms, QEMU's default */
+/* Longest iter-time accepted: an hour. */
+#define LUKS_MAX_ITER_TIME      (3600 * 1000)
+
+typedef struct LuksParams {
+    const LuksCipherAlg *alg;
+    LuksMode mode;
+    LuksIvgen ivgen;
+    const LuksHashAlg *ivhash;  /* essiv only */
+    const LuksHashAlg *hash;
+} LuksParams;
+
+typedef struct BDRVLuksState {
+    LuksHeader hdr;
+    LuksParams p;
+    uint64_t payload;           /* bytes */
+    LuksCipher *cipher;         /* NULL when opened without I/O */
+} BDRVLuksState;
+
+static const QemuOptDesc luks_create_opts[] = {
+    { "size", QEMU_OPT_SIZE, "Virtual disk size" },
+    { "key-secret", QEMU_OPT_STRING,
+      "ID of the secret that provides the keyslot passphrase" },
+    { "cipher-alg", QEMU_OPT_STRING, "Name of encryption cipher algorithm" },
+    { "cipher-mode", QEMU_OPT_STRING, "Name of encryption cipher mode" },
+    { "ivgen-alg", QEMU_OPT_STRING, "Name of IV generator algorithm" },
+    { "ivgen-hash-alg", QEMU_OPT_STRING,
+      "Name of IV generator hash algorithm" },
+    { "hash-alg", QEMU_OPT_STRING, "Name of encryption hash algorithm" },
+    { "iter-time", QEMU_OPT_NUMBER,
+      "Time to spend in PBKDF in milliseconds" },
+    { NULL }
+};
+
+static const QemuOptDesc luks_open_opts[] = {
+    { "key-secret", QEMU_OPT_STRING,
+      "ID of the secret that provides the keyslot passphrase" },
+    { NULL }
+};
+
+/* ---- header ---- */
+
+static int luks_probe(const uint8_t *buf, int buf_size, const char *filename)
+{
+    if (buf_size >= LUKS_MAGIC_LEN + 2 &&
+        !memcmp(buf, LUKS_MAGIC, LUKS_MAGIC_LEN) &&
+        buf[LUKS_MAGIC_LEN] == 0 && buf[LUKS_MAGIC_LEN + 1] == LUKS_VERSION) {
+        return 100;
+    }
+    return 0;
+}
+
+/* The header's "xts-plain64" / "cbc-essiv:sha256" / "ecb". */
+static int luks_parse_mode(const char *spec, LuksParams *p, Error **errp)
+{
+    g_autofree char *s = g_strdup(spec);
+    char *iv = strchr(s, '-'), *ivh = NULL;
+
+    if (iv) {
+        *iv++ = '\0';
+        ivh = strchr(iv, ':');
+        if (ivh) {
+            *ivh++ = '\0';
+        }
+    }
+    if (luks_mode_parse(s, &p->mode) < 0) {
+        error_setg(errp, "Cipher mode '%s' not supported", s);
+        return -ENOTSUP;
+    }
+    p->ivgen = LUKS_IVGEN_NONE;
+    if (p->mode == LUKS_MODE_ECB && !iv) {
+        return 0;               /* cryptsetup's plain "ecb" */
+    }
+    if (!iv) {
+        error_setg(errp, "Unexpected cipher mode string format '%s'", spec);
+        return -ENOTSUP;
+    }
+    if (luks_ivgen_parse(iv, &p->ivgen) < 0) {
+        error_setg(errp, "IV generator '%s' not supported", iv);
+        return -ENOTSUP;
+    }
+    p->ivhash = NULL;
+    if (p->ivgen == LUKS_IVGEN_ESSIV) {
+        if (!ivh || !(p->ivhash = luks_hash_find(ivh))) {
+            error_setg(errp, "Hash algorithm '%s' not supported",
+                       ivh ? ivh : "");
+            return -ENOTSUP;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Everything in the header that later code relies on, bounded: algorithms
+ * known, key size that of the cipher, slots 4000 stripes between the
+ * header and the payload without overlapping, iteration counts at most
+ * LUKS_MAX_ITERS, payload inside the file.
+ */
+static int luks_check_header(const LuksHeader *h, int64_t file_len,
+                             LuksParams *p, Error **errp)
+{
+    size_t key_len;
+    uint64_t slot_bytes;
+
+    if (h->version != LUKS_VERSION) {
+        error_setg(errp, "LUKS version %u is not supported", h->version);
+        return -ENOTSUP;
+    }
+    if (!(p->hash = luks_hash_find(h->hash_spec))) {
+        error_setg(errp, "Hash algorithm '%s' not supported", h->hash_spec);
+        return -ENOTSUP;
+    }
+    if (luks_parse_mode(h->cipher_mode, p, errp) < 0) {
+        return -ENOTSUP;
+    }
+    key_len = h->key_bytes / (p->mode == LUKS_MODE_XTS ? 2 : 1);
+    if (h->key_bytes == 0 || h->key_bytes > LUKS_MAX_KEY_BYTES ||
+        (p->mode == LUKS_MODE_XTS && h->key_bytes % 2) ||
+        !(p->alg = luks_cipher_find_family(h->cipher_name, key_len))) {
+        error_setg(errp, "Algorithm '%s' with key size %u bytes not "
+                   "supported", h->cipher_name,
+                   h->key_bytes / (p->mode == LUKS_MODE_XTS ? 2 : 1));
+        return -ENOTSUP;
+    }
+    if (h->mk_digest_iter == 0) {
+        error_setg(errp, "LUKS key iteration count is zero");
+        return -EINVAL;
+    }
+    if (h->mk_digest_iter > LUKS_MAX_ITERS) {
+        error_setg(errp, "LUKS master key iteration count %u exceeds the "
+                   "limit of %u", h->mk_digest_iter, LUKS_MAX_ITERS);
+        return -EINVAL;
+    }
+    if ((uint64_t)h->payload_offset * LUKS_SECTOR_SIZE < LUKS_HEADER_SIZE) {
+        error_setg(errp, "LUKS payload is overlapping with the header");
+        return -EINVAL;
+    }
+    if ((int64_t)h->payload_offset * LUKS_SECTOR_SIZE > file_len) {
+        error_setg(errp, "LUKS payload offset %u is beyond the end of the "
+                   "file", h->payload_offset);
+        return -EINVAL;
+    }
+    slot_bytes = (uint64_t)h->key_bytes * LUKS_STRIPES;
+    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+        const LuksSlot *s = &h->slots[i];
+        uint64_t start = (uint64_t)s->key_offset * LUKS_SECTOR_SIZE;
+
+        if (s->active != LUKS_SLOT_ACTIVE && s->active != LUKS_SLOT_DISABLED) {
+            error_setg(errp, "Keyslot %d state (active/disable) is "
+                       "corrupted", i);
+            return -EINVAL;
+        }
+        if (s->stripes != LUKS_STRIPES) {
+            error_setg(errp, "Keyslot %d is corrupted (stripes %u != %u)",
+                       i, s->stripes, LUKS_STRIPES);
+            return -EINVAL;
+        }
+        if (start < LUKS_HEADER_SIZE) {
+            error_setg(errp, "Keyslot %d is overlapping with the LUKS "
+                       "header", i);
+            return -EINVAL;
+        }
+        if (start + slot_bytes >
+            (uint64_t)h->payload_offset * LUKS_SECTOR_SIZE) {
+            error_setg(errp, "Keyslot %d is overlapping with the "
+                       "encrypted payload", i);
+            return -EINVAL;
+        }
+        for (int j = 0; j < i; j++) {
+            uint64_t o = (uint64_t)h->slots[j].key_offset * LUKS_SECTOR_SIZE;
+            if (start < o + slot_bytes && o < start + slot_bytes) {
+                error_setg(errp, "Keyslots %d and %d are overlapping in "
+                           "the header", j, i);
+                return -EINVAL;
+            }
+        }
+        if (s->active == LUKS_SLOT_ACTIVE && s->iterations == 0) {
+            error_setg(errp, "Keyslot %d iteration count is zero", i);
+            return -EINVAL;
+        }
+        if (s->active == LUKS_SLOT_ACTIVE && s->iterations > LUKS_MAX_ITERS) {
+            error_setg(errp, "Keyslot %d iteration count %u exceeds the "
+                       "limit of %u", i, s->iterations, LUKS_MAX_ITERS);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* ---- unlocking ---- */
+
+static LuksCipher *luks_new_cipher(const LuksParams *p, const uint8_t *key,
+                                   size_t len, Error **errp)
+{
+    return luks_cipher_new(p->alg, p->mode, p->ivgen, p->ivhash, key, len,
+                           errp);
+}
+
+/* Bytes of a slot's key material, whole sectors. */
+static size_t luks_split_size(uint32_t key_bytes)
+{
+    return ROUND_UP((size_t)key_bytes * LUKS_STRIPES, LUKS_SECTOR_SIZE);
+}
+
+/*
+ * Try slot i with the passphrase: 1 and the master key in mk if it opens
+ * the digest, 0 if not, -errno on I/O errors.
+ */
+static int coroutine_fn luks_try_slot(BlockDriverState *bs, int i,
+                                      const uint8_t *pass, size_t pass_len,
+                                      uint8_t *mk, Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    const LuksHeader *h = &s->hdr;
+    const LuksSlot *slot = &h->slots[i];
+    size_t split_len = luks_split_size(h->key_bytes);
+    uint8_t *split = g_malloc(split_len);
+    uint8_t key[LUKS_MAX_KEY_BYTES], digest[LUKS_DIGEST_LEN];
+    LuksCipher *c;
+    int ret;
+
+    ret = bdrv_co_pread(bs->file, (int64_t)slot->key_offset *
+                        LUKS_SECTOR_SIZE, split_len, split, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Cannot read LUKS key slot %d", i);
+        goto out;
+    }
+    luks_pbkdf2(s->p.hash, pass, pass_len, slot->salt, LUKS_SALT_LEN,
+                slot->iterations, key, h->key_bytes);
+    c = luks_new_cipher(&s->p, key, h->key_bytes, errp);
+    if (!c) {
+        ret = -ENOTSUP;
+        goto out;
+    }
+    luks_cipher_decrypt(c, 0, split, split_len);
+    luks_cipher_free(c);
+    luks_af_merge(s->p.hash, split, h->key_bytes, LUKS_STRIPES, mk);
+    luks_pbkdf2(s->p.hash, mk, h->key_bytes, h->mk_digest_salt, LUKS_SALT_LEN,
+                h->mk_digest_iter, digest, LUKS_DIGEST_LEN);
+    ret = !memcmp(digest, h->mk_digest, LUKS_DIGEST_LEN);
+out:
+    explicit_bzero(split, split_len);
+    explicit_bzero(key, sizeof(key));
+    g_free(split);
+    return ret;
+}
+
+static int coroutine_fn luks_unlock(BlockDriverState *bs, const char *sid,
+                                    Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    uint8_t mk[LUKS_MAX_KEY_BYTES];
+    size_t pass_len;
+    char *pass = secret_lookup_bytes(sid, &pass_len, errp);
+    int ret = 0;
+
+    if (!pass) {
+        return -EINVAL;
+    }
+    for (int i = 0; i < LUKS_NUM_SLOTS && ret == 0; i++) {
+        if (s->hdr.slots[i].active == LUKS_SLOT_ACTIVE) {
+            ret = luks_try_slot(bs, i, (const uint8_t *)pass, pass_len, mk,
+                                errp);
+        }
+    }
+    explicit_bzero(pass, pass_len);
+    g_free(pass);
+    if (ret == 0) {
+        error_setg(errp, "Invalid password, cannot unlock any keyslot");
+        ret = -EACCES;
+    } else if (ret > 0) {
+        s->cipher = luks_new_cipher(&s->p, mk, s->hdr.key_bytes, errp);
+        ret = s->cipher ? 0 : -ENOTSUP;
+    }
+    explicit_bzero(mk, sizeof(mk));
+    return ret;
+}
+
+static int coroutine_fn luks_open(BlockDriverState *bs, QemuOpts *options,
+                                  int flags, Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    const char *sid = qemu_opt_get(options, "key-secret");
+    LuksDiskHeader d;
+    int64_t file_len = bdrv_getlength(bs->file);
+    int ret;
+
+    if (file_len < 0) {
+        error_setg_errno(errp, (int)-file_len, "Could not get image size");
+        return (int)file_len;
+    }
+    if (!(flags & BDRV_O_NO_IO) && !sid) {
+        error_setg(errp, "Parameter 'key-secret' is required for cipher");
+        return -EINVAL;
+    }
+    ret = bdrv_co_pread(bs->file, 0, sizeof(d), &d, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Unable to read LUKS header");
+        return ret;
+    }
+    if (!luks_header_to_cpu(&d, &s->hdr)) {
+        error_setg(errp, "Volume is not in LUKS format");
+        return -EINVAL;
+    }
+    ret = luks_check_header(&s->hdr, file_len, &s->p, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    s->payload = (uint64_t)s->hdr.payload_offset * LUKS_SECTOR_SIZE;
+    if (!(flags & BDRV_O_NO_IO)) {
+        ret = luks_unlock(bs, sid, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    bs->encrypted = true;
+    return 0;
+}
+
+static void coroutine_fn luks_close(BlockDriverState *bs)
+{
+    BDRVLuksState *s = bs->opaque;
+
+    luks_cipher_free(s->cipher);
+    s->cipher = NULL;
+}
+
+static void luks_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    bs->bl.request_alignment = MAX(bs->bl.request_alignment,
+                                   LUKS_SECTOR_SIZE);
+    bs->bl.max_transfer = bs->file->bl.max_transfer;
+}
+
+/* ---- I/O: offset and bytes are multiples of 512 (request_alignment) ---- */
+
+static int coroutine_fn luks_co_preadv(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, QEMUIOVector *qiov,
+                                       size_t qiov_offset,
+                                       BdrvRequestFlags flags)
+{
+    BDRVLuksState *s = bs->opaque;
+    size_t len = MIN(bytes, LUKS_BOUNCE_SIZE);
+    uint8_t *buf = qemu_blockalign(len);
+    int ret = 0;
+
+    assert(s->cipher && offset % LUKS_SECTOR_SIZE == 0 &&
+           bytes % LUKS_SECTOR_SIZE == 0);
+    while (bytes > 0) {
+        size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
+
+        ret = bdrv_co_pread(bs->file, s->payload + offset, n, buf, 0);
+        if (ret < 0) {
+            break;
+        }
+        luks_cipher_decrypt(s->cipher, offset / LUKS_SECTOR_SIZE, buf, n);
+        qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    explicit_bzero(buf, len);
+    qemu_vfree(buf);
+    return ret < 0 ? ret : 0;
+}
+
+static int coroutine_fn luks_co_pwritev(BlockDriverState *bs, int64_t offset,
+                                        int64_t bytes, QEMUIOVector *qiov,
+                                        size_t qiov_offset,
+                                        BdrvRequestFlags flags)
+{
+    BDRVLuksState *s = bs->opaque;
+    size_t len = MIN(bytes, LUKS_BOUNCE_SIZE);
+    uint8_t *buf = qemu_blockalign(len);
+    int ret = 0;
+
+    assert(s->cipher && offset % LUKS_SECTOR_SIZE == 0 &&
+           bytes % LUKS_SECTOR_SIZE == 0);
+    while (bytes > 0) {
+        size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
+
+        qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
+        luks_cipher_encrypt(s->cipher, offset / LUKS_SECTOR_SIZE, buf, n);
+        ret = bdrv_co_pwrite(bs->file, s->payload + offset, n, buf,
+                             flags & BDRV_REQ_FUA);
+        if (ret < 0) {
+            break;
+        }
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    explicit_bzero(buf, len);
+    qemu_vfree(buf);
+    return ret < 0 ? ret : 0;
+}
+
+static int64_t luks_getlength(BlockDriverState *bs)
+{
+    BDRVLuksState *s = bs->opaque;
+    int64_t len = bdrv_getlength(bs->file);
+
+    if (len < 0) {
+        return len;
+    }
+    return MAX(len - (int64_t)s->payload, 0);
+}
+
+static int coroutine_fn luks_co_truncate(BlockDriverState *bs, int64_t offset,
+                                         bool exact, PreallocMode prealloc,
+                                         Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+
+    if (offset < 0 || offset > INT64_MAX - (int64_t)s->payload) {
+        error_setg(errp, "Invalid image size specified");
+        return -EINVAL;
+    }
+    return bdrv_co_truncate(bs->file, offset + s->payload, exact, prealloc,
+                            errp);
+}
+
+/* ---- information ---- */
+
+static int luks_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    return bdrv_get_info(bs->file, bdi);
+}
+
+static ImageInfoSpecific *luks_get_specific_info(BlockDriverState *bs,
+                                                 Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    const LuksHeader *h = &s->hdr;
+    ImageInfoSpecific *info = image_info_specific_new("luks");
+    JsonValue *slots = json_new(JSON_ARRAY);
+
+    image_info_add_str(info, "cipher-alg", luks_cipher_name(s->p.alg));
+    image_info_add_str(info, "cipher-mode", luks_mode_name(s->p.mode));
+    if (s->p.ivgen != LUKS_IVGEN_NONE) {
+        image_info_add_str(info, "ivgen-alg", luks_ivgen_name(s->p.ivgen));
+    }
+    if (s->p.ivhash) {
+        image_info_add_str(info, "ivgen-hash-alg",
+                           luks_hash_name(s->p.ivhash));
+    }
+    image_info_add_str(info, "hash-alg", luks_hash_name(s->p.hash));
+    image_info_add_int(info, "payload-offset", s->payload);
+    image_info_add_int(info, "master-key-iters", h->mk_digest_iter);
+    image_info_add_str(info, "uuid", h->uuid);
+    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+        const LuksSlot *sl = &h->slots[i];
+        JsonValue *o = json_new(JSON_OBJECT);
+        bool active = sl->active == LUKS_SLOT_ACTIVE;
+
+        json_add_bool(o, "active", active);
+        if (active) {
+            json_add_int(o, "iters", sl->iterations);
+            json_add_int(o, "stripes", sl->stripes);
+        }
+        json_add_int(o, "key-offset",
+                     (int64_t)sl->key_offset * LUKS_SECTOR_SIZE);
+        json_add(slots, NULL, o);
+    }
+    image_info_add_json(info, "slots", slots);
+    return info;
+}
+
+/* ---- create and measure ---- */
+
+typedef struct LuksCreate {
+    LuksParams p;
+    const char *key_secret;
+    uint64_t iter_time;
+    uint32_t key_bytes;
+    uint32_t slot_sectors;      /* per slot, aligned */
+    uint32_t payload_sectors;
+} LuksCreate;
+
+static const char *luks_create_param(QemuOpts *opts, const char *name,
+                                     const char *def)
+{
+    const char *val = qemu_opt_get(opts, name);
+
+    return val ? val : def;
+}
+
+/* The algorithms and the layout from the create options (QEMU's defaults:
+ * aes-256, xts, plain64, sha256; essiv hashes with sha256). */
+static int luks_parse_create(QemuOpts *opts, LuksCreate *c, Error **errp)
+{
+    const char *alg, *mode, *ivgen, *ivhash, *hash;
+    uint64_t split_sectors;
+
+    memset(c, 0, sizeof(*c));
+    c->key_secret = qemu_opt_get(opts, "key-secret");
+    if (!c->key_secret) {
+        error_setg(errp, "Parameter 'key-secret' is required for cipher");
+        return -EINVAL;
+    }
+    alg = luks_create_param(opts, "cipher-alg", "aes-256");
+    mode = luks_create_param(opts, "cipher-mode", "xts");
+    ivgen = luks_create_param(opts, "ivgen-alg", "plain64");
+    ivhash = luks_create_param(opts, "ivgen-hash-alg", "sha256");
+    hash = luks_create_param(opts, "hash-alg", "sha256");
+    c->iter_time = qemu_opt_get_number(opts, "iter-time",
+                                       LUKS_DEFAULT_ITER_TIME);
+    if (!(c->p.alg = luks_cipher_find(alg))) {
+        error_setg(errp, "Parameter 'cipher-alg' does not accept value "
+                   "'%s'", alg);
+        return -EINVAL;
+    }
+    if (luks_mode_parse(mode, &c->p.mode) < 0) {
+        error_setg(errp, "Parameter 'cipher-mode' does not accept value "
+                   "'%s'", mode);
+        return -EINVAL;
+    }
+    if (luks_ivgen_parse(ivgen, &c->p.ivgen) < 0) {
+        error_setg(errp, "Parameter 'ivgen-alg' does not accept value "
+                   "'%s'", ivgen);
+        return -EINVAL;
+    }
+    if (!(c->p.hash = luks_hash_find(hash))) {
+        error_setg(errp, "Parameter 'hash-alg' does not accept value "
+                   "'%s'", hash);
+        return -EINVAL;
+    }
+    if (c->p.ivgen == LUKS_IVGEN_ESSIV &&
+        !(c->p.ivhash = luks_hash_find(ivhash))) {
+        error_setg(errp, "Parameter 'ivgen-hash-alg' does not accept value "
+                   "'%s'", ivhash);
+        return -EINVAL;
+    }
+    if (c->iter_time > LUKS_MAX_ITER_TIME) {
+        error_setg(errp, "iter-time must be at most %d ms",
+                   LUKS_MAX_ITER_TIME);
+        return -EINVAL;
+    }
+    c->key_bytes = luks_cipher_key_len(c->p.alg) *
+                   (c->p.mode == LUKS_MODE_XTS ? 2 : 1);
+    /* Slot 0 at 4096 bytes, each slot's material 4096-aligned, the
+     * payload right after the eighth (as QEMU and cryptsetup lay it). */
+    split_sectors = DIV_ROUND_UP((uint64_t)c->key_bytes * LUKS_STRIPES,
+                                 LUKS_SECTOR_SIZE);
+    c->slot_sectors = ROUND_UP(split_sectors, LUKS_SLOT_ALIGN_SECTORS);
+    c->payload_sectors = LUKS_SLOT_ALIGN_SECTORS +
+                         LUKS_NUM_SLOTS * c->slot_sectors;
+    return 0;
+}
+
+static void luks_format_uuid(const uint8_t *r, char *out)
+{
+    uint8_t u[16];
+
+    memcpy(u, r, 16);
+    u[6] = (u[6] & 0x0f) | 0x40;    /* version 4 */
+    u[8] = (u[8] & 0x3f) | 0x80;    /* RFC 4122 variant */
+    snprintf(out, LUKS_UUID_LEN,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+             "%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3], u[4], u[5],
+             u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+             u[15]);
+}
+
+static uint32_t luks_iters(uint64_t rate, uint64_t ms, unsigned div)
+{
+    uint64_t n = rate * ms / 1000 / div;
+
+    return MIN(MAX(n, LUKS_MIN_ITERS), LUKS_MAX_ITERS);
+}
+
+/*
+ * Header and slot 0's key material for a new image: a random master key,
+ * its digest, and slot 0 holding it under the passphrase.
+ */
+static int luks_build(const LuksCreate *c, const uint8_t *pass,
+                      size_t pass_len, LuksHeader *h, uint8_t *split,
+                      Error **errp)
+{
+    uint8_t mk[LUKS_MAX_KEY_BYTES], key[LUKS_MAX_KEY_BYTES], r[16];
+    uint64_t rate = luks_pbkdf2_rate(c->p.hash, c->key_bytes);
+    LuksCipher *cipher;
+    int ret;
+
+    memset(h, 0, sizeof(*h));
+    h->version = LUKS_VERSION;
+    snprintf(h->cipher_name, sizeof(h->cipher_name), "%s",
+             luks_cipher_family(c->p.alg));
+    if (c->p.ivgen == LUKS_IVGEN_NONE) {
+        snprintf(h->cipher_mode, sizeof(h->cipher_mode), "%s",
+                 luks_mode_name(c->p.mode));
+    } else if (c->p.ivgen == LUKS_IVGEN_ESSIV) {
+        snprintf(h->cipher_mode, sizeof(h->cipher_mode), "%s-%s:%s",
+                 luks_mode_name(c->p.mode), luks_ivgen_name(c->p.ivgen),
+                 luks_hash_name(c->p.ivhash));
+    } else {
+        snprintf(h->cipher_mode, sizeof(h->cipher_mode), "%s-%s",
+                 luks_mode_name(c->p.mode), luks_ivgen_name(c->p.ivgen));
+    }
+    snprintf(h->hash_spec, sizeof(h->hash_spec), "%s",
+             luks_hash_name(c->p.hash));
+    h->payload_offset = c->payload_sectors;
+    h->key_bytes = c->key_bytes;
+    if ((ret = luks_random(mk, c->key_bytes, errp)) < 0 ||
+        (ret = luks_random(h->mk_digest_salt, LUKS_SALT_LEN, errp)) < 0 ||
+        (ret = luks_random(h->slots[0].salt, LUKS_SALT_LEN, errp)) < 0 ||
+        (ret = luks_random(r, sizeof(r), errp)) < 0) {
+        goto out;
+    }
+    luks_format_uuid(r, h->uuid);
+    h->mk_digest_iter = luks_iters(rate, c->iter_time, 8);
+    luks_pbkdf2(c->p.hash, mk, c->key_bytes, h->mk_digest_salt,
+                LUKS_SALT_LEN, h->mk_digest_iter, h->mk_digest,
+                LUKS_DIGEST_LEN);
+    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+        h->slots[i].active = LUKS_SLOT_DISABLED;
+        h->slots[i].stripes = LUKS_STRIPES;
+        h->slots[i].key_offset = LUKS_SLOT_ALIGN_SECTORS +
+                                 i * c->slot_sectors;
+    }
+    h->slots[0].active = LUKS_SLOT_ACTIVE;
+    h->slots[0].iterations = luks_iters(rate, c->iter_time, 1);
+    luks_pbkdf2(c->p.hash, pass, pass_len, h->slots[0].salt, LUKS_SALT_LEN,
+                h->slots[0].iterations, key, c->key_bytes);
+    ret = luks_af_split(c->p.hash, mk, c->key_bytes, LUKS_STRIPES, split,
+                        errp);
+    if (ret < 0) {
+        goto out;
+    }
+    cipher = luks_new_cipher(&c->p, key, c->key_bytes, errp);
+    if (!cipher) {
+        ret = -ENOTSUP;
+        goto out;
+    }
+    luks_cipher_encrypt(cipher, 0, split, luks_split_size(c->key_bytes));
+    luks_cipher_free(cipher);
+out:
+    explicit_bzero(mk, sizeof(mk));
+    explicit_bzero(key, sizeof(key));
+    return ret;
+}
+
+/* The create options the protocol gets: all but ours and the size. */
+static QemuOpts *luks_protocol_opts(QemuOpts *opts)
+{
+    QemuOpts *po = qemu_opts_new();
+
+    for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+        bool ours = false;
+
+        qemu_opts_nth(opts, i, &name, &value);
+        for (const QemuOptDesc *d = luks_create_opts; d->name; d++) {
+            ours |= !strcmp(d->name, name);
+        }
+        if (!ours && strcmp(name, "preallocation")) {
+            qemu_opt_set(po, name, value);
+        }
+    }
+    return po;
+}
+
+static int coroutine_fn luks_write_new(BlockDriverState *file,
+                                       const LuksCreate *c,
+                                       const LuksHeader *h,
+                                       const uint8_t *split, uint64_t size,
+                                       PreallocMode prealloc, Error **errp)
+{
+    uint8_t *hdr = g_malloc0(LUKS_SLOT_ALIGN_SECTORS * LUKS_SECTOR_SIZE);
+    int ret;
+
+    luks_header_to_disk(h, (LuksDiskHeader *)hdr);
+    ret = bdrv_co_truncate(file, (uint64_t)c->payload_sectors *
+                           LUKS_SECTOR_SIZE + size, false, prealloc, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = bdrv_co_pwrite(file, (int64_t)h->slots[0].key_offset *
+                         LUKS_SECTOR_SIZE, luks_split_size(c->key_bytes),
+                         split, 0);
+    if (ret >= 0) {
+        ret = bdrv_co_flush(file);
+    }
+    /* The header last: until it is there, the file is no LUKS volume. */
+    if (ret >= 0) {
+        ret = bdrv_co_pwrite(file, 0, LUKS_SLOT_ALIGN_SECTORS *
+                             LUKS_SECTOR_SIZE, hdr, 0);
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(file);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write LUKS header");
+    }
+out:
+    g_free(hdr);
+    return ret;
+}
+
+static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
+                                    Error **errp)
+{
+    uint64_t size = qemu_opt_get_size(opts, "size", 0);
+    const char *pre = qemu_opt_get(opts, "preallocation");
+    PreallocMode prealloc = PREALLOC_MODE_OFF;
+    BlockDriverState *file = NULL;
+    LuksCreate c;
+    LuksHeader h;
+    uint8_t *split = NULL;
+    char *pass = NULL;
+    size_t pass_len = 0, split_len;
+    QemuOpts *po;
+    int ret;
+
+    ret = luks_parse_create(opts, &c, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (pre && qemu_prealloc_parse(pre, &prealloc) < 0) {
+        error_setg(errp, "invalid parameter value: %s", pre);
+        return -EINVAL;
+    }
+    if (prealloc == PREALLOC_MODE_METADATA) {
+        prealloc = PREALLOC_MODE_OFF;   /* no metadata to allocate (QEMU) */
+    }
+    if (size > INT64_MAX - (uint64_t)c.payload_sectors * LUKS_SECTOR_SIZE) {
+        error_setg(errp, "Image size is too large");
+        return -EFBIG;
+    }
+    pass = secret_lookup_bytes(c.key_secret, &pass_len, errp);
+    if (!pass) {
+        return -EINVAL;
+    }
+    split_len = luks_split_size(c.key_bytes);
+    split = g_malloc0(split_len);
+    ret = luks_build(&c, (const uint8_t *)pass, pass_len, &h, split, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    po = luks_protocol_opts(opts);
+    ret = bdrv_create_file(filename, po, errp);
+    qemu_opts_del(po);
+    if (ret < 0) {
+        goto out;
+    }
+    file = bdrv_open_child(filename, NULL, NULL, BDRV_O_RDWR | BDRV_O_RESIZE,
+                           false, errp);
+    if (!file) {
+        ret = -EIO;
+        goto out;
+    }
+    ret = luks_write_new(file, &c, &h, split, size, prealloc, errp);
+    bdrv_unref(file);
+out:
+    explicit_bzero(pass, pass_len);
+    g_free(pass);
+    if (split) {
+        explicit_bzero(split, split_len);
+        g_free(split);
+    }
+    return ret;
+}
+
+/* The header and key slots take payload-offset bytes; the data as many
+ * bytes as the disk has (QEMU 7.2 asks for the secret here too). */
+static BlockMeasureInfo *luks_measure(QemuOpts *opts, BlockDriverState *in_bs,
+                                      Error **errp)
+{
+    BlockMeasureInfo *info;
+    LuksCreate c;
+    int64_t size;
+    size_t len;
+    char *pass;
+
+    if (luks_parse_create(opts, &c, errp) < 0) {
+        return NULL;
+    }
+    pass = secret_lookup_bytes(c.key_secret, &len, errp);
+    if (!pass) {
+        return NULL;
+    }
+    explicit_bzero(pass, len);
+    g_free(pass);
+    if (in_bs) {
+        size = bdrv_getlength(in_bs);
+        if (size < 0) {
+            error_setg_errno(errp, (int)-size, "Unable to get image "
+                             "virtual_size");
+            return NULL;
+        }
+    } else {
+        size = qemu_opt_get_size(opts, "size", 0);
+    }
+    info = g_new0(BlockMeasureInfo, 1);
+    info->required = (int64_t)c.payload_sectors * LUKS_SECTOR_SIZE + size;
+    info->fully_allocated = info->required;
+    return info;
+}
+
+static BlockDriver bdrv_luks = {
+    .format_name            = "luks",
+    .instance_size          = sizeof(BDRVLuksState),
+    .create_opts            = luks_create_opts,
+    .open_opts              = luks_open_opts,
+
+    .bdrv_probe             = luks_probe,
+    .bdrv_open              = luks_open,
+    .bdrv_close             = luks_close,
+    .bdrv_refresh_limits    = luks_refresh_limits,
+    .bdrv_create            = luks_create,
+
+    .bdrv_co_preadv         = luks_co_preadv,
+    .bdrv_co_pwritev        = luks_co_pwritev,
+    .bdrv_co_truncate       = luks_co_truncate,
+    .bdrv_getlength         = luks_getlength,
+    .bdrv_get_info          = luks_get_info,
+    .bdrv_get_specific_info = luks_get_specific_info,
+    .bdrv_measure           = luks_measure,
+
+    .supported_write_flags  = BDRV_REQ_FUA,
+};
+
+BLOCK_DRIVER_REGISTER(bdrv_luks)
