@@ -394,6 +394,19 @@ static int coroutine_fn nbd_c_greet(BDRVNBDState *s, Error **errp)
     return s->tls ? nbd_c_starttls(s, exp, errp) : 0;
 }
 
+/*
+ * The first exchange after the TLS handshake failed. With TLS 1.3 a server
+ * checks our certificate after our handshake is over, so its refusal shows
+ * here: say so rather than "broken pipe".
+ */
+static int nbd_c_tls_dropped(int ret, Error **errp)
+{
+    error_setg(errp, "nbd: the server ended the TLS session after the "
+               "handshake (%s); did it refuse our client certificate?",
+               strerror(-ret));
+    return ret;
+}
+
 static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
 {
     const char *exp = s->export ? s->export : "";
@@ -428,14 +441,23 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
         }
         ret = nbd_c_opt(s, opt, q, qlen);
         if (ret < 0) {
+            if (step == 0 && s->tls) {
+                return nbd_c_tls_dropped(ret, errp);
+            }
             goto send_fail;
         }
         for (;;) {
             g_autofree uint8_t *d = NULL;
             uint32_t type, len;
+            Error *local_err = NULL;
 
-            ret = nbd_c_reply(s, opt, &type, &d, &len, errp);
+            ret = nbd_c_reply(s, opt, &type, &d, &len, &local_err);
             if (ret < 0) {
+                if (step == 0 && s->tls) {
+                    error_free(local_err);
+                    return nbd_c_tls_dropped(ret, errp);
+                }
+                error_propagate(errp, local_err);
                 return ret;
             }
             if (type == NBD_REP_ACK) {
