@@ -1272,6 +1272,26 @@ static int coroutine_fn nbd_co_request(BlockDriverState *bs, uint16_t type,
 /* ------------------------------------------------------------------ */
 /* Connecting                                                         */
 
+/* A node opened by options gets a name as QEMU 7.2 gives it (info). */
+static void nbd_name_from_opts(BDRVNBDState *s, char *buf, size_t size)
+{
+    g_autofree char *name = NULL;
+
+    if (s->addr.type == SOCK_ADDR_UNIX) {
+        name = s->export ?
+            g_strdup_printf("nbd+unix:///%s?socket=%s", s->export,
+                            s->addr.path) :
+            g_strdup_printf("nbd+unix://?socket=%s", s->addr.path);
+    } else {
+        bool v6 = strchr(s->addr.host, ':') != NULL;
+        name = g_strdup_printf("nbd://%s%s%s:%d%s%s", v6 ? "[" : "",
+                               s->addr.host, v6 ? "]" : "", s->addr.port,
+                               s->export ? "/" : "",
+                               s->export ? s->export : "");
+    }
+    g_strlcpy(buf, name, size);
+}
+
 /* tls-creds and tls-hostname (the host name defaults to a TCP host). */
 static int nbd_open_tls(BDRVNBDState *s, QemuOpts *options, Error **errp)
 {
@@ -1472,6 +1492,9 @@ static int coroutine_fn nbd_open(BlockDriverState *bs, QemuOpts *options,
         error_setg(errp, "nbd: the export is read-only; open it read-only");
         ret = -EACCES;
         goto fail;
+    }
+    if (!bs->filename[0]) {
+        nbd_name_from_opts(s, bs->filename, sizeof(bs->filename));
     }
     if (s->reconnect_ns) {
         s->cl = sock_client_new(&s->addr, &nbd_client_ops, s, s->reconnect_ns);
