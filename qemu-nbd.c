@@ -327,10 +327,10 @@ int main(int argc, char **argv)
     };
     const char *bindto = NULL, *sockpath = NULL, *fmt = NULL;
     const char *pid_file = NULL, *tlscredsid = NULL, *tlshostname = NULL;
-    bool list = false, per_device = false;
-    const char *unsup = NULL;
     const char *sn_id_or_name = NULL;
     QemuOpts *sn_opts = NULL;
+    bool list = false, per_device = false;
+    const char *unsup = NULL;
     int port = NBD_DEFAULT_PORT;
     int flags = BDRV_O_RDWR;
     bool writethrough = false, image_opts = false, do_fork = false;
@@ -631,8 +631,11 @@ int main(int argc, char **argv)
     }
     /* Safe for several connections: every connection's requests go to
      * the same graph in this process, so a flush on one covers writes
-     * completed on all. */
-    sconf.multi_conn = !(flags & BDRV_O_RDWR) || sconf.max_clients != 1;
+     * completed on all. Offered only when several clients are served at
+     * once, as QEMU 7.2 (-e 1 -r too): a client that opens more
+     * connections after seeing it (nbdcopy opens four) would otherwise
+     * wait forever for the one slot its first connection holds. */
+    sconf.multi_conn = sconf.max_clients != 1;
 
     if (do_fork) {
         pid_t pid;

@@ -16,6 +16,9 @@
 #define NBD_MAX_EXTENTS     4096    /* descriptors per block status chunk */
 #define NBD_PREFERRED_BLOCK 4096
 #define NBD_SPARSE_READ_MIN (64 * 1024)   /* smaller reads: one data chunk */
+/* Read and write data buffers are page-aligned: with --cache=none the file
+ * driver would otherwise bounce every request through an aligned copy. */
+#define NBD_BUF_ALIGN       4096
 /* Read and write buffers of every client together: a request that would
  * go over waits, unless its client has nothing in flight (so every client
  * makes progress even while others do not read their replies; memory
@@ -64,6 +67,20 @@ typedef struct NBDRequest {
 
 static void nbd_client_start(NBDServer *s, int fd);
 
+/* A data buffer (NBD_BUF_ALIGN); NULL when memory is short. */
+static void *nbd_buf_try_alloc(size_t size)
+{
+    void *p;
+
+    return posix_memalign(&p, NBD_BUF_ALIGN, MAX(size, 1)) ? NULL : p;
+}
+
+static void nbd_buf_freep(void *pp)
+{
+    qemu_vfree(*(void **)pp);
+}
+#define nbd_auto_buf __attribute__((cleanup(nbd_buf_freep)))
+
 static void nbd_request_free(NBDServer *s, NBDRequest *req)
 {
     if (req->cost) {
@@ -71,7 +88,7 @@ static void nbd_request_free(NBDServer *s, NBDRequest *req)
         req->client->buf_used -= req->cost;
         qemu_co_queue_restart_all(&s->buf_wait);
     }
-    g_free(req->data);
+    qemu_vfree(req->data);
     g_free(req);
 }
 
@@ -592,14 +609,14 @@ static int coroutine_fn nbd_do_read(NBDRequest *req)
     NBDClient *c = req->client;
     NBDBackend *be = c->server->conf.be;
     int64_t off = req->offset, end = req->offset + req->len;
-    g_autofree void *buf = NULL;
+    nbd_auto_buf void *buf = NULL;
     int ret;
 
     /* Small reads go out as one data chunk: asking block status first
      * would cost more than the zeroes it could save. */
     if (!c->structured || (req->flags & NBD_CMD_FLAG_DF) ||
         req->len < NBD_SPARSE_READ_MIN) {
-        buf = g_malloc(req->len);
+        buf = qemu_memalign(NBD_BUF_ALIGN, req->len);
         ret = nbd_backend_co_read(be, off, req->len, buf);
         if (ret < 0) {
             return nbd_reply_error(req, ret);
@@ -636,8 +653,8 @@ static int coroutine_fn nbd_do_read(NBDRequest *req)
             ret = nbd_chunk(req, done, NBD_REPLY_TYPE_OFFSET_HOLE,
                             fixed, 12, NULL, 0);
         } else {
-            g_free(buf);
-            buf = g_malloc(pnum);
+            qemu_vfree(buf);
+            buf = qemu_memalign(NBD_BUF_ALIGN, pnum);
             ret = nbd_backend_co_read(be, off, pnum, buf);
             if (ret < 0) {
                 return nbd_reply_error(req, ret);
@@ -895,7 +912,7 @@ static int coroutine_fn nbd_read_request(NBDClient *c, NBDRequest *req)
     if (req->type == NBD_CMD_WRITE) {
         /* A fresh deadline for the payload after any wait for the budget */
         sock_conn_set_recv_deadline(c->conn, nbd_deadline(s->conf.io_ns));
-        req->data = g_try_malloc(MAX(req->len, 1));
+        req->data = nbd_buf_try_alloc(req->len);
         if (!req->data) {
             return -ENOMEM;
         }
