@@ -394,6 +394,19 @@ static int coroutine_fn nbd_c_greet(BDRVNBDState *s, Error **errp)
     return s->tls ? nbd_c_starttls(s, exp, errp) : 0;
 }
 
+/*
+ * The first exchange after the TLS handshake failed. With TLS 1.3 a server
+ * checks our certificate after our handshake is over, so its refusal shows
+ * here: say so rather than "broken pipe".
+ */
+static int nbd_c_tls_dropped(int ret, Error **errp)
+{
+    error_setg(errp, "nbd: the server ended the TLS session after the "
+               "handshake (%s); did it refuse our client certificate?",
+               strerror(-ret));
+    return ret;
+}
+
 static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
 {
     const char *exp = s->export ? s->export : "";
@@ -428,14 +441,23 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
         }
         ret = nbd_c_opt(s, opt, q, qlen);
         if (ret < 0) {
+            if (step == 0 && s->tls) {
+                return nbd_c_tls_dropped(ret, errp);
+            }
             goto send_fail;
         }
         for (;;) {
             g_autofree uint8_t *d = NULL;
             uint32_t type, len;
+            Error *local_err = NULL;
 
-            ret = nbd_c_reply(s, opt, &type, &d, &len, errp);
+            ret = nbd_c_reply(s, opt, &type, &d, &len, &local_err);
             if (ret < 0) {
+                if (step == 0 && s->tls) {
+                    error_free(local_err);
+                    return nbd_c_tls_dropped(ret, errp);
+                }
+                error_propagate(errp, local_err);
                 return ret;
             }
             if (type == NBD_REP_ACK) {
@@ -1250,6 +1272,26 @@ static int coroutine_fn nbd_co_request(BlockDriverState *bs, uint16_t type,
 /* ------------------------------------------------------------------ */
 /* Connecting                                                         */
 
+/* A node opened by options gets a name as QEMU 7.2 gives it (info). */
+static void nbd_name_from_opts(BDRVNBDState *s, char *buf, size_t size)
+{
+    g_autofree char *name = NULL;
+
+    if (s->addr.type == SOCK_ADDR_UNIX) {
+        name = s->export ?
+            g_strdup_printf("nbd+unix:///%s?socket=%s", s->export,
+                            s->addr.path) :
+            g_strdup_printf("nbd+unix://?socket=%s", s->addr.path);
+    } else {
+        bool v6 = strchr(s->addr.host, ':') != NULL;
+        name = g_strdup_printf("nbd://%s%s%s:%d%s%s", v6 ? "[" : "",
+                               s->addr.host, v6 ? "]" : "", s->addr.port,
+                               s->export ? "/" : "",
+                               s->export ? s->export : "");
+    }
+    g_strlcpy(buf, name, size);
+}
+
 /* tls-creds and tls-hostname (the host name defaults to a TCP host). */
 static int nbd_open_tls(BDRVNBDState *s, QemuOpts *options, Error **errp)
 {
@@ -1450,6 +1492,9 @@ static int coroutine_fn nbd_open(BlockDriverState *bs, QemuOpts *options,
         error_setg(errp, "nbd: the export is read-only; open it read-only");
         ret = -EACCES;
         goto fail;
+    }
+    if (!bs->filename[0]) {
+        nbd_name_from_opts(s, bs->filename, sizeof(bs->filename));
     }
     if (s->reconnect_ns) {
         s->cl = sock_client_new(&s->addr, &nbd_client_ops, s, s->reconnect_ns);

@@ -3,7 +3,8 @@
  * Unit tests of util/socket: listen/accept/connect on TCP and Unix sockets,
  * whole messages, deadlines and cancellation, half-close and abort,
  * generations, and the reconnecting client against hostile peers (silent,
- * trickling, accept-then-close) with back-off, give-up and fail-fast.
+ * trickling, accept-then-close) with back-off, give-up and fail-fast,
+ * and a transport (as TLS) between a connection and its fd.
  * Everything runs in one event loop on 127.0.0.1 and a scratch directory.
  */
 #include "util/aio.h"
@@ -228,6 +229,140 @@ static void test_roundtrip_tcp(void)
 static void test_roundtrip_unix(void)
 {
     test_roundtrip(true);
+}
+
+/*
+ * A transport (as TLS is one): a toy that XORs the stream, hands out at
+ * most 7 bytes per receive while holding the rest of what it read (so the
+ * layer must ask it for pending bytes before waiting on the fd), and takes
+ * at most 13 bytes per send, refusing every other send once.
+ */
+typedef struct XorTransport {
+    int fd;
+    uint8_t buf[4096];
+    size_t pos, len;
+    unsigned sends;
+    bool freed;
+} XorTransport;
+
+static ssize_t xor_recv(void *opaque, void *buf, size_t len, bool *want_write)
+{
+    XorTransport *t = opaque;
+    ssize_t n;
+
+    if (t->pos == t->len) {
+        n = read(t->fd, t->buf, sizeof(t->buf));
+        if (n == 0) {
+            return -ECONNRESET;
+        }
+        if (n < 0) {
+            return errno == EAGAIN ? 0 : -errno;
+        }
+        for (ssize_t i = 0; i < n; i++) {
+            t->buf[i] ^= 0x5a;
+        }
+        t->pos = 0;
+        t->len = n;
+    }
+    n = MIN(MIN(len, 7), t->len - t->pos);
+    memcpy(buf, t->buf + t->pos, n);
+    t->pos += n;
+    return n;
+}
+
+static ssize_t xor_send(void *opaque, const struct iovec *iov, int niov,
+                        bool *want_read)
+{
+    XorTransport *t = opaque;
+    uint8_t out[13];
+    size_t n = MIN(iov[0].iov_len, sizeof(out));
+    ssize_t w;
+
+    if (t->sends++ % 2) {
+        return 0;       /* would block: the layer waits and tries again */
+    }
+    for (size_t i = 0; i < n; i++) {
+        out[i] = ((uint8_t *)iov[0].iov_base)[i] ^ 0x5a;
+    }
+    w = write(t->fd, out, n);
+    return w < 0 ? (errno == EAGAIN ? 0 : -errno) : w;
+}
+
+static size_t xor_pending(void *opaque)
+{
+    XorTransport *t = opaque;
+
+    return t->len - t->pos;
+}
+
+static void xor_free(void *opaque)
+{
+    XorTransport *t = opaque;
+
+    t->freed = true;
+}
+
+static const SockTransport xor_transport = {
+    .recv = xor_recv, .send = xor_send, .pending = xor_pending,
+    .free = xor_free,
+};
+
+static void test_transport(void)
+{
+    Server s;
+    SockConn *c, *p;
+    static uint8_t out[100000], in[100000];
+    XorTransport tc = { 0 }, tp = { 0 };
+    uint8_t raw[16];
+
+    server_start(&s, true);
+    c = client_connect(&s.addr);
+    p = server_next(&s);
+    /* Bytes received in the clear but not consumed: refused. */
+    g_assert_cmpint(xfer(send_entry, c, "0123456789", 10, SOCK_NO_DEADLINE,
+                         NULL), ==, 0);
+    g_assert_cmpint(xfer(recv_entry, p, raw, 4, SOCK_NO_DEADLINE, NULL), ==,
+                    0);
+    g_assert_cmpuint(sock_conn_buffered(p), ==, 6);
+    g_assert_cmpint(sock_conn_set_transport(p, &xor_transport, &tp), ==,
+                    -EPROTO);
+    g_assert_cmpint(xfer(recv_entry, p, raw, 6, SOCK_NO_DEADLINE, NULL), ==,
+                    0);
+    g_assert_cmpuint(sock_conn_buffered(p), ==, 0);
+    tc.fd = sock_conn_fd(c);
+    tp.fd = sock_conn_fd(p);
+    g_assert_cmpint(sock_conn_set_transport(c, &xor_transport, &tc), ==, 0);
+    g_assert_cmpint(sock_conn_set_transport(p, &xor_transport, &tp), ==, 0);
+    for (size_t i = 0; i < sizeof(out); i++) {
+        out[i] = i * 13 + 1;
+    }
+    /* Small writes fill a socket buffer early: send while receiving. */
+    XferArgs big = { .c = c, .buf = out, .len = sizeof(out),
+                     .deadline = SOCK_NO_DEADLINE, .ret = 1 };
+    co_spawn(send_entry, &big);
+    g_assert_cmpint(xfer(recv_entry, p, in, sizeof(in), SOCK_NO_DEADLINE,
+                         NULL), ==, 0);
+    while (big.ret == 1) {
+        aio_poll(ctx, true);
+    }
+    g_assert_cmpint(big.ret, ==, 0);
+    g_assert(!memcmp(in, out, sizeof(in)));
+    /* Two messages at once: the second sits in the transport's buffer. */
+    g_assert_cmpint(xfer(send_entry, p, out, 20, SOCK_NO_DEADLINE, NULL), ==,
+                    0);
+    g_assert_cmpint(xfer(recv_entry, c, in, 3, SOCK_NO_DEADLINE, NULL), ==,
+                    0);
+    g_assert_cmpint(xfer(recv_entry, c, in + 3, 17, SOCK_NO_DEADLINE, NULL),
+                    ==, 0);
+    g_assert(!memcmp(in, out, 20));
+    /* EOF through the transport */
+    sock_conn_unref(p);
+    g_assert(tp.freed);
+    g_assert_cmpint(xfer(recv_entry, c, in, 1, SOCK_NO_DEADLINE, NULL), ==,
+                    -ECONNRESET);
+    sock_conn_unref(c);
+    g_assert(tc.freed);
+    server_stop(&s);
 }
 
 /* A name (not numeric) is resolved in the thread pool. */
@@ -671,6 +806,7 @@ int main(int argc, char **argv)
     g_assert_nonnull(tmpdir);
     test_roundtrip_tcp();
     test_roundtrip_unix();
+    test_transport();
     test_connect_by_name();
     test_connect_refused();
     test_recv_deadline_silent();
