@@ -2212,6 +2212,42 @@ int bdrv_snapshot_load_tmp(BlockDriverState *bs, const char *snapshot_id,
     return bdrv_snapshot_run(bdrv_snapshot_load_tmp_entry, &c);
 }
 
+QemuOpts *bdrv_snapshot_param_parse(const char *arg, Error **errp)
+{
+    static const QemuOptDesc desc[] = {
+        { "snapshot.id", QEMU_OPT_STRING, "snapshot id" },
+        { "snapshot.name", QEMU_OPT_STRING, "snapshot name" },
+        { NULL }
+    };
+    const QemuOptDesc *const descs[] = { desc, NULL };
+    QemuOpts *opts = qemu_opts_new();
+
+    if (qemu_opts_parse(opts, arg, NULL, errp) < 0 ||
+        qemu_opts_validate(opts, descs, errp) < 0) {
+        qemu_opts_del(opts);
+        return NULL;
+    }
+    return opts;
+}
+
+int bdrv_snapshot_load_tmp_by_id_or_name(BlockDriverState *bs,
+                                         const char *id_or_name,
+                                         Error **errp)
+{
+    Error *err = NULL;
+    int ret = bdrv_snapshot_load_tmp(bs, id_or_name, NULL, &err);
+
+    if (ret == -ENOENT) {
+        error_free(err);
+        err = NULL;
+        ret = bdrv_snapshot_load_tmp(bs, NULL, id_or_name, &err);
+    }
+    if (err) {
+        error_propagate(errp, err);
+    }
+    return ret;
+}
+
 static void coroutine_fn bdrv_snapshot_delete_entry(void *opaque)
 {
     NamesCo *c = opaque;

@@ -371,6 +371,14 @@ int bdrv_snapshot_goto(BlockDriverState *bs, const char *snapshot_id,
  * NULL: both given, both must match) until it is closed. */
 int bdrv_snapshot_load_tmp(BlockDriverState *bs, const char *snapshot_id,
                            const char *name, Error **errp);
+/* "snapshot.id=ID,snapshot.name=NAME" (either key optional), the keyed
+ * form of the -l argument; NULL and *errp set if it does not parse. */
+QemuOpts *bdrv_snapshot_param_parse(const char *arg, Error **errp);
+/* The same with one string that is tried as an id, then as a name (a
+ * bare -l argument of qemu-img convert and qemu-nbd). */
+int bdrv_snapshot_load_tmp_by_id_or_name(BlockDriverState *bs,
+                                         const char *id_or_name,
+                                         Error **errp);
 int bdrv_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
                          const char *name, Error **errp);
 /* Returns the count (>= 0) and a g_malloc'd array, or -errno. */

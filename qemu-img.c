@@ -1818,22 +1818,14 @@ static int convert_do_copy(ConvertState *s)
  */
 static int convert_load_snapshot(BlockBackend *blk, const char *arg)
 {
-    static const QemuOptDesc desc[] = {
-        { "snapshot.id", QEMU_OPT_STRING, "snapshot id" },
-        { "snapshot.name", QEMU_OPT_STRING, "snapshot name" },
-        { NULL }
-    };
-    const QemuOptDesc *const descs[] = { desc, NULL };
     Error *err = NULL;
     int ret;
 
     if (g_str_has_prefix(arg, "snapshot.")) {
-        QemuOpts *opts = qemu_opts_new();
-        if (qemu_opts_parse(opts, arg, NULL, &err) < 0 ||
-            qemu_opts_validate(opts, descs, &err) < 0) {
+        QemuOpts *opts = bdrv_snapshot_param_parse(arg, &err);
+        if (!opts) {
             error_report_err(err);
             error_report("Failed in parsing snapshot param '%s'", arg);
-            qemu_opts_del(opts);
             return -1;
         }
         ret = bdrv_snapshot_load_tmp(blk_bs(blk),
@@ -1842,13 +1834,7 @@ static int convert_load_snapshot(BlockBackend *blk, const char *arg)
                                      &err);
         qemu_opts_del(opts);
     } else {
-        /* An id first, then a name. */
-        ret = bdrv_snapshot_load_tmp(blk_bs(blk), arg, NULL, &err);
-        if (ret == -ENOENT) {
-            error_free(err);
-            err = NULL;
-            ret = bdrv_snapshot_load_tmp(blk_bs(blk), NULL, arg, &err);
-        }
+        ret = bdrv_snapshot_load_tmp_by_id_or_name(blk_bs(blk), arg, &err);
     }
     if (ret < 0) {
         error_prepend(&err, "Failed to load snapshot: ");

@@ -91,7 +91,10 @@ static void usage(const char *name)
 "                            file with backing_file=FILE, redirect the write to\n"
 "                            the temporary one\n"
 "  -l, --load-snapshot=SNAPSHOT_PARAM\n"
-"                            load an internal snapshot (not supported)\n"
+"                            load an internal snapshot inside FILE and export it\n"
+"                            as an read-only device, SNAPSHOT_PARAM format is\n"
+"                            'snapshot.id=[ID],snapshot.name=[NAME]', or\n"
+"                            '[ID_OR_NAME]'\n"
 "  -n, --nocache             disable host cache\n"
 "      --cache=MODE          set cache mode used to access the disk image, the\n"
 "                            valid options are: 'none', 'writeback' (default),\n"
@@ -147,6 +150,32 @@ static int parse_secs(const char *arg, const char *what, int64_t *ns)
     return 0;
 }
 
+/*
+ * -l ARG: "snapshot.id=ID,snapshot.name=NAME" (either key may be left out)
+ * goes to *opts; anything else is one id or name. False (after a message)
+ * if the keyed form does not parse.
+ */
+static bool parse_load_snapshot(const char *arg, QemuOpts **opts,
+                                const char **id_or_name)
+{
+    Error *err = NULL;
+
+    qemu_opts_del(*opts);
+    *opts = NULL;
+    *id_or_name = NULL;
+    if (!g_str_has_prefix(arg, "snapshot.")) {
+        *id_or_name = arg;
+        return true;
+    }
+    *opts = bdrv_snapshot_param_parse(arg, &err);
+    if (!*opts) {
+        error_report_err(err);
+        error_report("Failed in parsing snapshot param `%s'", arg);
+        return false;
+    }
+    return true;
+}
+
 static void unsupported(const char *what)
 {
     error_report("%s", what);
@@ -197,6 +226,8 @@ int main(int argc, char **argv)
     };
     const char *bindto = NULL, *sockpath = NULL, *fmt = NULL;
     const char *pid_file = NULL;
+    const char *sn_id_or_name = NULL;
+    QemuOpts *sn_opts = NULL;
     int port = NBD_DEFAULT_PORT;
     int flags = BDRV_O_RDWR;
     bool writethrough = false, image_opts = false, do_fork = false;
@@ -383,8 +414,10 @@ int main(int argc, char **argv)
                         "block layer");
             break;
         case 'l':
-            unsupported("--load-snapshot: exporting an internal snapshot is "
-                        "not supported");
+            if (!parse_load_snapshot(optarg, &sn_opts, &sn_id_or_name)) {
+                exit(EXIT_FAILURE);
+            }
+            flags &= ~BDRV_O_RDWR;      /* -l implies -r, as in QEMU */
             break;
         case 'c':
         case 'd':
@@ -487,6 +520,17 @@ int main(int argc, char **argv)
                      image_opts ? argv[argc - 1] : bconf.filename,
                      error_get_pretty(err));
         exit(EXIT_FAILURE);
+    }
+    if (sn_opts || sn_id_or_name) {
+        if (nbd_backend_load_snapshot(be,
+                                      sn_opts ? qemu_opt_get(sn_opts, "snapshot.id") : NULL,
+                                      sn_opts ? qemu_opt_get(sn_opts, "snapshot.name") : NULL,
+                                      sn_id_or_name, &err) < 0) {
+            error_prepend(&err, "Failed to load snapshot: ");
+            error_report_err(err);
+            exit(EXIT_FAILURE);
+        }
+        qemu_opts_del(sn_opts);
     }
     sconf.be = be;
     sconf.client_gone = client_gone;

@@ -5,7 +5,7 @@
  * call and yields; librbd completes it on its own thread, which hands the
  * result back to the event loop with aio_co_wake() (DESIGN.md decision 3).
  */
-#include <rbd/librbd.h>
+#include "block/rbd-lib.h"
 
 #include "block_int.h"
 #include "block/rbd-name.h"
@@ -402,6 +402,10 @@ static int rbd_connect(const RbdName *n, QemuOpts *opts, int flags,
     const char *str;
     int r;
 
+    r = rbd_lib_load(errp);
+    if (r < 0) {
+        return r;
+    }
     r = rados_create(cluster, n->user);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: error creating the cluster handle");
@@ -1064,6 +1068,11 @@ static int coroutine_fn rbd_co_create(const char *filename, QemuOpts *opts,
 
     r = rbd_parse_name(filename, &n, errp);
     if (r < 0) {
+        return r;
+    }
+    r = rbd_lib_load(errp);
+    if (r < 0) {
+        rbd_name_clear(&n);
         return r;
     }
     rbd_image_options_create(&ropts);

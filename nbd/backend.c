@@ -16,11 +16,28 @@ struct NBDBackend {
     bool read_only;
 };
 
+/* The export's size: the image's from the -o offset on. */
+static int nbd_backend_refresh_size(NBDBackend *be, Error **errp)
+{
+    int64_t len = blk_getlength(be->blk);
+
+    if (len < 0) {
+        error_setg_errno(errp, -len, "Failed to determine the image length");
+        return len;
+    }
+    if (be->offset < 0 || be->offset > len) {
+        error_setg(errp, "Offset (%" PRId64 ") has to be smaller than the "
+                   "image size (%" PRId64 ")", be->offset, len);
+        return -EINVAL;
+    }
+    be->size = len - be->offset;
+    return 0;
+}
+
 NBDBackend *nbd_backend_open(const NBDBackendConf *conf, Error **errp)
 {
     BlockBackend *blk;
     NBDBackend *be;
-    int64_t len;
 
     blk = blk_new_open(conf->filename, conf->fmt, conf->opts, conf->flags,
                        errp);
@@ -28,26 +45,37 @@ NBDBackend *nbd_backend_open(const NBDBackendConf *conf, Error **errp)
         return NULL;
     }
     blk_set_enable_write_cache(blk, !conf->writethrough);
-    len = blk_getlength(blk);
-    if (len < 0) {
-        error_setg_errno(errp, -len, "Failed to determine the image length");
-        blk_unref(blk);
-        return NULL;
-    }
-    if (conf->offset < 0 || conf->offset > len) {
-        error_setg(errp, "Offset (%" PRId64 ") has to be smaller than the "
-                   "image size (%" PRId64 ")", conf->offset, len);
-        blk_unref(blk);
-        return NULL;
-    }
     be = g_new0(NBDBackend, 1);
     be->blk = blk;
     be->offset = conf->offset;
-    be->size = len - conf->offset;
     be->detect_zeroes = conf->detect_zeroes;
     be->unmap = conf->flags & BDRV_O_UNMAP;
     be->read_only = !(conf->flags & BDRV_O_RDWR);
+    if (nbd_backend_refresh_size(be, errp) < 0) {
+        blk_unref(blk);
+        g_free(be);
+        return NULL;
+    }
     return be;
+}
+
+int nbd_backend_load_snapshot(NBDBackend *be, const char *id,
+                              const char *name, const char *id_or_name,
+                              Error **errp)
+{
+    int ret;
+
+    assert(be->read_only);
+    if (id_or_name) {
+        ret = bdrv_snapshot_load_tmp_by_id_or_name(blk_bs(be->blk),
+                                                   id_or_name, errp);
+    } else {
+        ret = bdrv_snapshot_load_tmp(blk_bs(be->blk), id, name, errp);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    return nbd_backend_refresh_size(be, errp);
 }
 
 void nbd_backend_close(NBDBackend *be)

@@ -39,6 +39,15 @@ typedef struct NBDBackendConf {
 #define NBD_BE_NO_FALLBACK  (1 << 2)    /* -ENOTSUP rather than slow zeroes */
 
 NBDBackend *nbd_backend_open(const NBDBackendConf *conf, Error **errp);
+/*
+ * -l: export the internal snapshot named by id and/or name (id_or_name:
+ * one string tried as an id, then as a name) instead of the active image.
+ * The backend must be read-only. Call before serving: the size changes to
+ * the snapshot's.
+ */
+int nbd_backend_load_snapshot(NBDBackend *be, const char *id,
+                              const char *name, const char *id_or_name,
+                              Error **errp);
 /* Drains, flushes (unless read-only) and closes. */
 void nbd_backend_close(NBDBackend *be);
 
