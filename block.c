@@ -2152,7 +2152,17 @@ static int bdrv_amend_check(BlockDriverState *bs, QemuOpts *opts,
         return -ENOTSUP;
     }
     const QemuOptDesc *descs[2] = { bs->drv->amend_opts, NULL };
-    if (qemu_opts_validate(opts, descs, errp) < 0) {
+    Error *local_err = NULL;
+    if (qemu_opts_validate(opts, descs, &local_err) < 0) {
+        /* QEMU's hint when the options are valid for creation only. */
+        const QemuOptDesc *both[3] = { bs->drv->amend_opts,
+                                       bs->drv->create_opts, NULL };
+        if (bs->drv->create_opts &&
+            qemu_opts_validate(opts, both, NULL) == 0) {
+            error_append_hint(&local_err, "This option is only supported "
+                              "for image creation\n");
+        }
+        error_propagate(errp, local_err);
         return -EINVAL;
     }
     return 0;

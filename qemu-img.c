@@ -11,6 +11,7 @@
 #include "util/cutils.h"
 #include "util/json-writer.h"
 #include "util/secret.h"
+#include "util/object.h"
 
 #include <getopt.h>
 #include <sys/time.h>
@@ -97,7 +98,7 @@ static void common_option(int c, char **argv)
     case OPTION_OBJECT: {
         Error *err = NULL;
 
-        if (secret_object_add(optarg, &err) < 0) {
+        if (user_object_add(optarg, &err) < 0) {
             error_report_err(err);
             exit(EXIT_FAILURE);
         }
