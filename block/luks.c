@@ -216,6 +216,21 @@ static int luks_check_header(const LuksHeader *h, int64_t file_len,
 
 /* ---- unlocking ---- */
 
+/* The passphrase of secret sid (g_free after explicit_bzero), which must
+ * be UTF-8 text as QEMU requires; NULL with an error. */
+static char *luks_passphrase(const char *sid, size_t *len, Error **errp)
+{
+    char *pass = secret_lookup_bytes(sid, len, errp);
+
+    if (pass && !g_utf8_validate(pass, *len, NULL)) {
+        error_setg(errp, "Data from secret %s is not valid UTF-8", sid);
+        explicit_bzero(pass, *len);
+        g_free(pass);
+        return NULL;
+    }
+    return pass;
+}
+
 static LuksCipher *luks_new_cipher(const LuksParams *p, const uint8_t *key,
                                    size_t len, Error **errp)
 {
@@ -278,7 +293,7 @@ static int coroutine_fn luks_unlock(BlockDriverState *bs, const char *sid,
     BDRVLuksState *s = bs->opaque;
     uint8_t mk[LUKS_MAX_KEY_BYTES];
     size_t pass_len;
-    char *pass = secret_lookup_bytes(sid, &pass_len, errp);
+    char *pass = luks_passphrase(sid, &pass_len, errp);
     int ret = 0;
 
     if (!pass) {
@@ -756,19 +771,24 @@ static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
         error_setg(errp, "Image size is too large");
         return -EFBIG;
     }
-    pass = secret_lookup_bytes(c.key_secret, &pass_len, errp);
-    if (!pass) {
-        return -EINVAL;
-    }
-    split_len = luks_split_size(c.key_bytes);
-    split = g_malloc0(split_len);
-    ret = luks_build(&c, (const uint8_t *)pass, pass_len, &h, split, errp);
-    if (ret < 0) {
-        goto out;
-    }
+    /*
+     * As QEMU: the file is made first, and removed again when anything
+     * after that fails (the secret, writing), even if it existed before.
+     */
     po = luks_protocol_opts(opts);
     ret = bdrv_create_file(filename, po, errp);
     qemu_opts_del(po);
+    if (ret < 0) {
+        return ret;
+    }
+    split_len = luks_split_size(c.key_bytes);
+    pass = luks_passphrase(c.key_secret, &pass_len, errp);
+    if (!pass) {
+        ret = -EINVAL;
+        goto out;
+    }
+    split = g_malloc0(split_len);
+    ret = luks_build(&c, (const uint8_t *)pass, pass_len, &h, split, errp);
     if (ret < 0) {
         goto out;
     }
@@ -781,8 +801,13 @@ static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
     ret = luks_write_new(file, &c, &h, split, size, prealloc, errp);
     bdrv_unref(file);
 out:
-    explicit_bzero(pass, pass_len);
-    g_free(pass);
+    if (ret < 0) {
+        bdrv_co_delete_file(filename, NULL);
+    }
+    if (pass) {
+        explicit_bzero(pass, pass_len);
+        g_free(pass);
+    }
     if (split) {
         explicit_bzero(split, split_len);
         g_free(split);
@@ -804,7 +829,7 @@ static BlockMeasureInfo *luks_measure(QemuOpts *opts, BlockDriverState *in_bs,
     if (luks_parse_create(opts, &c, errp) < 0) {
         return NULL;
     }
-    pass = secret_lookup_bytes(c.key_secret, &len, errp);
+    pass = luks_passphrase(c.key_secret, &len, errp);
     if (!pass) {
         return NULL;
     }
@@ -850,7 +875,7 @@ static int coroutine_fn luks_add_slot(BlockDriverState *bs, int i,
     LuksSlot *slot = &h.slots[i];
     size_t split_len = luks_split_size(h.key_bytes), pass_len;
     uint8_t *split = NULL, key[LUKS_MAX_KEY_BYTES];
-    char *pass = secret_lookup_bytes(sid, &pass_len, errp);
+    char *pass = luks_passphrase(sid, &pass_len, errp);
     LuksCipher *c = NULL;
     int ret;
 
@@ -941,7 +966,8 @@ static int coroutine_fn luks_amend_activate(BlockDriverState *bs,
                                             int64_t keyslot,
                                             const char *old_sid,
                                             const char *new_sid,
-                                            uint64_t iter_time, Error **errp)
+                                            uint64_t iter_time, bool force,
+                                            Error **errp)
 {
     BDRVLuksState *s = bs->opaque;
 
@@ -964,7 +990,7 @@ static int coroutine_fn luks_amend_activate(BlockDriverState *bs,
             error_setg(errp, "Can't add a keyslot - all keyslots are in use");
             return -EINVAL;
         }
-    } else if (s->hdr.slots[keyslot].active == LUKS_SLOT_ACTIVE) {
+    } else if (s->hdr.slots[keyslot].active == LUKS_SLOT_ACTIVE && !force) {
         error_setg(errp, "Refusing to overwrite active keyslot %d - please "
                    "erase it first", (int)keyslot);
         return -EINVAL;
@@ -997,7 +1023,7 @@ static int coroutine_fn luks_amend_erase(BlockDriverState *bs,
         active += s->hdr.slots[i].active == LUKS_SLOT_ACTIVE;
     }
     if (keyslot >= 0) {
-        if (s->hdr.slots[keyslot].active != LUKS_SLOT_ACTIVE) {
+        if (s->hdr.slots[keyslot].active != LUKS_SLOT_ACTIVE && !force) {
             error_setg(errp, "Given keyslot %d is already erased (inactive) ",
                        (int)keyslot);
             return -EINVAL;
@@ -1007,7 +1033,7 @@ static int coroutine_fn luks_amend_erase(BlockDriverState *bs,
     }
     if (old_sid) {
         size_t len;
-        char *pass = secret_lookup_bytes(old_sid, &len, errp);
+        char *pass = luks_passphrase(old_sid, &len, errp);
 
         if (!pass) {
             return -EINVAL;
@@ -1043,9 +1069,16 @@ static int coroutine_fn luks_amend_erase(BlockDriverState *bs,
         while (!match[last]) {
             last++;
         }
-        error_setg(errp, "Attempt to erase the only active keyslot %d which "
-                   "will erase all the data in the image irreversibly - "
-                   "refusing operation", last);
+        if (old_sid) {
+            error_setg(errp, "All the active keyslots match the (old) "
+                       "password that was given and erasing them will erase "
+                       "all the data in the image irreversibly - refusing "
+                       "operation");
+        } else {
+            error_setg(errp, "Attempt to erase the only active keyslot %d "
+                       "which will erase all the data in the image "
+                       "irreversibly - refusing operation", last);
+        }
         return -EINVAL;
     }
     for (int i = 0; i < LUKS_NUM_SLOTS && ret >= 0; i++) {
@@ -1099,7 +1132,7 @@ static int coroutine_fn luks_amend(BlockDriverState *bs, QemuOpts *opts,
     }
     if (!strcmp(state, "active")) {
         return luks_amend_activate(bs, keyslot, old_sid, new_sid, iter_time,
-                                   errp);
+                                   force, errp);
     }
     return luks_amend_erase(bs, keyslot, old_sid, new_sid, force, errp);
 }
