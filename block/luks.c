@@ -388,8 +388,11 @@ static int coroutine_fn luks_co_preadv(BlockDriverState *bs, int64_t offset,
     uint8_t *buf = qemu_blockalign(len);
     int ret = 0;
 
-    assert(s->cipher && offset % LUKS_SECTOR_SIZE == 0 &&
-           bytes % LUKS_SECTOR_SIZE == 0);
+    assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
+    if (!s->cipher) {
+        qemu_vfree(buf);
+        return -EIO;            /* opened without I/O: no key */
+    }
     while (bytes > 0) {
         size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
 
@@ -418,8 +421,11 @@ static int coroutine_fn luks_co_pwritev(BlockDriverState *bs, int64_t offset,
     uint8_t *buf = qemu_blockalign(len);
     int ret = 0;
 
-    assert(s->cipher && offset % LUKS_SECTOR_SIZE == 0 &&
-           bytes % LUKS_SECTOR_SIZE == 0);
+    assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
+    if (!s->cipher) {
+        qemu_vfree(buf);
+        return -EIO;            /* opened without I/O: no key */
+    }
     while (bytes > 0) {
         size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
 
