@@ -2265,17 +2265,20 @@ static int convert_open_target(ConvertArgs *a, ConvertState *s,
                                const char *out_filename, int flags,
                                bool writethrough)
 {
+    QemuOpts *secrets;
+
     if (!a->skip_create) {
         if (convert_create_target(a, out_filename, s->total_size) < 0) {
             return -1;
         }
     }
-    /* As QEMU: the target is opened with the key secrets it was made with */
-    QemuOpts *secrets = a->skip_create ? NULL : img_key_secrets(a->options);
-
+    /* As QEMU: the target just created is opened with its key secrets */
+    secrets = a->skip_create ? NULL : img_key_secrets(a->options);
     s->target = img_open_extra(img_target_image_opts, out_filename,
                                a->out_fmt, secrets, flags, writethrough);
-    qemu_opts_del(secrets);
+    if (secrets) {
+        qemu_opts_del(secrets);
+    }
     if (!s->target) {
         return -1;
     }

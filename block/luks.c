@@ -27,6 +27,7 @@ typedef struct BDRVLuksState {
     LuksParams p;
     uint64_t payload;           /* bytes */
     LuksCipher *cipher;         /* NULL when opened without I/O */
+    uint8_t mk[LUKS_MAX_KEY_BYTES]; /* the master key (amend adds slots) */
 } BDRVLuksState;
 
 static const QemuOptDesc luks_create_opts[] = {
@@ -39,6 +40,20 @@ static const QemuOptDesc luks_create_opts[] = {
     { "ivgen-hash-alg", QEMU_OPT_STRING,
       "Name of IV generator hash algorithm" },
     { "hash-alg", QEMU_OPT_STRING, "Name of encryption hash algorithm" },
+    { "iter-time", QEMU_OPT_NUMBER,
+      "Time to spend in PBKDF in milliseconds" },
+    { NULL }
+};
+
+static const QemuOptDesc luks_amend_opts[] = {
+    { "state", QEMU_OPT_STRING,
+      "Select new state of affected keyslots (active/inactive)" },
+    { "keyslot", QEMU_OPT_NUMBER,
+      "Select a single keyslot to modify explicitly" },
+    { "old-secret", QEMU_OPT_STRING,
+      "Select all keyslots that match this password" },
+    { "new-secret", QEMU_OPT_STRING,
+      "New secret to set in the matching keyslots. Empty string to erase" },
     { "iter-time", QEMU_OPT_NUMBER,
       "Time to spend in PBKDF in milliseconds" },
     { NULL }
@@ -201,6 +216,21 @@ static int luks_check_header(const LuksHeader *h, int64_t file_len,
 
 /* ---- unlocking ---- */
 
+/* The passphrase of secret sid (g_free after explicit_bzero), which must
+ * be UTF-8 text as QEMU requires; NULL with an error. */
+static char *luks_passphrase(const char *sid, size_t *len, Error **errp)
+{
+    char *pass = secret_lookup_bytes(sid, len, errp);
+
+    if (pass && !g_utf8_validate(pass, *len, NULL)) {
+        error_setg(errp, "Data from secret %s is not valid UTF-8", sid);
+        explicit_bzero(pass, *len);
+        g_free(pass);
+        return NULL;
+    }
+    return pass;
+}
+
 static LuksCipher *luks_new_cipher(const LuksParams *p, const uint8_t *key,
                                    size_t len, Error **errp)
 {
@@ -263,7 +293,7 @@ static int coroutine_fn luks_unlock(BlockDriverState *bs, const char *sid,
     BDRVLuksState *s = bs->opaque;
     uint8_t mk[LUKS_MAX_KEY_BYTES];
     size_t pass_len;
-    char *pass = secret_lookup_bytes(sid, &pass_len, errp);
+    char *pass = luks_passphrase(sid, &pass_len, errp);
     int ret = 0;
 
     if (!pass) {
@@ -283,6 +313,7 @@ static int coroutine_fn luks_unlock(BlockDriverState *bs, const char *sid,
     } else if (ret > 0) {
         s->cipher = luks_new_cipher(&s->p, mk, s->hdr.key_bytes, errp);
         ret = s->cipher ? 0 : -ENOTSUP;
+        memcpy(s->mk, mk, s->hdr.key_bytes);
     }
     explicit_bzero(mk, sizeof(mk));
     return ret;
@@ -335,6 +366,7 @@ static void coroutine_fn luks_close(BlockDriverState *bs)
 
     luks_cipher_free(s->cipher);
     s->cipher = NULL;
+    explicit_bzero(s->mk, sizeof(s->mk));
 }
 
 static void luks_refresh_limits(BlockDriverState *bs, Error **errp)
@@ -356,8 +388,11 @@ static int coroutine_fn luks_co_preadv(BlockDriverState *bs, int64_t offset,
     uint8_t *buf = qemu_blockalign(len);
     int ret = 0;
 
-    assert(s->cipher && offset % LUKS_SECTOR_SIZE == 0 &&
-           bytes % LUKS_SECTOR_SIZE == 0);
+    assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
+    if (!s->cipher) {
+        qemu_vfree(buf);
+        return -EIO;            /* opened without I/O: no key */
+    }
     while (bytes > 0) {
         size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
 
@@ -386,8 +421,11 @@ static int coroutine_fn luks_co_pwritev(BlockDriverState *bs, int64_t offset,
     uint8_t *buf = qemu_blockalign(len);
     int ret = 0;
 
-    assert(s->cipher && offset % LUKS_SECTOR_SIZE == 0 &&
-           bytes % LUKS_SECTOR_SIZE == 0);
+    assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
+    if (!s->cipher) {
+        qemu_vfree(buf);
+        return -EIO;            /* opened without I/O: no key */
+    }
     while (bytes > 0) {
         size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
 
@@ -739,19 +777,24 @@ static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
         error_setg(errp, "Image size is too large");
         return -EFBIG;
     }
-    pass = secret_lookup_bytes(c.key_secret, &pass_len, errp);
-    if (!pass) {
-        return -EINVAL;
-    }
-    split_len = luks_split_size(c.key_bytes);
-    split = g_malloc0(split_len);
-    ret = luks_build(&c, (const uint8_t *)pass, pass_len, &h, split, errp);
-    if (ret < 0) {
-        goto out;
-    }
+    /*
+     * As QEMU: the file is made first, and removed again when anything
+     * after that fails (the secret, writing), even if it existed before.
+     */
     po = luks_protocol_opts(opts);
     ret = bdrv_create_file(filename, po, errp);
     qemu_opts_del(po);
+    if (ret < 0) {
+        return ret;
+    }
+    split_len = luks_split_size(c.key_bytes);
+    pass = luks_passphrase(c.key_secret, &pass_len, errp);
+    if (!pass) {
+        ret = -EINVAL;
+        goto out;
+    }
+    split = g_malloc0(split_len);
+    ret = luks_build(&c, (const uint8_t *)pass, pass_len, &h, split, errp);
     if (ret < 0) {
         goto out;
     }
@@ -764,8 +807,13 @@ static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
     ret = luks_write_new(file, &c, &h, split, size, prealloc, errp);
     bdrv_unref(file);
 out:
-    explicit_bzero(pass, pass_len);
-    g_free(pass);
+    if (ret < 0) {
+        bdrv_co_delete_file(filename, NULL);
+    }
+    if (pass) {
+        explicit_bzero(pass, pass_len);
+        g_free(pass);
+    }
     if (split) {
         explicit_bzero(split, split_len);
         g_free(split);
@@ -787,7 +835,7 @@ static BlockMeasureInfo *luks_measure(QemuOpts *opts, BlockDriverState *in_bs,
     if (luks_parse_create(opts, &c, errp) < 0) {
         return NULL;
     }
-    pass = secret_lookup_bytes(c.key_secret, &len, errp);
+    pass = luks_passphrase(c.key_secret, &len, errp);
     if (!pass) {
         return NULL;
     }
@@ -809,11 +857,298 @@ static BlockMeasureInfo *luks_measure(QemuOpts *opts, BlockDriverState *in_bs,
     return info;
 }
 
+/* ---- amend: key slots ---- */
+
+static int coroutine_fn luks_write_header(BlockDriverState *bs,
+                                          const LuksHeader *h)
+{
+    LuksDiskHeader d;
+    int ret;
+
+    luks_header_to_disk(h, &d);
+    ret = bdrv_co_pwrite(bs->file, 0, sizeof(d), &d, 0);
+    return ret < 0 ? ret : bdrv_co_flush(bs->file);
+}
+
+/* Slot i made to hold the master key under the passphrase of secret sid:
+ * its key material first, then the header naming it active. */
+static int coroutine_fn luks_add_slot(BlockDriverState *bs, int i,
+                                      const char *sid, uint64_t iter_time,
+                                      Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    LuksHeader h = s->hdr;
+    LuksSlot *slot = &h.slots[i];
+    size_t split_len = luks_split_size(h.key_bytes), pass_len;
+    uint8_t *split = NULL, key[LUKS_MAX_KEY_BYTES];
+    char *pass = luks_passphrase(sid, &pass_len, errp);
+    LuksCipher *c = NULL;
+    int ret;
+
+    if (!pass) {
+        return -EINVAL;
+    }
+    split = g_malloc0(split_len);
+    ret = luks_random(slot->salt, LUKS_SALT_LEN, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    slot->iterations = luks_iters(luks_pbkdf2_rate(s->p.hash, h.key_bytes),
+                                  iter_time, 1);
+    slot->stripes = LUKS_STRIPES;
+    luks_pbkdf2(s->p.hash, (const uint8_t *)pass, pass_len, slot->salt,
+                LUKS_SALT_LEN, slot->iterations, key, h.key_bytes);
+    ret = luks_af_split(s->p.hash, s->mk, h.key_bytes, LUKS_STRIPES, split,
+                        errp);
+    if (ret < 0) {
+        goto out;
+    }
+    c = luks_new_cipher(&s->p, key, h.key_bytes, errp);
+    if (!c) {
+        ret = -ENOTSUP;
+        goto out;
+    }
+    luks_cipher_encrypt(c, 0, split, split_len);
+    ret = bdrv_co_pwrite(bs->file, (int64_t)slot->key_offset *
+                         LUKS_SECTOR_SIZE, split_len, split, 0);
+    if (ret >= 0) {
+        ret = bdrv_co_flush(bs->file);
+    }
+    if (ret >= 0) {
+        slot->active = LUKS_SLOT_ACTIVE;
+        ret = luks_write_header(bs, &h);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Cannot write LUKS key slot %d", i);
+    } else {
+        s->hdr = h;
+    }
+out:
+    luks_cipher_free(c);
+    explicit_bzero(key, sizeof(key));
+    explicit_bzero(split, split_len);
+    explicit_bzero(pass, pass_len);
+    g_free(split);
+    g_free(pass);
+    return ret;
+}
+
+/* Slot i disabled in the header, then its key material overwritten with
+ * random bytes. */
+static int coroutine_fn luks_erase_slot(BlockDriverState *bs, int i,
+                                        Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    LuksHeader h = s->hdr;
+    size_t len = luks_split_size(h.key_bytes);
+    uint8_t *junk = g_malloc(len);
+    int ret;
+
+    h.slots[i].active = LUKS_SLOT_DISABLED;
+    h.slots[i].iterations = 0;
+    memset(h.slots[i].salt, 0, LUKS_SALT_LEN);
+    ret = luks_write_header(bs, &h);
+    if (ret >= 0) {
+        s->hdr = h;
+        ret = luks_random(junk, len, errp);
+        if (ret < 0) {
+            goto out;
+        }
+        ret = bdrv_co_pwrite(bs->file, (int64_t)h.slots[i].key_offset *
+                             LUKS_SECTOR_SIZE, len, junk, 0);
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(bs->file);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Cannot erase LUKS key slot %d", i);
+    }
+out:
+    g_free(junk);
+    return ret;
+}
+
+static int coroutine_fn luks_amend_activate(BlockDriverState *bs,
+                                            int64_t keyslot,
+                                            const char *old_sid,
+                                            const char *new_sid,
+                                            uint64_t iter_time, bool force,
+                                            Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+
+    if (!new_sid) {
+        error_setg(errp, "'new-secret' is required to activate a keyslot");
+        return -EINVAL;
+    }
+    if (old_sid) {
+        error_setg(errp, "'old-secret' must not be given when activating "
+                   "keyslots");
+        return -EINVAL;
+    }
+    if (keyslot < 0) {
+        for (keyslot = 0; keyslot < LUKS_NUM_SLOTS; keyslot++) {
+            if (s->hdr.slots[keyslot].active != LUKS_SLOT_ACTIVE) {
+                break;
+            }
+        }
+        if (keyslot == LUKS_NUM_SLOTS) {
+            error_setg(errp, "Can't add a keyslot - all keyslots are in use");
+            return -EINVAL;
+        }
+    } else if (s->hdr.slots[keyslot].active == LUKS_SLOT_ACTIVE && !force) {
+        error_setg(errp, "Refusing to overwrite active keyslot %d - please "
+                   "erase it first", (int)keyslot);
+        return -EINVAL;
+    }
+    return luks_add_slot(bs, keyslot, new_sid, iter_time, errp);
+}
+
+static int coroutine_fn luks_amend_erase(BlockDriverState *bs,
+                                         int64_t keyslot, const char *old_sid,
+                                         const char *new_sid, bool force,
+                                         Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    bool match[LUKS_NUM_SLOTS] = { false };
+    uint8_t mk[LUKS_MAX_KEY_BYTES];
+    int active = 0, n = 0, ret = 0;
+
+    if (new_sid) {
+        error_setg(errp, "'new-secret' must not be given when erasing "
+                   "keyslots");
+        return -EINVAL;
+    }
+    if (keyslot < 0 && !old_sid) {
+        error_setg(errp, "To erase keyslot(s), either explicit keyslot index "
+                   "or the password currently contained in them must be "
+                   "given");
+        return -EINVAL;
+    }
+    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+        active += s->hdr.slots[i].active == LUKS_SLOT_ACTIVE;
+    }
+    if (keyslot >= 0) {
+        if (s->hdr.slots[keyslot].active != LUKS_SLOT_ACTIVE && !force) {
+            error_setg(errp, "Given keyslot %d is already erased (inactive) ",
+                       (int)keyslot);
+            return -EINVAL;
+        }
+        match[keyslot] = true;
+        n = 1;
+    }
+    if (old_sid) {
+        size_t len;
+        char *pass = luks_passphrase(old_sid, &len, errp);
+
+        if (!pass) {
+            return -EINVAL;
+        }
+        for (int i = 0; i < LUKS_NUM_SLOTS && ret >= 0; i++) {
+            bool want = keyslot < 0 || keyslot == i;
+
+            match[i] = false;
+            if (want && s->hdr.slots[i].active == LUKS_SLOT_ACTIVE) {
+                ret = luks_try_slot(bs, i, (const uint8_t *)pass, len, mk,
+                                    errp);
+                match[i] = ret > 0;
+            }
+        }
+        explicit_bzero(mk, sizeof(mk));
+        explicit_bzero(pass, len);
+        g_free(pass);
+        if (ret < 0) {
+            return ret;
+        }
+        n = 0;
+        for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+            n += match[i];
+        }
+        if (n == 0) {
+            error_setg(errp, "No keyslots match given (old) password for "
+                       "erase operation");
+            return -EINVAL;
+        }
+    }
+    if (n == active && !force) {
+        int last = 0;
+        while (!match[last]) {
+            last++;
+        }
+        if (old_sid) {
+            error_setg(errp, "All the active keyslots match the (old) "
+                       "password that was given and erasing them will erase "
+                       "all the data in the image irreversibly - refusing "
+                       "operation");
+        } else {
+            error_setg(errp, "Attempt to erase the only active keyslot %d "
+                       "which will erase all the data in the image "
+                       "irreversibly - refusing operation", last);
+        }
+        return -EINVAL;
+    }
+    for (int i = 0; i < LUKS_NUM_SLOTS && ret >= 0; i++) {
+        if (match[i]) {
+            ret = luks_erase_slot(bs, i, errp);
+        }
+    }
+    return ret;
+}
+
+/* qemu-img amend: state=active adds a slot (new-secret, optionally at
+ * keyslot), state=inactive erases slots (keyslot and/or old-secret), with
+ * QEMU 7.2's options and messages. */
+static int coroutine_fn luks_amend(BlockDriverState *bs, QemuOpts *opts,
+                                   bool force, Error **errp)
+{
+    BDRVLuksState *s = bs->opaque;
+    const char *state = qemu_opt_get(opts, "state");
+    const char *old_sid = qemu_opt_get(opts, "old-secret");
+    const char *new_sid = qemu_opt_get(opts, "new-secret");
+    int64_t keyslot = -1;
+    uint64_t iter_time = qemu_opt_get_number(opts, "iter-time",
+                                             LUKS_DEFAULT_ITER_TIME);
+
+    if (!state) {
+        error_setg(errp, "Parameter 'state' is missing");
+        return -EINVAL;
+    }
+    if (strcmp(state, "active") && strcmp(state, "inactive")) {
+        error_setg(errp, "Parameter 'state' does not accept value '%s'",
+                   state);
+        return -EINVAL;
+    }
+    if (qemu_opt_has(opts, "keyslot")) {
+        uint64_t k = qemu_opt_get_number(opts, "keyslot", 0);
+        if (k >= LUKS_NUM_SLOTS) {
+            error_setg(errp, "Invalid keyslot %" PRIu64 " specified, must be "
+                       "between 0 and %d", k, LUKS_NUM_SLOTS - 1);
+            return -EINVAL;
+        }
+        keyslot = k;
+    }
+    if (iter_time > LUKS_MAX_ITER_TIME) {
+        error_setg(errp, "iter-time must be at most %d ms",
+                   LUKS_MAX_ITER_TIME);
+        return -EINVAL;
+    }
+    if (!s->cipher) {
+        error_setg(errp, "Parameter 'key-secret' is required for cipher");
+        return -EINVAL;
+    }
+    if (!strcmp(state, "active")) {
+        return luks_amend_activate(bs, keyslot, old_sid, new_sid, iter_time,
+                                   force, errp);
+    }
+    return luks_amend_erase(bs, keyslot, old_sid, new_sid, force, errp);
+}
+
 static BlockDriver bdrv_luks = {
     .format_name            = "luks",
     .instance_size          = sizeof(BDRVLuksState),
     .create_opts            = luks_create_opts,
     .open_opts              = luks_open_opts,
+    .amend_opts             = luks_amend_opts,
 
     .bdrv_probe             = luks_probe,
     .bdrv_open              = luks_open,
@@ -828,6 +1163,7 @@ static BlockDriver bdrv_luks = {
     .bdrv_get_info          = luks_get_info,
     .bdrv_get_specific_info = luks_get_specific_info,
     .bdrv_measure           = luks_measure,
+    .bdrv_amend_options     = luks_amend,
 
     .supported_write_flags  = BDRV_REQ_FUA,
 };
