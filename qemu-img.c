@@ -2520,7 +2520,7 @@ static int img_commit(int argc, char **argv)
             if (!err && !drop) {
                 int ret = bdrv_make_empty(bs);
                 if (ret < 0 && ret != -ENOTSUP) {
-                    error_setg_errno(&err, -ret, "Could not empty %s",
+                    error_setg_errno(&err, -ret, "Failed to empty %s",
                                      argv[optind]);
                 }
             }
