@@ -16,6 +16,9 @@
 #define NBD_MAX_EXTENTS     4096    /* descriptors per block status chunk */
 #define NBD_PREFERRED_BLOCK 4096
 #define NBD_SPARSE_READ_MIN (64 * 1024)   /* smaller reads: one data chunk */
+/* Read and write data buffers are page-aligned: with --cache=none the file
+ * driver would otherwise bounce every request through an aligned copy. */
+#define NBD_BUF_ALIGN       4096
 /* Read and write buffers of every client together: a request that would
  * go over waits, unless its client has nothing in flight (so every client
  * makes progress even while others do not read their replies; memory
@@ -40,6 +43,7 @@ struct NBDClient {
     SockConn *conn;
     uint32_t client_flags;
     bool structured;
+    bool tls;                   /* the STARTTLS handshake is done */
     bool meta_base, meta_depth; /* selected contexts */
     bool closing;               /* read no more requests */
     unsigned inflight;
@@ -47,6 +51,7 @@ struct NBDClient {
     CoQueue slot_wait;          /* request loop waits for inflight < max */
     Coroutine *main_co;
     bool main_waiting;          /* main_co waits for inflight == 0 */
+    int64_t handshake_deadline;
 };
 
 typedef struct NBDRequest {
@@ -62,6 +67,20 @@ typedef struct NBDRequest {
 
 static void nbd_client_start(NBDServer *s, int fd);
 
+/* A data buffer (NBD_BUF_ALIGN); NULL when memory is short. */
+static void *nbd_buf_try_alloc(size_t size)
+{
+    void *p;
+
+    return posix_memalign(&p, NBD_BUF_ALIGN, MAX(size, 1)) ? NULL : p;
+}
+
+static void nbd_buf_freep(void *pp)
+{
+    qemu_vfree(*(void **)pp);
+}
+#define nbd_auto_buf __attribute__((cleanup(nbd_buf_freep)))
+
 static void nbd_request_free(NBDServer *s, NBDRequest *req)
 {
     if (req->cost) {
@@ -69,7 +88,7 @@ static void nbd_request_free(NBDServer *s, NBDRequest *req)
         req->client->buf_used -= req->cost;
         qemu_co_queue_restart_all(&s->buf_wait);
     }
-    g_free(req->data);
+    qemu_vfree(req->data);
     g_free(req);
 }
 
@@ -366,6 +385,43 @@ static int coroutine_fn nbd_handle_export_name(NBDClient *c,
                     10 : sizeof(buf), NULL, 0);
 }
 
+/* NBD_OPT_STARTTLS: acknowledge, then the TLS handshake on the socket. */
+static int coroutine_fn nbd_handle_starttls(NBDClient *c, uint32_t len)
+{
+    NBDServer *s = c->server;
+    Error *err = NULL;
+    int ret;
+
+    if (!s->conf.tls) {
+        return nbd_opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+                             "TLS not configured");
+    }
+    if (len) {
+        return nbd_opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                             "option takes no data");
+    }
+    if (c->tls) {
+        return nbd_opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                             "TLS already negotiated");
+    }
+    ret = nbd_opt_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    /* The handshake counts against the negotiation's deadline. */
+    ret = tls_co_handshake(c->conn, s->conf.tls, NULL,
+                           c->handshake_deadline, &err);
+    if (ret < 0) {
+        if (s->conf.verbose) {
+            fprintf(stderr, "nbd: %s\n", error_get_pretty(err));
+        }
+        error_free(err);
+        return ret;
+    }
+    c->tls = true;
+    return 0;
+}
+
 /* Returns 0 once in transmission, <0 to drop the client. */
 static int coroutine_fn nbd_negotiate(NBDClient *c)
 {
@@ -373,7 +429,8 @@ static int coroutine_fn nbd_negotiate(NBDClient *c)
     uint8_t buf[NBD_HANDSHAKE_LEN], *p = buf;
     int ret;
 
-    sock_conn_set_recv_deadline(c->conn, nbd_deadline(s->conf.handshake_ns));
+    c->handshake_deadline = nbd_deadline(s->conf.handshake_ns);
+    sock_conn_set_recv_deadline(c->conn, c->handshake_deadline);
     p = nbd_put64(p, NBD_MAGIC);
     p = nbd_put64(p, NBD_OPTS_MAGIC);
     nbd_put16(p, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
@@ -421,6 +478,19 @@ static int coroutine_fn nbd_negotiate(NBDClient *c)
             nbd_opt_error(c, opt, NBD_REP_ERR_SHUTDOWN, "server shutting down");
             return -ESHUTDOWN;
         }
+        if (s->conf.tls && !c->tls && opt != NBD_OPT_STARTTLS &&
+            opt != NBD_OPT_ABORT) {
+            if (opt == NBD_OPT_EXPORT_NAME) {
+                return -EACCES;     /* no way to report an error to it */
+            }
+            g_autofree char *msg = g_strdup_printf(
+                "Option 0x%" PRIx32 " not permitted before TLS", opt);
+            ret = nbd_opt_error(c, opt, NBD_REP_ERR_TLS_REQD, msg);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
         switch (opt) {
         case NBD_OPT_EXPORT_NAME:
             ret = nbd_handle_export_name(c, data, len);
@@ -432,8 +502,7 @@ static int coroutine_fn nbd_negotiate(NBDClient *c)
             ret = nbd_handle_list(c, len);
             break;
         case NBD_OPT_STARTTLS:
-            ret = nbd_opt_error(c, opt, NBD_REP_ERR_POLICY,
-                                "TLS not configured");
+            ret = nbd_handle_starttls(c, len);
             break;
         case NBD_OPT_INFO:
         case NBD_OPT_GO:
@@ -540,14 +609,14 @@ static int coroutine_fn nbd_do_read(NBDRequest *req)
     NBDClient *c = req->client;
     NBDBackend *be = c->server->conf.be;
     int64_t off = req->offset, end = req->offset + req->len;
-    g_autofree void *buf = NULL;
+    nbd_auto_buf void *buf = NULL;
     int ret;
 
     /* Small reads go out as one data chunk: asking block status first
      * would cost more than the zeroes it could save. */
     if (!c->structured || (req->flags & NBD_CMD_FLAG_DF) ||
         req->len < NBD_SPARSE_READ_MIN) {
-        buf = g_malloc(req->len);
+        buf = qemu_memalign(NBD_BUF_ALIGN, req->len);
         ret = nbd_backend_co_read(be, off, req->len, buf);
         if (ret < 0) {
             return nbd_reply_error(req, ret);
@@ -584,8 +653,8 @@ static int coroutine_fn nbd_do_read(NBDRequest *req)
             ret = nbd_chunk(req, done, NBD_REPLY_TYPE_OFFSET_HOLE,
                             fixed, 12, NULL, 0);
         } else {
-            g_free(buf);
-            buf = g_malloc(pnum);
+            qemu_vfree(buf);
+            buf = qemu_memalign(NBD_BUF_ALIGN, pnum);
             ret = nbd_backend_co_read(be, off, pnum, buf);
             if (ret < 0) {
                 return nbd_reply_error(req, ret);
@@ -843,7 +912,7 @@ static int coroutine_fn nbd_read_request(NBDClient *c, NBDRequest *req)
     if (req->type == NBD_CMD_WRITE) {
         /* A fresh deadline for the payload after any wait for the budget */
         sock_conn_set_recv_deadline(c->conn, nbd_deadline(s->conf.io_ns));
-        req->data = g_try_malloc(MAX(req->len, 1));
+        req->data = nbd_buf_try_alloc(req->len);
         if (!req->data) {
             return -ENOMEM;
         }
