@@ -2761,7 +2761,7 @@ static void commit_into_base(CommitArgs *a, BlockBackend *blk,
     if (!err && !a->drop) {
         int ret = bdrv_make_empty(bs);
         if (ret < 0 && ret != -ENOTSUP) {
-            error_setg_errno(&err, -ret, "Could not empty %s", a->filename);
+            error_setg_errno(&err, -ret, "Failed to empty %s", a->filename);
         }
     }
     if (!err) {

@@ -489,7 +489,10 @@ static void coroutine_fn blkdebug_suspend(BDRVBlkdebugState *s,
     sus->tag = g_strdup(tag);
     sus->co = qemu_coroutine_self();
     g_ptr_array_add(s->suspended, sus);
+    /* On stdout, as QEMU's blkdebug prints them (iotests compare them). */
+    printf("blkdebug: Suspended request '%s'\n", tag);
     qemu_coroutine_yield();
+    printf("blkdebug: Resuming request '%s'\n", tag);
     g_ptr_array_remove(s->suspended, sus);
     g_free(sus->tag);
     g_free(sus);

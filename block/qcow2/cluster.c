@@ -536,9 +536,10 @@ int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset,
 
     if (t == QCOW2_SC_INVALID) {
         qcow2_l2_put(s, &sl);
+        /* Two spaces, as QEMU's read path prints it. */
         qcow2_signal_corruption(bs, true, -1, -1, "Invalid cluster entry "
-                                "found (L2 offset: %#" PRIx64 ", L2 index: %#"
-                                PRIx32 ")", l2_offset, l2_index);
+                                "found  (L2 offset: %#" PRIx64 ", L2 index: "
+                                "%#" PRIx32 ")", l2_offset, l2_index);
         return -EIO;
     }
     if (t == QCOW2_SC_COMPRESSED) {
@@ -815,6 +816,33 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
     ret = qcow2_get_l2_slice_ro(bs, offset, &sl, NULL);
     if (ret < 0) {
         return ret;
+    }
+    if (sl.page && s->extended_l2) {
+        /* A kept or unallocated cluster with a subcluster both allocated
+         * and zero is refused, as QEMU's write path does (one space in its
+         * message). */
+        uint64_t covered = 0;
+        for (uint32_t i = sl.index; i < s->l2_slice_size && covered < *bytes;
+             i++) {
+            uint64_t e = qcow2_l2_entry(s, sl.page, i);
+            uint64_t b = qcow2_l2_bitmap(s, sl.page, i);
+            covered += i == sl.index ? s->cluster_size - in_cluster
+                                     : s->cluster_size;
+            bool host = qcow2_entry_has_host(bs, e);
+            if (!(e & QCOW2_OFLAG_COMPRESSED) && ((b >> 32) & b) &&
+                (!host || (e & QCOW2_OFLAG_COPIED))) {
+                uint64_t l2_offset = s->l1_table[qcow2_l1_index(s, offset)] &
+                                     QCOW2_L1E_OFFSET_MASK;
+                uint32_t l2_index = qcow2_l2_index(s, offset) +
+                                    (i - sl.index);
+                qcow2_l2_put(s, &sl);
+                qcow2_signal_corruption(bs, true, -1, -1, "Invalid cluster "
+                                        "entry found (L2 offset: %#" PRIx64
+                                        ", L2 index: %#" PRIx32 ")",
+                                        l2_offset, l2_index);
+                return -EIO;
+            }
+        }
     }
     if (sl.page && (s->l1_table[qcow2_l1_index(s, offset)] &
                     QCOW2_OFLAG_COPIED)) {

@@ -359,21 +359,27 @@ static int coroutine_fn qcow2_make_completely_empty(BlockDriverState *bs)
     if (ret < 0) {
         return ret;
     }
-    /* Zero the L1 table and the clusters the new structures take. */
+    /* Zero the L1 table and the clusters the new structures take (the
+     * blkdebug events are QEMU's, at the same steps). */
+    BLKDBG_EVENT(bs->file, "l1_update");
     ret = bdrv_co_pwrite_zeroes(bs->file, s->l1_table_offset,
                                 l1_clusters * cs, 0);
-    if (ret >= 0) {
-        ret = bdrv_co_pwrite_zeroes(bs->file, cs, (2 + l1_clusters) * cs, 0);
-    }
     if (ret < 0) {
         goto broken;
     }
     memset(s->l1_table, 0, (size_t)s->l1_size * 8);
+    BLKDBG_EVENT(bs->file, "empty_image_prepare");
+    ret = bdrv_co_pwrite_zeroes(bs->file, cs, (2 + l1_clusters) * cs, 0);
+    if (ret < 0) {
+        goto broken;
+    }
     struct QEMU_PACKED {
         uint64_t l1_offset;
         uint64_t rt_offset;
         uint32_t rt_clusters;
     } hdr = { cpu_to_be64(3 * cs), cpu_to_be64(cs), cpu_to_be32(1) };
+    BLKDBG_EVENT(bs->file, "l1_update");
+    BLKDBG_EVENT(bs->file, "reftable_update");
     ret = bdrv_co_pwrite(bs->file, offsetof(Qcow2DiskHeader,
                                             l1_table_offset),
                          sizeof(hdr), &hdr, 0);
@@ -392,6 +398,7 @@ static int coroutine_fn qcow2_make_completely_empty(BlockDriverState *bs)
     g_array_set_size(s->pending_frees, 0);
     g_array_set_size(s->frees_written, 0);
     qcow2_invalidate_meta_clusters(s);
+    BLKDBG_EVENT(bs->file, "refblock_alloc");
     ret = qcow2_write_reftable_entry(bs, 0);
     if (ret < 0) {
         goto broken;
