@@ -2101,8 +2101,9 @@ static void coroutine_fn bdrv_amend_options_entry(void *opaque)
     c->ret = bdrv_co_amend_options(c->bs, c->opts, c->force, c->errp);
 }
 
-int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
-                       Error **errp)
+/* Whether bs's driver can amend opts: 0, or the error. */
+static int bdrv_amend_check(BlockDriverState *bs, QemuOpts *opts,
+                            Error **errp)
 {
     if (!bs->drv->bdrv_amend_options || !bs->drv->amend_opts) {
         error_setg(errp, "Format driver '%s' does not support option "
@@ -2110,12 +2111,62 @@ int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
         return -ENOTSUP;
     }
     const QemuOptDesc *descs[2] = { bs->drv->amend_opts, NULL };
-    if (qemu_opts_validate(opts, descs, errp) < 0) {
+    Error *local_err = NULL;
+    if (qemu_opts_validate(opts, descs, &local_err) < 0) {
+        /* QEMU's hint when the options are valid for creation only. */
+        const QemuOptDesc *both[3] = { bs->drv->amend_opts,
+                                       bs->drv->create_opts, NULL };
+        if (bs->drv->create_opts &&
+            qemu_opts_validate(opts, both, NULL) == 0) {
+            error_append_hint(&local_err, "This option is only supported "
+                              "for image creation\n");
+        }
+        error_propagate(errp, local_err);
         return -EINVAL;
+    }
+    return 0;
+}
+
+int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
+                       Error **errp)
+{
+    int ret = bdrv_amend_check(bs, opts, errp);
+
+    if (ret < 0) {
+        return ret;
     }
     AmendCo c = { .bs = bs, .opts = opts, .force = force, .errp = errp };
     bdrv_run_co(bdrv_amend_options_entry, &c);
     return c.ret;
+}
+
+int coroutine_fn bdrv_co_amend_job(BlockDriverState *bs, QemuOpts *opts,
+                                   bool force, Job *job, Error **errp)
+{
+    int ret = bdrv_amend_check(bs, opts, errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    assert(!bs->amend_job);
+    bs->amend_job = job;
+    ret = bdrv_co_amend_options(bs, opts, force, errp);
+    bs->amend_job = NULL;
+    return ret;
+}
+
+void bdrv_amend_progress(BlockDriverState *bs, uint64_t done, uint64_t total)
+{
+    uint64_t current, old_total;
+
+    if (!bs->amend_job) {
+        return;
+    }
+    job_progress_get(bs->amend_job, &current, &old_total);
+    job_progress_set_total(bs->amend_job, total);
+    if (done > current) {
+        job_progress_update(bs->amend_job, done - current);
+    }
 }
 
 static void coroutine_fn bdrv_make_empty_entry(void *opaque)

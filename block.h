@@ -17,6 +17,7 @@
 #include "util/option.h"
 #include "util/coroutine.h"
 #include "util/json-writer.h"
+#include "block/job.h"
 
 typedef struct BlockDriver BlockDriver;
 typedef struct BlockDriverState BlockDriverState;
@@ -337,6 +338,10 @@ int bdrv_change_backing_file(BlockDriverState *bs, const char *backing_file,
 void bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing);
 int bdrv_amend_options(BlockDriverState *bs, QemuOpts *opts, bool force,
                        Error **errp);
+/* The same, as the work of job (called from its coroutine): the driver's
+ * progress moves the job's counters. */
+int coroutine_fn bdrv_co_amend_job(BlockDriverState *bs, QemuOpts *opts,
+                                   bool force, Job *job, Error **errp);
 /* Make bs hold nothing of its own (reads go to its backing file).
  * -ENOTSUP if the format cannot. */
 int bdrv_make_empty(BlockDriverState *bs);

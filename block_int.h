@@ -184,7 +184,8 @@ struct BlockDriver {
     int coroutine_fn (*bdrv_co_check)(BlockDriverState *bs,
                                       BdrvCheckResult *res,
                                       BdrvCheckMode fix);
-    /* opts validated against create_opts; only the keys given change. */
+    /* opts validated against create_opts; only the keys given change.
+     * Long work reports its progress with bdrv_amend_progress(). */
     int coroutine_fn (*bdrv_amend_options)(BlockDriverState *bs,
                                            QemuOpts *opts, bool force,
                                            Error **errp);
@@ -304,6 +305,13 @@ struct BdrvTrackedRequest {
     BdrvTrackedRequest *next, *prev;
 };
 
+/*
+ * For a driver's bdrv_amend_options: done of total units of its work (it
+ * may call this as often as it likes; qemu-img amend -p prints it).
+ */
+void bdrv_amend_progress(BlockDriverState *bs, uint64_t done,
+                         uint64_t total);
+
 struct BlockDriverState {
     BlockDriver *drv;
     void *opaque;
@@ -322,6 +330,8 @@ struct BlockDriverState {
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;
+
+    Job *amend_job;                     /* the amend running, or NULL */
 
     BlockLimits bl;
     int64_t total_bytes;                /* cached length, -1 if unknown */

@@ -11,6 +11,7 @@
 #include "util/cutils.h"
 #include "util/json-writer.h"
 #include "util/secret.h"
+#include "util/object.h"
 
 #include <getopt.h>
 #include <sys/time.h>
@@ -97,7 +98,7 @@ static void common_option(int c, char **argv)
     case OPTION_OBJECT: {
         Error *err = NULL;
 
-        if (secret_object_add(optarg, &err) < 0) {
+        if (user_object_add(optarg, &err) < 0) {
             error_report_err(err);
             exit(EXIT_FAILURE);
         }
@@ -214,6 +215,9 @@ static void progress_print(float delta, int max)
     } else {
         current = progress.current + delta / 100 * max;
     }
+    if (current > 100) {
+        current = 100;
+    }
     progress.current = current;
     if (current > progress.last_print + progress.min_skip ||
         current < progress.last_print - progress.min_skip ||
@@ -231,6 +235,30 @@ static void progress_end(void)
     if (progress.enabled) {
         printf("\n");
     }
+}
+
+/* -p of a job as QEMU's qemu-img prints its block jobs' progress. */
+static void img_job_progress(Job *job, uint64_t current, uint64_t total,
+                             void *opaque)
+{
+    float progress = 0.0f;
+
+    if (total) {
+        progress = (float)current / total * 100.f;
+    }
+    progress_print(progress, 0);
+}
+
+/* Run job to its end with -p progress from its counters: its result. */
+static int img_run_job(Job *job, JobProgressFunc *progress, void *opaque)
+{
+    int ret;
+
+    job_set_progress_cb(job, progress, opaque);
+    job_start(job);
+    ret = job_wait(job);
+    job_free(job);
+    return ret;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1677,12 +1705,20 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
         s->offset += n;
         qemu_co_mutex_unlock(&s->lock);
 
-        if (need_read) {
-            ret = convert_co_read(s, offset, n, buf);
-            if (ret < 0) {
+        while (need_read && (ret = convert_co_read(s, offset, n, buf)) < 0) {
+            /* The job's error policy: retry after a stop, skip, or fail */
+            ret = job_co_step_error(s->job, true, ret);
+            if (ret == 1) {
+                status = BLK_BACKING_FILE;      /* ignored: leave it */
+            } else if (ret == -ECANCELED) {
+                s->ret = ret;
+            } else if (ret < 0) {
                 error_report("error while reading at byte %" PRId64 ": %s",
                              offset, strerror(-ret));
                 s->ret = ret;
+            }
+            if (ret != 0) {
+                break;
             }
         }
 
@@ -1694,12 +1730,18 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
             s->wait_offs[w->index] = -1;
         }
 
-        if (s->ret == -EINPROGRESS) {
-            ret = convert_co_write(s, offset, n, buf, status);
-            if (ret < 0) {
+        while (s->ret == -EINPROGRESS &&
+               (ret = convert_co_write(s, offset, n, buf, status)) < 0) {
+            ret = job_co_step_error(s->job, false, ret);
+            if (ret == -ECANCELED) {
+                s->ret = ret;
+            } else if (ret < 0) {
                 error_report("error while writing at byte %" PRId64 ": %s",
                              offset, strerror(-ret));
                 s->ret = ret;
+            }
+            if (ret != 0) {
+                break;
             }
         }
 
@@ -1858,6 +1900,8 @@ typedef struct ConvertArgs {
     bool quiet;
     bool compressed;
     bool target_is_zero;
+    bool force_share;
+    QemuOpts *user_opts;        /* -o parsed, for backing_file/backing_fmt */
 } ConvertArgs;
 
 /* Create the convert target; errors reported. 0 or -1. */
@@ -1926,7 +1970,103 @@ static int convert_create_target(ConvertArgs *a, const char *out_filename,
     return 0;
 }
 
-static int img_convert(int argc, char **argv)
+/* One option of convert into a and s: 0, or -1 after an error message. */
+static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
+                                char **argv)
+{
+    switch (c) {
+    case 'h':
+        error_exit("see 'qemu-img --help'");
+    case 'f':
+        a->fmt = optarg;
+        break;
+    case 'O':
+        a->out_fmt = optarg;
+        break;
+    case 'B':
+        a->out_baseimg = optarg;
+        break;
+    case 'C':
+        break;
+    case 'c':
+        a->compressed = true;
+        break;
+    case 'F':
+        a->backing_fmt = optarg;
+        break;
+    case 'o':
+        accumulate_options(&a->options, optarg);
+        break;
+    case 'l':
+        a->snapshot = optarg;
+        break;
+    case 'S': {
+        int64_t sval = cvtnum("buffer size for sparse output", optarg);
+
+        if (sval < 0) {
+            return -1;
+        }
+        if (!QEMU_IS_ALIGNED(sval, BDRV_SECTOR_SIZE) ||
+            sval / (int64_t)BDRV_SECTOR_SIZE > MAX_BUF_SECTORS) {
+            error_report("Invalid buffer size for sparse output specified. "
+                "Valid sizes are multiples of %llu up to %llu. Select "
+                "0 to disable sparse detection (fully allocates output).",
+                BDRV_SECTOR_SIZE, MAX_BUF_SECTORS * BDRV_SECTOR_SIZE);
+            return -1;
+        }
+        s->min_sparse = sval / BDRV_SECTOR_SIZE;
+        break;
+    }
+    case 'p':
+        a->progress = true;
+        break;
+    case 't':
+        a->cache = optarg;
+        break;
+    case 'T':
+        a->src_cache = optarg;
+        break;
+    case 'q':
+        a->quiet = true;
+        break;
+    case 'n':
+        a->skip_create = true;
+        break;
+    case 'm':
+        if (qemu_strtoi(optarg, NULL, 0, &s->num_coroutines) ||
+            s->num_coroutines < 1 || s->num_coroutines > MAX_COROUTINES) {
+            error_report("Invalid number of coroutines. Allowed number of"
+                         " coroutines is between 1 and %d",
+                         MAX_COROUTINES);
+            return -1;
+        }
+        break;
+    case 'W':
+        s->wr_in_order = false;
+        break;
+    case 'U':
+        a->force_share = true;
+        break;
+    case 'r':
+        if (cvtnum("rate limit", optarg) < 0) {
+            return -1;
+        }
+        break;
+    case OPTION_SALVAGE:
+    case OPTION_BITMAPS:
+        break;
+    case OPTION_TARGET_IS_ZERO:
+        a->target_is_zero = true;
+        break;
+    default:
+        common_option(c, argv);
+    }
+    return 0;
+}
+
+/* The options of convert and the checks that need no image: 0 or -1. */
+static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
+                              char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
@@ -1940,6 +2080,234 @@ static int img_convert(int argc, char **argv)
         {"bitmaps", no_argument, 0, OPTION_BITMAPS},
         {0, 0, 0, 0}
     };
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
+                            long_options, NULL)) != -1) {
+        if (convert_parse_option(a, s, c, argv) < 0) {
+            return -1;
+        }
+    }
+    if (!a->out_fmt && !img_target_image_opts) {
+        a->out_fmt = "raw";
+    }
+    if (img_target_image_opts && !a->skip_create) {
+        error_report("--target-image-opts requires use of -n flag");
+        return -1;
+    }
+    if (a->quiet) {
+        a->progress = false;
+    }
+    if (!s->wr_in_order && a->compressed) {
+        error_report("Out of order write and compress are mutually exclusive");
+        return -1;
+    }
+    if (a->skip_create && a->options) {
+        error_report("-o has no effect when skipping image creation");
+        return -1;
+    }
+    if (a->target_is_zero && !a->skip_create) {
+        error_report("--target-is-zero requires use of -n flag");
+        return -1;
+    }
+    return 0;
+}
+
+/* Open the sources (argv[0..src_num)) into s: 0, or -1 after an error. */
+static int convert_open_sources(ConvertArgs *a, ConvertState *s,
+                                char **names, int src_flags,
+                                bool src_writethrough)
+{
+    if (a->snapshot && s->src_num > 1) {
+        error_report("No support for concatenating multiple snapshot");
+        return -1;
+    }
+    s->src = g_new0(BlockBackend *, s->src_num);
+    s->src_len = g_new0(int64_t, s->src_num);
+    s->src_size = g_new0(int64_t, s->src_num);
+    for (int i = 0; i < s->src_num; i++) {
+        const char *name = names[i];
+
+        s->src[i] = img_open(name, a->fmt, src_flags, src_writethrough);
+        if (!s->src[i]) {
+            return -1;
+        }
+        if (a->snapshot && convert_load_snapshot(s->src[i], a->snapshot) < 0) {
+            return -1;
+        }
+        s->src_len[i] = blk_getlength(s->src[i]);
+        if (s->src_len[i] < 0) {
+            error_report("Could not get size of %s: %s", name,
+                         strerror((int)-s->src_len[i]));
+            return -1;
+        }
+        s->src_size[i] = ROUND_UP(s->src_len[i], (int64_t)BDRV_SECTOR_SIZE);
+        s->total_size += s->src_size[i];
+    }
+    return 0;
+}
+
+/*
+ * Checks of the target's format against -c and the backing file, which
+ * may come from -o too (as QEMU): 0, or -1 after an error message.
+ */
+static int convert_check_target_format(ConvertArgs *a, ConvertState *s)
+{
+    if (a->compressed && !a->skip_create) {
+        BlockDriver *odrv = bdrv_find_format(a->out_fmt);
+        if (odrv && !bdrv_driver_can_compress(odrv)) {
+            error_report("Compression not supported for this file format");
+            return -1;
+        }
+    }
+    if (s->src_num > 1 && a->out_baseimg) {
+        error_report("Having a backing file for the target makes no sense "
+                     "when concatenating multiple input images");
+        return -1;
+    }
+    if (a->options && !a->skip_create) {
+        Error *err = NULL;
+
+        a->user_opts = qemu_opts_new();
+        if (qemu_opts_parse(a->user_opts, a->options, NULL, &err) < 0) {
+            error_free(err);    /* reported when the target is created */
+        } else {
+            if (!a->out_baseimg) {
+                a->out_baseimg = qemu_opt_get(a->user_opts, "backing_file");
+            }
+            if (!a->backing_fmt) {
+                a->backing_fmt = qemu_opt_get(a->user_opts, "backing_fmt");
+            }
+        }
+    }
+    if (a->out_baseimg && !a->skip_create) {
+        BlockDriver *odrv = bdrv_find_format(a->out_fmt);
+        if (odrv && !bdrv_driver_supports_backing(odrv)) {
+            error_report("Backing file not supported for file format '%s'",
+                         a->out_fmt);
+            return -1;
+        }
+    }
+    if (a->out_baseimg && !a->backing_fmt && !a->skip_create) {
+        error_report("Use of backing file requires explicit backing format");
+        return -1;
+    }
+    s->target_has_backing = a->out_baseimg != NULL;
+    return 0;
+}
+
+/* Create (unless -n) and open the target: 0, or -1 after an error. */
+static int convert_open_target(ConvertArgs *a, ConvertState *s,
+                               const char *out_filename, int flags,
+                               bool writethrough)
+{
+    if (!a->skip_create) {
+        if (convert_create_target(a, out_filename, s->total_size) < 0) {
+            return -1;
+        }
+    }
+    s->target = img_open_as(img_target_image_opts, out_filename, a->out_fmt,
+                            flags, writethrough);
+    if (!s->target) {
+        return -1;
+    }
+    if (a->skip_create) {
+        int64_t out_len = blk_getlength(s->target);
+
+        if (out_len < 0) {
+            error_report("unable to get output image length: %s",
+                         strerror((int)-out_len));
+            return -1;
+        } else if (out_len < s->total_size) {
+            error_report("output file is smaller than input file");
+            return -1;
+        }
+    }
+    if (s->target_has_backing && !a->skip_create &&
+        bdrv_get_backing(blk_bs(s->target))) {
+        s->target_backing_size =
+            bdrv_getlength(bdrv_get_backing(blk_bs(s->target)));
+    }
+    return 0;
+}
+
+/* How the copy writes the open target: compression, the alignment of
+ * runs, whether zeroes need writing. 0, or -1 after an error message. */
+static int convert_setup_target(ConvertArgs *a, ConvertState *s)
+{
+    if (a->compressed) {
+        BlockDriverInfo bdi;
+        if (!bdrv_driver_can_compress(bdrv_find_format(
+                bdrv_get_format_name(blk_bs(s->target))))) {
+            error_report("Compression not supported for this file format");
+            return -1;
+        }
+        if (bdrv_get_info(blk_bs(s->target), &bdi) < 0) {
+            error_report("could not get block driver info");
+            return -1;
+        }
+        if (bdi.cluster_size <= 0 || bdi.cluster_size > s->buf_size) {
+            error_report("invalid cluster size");
+            return -1;
+        }
+        s->compressed = true;
+        s->cluster_size = bdi.cluster_size;
+    }
+    /* As QEMU: runs end on -S (a power of two below) or the target's
+     * request alignment, whichever is larger. */
+    s->alignment = 1;
+    while (s->alignment * 2 <= s->min_sparse) {
+        s->alignment *= 2;
+    }
+    s->alignment = MAX(s->alignment,
+                       DIV_ROUND_UP(bdrv_get_request_alignment(
+                                        blk_bs(s->target)),
+                                    BDRV_SECTOR_SIZE));
+    if (a->target_is_zero) {
+        s->has_zero_init = true;
+    } else if (!a->skip_create && s->min_sparse && !s->target_has_backing) {
+        s->has_zero_init = bdrv_has_zero_init(blk_bs(s->target));
+    }
+    return 0;
+}
+
+/* The copy, then the end of a compressed target's file on a sector. */
+static int convert_run(ConvertState *s)
+{
+    int ret = convert_do_copy(s);
+
+    if (ret == 0 && s->compressed && bdrv_get_file(blk_bs(s->target))) {
+        /* The file ends on a sector boundary (compressed data may not). */
+        BlockDriverState *file = bdrv_get_file(blk_bs(s->target));
+        int64_t len = bdrv_getlength(file);
+        if (len >= 0) {
+            bdrv_truncate(file, len, false, PREALLOC_MODE_OFF, NULL);
+        }
+    }
+    return ret;
+}
+
+static void convert_cleanup(ConvertArgs *a, ConvertState *s)
+{
+    if (s->target) {
+        blk_unref(s->target);
+    }
+    for (int i = 0; s->src && i < s->src_num; i++) {
+        if (s->src[i]) {
+            blk_unref(s->src[i]);
+        }
+    }
+    g_free(s->src);
+    g_free(s->src_len);
+    g_free(s->src_size);
+    if (a->user_opts) {
+        qemu_opts_del(a->user_opts);
+    }
+    g_free(a->options);
+}
+
+static int img_convert(int argc, char **argv)
+{
     ConvertArgs a = {
         .out_fmt = NULL,
         .cache = "unsafe",
@@ -1953,127 +2321,12 @@ static int img_convert(int argc, char **argv)
         .buf_size = IO_BUF_SIZE,
     };
     const char *out_filename;
-    bool explicit_min_sparse = false;
-    int flags, src_flags, c, ret = -1;
-    bool force_share = false;
+    int flags, src_flags, ret = -1;
     bool writethrough, src_writethrough;
-    QemuOpts *user_opts = NULL;
 
-    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
-                            long_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            error_exit("see 'qemu-img --help'");
-        case 'f':
-            a.fmt = optarg;
-            break;
-        case 'O':
-            a.out_fmt = optarg;
-            break;
-        case 'B':
-            a.out_baseimg = optarg;
-            break;
-        case 'C':
-            break;
-        case 'c':
-            a.compressed = true;
-            break;
-        case 'F':
-            a.backing_fmt = optarg;
-            break;
-        case 'o':
-            accumulate_options(&a.options, optarg);
-            break;
-        case 'l':
-            a.snapshot = optarg;
-            break;
-        case 'S': {
-            int64_t sval = cvtnum("buffer size for sparse output", optarg);
-
-            if (sval < 0) {
-                goto out;
-            }
-            if (!QEMU_IS_ALIGNED(sval, BDRV_SECTOR_SIZE) ||
-                sval / (int64_t)BDRV_SECTOR_SIZE > MAX_BUF_SECTORS) {
-                error_report("Invalid buffer size for sparse output specified. "
-                    "Valid sizes are multiples of %llu up to %llu. Select "
-                    "0 to disable sparse detection (fully allocates output).",
-                    BDRV_SECTOR_SIZE, MAX_BUF_SECTORS * BDRV_SECTOR_SIZE);
-                goto out;
-            }
-            s.min_sparse = sval / BDRV_SECTOR_SIZE;
-            explicit_min_sparse = true;
-            break;
-        }
-        case 'p':
-            a.progress = true;
-            break;
-        case 't':
-            a.cache = optarg;
-            break;
-        case 'T':
-            a.src_cache = optarg;
-            break;
-        case 'q':
-            a.quiet = true;
-            break;
-        case 'n':
-            a.skip_create = true;
-            break;
-        case 'm':
-            if (qemu_strtoi(optarg, NULL, 0, &s.num_coroutines) ||
-                s.num_coroutines < 1 || s.num_coroutines > MAX_COROUTINES) {
-                error_report("Invalid number of coroutines. Allowed number of"
-                             " coroutines is between 1 and %d",
-                             MAX_COROUTINES);
-                goto out;
-            }
-            break;
-        case 'W':
-            s.wr_in_order = false;
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case 'r':
-            if (cvtnum("rate limit", optarg) < 0) {
-                goto out;
-            }
-            break;
-        case OPTION_SALVAGE:
-        case OPTION_BITMAPS:
-            break;
-        case OPTION_TARGET_IS_ZERO:
-            a.target_is_zero = true;
-            break;
-        default:
-            common_option(c, argv);
-        }
-    }
-    (void)explicit_min_sparse;
-    if (!a.out_fmt && !img_target_image_opts) {
-        a.out_fmt = "raw";
-    }
-    if (img_target_image_opts && !a.skip_create) {
-        error_report("--target-image-opts requires use of -n flag");
+    if (convert_parse_args(&a, &s, argc, argv) < 0) {
         goto out;
     }
-    if (a.quiet) {
-        a.progress = false;
-    }
-    if (!s.wr_in_order && a.compressed) {
-        error_report("Out of order write and compress are mutually exclusive");
-        goto out;
-    }
-    if (a.skip_create && a.options) {
-        error_report("-o has no effect when skipping image creation");
-        goto out;
-    }
-    if (a.target_is_zero && !a.skip_create) {
-        error_report("--target-is-zero requires use of -n flag");
-        goto out;
-    }
-
     s.src_num = argc - optind - 1;
     out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
     if (a.options && has_help_option(a.options)) {
@@ -2088,7 +2341,7 @@ static int img_convert(int argc, char **argv)
     }
 
     /* As QEMU: nobody may write the sources while they are copied. */
-    src_flags = BDRV_O_NO_SHARE | (force_share ? BDRV_O_FORCE_SHARE : 0);
+    src_flags = BDRV_O_NO_SHARE | (a.force_share ? BDRV_O_FORCE_SHARE : 0);
     if (bdrv_parse_cache_mode(a.src_cache, &src_flags,
                               &src_writethrough) < 0) {
         error_report("Invalid source cache option: %s", a.src_cache);
@@ -2103,165 +2356,21 @@ static int img_convert(int argc, char **argv)
     progress_init(a.progress, 1.0);
     progress_print(0, 100);
 
-    if (a.snapshot && s.src_num > 1) {
-        error_report("No support for concatenating multiple snapshot");
+    if (convert_open_sources(&a, &s, argv + optind, src_flags,
+                             src_writethrough) < 0 ||
+        convert_check_target_format(&a, &s) < 0 ||
+        convert_open_target(&a, &s, out_filename, flags, writethrough) < 0 ||
+        convert_setup_target(&a, &s) < 0) {
         goto out;
     }
-    s.src = g_new0(BlockBackend *, s.src_num);
-    s.src_len = g_new0(int64_t, s.src_num);
-    s.src_size = g_new0(int64_t, s.src_num);
-    for (int i = 0; i < s.src_num; i++) {
-        const char *name = argv[optind + i];
-
-        s.src[i] = img_open(name, a.fmt, src_flags, src_writethrough);
-        if (!s.src[i]) {
-            goto out;
-        }
-        if (a.snapshot && convert_load_snapshot(s.src[i], a.snapshot) < 0) {
-            goto out;
-        }
-        s.src_len[i] = blk_getlength(s.src[i]);
-        if (s.src_len[i] < 0) {
-            error_report("Could not get size of %s: %s", name,
-                         strerror((int)-s.src_len[i]));
-            goto out;
-        }
-        s.src_size[i] = ROUND_UP(s.src_len[i], (int64_t)BDRV_SECTOR_SIZE);
-        s.total_size += s.src_size[i];
-    }
-
-    if (a.compressed && !a.skip_create) {
-        BlockDriver *odrv = bdrv_find_format(a.out_fmt);
-        if (odrv && !bdrv_driver_can_compress(odrv)) {
-            error_report("Compression not supported for this file format");
-            goto out;
-        }
-    }
-    if (s.src_num > 1 && a.out_baseimg) {
-        error_report("Having a backing file for the target makes no sense "
-                     "when concatenating multiple input images");
-        goto out;
-    }
-    /* As QEMU: the backing file and its format may come from -o too. */
-    if (a.options && !a.skip_create) {
-        Error *err = NULL;
-
-        user_opts = qemu_opts_new();
-        if (qemu_opts_parse(user_opts, a.options, NULL, &err) < 0) {
-            error_free(err);    /* reported when the target is created */
-        } else {
-            if (!a.out_baseimg) {
-                a.out_baseimg = qemu_opt_get(user_opts, "backing_file");
-            }
-            if (!a.backing_fmt) {
-                a.backing_fmt = qemu_opt_get(user_opts, "backing_fmt");
-            }
-        }
-    }
-    if (a.out_baseimg && !a.skip_create) {
-        BlockDriver *odrv = bdrv_find_format(a.out_fmt);
-        if (odrv && !bdrv_driver_supports_backing(odrv)) {
-            error_report("Backing file not supported for file format '%s'",
-                         a.out_fmt);
-            goto out;
-        }
-    }
-    if (a.out_baseimg && !a.backing_fmt && !a.skip_create) {
-        error_report("Use of backing file requires explicit backing format");
-        goto out;
-    }
-    s.target_has_backing = a.out_baseimg != NULL;
-
-    if (!a.skip_create) {
-        if (convert_create_target(&a, out_filename, s.total_size) < 0) {
-            goto out;
-        }
-    }
-    s.target = img_open_as(img_target_image_opts, out_filename, a.out_fmt,
-                           flags, writethrough);
-    if (!s.target) {
-        goto out;
-    }
-    if (a.skip_create) {
-        int64_t out_len = blk_getlength(s.target);
-
-        if (out_len < 0) {
-            error_report("unable to get output image length: %s",
-                         strerror((int)-out_len));
-            goto out;
-        } else if (out_len < s.total_size) {
-            error_report("output file is smaller than input file");
-            goto out;
-        }
-    }
-    if (s.target_has_backing && !a.skip_create &&
-        bdrv_get_backing(blk_bs(s.target))) {
-        s.target_backing_size =
-            bdrv_getlength(bdrv_get_backing(blk_bs(s.target)));
-    }
-    if (a.compressed) {
-        BlockDriverInfo bdi;
-        if (!bdrv_driver_can_compress(bdrv_find_format(
-                bdrv_get_format_name(blk_bs(s.target))))) {
-            error_report("Compression not supported for this file format");
-            goto out;
-        }
-        if (bdrv_get_info(blk_bs(s.target), &bdi) < 0) {
-            error_report("could not get block driver info");
-            goto out;
-        }
-        if (bdi.cluster_size <= 0 || bdi.cluster_size > s.buf_size) {
-            error_report("invalid cluster size");
-            goto out;
-        }
-        s.compressed = true;
-        s.cluster_size = bdi.cluster_size;
-    }
-    /* As QEMU: runs end on -S (a power of two below) or the target's
-     * request alignment, whichever is larger. */
-    s.alignment = 1;
-    while (s.alignment * 2 <= s.min_sparse) {
-        s.alignment *= 2;
-    }
-    s.alignment = MAX(s.alignment,
-                      DIV_ROUND_UP(bdrv_get_request_alignment(blk_bs(s.target)),
-                                   BDRV_SECTOR_SIZE));
-    if (a.target_is_zero) {
-        s.has_zero_init = true;
-    } else if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
-        s.has_zero_init = bdrv_has_zero_init(blk_bs(s.target));
-    }
-
-    ret = convert_do_copy(&s);
-    if (ret == 0 && s.compressed && bdrv_get_file(blk_bs(s.target))) {
-        /* The file ends on a sector boundary (compressed data may not). */
-        BlockDriverState *file = bdrv_get_file(blk_bs(s.target));
-        int64_t len = bdrv_getlength(file);
-        if (len >= 0) {
-            bdrv_truncate(file, len, false, PREALLOC_MODE_OFF, NULL);
-        }
-    }
+    ret = convert_run(&s);
 
 out:
     if (ret == 0) {
         progress_print(100, 0);
     }
     progress_end();
-    if (s.target) {
-        blk_unref(s.target);
-    }
-    for (int i = 0; s.src && i < s.src_num; i++) {
-        if (s.src[i]) {
-            blk_unref(s.src[i]);
-        }
-    }
-    g_free(s.src);
-    g_free(s.src_len);
-    g_free(s.src_size);
-    if (user_opts) {
-        qemu_opts_del(user_opts);
-    }
-    g_free(a.options);
+    convert_cleanup(&a, &s);
     return ret ? 1 : 0;
 }
 
@@ -2332,73 +2441,143 @@ static BlockDriverState *find_backing_image(BlockDriverState *bs,
     return found;
 }
 
+/* The copy of a commit: what the chain allocates above base, into base. */
+typedef struct CommitCopy {
+    BlockBackend *blk;          /* the top image */
+    BlockBackend *base_rw;      /* a writable user of base */
+    BlockDriverState *base;
+    int64_t len;
+    uint8_t *buf;
+    Error **errp;
+} CommitCopy;
+
+/* Status of [offset, offset + *pnum) above base: 1 to copy, 0 not. */
+static int coroutine_fn commit_status(CommitCopy *c, int64_t offset,
+                                      int64_t *pnum, bool *zero)
+{
+    int64_t n = MIN(c->len - offset, IO_BUF_SIZE);
+    int ret = bdrv_block_status_above(blk_bs(c->blk), c->base, offset, n,
+                                      pnum, NULL, NULL, NULL);
+
+    if (ret < 0) {
+        error_setg_errno(c->errp, -ret, "Could not read block status");
+        return ret;
+    }
+    if (*pnum <= 0) {
+        *pnum = n;
+    }
+    *zero = ret & BDRV_BLOCK_ZERO;
+    return !!(ret & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO));
+}
+
+/* Copy one range into base, under the job's error policy. */
+static int coroutine_fn commit_copy_range(Job *job, CommitCopy *c,
+                                          int64_t offset, int64_t n,
+                                          bool zero)
+{
+    int ret;
+
+    if (!zero) {
+        do {
+            ret = blk_pread(c->blk, offset, n, c->buf, 0);
+        } while (ret < 0 && (ret = job_co_step_error(job, true, ret)) == 0);
+        if (ret < 0) {
+            error_setg_errno(c->errp, -ret, "Could not read image");
+            return ret;
+        }
+        if (ret == 1) {
+            return 0;           /* read error ignored: the range is skipped */
+        }
+    }
+    do {
+        ret = zero ? blk_pwrite_zeroes(c->base_rw, offset, n,
+                                       BDRV_REQ_MAY_UNMAP)
+                   : blk_pwrite(c->base_rw, offset, n, c->buf, 0);
+    } while (ret < 0 && (ret = job_co_step_error(job, false, ret)) == 0);
+    if (ret < 0) {
+        error_setg_errno(c->errp, -ret, "Could not write to base image");
+        return ret;
+    }
+    return 0;
+}
+
+/* Progress in bytes to copy, counted before the copy starts (as the
+ * dirty bytes of QEMU's commit job). */
+static int coroutine_fn commit_job_run(Job *job, void *opaque)
+{
+    CommitCopy *c = opaque;
+    int64_t offset, pnum, total = 0;
+    bool zero;
+    int ret;
+
+    for (offset = 0; offset < c->len; offset += pnum) {
+        ret = commit_status(c, offset, &pnum, &zero);
+        if (ret < 0) {
+            return ret;
+        }
+        total += ret ? pnum : 0;
+    }
+    job_progress_set_total(job, total);
+
+    for (offset = 0; offset < c->len; offset += pnum) {
+        if (job_pause_point(job)) {
+            return -ECANCELED;
+        }
+        ret = commit_status(c, offset, &pnum, &zero);
+        if (ret <= 0) {
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        ret = commit_copy_range(job, c, offset, pnum, zero);
+        if (ret < 0) {
+            return ret;
+        }
+        job_progress_update(job, pnum);
+    }
+    return 0;
+}
+
 /*
  * Copy everything allocated above base (a node of bs's chain) into base_rw,
- * a writable node of the same image.
+ * a writable node of the same image, as a job.
  */
 static int commit_data(BlockBackend *blk, BlockBackend *base_rw,
                        BlockDriverState *base, Error **errp)
 {
-    BlockDriverState *bs = blk_bs(blk);
-    int64_t len = blk_getlength(blk), base_len, offset, pnum;
-    uint8_t *buf;
-    int ret = 0;
+    CommitCopy c = { .blk = blk, .base_rw = base_rw, .base = base,
+                     .errp = errp };
+    int64_t base_len;
+    int ret;
 
-    if (len < 0) {
-        error_setg_errno(errp, (int)-len, "Could not get size of image");
-        return (int)len;
+    c.len = blk_getlength(blk);
+    if (c.len < 0) {
+        error_setg_errno(errp, (int)-c.len, "Could not get size of image");
+        return (int)c.len;
     }
     base_len = blk_getlength(base_rw);
     if (base_len < 0) {
         error_setg_errno(errp, (int)-base_len, "Could not get size of base");
         return (int)base_len;
     }
-    if (base_len < len) {
-        ret = img_truncate(base_rw, len, false, PREALLOC_MODE_OFF, errp);
+    if (base_len < c.len) {
+        ret = img_truncate(base_rw, c.len, false, PREALLOC_MODE_OFF, errp);
         if (ret < 0) {
             return ret;
         }
     }
 
-    buf = qemu_blockalign(IO_BUF_SIZE);
-    for (offset = 0; offset < len; offset += pnum) {
-        int64_t n = MIN(len - offset, IO_BUF_SIZE);
-
-        ret = bdrv_block_status_above(bs, base, offset, n, &pnum, NULL,
-                                      NULL, NULL);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not read block status");
-            break;
-        }
-        if (pnum <= 0) {
-            pnum = n;
-        }
-        if (ret & BDRV_BLOCK_ALLOCATED || ret & BDRV_BLOCK_ZERO) {
-            if (ret & BDRV_BLOCK_ZERO) {
-                ret = blk_pwrite_zeroes(base_rw, offset, pnum,
-                                        BDRV_REQ_MAY_UNMAP);
-            } else {
-                ret = blk_pread(blk, offset, pnum, buf, 0);
-                if (ret < 0) {
-                    error_setg_errno(errp, -ret, "Could not read image");
-                    break;
-                }
-                ret = blk_pwrite(base_rw, offset, pnum, buf, 0);
-            }
-            if (ret < 0) {
-                error_setg_errno(errp, -ret, "Could not write to base image");
-                break;
-            }
-        }
-        ret = 0;
-        progress_print((float)pnum / len * 100, 100);
-    }
-    qemu_vfree(buf);
+    c.buf = qemu_blockalign(IO_BUF_SIZE);
+    ret = img_run_job(job_new(commit_job_run, &c), img_job_progress, NULL);
+    qemu_vfree(c.buf);
     if (ret == 0) {
         ret = blk_flush(base_rw);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "Could not flush base image");
         }
+    } else if (ret == -ECANCELED && errp && !*errp) {
+        error_setg(errp, "Commit cancelled");
     }
     return ret;
 }
@@ -2725,7 +2904,20 @@ static int64_t find_nonzero(const uint8_t *buf, int64_t n)
 /* ------------------------------------------------------------------ */
 /* rebase                                                             */
 
-static int img_rebase(int argc, char **argv)
+typedef struct RebaseArgs {
+    const char *fmt;
+    const char *cache;
+    const char *src_cache;
+    const char *out_baseimg;
+    const char *out_basefmt;
+    const char *filename;
+    bool unsafe;
+    bool quiet;
+    bool progress;
+    int src_flags;
+} RebaseArgs;
+
+static void rebase_parse_args(RebaseArgs *a, int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
@@ -2735,15 +2927,7 @@ static int img_rebase(int argc, char **argv)
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
-    const char *fmt = NULL, *cache = BDRV_DEFAULT_CACHE;
-    const char *src_cache = BDRV_DEFAULT_CACHE;
-    const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
-    BlockDriverState *bs = NULL, *old_backing = NULL;
-    BlockBackend *blk = NULL, *old_blk = NULL, *new_backing = NULL;
-    uint8_t *buf_old = NULL, *buf_new = NULL;
-    bool unsafe = false, quiet = false, show_progress = false;
-    bool writethrough, src_writethrough;
-    int flags, src_flags = 0, c, ret = -1;
+    int c;
 
     while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", long_options,
                             NULL)) != -1) {
@@ -2751,229 +2935,319 @@ static int img_rebase(int argc, char **argv)
         case 'h':
             error_exit("see 'qemu-img --help'");
         case 'f':
-            fmt = optarg;
+            a->fmt = optarg;
             break;
         case 'F':
-            out_basefmt = optarg;
+            a->out_basefmt = optarg;
             break;
         case 'b':
-            out_baseimg = optarg;
+            a->out_baseimg = optarg;
             break;
         case 'u':
-            unsafe = true;
+            a->unsafe = true;
             break;
         case 'p':
-            show_progress = true;
+            a->progress = true;
             break;
         case 't':
-            cache = optarg;
+            a->cache = optarg;
             break;
         case 'T':
-            src_cache = optarg;
+            a->src_cache = optarg;
             break;
         case 'q':
-            quiet = true;
+            a->quiet = true;
             break;
         case 'U':
-            src_flags |= BDRV_O_FORCE_SHARE;
+            a->src_flags |= BDRV_O_FORCE_SHARE;
             break;
         default:
             common_option(c, argv);
         }
     }
-    if (quiet) {
-        show_progress = false;
+    if (a->quiet) {
+        a->progress = false;
     }
     if (optind != argc - 1) {
         error_exit("Expecting one image file name");
     }
-    if (!unsafe && !out_baseimg) {
+    if (!a->unsafe && !a->out_baseimg) {
         error_exit("Must specify backing file (-b) or use unsafe mode (-u)");
     }
-    filename = argv[optind];
+    a->filename = argv[optind];
+}
 
-    progress_init(show_progress, 2.0);
+/*
+ * The copy of a safe rebase: every range the image does not allocate
+ * itself and where the old and the new backing file differ is written
+ * into the image with the old backing file's data.
+ */
+typedef struct RebaseCopy {
+    BlockBackend *blk;
+    BlockBackend *old_blk;      /* NULL: no old backing file */
+    BlockBackend *new_blk;      /* NULL: no new backing file */
+    int64_t size, old_size, new_size;
+    uint8_t *buf_old, *buf_new;
+    float step;                 /* -p percent per compared chunk (QEMU's) */
+    uint64_t printed;           /* chunks -p has printed */
+} RebaseCopy;
+
+/* Read [offset, offset + *n) of a backing file (zeroes past its end or
+ * without one); *n shrinks to what the file has. */
+static int coroutine_fn rebase_read(BlockBackend *blk, int64_t blk_size,
+                                    int64_t offset, int64_t *n,
+                                    uint8_t *buf, bool *is_zero)
+{
+    if (!blk || offset >= blk_size) {
+        memset(buf, 0, *n);
+        *is_zero = true;
+        return 0;
+    }
+    *is_zero = false;
+    *n = MIN(*n, blk_size - offset);
+    return blk_pread(blk, offset, *n, buf, 0);
+}
+
+/* Compare and copy one chunk the image does not allocate: *n may shrink. */
+static int coroutine_fn rebase_copy_chunk(Job *job, RebaseCopy *r,
+                                          int64_t offset, int64_t *n)
+{
+    bool old_is_zero, new_is_zero;
+    int64_t written = 0;
+    int ret;
+
+    do {
+        ret = rebase_read(r->old_blk, r->old_size, offset, n, r->buf_old,
+                          &old_is_zero);
+    } while (ret < 0 && (ret = job_co_step_error(job, true, ret)) == 0);
+    if (ret < 0) {
+        error_report("error while reading from old backing file");
+        return ret;
+    }
+    do {
+        ret = rebase_read(r->new_blk, r->new_size, offset, n, r->buf_new,
+                          &new_is_zero);
+    } while (ret < 0 && (ret = job_co_step_error(job, true, ret)) == 0);
+    if (ret < 0) {
+        error_report("error while reading from new backing file");
+        return ret;
+    }
+
+    while (written < *n) {
+        int64_t pnum;
+
+        if (compare_buffers(r->buf_old + written, r->buf_new + written,
+                            *n - written, &pnum)) {
+            do {
+                if (old_is_zero) {
+                    ret = blk_pwrite_zeroes(r->blk, offset + written, pnum,
+                                            0);
+                } else {
+                    ret = blk_pwrite(r->blk, offset + written, pnum,
+                                     r->buf_old + written, 0);
+                }
+            } while (ret < 0 &&
+                     (ret = job_co_step_error(job, false, ret)) == 0);
+            if (ret < 0) {
+                error_report("Error while writing to COW image: %s",
+                             strerror(-ret));
+                return ret;
+            }
+        }
+        written += pnum;
+    }
+    return 0;
+}
+
+/* Progress: one unit per compared chunk, as QEMU 7.2 counts it. */
+static int coroutine_fn rebase_job_run(Job *job, void *opaque)
+{
+    RebaseCopy *r = opaque;
+    BlockDriverState *bs = blk_bs(r->blk);
+    int64_t offset, n;
+    int ret;
+
+    job_progress_set_total(job, r->size ? r->size / MIN(r->size, IO_BUF_SIZE)
+                                        : 0);
+    for (offset = 0; offset < r->size; offset += n) {
+        if (job_pause_point(job)) {
+            return -ECANCELED;
+        }
+        n = MIN(IO_BUF_SIZE, r->size - offset);
+        ret = bdrv_is_allocated(bs, offset, n, &n);
+        if (ret < 0) {
+            error_report("error while reading image metadata: %s",
+                         strerror(-ret));
+            return ret;
+        }
+        if (n <= 0) {
+            n = MIN(IO_BUF_SIZE, r->size - offset);
+        }
+        if (ret) {
+            continue;           /* the image's own data: nothing to do */
+        }
+        ret = rebase_copy_chunk(job, r, offset, &n);
+        if (ret < 0) {
+            return ret;
+        }
+        job_progress_update(job, 1);
+    }
+    return 0;
+}
+
+static void rebase_job_progress(Job *job, uint64_t current, uint64_t total,
+                                void *opaque)
+{
+    RebaseCopy *r = opaque;
+
+    /* As QEMU's: the percent is summed chunk by chunk (float). */
+    for (; r->printed < current; r->printed++) {
+        progress_print(r->step, 100);
+    }
+}
+
+/* Length of blk, reported as an error about name when it fails. */
+static int64_t rebase_getlength(BlockBackend *blk, const char *name)
+{
+    int64_t len = blk_getlength(blk);
+
+    if (len < 0) {
+        error_report("Could not get size of '%s': %s", name,
+                     strerror((int)-len));
+    }
+    return len;
+}
+
+/* The copy of a safe rebase of blk onto new_backing (may be NULL). */
+static int rebase_copy(const RebaseArgs *a, BlockBackend *blk,
+                       BlockBackend *new_backing)
+{
+    BlockDriverState *old_backing = bdrv_get_backing(blk_bs(blk));
+    RebaseCopy r = { .blk = blk, .new_blk = new_backing };
+    int ret = -1;
+
+    r.size = rebase_getlength(blk, a->filename);
+    if (r.size < 0) {
+        return -1;
+    }
+    if (old_backing) {
+        /* Read as a user that holds nothing and shares everything:
+         * the chain's own permissions on it stay as they are. */
+        r.old_blk = blk_new(0, BLK_PERM_ALL);
+        blk_insert_bs(r.old_blk, old_backing, NULL);
+        r.old_size = rebase_getlength(r.old_blk,
+                                      bdrv_get_backing_filename(blk_bs(blk)));
+        if (r.old_size < 0) {
+            goto out;
+        }
+    }
+    if (new_backing) {
+        r.new_size = rebase_getlength(new_backing, a->out_baseimg);
+        if (r.new_size < 0) {
+            goto out;
+        }
+    }
+    if (r.size != 0) {
+        r.step = (float)100 / (r.size / MIN(r.size, IO_BUF_SIZE));
+    }
+    r.buf_old = qemu_blockalign(IO_BUF_SIZE);
+    r.buf_new = qemu_blockalign(IO_BUF_SIZE);
+    ret = img_run_job(job_new(rebase_job_run, &r), rebase_job_progress, &r);
+    qemu_vfree(r.buf_old);
+    qemu_vfree(r.buf_new);
+out:
+    blk_unref(r.old_blk);
+    return ret;
+}
+
+/* Write the new backing file name (or none) into the image's header. */
+static int rebase_set_backing(const RebaseArgs *a, BlockDriverState *bs)
+{
+    const char *name = a->out_baseimg;
+    Error *err = NULL;
+    int ret;
+
+    if (name && *name && !a->out_basefmt) {
+        error_report("Could not change the backing file to '%s': "
+                     "backing format must be specified", name);
+        return -1;
+    }
+    if (name && *name) {
+        ret = bdrv_change_backing_file(bs, name, a->out_basefmt, &err);
+    } else {
+        ret = bdrv_change_backing_file(bs, NULL, NULL, &err);
+    }
+    error_free(err);
+    if (ret == -ENOSPC && name && *name) {
+        error_report("Could not change the backing file to '%s': No "
+                     "space left in the file header", name);
+    } else if (ret < 0) {
+        error_report("Could not change the backing file to '%s': %s",
+                     name ? name : "(null)", strerror(-ret));
+    }
+    return ret;
+}
+
+static int img_rebase(int argc, char **argv)
+{
+    RebaseArgs a = {
+        .cache = BDRV_DEFAULT_CACHE,
+        .src_cache = BDRV_DEFAULT_CACHE,
+    };
+    BlockBackend *blk = NULL, *new_backing = NULL;
+    bool writethrough, src_writethrough;
+    int flags, ret = -1;
+
+    rebase_parse_args(&a, argc, argv);
+    progress_init(a.progress, 2.0);
     progress_print(0, 100);
 
-    flags = BDRV_O_RDWR | (unsafe ? BDRV_O_NO_BACKING : 0);
-    if (bdrv_parse_cache_mode(cache, &flags, &writethrough) < 0) {
-        error_report("Invalid cache option: %s", cache);
+    flags = BDRV_O_RDWR | (a.unsafe ? BDRV_O_NO_BACKING : 0);
+    if (bdrv_parse_cache_mode(a.cache, &flags, &writethrough) < 0) {
+        error_report("Invalid cache option: %s", a.cache);
         goto out;
     }
-    if (bdrv_parse_cache_mode(src_cache, &src_flags, &src_writethrough) < 0) {
-        error_report("Invalid source cache option: %s", src_cache);
+    if (bdrv_parse_cache_mode(a.src_cache, &a.src_flags,
+                              &src_writethrough) < 0) {
+        error_report("Invalid source cache option: %s", a.src_cache);
         goto out;
     }
-    blk = img_open(filename, fmt, flags, writethrough);
-    bs = blk ? blk_bs(blk) : NULL;
-    if (!bs) {
+    blk = img_open(a.filename, a.fmt, flags, writethrough);
+    if (!blk) {
         goto out;
     }
-    if (out_basefmt && !bdrv_find_format(out_basefmt)) {
-        error_report("Invalid format name: '%s'", out_basefmt);
+    if (a.out_basefmt && !bdrv_find_format(a.out_basefmt)) {
+        error_report("Invalid format name: '%s'", a.out_basefmt);
         goto out;
     }
 
-    if (!unsafe) {
-        int64_t size, old_size = 0, new_size = 0, offset, n;
-
-        old_backing = bdrv_get_backing(bs);
-        if (out_baseimg[0]) {
-            char *path = full_backing_path(filename, out_baseimg);
+    if (!a.unsafe) {
+        if (a.out_baseimg[0]) {
+            char *path = full_backing_path(a.filename, a.out_baseimg);
             Error *err = NULL;
 
-            new_backing = blk_new_open(path, out_basefmt, NULL,
-                                       src_flags | img_common_flags, &err);
+            new_backing = blk_new_open(path, a.out_basefmt, NULL,
+                                       a.src_flags | img_common_flags, &err);
             g_free(path);
             if (!new_backing) {
                 error_report_prefixed(err, "Could not open new backing file "
-                                      "'%s': ", out_baseimg);
+                                      "'%s': ", a.out_baseimg);
                 goto out;
             }
         }
-
-        size = bdrv_getlength(bs);
-        if (size < 0) {
-            error_report("Could not get size of '%s': %s", filename,
-                         strerror((int)-size));
+        if (rebase_copy(&a, blk, new_backing) < 0) {
             goto out;
-        }
-        if (old_backing) {
-            /* Read as a user that holds nothing and shares everything:
-             * the chain's own permissions on it stay as they are. */
-            old_blk = blk_new(0, BLK_PERM_ALL);
-            blk_insert_bs(old_blk, old_backing, NULL);
-            old_size = blk_getlength(old_blk);
-            if (old_size < 0) {
-                error_report("Could not get size of '%s': %s",
-                             bdrv_get_backing_filename(bs),
-                             strerror((int)-old_size));
-                goto out;
-            }
-        }
-        if (new_backing) {
-            new_size = blk_getlength(new_backing);
-            if (new_size < 0) {
-                error_report("Could not get size of '%s': %s", out_baseimg,
-                             strerror((int)-new_size));
-                goto out;
-            }
-        }
-
-        buf_old = qemu_blockalign(IO_BUF_SIZE);
-        buf_new = qemu_blockalign(IO_BUF_SIZE);
-        for (offset = 0; offset < size; offset += n) {
-            bool old_is_zero = false;
-            int64_t written = 0;
-
-            n = MIN(IO_BUF_SIZE, size - offset);
-            ret = bdrv_is_allocated(bs, offset, n, &n);
-            if (ret < 0) {
-                error_report("error while reading image metadata: %s",
-                             strerror(-ret));
-                goto out;
-            }
-            if (n <= 0) {
-                n = MIN(IO_BUF_SIZE, size - offset);
-            }
-            if (ret) {
-                progress_print((float)n / size * 100, 100);
-                continue;
-            }
-
-            if (offset >= old_size || !old_backing) {
-                memset(buf_old, 0, n);
-                old_is_zero = true;
-            } else {
-                if (offset + n > old_size) {
-                    n = old_size - offset;
-                }
-                ret = blk_pread(old_blk, offset, n, buf_old, 0);
-                if (ret < 0) {
-                    error_report("error while reading from old backing file");
-                    goto out;
-                }
-            }
-            if (offset >= new_size || !new_backing) {
-                memset(buf_new, 0, n);
-            } else {
-                if (offset + n > new_size) {
-                    n = new_size - offset;
-                }
-                ret = blk_pread(new_backing, offset, n, buf_new, 0);
-                if (ret < 0) {
-                    error_report("error while reading from new backing file");
-                    goto out;
-                }
-            }
-
-            while (written < n) {
-                int64_t pnum;
-
-                if (compare_buffers(buf_old + written, buf_new + written,
-                                    n - written, &pnum)) {
-                    if (old_is_zero) {
-                        ret = blk_pwrite_zeroes(blk, offset + written, pnum,
-                                                0);
-                    } else {
-                        ret = blk_pwrite(blk, offset + written, pnum,
-                                         buf_old + written, 0);
-                    }
-                    if (ret < 0) {
-                        error_report("Error while writing to COW image: %s",
-                                     strerror(-ret));
-                        goto out;
-                    }
-                }
-                written += pnum;
-            }
-            /* Proportional to bytes: chunks shrink at allocation edges. */
-            progress_print((float)n / size * 100, 100);
         }
     }
-
-    if (out_baseimg && *out_baseimg) {
-        Error *err = NULL;
-
-        if (!out_basefmt) {
-            error_report("Could not change the backing file to '%s': "
-                         "backing format must be specified", out_baseimg);
-            ret = -1;
-            goto out;
-        }
-        ret = bdrv_change_backing_file(bs, out_baseimg, out_basefmt, &err);
-        if (ret < 0) {
-            if (ret == -ENOSPC) {
-                error_report("Could not change the backing file to '%s': No "
-                             "space left in the file header", out_baseimg);
-            } else {
-                error_report("Could not change the backing file to '%s': %s",
-                             out_baseimg, strerror(-ret));
-            }
-            error_free(err);
-            goto out;
-        }
-    } else {
-        Error *err = NULL;
-
-        ret = bdrv_change_backing_file(bs, NULL, NULL, &err);
-        if (ret < 0) {
-            error_report("Could not change the backing file to '%s': %s",
-                         out_baseimg ? out_baseimg : "(null)",
-                         strerror(-ret));
-            error_free(err);
-            goto out;
-        }
+    if (rebase_set_backing(&a, blk_bs(blk)) < 0) {
+        goto out;
     }
     progress_print(100, 0);
     ret = 0;
 
 out:
     progress_end();
-    qemu_vfree(buf_old);
-    qemu_vfree(buf_new);
     blk_unref(new_backing);
-    blk_unref(old_blk);
     blk_unref(blk);
     return ret ? 1 : 0;
 }
@@ -3813,7 +4087,89 @@ static int bench_parse_int(const char *arg, unsigned long max,
     return 0;
 }
 
-static int img_bench(int argc, char **argv)
+typedef struct BenchArgs {
+    const char *fmt;
+    bool is_write;
+    bool drain_on_flush;
+    bool writethrough;
+    int count, depth, pattern, flush_interval;
+    int64_t offset;
+    size_t bufsize, step;
+    int flags;
+} BenchArgs;
+
+/* One option of bench into a: 0, or -1 after an error message. */
+static int bench_parse_option(BenchArgs *a, int c, char **argv)
+{
+    int64_t sval;
+
+    switch (c) {
+    case 'h':
+        error_exit("see 'qemu-img --help'");
+    case 'c':
+        return bench_parse_int(optarg, INT_MAX, "request count", &a->count);
+    case 'd':
+        return bench_parse_int(optarg, INT_MAX, "queue depth", &a->depth);
+    case 'f':
+        a->fmt = optarg;
+        break;
+    case 'n':
+        a->flags |= BDRV_O_NATIVE_AIO;
+        break;
+    case 'i':
+        if (bdrv_parse_aio(optarg, &a->flags) < 0) {
+            error_report("Invalid aio option: %s", optarg);
+            return -1;
+        }
+        break;
+    case 'o':
+        a->offset = cvtnum("offset", optarg);
+        return a->offset < 0 ? -1 : 0;
+    case 'q':
+        break;
+    case 's':
+        sval = cvtnum_full("buffer size", optarg, 0, INT_MAX);
+        if (sval < 0) {
+            return -1;
+        }
+        a->bufsize = sval;
+        break;
+    case 'S':
+        sval = cvtnum_full("step_size", optarg, 0, INT_MAX);
+        if (sval < 0) {
+            return -1;
+        }
+        a->step = sval;
+        break;
+    case 't':
+        if (bdrv_parse_cache_mode(optarg, &a->flags, &a->writethrough) < 0) {
+            error_report("Invalid cache mode");
+            return -1;
+        }
+        break;
+    case 'w':
+        a->flags |= BDRV_O_RDWR;
+        a->is_write = true;
+        break;
+    case 'U':
+        a->flags |= BDRV_O_FORCE_SHARE;
+        break;
+    case OPTION_PATTERN:
+        return bench_parse_int(optarg, 0xff, "pattern byte", &a->pattern);
+    case OPTION_FLUSH_INTERVAL:
+        return bench_parse_int(optarg, INT_MAX, "flush interval",
+                               &a->flush_interval);
+    case OPTION_NO_DRAIN:
+        a->drain_on_flush = false;
+        break;
+    default:
+        common_option(c, argv);
+    }
+    return 0;
+}
+
+/* The options of bench into a: 0, or -1 after an error message. */
+static int bench_parse_args(BenchArgs *a, int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
@@ -3825,117 +4181,79 @@ static int img_bench(int argc, char **argv)
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
-    const char *fmt = NULL;
-    bool is_write = false, drain_on_flush = true, writethrough = false;
-    int count = 75000, depth = 64, pattern = 0, flush_interval = 0;
-    int64_t offset = 0, sval, image_size;
-    size_t bufsize = 4096, step = 0;
-    int flags = 0, c, ret = 0;
-    BlockDriverState *bs = NULL;
-    BlockBackend *blk = NULL;
-    BenchData data = { 0 };
-    struct timeval t1, t2;
+    int c;
 
     while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU",
                             long_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            error_exit("see 'qemu-img --help'");
-        case 'c':
-            if (bench_parse_int(optarg, INT_MAX, "request count",
-                                &count) < 0) {
-                return 1;
-            }
-            break;
-        case 'd':
-            if (bench_parse_int(optarg, INT_MAX, "queue depth", &depth) < 0) {
-                return 1;
-            }
-            break;
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'n':
-            flags |= BDRV_O_NATIVE_AIO;
-            break;
-        case 'i':
-            if (bdrv_parse_aio(optarg, &flags) < 0) {
-                error_report("Invalid aio option: %s", optarg);
-                return 1;
-            }
-            break;
-        case 'o':
-            offset = cvtnum("offset", optarg);
-            if (offset < 0) {
-                return 1;
-            }
-            break;
-        case 'q':
-            break;
-        case 's':
-            sval = cvtnum_full("buffer size", optarg, 0, INT_MAX);
-            if (sval < 0) {
-                return 1;
-            }
-            bufsize = sval;
-            break;
-        case 'S':
-            sval = cvtnum_full("step_size", optarg, 0, INT_MAX);
-            if (sval < 0) {
-                return 1;
-            }
-            step = sval;
-            break;
-        case 't':
-            if (bdrv_parse_cache_mode(optarg, &flags, &writethrough) < 0) {
-                error_report("Invalid cache mode");
-                return 1;
-            }
-            break;
-        case 'w':
-            flags |= BDRV_O_RDWR;
-            is_write = true;
-            break;
-        case 'U':
-            flags |= BDRV_O_FORCE_SHARE;
-            break;
-        case OPTION_PATTERN:
-            if (bench_parse_int(optarg, 0xff, "pattern byte", &pattern) < 0) {
-                return 1;
-            }
-            break;
-        case OPTION_FLUSH_INTERVAL:
-            if (bench_parse_int(optarg, INT_MAX, "flush interval",
-                                &flush_interval) < 0) {
-                return 1;
-            }
-            break;
-        case OPTION_NO_DRAIN:
-            drain_on_flush = false;
-            break;
-        default:
-            common_option(c, argv);
+        if (bench_parse_option(a, c, argv) < 0) {
+            return -1;
         }
     }
     if (optind != argc - 1) {
         error_exit("Expecting one image file name");
     }
-    if (!is_write && flush_interval) {
+    if (!a->is_write && a->flush_interval) {
         error_report("--flush-interval is only available in write tests");
-        return 1;
+        return -1;
     }
-    if (flush_interval && flush_interval < depth) {
+    if (a->flush_interval && a->flush_interval < a->depth) {
         error_report("Flush interval can't be smaller than depth");
-        return 1;
+        return -1;
     }
-    if (depth < 1) {
+    if (a->depth < 1) {
         error_report("Invalid queue depth specified");
-        return 1;
+        return -1;
+    }
+    return 0;
+}
+
+/* Run the requests of data (set up) and print the time they took. */
+static void bench_run(BenchData *data, int pattern)
+{
+    struct timeval t1, t2;
+
+    printf("Sending %d %s requests, %d bytes each, %d in parallel "
+           "(starting at offset %" PRId64 ", step size %d)\n",
+           data->n, data->write ? "write" : "read", data->bufsize,
+           data->nrreq, (int64_t)data->offset, data->step);
+    if (data->flush_interval) {
+        printf("Sending flush every %d requests\n", data->flush_interval);
     }
 
-    blk = img_open(argv[optind], fmt, flags, writethrough);
-    bs = blk ? blk_bs(blk) : NULL;
-    if (!bs) {
+    /* One buffer shared by all requests: no per-request allocation */
+    data->buf = qemu_blockalign(MAX(data->bufsize, 1));
+    memset(data->buf, pattern, data->bufsize);
+    data->qiov = g_new(QEMUIOVector, 1);
+    qemu_iovec_init_buf(data->qiov, data->buf, data->bufsize);
+
+    gettimeofday(&t1, NULL);
+    bench_cb(data, 0);
+    AIO_WAIT_WHILE(data->n > 0);
+    gettimeofday(&t2, NULL);
+
+    printf("Run completed in %3.3f seconds.\n",
+           (t2.tv_sec - t1.tv_sec) +
+           ((double)(t2.tv_usec - t1.tv_usec) / 1000000));
+}
+
+static int img_bench(int argc, char **argv)
+{
+    BenchArgs a = {
+        .drain_on_flush = true,
+        .count = 75000,
+        .depth = 64,
+        .bufsize = 4096,
+    };
+    BlockBackend *blk;
+    BenchData data = { 0 };
+    int64_t image_size;
+    int ret = 0;
+
+    if (bench_parse_args(&a, argc, argv) < 0) {
+        return 1;
+    }
+    blk = img_open(argv[optind], a.fmt, a.flags, a.writethrough);
+    if (!blk) {
         return 1;
     }
     image_size = blk_getlength(blk);
@@ -3947,37 +4265,16 @@ static int img_bench(int argc, char **argv)
     data = (BenchData) {
         .blk            = blk,
         .image_size     = image_size,
-        .bufsize        = (int)bufsize,
-        .step           = (int)(step ? step : bufsize),
-        .nrreq          = depth,
-        .n              = count,
-        .offset         = offset,
-        .write          = is_write,
-        .flush_interval = flush_interval,
-        .drain_on_flush = drain_on_flush,
+        .bufsize        = (int)a.bufsize,
+        .step           = (int)(a.step ? a.step : a.bufsize),
+        .nrreq          = a.depth,
+        .n              = a.count,
+        .offset         = a.offset,
+        .write          = a.is_write,
+        .flush_interval = a.flush_interval,
+        .drain_on_flush = a.drain_on_flush,
     };
-    printf("Sending %d %s requests, %d bytes each, %d in parallel "
-           "(starting at offset %" PRId64 ", step size %d)\n",
-           data.n, data.write ? "write" : "read", data.bufsize, data.nrreq,
-           offset, data.step);
-    if (flush_interval) {
-        printf("Sending flush every %d requests\n", flush_interval);
-    }
-
-    /* One buffer shared by all requests: no per-request allocation */
-    data.buf = qemu_blockalign(MAX(data.bufsize, 1));
-    memset(data.buf, pattern, data.bufsize);
-    data.qiov = g_new(QEMUIOVector, 1);
-    qemu_iovec_init_buf(data.qiov, data.buf, data.bufsize);
-
-    gettimeofday(&t1, NULL);
-    bench_cb(&data, 0);
-    AIO_WAIT_WHILE(data.n > 0);
-    gettimeofday(&t2, NULL);
-
-    printf("Run completed in %3.3f seconds.\n",
-           (t2.tv_sec - t1.tv_sec) +
-           ((double)(t2.tv_usec - t1.tv_usec) / 1000000));
+    bench_run(&data, a.pattern);
 
 out:
     qemu_vfree(data.buf);
@@ -4009,6 +4306,21 @@ static int print_amend_option_help(const char *fmt)
     qemu_opts_print_help(caption, descs);
     g_free(caption);
     return 0;
+}
+
+typedef struct AmendJob {
+    BlockDriverState *bs;
+    QemuOpts *opts;
+    bool force;
+    Error **errp;
+} AmendJob;
+
+/* The amend as a job: a driver's long work moves its progress. */
+static int coroutine_fn amend_job_run(Job *job, void *opaque)
+{
+    AmendJob *aj = opaque;
+
+    return bdrv_co_amend_job(aj->bs, aj->opts, aj->force, job, aj->errp);
 }
 
 static int img_amend(int argc, char **argv)
@@ -4098,7 +4410,8 @@ static int img_amend(int argc, char **argv)
         goto out;
     }
     progress_print(0.f, 0);
-    ret = bdrv_amend_options(bs, opts, force, &err);
+    AmendJob aj = { .bs = bs, .opts = opts, .force = force, .errp = &err };
+    ret = img_run_job(job_new(amend_job_run, &aj), img_job_progress, NULL);
     progress_print(100.f, 0);
     if (ret == -ENOTSUP && !err) {
         error_report("Format driver '%s' does not support option amendment",

@@ -8,6 +8,7 @@
 #include "qemu-io.h"
 #include "util/aio.h"
 #include "util/secret.h"
+#include "util/object.h"
 
 #define QEMU_IO_VERSION "0.1.0"
 
@@ -602,7 +603,7 @@ int main(int argc, char **argv)
         case OPTION_OBJECT: {
             Error *err = NULL;
 
-            if (secret_object_add(optarg, &err) < 0) {
+            if (user_object_add(optarg, &err) < 0) {
                 error_report_err(err);
                 exit(1);
             }

@@ -10,9 +10,12 @@
 #include "util/option.h"
 #include "util/aio.h"
 #include "util/socket.h"
+#include "util/object.h"
+#include "util/tls.h"
 #include "block.h"
 #include "nbd/nbd-proto.h"
 #include "nbd/server.h"
+#include "nbd/client.h"
 #include <getopt.h>
 #include <signal.h>
 
@@ -33,6 +36,7 @@ enum {
     OPTION_HANDSHAKE_LIMIT,
     OPTION_REQUEST_TIMEOUT,
     OPTION_ALLOW_HEADER_PROTOCOLS,
+    OPTION_TLSHOSTNAME,
 };
 
 static bool quit;
@@ -66,9 +70,12 @@ static void usage(const char *name)
 "\n"
 "General purpose options:\n"
 "  -L, --list                list exports available from another NBD server\n"
-"                            (not supported)\n"
-"  --object type,id=ID,...   define an object (not supported)\n"
-"  --tls-creds=ID            TLS (not supported: built without GnuTLS)\n"
+"  --object type,id=ID,...   define an object such as 'secret' or\n"
+"                            'tls-creds-x509' for providing passwords and/or\n"
+"                            TLS credentials\n"
+"  --tls-creds=ID            use id of an earlier --object to provide TLS\n"
+"  --tls-hostname=HOST       with -L: check the server's certificate against\n"
+"                            HOST (default: the -b address)\n"
 "  --tls-authz=ID            TLS authorization (not supported)\n"
 "  -T, --trace ...           accepted and ignored\n"
 "  --fork                    fork off the server process and exit the parent\n"
@@ -182,6 +189,99 @@ static void unsupported(const char *what)
     exit(EXIT_FAILURE);
 }
 
+/* The transmission flags QEMU's qemu-nbd -L names, by bit. */
+static const char *const list_flag_names[] = {
+    [1] = "readonly", [2] = "flush", [3] = "fua", [4] = "rotational",
+    [5] = "trim", [6] = "zeroes", [7] = "df", [8] = "multi",
+    [9] = "resize", [10] = "cache", [11] = "fast-zero",
+};
+
+static void qemu_nbd_list_print(GPtrArray *list)
+{
+    printf("exports available: %u\n", list->len);
+    for (guint i = 0; i < list->len; i++) {
+        NBDExportDesc *e = g_ptr_array_index(list, i);
+
+        printf(" export: '%s'\n", e->name);
+        if (e->description && *e->description) {
+            printf("  description: %s\n", e->description);
+        }
+        printf("  size:  %" PRIu64 "\n", e->size);
+        printf("  flags: 0x%x (", e->flags);
+        for (unsigned b = 0; b < G_N_ELEMENTS(list_flag_names); b++) {
+            if ((e->flags & (1u << b)) && list_flag_names[b]) {
+                printf(" %s", list_flag_names[b]);
+            }
+        }
+        printf(" )\n");
+        if (e->min_block) {
+            printf("  min block: %" PRIu32 "\n", e->min_block);
+            printf("  opt block: %" PRIu32 "\n", e->opt_block);
+            printf("  max block: %" PRIu32 "\n", e->max_block);
+        }
+        if (e->structured) {
+            printf("  available meta contexts: %u\n", e->contexts->len);
+            for (guint j = 0; j < e->contexts->len; j++) {
+                printf("   %s\n", (char *)g_ptr_array_index(e->contexts, j));
+            }
+        }
+    }
+}
+
+typedef struct ListJob {
+    SockAddr addr;
+    TLSCreds *tls;
+    const char *tls_hostname;
+    GPtrArray *list;
+    Error *err;
+    bool done;
+} ListJob;
+
+static void coroutine_fn qemu_nbd_list_co(void *opaque)
+{
+    ListJob *job = opaque;
+
+    job->list = nbd_co_list_exports(&job->addr, job->tls, job->tls_hostname,
+                                    &job->err);
+    job->done = true;
+}
+
+/* -L: list the exports of the server at -k, or -b/-p. Exit status. */
+static int qemu_nbd_list(const char *sockpath, const char *bindto, int port,
+                         const char *tlscredsid, const char *tlshostname)
+{
+    ListJob job = { .tls_hostname = tlshostname };
+    Error *err = NULL;
+
+    if (tlscredsid) {
+        job.tls = tls_creds_lookup(tlscredsid, false, &err);
+        if (!job.tls) {
+            error_report("Failed to get TLS creds: %s", error_get_pretty(err));
+            error_free(err);
+            return EXIT_FAILURE;
+        }
+    }
+    if (sockpath) {
+        sock_addr_init_unix(&job.addr, sockpath);
+    } else {
+        sock_addr_init_tcp(&job.addr, bindto ? bindto : "0.0.0.0", port);
+        if (job.tls && !job.tls_hostname) {
+            job.tls_hostname = job.addr.host;
+        }
+    }
+    bdrv_init();
+    qemu_coroutine_enter(qemu_coroutine_create(qemu_nbd_list_co, &job));
+    AIO_WAIT_WHILE(!job.done);
+    sock_addr_clear(&job.addr);
+    if (!job.list) {
+        error_report_err(job.err);
+        return EXIT_FAILURE;
+    }
+    qemu_nbd_list_print(job.list);
+    nbd_export_list_free(job.list);
+    return EXIT_SUCCESS;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option lopts[] = {
@@ -213,6 +313,7 @@ int main(int argc, char **argv)
         { "description", required_argument, NULL, 'D' },
         { "tls-creds", required_argument, NULL, OPTION_TLSCREDS },
         { "tls-authz", required_argument, NULL, OPTION_TLSAUTHZ },
+        { "tls-hostname", required_argument, NULL, OPTION_TLSHOSTNAME },
         { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
         { "trace", required_argument, NULL, 'T' },
         { "fork", no_argument, NULL, OPTION_FORK },
@@ -225,9 +326,11 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 }
     };
     const char *bindto = NULL, *sockpath = NULL, *fmt = NULL;
-    const char *pid_file = NULL;
+    const char *pid_file = NULL, *tlscredsid = NULL, *tlshostname = NULL;
     const char *sn_id_or_name = NULL;
     QemuOpts *sn_opts = NULL;
+    bool list = false, per_device = false;
+    const char *unsup = NULL;
     int port = NBD_DEFAULT_PORT;
     int flags = BDRV_O_RDWR;
     bool writethrough = false, image_opts = false, do_fork = false;
@@ -287,6 +390,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'o':
+            per_device = true;
             if (qemu_strtoi64(optarg, NULL, 0, &v) < 0 || v < 0) {
                 error_report("Invalid offset '%s'", optarg);
                 exit(EXIT_FAILURE);
@@ -300,9 +404,11 @@ int main(int argc, char **argv)
             flags |= BDRV_O_SNAPSHOT;
             break;
         case 'n':
+            per_device = true;
             optarg = (char *)"none";
             /* fall through */
         case OPTION_CACHE:
+            per_device = true;
             if (seen_cache) {
                 error_report("-n and --cache can only be specified once");
                 exit(EXIT_FAILURE);
@@ -314,6 +420,7 @@ int main(int argc, char **argv)
             }
             break;
         case OPTION_AIO:
+            per_device = true;
             if (seen_aio) {
                 error_report("--aio can only be specified once");
                 exit(EXIT_FAILURE);
@@ -325,6 +432,7 @@ int main(int argc, char **argv)
             }
             break;
         case OPTION_DISCARD:
+            per_device = true;
             if (seen_discard) {
                 error_report("--discard can only be specified once");
                 exit(EXIT_FAILURE);
@@ -360,6 +468,7 @@ int main(int argc, char **argv)
             sconf.max_clients = v;
             break;
         case 'f':
+            per_device = true;
             fmt = optarg;
             break;
         case 't':
@@ -369,6 +478,7 @@ int main(int argc, char **argv)
             sconf.verbose = true;
             break;
         case 'x':
+            per_device = true;
             if (strlen(optarg) > NBD_MAX_STRING_SIZE) {
                 error_report("export name '%s' too long", optarg);
                 exit(EXIT_FAILURE);
@@ -376,6 +486,7 @@ int main(int argc, char **argv)
             sconf.name = optarg;
             break;
         case 'D':
+            per_device = true;
             if (strlen(optarg) > NBD_MAX_STRING_SIZE) {
                 error_report("export description '%s' too long", optarg);
                 exit(EXIT_FAILURE);
@@ -383,6 +494,7 @@ int main(int argc, char **argv)
             sconf.description = optarg;
             break;
         case 'A':
+            per_device = true;
             sconf.allocation_depth = true;
             break;
         case 'T':
@@ -409,11 +521,14 @@ int main(int argc, char **argv)
         case OPTION_ALLOW_HEADER_PROTOCOLS:
             flags |= BDRV_O_HEADER_PROTOCOLS;
             break;
+        /* Failures are reported after parsing: -L reports them as QEMU */
         case 'B':
-            unsupported("--bitmap: dirty bitmaps are not supported by this "
-                        "block layer");
+            per_device = true;
+            unsup = unsup ? unsup : "--bitmap: dirty bitmaps are not "
+                    "supported by this block layer";
             break;
         case 'l':
+            per_device = true;
             if (!parse_load_snapshot(optarg, &sn_opts, &sn_id_or_name)) {
                 exit(EXIT_FAILURE);
             }
@@ -421,22 +536,34 @@ int main(int argc, char **argv)
             break;
         case 'c':
         case 'd':
-            unsupported("--connect/--disconnect need the Linux nbd kernel "
-                        "module (/dev/nbdX), which this qemu-nbd does not "
-                        "drive; use an NBD client such as nbd-client or "
-                        "qemu-io instead");
+            per_device = true;
+            unsup = unsup ? unsup : "--connect/--disconnect need the Linux "
+                    "nbd kernel module (/dev/nbdX), which this qemu-nbd does "
+                    "not drive; use an NBD client such as nbd-client or "
+                    "qemu-io instead";
             break;
         case 'L':
-            unsupported("--list is not supported; use nbdinfo --list");
+            list = true;
+            break;
+        case OPTION_TLSHOSTNAME:
+            tlshostname = optarg;
             break;
         case OPTION_TLSCREDS:
+            if (!tls_available()) {
+                unsupported("TLS is not supported: this qemu-nbd was built "
+                            "without GnuTLS");
+            }
+            tlscredsid = optarg;
+            break;
         case OPTION_TLSAUTHZ:
-            unsupported("TLS is not supported: this qemu-nbd was built "
-                        "without GnuTLS");
+            unsupported("--tls-authz is not supported (no authorization "
+                        "objects in this build)");
             break;
         case OPTION_OBJECT:
-            unsupported("--object is not supported (no TLS or secret "
-                        "objects in this build)");
+            if (user_object_add(optarg, &err) < 0) {
+                error_report_err(err);
+                exit(EXIT_FAILURE);
+            }
             break;
         case OPTION_SELINUX_LABEL:
             unsupported("--selinux-label is not supported");
@@ -448,6 +575,32 @@ int main(int argc, char **argv)
         }
     }
 
+    if (tlshostname && !tlscredsid) {
+        error_report("--tls-hostname is not permitted without --tls-creds");
+        exit(EXIT_FAILURE);
+    }
+    if (list) {
+        if (bconf.filename) {
+            error_report("List mode is incompatible with a file name");
+            exit(EXIT_FAILURE);
+        }
+        if (per_device) {
+            error_report("List mode is incompatible with per-device settings");
+            exit(EXIT_FAILURE);
+        }
+        if (do_fork) {
+            error_report("List mode is incompatible with forking");
+            exit(EXIT_FAILURE);
+        }
+        exit(qemu_nbd_list(sockpath, bindto, port, tlscredsid, tlshostname));
+    }
+    if (unsup) {
+        unsupported(unsup);
+    }
+    if (tlshostname) {
+        error_report("TLS hostname is only supported with export list");
+        exit(EXIT_FAILURE);
+    }
     if (!bconf.filename) {
         error_report("Expected one argument (filename)");
         exit(EXIT_FAILURE);
@@ -465,6 +618,13 @@ int main(int argc, char **argv)
         error_report("setting detect-zeroes to unmap is not allowed "
                      "without setting discard operation to unmap");
         exit(EXIT_FAILURE);
+    }
+    if (tlscredsid) {
+        sconf.tls = tls_creds_lookup(tlscredsid, true, &err);
+        if (!sconf.tls) {
+            error_report("Failed to get TLS creds: %s", error_get_pretty(err));
+            exit(EXIT_FAILURE);
+        }
     }
     if (sconf.allocation_depth && bconf.offset) {
         /* Fine: depth is queried through the same window. */

@@ -527,7 +527,10 @@ static int coroutine_fn bdrv_aligned_pwritev(BlockDriverState *bs,
     bdrv_debug_event_node(bs, "pwritev_done");
     if (ret >= 0 && bs->drv->protocol_name && bs->total_bytes >= 0 &&
         offset + bytes > bs->total_bytes) {
-        bdrv_refresh_total_bytes(bs);
+        /* The file grew to the write's end (QEMU's write_req_finish):
+         * no need to ask the file system. */
+        bs->total_bytes = QEMU_ALIGN_UP(offset + bytes,
+                                        (int64_t)BDRV_SECTOR_SIZE);
     }
     return ret;
 }
@@ -853,6 +856,17 @@ int coroutine_fn bdrv_co_flush_gen(BlockDriverState *bs, uint64_t gen)
 
 /* ---- block status ---- */
 
+/*
+ * The node's length as the layer keeps it (refreshed at open, by resizes
+ * and by writes past the end), as QEMU's bdrv_getlength answers from
+ * total_sectors: block status asks it several times per call, and a
+ * convert asks block status for every chunk (an fstat each time before).
+ */
+static int64_t bdrv_known_length(BlockDriverState *bs)
+{
+    return bs->total_bytes >= 0 ? bs->total_bytes : bdrv_getlength(bs);
+}
+
 int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
                                       int64_t bytes, int64_t *pnum,
                                       int64_t *map, BlockDriverState **file)
@@ -866,7 +880,7 @@ int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
     if (!bs->drv) {
         return -ENOMEDIUM;
     }
-    total = bdrv_getlength(bs);
+    total = bdrv_known_length(bs);
     if (total < 0) {
         return (int)total;
     }
@@ -943,7 +957,7 @@ int coroutine_fn bdrv_co_block_status(BlockDriverState *bs, int64_t offset,
         if (!bs->backing) {
             ret |= BDRV_BLOCK_ZERO;
         } else {
-            int64_t blen = bdrv_getlength(bs->backing);
+            int64_t blen = bdrv_known_length(bs->backing);
             if (blen >= 0 && offset >= blen) {
                 ret |= BDRV_BLOCK_ZERO;
             } else if (blen >= 0 && offset + *pnum > blen) {
@@ -985,7 +999,7 @@ int coroutine_fn bdrv_co_block_status_above(BlockDriverState *bs,
 
     *pnum = bytes;
     for (; p && p != base; p = p->backing, d++) {
-        int64_t len = bdrv_getlength(p);
+        int64_t len = bdrv_known_length(p);
         if (len >= 0 && offset >= len && p != bs) {
             /* Past the end of a shorter backing file: reads as zero. */
             ret = BDRV_BLOCK_ZERO;

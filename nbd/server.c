@@ -62,6 +62,7 @@ struct NBDClient {
     SockConn *conn;
     uint32_t client_flags;
     bool structured;
+    bool tls;                   /* the STARTTLS handshake is done */
     bool meta_base, meta_depth; /* selected contexts */
     bool closing;               /* read no more requests */
     unsigned inflight;
@@ -69,6 +70,7 @@ struct NBDClient {
     CoQueue slot_wait;          /* request loop waits for inflight < max */
     Coroutine *main_co;
     bool main_waiting;          /* main_co waits for inflight == 0 */
+    int64_t handshake_deadline;
 };
 
 typedef struct NBDRequest {
@@ -455,6 +457,43 @@ static int coroutine_fn nbd_handle_export_name(NBDClient *c,
                     10 : sizeof(buf), NULL, 0);
 }
 
+/* NBD_OPT_STARTTLS: acknowledge, then the TLS handshake on the socket. */
+static int coroutine_fn nbd_handle_starttls(NBDClient *c, uint32_t len)
+{
+    NBDServer *s = c->server;
+    Error *err = NULL;
+    int ret;
+
+    if (!s->conf.tls) {
+        return nbd_opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+                             "TLS not configured");
+    }
+    if (len) {
+        return nbd_opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                             "option takes no data");
+    }
+    if (c->tls) {
+        return nbd_opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                             "TLS already negotiated");
+    }
+    ret = nbd_opt_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    /* The handshake counts against the negotiation's deadline. */
+    ret = tls_co_handshake(c->conn, s->conf.tls, NULL,
+                           c->handshake_deadline, &err);
+    if (ret < 0) {
+        if (s->conf.verbose) {
+            fprintf(stderr, "nbd: %s\n", error_get_pretty(err));
+        }
+        error_free(err);
+        return ret;
+    }
+    c->tls = true;
+    return 0;
+}
+
 /* Returns 0 once in transmission, <0 to drop the client. */
 static int coroutine_fn nbd_negotiate(NBDClient *c)
 {
@@ -462,7 +501,8 @@ static int coroutine_fn nbd_negotiate(NBDClient *c)
     uint8_t buf[NBD_HANDSHAKE_LEN], *p = buf;
     int ret;
 
-    sock_conn_set_recv_deadline(c->conn, nbd_deadline(s->conf.handshake_ns));
+    c->handshake_deadline = nbd_deadline(s->conf.handshake_ns);
+    sock_conn_set_recv_deadline(c->conn, c->handshake_deadline);
     p = nbd_put64(p, NBD_MAGIC);
     p = nbd_put64(p, NBD_OPTS_MAGIC);
     nbd_put16(p, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
@@ -510,6 +550,19 @@ static int coroutine_fn nbd_negotiate(NBDClient *c)
             nbd_opt_error(c, opt, NBD_REP_ERR_SHUTDOWN, "server shutting down");
             return -ESHUTDOWN;
         }
+        if (s->conf.tls && !c->tls && opt != NBD_OPT_STARTTLS &&
+            opt != NBD_OPT_ABORT) {
+            if (opt == NBD_OPT_EXPORT_NAME) {
+                return -EACCES;     /* no way to report an error to it */
+            }
+            g_autofree char *msg = g_strdup_printf(
+                "Option 0x%" PRIx32 " not permitted before TLS", opt);
+            ret = nbd_opt_error(c, opt, NBD_REP_ERR_TLS_REQD, msg);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
         switch (opt) {
         case NBD_OPT_EXPORT_NAME:
             ret = nbd_handle_export_name(c, data, len);
@@ -521,8 +574,7 @@ static int coroutine_fn nbd_negotiate(NBDClient *c)
             ret = nbd_handle_list(c, len);
             break;
         case NBD_OPT_STARTTLS:
-            ret = nbd_opt_error(c, opt, NBD_REP_ERR_POLICY,
-                                "TLS not configured");
+            ret = nbd_handle_starttls(c, len);
             break;
         case NBD_OPT_INFO:
         case NBD_OPT_GO:

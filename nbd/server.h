@@ -10,6 +10,7 @@
 #define NBD_SERVER_H
 
 #include "nbd/backend.h"
+#include "util/tls.h"
 
 typedef struct NBDServer NBDServer;
 
@@ -25,6 +26,8 @@ typedef struct NBDServerConf {
     int64_t handshake_ns;       /* the whole negotiation must fit */
     int64_t io_ns;              /* a started request / a reply must fit */
     bool verbose;
+    /* TLS required (NBD_OPT_STARTTLS first), or NULL: plaintext only. */
+    TLSCreds *tls;
     /* Called whenever a client ends (the count is after it left). */
     void (*client_gone)(void *opaque, unsigned clients);
     void *opaque;

@@ -149,13 +149,36 @@ bool qemu_opt_get_bool(const QemuOpts *opts, const char *name, bool defval)
     return defval;
 }
 
+/*
+ * A number option as QEMU 7.2 parses it (strtoull): a leading '-' negates,
+ * so "-1" is UINT64_MAX and the option's own range check refuses it with
+ * its own message (e.g. qcow2's refcount_bits).
+ */
+static int opt_parse_number(const char *value, uint64_t *result)
+{
+    const char *p = value;
+    int ret;
+
+    while (g_ascii_isspace(*p)) {
+        p++;
+    }
+    if (*p != '-') {
+        return qemu_strtou64(value, NULL, 0, result);
+    }
+    ret = qemu_strtou64(p + 1, NULL, 0, result);
+    if (ret == 0) {
+        *result = -*result;
+    }
+    return ret;
+}
+
 uint64_t qemu_opt_get_number(const QemuOpts *opts, const char *name,
                              uint64_t defval)
 {
     const char *value = qemu_opt_get(opts, name);
     uint64_t result;
 
-    if (value && qemu_strtou64(value, NULL, 0, &result) == 0) {
+    if (value && opt_parse_number(value, &result) == 0) {
         return result;
     }
     return defval;
@@ -319,7 +342,7 @@ static int check_value(const QemuOptDesc *desc, const char *value,
         }
         return 0;
     case QEMU_OPT_NUMBER:
-        if (qemu_strtou64(value, NULL, 0, &n) < 0) {
+        if (opt_parse_number(value, &n) < 0) {
             error_setg(errp, "Parameter '%s' expects a number", desc->name);
             return -EINVAL;
         }

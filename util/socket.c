@@ -567,6 +567,9 @@ struct SockConn {
      * empty, so the next receive waits for readiness without trying
      * (saves a read that would fail with EAGAIN). */
     bool drained;
+    const SockTransport *tp;    /* TLS, or NULL: the fd directly */
+    void *tp_opaque;
+    bool tp_want_write;         /* the last receive waits for writability */
 };
 
 static uint64_t sock_next_gen = 1;
@@ -614,6 +617,9 @@ void sock_conn_unref(SockConn *c)
     }
     assert(!c->wait[SOCK_RX] && !c->wait[SOCK_TX]);
     sock_conn_close_fd(c, false);
+    if (c->tp) {
+        c->tp->free(c->tp_opaque);
+    }
     if (c->recv_timer) {
         timer_free(c->recv_timer);
     }
@@ -760,6 +766,9 @@ void sock_conn_shutdown_send(SockConn *c)
 {
     sock_conn_ref(c);           /* a woken waiter may drop its reference */
     if (c->fd >= 0 && !c->err[SOCK_TX]) {
+        if (c->tp && c->tp->shutdown) {
+            c->tp->shutdown(c->tp_opaque);
+        }
         shutdown(c->fd, SHUT_WR);
     }
     sock_conn_fail(c, SOCK_TX, -ESHUTDOWN);
@@ -774,6 +783,48 @@ void sock_conn_abort(SockConn *c, int err)
     sock_conn_fail(c, SOCK_TX, err);
     sock_conn_fail(c, SOCK_RX, err);
     sock_conn_unref(c);
+}
+
+int sock_conn_fd(const SockConn *c)
+{
+    return c->fd;
+}
+
+size_t sock_conn_buffered(const SockConn *c)
+{
+    return c->rlen - c->rpos;
+}
+
+int sock_conn_set_transport(SockConn *c, const SockTransport *t,
+                            void *opaque)
+{
+    assert(!c->tp);
+    if (sock_conn_buffered(c)) {
+        return -EPROTO;
+    }
+    c->tp = t;
+    c->tp_opaque = opaque;
+    c->drained = false;
+    return 0;
+}
+
+int coroutine_fn sock_conn_co_wait_io(SockConn *c, bool write,
+                                      int64_t deadline)
+{
+    int64_t saved = c->recv_deadline;
+    int ret;
+
+    if (c->fd < 0) {
+        return c->err[SOCK_RX] ? c->err[SOCK_RX] : -EBADF;
+    }
+    if (!write) {
+        c->recv_deadline = MIN(saved, deadline);
+    }
+    ret = sock_conn_wait(c, write ? SOCK_TX : SOCK_RX, deadline);
+    if (!write) {
+        c->recv_deadline = saved;
+    }
+    return ret;
 }
 
 /* Copy at most max bytes of src (from skip) into dst; returns the count. */
@@ -799,6 +850,41 @@ static int sock_iov_slice(struct iovec *dst, const struct iovec *src,
     return n;
 }
 
+/*
+ * A transport that would block in the other direction (rare: a TLS key
+ * update in the middle of a receive) is polled shortly instead of taking
+ * the other direction's wait slot.
+ */
+static int coroutine_fn sock_conn_wait_other(SockConn *c, int64_t deadline)
+{
+    int64_t until = qemu_clock_get_ns() + 1000000;
+
+    if (deadline != SOCK_NO_DEADLINE && deadline <= qemu_clock_get_ns()) {
+        return -ETIMEDOUT;
+    }
+    qemu_co_sleep_ns(MIN(until, deadline) - qemu_clock_get_ns());
+    return 0;
+}
+
+/* Receive through the transport into the buffer (fill) or directly. */
+static ssize_t sock_conn_tp_recv(SockConn *c, void *buf, size_t len,
+                                 bool fill)
+{
+    bool want_write = false;
+    ssize_t n = c->tp->recv(c->tp_opaque, buf, len, &want_write);
+
+    if (n > 0) {
+        if (fill) {
+            c->rlen += n;
+        }
+        /* Whatever the transport holds is readable without the fd. */
+        c->drained = (size_t)n < len && !c->tp->pending(c->tp_opaque);
+        return n;
+    }
+    c->tp_want_write = n == 0 && want_write;
+    return n;
+}
+
 int coroutine_fn sock_conn_co_send(SockConn *c, const struct iovec *iov,
                                    int niov, int64_t deadline, size_t *sent)
 {
@@ -816,6 +902,29 @@ int coroutine_fn sock_conn_co_send(SockConn *c, const struct iovec *iov,
             break;
         }
         msg.msg_iovlen = sock_iov_slice(batch, iov, niov, done, total - done);
+        if (c->tp) {
+            bool want_read = false;
+
+            w = c->tp->send(c->tp_opaque, batch, msg.msg_iovlen, &want_read);
+            if (w > 0) {
+                done += w;
+                continue;
+            }
+            if (w < 0) {
+                ret = w;
+                sock_conn_fail(c, SOCK_TX, ret);
+                break;
+            }
+            if (want_read) {
+                ret = sock_conn_wait_other(c, deadline);
+                if (ret < 0) {
+                    break;
+                }
+                continue;
+            }
+            ret = sock_conn_wait(c, SOCK_TX, deadline);
+            goto waited;
+        }
         /* MSG_NOSIGNAL: a peer that went away must not raise SIGPIPE */
         w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w >= 0) {
@@ -831,6 +940,7 @@ int coroutine_fn sock_conn_co_send(SockConn *c, const struct iovec *iov,
             break;
         }
         ret = sock_conn_wait(c, SOCK_TX, deadline);
+    waited:
         if (ret < 0) {
             if (ret == -ETIMEDOUT && done > 0) {
                 /* The stream is cut in the middle of a message. */
@@ -856,6 +966,10 @@ static ssize_t sock_conn_fill(SockConn *c)
     if (c->rpos == c->rlen) {
         c->rpos = c->rlen = 0;
     }
+    if (c->tp) {
+        return sock_conn_tp_recv(c, c->rbuf + c->rlen,
+                                 SOCK_RBUF_SIZE - c->rlen, true);
+    }
     do {
         n = read(c->fd, c->rbuf + c->rlen, SOCK_RBUF_SIZE - c->rlen);
     } while (n < 0 && errno == EINTR);
@@ -878,6 +992,10 @@ static ssize_t sock_conn_read_direct(SockConn *c, const struct iovec *iov,
     ssize_t n;
     int cnt = sock_iov_slice(batch, iov, niov, skip, len);
 
+    if (c->tp) {
+        return sock_conn_tp_recv(c, batch[0].iov_base, batch[0].iov_len,
+                                 false);
+    }
     do {
         n = readv(c->fd, batch, cnt);
     } while (n < 0 && errno == EINTR);
@@ -940,6 +1058,14 @@ int coroutine_fn sock_conn_co_recv(SockConn *c, const struct iovec *iov,
             ret = n;
             sock_conn_fail(c, SOCK_RX, ret);
             break;
+        }
+        if (c->tp && c->tp_want_write) {
+            c->tp_want_write = false;
+            ret = sock_conn_wait_other(c, c->recv_deadline);
+            if (ret < 0) {
+                break;
+            }
+            continue;
         }
         ret = sock_conn_wait(c, SOCK_RX, SOCK_NO_DEADLINE);
         if (ret < 0) {
@@ -1109,6 +1235,14 @@ int coroutine_fn sock_client_co_connect(SockClient *cl, Error **errp)
     cl->conn = conn;
     cl->healthy = false;
     return 0;
+}
+
+void sock_client_adopt(SockClient *cl, SockConn *conn)
+{
+    assert(!cl->conn);
+    cl->conn = conn;
+    cl->healthy = true;
+    cl->down_since = qemu_clock_get_ns();
 }
 
 static void sock_client_start_loop(SockClient *cl)

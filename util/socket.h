@@ -152,6 +152,50 @@ int sock_conn_send_error(const SockConn *conn);
 int sock_conn_recv_error(const SockConn *conn);
 
 /* ------------------------------------------------------------------ */
+/* Transports (TLS)                                                   */
+
+/*
+ * A transport sits between a connection and its fd once installed (TLS
+ * after a STARTTLS handshake): every later send and receive goes through
+ * it. Each hook moves bytes without blocking:
+ * - recv: >0 bytes placed in buf, 0 would block (*want_write: waiting for
+ *   the fd to become writable, not readable), -ECONNRESET at the peer's
+ *   close, other -errno when the stream is broken.
+ * - send: >0 bytes of iov taken, 0 would block (*want_read likewise),
+ *   -errno. After 0, the next call gets the same bytes again.
+ * - pending: bytes already decrypted and buffered inside the transport
+ *   (the fd may not be readable while these wait).
+ * - shutdown: best-effort end of the stream (TLS close_notify), no waits.
+ * - free: at the connection's end.
+ */
+typedef struct SockTransport {
+    ssize_t (*recv)(void *opaque, void *buf, size_t len, bool *want_write);
+    ssize_t (*send)(void *opaque, const struct iovec *iov, int niov,
+                    bool *want_read);
+    size_t (*pending)(void *opaque);
+    void (*shutdown)(void *opaque);
+    void (*free)(void *opaque);
+} SockTransport;
+
+/* The fd (for a transport's handshake), -1 once aborted. */
+int sock_conn_fd(const SockConn *conn);
+/*
+ * Install a transport. Fails with -EPROTO if the peer sent bytes that
+ * were already received in the clear but not consumed (a peer must not
+ * send ahead of a STARTTLS exchange: such bytes could be injected).
+ */
+int sock_conn_set_transport(SockConn *conn, const SockTransport *t,
+                            void *opaque);
+/*
+ * Wait until the fd is readable (write false) or writable, by deadline
+ * (-ETIMEDOUT after it). For handshakes, while nobody else uses conn.
+ */
+int coroutine_fn sock_conn_co_wait_io(SockConn *conn, bool write,
+                                      int64_t deadline);
+/* Bytes received but not yet consumed (in the clear, before a transport). */
+size_t sock_conn_buffered(const SockConn *conn);
+
+/* ------------------------------------------------------------------ */
 /* Reconnecting client                                                */
 
 typedef struct SockClient SockClient;
@@ -179,6 +223,10 @@ SockClient *sock_client_new(const SockAddr *addr, const SockClientOps *ops,
 
 /* One connection attempt, no retry (the first connect of an open). */
 int coroutine_fn sock_client_co_connect(SockClient *cl, Error **errp);
+
+/* Take conn (the caller's reference) as the current connection, made
+ * outside the client (e.g. a first connect with its own retry policy). */
+void sock_client_adopt(SockClient *cl, SockConn *conn);
 
 /*
  * The current connection (a new reference), reconnecting if there is none.

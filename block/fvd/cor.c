@@ -29,8 +29,11 @@ static void coroutine_fn fvd_cor_write(FvdCopy *cp)
     BDRVFvdState *s = cp->bs->opaque;
 
     BLKDBG_EVENT(s->data, "cor_write");
-    int ret = bdrv_co_pwrite(s->data, fvd_host_offset(s, cp->start), cp->len,
-                             cp->buf, 0);
+    QEMUIOVector v;
+    qemu_iovec_init_buf(&v, cp->buf, cp->len);
+    /* In a compact image this may map a chunk: a bit that goes home before
+     * the mapping's record only makes the block read from the base. */
+    int ret = fvd_data_pwritev(cp->bs, cp->start, cp->len, &v, 0, 0);
     if (ret >= 0) {
         uint64_t gen = bdrv_get_write_gen(s->data);
         if (fvd_bitmap_set_cached(s, cp->c, cp->c + cp->k, s->data,
@@ -118,7 +121,7 @@ int coroutine_fn fvd_cor_read(BlockDriverState *bs, uint64_t c, uint64_t run,
             cp->len = MIN((int64_t)((c + k) << bits),
                           (int64_t)fvd_coverage(s)) - cp->start;
             fvd_alloc_begin(s, &cp->alloc, c, c + k);
-            ret = fvd_bitmap_run(s, c, c + k, &in_image, &run2);
+            ret = fvd_block_run(s, c, c + k, &in_image, &run2);
             if (ret >= 0 && !in_image && run2 == k) {
                 ret = fvd_cor_copy(cp, offset, n, qiov, qiov_offset);
                 copied = true;

@@ -20,7 +20,17 @@ const QemuOptDesc fvd_create_opts[] = {
       "Copy-on-write granularity, 512 B to 2 MiB, power of two (default "
       "4 KiB, larger when the bitmap would exceed 4 MiB)" },
     { "journal_size", QEMU_OPT_SIZE,
-      "Journal size, 16 KiB to 64 MiB (default 1 MiB with a base image)" },
+      "Journal size, 16 KiB to 64 MiB (default 1 MiB with a base image or "
+      "a table)" },
+    { "compact_image", QEMU_OPT_BOOL,
+      "Map the disk through a table of chunks allocated in order, so that "
+      "the storage grows only with data (default off)" },
+    { "chunk_size", QEMU_OPT_SIZE,
+      "Table granularity of a compact image, 4 KiB to 1 GiB, power of two, "
+      "at least the block size (default 1 MiB)" },
+    { "storage_grow_unit", QEMU_OPT_SIZE,
+      "Bytes the data storage of a compact image grows by at a time, "
+      "rounded up to chunks (default 16 MiB)" },
     { NULL }
 };
 
@@ -33,6 +43,10 @@ typedef struct FvdCreate {
     uint64_t journal_size;
     bool has_journal_size;
     bool copy_on_read;
+    bool compact;
+    uint64_t chunk_size;
+    bool has_chunk_size;
+    uint64_t grow_unit;
     uint64_t base_len;              /* 0: no base */
 } FvdCreate;
 
@@ -49,6 +63,32 @@ static int fvd_create_parse(FvdCreate *c, QemuOpts *opts, Error **errp)
     c->journal_size = ROUND_UP(qemu_opt_get_size(opts, "journal_size", 0),
                                FVD_PAGE);
     c->copy_on_read = qemu_opt_get_bool(opts, "copy_on_read", false);
+    c->compact = qemu_opt_get_bool(opts, "compact_image", false);
+    c->chunk_size = qemu_opt_get_size(opts, "chunk_size", FVD_DEFAULT_CHUNK);
+    c->has_chunk_size = qemu_opt_has(opts, "chunk_size");
+    c->grow_unit = qemu_opt_get_size(opts, "storage_grow_unit",
+                                     FVD_DEFAULT_GROW);
+    if (!c->compact && (qemu_opt_has(opts, "chunk_size") ||
+                        qemu_opt_has(opts, "storage_grow_unit"))) {
+        error_setg(errp, "chunk_size and storage_grow_unit need "
+                   "compact_image=on");
+        return -EINVAL;
+    }
+    if (c->compact &&
+        (c->chunk_size < (1u << FVD_MIN_CHUNK_BITS) ||
+         c->chunk_size > (1u << FVD_MAX_CHUNK_BITS) ||
+         (c->chunk_size & (c->chunk_size - 1)))) {
+        error_setg(errp, "Chunk size must be a power of two between 4K and "
+                   "1G");
+        return -EINVAL;
+    }
+    if (c->compact && (!c->grow_unit || c->grow_unit > 64 * TiB ||
+                       DIV_ROUND_UP(c->grow_unit, c->chunk_size) >
+                       FVD_MAX_GROW_CHUNKS)) {
+        error_setg(errp, "storage_grow_unit must be between 1 byte and "
+                   "65536 chunks");
+        return -EINVAL;
+    }
 
     for (int i = 0; i < FVD_NAME_COUNT; i++) {
         if (c->names[i] && !*c->names[i]) {
@@ -135,12 +175,21 @@ static int fvd_create_layout(FvdCreate *c, FvdHeader *h, Error **errp)
         }
     }
     h->block_bits = __builtin_ctzll(bs);
+    if (c->compact && bs > c->chunk_size) {
+        if (c->has_chunk_size) {
+            error_setg(errp, "The chunk size must be at least the block "
+                       "size");
+            return -EINVAL;
+        }
+        c->chunk_size = bs;
+    }
     if (!c->has_journal_size) {
-        c->journal_size = h->base_coverage ? FVD_DEFAULT_JOURNAL : 0;
+        c->journal_size = h->base_coverage || c->compact
+                          ? FVD_DEFAULT_JOURNAL : 0;
     }
     if (c->journal_size ? (c->journal_size < FVD_MIN_JOURNAL ||
                            c->journal_size > FVD_MAX_JOURNAL)
-                        : h->base_coverage != 0) {
+                        : (h->base_coverage != 0 || c->compact)) {
         error_setg(errp, "Journal size must be between 16K and 64M");
         return -EINVAL;
     }
@@ -155,11 +204,32 @@ static int fvd_create_layout(FvdCreate *c, FvdHeader *h, Error **errp)
                                                h->block_bits), FVD_PAGE);
     h->journal_offset = h->bitmap_offset + h->bitmap_size;
     h->journal_size = c->journal_size;
+    uint64_t meta_end = h->journal_offset + h->journal_size;
+    if (c->compact) {
+        /* The table covers the disk, and room for resize to grow it 64
+         * times (at least to 1 GiB, at most to 1 TiB, at most 64 MiB of
+         * table; sparse in the file until used). */
+        uint64_t n = DIV_ROUND_UP(c->size, c->chunk_size);
+        uint64_t room = MIN(MAX(c->size, FVD_TABLE_RESERVE / 1024 / 64) *
+                            UINT64_C(64), (uint64_t)FVD_TABLE_RESERVE);
+        uint64_t reserve = MAX(n, MIN(DIV_ROUND_UP(room, c->chunk_size),
+                                      (uint64_t)FVD_MAX_TABLE / 4));
+        if (n * 4 > FVD_MAX_TABLE) {
+            error_setg(errp, "Too many chunks (%" PRIu64 "): use a larger "
+                       "chunk_size", n);
+            return -EINVAL;
+        }
+        h->incompatible_features |= FVD_INCOMPAT_TABLE;
+        h->chunk_bits = __builtin_ctzll(c->chunk_size);
+        h->grow_chunks = DIV_ROUND_UP(c->grow_unit, c->chunk_size);
+        h->table_offset = meta_end;
+        h->table_size = ROUND_UP(reserve * 4, FVD_PAGE);
+        meta_end += h->table_size;
+    }
     if (c->names[FVD_NAME_DATA]) {
         h->incompatible_features |= FVD_INCOMPAT_DATA_FILE;
     } else {
-        h->data_offset = ROUND_UP(h->journal_offset + h->journal_size,
-                                  FVD_DATA_ALIGN);
+        h->data_offset = ROUND_UP(meta_end, FVD_DATA_ALIGN);
     }
     if (c->copy_on_read) {
         h->compatible_features |= FVD_COMPAT_COPY_ON_READ;
@@ -184,7 +254,10 @@ static int coroutine_fn fvd_create_data_file(FvdCreate *c,
                                           false, NULL);
     int ret = 0;
 
-    if (d) {
+    if (d && c->compact) {
+        /* Its chunks are allocated from the start: old contents go. */
+        ret = bdrv_co_truncate(d, 0, false, PREALLOC_MODE_OFF, errp);
+    } else if (d) {
         int64_t len = bdrv_getlength(d);
         if (len >= 0 && (uint64_t)len < c->size) {
             ret = bdrv_co_truncate(d, c->size, false, PREALLOC_MODE_OFF,
@@ -192,7 +265,7 @@ static int coroutine_fn fvd_create_data_file(FvdCreate *c,
         }
     } else {
         QemuOpts *o = qemu_opts_new();
-        qemu_opt_set_number(o, "size", c->size);
+        qemu_opt_set_number(o, "size", c->compact ? 0 : c->size);
         ret = bdrv_create_file(path, o, errp);
         qemu_opts_del(o);
         if (ret < 0) {
@@ -226,6 +299,10 @@ static int coroutine_fn fvd_create_file(FvdCreate *c, const FvdHeader *h,
     uint64_t end = h->data_offset ? h->data_offset + h->virtual_size
                                   : MAX(h->journal_offset + h->journal_size,
                                         (uint64_t)h->header_size);
+    if (h->incompatible_features & FVD_INCOMPAT_TABLE) {
+        /* The data storage grows with data, from nothing. */
+        end = MAX(h->data_offset, h->table_offset + h->table_size);
+    }
     ret = bdrv_co_truncate(file, end, false, PREALLOC_MODE_OFF, errp);
     if (ret >= 0) {
         uint8_t *hdr = g_malloc0(h->header_size);

@@ -10,7 +10,8 @@
  *   | header| (offset+ |             | 1 bit/block, | ring of 512-B| at its
  *   |       |  length) |             | 1 = in image | sectors      | virtual
  *   +-------+----------+-------------+--------------+--------------+ offset
- *   (part 2 will put its table between the journal and data_offset)
+ *   (a compact image puts its table between the journal and data_offset:
+ *    guest data is then in chunks allocated in order, mapped by the table)
  *
  * With a separate data file, data_offset is 0 and refers to that file: the
  * data file alone is then a raw image of the disk wherever the bitmap says
@@ -23,6 +24,7 @@
 
 #include "block_int.h"
 #include "block/table-cache.h"
+#include "block/job.h"
 
 /* ---- header ---- */
 
@@ -48,8 +50,9 @@
 /* Incompatible features: a reader that does not know a bit refuses. */
 #define FVD_INCOMPAT_DIRTY      (UINT64_C(1) << 0)  /* replay the journal */
 #define FVD_INCOMPAT_DATA_FILE  (UINT64_C(1) << 1)  /* data in another file */
-#define FVD_INCOMPAT_TABLE      (UINT64_C(1) << 2)  /* compact image (part 2) */
-#define FVD_INCOMPAT_MASK       (FVD_INCOMPAT_DIRTY | FVD_INCOMPAT_DATA_FILE)
+#define FVD_INCOMPAT_TABLE      (UINT64_C(1) << 2)  /* compact image: table */
+#define FVD_INCOMPAT_MASK       (FVD_INCOMPAT_DIRTY | FVD_INCOMPAT_DATA_FILE | \
+                                 FVD_INCOMPAT_TABLE)
 /* Compatible features: unknown bits are ignored and kept. */
 #define FVD_COMPAT_COPY_ON_READ (UINT64_C(1) << 0)
 #define FVD_COMPAT_MASK         FVD_COMPAT_COPY_ON_READ
@@ -74,10 +77,10 @@ typedef struct FvdDiskHeader {
     uint64_t journal_size;
     uint64_t journal_epoch;
     uint64_t data_offset;
-    uint64_t table_offset;          /* part 2 (compact image); 0 */
-    uint64_t table_size;            /* part 2; 0 */
-    uint32_t chunk_bits;            /* part 2; 0 */
-    uint32_t reserved1;
+    uint64_t table_offset;          /* TABLE only, else 0 */
+    uint64_t table_size;            /* TABLE only, else 0 */
+    uint32_t chunk_bits;            /* TABLE only, else 0 */
+    uint32_t grow_chunks;           /* TABLE: chunks per growth, else 0 */
     uint32_t base_name_offset;
     uint32_t base_name_length;
     uint32_t base_fmt_offset;
@@ -145,6 +148,7 @@ typedef struct FvdHeader {
     uint64_t data_offset;
     uint64_t table_offset, table_size;
     uint32_t chunk_bits;
+    uint32_t grow_chunks;
     FvdNameRef names[FVD_NAME_COUNT];
 } FvdHeader;
 
@@ -164,9 +168,21 @@ void fvd_header_to_disk(const FvdHeader *h, FvdDiskHeader *d);
 /* Record types (every record is a multiple of 8 bytes). */
 #define FVD_REC_RANGE           1   /* set bits [first, first + count) */
 #define FVD_REC_BITS            2   /* OR nbytes of raw bits in at first */
-#define FVD_REC_TABLE           3   /* reserved for part 2 */
+#define FVD_REC_TABLE           3   /* map chunks [first, first + count) */
 #define FVD_REC_HDR             16  /* type, (count | nbytes), first */
 #define FVD_REC_MAX_BITS_BYTES  (FVD_JPAYLOAD - FVD_REC_HDR)
+#define FVD_REC_MAX_TABLE       ((FVD_JPAYLOAD - FVD_REC_HDR) / 4)  /* 114 */
+
+/* ---- table (compact image) ---- */
+
+#define FVD_MIN_CHUNK_BITS      12          /* 4 KiB */
+#define FVD_MAX_CHUNK_BITS      30          /* 1 GiB */
+#define FVD_DEFAULT_CHUNK       (1 * MiB)
+#define FVD_DEFAULT_GROW        (16 * MiB)
+#define FVD_MAX_TABLE           (64 * MiB)  /* 16 Mi entries */
+#define FVD_TABLE_RESERVE       (1 * TiB)   /* disk size the table covers */
+#define FVD_ENTRY_RESERVED      UINT32_C(0x80000000)
+#define FVD_MAX_GROW_CHUNKS     65536
 
 typedef struct FvdJournalSector {
     uint8_t  magic[4];
@@ -233,9 +249,59 @@ typedef struct FvdJournal {
     int last_checkpoint_ret;
 } FvdJournal;
 
+/* The table in memory: the whole of it (at most FVD_MAX_TABLE bytes). */
+typedef struct FvdTable {
+    uint32_t *map;                  /* per virtual chunk: physical + 1, 0 */
+    uint64_t nchunks;               /* virtual chunks of the disk */
+    uint64_t capacity;              /* entries the table region holds */
+    unsigned long *in_use;          /* physical chunks referenced */
+    uint64_t used;                  /* 1 + highest physical chunk in use */
+    uint64_t storage_chunks;        /* chunks the data storage holds */
+    uint64_t zero_from;             /* chunks from here on read zeroes */
+    unsigned long *uncommitted;     /* virtual chunks mapped, no record */
+    GArray *pending;                /* those chunks, for the next commit */
+    uint64_t committing;            /* entries taken by the running commit */
+    unsigned long *home_dirty;      /* table pages to write home */
+    bool replayed;                  /* replayed entries not home yet */
+    CoMutex lock;                   /* one allocation at a time */
+} FvdTable;
+
+/* Prefetch throughput measurement (reads from the base, writes). */
+typedef struct FvdThroughput {
+    int64_t ns;
+    uint64_t bytes;
+    double avg;                     /* bytes/s, EWMA */
+    bool have;
+} FvdThroughput;
+
+/* Whole-image prefetch of the base, a job (block/fvd/prefetch.c). */
+typedef struct FvdPrefetch {
+    Job *job;
+    int64_t start_delay_ns;
+    uint64_t bytes;                 /* per copy */
+    unsigned max_inflight;          /* copies at once (workers) */
+    uint64_t bandwidth;             /* bytes/s cap, 0: none */
+    uint64_t min_throughput;        /* bytes/s: slower is congestion */
+    int64_t measure_ns;
+    int64_t throttle_ns;            /* longest random pause, 0: never */
+    unsigned alpha;                 /* EWMA weight of the old average, % */
+    uint64_t cursor;                /* next block to look at */
+    unsigned workers, inflight;
+    CoQueue done_queue;
+    bool run_done;
+    int ret;
+    FvdThroughput rd, wr;
+    int64_t pause_until_ns;
+    int64_t bw_start_ns;
+    uint64_t bw_bytes;
+    bool drain_user;
+} FvdPrefetch;
+
 typedef struct FvdStats {
     uint64_t commits, journal_sectors, checkpoints, bg_commits;
     uint64_t cor_blocks, cow_reads, alloc_writes, pending_waits;
+    uint64_t chunks_allocated, storage_grows;
+    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses;
 } FvdStats;
 
 typedef struct BDRVFvdState {
@@ -259,6 +325,10 @@ typedef struct BDRVFvdState {
 
     FvdAlloc *allocs;
     FvdJournal j;
+    FvdPrefetch pf;
+    bool compact;                   /* TABLE: data through the table */
+    uint64_t chunk_size;
+    FvdTable t;
     bool session_dirty;             /* DIRTY set by this session */
     bool autoclear_pending;         /* unknown autoclear bits still on disk */
     bool replayed_in_cache;         /* DIRTY image: replayed bits not home */
@@ -415,15 +485,73 @@ int coroutine_fn fvd_create(const char *filename, QemuOpts *opts,
                             Error **errp);
 extern const QemuOptDesc fvd_create_opts[];
 
+/* table.c */
+/* Load and check the table region (before replay); nothing is written. */
+int coroutine_fn fvd_table_load(BlockDriverState *bs, Error **errp);
+/* After replay: usage rebuilt from the table (duplicates are corrupt). */
+int fvd_table_rebuild_usage(BDRVFvdState *s, Error **errp);
+void fvd_table_free(BDRVFvdState *s);
+/* Physical chunk of virtual chunk v, or -1 if it is not mapped. */
+static inline int64_t fvd_table_get(BDRVFvdState *s, uint64_t v)
+{
+    return v < s->t.nchunks && s->t.map[v] ? (int64_t)s->t.map[v] - 1 : -1;
+}
+/* Map virtual chunk v (pending a journal record); returns the physical
+ * chunk or a negative errno (-ENOSPC when the storage cannot grow). */
+int64_t coroutine_fn fvd_table_alloc(BlockDriverState *bs, uint64_t v);
+/* Replay of one table record's entry (validated by the caller). */
+int fvd_table_replay_entry(BDRVFvdState *s, uint64_t v, uint32_t e);
+/* Journal commit: the pending entries, encoded and applied by journal.c. */
+GArray *fvd_table_take_pending(BDRVFvdState *s);
+void fvd_table_committed(BDRVFvdState *s, GArray *chunks, guint from,
+                         guint to);
+void fvd_table_uncommit(BDRVFvdState *s, GArray *chunks, guint from);
+/* Write the dirty table pages home (committed entries only). */
+int coroutine_fn fvd_table_write_home(BlockDriverState *bs);
+/* Resize: entries [from, to) cleared in memory and home, flushed. */
+int coroutine_fn fvd_table_resize(BlockDriverState *bs, uint64_t new_size);
+/* Data storage I/O at guest offsets, split by chunk; alloc: map chunks. */
+int coroutine_fn fvd_data_preadv(BlockDriverState *bs, int64_t offset,
+                                 int64_t bytes, QEMUIOVector *qiov,
+                                 size_t qiov_offset);
+int coroutine_fn fvd_data_pwritev(BlockDriverState *bs, int64_t offset,
+                                  int64_t bytes, QEMUIOVector *qiov,
+                                  size_t qiov_offset, BdrvRequestFlags flags);
+/* qiov-less: zeroes; alloc false leaves unmapped chunks alone. */
+int coroutine_fn fvd_data_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                        int64_t bytes, BdrvRequestFlags flags,
+                                        bool alloc);
+int coroutine_fn fvd_data_pdiscard(BlockDriverState *bs, int64_t offset,
+                                   int64_t bytes);
+/* Blocks [start, start + *len) share the state of block start, where a
+ * block of a compact image is in the image only if its chunk is mapped. */
+int coroutine_fn fvd_block_run(BDRVFvdState *s, uint64_t start, uint64_t end,
+                               bool *in_image, uint64_t *len);
+/* Leaked physical chunks below used (check); repair discards them. */
+uint64_t fvd_table_count_leaks(BDRVFvdState *s);
+int coroutine_fn fvd_table_reclaim(BlockDriverState *bs);
+/* Bytes of data storage the image needs (check). */
+uint64_t fvd_data_needed(BDRVFvdState *s);
+
+/* prefetch.c */
+/* Open: read the prefetch options; start the job if prefetch=on. */
+int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp);
+/* Close: cancel the job and wait for it. */
+void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs);
+/* "running", "paused", "done", "cancelled", "failed", or NULL (none). */
+const char *fvd_prefetch_state(BDRVFvdState *s);
+
 /* Helpers shared by the files. */
 static inline uint64_t fvd_coverage(BDRVFvdState *s)
 {
     return s->header.base_coverage;
 }
 
-/* Host offset of guest byte off in s->data (part 2 will map via the table). */
+/* Host offset of guest byte off in s->data (not for compact images: they
+ * go through fvd_data_* which map via the table). */
 static inline int64_t fvd_host_offset(BDRVFvdState *s, int64_t off)
 {
+    assert(!s->compact);
     return (int64_t)s->header.data_offset + off;
 }
 

@@ -26,6 +26,7 @@ bool fvd_header_to_cpu(const FvdDiskHeader *d, FvdHeader *h)
     h->table_offset = le64_to_cpu(d->table_offset);
     h->table_size = le64_to_cpu(d->table_size);
     h->chunk_bits = le32_to_cpu(d->chunk_bits);
+    h->grow_chunks = le32_to_cpu(d->grow_chunks);
     const uint32_t *n = &d->base_name_offset;
     for (int i = 0; i < FVD_NAME_COUNT; i++) {
         h->names[i].offset = le32_to_cpu(n[2 * i]);
@@ -56,6 +57,7 @@ void fvd_header_to_disk(const FvdHeader *h, FvdDiskHeader *d)
     d->table_offset = cpu_to_le64(h->table_offset);
     d->table_size = cpu_to_le64(h->table_size);
     d->chunk_bits = cpu_to_le32(h->chunk_bits);
+    d->grow_chunks = cpu_to_le32(h->grow_chunks);
     uint32_t *n = &d->base_name_offset;
     for (int i = 0; i < FVD_NAME_COUNT; i++) {
         n[2 * i] = cpu_to_le32(h->names[i].offset);
@@ -159,6 +161,7 @@ static int fvd_validate_layout(const FvdHeader *h, int64_t file_len,
     uint64_t meta_end = MAX(MAX(h->bitmap_offset + h->bitmap_size,
                                 h->journal_offset + h->journal_size),
                             (uint64_t)h->header_size);
+    meta_end = MAX(meta_end, h->table_offset + h->table_size);
     if ((uint64_t)file_len < meta_end) {
         error_setg(errp, "FVD file is truncated (%" PRId64 " bytes, its "
                    "metadata ends at %" PRIu64 ")", file_len, meta_end);
@@ -179,16 +182,50 @@ static int fvd_validate_layout(const FvdHeader *h, int64_t file_len,
     return 0;
 }
 
+/* The table fields of a compact image (spec section 11). */
+static int fvd_validate_table(const FvdHeader *h, Error **errp)
+{
+    if (h->chunk_bits < FVD_MIN_CHUNK_BITS ||
+        h->chunk_bits > FVD_MAX_CHUNK_BITS || h->chunk_bits < h->block_bits) {
+        error_setg(errp, "Invalid FVD chunk size 2^%" PRIu32 " (must be 4 KiB "
+                   "to 1 GiB and at least the block size)", h->chunk_bits);
+        return -EINVAL;
+    }
+    uint64_t nchunks = DIV_ROUND_UP(h->virtual_size,
+                                    UINT64_C(1) << h->chunk_bits);
+    if (!fvd_region_ok(h, h->table_offset, h->table_size) ||
+        !h->table_size || h->table_size > FVD_MAX_TABLE ||
+        h->table_size / 4 < nchunks) {
+        error_setg(errp, "FVD header: invalid table (offset %" PRIu64 ", size "
+                   "%" PRIu64 ", the disk needs %" PRIu64 " entries)",
+                   h->table_offset, h->table_size, nchunks);
+        return -EINVAL;
+    }
+    if (fvd_regions_overlap(h->table_offset, h->table_size,
+                            h->bitmap_offset, h->bitmap_size) ||
+        fvd_regions_overlap(h->table_offset, h->table_size,
+                            h->journal_offset, h->journal_size)) {
+        error_setg(errp, "FVD header: the table overlaps the bitmap or the "
+                   "journal");
+        return -EINVAL;
+    }
+    if (!h->journal_size) {
+        error_setg(errp, "FVD header: a compact image needs a journal");
+        return -EINVAL;
+    }
+    if (!h->grow_chunks || h->grow_chunks > FVD_MAX_GROW_CHUNKS) {
+        error_setg(errp, "FVD header: invalid storage growth unit (%" PRIu32
+                   " chunks)", h->grow_chunks);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* Every check of docs/specs/fvd.txt section 9; nothing is written. */
 int fvd_validate_header(const FvdHeader *h, int64_t file_len, Error **errp)
 {
     if (h->version != FVD_VERSION) {
         error_setg(errp, "Unsupported FVD version %" PRIu32, h->version);
-        return -ENOTSUP;
-    }
-    if (h->incompatible_features & FVD_INCOMPAT_TABLE) {
-        error_setg(errp, "FVD compact images (table) are not supported by "
-                   "this version");
         return -ENOTSUP;
     }
     if (h->incompatible_features & ~FVD_INCOMPAT_MASK) {
@@ -228,10 +265,18 @@ int fvd_validate_header(const FvdHeader *h, int64_t file_len, Error **errp)
                    "size %" PRIu64, h->base_coverage, h->virtual_size);
         return -EINVAL;
     }
-    if (h->table_offset || h->table_size || h->chunk_bits) {
+    if (!(h->incompatible_features & FVD_INCOMPAT_TABLE) &&
+        (h->table_offset || h->table_size || h->chunk_bits ||
+         h->grow_chunks)) {
         error_setg(errp, "FVD header: table fields set without the table "
                    "feature");
         return -EINVAL;
+    }
+    if (h->incompatible_features & FVD_INCOMPAT_TABLE) {
+        int ret = fvd_validate_table(h, errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
     int ret = fvd_validate_names(h, errp);
     if (ret < 0) {

@@ -26,6 +26,7 @@ bool coroutine_fn fvd_alloc_wait(BDRVFvdState *s, uint64_t start,
     if (!a) {
         return false;
     }
+    s->stats.alloc_waits++;
     qemu_co_queue_wait(&a->waiters, NULL);
     return true;
 }
@@ -78,7 +79,7 @@ static int coroutine_fn fvd_next_run(BDRVFvdState *s, int64_t offset,
     uint64_t first = (uint64_t)offset >> bits;
     uint64_t last = MIN(((uint64_t)(offset + bytes - 1) >> bits) + 1,
                         s->nb_blocks);
-    int ret = fvd_bitmap_run(s, first, last, in_image, run);
+    int ret = fvd_block_run(s, first, last, in_image, run);
 
     if (ret < 0) {
         return ret;
@@ -98,8 +99,7 @@ int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
     while (bytes > 0) {
         int ret;
         if ((uint64_t)offset >= fvd_coverage(s)) {
-            return bdrv_co_preadv_part(s->data, fvd_host_offset(s, offset),
-                                       bytes, qiov, qiov_offset, 0);
+            return fvd_data_preadv(bs, offset, bytes, qiov, qiov_offset);
         }
         bool in_image;
         uint64_t c, run;
@@ -109,8 +109,7 @@ int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
             return ret;
         }
         if (in_image) {
-            ret = bdrv_co_preadv_part(s->data, fvd_host_offset(s, offset), n,
-                                      qiov, qiov_offset, 0);
+            ret = fvd_data_preadv(bs, offset, n, qiov, qiov_offset);
         } else if (s->copy_on_read && !bs->read_only && bs->backing) {
             ret = fvd_cor_read(bs, c, run, offset, n, qiov, qiov_offset);
         } else {
@@ -158,8 +157,8 @@ static int coroutine_fn fvd_write_blocks(BlockDriverState *bs, int64_t start,
     assert(head >= 0 && tail >= 0);
     if (!qiov && !head && !tail) {
         BLKDBG_EVENT(s->data, "cow_write");
-        return bdrv_co_pwrite_zeroes(s->data, fvd_host_offset(s, start),
-                                     end - start, flags & BDRV_REQ_MAY_UNMAP);
+        return fvd_data_pwrite_zeroes(bs, start, end - start,
+                                      flags & BDRV_REQ_MAY_UNMAP, true);
     }
     if (head || tail) {
         /* One base read for both ends; the guest bytes are laid over it. */
@@ -189,8 +188,7 @@ static int coroutine_fn fvd_write_blocks(BlockDriverState *bs, int64_t start,
         qemu_iovec_add(&v, buf + head + bytes, tail);
     }
     BLKDBG_EVENT(s->data, "cow_write");
-    ret = bdrv_co_pwritev(s->data, fvd_host_offset(s, start), end - start,
-                          &v, 0);
+    ret = fvd_data_pwritev(bs, start, end - start, &v, 0, 0);
     qemu_iovec_destroy(&v);
     qemu_vfree(zeroes);
     qemu_vfree(buf);
@@ -225,17 +223,17 @@ static int coroutine_fn fvd_write_alloc(BlockDriverState *bs, uint64_t c,
 }
 
 /* Write n guest bytes at offset where the blocks are in the image. */
-static int coroutine_fn fvd_write_in_place(BDRVFvdState *s, int64_t offset,
-                                           int64_t n, QEMUIOVector *qiov,
+static int coroutine_fn fvd_write_in_place(BlockDriverState *bs,
+                                           int64_t offset, int64_t n,
+                                           QEMUIOVector *qiov,
                                            size_t qiov_offset,
                                            BdrvRequestFlags flags)
 {
     if (qiov) {
-        return bdrv_co_pwritev_part(s->data, fvd_host_offset(s, offset), n,
-                                    qiov, qiov_offset, flags);
+        return fvd_data_pwritev(bs, offset, n, qiov, qiov_offset, flags);
     }
-    return bdrv_co_pwrite_zeroes(s->data, fvd_host_offset(s, offset), n,
-                                 flags);
+    /* Unmapped chunks of a compact image read as zeroes already. */
+    return fvd_data_pwrite_zeroes(bs, offset, n, flags, false);
 }
 
 /*
@@ -259,7 +257,7 @@ static int coroutine_fn fvd_do_write(BlockDriverState *bs, int64_t offset,
     }
     while (bytes > 0) {
         if ((uint64_t)offset >= fvd_coverage(s)) {
-            return fvd_write_in_place(s, offset, bytes, qiov, qiov_offset,
+            return fvd_write_in_place(bs, offset, bytes, qiov, qiov_offset,
                                       flags);
         }
         bool in_image;
@@ -270,7 +268,7 @@ static int coroutine_fn fvd_do_write(BlockDriverState *bs, int64_t offset,
             return ret;
         }
         if (in_image) {
-            ret = fvd_write_in_place(s, offset, n, qiov, qiov_offset, flags);
+            ret = fvd_write_in_place(bs, offset, n, qiov, qiov_offset, flags);
         } else {
             ret = fvd_journal_throttle(bs);
             if (ret < 0) {
@@ -285,7 +283,7 @@ static int coroutine_fn fvd_do_write(BlockDriverState *bs, int64_t offset,
             fvd_alloc_begin(s, &a, c, c + run);
             /* The run was read before the reservation (the scan may yield
              * between entries): recheck now that nobody else can allocate. */
-            ret = fvd_bitmap_run(s, c, c + run, &in2, &run2);
+            ret = fvd_block_run(s, c, c + run, &in2, &run2);
             if (ret >= 0 && (in2 || run2 != run)) {
                 fvd_alloc_end(s, &a);
                 continue;
@@ -355,7 +353,7 @@ int coroutine_fn fvd_co_pdiscard(BlockDriverState *bs, int64_t offset,
     }
     if (end > cov) {
         uint64_t from = MAX((uint64_t)offset, cov);
-        ret = bdrv_co_pdiscard(s->data, fvd_host_offset(s, from), end - from);
+        ret = fvd_data_pdiscard(bs, from, end - from);
         if (ret < 0 || (uint64_t)offset >= cov) {
             return ret;
         }
@@ -366,7 +364,7 @@ int coroutine_fn fvd_co_pdiscard(BlockDriverState *bs, int64_t offset,
     while (c < c_end) {
         uint64_t run;
         bool in_image;
-        ret = fvd_bitmap_run(s, c, c_end, &in_image, &run);
+        ret = fvd_block_run(s, c, c_end, &in_image, &run);
         if (ret < 0) {
             return ret;
         }
@@ -374,7 +372,7 @@ int coroutine_fn fvd_co_pdiscard(BlockDriverState *bs, int64_t offset,
             int64_t start = c << bits;
             int64_t len = MIN((int64_t)((c + run) << bits), (int64_t)cov) -
                           start;
-            ret = bdrv_co_pdiscard(s->data, fvd_host_offset(s, start), len);
+            ret = fvd_data_pdiscard(bs, start, len);
             if (ret < 0) {
                 return ret;
             }
@@ -402,11 +400,11 @@ int coroutine_fn fvd_co_flush(BlockDriverState *bs)
             return ret;
         }
     }
-    if (!s->bitmap || bs->read_only) {
+    if ((!s->bitmap && !s->compact) || bs->read_only) {
         return 0;
     }
     ret = fvd_journal_commit(bs);
-    if (ret >= 0 && s->soft_dirty) {
+    if (ret >= 0 && s->soft_dirty && s->bitmap) {
         s->soft_dirty = false;
         ret = table_cache_write(s->bitmap);
         if (ret < 0) {
@@ -436,7 +434,17 @@ int coroutine_fn fvd_co_block_status(BlockDriverState *bs, bool want_zero,
     } else {
         *pnum = bytes;
     }
-    *map = fvd_host_offset(s, offset);
+    if (s->compact) {
+        uint64_t in = offset & (s->chunk_size - 1);
+        int64_t p = fvd_table_get(s, offset >> s->header.chunk_bits);
+        *pnum = MIN(*pnum, (int64_t)(s->chunk_size - in));
+        if (p < 0) {
+            return BDRV_BLOCK_ZERO;     /* past the coverage, not mapped */
+        }
+        *map = s->header.data_offset + p * s->chunk_size + in;
+    } else {
+        *map = fvd_host_offset(s, offset);
+    }
     *file = s->data;
     return BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID;
 }

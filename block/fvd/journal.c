@@ -334,30 +334,81 @@ static GPtrArray *fvd_take_pending(BDRVFvdState *s)
 }
 
 /*
- * Write the records of the shadows in list, in chunks that fit the free
- * ring space (a checkpoint makes room when none is left), each chunk
- * applied to the cached entries once written.
+ * Table records for the chunks of tlist from index from on, as many as fit
+ * (a run of consecutive chunks per record); returns the index reached.
+ */
+static guint fvd_enc_table(BDRVFvdState *s, FvdEncoder *e, GArray *tlist,
+                           guint from)
+{
+    guint i = from;
+
+    while (i < tlist->len) {
+        uint64_t first = g_array_index(tlist, uint64_t, i);
+        if (first >= s->t.nchunks || !s->t.map[first]) {
+            i++;                /* dropped by a shrink */
+            continue;
+        }
+        guint n = 1;
+        while (i + n < tlist->len && n < FVD_REC_MAX_TABLE &&
+               g_array_index(tlist, uint64_t, i + n) == first + n &&
+               first + n < s->t.nchunks && s->t.map[first + n]) {
+            n++;
+        }
+        uint8_t *p = fvd_enc_reserve(e, FVD_REC_HDR + ROUND_UP(n * 4, 8));
+        if (!p) {
+            break;
+        }
+        FvdRecordHeader r = {
+            .type = cpu_to_le16(FVD_REC_TABLE), .nbytes = cpu_to_le16(n),
+            .first = cpu_to_le64(first),
+        };
+        memcpy(p, &r, sizeof(r));
+        for (guint k = 0; k < n; k++) {
+            uint32_t v = cpu_to_le32(s->t.map[first + k]);
+            memcpy(p + FVD_REC_HDR + 4 * k, &v, 4);
+        }
+        i += n;
+    }
+    return i;
+}
+
+/*
+ * Write the records of the table entries in tlist (first) and of the
+ * shadows in list, in chunks that fit the free ring space (a checkpoint
+ * makes room when none is left), each chunk applied once written: the
+ * entries become committed (their pages may go home after a flush), the
+ * cached bitmap entries take the bits.
  */
 static int coroutine_fn fvd_commit_shadows(BlockDriverState *bs,
-                                           GPtrArray *list)
+                                           GPtrArray *list, GArray *tlist)
 {
     BDRVFvdState *s = bs->opaque;
     FvdJournal *j = &s->j;
     uint8_t *buf = qemu_blockalign(FVD_MAX_CHUNK * FVD_JSECTOR);
-    guint i = 0;
+    guint tlen = tlist ? tlist->len : 0;
+    guint i = 0, ti = 0;
     int ret = 0;
 
-    while (i < list->len && ret >= 0) {
+    while ((ti < tlen || i < list->len) && ret >= 0) {
         uint64_t cap = MIN(QEMU_ALIGN_DOWN(fvd_journal_free(j), j->unit),
                            (uint64_t)FVD_MAX_CHUNK);
         FvdEncoder e = { .buf = buf, .cap = cap };
-        guint k = i;
+        guint k = i, tk = ti;
 
         memset(buf, 0, cap * FVD_JSECTOR);
-        while (k < list->len && fvd_enc_shadow(s, &e, list->pdata[k])) {
-            k++;
+        if (tlist) {
+            tk = fvd_enc_table(s, &e, tlist, ti);
         }
-        if (k == i) {
+        if (tk == tlen) {
+            while (k < list->len && fvd_enc_shadow(s, &e, list->pdata[k])) {
+                k++;
+            }
+        }
+        if (!e.nsect) {
+            if (tk > ti) {
+                ti = tk;        /* only dropped entries */
+                continue;
+            }
             if (fvd_journal_free(j) == j->nsectors) {
                 ret = -ENOSPC;      /* cannot happen: entries fit a ring */
                 break;
@@ -371,16 +422,41 @@ static int coroutine_fn fvd_commit_shadows(BlockDriverState *bs,
             break;
         }
         j->next_seq += n;
+        if (tlist) {
+            fvd_table_committed(s, tlist, ti, tk);
+        }
         ret = fvd_apply_shadows(bs, list, i, k, bdrv_get_write_gen(bs->file));
         j->written_seq = j->next_seq;
         i = k;
+        ti = tk;
     }
     /* Whatever was not written goes back to pending for the next commit. */
     for (; i < list->len; i++) {
         FvdShadow *sh = list->pdata[i];
         fvd_shadow_uncommit(s, sh);
     }
+    if (tlist) {
+        fvd_table_uncommit(s, tlist, ti);
+    }
     qemu_vfree(buf);
+    return ret;
+}
+
+/* The replayed (or resized) metadata home and durable. */
+static int coroutine_fn fvd_meta_flush(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    int ret = 0;
+
+    /* Table first: a bit whose chunk is not mapped reads from the base,
+     * so a bitmap page may reach the disk before the table page. */
+    if (s->compact) {
+        ret = fvd_table_write_home(bs);
+    }
+    if (ret >= 0) {
+        ret = s->bitmap ? table_cache_flush(s->bitmap)
+                        : bdrv_co_flush(bs->file);
+    }
     return ret;
 }
 
@@ -395,7 +471,7 @@ int coroutine_fn fvd_mark_dirty(BlockDriverState *bs)
     /* The bits replayed at open are only in memory: the new epoch will make
      * the sectors holding them stale, so they must be home first. */
     if (s->replayed_in_cache) {
-        ret = table_cache_flush(s->bitmap);
+        ret = fvd_meta_flush(bs);
         if (ret < 0) {
             return ret;
         }
@@ -422,6 +498,7 @@ static int coroutine_fn fvd_commit_once(BlockDriverState *bs)
     BDRVFvdState *s = bs->opaque;
     FvdJournal *j = &s->j;
     GPtrArray *list;
+    GArray *tlist = NULL;
     int ret;
 
     j->committing = true;
@@ -430,17 +507,27 @@ static int coroutine_fn fvd_commit_once(BlockDriverState *bs)
         goto out;
     }
     list = fvd_take_pending(s);
+    if (s->compact) {
+        tlist = fvd_table_take_pending(s);
+    }
     /* Records may reach the disk as soon as they are written: the data
-     * they describe must be durable first. */
+     * they describe (and the chunks they map) must be durable first. */
     ret = bdrv_co_flush_gen(s->data, bdrv_get_write_gen(s->data));
     if (ret >= 0) {
-        ret = fvd_commit_shadows(bs, list);
+        ret = fvd_commit_shadows(bs, list, tlist);
     } else {
         for (guint i = 0; i < list->len; i++) {
             fvd_shadow_uncommit(s, list->pdata[i]);
         }
+        if (tlist) {
+            fvd_table_uncommit(s, tlist, 0);
+        }
     }
     g_ptr_array_free(list, TRUE);
+    if (tlist) {
+        g_array_free(tlist, TRUE);
+        s->t.committing = 0;
+    }
     s->stats.commits++;
 out:
     j->last_commit_ret = ret;
@@ -466,7 +553,7 @@ int coroutine_fn fvd_journal_commit(BlockDriverState *bs)
             qemu_co_queue_wait(&j->commit_queue, NULL);
             continue;
         }
-        if (!s->pending_entries) {
+        if (!s->pending_entries && !(s->compact && s->t.pending->len)) {
             return 0;
         }
         return fvd_commit_once(bs);
@@ -488,7 +575,7 @@ int coroutine_fn fvd_journal_checkpoint(BlockDriverState *bs)
     /* Every entry dirtied by a record below upto was dirtied before this
      * point, so this writes them all (each after its records are durable)
      * and flushes: their ring space may then be reused. */
-    ret = table_cache_flush(s->bitmap);
+    ret = fvd_meta_flush(bs);
     if (ret >= 0) {
         j->tail = MAX(j->tail, upto);
         s->stats.checkpoints++;
@@ -503,7 +590,9 @@ int coroutine_fn fvd_journal_checkpoint(BlockDriverState *bs)
 
 static bool fvd_commit_due(BDRVFvdState *s)
 {
-    return s->pending_entries >= FVD_PENDING_SOFT && !s->j.committing;
+    return (s->pending_entries >= FVD_PENDING_SOFT ||
+            (s->compact && s->t.pending->len >= FVD_PENDING_SOFT)) &&
+           !s->j.committing;
 }
 
 static bool fvd_checkpoint_due(BDRVFvdState *s)
@@ -670,6 +759,28 @@ static int coroutine_fn fvd_replay_records(FvdReplay *r,
             }
             ret = fvd_replay_bits(r, first, js->records + off + FVD_REC_HDR,
                                   nbytes);
+            off += len;
+        } else if (type == FVD_REC_TABLE && s->compact) {
+            uint32_t n = le16_to_cpu(h.nbytes);
+            uint32_t len = FVD_REC_HDR + ROUND_UP(n * 4, 8);
+            if (!n || n > FVD_REC_MAX_TABLE || len > used - off || h.count ||
+                first > s->t.capacity || n > s->t.capacity - first) {
+                goto bad;
+            }
+            for (uint32_t k = 0; k < n; k++) {
+                uint32_t e;
+                memcpy(&e, js->records + off + FVD_REC_HDR + 4 * k, 4);
+                e = le32_to_cpu(e);
+                if (!e || (e & FVD_ENTRY_RESERVED) || e > s->t.capacity) {
+                    goto bad;
+                }
+                if (r->apply && fvd_table_replay_entry(s, first + k, e) < 0) {
+                    error_setg(errp, "FVD journal sector %" PRIu64 " maps "
+                               "chunk %" PRIu64 " that the table maps "
+                               "elsewhere", seq, first + k);
+                    return -EINVAL;
+                }
+            }
             off += len;
         } else {
             goto bad;

@@ -23,10 +23,53 @@ const QemuOptDesc fvd_amend_opts[] = {
  * storage; stale bytes there (from before a shrink) are zeroed and the
  * storage extended, durably, before the header commits the new size.
  */
+/*
+ * Compact image: stale bytes past the old end in its last chunk are zeroed
+ * and the new table entries cleared home (a crash after a shrink may have
+ * left old ones), durably, before the header commits the new size.
+ */
+static int coroutine_fn fvd_grow_compact(BlockDriverState *bs, uint64_t old,
+                                         uint64_t new, Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+    uint64_t chunk_end = MIN(ROUND_UP(old, s->chunk_size), new);
+    int ret = 0;
+
+    if (DIV_ROUND_UP(new, s->chunk_size) > s->t.capacity) {
+        error_setg(errp, "A compact FVD image of %" PRIu64 " bytes cannot "
+                   "grow beyond %" PRIu64 " bytes (its table is full)", old,
+                   s->t.capacity * s->chunk_size);
+        return -EFBIG;
+    }
+    if (chunk_end > old) {
+        ret = fvd_data_pwrite_zeroes(bs, old, chunk_end - old, 0, false);
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(s->data);
+    }
+    if (ret >= 0) {
+        ret = fvd_table_resize(bs, new);
+    }
+    if (ret >= 0) {
+        s->header.virtual_size = new;
+        ret = fvd_write_header(bs);
+        if (ret < 0) {
+            s->header.virtual_size = old;
+        }
+    }
+    if (ret < 0 && errp && !*errp) {
+        error_setg_errno(errp, -ret, "Could not grow the FVD image");
+    }
+    return ret;
+}
+
 static int coroutine_fn fvd_grow(BlockDriverState *bs, uint64_t old,
                                  uint64_t new, Error **errp)
 {
     BDRVFvdState *s = bs->opaque;
+    if (s->compact) {
+        return fvd_grow_compact(bs, old, new, errp);
+    }
     int64_t host_old = fvd_host_offset(s, old);
     int64_t host_new = fvd_host_offset(s, new);
     int64_t len = bdrv_getlength(s->data);
@@ -86,6 +129,17 @@ static int coroutine_fn fvd_shrink(BlockDriverState *bs, uint64_t new,
         fvd_bitmap_clear_cached(s, s->nb_blocks, old_nb) >= 0) {
         s->soft_dirty = true;       /* written home at the next flush */
     }
+    if (s->compact) {
+        /* The chunks past the end are free (discarded) and their entries
+         * zero home; a crash before only leaves entries past the end,
+         * which no reader looks at and a grow clears first. Then the
+         * chunks in use move down into the holes and the storage shrinks,
+         * as a raw layout's would (a failure there only leaves leaks). */
+        if (fvd_table_resize(bs, new) >= 0) {
+            fvd_table_reclaim(bs);
+        }
+        return 0;
+    }
     /* A longer data storage is allowed: failing to cut it is no error. */
     bdrv_co_truncate(s->data, fvd_host_offset(s, new), true,
                      PREALLOC_MODE_OFF, NULL);
@@ -123,6 +177,19 @@ int coroutine_fn fvd_co_truncate(BlockDriverState *bs, int64_t offset,
     while (fvd_alloc_wait(s, 0, UINT64_MAX)) {
         /* wait for every copy-on-read write */
     }
+    if (s->compact) {
+        /* No record of an earlier mapping may be replayed after the table
+         * changed size: commit, write home, move the tail past them. */
+        ret = fvd_journal_commit(bs);
+        if (ret >= 0) {
+            ret = fvd_journal_checkpoint(bs);
+        }
+        if (ret < 0) {
+            qemu_co_mutex_unlock(&s->meta_lock);
+            error_setg_errno(errp, -ret, "Could not write the FVD metadata");
+            return ret;
+        }
+    }
     ret = new > old ? fvd_grow(bs, old, new, errp) : fvd_shrink(bs, new, errp);
     qemu_co_mutex_unlock(&s->meta_lock);
     return ret;
@@ -145,13 +212,13 @@ static int coroutine_fn fvd_zero_base_blocks(BlockDriverState *bs)
     while (c < s->nb_blocks && ret >= 0) {
         uint64_t run;
         bool in_image;
-        ret = fvd_bitmap_run(s, c, s->nb_blocks, &in_image, &run);
+        ret = fvd_block_run(s, c, s->nb_blocks, &in_image, &run);
         if (ret >= 0 && !in_image) {
             int64_t start = c << bits;
             int64_t end = MIN((int64_t)((c + run) << bits),
                               (int64_t)fvd_coverage(s));
-            ret = bdrv_co_pwrite_zeroes(s->data, fvd_host_offset(s, start),
-                                        end - start, BDRV_REQ_MAY_UNMAP);
+            ret = fvd_data_pwrite_zeroes(bs, start, end - start,
+                                         BDRV_REQ_MAY_UNMAP, false);
         }
         c += run;
     }
@@ -290,7 +357,8 @@ fvd_amend_open_data(BlockDriverState *bs, const char *name, Error **errp)
         return NULL;
     }
     len = bdrv_getlength(d);
-    if (len < 0 || (uint64_t)len < s->header.virtual_size) {
+    if (len < 0 || (uint64_t)len < (s->compact ? fvd_data_needed(s)
+                                               : s->header.virtual_size)) {
         error_setg(errp, "FVD data file '%s' is smaller than the virtual "
                    "disk (%" PRId64 " < %" PRIu64 ")", bdrv_get_filename(d),
                    len, s->header.virtual_size);
@@ -459,12 +527,35 @@ static int coroutine_fn fvd_check_leaks(BlockDriverState *bs, FvdCount *cnt,
     return 0;
 }
 
+/* Physical chunks below the highest one in use that no entry maps: leaked
+ * by a crash (or freed by a shrink). Repair discards them; they are reused
+ * by later allocations either way, usage being rebuilt at every open. */
+static void coroutine_fn fvd_check_chunks(BlockDriverState *bs,
+                                          BdrvCheckResult *res,
+                                          BdrvCheckMode fix)
+{
+    BDRVFvdState *s = bs->opaque;
+    uint64_t leaks = fvd_table_count_leaks(s);
+    bool repair = (fix & BDRV_FIX_LEAKS) && !bs->read_only;
+
+    if (!leaks) {
+        return;
+    }
+    fprintf(stderr, "%s %" PRIu64 " chunks that no table entry maps\n",
+            repair ? "Repairing" : "Leaked", leaks);
+    if (repair && fvd_begin_change(bs) >= 0 && fvd_table_reclaim(bs) >= 0) {
+        res->leaks_fixed += leaks;
+    } else {
+        res->leaks += leaks;
+    }
+}
+
 static void coroutine_fn fvd_check_data_size(BlockDriverState *bs,
                                              BdrvCheckResult *res,
                                              BdrvCheckMode fix)
 {
     BDRVFvdState *s = bs->opaque;
-    int64_t need = fvd_host_offset(s, s->header.virtual_size);
+    int64_t need = fvd_data_needed(s);
     int64_t len = bdrv_getlength(s->data);
 
     if (len < 0) {
@@ -503,6 +594,9 @@ int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
                 "replayed in memory (open it read-write to apply it)\n");
     }
     fvd_check_data_size(bs, res, fix);
+    if (s->compact) {
+        fvd_check_chunks(bs, res, fix);
+    }
     if (cnt.stray) {
         fvd_check_leaks(bs, &cnt, res, fix);
     }
@@ -511,7 +605,7 @@ int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
     res->image_end_offset = s->data_file
         ? (int64_t)MAX(s->header.journal_offset + s->header.journal_size,
                        (uint64_t)s->header.header_size)
-        : fvd_host_offset(s, s->header.virtual_size);
+        : (int64_t)fvd_data_needed(s);
     return 0;
 }
 
@@ -541,6 +635,21 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
                         FVD_COMPAT_COPY_ON_READ);
     image_info_add_bool(info, "dirty", s->header.incompatible_features &
                                        FVD_INCOMPAT_DIRTY);
+    if (s->compact) {
+        image_info_add_bool(info, "compact", true);
+        image_info_add_int(info, "chunk-size", s->chunk_size);
+        image_info_add_int(info, "chunks-used",
+                           s->t.used - fvd_table_count_leaks(s));
+        image_info_add_int(info, "table-entries", s->t.capacity);
+    }
+    const char *pf = fvd_prefetch_state(s);
+    if (pf) {
+        uint64_t cur, total;
+        job_progress_get(s->pf.job, &cur, &total);
+        image_info_add_str(info, "prefetch", pf);
+        image_info_add_int(info, "prefetch-done", cur);
+        image_info_add_int(info, "prefetch-total", total);
+    }
     if (cnt.ret >= 0) {
         uint64_t in_image = fvd_blocks_in_image(s, cnt.allocated);
         image_info_add_int(info, "blocks-in-image", in_image);

@@ -19,6 +19,27 @@ static const QemuOptDesc fvd_open_opts[] = {
     { "cache-entry-size", QEMU_OPT_SIZE,
       "Bytes per bitmap cache entry (512 to 4096, power of two; default "
       "4096)" },
+    { "prefetch", QEMU_OPT_BOOL,
+      "Copy every block still in the base into the image in the background "
+      "(default off)" },
+    { "prefetch-start-delay", QEMU_OPT_NUMBER,
+      "Seconds after open before prefetch starts (default 0)" },
+    { "prefetch-bytes", QEMU_OPT_SIZE,
+      "Bytes per prefetch copy (default 1 MiB, whole blocks)" },
+    { "prefetch-max-inflight", QEMU_OPT_NUMBER,
+      "Prefetch copies in flight at once, 1..16 (default 2)" },
+    { "prefetch-bandwidth", QEMU_OPT_SIZE,
+      "Most bytes per second prefetch copies (default 0: no cap)" },
+    { "prefetch-min-throughput", QEMU_OPT_SIZE,
+      "Bytes per second below which prefetch takes its throughput for "
+      "congestion and may pause (default 5 MiB)" },
+    { "prefetch-measure-time", QEMU_OPT_NUMBER,
+      "Milliseconds of I/O per throughput sample (default 100)" },
+    { "prefetch-throttle-time", QEMU_OPT_NUMBER,
+      "Longest random pause in milliseconds when congested (default 30000; "
+      "0: never pause)" },
+    { "prefetch-alpha", QEMU_OPT_NUMBER,
+      "Weight of the old average in percent (default 80)" },
     { NULL }
 };
 
@@ -143,7 +164,7 @@ static int coroutine_fn fvd_recover(BlockDriverState *bs, Error **errp)
     uint64_t records;
     int ret = fvd_journal_replay(bs, &records, errp);
 
-    if (ret >= 0 && !bs->read_only && s->bitmap) {
+    if (ret >= 0 && !bs->read_only && (s->bitmap || s->t.replayed)) {
         s->replayed_in_cache = true;
     }
     return ret;
@@ -157,6 +178,7 @@ static void fvd_free_state(BlockDriverState *bs)
      * a failed open never started any. */
     assert(!s->bg_running);
     fvd_bitmap_free(s);
+    fvd_table_free(s);
     table_cache_free(s->bitmap);
     s->bitmap = NULL;
     bs->data_file = NULL;
@@ -215,9 +237,21 @@ static int coroutine_fn fvd_open(BlockDriverState *bs, QemuOpts *options,
     if (ret < 0) {
         goto fail;
     }
+    if (s->header.incompatible_features & FVD_INCOMPAT_TABLE) {
+        ret = fvd_table_load(bs, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
     fvd_journal_init(bs);
     if (s->header.incompatible_features & FVD_INCOMPAT_DIRTY) {
         ret = fvd_recover(bs, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    if (s->compact) {
+        ret = fvd_table_rebuild_usage(s, errp);
         if (ret < 0) {
             goto fail;
         }
@@ -236,6 +270,10 @@ static int coroutine_fn fvd_open(BlockDriverState *bs, QemuOpts *options,
      * before its first change instead (fvd_begin_change, spec section 3). */
     s->autoclear_pending = (flags & BDRV_O_RDWR) &&
         (s->header.autoclear_features & ~FVD_AUTOCLEAR_MASK);
+    ret = fvd_prefetch_setup(bs, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
     return 0;
 
 fail:
@@ -256,7 +294,9 @@ static void coroutine_fn fvd_close(BlockDriverState *bs)
 
     /* The layer drained and flushed: every bit is in the journal (unless
      * that flush failed). Write them home, then mark the image clean (the
-     * next open skips replay). */
+     * next open skips replay). The prefetch job stops first (paused by the
+     * drain, it is cancelled and waited for). */
+    fvd_prefetch_stop(bs);
     fvd_journal_stop(bs);
     if (!bs->read_only && (s->session_dirty || s->replayed_in_cache) &&
         fvd_opened(bs) && fvd_begin_change(bs) >= 0 &&
@@ -296,7 +336,7 @@ static int64_t fvd_get_allocated_file_size(BlockDriverState *bs)
 static bool fvd_has_zero_init(BlockDriverState *bs)
 {
     BDRVFvdState *s = bs->opaque;
-    return !bs->backing && !s->data_file;
+    return !bs->backing && (!s->data_file || s->compact);
 }
 
 static BlockDriver bdrv_fvd = {

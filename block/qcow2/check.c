@@ -28,6 +28,9 @@ typedef struct Qcow2Check {
     uint8_t *rb_buf;
     uint64_t rb_off;
     bool rb_use_cache;
+    /* Amend refcount_bits: the rebuilt structure's header write also
+     * sets this refcount order (-1 for a plain rebuild). */
+    int new_order;
 } Qcow2Check;
 
 enum { CHECK_FRAG_INFO = 1 };
@@ -93,8 +96,9 @@ static int coroutine_fn imrt_inc(Qcow2Check *c, uint64_t offset,
         if (rc == s->refcount_max) {
             fprintf(stderr, "ERROR: overflow cluster offset=0x%" PRIx64 "\n",
                     k << s->cluster_bits);
-            fprintf(stderr, "Increase the refcount entry width or create a "
-                    "clean copy if the image cannot be opened for writing\n");
+            fprintf(stderr, "Use qemu-img amend to increase the refcount "
+                    "entry width or qemu-img convert to create a clean copy "
+                    "if the image cannot be opened for writing\n");
             c->res->corruptions++;
             continue;
         }
@@ -733,7 +737,28 @@ static int coroutine_fn rebuild_refcounts(Qcow2Check *c)
         ret = bdrv_co_pwrite(bs->file, rt_offset, entries * 8, disk, 0);
     }
     g_free(disk);
-    if (ret >= 0) {
+    if (ret >= 0 && c->new_order >= 0) {
+        /* Offset, size and refcount order in one write (one sector):
+         * the switch to the new structure is atomic. */
+        Qcow2DiskHeader h;
+        size_t first = offsetof(Qcow2DiskHeader, refcount_table_offset);
+        size_t end = offsetof(Qcow2DiskHeader, refcount_order) +
+                     sizeof(h.refcount_order);
+        ret = bdrv_co_flush(bs->file);
+        if (ret >= 0) {
+            ret = bdrv_co_pread(bs->file, 0, end, &h, 0);
+        }
+        if (ret >= 0) {
+            h.refcount_table_offset = cpu_to_be64(rt_offset);
+            h.refcount_table_clusters = cpu_to_be32(rt_clusters);
+            h.refcount_order = cpu_to_be32(c->new_order);
+            ret = bdrv_co_pwrite(bs->file, first, end - first,
+                                 (uint8_t *)&h + first, 0);
+        }
+        if (ret >= 0) {
+            ret = bdrv_co_flush(bs->file);
+        }
+    } else if (ret >= 0) {
         struct QEMU_PACKED {
             uint64_t offset;
             uint32_t clusters;
@@ -917,7 +942,7 @@ static int coroutine_fn qcow2_check_refcounts(BlockDriverState *bs,
                                               BdrvCheckMode fix)
 {
     BDRVQcow2State *s = bs->opaque;
-    Qcow2Check c = { .bs = bs, .res = res, .fix = fix };
+    Qcow2Check c = { .bs = bs, .res = res, .fix = fix, .new_order = -1 };
     BdrvCheckResult pre;
     int64_t highest = 0;
     int ret;
@@ -969,6 +994,120 @@ static int coroutine_fn qcow2_check_refcounts(BlockDriverState *bs,
     res->image_end_offset = (highest + 1) * (int64_t)s->cluster_size;
 out:
     qemu_vfree(c.rb_buf);
+    g_free(c.imrt.table);
+    return ret;
+}
+
+/* ---- amend refcount_bits ---- */
+
+static void qcow2_set_refcount_order(BDRVQcow2State *s, int order)
+{
+    s->refcount_order = order;
+    s->refcount_bits = 1 << order;
+    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
+                      : (UINT64_C(1) << s->refcount_bits) - 1;
+    s->refcount_block_bits = s->cluster_bits + 3 - order;
+    s->refcount_block_size = UINT64_C(1) << s->refcount_block_bits;
+}
+
+/*
+ * Rewrite the refcount structure with entries of 2^order bits: every
+ * refcount is copied (leaks stay leaks, as in QEMU) into a computed table
+ * of the new width, new blocks and a new table go to clusters that are
+ * free in the old structure, one header write switches to them, then the
+ * old blocks and table are freed in the new structure. A crash before the
+ * switch leaves the old structure intact; after it, leaks at worst.
+ * Called with s->lock held.
+ */
+int coroutine_fn qcow2_change_refcount_order(BlockDriverState *bs, int order,
+                                             Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    BDRVQcow2State old = *s;            /* the old width, for reading */
+    Qcow2Check c = { .bs = bs, .new_order = order };
+    BdrvCheckResult res = { 0 };
+    uint64_t *old_rt = NULL;
+    uint64_t old_rt_offset = s->refcount_table_offset;
+    uint64_t old_rt_size = s->refcount_table_size;
+    uint64_t new_max = order == 6 ? UINT64_MAX
+                       : (UINT64_C(1) << (1 << order)) - 1;
+    uint8_t *buf = NULL;
+    int ret;
+
+    c.res = &res;
+    ret = qcow2_flush_caches(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Failed to flush the refcount cache");
+        return ret;
+    }
+    old_rt = g_memdup2(s->refcount_table, old_rt_size * sizeof(uint64_t));
+    buf = qemu_blockalign(s->cluster_size);
+    qcow2_set_refcount_order(s, order);
+    for (uint64_t i = 0; i < old_rt_size; i++) {
+        uint64_t off = old_rt[i] & QCOW2_REFT_OFFSET_MASK;
+        if (!off) {
+            continue;
+        }
+        if (qcow2_offset_into_cluster(s, off)) {
+            error_setg(errp, "Refblock offset %#" PRIx64 " unaligned "
+                       "(reftable index: %#" PRIx64 ")", off, i);
+            ret = -EIO;
+            goto fail;
+        }
+        ret = bdrv_co_pread(bs->file, off, s->cluster_size, buf, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to read a refcount block");
+            goto fail;
+        }
+        for (uint64_t j = 0; j < old.refcount_block_size; j++) {
+            uint64_t rc = qcow2_get_refcount_ro(&old, buf, j);
+            int64_t cl = (int64_t)((i << old.refcount_block_bits) + j);
+            if (!rc) {
+                continue;
+            }
+            if (rc > new_max) {
+                error_setg(errp, "Cannot decrease refcount entry width to "
+                           "%i bits: Cluster at offset %#" PRIx64 " has a "
+                           "refcount of %" PRIu64, 1 << order,
+                           (uint64_t)cl << s->cluster_bits, rc);
+                ret = -EINVAL;
+                goto fail;
+            }
+            if (cl >= c.imrt.nb_clusters &&
+                imrt_resize(s, &c.imrt, cl + 1) < 0) {
+                error_setg(errp, "Out of memory");
+                ret = -ENOMEM;
+                goto fail;
+            }
+            qcow2_set_refcount_ro(s, c.imrt.table, cl, rc);
+        }
+    }
+    ret = rebuild_refcounts(&c);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Failed to write the new refcount "
+                         "structure");
+        goto fail;
+    }
+    /* The old structure is unused now: its clusters are freed. */
+    for (uint64_t i = 0; i < old_rt_size; i++) {
+        uint64_t off = old_rt[i] & QCOW2_REFT_OFFSET_MASK;
+        if (off) {
+            qcow2_free_clusters(bs, off, s->cluster_size);
+        }
+    }
+    qcow2_free_clusters(bs, old_rt_offset, old_rt_size * sizeof(uint64_t));
+    ret = qcow2_flush_caches(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Failed to flush the refcount cache");
+    }
+    goto out;
+
+fail:
+    qcow2_set_refcount_order(s, old.refcount_order);
+    table_cache_invalidate(s->refcount_cache);
+out:
+    qemu_vfree(buf);
+    g_free(old_rt);
     g_free(c.imrt.table);
     return ret;
 }
@@ -1027,6 +1166,7 @@ static int coroutine_fn check_read_snapshot_table(BlockDriverState *bs,
         res->check_errors++;
         error_report("ERROR failed to read the snapshot table: %s",
                      error_get_pretty(err));
+        error_print_hint(err);
         error_free(err);
         s->snapshots_offset = 0;
         s->nb_snapshots = 0;

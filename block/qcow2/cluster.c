@@ -358,6 +358,12 @@ static int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs,
                                 "allocation of L2 table at offset 0");
         return -EIO;
     }
+    /* The table's refcount is made durable now even with lazy refcounts
+     * (as QEMU does): only data clusters' refcounts are ever stale. */
+    ret = table_cache_flush(s->refcount_cache);
+    if (ret < 0) {
+        goto fail;
+    }
     for (uint32_t off = 0; off < s->cluster_size; off += s->l2_slice_bytes) {
         void *page, *old = NULL;
         if (old_off) {

@@ -228,7 +228,10 @@ static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
                        "with compatibility level 1.1 and above (use "
                        "version=v3 or greater)");
         } else {
-            error_setg(errp, "Unknown compression type");
+            /* What a QEMU built without zstd says (its QAPI enum has no
+             * 'zstd' then): zstd images are refused, not written. */
+            error_setg(errp, "Parameter 'compression-type' does not accept "
+                       "value 'zstd'");
         }
         return -EINVAL;
     }
@@ -920,8 +923,17 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
         }
     }
     if (a->refcount_bits != (uint64_t)s->refcount_bits) {
-        error_setg(errp, "Changing the refcount width is not supported");
-        return -ENOTSUP;
+        if (a->new_version < 3 && a->refcount_bits != 16) {
+            error_setg(errp, "Refcount widths other than 16 bits require "
+                       "compatibility level 1.1 or above (use compat=1.1 or "
+                       "greater)");
+            return -EINVAL;
+        }
+        ret = qcow2_change_refcount_order(bs, __builtin_ctzll(a->refcount_bits),
+                                          errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (a->data_file_raw) {
         s->autoclear_features |= QCOW2_AUTOCLEAR_DATA_RAW;

@@ -391,7 +391,12 @@ int coroutine_fn qcow2_write_caches(BlockDriverState *bs)
     if (ret >= 0) {
         ret = qcow2_apply_durable_frees(bs);
     }
-    if (ret >= 0) {
+    /*
+     * While the dirty bit is set (lazy refcounts), refcount blocks reach
+     * the disk only when evicted or when the image is marked clean, as in
+     * QEMU: a crash then leaves stale refcounts that check repairs.
+     */
+    if (ret >= 0 && !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = table_cache_write(s->refcount_cache);
     }
     return ret;
@@ -440,10 +445,31 @@ static int coroutine_fn qcow2_read_l1(BlockDriverState *bs, Error **errp)
     return 0;
 }
 
-/* The external data file: the open option, else the header's name. */
-static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
-                                             QemuOpts *opts, int flags,
-                                             Error **errp)
+/* The data-file.* options (data-file.filename=, data-file.driver=, ...):
+ * the user's description of the data file node, or NULL. */
+static QemuOpts *qcow2_data_file_opts(QemuOpts *opts)
+{
+    QemuOpts *sub = NULL;
+
+    for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+        const char *name, *value;
+
+        qemu_opts_nth(opts, i, &name, &value);
+        if (g_str_has_prefix(name, "data-file.")) {
+            if (!sub) {
+                sub = qemu_opts_new();
+            }
+            qemu_opt_set(sub, name + strlen("data-file."), value);
+        }
+    }
+    return sub;
+}
+
+/* The external data file: the open options, else the header's name. */
+static int coroutine_fn qcow2_open_data_file_opts(BlockDriverState *bs,
+                                                  QemuOpts *opts,
+                                                  QemuOpts *dopts, int flags,
+                                                  Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     const char *override = qemu_opt_get(opts, "data-file");
@@ -453,7 +479,7 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
     Error *local_err = NULL;
 
     if (!qcow2_has_data_file(s)) {
-        if (override) {
+        if (override || dopts) {
             error_setg(errp, "'data-file' can only be set for images with an "
                        "external data file");
             return -EINVAL;
@@ -465,9 +491,9 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
         s->data_file = bs->file;
         return 0;
     }
-    if (override) {
-        /* The user's name: opened as given. */
-        s->data_file = bdrv_open_child(override, NULL, NULL, child_flags,
+    if (override || dopts) {
+        /* The user's name or node description: opened as given. */
+        s->data_file = bdrv_open_child(override, NULL, dopts, child_flags,
                                        false, &local_err);
     } else if (s->image_data_file) {
         /* The header's name: local files only unless the user opted in,
@@ -496,6 +522,17 @@ static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
     s->external_data = true;
     bs->data_file = s->data_file;
     return 0;
+}
+
+static int coroutine_fn qcow2_open_data_file(BlockDriverState *bs,
+                                             QemuOpts *opts, int flags,
+                                             Error **errp)
+{
+    QemuOpts *dopts = qcow2_data_file_opts(opts);
+    int ret = qcow2_open_data_file_opts(bs, opts, dopts, flags, errp);
+
+    qemu_opts_del(dopts);
+    return ret;
 }
 
 static void qcow2_free_state(BlockDriverState *bs)
@@ -614,8 +651,24 @@ static void coroutine_fn qcow2_close(BlockDriverState *bs)
     BDRVQcow2State *s = bs->opaque;
 
     if (!bs->read_only && !s->stopped) {
+        int result, ret;
+
+        /* As QEMU's inactivate: each cache's failure is reported. */
         qemu_co_mutex_lock(&s->lock);
-        if (qcow2_flush_caches(bs) >= 0) {
+        result = qcow2_settle_frees(bs);
+        ret = table_cache_flush(s->l2_cache);
+        if (ret < 0) {
+            error_report("Failed to flush the L2 table cache: %s",
+                         strerror(-ret));
+            result = ret;
+        }
+        ret = table_cache_flush(s->refcount_cache);
+        if (ret < 0) {
+            error_report("Failed to flush the refcount block cache: %s",
+                         strerror(-ret));
+            result = ret;
+        }
+        if (result >= 0) {
             qcow2_mark_clean(bs);
         }
         qemu_co_mutex_unlock(&s->lock);
@@ -761,8 +814,11 @@ static bool qcow2_has_zero_init(BlockDriverState *bs)
     return !preallocated || bdrv_has_zero_init(s->data_file);
 }
 
+static const char *const qcow2_child_prefixes[] = { "data-file", NULL };
+
 static BlockDriver bdrv_qcow2 = {
     .format_name            = "qcow2",
+    .child_prefixes         = qcow2_child_prefixes,
     .instance_size          = sizeof(BDRVQcow2State),
     .supports_backing       = true,
     .create_opts            = qcow2_create_opts,

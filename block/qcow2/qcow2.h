@@ -590,6 +590,8 @@ int coroutine_fn qcow2_co_check_locked(BlockDriverState *bs,
                                        BdrvCheckMode fix);
 int coroutine_fn qcow2_co_check(BlockDriverState *bs, BdrvCheckResult *res,
                                 BdrvCheckMode fix);
+int coroutine_fn qcow2_change_refcount_order(BlockDriverState *bs, int order,
+                                             Error **errp);
 
 /* ---- compress.c ---- */
 ssize_t qcow2_compress(void *dest, size_t dest_size, const void *src,

@@ -1148,6 +1148,55 @@ static const char *qcow2_overlap_name(int bit)
 }
 
 /*
+ * The L2 tables of the snapshots (overlap-check.inactive-l2, off by
+ * default): every snapshot L1 table is read for each write, as QEMU does;
+ * a snapshot L1 table that cannot be valid fails the write with its errno
+ * (EFBIG too large, EINVAL bad offset), as in QEMU.
+ */
+static int coroutine_fn qcow2_overlap_inactive_l2(BlockDriverState *bs,
+                                                  uint64_t offset,
+                                                  uint64_t size)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+
+    size = ROUND_UP(offset + size, cs) - qcow2_start_of_cluster(s, offset);
+    offset = qcow2_start_of_cluster(s, offset);
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        Qcow2Snapshot *sn = &s->snapshots[i];
+        uint64_t *l1;
+        int ret;
+
+        if (!sn->l1_size) {
+            continue;
+        }
+        ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size,
+                                   sizeof(uint64_t), QCOW2_MAX_L1_SIZE,
+                                   "Snapshot L1 table", NULL);
+        if (ret < 0) {
+            return ret;
+        }
+        l1 = g_try_new(uint64_t, sn->l1_size);
+        if (!l1) {
+            return -ENOMEM;
+        }
+        ret = bdrv_co_pread(bs->file, sn->l1_table_offset,
+                            (uint64_t)sn->l1_size * sizeof(uint64_t), l1, 0);
+        for (uint32_t j = 0; ret >= 0 && j < sn->l1_size; j++) {
+            uint64_t l2 = be64_to_cpu(l1[j]) & QCOW2_L1E_OFFSET_MASK;
+            if (l2 && qcow2_ranges_overlap(offset, size, l2, cs)) {
+                ret = QCOW2_OL_INACTIVE_L2;
+            }
+        }
+        g_free(l1);
+        if (ret != 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/*
  * Refuse (and mark the image corrupt) a write to the image file that would
  * land on metadata other than what the caller writes (ignore): only a
  * corrupt table can point a guest cluster or a table there.
@@ -1156,9 +1205,16 @@ int coroutine_fn qcow2_pre_write_overlap_check(BlockDriverState *bs,
                                                int ignore, uint64_t offset,
                                                uint64_t size)
 {
+    BDRVQcow2State *s = bs->opaque;
     int bit;
 
     bit = qcow2_check_metadata_overlap(bs, ignore, offset, size);
+    if (!bit && size && (s->overlap_check & ~ignore & QCOW2_OL_INACTIVE_L2)) {
+        bit = qcow2_overlap_inactive_l2(bs, offset, size);
+        if (bit < 0) {
+            return bit;
+        }
+    }
     if (!bit) {
         return 0;
     }

@@ -436,17 +436,13 @@ static int coroutine_fn qcow2_tree_refcount(BlockDriverState *bs,
         if (ret < 0) {
             return ret;
         }
-        if (addend > 0) {
-            ret = qcow2_update_refcount(bs, l2, s->cluster_size, addend);
-            rc += addend;
-        }
-        /* Data first: a table freed below must not be written after. */
+        /* Data first: a table freed below must not be written after; and
+         * (as QEMU) a data refcount that would overflow stops the walk
+         * before the table's own refcount changed. */
         bool survives = addend >= 0 || rc > 1;
-        if (ret >= 0) {
-            ret = qcow2_l2_refcount(bs, l2, addend,
-                                    survives && (addend || rc == 1));
-        }
-        if (ret >= 0 && addend < 0) {
+        ret = qcow2_l2_refcount(bs, l2, addend,
+                                survives && (addend || rc == 1));
+        if (ret >= 0 && addend != 0) {
             ret = qcow2_update_refcount(bs, l2, s->cluster_size, addend);
             rc += addend;
         }
@@ -640,10 +636,16 @@ static int coroutine_fn qcow2_snapshot_goto_locked(BlockDriverState *bs,
     uint32_t old_size;
     int ret;
 
+    Error *local_err = NULL;
+
     ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size,
                                sizeof(uint64_t), QCOW2_MAX_L1_SIZE,
-                               "Snapshot L1 table", errp);
+                               "Snapshot L1 table", &local_err);
     if (ret < 0) {
+        /* Printed here, the caller says "Failed to load snapshot" (as
+         * QEMU, whose driver callback has no error object). */
+        error_report("%s", error_get_pretty(local_err));
+        error_free(local_err);
         return ret;
     }
     if (sn->disk_size > INT64_MAX ||

@@ -33,6 +33,13 @@ static const char *const fvd_variants[] = {
     "journal_size=16k", "journal_size=32k", "journal_size=256k", "", NULL,
 };
 
+/* With -o compact_image=on: small chunks allocate often; blocks up to
+ * 64 KiB fit every chunk size here. */
+static const char *const fvd_compact_variants[] = {
+    "journal_size=16k,chunk_size=64k", "journal_size=32k,chunk_size=128k",
+    "chunk_size=64k,storage_grow_unit=64k", "chunk_size=256k", NULL,
+};
+
 /* Whether -o sets create option name to value. */
 static bool create_opt_is(const char *name, const char *value)
 {
@@ -70,6 +77,14 @@ static void qcow2_fit_create_opts(FormatPlug *plug)
     }
 }
 
+static void fvd_fit_create_opts(FormatPlug *plug)
+{
+    if (create_opt_is("compact_image", "on")) {
+        plug->max_cluster_bits = MIN(plug->max_cluster_bits, 16);
+        plug->create_variants = fvd_compact_variants;
+    }
+}
+
 static const FormatPlug format_plugs[] = {
     { "raw" },
     { "add-cow", .backing = true, .data_file_opt = "image_file",
@@ -82,7 +97,8 @@ static const FormatPlug format_plugs[] = {
       .max_cluster_bits = 21, .cache_opt = "cache-size",
       .meta_page_size = bitmap_page_size,
       .meta_page_span = bitmap_page_span,
-      .create_variants = fvd_variants },
+      .create_variants = fvd_variants,
+      .fit_create_opts = fvd_fit_create_opts },
     { "qcow2", .backing = true, .data_file_opt = "data_file",
       .data_file_open_opt = "data-file", .data_file_optional = true,
       .cluster_opt = "cluster_size", .min_cluster_bits = 9,

@@ -833,6 +833,174 @@ static void test_job_cancel(void)
     job_free(job);
 }
 
+/* ---- job error policy ---- */
+
+/* Ten steps; step fail_step fails with error, failures times (-1: always). */
+typedef struct FaultySteps {
+    bool is_read;
+    int fail_step;
+    int error;
+    int failures;
+    unsigned done[JOB_STEPS];       /* times each step succeeded */
+    unsigned errors;                /* calls of the error callback */
+    JobErrorAction last_action;
+} FaultySteps;
+
+static int coroutine_fn faulty_run(Job *job, void *opaque)
+{
+    FaultySteps *f = opaque;
+
+    job_progress_set_total(job, JOB_STEPS);
+    for (int i = 0; i < JOB_STEPS; i++) {
+        int ret;
+
+        if (job_pause_point(job)) {
+            return 0;
+        }
+        aio_co_schedule(qemu_coroutine_self());
+        qemu_coroutine_yield();
+        do {
+            ret = 0;
+            if (i == f->fail_step && f->failures != 0) {
+                if (f->failures > 0) {
+                    f->failures--;
+                }
+                ret = job_co_step_error(job, f->is_read, f->error);
+                if (ret < 0) {
+                    return ret;
+                }
+            } else {
+                f->done[i]++;
+                ret = 1;
+            }
+        } while (ret == 0);         /* 0: retry the step after a stop */
+        job_progress_update(job, 1);
+    }
+    return 0;
+}
+
+static void faulty_error(Job *job, JobErrorAction action, bool is_read,
+                         int error, void *opaque)
+{
+    FaultySteps *f = opaque;
+
+    g_assert(is_read == f->is_read);
+    g_assert_cmpint(error, ==, f->error);
+    f->errors++;
+    f->last_action = action;
+}
+
+static Job *faulty_job(FaultySteps *f, JobOnError on_read,
+                       JobOnError on_write)
+{
+    Job *job = job_new(faulty_run, f);
+
+    job_set_on_error(job, on_read, on_write);
+    job_set_error_cb(job, faulty_error, f);
+    job_start(job);
+    return job;
+}
+
+static uint64_t job_current(Job *job)
+{
+    uint64_t cur, total;
+
+    job_progress_get(job, &cur, &total);
+    return cur;
+}
+
+/* report: the job fails with the error at the failing step. */
+static void test_job_error_report(void)
+{
+    FaultySteps f = { .fail_step = 3, .error = -EIO, .failures = -1 };
+    Job *job = faulty_job(&f, JOB_ON_ERROR_IGNORE, JOB_ON_ERROR_REPORT);
+
+    g_assert_cmpint(job_wait(job), ==, -EIO);
+    g_assert_cmpuint(job_current(job), ==, 3);
+    g_assert_cmpuint(f.errors, ==, 1);
+    g_assert(f.last_action == JOB_ERROR_ACTION_REPORT);
+    g_assert_cmpuint(f.done[4], ==, 0);
+    job_free(job);
+}
+
+/* ignore: the step is skipped, the job completes. */
+static void test_job_error_ignore(void)
+{
+    FaultySteps f = { .is_read = true, .fail_step = 5, .error = -EIO,
+                      .failures = -1 };
+    Job *job = faulty_job(&f, JOB_ON_ERROR_IGNORE, JOB_ON_ERROR_REPORT);
+
+    g_assert_cmpint(job_wait(job), ==, 0);
+    g_assert_cmpuint(job_current(job), ==, JOB_STEPS);
+    g_assert_cmpuint(f.done[5], ==, 0);
+    g_assert_cmpuint(f.done[9], ==, 1);
+    g_assert_cmpuint(f.errors, ==, 1);
+    g_assert(f.last_action == JOB_ERROR_ACTION_IGNORE);
+    g_assert_cmpuint(job_ignored_errors(job), ==, 1);
+    job_free(job);
+}
+
+/* Run until the job stopped on error at step fail_step. */
+static void wait_stopped(Job *job, FaultySteps *f, int error)
+{
+    run_ready();
+    g_assert(job_is_paused(job) && !job_is_completed(job));
+    g_assert_cmpint(job_stop_error(job), ==, error);
+    g_assert(f->last_action == JOB_ERROR_ACTION_STOP);
+    g_assert_cmpuint(job_current(job), ==, f->fail_step);
+}
+
+/* stop: the job pauses; resumed, it retries the step (again stopping
+ * while the error lasts); cancelled, it ends. */
+static void test_job_error_stop(void)
+{
+    FaultySteps f = { .fail_step = 2, .error = -EIO, .failures = -1 };
+    Job *job = faulty_job(&f, JOB_ON_ERROR_REPORT, JOB_ON_ERROR_STOP);
+
+    wait_stopped(job, &f, -EIO);
+    g_assert_cmpuint(f.errors, ==, 1);
+    job_resume(job);                    /* the error is still there */
+    wait_stopped(job, &f, -EIO);
+    g_assert_cmpuint(f.errors, ==, 2);
+    f.failures = 0;                     /* the user fixed it */
+    job_resume(job);
+    g_assert_cmpint(job_wait(job), ==, 0);
+    g_assert_cmpint(job_stop_error(job), ==, 0);
+    g_assert_cmpuint(job_current(job), ==, JOB_STEPS);
+    g_assert_cmpuint(f.done[2], ==, 1);
+    job_free(job);
+
+    f = (FaultySteps) { .fail_step = 7, .error = -EIO, .failures = -1 };
+    job = faulty_job(&f, JOB_ON_ERROR_REPORT, JOB_ON_ERROR_STOP);
+    wait_stopped(job, &f, -EIO);
+    job_cancel(job);
+    g_assert_cmpint(job_wait(job), ==, -ECANCELED);
+    g_assert_cmpuint(job_current(job), ==, 7);
+    g_assert_cmpuint(f.done[7], ==, 0);
+    job_free(job);
+}
+
+/* enospc: stop on ENOSPC, report anything else. */
+static void test_job_error_enospc(void)
+{
+    FaultySteps f = { .fail_step = 4, .error = -ENOSPC, .failures = -1 };
+    Job *job = faulty_job(&f, JOB_ON_ERROR_REPORT, JOB_ON_ERROR_ENOSPC);
+
+    wait_stopped(job, &f, -ENOSPC);
+    f.failures = 0;                     /* space was freed */
+    job_resume(job);
+    g_assert_cmpint(job_wait(job), ==, 0);
+    g_assert_cmpuint(job_current(job), ==, JOB_STEPS);
+    job_free(job);
+
+    f = (FaultySteps) { .fail_step = 4, .error = -EIO, .failures = -1 };
+    job = faulty_job(&f, JOB_ON_ERROR_REPORT, JOB_ON_ERROR_ENOSPC);
+    g_assert_cmpint(job_wait(job), ==, -EIO);
+    g_assert(f.last_action == JOB_ERROR_ACTION_REPORT);
+    g_assert_cmpuint(job_current(job), ==, 4);
+    job_free(job);
+}
+
 int main(int argc, char **argv)
 {
     error_set_progname(argv[0]);
@@ -851,6 +1019,10 @@ int main(int argc, char **argv)
     test_reopen_abort();
     test_job_pause_resume();
     test_job_cancel();
+    test_job_error_report();
+    test_job_error_ignore();
+    test_job_error_stop();
+    test_job_error_enospc();
 
     printf("PASS test-block-core\n");
     return 0;

@@ -5,11 +5,14 @@
  * (a bitmap page goes home only after its journal record is durable, and
  * no record before its data is durable), background commits past the soft
  * limit and writers held at the hard limit while a commit is suspended,
- * and no background work left running after close.
+ * and no background work left running after close; for compact images the
+ * same orderings for table records and pages, concurrent chunk allocation
+ * and the rule that a bit without a mapped chunk means "in the base".
  */
 #include "block_int.h"
 #include "block/fvd/fvd.h"
 #include "util/aio.h"
+#include "block/job.h"
 
 static char *test_dir;
 
@@ -373,6 +376,329 @@ static void test_close_after_failed_flush(void)
     g_free(top);
 }
 
+/*
+ * Compact image, spec section 11: a new chunk's mapping is journalled only
+ * after the data storage flush (held here), and a table page goes home only
+ * after a flush covering that record.
+ */
+static void test_table_write_ahead(void)
+{
+    char *top = path_of("twal.fvd");
+    create("fvd", top, "size=64M,compact_image=on,chunk_size=64k");
+    char *name = g_strdup_printf("blkdebug::%s", top);
+    BlockDriverState *bs = open_fvd(name, NULL);
+    BDRVFvdState *s = bs->opaque;
+    int done = 0;
+
+    Writer w = { bs, 5 * MiB, 4096, 0x42, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(done < 1);
+    g_assert_cmpint(w.ret, ==, 0);
+    g_assert_cmpint(s->t.pending->len, ==, 1);
+    g_assert_cmpint(fvd_table_get(s, 80), ==, 0);
+
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "journal_write", "J"), ==, 0);
+    CoCall fl = { bs, do_flush };
+    start_call(&fl);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F"));
+    poll_a_while();
+    g_assert(!bdrv_debug_is_suspended(bs, "J"));
+    g_assert_cmpint(s->stats.journal_sectors, ==, 0);
+    g_assert_cmpint(bdrv_debug_resume(bs, "F"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "J"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "J"), ==, 0);
+    AIO_WAIT_WHILE(!fl.done);
+    g_assert_cmpint(fl.ret, ==, 0);
+    g_assert_cmpint(s->t.pending->len, ==, 0);
+
+    /* The page of chunk 80 waits for the flush that covers its record. */
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "flush", "F2"), ==, 0);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "table_update", "W"), ==, 0);
+    CoCall cp = { bs, do_checkpoint };
+    start_call(&cp);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "F2") &&
+                   !bdrv_debug_is_suspended(bs, "W"));
+    g_assert(bdrv_debug_is_suspended(bs, "F2"));
+    poll_a_while();
+    g_assert(!bdrv_debug_is_suspended(bs, "W"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "F2"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "W"));
+    g_assert_cmpint(bdrv_debug_resume(bs, "W"), ==, 0);
+    AIO_WAIT_WHILE(!cp.done);
+    g_assert_cmpint(cp.ret, ==, 0);
+    g_assert_cmpint(s->j.tail, ==, s->j.written_seq);
+    bdrv_unref(bs);
+
+    /* The entry is home: physical chunk 0, stored as 1. */
+    bs = bdrv_open(top, "fvd", NULL, 0, NULL);
+    s = bs->opaque;
+    g_assert_cmpint(fvd_table_get(s, 80), ==, 0);
+    uint8_t out[4096];
+    g_assert_cmpint(bdrv_pread(bs, 5 * MiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0x42);
+    g_assert_cmpint(out[4095], ==, 0x42);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(name);
+    g_free(top);
+}
+
+/*
+ * Many writers at once into one unmapped chunk and into as many other
+ * chunks: each chunk is mapped once, to its own physical chunk, chunks are
+ * handed out from 0 without a gap, and every writer's bytes are there.
+ */
+static void test_table_concurrent_alloc(void)
+{
+    enum { N = 16 };
+    char *top = path_of("talloc.fvd");
+    create("fvd", top, "size=64M,compact_image=on,chunk_size=64k,"
+           "storage_grow_unit=64k");
+    BlockDriverState *bs = open_fvd(top, NULL);
+    BDRVFvdState *s = bs->opaque;
+    Writer w[2 * N];
+    int done = 0;
+
+    for (int i = 0; i < N; i++) {
+        w[i] = (Writer) { bs, 4096 * i, 4096, (uint8_t)(i + 1), 0, &done };
+        w[N + i] = (Writer) { bs, (int64_t)(i + 1) * 256 * KiB + 512, 1000,
+                              (uint8_t)(0x80 + i), 0, &done };
+    }
+    for (int i = 0; i < 2 * N; i++) {
+        start_writer(&w[i]);
+    }
+    AIO_WAIT_WHILE(done < 2 * N);
+    for (int i = 0; i < 2 * N; i++) {
+        g_assert_cmpint(w[i].ret, ==, 0);
+    }
+    g_assert_cmpint(s->stats.chunks_allocated, ==, N + 1);
+    g_assert_cmpint(s->t.used, ==, N + 1);
+    bool seen[N + 1] = { false };
+    for (uint64_t v = 0; v < s->t.nchunks; v++) {
+        int64_t p = fvd_table_get(s, v);
+        if (p >= 0) {
+            g_assert_cmpint(p, <=, N);
+            g_assert(!seen[p]);
+            seen[p] = true;
+        }
+    }
+    bdrv_unref(bs);
+    bs = bdrv_open(top, "fvd", NULL, 0, NULL);
+    uint8_t out[4096];
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(bdrv_pread(bs, 4096 * i, 4096, out, 0), ==, 0);
+        g_assert_cmpint(out[0], ==, i + 1);
+        g_assert_cmpint(out[4095], ==, i + 1);
+        g_assert_cmpint(bdrv_pread(bs, (int64_t)(i + 1) * 256 * KiB, 4096,
+                                   out, 0), ==, 0);
+        g_assert_cmpint(out[511], ==, 0);
+        g_assert_cmpint(out[512], ==, 0x80 + i);
+        g_assert_cmpint(out[1511], ==, 0x80 + i);
+        g_assert_cmpint(out[1512], ==, 0);
+    }
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+}
+
+typedef struct RunCall {
+    BDRVFvdState *s;
+    uint64_t start, end;
+    bool in_image;
+    uint64_t len;
+    int ret;
+} RunCall;
+
+static void coroutine_fn set_bits_entry(void *opaque)
+{
+    RunCall *r = opaque;
+    r->ret = fvd_bitmap_set_cached(r->s, r->start, r->end, NULL, 0);
+    if (r->ret >= 0) {
+        r->ret = fvd_block_run(r->s, r->start, r->end, &r->in_image,
+                               &r->len);
+    }
+}
+
+/*
+ * A bit set where the chunk is not mapped (a copy-on-read page that went
+ * home before the mapping's record, then a crash) means "in the base":
+ * the block reads base data, never the zeroes of an unmapped chunk.
+ */
+static void test_table_bit_without_mapping(void)
+{
+    char *base = make_base("tbase.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("tbit.fvd");
+    char *opts = g_strdup_printf("backing_file=%s,backing_fmt=raw,"
+                                 "compact_image=on,chunk_size=64k", base);
+    create("fvd", top, opts);
+    g_free(opts);
+    BlockDriverState *bs = open_fvd(top, NULL);
+    BDRVFvdState *s = bs->opaque;
+    RunCall r = { s, 32, 48 };  /* blocks of 4 KiB in chunk 2 */
+
+    bdrv_run_co(set_bits_entry, &r);
+    g_assert_cmpint(r.ret, ==, 0);
+    g_assert(!r.in_image);
+    g_assert_cmpint(r.len, ==, 16);
+    uint8_t out[4096];
+    g_assert_cmpint(bdrv_pread(bs, 128 * KiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0xee);
+    /* A write there allocates the chunk, copies the block's base bytes
+     * around the guest's, and the block is then in the image. */
+    g_assert_cmpint(bdrv_pwrite(bs, 128 * KiB + 100, 10, out + 100, 0), ==, 0);
+    g_assert_cmpint(fvd_table_get(s, 2), ==, 0);
+    memset(out, 0, sizeof(out));
+    g_assert_cmpint(bdrv_pread(bs, 128 * KiB, 4096, out, 0), ==, 0);
+    g_assert_cmpint(out[0], ==, 0xee);
+    g_assert_cmpint(out[4095], ==, 0xee);
+    bdrv_unref(bs);
+    unlink(top);
+    unlink(base);
+    g_free(base);
+    g_free(top);
+}
+
+/* A base of 1 MiB of 0xee and an FVD image over it, opened with prefetch. */
+static BlockDriverState *open_prefetch(const char *name, const char *opts,
+                                       char **base, char **top)
+{
+    *base = make_base("pbase.raw", 1 * MiB, 1 * MiB);
+    *top = path_of(name);
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw", *base);
+    create("fvd", *top, c);
+    g_free(c);
+    char *dbg = g_strdup_printf("blkdebug::%s", *top);
+    BlockDriverState *bs = open_fvd(dbg, opts);
+    g_free(dbg);
+    return bs;
+}
+
+/* Guest bytes [off, off + len) are pat, everything else the base's. */
+static void check_prefetched(BlockDriverState *bs, int64_t off, int64_t len,
+                             uint8_t pat)
+{
+    BDRVFvdState *s = bs->opaque;
+    uint8_t *out = g_malloc(1 * MiB);
+    g_assert_cmpint(s->pf.ret, ==, 0);
+    g_assert(!strcmp(fvd_prefetch_state(s), "done"));
+    g_assert_cmpint(bdrv_pread(bs, 0, 1 * MiB, out, 0), ==, 0);
+    for (int64_t x = 0; x < 1 * MiB; x++) {
+        uint8_t want = x >= off && x < off + len ? pat : 0xee;
+        if (out[x] != want) {
+            fprintf(stderr, "byte %" PRId64 ": %#x, want %#x\n", x, out[x],
+                    want);
+            abort();
+        }
+    }
+    g_free(out);
+}
+
+/*
+ * Prefetch never overwrites a guest write that raced it. (a) The prefetch
+ * holds blocks 0-15 (base read, its write held at a breakpoint); a guest
+ * write into block 1 waits for it and lands on top. (b) A guest write holds
+ * block 1 (its write held); the prefetch waits for it and then skips the
+ * block. Both interleavings are forced and checked (alloc_waits).
+ */
+static void test_prefetch_race(void)
+{
+    char *base, *top;
+    BlockDriverState *bs = open_prefetch("pf1.fvd", "prefetch=on,"
+                                         "prefetch-bytes=64k,"
+                                         "prefetch-max-inflight=1,"
+                                         "prefetch-throttle-time=0",
+                                         &base, &top);
+    BDRVFvdState *s = bs->opaque;
+    int done = 0;
+
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "prefetch_write", "P"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "P"));
+    uint64_t waits = s->stats.alloc_waits;
+    Writer w = { bs, 4096 + 100, 100, 0x42, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(s->stats.alloc_waits == waits && !done);
+    g_assert_cmpint(done, ==, 0);       /* it waits for the prefetch */
+    /* Removing the breakpoint resumes the prefetch write (and lets later
+     * ones through). */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "P"), ==, 0);
+    AIO_WAIT_WHILE(!done || !s->pf.run_done);
+    g_assert_cmpint(w.ret, ==, 0);
+    check_prefetched(bs, 4096 + 100, 100, 0x42);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 256);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+
+    bs = open_prefetch("pf2.fvd", "prefetch=on,prefetch-bytes=64k,"
+                       "prefetch-max-inflight=1,prefetch-throttle-time=0",
+                       &base, &top);
+    s = bs->opaque;
+    done = 0;
+    job_pause(s->pf.job);       /* until the guest write holds block 1 */
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "cow_write", "G"), ==, 0);
+    w = (Writer) { bs, 4096 + 200, 100, 0x43, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "G"));
+    waits = s->stats.alloc_waits;
+    job_resume(s->pf.job);
+    AIO_WAIT_WHILE(s->stats.alloc_waits == waits);
+    g_assert(!s->pf.run_done);          /* the prefetch waits for it */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "G"), ==, 0);
+    AIO_WAIT_WHILE(!done || !s->pf.run_done);
+    g_assert_cmpint(w.ret, ==, 0);
+    check_prefetched(bs, 4096 + 200, 100, 0x43);
+    /* Block 1 was the guest's: the prefetch copied the other 255. */
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 255);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+}
+
+/*
+ * In a drained section the prefetch starts no I/O (a drain user: paused,
+ * and the drain waits for its copy in flight); it goes on afterwards.
+ */
+static void test_prefetch_drain(void)
+{
+    char *base, *top;
+    BlockDriverState *bs = open_prefetch("pf3.fvd", "prefetch=on,"
+                                         "prefetch-bytes=4k,"
+                                         "prefetch-throttle-time=0",
+                                         &base, &top);
+    BDRVFvdState *s = bs->opaque;
+
+    AIO_WAIT_WHILE(s->stats.prefetch_blocks == 0);
+    bdrv_drained_begin(bs);
+    g_assert_cmpint(s->pf.inflight, ==, 0);
+    uint64_t blocks = s->stats.prefetch_blocks;
+    poll_a_while();
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, blocks);
+    g_assert(!s->pf.run_done);
+    g_assert_cmpint(blocks, <, 256);
+    bdrv_drained_end(bs);
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 256);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+
+    /* Reopened, it finds nothing left to copy. */
+    bs = open_fvd(top, "prefetch=on");
+    s = bs->opaque;
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 0);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-fvd.XXXXXX";
@@ -384,6 +710,11 @@ int main(int argc, char **argv)
     test_write_ahead();
     test_pending_limits();
     test_close_after_failed_flush();
+    test_table_write_ahead();
+    test_table_concurrent_alloc();
+    test_table_bit_without_mapping();
+    test_prefetch_race();
+    test_prefetch_drain();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);
