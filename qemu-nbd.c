@@ -691,6 +691,7 @@ int main(int argc, char **argv)
                                       sn_id_or_name, &err) < 0) {
             error_prepend(&err, "Failed to load snapshot: ");
             error_report_err(err);
+            nbd_backend_close(be);      /* LeakSanitizer counts it */
             exit(EXIT_FAILURE);
         }
         qemu_opts_del(sn_opts);
