@@ -565,6 +565,19 @@ static void coroutine_fn fvd_check_data_size(BlockDriverState *bs,
     if (len >= need) {
         return;
     }
+    if (s->compact) {
+        /*
+         * Not an error: a commit that maps only fresh chunks may skip the
+         * data flush (spec, T2 exception), so after a crash the storage
+         * can end before chunks the table maps. They read as zeroes, as
+         * fresh chunks do; the next allocation grows the storage, and a
+         * repair grows it now.
+         */
+        if (fix && !bs->read_only && fvd_begin_change(bs) >= 0) {
+            bdrv_co_truncate(s->data, need, false, PREALLOC_MODE_OFF, NULL);
+        }
+        return;
+    }
     bool repair = (fix & BDRV_FIX_ERRORS) && !bs->read_only;
     fprintf(stderr, "%s data storage is shorter than the virtual disk "
             "(%" PRId64 " < %" PRId64 ")\n", repair ? "Repairing" : "ERROR",
