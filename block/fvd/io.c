@@ -108,6 +108,9 @@ int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
         if (ret < 0) {
             return ret;
         }
+        if (!in_image) {
+            fvd_profile_note(s, c, run);
+        }
         if (in_image) {
             ret = fvd_data_preadv(bs, offset, n, qiov, qiov_offset);
         } else if (s->copy_on_read && !bs->read_only && bs->backing) {

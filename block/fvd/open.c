@@ -40,6 +40,12 @@ static const QemuOptDesc fvd_open_opts[] = {
       "0: never pause)" },
     { "prefetch-alpha", QEMU_OPT_NUMBER,
       "Weight of the old average in percent (default 80)" },
+    { "prefetch-profile", QEMU_OPT_STRING,
+      "Profile file (prefetch-profile-record) whose blocks prefetch copies "
+      "first" },
+    { "prefetch-profile-record", QEMU_OPT_STRING,
+      "Record the order of the guest's first reads of base blocks into "
+      "this profile file, written at close" },
     { NULL }
 };
 
@@ -181,6 +187,7 @@ static void fvd_free_state(BlockDriverState *bs)
     fvd_table_free(s);
     table_cache_free(s->bitmap);
     s->bitmap = NULL;
+    fvd_profile_free(s);
     bs->data_file = NULL;
     bdrv_unref(s->data_file);
     s->data_file = NULL;
@@ -297,6 +304,7 @@ static void coroutine_fn fvd_close(BlockDriverState *bs)
      * next open skips replay). The prefetch job stops first (paused by the
      * drain, it is cancelled and waited for). */
     fvd_prefetch_stop(bs);
+    fvd_profile_record_finish(bs);
     fvd_journal_stop(bs);
     if (!bs->read_only && (s->session_dirty || s->replayed_in_cache) &&
         fvd_opened(bs) && fvd_begin_change(bs) >= 0 &&

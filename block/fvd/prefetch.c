@@ -226,6 +226,39 @@ static int coroutine_fn fvd_pf_range(BlockDriverState *bs, uint64_t c,
     return 0;
 }
 
+/*
+ * Claim the next unit of at most per blocks, [*c, *end): the profile's
+ * runs first, in their order, then every block in order (blocks already
+ * copied are skipped quickly). False when nothing is left.
+ */
+static bool fvd_pf_claim(BDRVFvdState *s, uint64_t per, uint64_t *c,
+                         uint64_t *end)
+{
+    FvdPrefetch *pf = &s->pf;
+
+    while (pf->order_idx < pf->order_count) {
+        FvdProfRange *r = &pf->order[pf->order_idx];
+        uint64_t r_end = MIN(r->start + r->len, s->nb_blocks);
+        uint64_t pos = MAX(pf->order_pos, r->start);
+        if (pos >= r_end) {
+            pf->order_idx++;
+            pf->order_pos = 0;
+            continue;
+        }
+        *c = pos;
+        *end = MIN(pos + per, r_end);
+        pf->order_pos = *end;
+        return true;
+    }
+    *c = pf->cursor;
+    *end = MIN(*c - *c % per + per, s->nb_blocks);
+    if (*c >= *end) {
+        return false;
+    }
+    pf->cursor = *end;
+    return true;
+}
+
 static void coroutine_fn fvd_pf_worker(void *opaque)
 {
     BlockDriverState *bs = opaque;
@@ -238,12 +271,10 @@ static void coroutine_fn fvd_pf_worker(void *opaque)
             break;
         }
         /* Claim the next unit before anything yields. */
-        uint64_t c = pf->cursor;
-        uint64_t end = MIN(c - c % per + per, s->nb_blocks);
-        if (c >= end) {
+        uint64_t c, end;
+        if (!fvd_pf_claim(s, per, &c, &end)) {
             break;
         }
-        pf->cursor = end;
         int ret = fvd_pf_range(bs, c, end);
         if (ret < 0 && pf->ret >= 0) {
             pf->ret = ret;      /* the prototype's rule: stop on an error */
@@ -251,6 +282,42 @@ static void coroutine_fn fvd_pf_worker(void *opaque)
     }
     pf->workers--;
     qemu_co_queue_restart_all(&pf->done_queue);
+}
+
+/*
+ * The loaded profile, if it was recorded over this base, becomes the
+ * order of blocks to copy first; over another base it is ignored with a
+ * warning. Bounded: one pass over the profile's (disjoint) ranges.
+ */
+static void coroutine_fn fvd_pf_use_profile(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    FvdPrefetch *pf = &s->pf;
+    FvdProfile *p = &s->prof;
+    uint8_t id[FVD_PROF_ID_SIZE];
+    uint64_t size;
+    int bits = s->header.block_bits;
+
+    if (!p->path) {
+        return;
+    }
+    if (fvd_profile_base_id(bs, &size, id) < 0 || size != p->base_size ||
+        memcmp(id, p->base_id, FVD_PROF_ID_SIZE)) {
+        error_report("warning: FVD prefetch profile '%s' was not recorded "
+                     "over this base; ignored", p->path);
+        return;
+    }
+    pf->order = g_new(FvdProfRange, MAX(p->count, 1));
+    for (uint32_t i = 0; i < p->count; i++) {
+        uint64_t c = p->ranges[i].start >> bits;
+        uint64_t e = MIN((p->ranges[i].start + p->ranges[i].len +
+                          s->block_size - 1) >> bits, s->nb_blocks);
+        if (c < e) {
+            pf->order[pf->order_count++] = (FvdProfRange) {
+                .start = c, .len = e - c };
+            pf->profile_blocks += e - c;
+        }
+    }
 }
 
 static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
@@ -276,6 +343,9 @@ static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
         goto out;
     }
     job_progress_update(job, populated);
+    pf->inflight++;
+    fvd_pf_use_profile(bs);
+    pf->inflight--;
     pf->workers = pf->max_inflight;
     for (unsigned i = 1; i < pf->max_inflight; i++) {
         aio_co_schedule(qemu_coroutine_create(fvd_pf_worker, bs));
@@ -335,6 +405,7 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     int64_t throttle = qemu_opt_get_number(opts, "prefetch-throttle-time",
                                            30000);
     int64_t alpha = qemu_opt_get_number(opts, "prefetch-alpha", 80);
+    const char *profile;
 
     qemu_co_queue_init(&pf->done_queue);
     pf->bytes = qemu_opt_get_size(opts, "prefetch-bytes", 1 * MiB);
@@ -356,6 +427,12 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     pf->measure_ns = measure * 1000000LL;
     pf->throttle_ns = throttle * 1000000LL;
     pf->alpha = alpha;
+    profile = qemu_opt_get(opts, "prefetch-profile");
+    if (profile && fvd_profile_load(s, profile, errp) < 0) {
+        return -EINVAL;
+    }
+    fvd_profile_record_setup(bs, qemu_opt_get(opts,
+                                              "prefetch-profile-record"));
     if (!qemu_opt_get_bool(opts, "prefetch", false) || bs->read_only ||
         !s->nb_blocks) {
         return 0;
@@ -396,6 +473,9 @@ void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs)
     }
     job_free(pf->job);
     pf->job = NULL;
+    g_free(pf->order);
+    pf->order = NULL;
+    pf->order_count = pf->order_idx = 0;
 }
 
 const char *fvd_prefetch_state(BDRVFvdState *s)
