@@ -306,7 +306,11 @@ int fvd_profile_load(BDRVFvdState *s, const char *path, Error **errp)
     for (uint32_t i = 0; i < count; i++) {
         uint64_t off = get_le64(buf + FVD_PROF_HEADER + 16 * i);
         uint64_t n = get_le64(buf + FVD_PROF_HEADER + 16 * i + 8);
-        if (n == 0 || off > p->base_size || n > p->base_size - off) {
+        if (n == 0) {
+            why = "empty range";
+            goto bad;
+        }
+        if (off > p->base_size || n > p->base_size - off) {
             why = "range outside the base";
             goto bad;
         }
