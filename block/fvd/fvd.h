@@ -311,6 +311,8 @@ typedef struct FvdPrefetch {
     int64_t measure_ns;
     int64_t throttle_ns;            /* longest random pause, 0: never */
     unsigned alpha;                 /* EWMA weight of the old average, % */
+    unsigned busy_duty;             /* % of time copying while the guest
+                                     * does I/O, 100: no limit */
     uint64_t cursor;                /* next block to look at */
     unsigned workers, inflight;
     CoQueue done_queue;
@@ -332,7 +334,7 @@ typedef struct FvdStats {
     uint64_t commits, journal_sectors, checkpoints, bg_commits;
     uint64_t cor_blocks, cow_reads, alloc_writes, pending_waits;
     uint64_t chunks_allocated, storage_grows;
-    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses;
+    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses, prefetch_rests;
 } FvdStats;
 
 typedef struct BDRVFvdState {
@@ -357,6 +359,8 @@ typedef struct BDRVFvdState {
     FvdAlloc *allocs;
     FvdJournal j;
     FvdPrefetch pf;
+    uint64_t guest_reqs;            /* guest reads and writes started */
+    unsigned guest_inflight;        /* and not finished */
     FvdProfile prof;                /* prefetch-profile, loaded */
     FvdProfileRec prof_rec;         /* prefetch-profile-record */
     bool compact;                   /* TABLE: data through the table */

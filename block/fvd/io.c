@@ -90,9 +90,9 @@ static int coroutine_fn fvd_next_run(BDRVFvdState *s, int64_t offset,
     return 0;
 }
 
-int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
-                               int64_t bytes, QEMUIOVector *qiov,
-                               size_t qiov_offset, BdrvRequestFlags flags)
+static int coroutine_fn fvd_do_read(BlockDriverState *bs, int64_t offset,
+                                    int64_t bytes, QEMUIOVector *qiov,
+                                    size_t qiov_offset)
 {
     BDRVFvdState *s = bs->opaque;
 
@@ -126,6 +126,20 @@ int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
         qiov_offset += n;
     }
     return 0;
+}
+
+/* Guest requests are counted: prefetch yields to them (prefetch.c). */
+int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes, QEMUIOVector *qiov,
+                               size_t qiov_offset, BdrvRequestFlags flags)
+{
+    BDRVFvdState *s = bs->opaque;
+
+    s->guest_reqs++;
+    s->guest_inflight++;
+    int ret = fvd_do_read(bs, offset, bytes, qiov, qiov_offset);
+    s->guest_inflight--;
+    return ret;
 }
 
 /* ---- writes ---- */
@@ -311,7 +325,13 @@ int coroutine_fn fvd_co_pwritev(BlockDriverState *bs, int64_t offset,
                                 int64_t bytes, QEMUIOVector *qiov,
                                 size_t qiov_offset, BdrvRequestFlags flags)
 {
-    return fvd_do_write(bs, offset, bytes, qiov, qiov_offset, flags);
+    BDRVFvdState *s = bs->opaque;
+
+    s->guest_reqs++;
+    s->guest_inflight++;
+    int ret = fvd_do_write(bs, offset, bytes, qiov, qiov_offset, flags);
+    s->guest_inflight--;
+    return ret;
 }
 
 /*

@@ -40,6 +40,9 @@ static const QemuOptDesc fvd_open_opts[] = {
       "0: never pause)" },
     { "prefetch-alpha", QEMU_OPT_NUMBER,
       "Weight of the old average in percent (default 80)" },
+    { "prefetch-busy-duty", QEMU_OPT_NUMBER,
+      "Percent of the time prefetch may copy while the guest does I/O, "
+      "1..100 (default 10; 100: no limit)" },
     { "prefetch-profile", QEMU_OPT_STRING,
       "Profile file (prefetch-profile-record) whose blocks prefetch copies "
       "first" },

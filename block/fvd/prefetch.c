@@ -127,7 +127,7 @@ static bool coroutine_fn fvd_pf_wait(BDRVFvdState *s, uint64_t len)
  * record: a crash only makes them read from the unchanged base again).
  */
 static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
-                                    uint64_t run)
+                                    uint64_t run, int64_t *rest_ns)
 {
     BDRVFvdState *s = bs->opaque;
     int bits = s->header.block_bits;
@@ -137,6 +137,8 @@ static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
     uint8_t *buf = qemu_blockalign(len);
     QEMUIOVector v;
     int64_t t0 = qemu_clock_get_ns(), t1;
+    uint64_t reqs = s->guest_reqs;
+    bool busy = s->guest_inflight > 0;
     int ret;
 
     BLKDBG_EVENT(bs->backing, "prefetch_read");
@@ -157,6 +159,15 @@ static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
         s->soft_dirty = true;
         s->stats.prefetch_blocks += run;
     }
+    /* The guest did I/O meanwhile: rest so that the workers together copy
+     * at most busy_duty % of the time (duty d, w workers: rest w*100/d - 1
+     * times the copy's duration). */
+    busy = busy || s->guest_inflight > 0 || s->guest_reqs != reqs;
+    if (busy && s->pf.busy_duty < 100) {
+        *rest_ns = (qemu_clock_get_ns() - t0) *
+                   (int64_t)(s->pf.max_inflight * 100 / s->pf.busy_duty - 1);
+        s->stats.prefetch_rests++;
+    }
     qemu_vfree(buf);
     return ret;
 }
@@ -164,7 +175,8 @@ static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
 /* One step at block c: skip a run in the image or copy a run in the base;
  * *next is where the next step starts. */
 static int coroutine_fn fvd_pf_step(BlockDriverState *bs, uint64_t c,
-                                    uint64_t end, uint64_t *next)
+                                    uint64_t end, uint64_t *next,
+                                    int64_t *rest_ns)
 {
     BDRVFvdState *s = bs->opaque;
     bool in_image, in2;
@@ -187,7 +199,7 @@ static int coroutine_fn fvd_pf_step(BlockDriverState *bs, uint64_t c,
     fvd_alloc_begin(s, &a, c, c + run);
     ret = fvd_block_run(s, c, c + run, &in2, &run2);
     if (ret >= 0 && !in2 && run2 == run) {
-        ret = fvd_pf_copy(bs, c, run);
+        ret = fvd_pf_copy(bs, c, run, rest_ns);
         if (ret >= 0) {
             job_progress_update(s->pf.job, run);
             *next = c + run;
@@ -216,11 +228,15 @@ static int coroutine_fn fvd_pf_range(BlockDriverState *bs, uint64_t c,
         if (c >= end) {
             break;
         }
+        int64_t rest_ns = 0;
         pf->inflight++;
-        int ret = fvd_pf_step(bs, c, end, &c);
+        int ret = fvd_pf_step(bs, c, end, &c, &rest_ns);
         pf->inflight--;
         if (ret < 0) {
             return ret;
+        }
+        if (rest_ns > 0 && !fvd_pf_sleep(pf, rest_ns)) {
+            return 0;
         }
     }
     return 0;
@@ -405,6 +421,7 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     int64_t throttle = qemu_opt_get_number(opts, "prefetch-throttle-time",
                                            30000);
     int64_t alpha = qemu_opt_get_number(opts, "prefetch-alpha", 80);
+    int64_t duty = qemu_opt_get_number(opts, "prefetch-busy-duty", 10);
     const char *profile;
 
     qemu_co_queue_init(&pf->done_queue);
@@ -415,11 +432,12 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     if (delay < 0 || delay > 86400 || inflight < 1 || inflight > 16 ||
         measure < 1 || measure > 60000 || throttle < 0 ||
         throttle > 3600000 || alpha < 0 || alpha > 100 ||
+        duty < 1 || duty > 100 ||
         pf->bytes < 512 || pf->bytes > 64 * MiB) {
         error_setg(errp, "Invalid FVD prefetch option (delay 0..86400 s, "
                    "max-inflight 1..16, measure-time 1..60000 ms, "
-                   "throttle-time 0..3600000 ms, alpha 0..100, bytes "
-                   "512..64M)");
+                   "throttle-time 0..3600000 ms, alpha 0..100, busy-duty "
+                   "1..100, bytes 512..64M)");
         return -EINVAL;
     }
     pf->start_delay_ns = delay * 1000000000LL;
@@ -427,6 +445,7 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     pf->measure_ns = measure * 1000000LL;
     pf->throttle_ns = throttle * 1000000LL;
     pf->alpha = alpha;
+    pf->busy_duty = duty;
     profile = qemu_opt_get(opts, "prefetch-profile");
     if (profile && fvd_profile_load(s, profile, errp) < 0) {
         return -EINVAL;

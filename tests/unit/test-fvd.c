@@ -741,6 +741,41 @@ static void test_prefetch_drain(void)
     g_free(base);
 }
 
+/*
+ * While the guest does I/O, prefetch copies at most prefetch-busy-duty %
+ * of the time: a guest read during a copy (held at a breakpoint) makes the
+ * worker rest afterwards; with 100 it never rests.
+ */
+static void test_prefetch_busy(void)
+{
+    for (int duty = 50; duty <= 100; duty += 50) {
+        char *base, *top;
+        char *o = g_strdup_printf("prefetch=on,prefetch-bytes=64k,"
+                                  "prefetch-max-inflight=1,"
+                                  "prefetch-throttle-time=0,"
+                                  "prefetch-busy-duty=%d", duty);
+        BlockDriverState *bs = open_prefetch("pb.fvd", o, &base, &top);
+        BDRVFvdState *s = bs->opaque;
+        uint8_t buf[4096];
+
+        g_free(o);
+        g_assert_cmpint(bdrv_debug_breakpoint(bs, "prefetch_write", "P"), ==,
+                        0);
+        AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "P"));
+        g_assert_cmpint(bdrv_pread(bs, 512 * KiB, 4096, buf, 0), ==, 0);
+        g_assert_cmpint(buf[0], ==, 0xee);
+        g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "P"), ==, 0);
+        AIO_WAIT_WHILE(!s->pf.run_done);
+        g_assert_cmpint(s->stats.prefetch_rests, ==, duty < 100 ? 1 : 0);
+        check_prefetched(bs, 0, 0, 0);
+        bdrv_unref(bs);
+        unlink(top);
+        g_free(top);
+        unlink(base);
+        g_free(base);
+    }
+}
+
 /* The prefetch profile recorded so far, as "start+len ..." in blocks. */
 static char *recorded(BDRVFvdState *s)
 {
@@ -889,6 +924,7 @@ int main(int argc, char **argv)
     test_table_bit_without_mapping();
     test_prefetch_race();
     test_prefetch_drain();
+    test_prefetch_busy();
     test_profile_record_use();
     test_profile_limit();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
