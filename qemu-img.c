@@ -370,19 +370,6 @@ static BlockBackend *img_open(const char *filename, const char *fmt,
     return img_open_as(img_image_opts, filename, fmt, flags, writethrough);
 }
 
-/* -o may be given several times: the lists are joined with ','. */
-static void accumulate_options(char **options, const char *optarg)
-{
-    char *old = *options;
-
-    if (!old) {
-        *options = g_strdup(optarg);
-    } else {
-        *options = g_strdup_printf("%s,%s", old, optarg);
-        g_free(old);
-    }
-}
-
 /*
  * QEMU's check of a -o argument: no leading comma, and no trailing comma
  * left unescaped (an odd number of them). Callers say "Invalid option
@@ -399,6 +386,27 @@ static bool valid_option_list(const char *list)
         commas++;
     }
     return commas % 2 == 0;
+}
+
+/*
+ * -o may be given several times: the lists are joined with ','. A list
+ * QEMU would refuse gets its one-line error here and false.
+ */
+static bool accumulate_options(char **options, const char *optarg)
+{
+    char *old = *options;
+
+    if (!valid_option_list(optarg)) {
+        error_report("Invalid option list: %s", optarg);
+        return false;
+    }
+    if (!old) {
+        *options = g_strdup(optarg);
+    } else {
+        *options = g_strdup_printf("%s,%s", old, optarg);
+        g_free(old);
+    }
+    return true;
 }
 
 /* True if one element of the option list is "help" or "?". */
@@ -745,7 +753,10 @@ static int img_create(int argc, char **argv)
             p.fmt = optarg;
             break;
         case 'o':
-            accumulate_options(&options, optarg);
+            if (!accumulate_options(&options, optarg)) {
+                g_free(options);
+                return 1;
+            }
             break;
         case 'q':
             p.quiet = true;
@@ -2059,7 +2070,9 @@ static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
         a->backing_fmt = optarg;
         break;
     case 'o':
-        accumulate_options(&a->options, optarg);
+        if (!accumulate_options(&a->options, optarg)) {
+            return -1;
+        }
         break;
     case 'l':
         a->snapshot = optarg;
@@ -2883,11 +2896,9 @@ static int img_measure(int argc, char **argv)
             out_fmt = optarg;
             break;
         case 'o':
-            if (!valid_option_list(optarg)) {
-                error_report("Invalid option list: %s", optarg);
+            if (!accumulate_options(&options, optarg)) {
                 goto out;
             }
-            accumulate_options(&options, optarg);
             break;
         case 'l':
             /* the keyed form is checked here, as QEMU does */
@@ -4467,7 +4478,9 @@ static int img_amend(int argc, char **argv)
         case 'h':
             error_exit("see 'qemu-img --help'");
         case 'o':
-            accumulate_options(&options, optarg);
+            if (!accumulate_options(&options, optarg)) {
+                goto out_no_progress;
+            }
             break;
         case 'f':
             fmt = optarg;
