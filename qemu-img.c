@@ -1021,11 +1021,11 @@ static void dump_human_image_info(ImgInfo *info)
            dsize_buf);
     g_free(size_buf);
     g_free(dsize_buf);
-    if (info->has_cluster_size) {
-        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
-    }
     if (info->encrypted) {
         printf("encrypted: yes\n");
+    }
+    if (info->has_cluster_size) {
+        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
     }
     if (info->has_dirty_flag && info->dirty_flag) {
         printf("cleanly shut down: no\n");
