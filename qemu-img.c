@@ -3550,6 +3550,9 @@ static int img_snapshot(int argc, char **argv)
         error_exit("Expecting one image file name");
     }
     filename = argv[optind];
+    if (action == SNAPSHOT_LIST) {
+        flags |= BDRV_O_NO_IO;  /* as QEMU: no key needed to list */
+    }
 
     blk = img_open(filename, NULL, flags, false);
     bs = blk ? blk_bs(blk) : NULL;

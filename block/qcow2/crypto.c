@@ -14,8 +14,67 @@
 #ifdef CONFIG_LUKS
 
 struct Qcow2Crypto {
-    LuksVolume v;
+    LuksVolume v;               /* luks */
+    bool aes;                   /* crypt_method 1: QEMU's legacy AES */
+    LuksCipher *aes_cipher;     /* NULL when opened without a key */
 };
+
+/*
+ * The legacy AES method (QEMU's "qcow" crypto, which qemu-img 7.2 still
+ * reads and writes): AES-128-CBC, the passphrase's first 16 bytes (zero
+ * padded) as the key, plain64 IVs from the guest sector.
+ */
+static int coroutine_fn qcow2_crypto_open_aes(BlockDriverState *bs,
+                                              const char *fmt,
+                                              const char *sid, int flags,
+                                              Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint8_t key[16] = { 0 };
+    Qcow2Crypto *c;
+    char *pass;
+    size_t len;
+
+    if (fmt && strcmp(fmt, "aes")) {
+        error_setg(errp, "Header reported 'aes' encryption format but "
+                   "options specify '%s'", fmt);
+        return -EINVAL;
+    }
+    if (s->has_crypto_ext) {
+        error_setg(errp, "CRYPTO header extension only expected with LUKS "
+                   "encryption method");
+        return -EINVAL;
+    }
+    c = g_new0(Qcow2Crypto, 1);
+    c->aes = true;
+    if (!(flags & BDRV_O_NO_IO)) {
+        if (!sid) {
+            error_setg(errp, "Parameter 'encrypt.key-secret' is required "
+                       "for cipher");
+            g_free(c);
+            return -EINVAL;
+        }
+        pass = luks_passphrase(sid, &len, errp);
+        if (!pass) {
+            g_free(c);
+            return -EINVAL;
+        }
+        memcpy(key, pass, MIN(len, sizeof(key)));
+        explicit_bzero(pass, len);
+        g_free(pass);
+        c->aes_cipher = luks_cipher_new(luks_cipher_find("aes-128"),
+                                        LUKS_MODE_CBC, LUKS_IVGEN_PLAIN64,
+                                        NULL, key, sizeof(key), errp);
+        explicit_bzero(key, sizeof(key));
+        if (!c->aes_cipher) {
+            g_free(c);
+            return -ENOTSUP;
+        }
+    }
+    s->crypto = c;
+    bs->encrypted = true;
+    return 0;
+}
 
 static bool qcow2_crypto_overlaps(BDRVQcow2State *s, uint64_t off,
                                   uint64_t len)
@@ -84,10 +143,7 @@ int coroutine_fn qcow2_crypto_open(BlockDriverState *bs, QemuOpts *opts,
         return 0;
     }
     if (s->crypt_method == QCOW2_CRYPT_AES) {
-        error_setg(errp, "Encrypted qcow2 images (aes) are not supported: "
-                   "the legacy AES-CBC format is refused (convert it with "
-                   "QEMU's qemu-img)");
-        return -ENOTSUP;
+        return qcow2_crypto_open_aes(bs, fmt, sid, flags, errp);
     }
     if (fmt && strcmp(fmt, "luks")) {
         error_setg(errp, "Header reported 'luks' encryption format but "
@@ -125,6 +181,7 @@ void qcow2_crypto_close(BlockDriverState *bs)
     BDRVQcow2State *s = bs->opaque;
 
     if (s->crypto) {
+        luks_cipher_free(s->crypto->aes_cipher);
         luks_volume_close(&s->crypto->v);
         g_free(s->crypto);
         s->crypto = NULL;
@@ -133,23 +190,37 @@ void qcow2_crypto_close(BlockDriverState *bs)
 
 bool qcow2_crypto_can_io(BDRVQcow2State *s)
 {
-    return s->crypto && s->crypto->v.cipher;
+    return s->crypto && (s->crypto->aes ? s->crypto->aes_cipher != NULL
+                                        : s->crypto->v.cipher != NULL);
 }
 
-void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint8_t *buf,
-                   size_t len)
+/* LUKS: the host sector is the IV's input; AES: the guest sector. */
+void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len)
 {
+    Qcow2Crypto *c = s->crypto;
+
     assert(host % LUKS_SECTOR_SIZE == 0 && len % LUKS_SECTOR_SIZE == 0);
-    luks_cipher_encrypt(s->crypto->v.cipher, host / LUKS_SECTOR_SIZE, buf,
-                        len);
+    assert(guest % LUKS_SECTOR_SIZE == 0);
+    if (c->aes) {
+        luks_cipher_encrypt(c->aes_cipher, guest / LUKS_SECTOR_SIZE, buf, len);
+    } else {
+        luks_cipher_encrypt(c->v.cipher, host / LUKS_SECTOR_SIZE, buf, len);
+    }
 }
 
-void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint8_t *buf,
-                   size_t len)
+void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len)
 {
+    Qcow2Crypto *c = s->crypto;
+
     assert(host % LUKS_SECTOR_SIZE == 0 && len % LUKS_SECTOR_SIZE == 0);
-    luks_cipher_decrypt(s->crypto->v.cipher, host / LUKS_SECTOR_SIZE, buf,
-                        len);
+    assert(guest % LUKS_SECTOR_SIZE == 0);
+    if (c->aes) {
+        luks_cipher_decrypt(c->aes_cipher, guest / LUKS_SECTOR_SIZE, buf, len);
+    } else {
+        luks_cipher_decrypt(c->v.cipher, host / LUKS_SECTOR_SIZE, buf, len);
+    }
 }
 
 /* QEMU's "encrypt" member: format luks and the LUKS header's details. */
@@ -162,6 +233,10 @@ JsonValue *qcow2_crypto_info(BlockDriverState *bs)
         return NULL;
     }
     obj = json_new(JSON_OBJECT);
+    if (s->crypto->aes) {
+        json_add_str(obj, "format", "aes");
+        return obj;
+    }
     json_add_str(obj, "format", "luks");
     luks_volume_info(&s->crypto->v, obj);
     return obj;
@@ -169,6 +244,7 @@ JsonValue *qcow2_crypto_info(BlockDriverState *bs)
 
 struct Qcow2CryptoCreate {
     LuksCreate c;
+    bool aes;                   /* legacy AES: just the key secret */
 };
 
 /*
@@ -194,9 +270,17 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
         return 0;
     }
     if (!strcmp(fmt, "aes")) {
-        error_setg(errp, "Encrypted qcow2 images with the legacy AES-CBC "
-                   "format cannot be created: use encrypt.format=luks");
-        return -ENOTSUP;
+        const char *sid = qemu_opt_get(opts, "encrypt.key-secret");
+        if (!sid) {
+            error_setg(errp, "Parameter 'encrypt.key-secret' is required "
+                       "for cipher");
+            return -EINVAL;
+        }
+        cc = g_new0(Qcow2CryptoCreate, 1);
+        cc->aes = true;
+        cc->c.key_secret = sid;
+        *out = cc;
+        return 0;
     }
     if (strcmp(fmt, "luks")) {
         error_setg(errp, "Parameter 'format' does not accept value '%s'",
@@ -215,7 +299,32 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
 /* Bytes the LUKS header and key slots take (measure, create). */
 uint64_t qcow2_crypto_header_bytes(const Qcow2CryptoCreate *cc)
 {
-    return (uint64_t)cc->c.payload_sectors * LUKS_SECTOR_SIZE;
+    return cc->aes ? 0 : (uint64_t)cc->c.payload_sectors * LUKS_SECTOR_SIZE;
+}
+
+/* AES: the secret must exist (as QEMU checks); crypt_method 1, no more. */
+static int coroutine_fn qcow2_crypto_create_aes(BlockDriverState *bs,
+                                                const Qcow2CryptoCreate *cc,
+                                                Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    size_t len;
+    char *pass = luks_passphrase(cc->c.key_secret, &len, errp);
+    int ret;
+
+    if (!pass) {
+        return -EINVAL;
+    }
+    explicit_bzero(pass, len);
+    g_free(pass);
+    qemu_co_mutex_lock(&s->lock);
+    s->crypt_method = QCOW2_CRYPT_AES;
+    ret = qcow2_update_header(bs);
+    qemu_co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update qcow2 header");
+    }
+    return ret;
 }
 
 /*
@@ -234,6 +343,9 @@ int coroutine_fn qcow2_crypto_create(BlockDriverState *bs,
     int64_t off;
     int ret;
 
+    if (cc->aes) {
+        return qcow2_crypto_create_aes(bs, cc, errp);
+    }
     qemu_co_mutex_lock(&s->lock);
     off = qcow2_alloc_clusters(bs, len);
     if (off < 0) {
@@ -282,6 +394,10 @@ int coroutine_fn qcow2_crypto_amend(BlockDriverState *bs, QemuOpts *opts,
                    "present");
         return -EINVAL;
     }
+    if (s->crypto->aes) {
+        error_setg(errp, "Only LUKS encryption options can be amended");
+        return -ENOTSUP;
+    }
     if (fmt && strcmp(fmt, "luks")) {
         error_setg(errp, "Changing the encryption format is not supported");
         return -ENOTSUP;
@@ -319,14 +435,14 @@ bool qcow2_crypto_can_io(BDRVQcow2State *s)
     return false;
 }
 
-void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint8_t *buf,
-                   size_t len)
+void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len)
 {
     abort();
 }
 
-void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint8_t *buf,
-                   size_t len)
+void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len)
 {
     abort();
 }

@@ -48,7 +48,8 @@ static void qcow2_inplace_end(BDRVQcow2State *s, Qcow2InPlace *w)
 
 /* Read and decrypt host bytes of the data file into qiov. */
 static int coroutine_fn qcow2_read_encrypted(BlockDriverState *bs,
-                                             uint64_t host, uint64_t bytes,
+                                             uint64_t host, uint64_t guest,
+                                             uint64_t bytes,
                                              QEMUIOVector *qiov,
                                              size_t qiov_offset)
 {
@@ -68,9 +69,10 @@ static int coroutine_fn qcow2_read_encrypted(BlockDriverState *bs,
         if (ret < 0) {
             break;
         }
-        qcow2_decrypt(s, host, buf, n);
+        qcow2_decrypt(s, host, guest, buf, n);
         qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
         host += n;
+        guest += n;
         bytes -= n;
         qiov_offset += n;
     }
@@ -81,7 +83,8 @@ static int coroutine_fn qcow2_read_encrypted(BlockDriverState *bs,
 
 /* Encrypt guest bytes from qiov and write them at host. */
 static int coroutine_fn qcow2_write_encrypted(BlockDriverState *bs,
-                                              uint64_t host, uint64_t bytes,
+                                              uint64_t host, uint64_t guest,
+                                              uint64_t bytes,
                                               QEMUIOVector *qiov,
                                               size_t qiov_offset)
 {
@@ -98,12 +101,13 @@ static int coroutine_fn qcow2_write_encrypted(BlockDriverState *bs,
         size_t n = MIN(bytes, QCOW2_CRYPT_BOUNCE);
 
         qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
-        qcow2_encrypt(s, host, buf, n);
+        qcow2_encrypt(s, host, guest, buf, n);
         ret = bdrv_co_pwrite(s->data_file, host, n, buf, 0);
         if (ret < 0) {
             break;
         }
         host += n;
+        guest += n;
         bytes -= n;
         qiov_offset += n;
     }
@@ -211,7 +215,8 @@ static int coroutine_fn qcow2_read(BlockDriverState *bs, uint64_t offset,
         case QCOW2_SC_NORMAL:
             BLKDBG_EVENT(bs->file, "read_aio");
             if (s->crypto) {
-                ret = qcow2_read_encrypted(bs, host, cur, qiov, qiov_offset);
+                ret = qcow2_read_encrypted(bs, host, offset, cur, qiov,
+                                           qiov_offset);
                 break;
             }
             ret = bdrv_co_preadv_part(s->data_file, host, cur, qiov,
@@ -401,7 +406,8 @@ static int coroutine_fn qcow2_write_alloc_encrypted(BlockDriverState *bs,
                          &v, 0);
     }
     if (ret >= 0) {
-        qcow2_encrypt(s, host - head, buf, total);
+        qcow2_encrypt(s, host - head, m->guest_offset + m->cow_start.offset,
+                      buf, total);
         BLKDBG_EVENT(bs->file, head || tail ? "cow_write" : "write_aio");
         ret = bdrv_co_pwrite(s->data_file, host - head, total, buf, 0);
     }
@@ -509,7 +515,8 @@ static int coroutine_fn qcow2_write_step(BlockDriverState *bs,
     if (!m) {
         BLKDBG_EVENT(bs->file, "write_aio");
         if (s->crypto) {
-            ret = qcow2_write_encrypted(bs, host, *bytes, qiov, qiov_offset);
+            ret = qcow2_write_encrypted(bs, host, offset, *bytes, qiov,
+                                        qiov_offset);
         } else {
             ret = bdrv_co_pwritev_part(s->data_file, host, *bytes, qiov,
                                        qiov_offset, 0);

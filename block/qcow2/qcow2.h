@@ -633,11 +633,12 @@ int coroutine_fn qcow2_crypto_open(BlockDriverState *bs, QemuOpts *opts,
 void qcow2_crypto_close(BlockDriverState *bs);
 /* Opened with its key: guest data can be read and written. */
 bool qcow2_crypto_can_io(BDRVQcow2State *s);
-/* In place; host and len multiples of 512 (the IV is host / 512). */
-void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint8_t *buf,
-                   size_t len);
-void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint8_t *buf,
-                   size_t len);
+/* In place over len bytes at host (guest offset guest), all multiples of
+ * 512: LUKS takes the IV from host / 512, legacy AES from guest / 512. */
+void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len);
+void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len);
 JsonValue *qcow2_crypto_info(BlockDriverState *bs);
 int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
                               Error **errp);
