@@ -832,7 +832,7 @@ static ImgInfo *collect_image_info(BlockDriverState *bs, Error **errp)
     int64_t size;
     int n;
 
-    info->filename = g_strdup(bdrv_get_filename(bs));
+    info->filename = bdrv_display_name(bs);
     info->format = g_strdup(bdrv_get_format_name(bs));
     size = bdrv_getlength(bs);
     if (size < 0) {

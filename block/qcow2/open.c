@@ -821,7 +821,8 @@ static bool qcow2_has_zero_init(BlockDriverState *bs)
     BDRVQcow2State *s = bs->opaque;
     bool preallocated = s->l1_size > 0 && s->l1_table[0] != 0;
 
-    return !preallocated || bdrv_has_zero_init(s->data_file);
+    /* Encrypted preallocated clusters read as the decryption of zeroes. */
+    return !preallocated || (!s->crypto && bdrv_has_zero_init(s->data_file));
 }
 
 static const char *const qcow2_child_prefixes[] = { "data-file", NULL };
