@@ -843,7 +843,7 @@ static ImgInfo *collect_image_info(BlockDriverState *bs, Error **errp)
     int64_t size;
     int n;
 
-    info->filename = g_strdup(bdrv_get_filename(bs));
+    info->filename = bdrv_display_name(bs);
     info->format = g_strdup(bdrv_get_format_name(bs));
     size = bdrv_getlength(bs);
     if (size < 0) {
@@ -1032,11 +1032,11 @@ static void dump_human_image_info(ImgInfo *info)
            dsize_buf);
     g_free(size_buf);
     g_free(dsize_buf);
-    if (info->has_cluster_size) {
-        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
-    }
     if (info->encrypted) {
         printf("encrypted: yes\n");
+    }
+    if (info->has_cluster_size) {
+        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
     }
     if (info->has_dirty_flag && info->dirty_flag) {
         printf("cleanly shut down: no\n");
@@ -3636,6 +3636,9 @@ static int img_snapshot(int argc, char **argv)
         error_exit("Expecting one image file name");
     }
     filename = argv[optind];
+    if (action == SNAPSHOT_LIST) {
+        flags |= BDRV_O_NO_IO;  /* as QEMU: no key needed to list */
+    }
 
     blk = img_open(filename, NULL, flags, false);
     bs = blk ? blk_bs(blk) : NULL;
