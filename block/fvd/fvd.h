@@ -585,7 +585,8 @@ const char *fvd_prefetch_state(BDRVFvdState *s);
 int coroutine_fn fvd_profile_base_id(BlockDriverState *bs, uint64_t *size,
                                      uint8_t id[FVD_PROF_ID_SIZE]);
 /* Open: start recording guest reads of the base (path NULL: don't). */
-int fvd_profile_record_setup(BlockDriverState *bs, const char *path);
+int fvd_profile_record_setup(BlockDriverState *bs, const char *path,
+                             Error **errp);
 /* The guest read blocks [c, c + n) from the base. */
 void fvd_profile_note(BDRVFvdState *s, uint64_t c, uint64_t n);
 /* Close: write the recorded profile, free the recording. */

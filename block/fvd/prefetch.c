@@ -450,8 +450,11 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     if (profile && fvd_profile_load(s, profile, errp) < 0) {
         return -EINVAL;
     }
-    fvd_profile_record_setup(bs, qemu_opt_get(opts,
-                                              "prefetch-profile-record"));
+    if (fvd_profile_record_setup(bs, qemu_opt_get(opts,
+                                                  "prefetch-profile-record"),
+                                 errp) < 0) {
+        return -EINVAL;
+    }
     if (!qemu_opt_get_bool(opts, "prefetch", false) || bs->read_only ||
         !s->nb_blocks) {
         return 0;

@@ -94,16 +94,41 @@ int coroutine_fn fvd_profile_base_id(BlockDriverState *bs, uint64_t *size,
 
 /* ---- recording ---- */
 
-int fvd_profile_record_setup(BlockDriverState *bs, const char *path)
+/* Whether path may be replaced by a profile: absent, empty, or one. */
+static bool fvd_profile_replaceable(const char *path)
+{
+    uint8_t magic[8];
+    struct stat st;
+    bool ok;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+    if (fd < 0) {
+        return errno == ENOENT;
+    }
+    ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+         (st.st_size == 0 ||
+          (read(fd, magic, 8) == 8 && !memcmp(magic, FVD_PROF_MAGIC, 8)));
+    close(fd);
+    return ok;
+}
+
+int fvd_profile_record_setup(BlockDriverState *bs, const char *path,
+                             Error **errp)
 {
     BDRVFvdState *s = bs->opaque;
     FvdProfileRec *r = &s->prof_rec;
 
-    if (!path || !s->nb_blocks) {
+    if (!path) {
         return 0;
     }
+    /* A typo must not replace the base or the image by a profile. */
+    if (!fvd_profile_replaceable(path)) {
+        error_setg(errp, "FVD prefetch profile '%s' exists and is not a "
+                   "prefetch profile; not replaced", path);
+        return -EEXIST;
+    }
     r->path = g_strdup(path);
-    r->seen = bitmap_new(s->nb_blocks);
+    r->seen = s->nb_blocks ? bitmap_new(s->nb_blocks) : NULL;
     r->ranges = g_array_new(false, false, sizeof(FvdProfRange));
     return 0;
 }
