@@ -283,12 +283,11 @@ static void coroutine_fn fvd_pf_worker(void *opaque)
     uint64_t per = MAX(pf->bytes >> s->header.block_bits, UINT64_C(1));
 
     while (pf->ret >= 0 && pf->cursor < s->nb_blocks) {
-        if (!fvd_pf_wait(s, pf->bytes)) {
-            break;
-        }
-        /* Claim the next unit before anything yields. */
+        /* Claim the next unit before anything yields; the bandwidth cap
+         * counts its size (a profile's runs may be small). */
         uint64_t c, end;
-        if (!fvd_pf_claim(s, per, &c, &end)) {
+        if (!fvd_pf_claim(s, per, &c, &end) ||
+            !fvd_pf_wait(s, (end - c) << s->header.block_bits)) {
             break;
         }
         int ret = fvd_pf_range(bs, c, end);
