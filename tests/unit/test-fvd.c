@@ -847,6 +847,17 @@ static void test_profile_record_use(void)
     g_assert_cmpint(s->stats.prefetch_blocks, ==, 16);
     check_prefetched(bs, 0, 0, 0);
     bdrv_unref(bs);
+
+    /* Reopened, the profile's blocks and the rest are skipped. */
+    o = g_strdup_printf("prefetch=on,prefetch-profile=%s", prof);
+    bs = open_fvd(top2, o);
+    g_free(o);
+    s = bs->opaque;
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->pf.profile_blocks, ==, 4);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 0);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
     unlink(top);
     unlink(top2);
     unlink(prof);
