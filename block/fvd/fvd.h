@@ -338,6 +338,7 @@ typedef struct BDRVFvdState {
     bool replayed_in_cache;         /* DIRTY image: replayed bits not home */
     bool copy_on_read;
     bool soft_dirty;                /* copy-on-read bits not yet home */
+    unsigned soft_writers;          /* flushes writing those home */
     uint64_t cor_inflight;          /* bytes of copy-on-read in progress */
     CoMutex meta_lock;              /* multi-step header changes */
     CoMutex hdr_lock;               /* one header write at a time */

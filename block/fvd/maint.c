@@ -470,11 +470,19 @@ int coroutine_fn fvd_record_complete(BlockDriverState *bs, bool drop_base)
             }
         }
     }
-    if (ret >= 0 && drop_base) {
-        /* Nothing is in the base: no copy, no zeroing; the base stays
-         * attached, unread, until the image is closed. */
+    if (ret >= 0 && drop_base && s->names[FVD_NAME_BASE]) {
+        /*
+         * Nothing is in the base: only its name goes. The coverage and the
+         * bitmap stay (guest requests in flight rely on them; every bit is
+         * 1, so nothing reads the base), and so does COMPLETE. The base
+         * stays attached, unread, until the image is closed.
+         */
         const char *names[FVD_NAME_COUNT] = { "", "" };
-        ret = fvd_rename(bs, names, NULL);
+        ret = fvd_set_names(bs, names, NULL);
+        if (ret >= 0) {
+            bs->backing_file[0] = '\0';
+            bs->backing_format[0] = '\0';
+        }
     }
 out:
     qemu_co_mutex_unlock(&s->meta_lock);
