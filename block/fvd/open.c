@@ -49,6 +49,9 @@ static const QemuOptDesc fvd_open_opts[] = {
     { "prefetch-profile-record", QEMU_OPT_STRING,
       "Record the order of the guest's first reads of base blocks into "
       "this profile file, written at close" },
+    { "prefetch-drop-base", QEMU_OPT_BOOL,
+      "When prefetch has copied every block, drop the base from the header "
+      "(default off)" },
     { NULL }
 };
 
@@ -376,6 +379,7 @@ static BlockDriver bdrv_fvd = {
 
     .bdrv_get_info          = fvd_get_info,
     .bdrv_get_specific_info = fvd_get_specific_info,
+    .bdrv_get_populate_job  = fvd_prefetch_job,
     .bdrv_has_zero_init     = fvd_has_zero_init,
     .bdrv_co_check          = fvd_co_check,
     .bdrv_amend_options     = fvd_amend_options,

@@ -377,6 +377,9 @@ static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
         if (ret >= 0) {
             ret = table_cache_flush(s->bitmap);
         }
+        if (ret >= 0) {
+            ret = fvd_record_complete(bs, pf->drop_base);
+        }
         pf->inflight--;
     }
 out:
@@ -454,6 +457,7 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
                                  errp) < 0) {
         return -EINVAL;
     }
+    pf->drop_base = qemu_opt_get_bool(opts, "prefetch-drop-base", false);
     if (!qemu_opt_get_bool(opts, "prefetch", false) || bs->read_only ||
         !s->nb_blocks) {
         return 0;
@@ -511,4 +515,10 @@ const char *fvd_prefetch_state(BDRVFvdState *s)
                job_is_cancelled(pf->job) ? "cancelled" : "done";
     }
     return job_is_paused(pf->job) ? "paused" : "running";
+}
+
+Job *fvd_prefetch_job(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    return s->pf.job;
 }
