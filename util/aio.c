@@ -51,12 +51,17 @@ struct AioContext {
     uint64_t bh_seq;
     bool in_poll;               /* loop may sleep: schedulers must kick */
     int event_fd;
+    unsigned fd_poll_skips;     /* aio_poll()s in a row that skipped the fds */
 
     GPtrArray *timers;          /* binary min-heap on expire_ns */
 
     AioIdleFunc *idle_fn;       /* see aio_set_idle_handler() */
     void *idle_opaque;
 };
+
+/* At most this many blocking aio_poll()s in a row return without polling
+ * the fds after a bottom half or timer ran. */
+#define AIO_MAX_FD_POLL_SKIPS 8
 
 static AioContext *main_ctx;
 static pthread_once_t main_ctx_once = PTHREAD_ONCE_INIT;
@@ -640,6 +645,21 @@ bool aio_poll(AioContext *ctx, bool blocking)
         pthread_mutex_unlock(&ctx->bh_lock);
     }
 
+    if (blocking && progress &&
+        ctx->fd_poll_skips < AIO_MAX_FD_POLL_SKIPS) {
+        /*
+         * A bottom half or timer ran: return without the zero-timeout
+         * ppoll() that would only look at the fds. The caller polls again
+         * (AIO_WAIT_WHILE), and that call blocks in ppoll() if nothing else
+         * is pending, seeing the fds then. A completion waking a coroutine
+         * that wakes another through a bottom half (a CoMutex hand-off)
+         * made one useless ppoll() per step. Bounded, so that a stream of
+         * bottom halves cannot keep the fds unpolled.
+         */
+        ctx->fd_poll_skips++;
+        return true;
+    }
+    ctx->fd_poll_skips = 0;
     progress |= aio_dispatch_fds(ctx, timeout);
     if (blocking && !progress) {
         progress |= aio_bh_poll(ctx);
