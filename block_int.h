@@ -311,7 +311,8 @@ struct BdrvTrackedRequest {
 
 /*
  * For a driver's bdrv_amend_options: done of total units of its work (it
- * may call this as often as it likes; qemu-img amend -p prints it).
+ * may call this as often as it likes, and done/total may go back when the
+ * total grows; qemu-img amend -p prints 100 * done / total).
  */
 void bdrv_amend_progress(BlockDriverState *bs, uint64_t done,
                          uint64_t total);

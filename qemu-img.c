@@ -4550,6 +4550,16 @@ typedef struct AmendJob {
     Error **errp;
 } AmendJob;
 
+/* -p of amend: QEMU's amend status callback (100 * done / total, as
+ * float), which may go back when a driver's total grows. */
+static void amend_job_progress(Job *job, uint64_t current, uint64_t total,
+                               void *opaque)
+{
+    if (total) {
+        progress_print(100.f * (int64_t)current / (int64_t)total, 0);
+    }
+}
+
 /* The amend as a job: a driver's long work moves its progress. */
 static int coroutine_fn amend_job_run(Job *job, void *opaque)
 {
@@ -4648,7 +4658,7 @@ static int img_amend(int argc, char **argv)
     }
     progress_print(0.f, 0);
     AmendJob aj = { .bs = bs, .opts = opts, .force = force, .errp = &err };
-    ret = img_run_job(job_new(amend_job_run, &aj), img_job_progress, NULL);
+    ret = img_run_job(job_new(amend_job_run, &aj), amend_job_progress, NULL);
     progress_print(100.f, 0);
     if (ret == -ENOTSUP && !err) {
         error_report("Format driver '%s' does not support option amendment",
