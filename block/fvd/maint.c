@@ -798,8 +798,13 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
          * file alone is a raw image of the disk). */
         image_info_add_bool(info, "complete", cnt.allocated == s->nb_blocks);
     }
-    /* The header's record of it (spec section 10), set by prefetch. */
-    image_info_add_bool(info, "complete-recorded",
-                        s->header.compatible_features & FVD_COMPAT_COMPLETE);
+    /* The header's record of it (spec section 10), set by prefetch;
+     * shown where there is a base to finish or the bit is set. */
+    if (s->nb_blocks || (s->header.compatible_features &
+                         FVD_COMPAT_COMPLETE)) {
+        image_info_add_bool(info, "complete-recorded",
+                            s->header.compatible_features &
+                            FVD_COMPAT_COMPLETE);
+    }
     return info;
 }
