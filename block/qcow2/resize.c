@@ -115,8 +115,19 @@ static int coroutine_fn qcow2_prealloc_data(BlockDriverState *bs,
                              "cluster");
             return ret;
         }
+        uint64_t refcount = 0;
+
         if ((type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC) &&
             host && !s->external_data) {
+            /* Not a cluster an internal snapshot shares. */
+            ret = qcow2_get_refcount(bs, host >> s->cluster_bits, &refcount);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Failed to preallocate the "
+                                 "last cluster");
+                return ret;
+            }
+        }
+        if (refcount == 1) {
             /* Written zeroes, not a zeroed range: a file system may keep
              * the latter unwritten and split its extents on later writes
              * (more host blocks). */
