@@ -444,6 +444,7 @@ static int coroutine_fn qcow2_make_completely_empty(BlockDriverState *bs)
     s->refcount_table[0] = 2 * cs;
     g_array_set_size(s->pending_frees, 0);
     g_array_set_size(s->frees_written, 0);
+    s->frees_checked_pending = s->frees_checked_written = 0;
     qcow2_invalidate_meta_clusters(s);
     BLKDBG_EVENT(bs->file, "refblock_alloc");
     ret = qcow2_write_reftable_entry(bs, 0);
