@@ -365,6 +365,9 @@ typedef struct BDRVQcow2State {
     GArray *pending_frees;          /* not yet written out (Qcow2PendingFree) */
     struct Qcow2AmendProgress *amend_progress;  /* amend -p; NULL: none */
     GArray *frees_written;          /* tables written, waiting for a flush */
+    /* Entries at the start of pending_frees / frees_written known not to
+     * free a cluster (qcow2_settle_frees_for_reuse). */
+    guint frees_checked_pending, frees_checked_written;
     uint64_t frees_written_gen;     /* bs->file write gen they need */
 
     /* caches */
@@ -544,6 +547,7 @@ void qcow2_free_entry_deferred(BlockDriverState *bs, uint64_t entry,
                                bool discard);
 int coroutine_fn qcow2_apply_durable_frees(BlockDriverState *bs);
 int coroutine_fn qcow2_settle_frees(BlockDriverState *bs);
+int coroutine_fn qcow2_settle_frees_for_reuse(BlockDriverState *bs);
 int64_t coroutine_fn qcow2_refcount_area(BlockDriverState *bs, uint64_t start,
                                          uint64_t additional, bool exact,
                                          uint64_t new_index,
