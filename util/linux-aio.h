@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Linux native AIO (libaio) for aio=native. Requests from many coroutines are
- * batched into io_submit(); completions arrive on an eventfd watched by the
- * event loop and resume the submitting coroutine.
+ * Linux native AIO (libaio) for aio=native. A request is submitted at once,
+ * except those issued while completions are dispatched, which share one
+ * io_submit(); completions arrive on an eventfd watched by the event loop
+ * and resume the submitting coroutine.
  */
 #ifndef QEMU_LINUX_AIO_H
 #define QEMU_LINUX_AIO_H

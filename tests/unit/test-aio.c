@@ -353,7 +353,7 @@ static void test_timer_heap(void)
 }
 
 #ifdef CONFIG_LINUX_AIO
-/* linux-aio: batched reads/writes from many coroutines, short read zeroed */
+/* linux-aio: reads/writes from many coroutines, short read zeroed */
 
 typedef struct LaioArg {
     LinuxAioState *s;
