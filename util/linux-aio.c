@@ -44,6 +44,7 @@ struct LinuxAioState {
     unsigned nr_pending;
     unsigned in_flight;
     unsigned batching;      /* > 0: completions are being dispatched */
+    LaioStats stats;
 };
 
 /* Turn a raw io_event result into 0 / -errno, fixing up short transfers. */
@@ -93,6 +94,7 @@ static void laio_submit_pending(LinuxAioState *s)
             iocbs[n++] = &req->iocb;
         }
         ret = io_submit(s->ctx, n, iocbs);
+        s->stats.io_submit_calls++;
         if (ret == -EAGAIN) {
             /* Kernel queue full: retried when a completion frees a slot. */
             if (s->in_flight > 0) {
@@ -118,6 +120,7 @@ static void laio_submit_pending(LinuxAioState *s)
             s->pending_tail = NULL;
         }
         s->nr_pending -= ret;
+        s->stats.submitted += ret;
         if (s->in_flight == 0 && ret > 0) {
             /* Watched only while busy, so an idle state leaves aio_poll idle. */
             aio_set_fd_handler(s->aio, s->efd, laio_completion_cb, NULL, s);
@@ -191,6 +194,11 @@ LinuxAioState *laio_init(Error **errp)
     s->aio = qemu_get_aio_context();
     s->submit_bh = aio_bh_new(s->aio, laio_submit_bh, s);
     return s;
+}
+
+void laio_get_stats(LinuxAioState *s, LaioStats *stats)
+{
+    *stats = s->stats;
 }
 
 void laio_cleanup(LinuxAioState *s)

@@ -19,7 +19,13 @@ enum {
     QEMU_AIO_WRITE = 2,
 };
 
+typedef struct LaioStats {
+    uint64_t io_submit_calls;   /* io_submit() system calls */
+    uint64_t submitted;         /* requests the kernel accepted */
+} LaioStats;
+
 LinuxAioState *laio_init(Error **errp);
+void laio_get_stats(LinuxAioState *s, LaioStats *stats);
 void laio_cleanup(LinuxAioState *s);
 /*
  * Submit a read or write of qiov at offset on fd and wait for it. Returns
