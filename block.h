@@ -123,6 +123,9 @@ void image_info_add_str(ImageInfoSpecific *info, const char *key,
 void image_info_add_int(ImageInfoSpecific *info, const char *key, int64_t v);
 void image_info_add_bool(ImageInfoSpecific *info, const char *key, bool v);
 /* info takes v over. */
+/* The node's name as qemu-img info prints it: json:{...} when it was
+ * opened with a key secret (QEMU's "strong" option), else its file name. */
+char *bdrv_display_name(BlockDriverState *bs);
 void image_info_add_json(ImageInfoSpecific *info, const char *key,
                          JsonValue *v);
 void image_info_specific_free(ImageInfoSpecific *info);
@@ -291,6 +294,9 @@ int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
 /* NULL if the driver has nothing specific; free with ..._free. */
 ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
                                           Error **errp);
+/* The driver's job copying the backing file into bs (may have ended), or
+ * NULL: qemu-img rebase -b '' waits for it with -p progress. */
+Job *bdrv_get_populate_job(BlockDriverState *bs);
 /* True if the node's format encrypts the guest data (qemu-img info). */
 bool bdrv_is_encrypted(BlockDriverState *bs);
 /* True if a newly created image of this node reads as zeroes. */

@@ -86,6 +86,7 @@ typedef struct Qcow2CreateParams {
     const char *backing_fmt;
     const char *data_file;
     bool data_file_raw;
+    Qcow2CryptoCreate *crypto;      /* encrypt.format=luks, else NULL */
 } Qcow2CreateParams;
 
 static int qcow2_parse_version(const char *compat, Error **errp)
@@ -117,19 +118,6 @@ static bool qcow2_check_cluster_size(uint64_t cs, bool extended_l2,
     return true;
 }
 
-static bool qcow2_refuse_encryption(QemuOpts *opts, Error **errp)
-{
-    const char *fmt = qemu_opt_get(opts, "encrypt.format");
-
-    if (qemu_opt_get_bool(opts, "encryption", false) ||
-        (fmt && strcmp(fmt, "none"))) {
-        error_setg(errp, "Encrypted qcow2 images cannot be created: no "
-                   "luks or aes driver");
-        return true;
-    }
-    return false;
-}
-
 /* Everything QEMU validates before writing anything (its messages). */
 static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
                                    Error **errp)
@@ -137,9 +125,6 @@ static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
     const char *pre = qemu_opt_get(opts, "preallocation");
     const char *ctype = qemu_opt_get(opts, "compression_type");
 
-    if (qcow2_refuse_encryption(opts, errp)) {
-        return -ENOTSUP;
-    }
     p->size = ROUND_UP(qemu_opt_get_size(opts, "size", 0),
                        BDRV_SECTOR_SIZE);
     p->version = qcow2_parse_version(qemu_opt_get(opts, "compat"), NULL);
@@ -235,7 +220,8 @@ static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
         }
         return -EINVAL;
     }
-    return 0;
+    /* Last: nothing to free on the errors above. */
+    return qcow2_crypto_parse_create(opts, &p->crypto, errp);
 }
 
 /* ---- create ---- */
@@ -355,6 +341,12 @@ static int coroutine_fn qcow2_create_finish(const char *filename,
             goto out;
         }
     }
+    if (p->crypto) {
+        ret = qcow2_crypto_create(bs, p->crypto, errp);
+        if (ret < 0) {
+            goto out;
+        }
+    }
     ret = 0;
 out:
     bdrv_unref(bs);
@@ -364,7 +356,7 @@ out:
 int coroutine_fn qcow2_co_create(const char *filename, QemuOpts *opts,
                                  Error **errp)
 {
-    Qcow2CreateParams p;
+    Qcow2CreateParams p = { 0 };
     QemuOpts *po;
     BlockDriverState *file = NULL;
     char *data_path = NULL;
@@ -401,6 +393,7 @@ int coroutine_fn qcow2_co_create(const char *filename, QemuOpts *opts,
     }
     ret = qcow2_create_finish(filename, &p, data_path, errp);
 out:
+    qcow2_crypto_create_free(p.crypto);
     g_free(data_path);
     return ret;
 }
@@ -722,6 +715,7 @@ typedef struct Qcow2Amend {
     bool data_file_raw;
     uint64_t refcount_bits;
     uint64_t new_size;
+    bool crypto_update;             /* encrypt.*: LUKS key slots */
 } Qcow2Amend;
 
 /* Read the options that are set (only those change). */
@@ -738,9 +732,12 @@ static int qcow2_amend_parse(BlockDriverState *bs, QemuOpts *opts,
         const char *name, *value;
         qemu_opts_nth(opts, i, &name, &value);
         if (g_str_has_prefix(name, "encrypt.")) {
-            error_setg(errp, "Can't amend encryption options - encryption "
-                       "not present");
-            return -EINVAL;
+            if (!s->crypto) {
+                error_setg(errp, "Can't amend encryption options - "
+                           "encryption not present");
+                return -EINVAL;
+            }
+            a->crypto_update = true;
         }
     }
     const char *compat = qemu_opt_get(opts, "compat");
@@ -789,11 +786,48 @@ static int qcow2_amend_parse(BlockDriverState *bs, QemuOpts *opts,
 }
 
 /* v2 -> v3: snapshots get their v3 extra data, then the header. */
+void qcow2_amend_status(BlockDriverState *bs, int64_t offset, int64_t work)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2AmendProgress *p = s->amend_progress;
+    int64_t current_work, projected;
+
+    if (!p || p->total_ops <= 0) {
+        return;
+    }
+    if (p->current != p->last) {
+        if (p->last != QCOW2_AMEND_NONE) {
+            p->offset_completed += p->last_work;
+            p->ops_completed++;
+        }
+        p->last = p->current;
+    }
+    if (p->ops_completed >= p->total_ops) {
+        return;
+    }
+    p->last_work = work;
+    current_work = p->offset_completed + work;
+    /* The operations not reached yet, at the size of those seen. */
+    projected = current_work * (p->total_ops - p->ops_completed - 1) /
+                (p->ops_completed + 1);
+    bdrv_amend_progress(bs, p->offset_completed + offset,
+                        current_work + projected);
+}
+
+static void qcow2_amend_begin(BDRVQcow2State *s, Qcow2AmendOp op)
+{
+    if (s->amend_progress) {
+        s->amend_progress->current = op;
+    }
+}
+
 static int coroutine_fn qcow2_upgrade(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     bool rewrite = false;
     int ret;
+
+    qcow2_amend_status(bs, 0, 2);
 
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         rewrite |= s->snapshots[i].extra_data_size < 16;
@@ -806,6 +840,7 @@ static int coroutine_fn qcow2_upgrade(BlockDriverState *bs, Error **errp)
             return ret;
         }
     }
+    qcow2_amend_status(bs, 1, 2);
     s->qcow_version = 3;
     ret = qcow2_update_header(bs);
     if (ret >= 0) {
@@ -814,7 +849,9 @@ static int coroutine_fn qcow2_upgrade(BlockDriverState *bs, Error **errp)
     if (ret < 0) {
         s->qcow_version = 2;
         error_setg_errno(errp, -ret, "Failed to update the image header");
+        return ret;
     }
+    qcow2_amend_status(bs, 2, 2);
     return ret;
 }
 
@@ -917,6 +954,7 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
     int ret;
 
     if (a->new_version > s->qcow_version) {
+        qcow2_amend_begin(s, QCOW2_AMEND_UPGRADE);
         ret = qcow2_upgrade(bs, errp);
         if (ret < 0) {
             return ret;
@@ -929,6 +967,7 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
                        "greater)");
             return -EINVAL;
         }
+        qcow2_amend_begin(s, QCOW2_AMEND_REFCOUNT_ORDER);
         ret = qcow2_change_refcount_order(bs, __builtin_ctzll(a->refcount_bits),
                                           errp);
         if (ret < 0) {
@@ -983,10 +1022,16 @@ int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
     Qcow2Amend a = { 0 };
     int ret;
 
+    Qcow2AmendProgress progress = { 0 };
+
     ret = qcow2_amend_parse(bs, opts, &a, errp);
     if (ret < 0) {
         return ret;
     }
+    /* QEMU counts a version change and a refcount width change. */
+    progress.total_ops = (a.new_version != s->qcow_version) +
+                         (a.refcount_bits != (uint64_t)s->refcount_bits);
+    s->amend_progress = &progress;
     qemu_co_mutex_lock(&s->lock);
     ret = qcow2_amend_locked(bs, &a, errp);
     qemu_co_mutex_unlock(&s->lock);
@@ -995,10 +1040,15 @@ int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
                                 errp);
         bdrv_refresh_total_bytes(bs);
     }
+    if (ret >= 0 && a.crypto_update) {
+        ret = qcow2_crypto_amend(bs, opts, force, errp);
+    }
     if (ret >= 0 && a.new_version < s->qcow_version) {
+        qcow2_amend_begin(s, QCOW2_AMEND_DOWNGRADE);
         qemu_co_mutex_lock(&s->lock);
         ret = qcow2_downgrade(bs, errp);
         qemu_co_mutex_unlock(&s->lock);
     }
+    s->amend_progress = NULL;
     return ret;
 }

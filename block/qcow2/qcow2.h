@@ -345,6 +345,10 @@ typedef struct BDRVQcow2State {
     uint32_t nb_bitmaps;
     uint64_t bitmap_directory_offset;
     uint64_t bitmap_directory_size;
+    bool has_crypto_ext;            /* the 0x0537be77 extension was read */
+    uint64_t crypto_offset;         /* LUKS header clusters (crypto.c) */
+    uint64_t crypto_length;
+    struct Qcow2Crypto *crypto;     /* encrypt.format=luks, opened */
 
     /* L1 table (kept whole, in CPU order) */
     uint64_t l1_table_offset;
@@ -359,6 +363,7 @@ typedef struct BDRVQcow2State {
     uint64_t free_cluster_index;
     uint64_t free_byte_offset;      /* compressed packing; 0: none */
     GArray *pending_frees;          /* not yet written out (Qcow2PendingFree) */
+    struct Qcow2AmendProgress *amend_progress;  /* amend -p; NULL: none */
     GArray *frees_written;          /* tables written, waiting for a flush */
     uint64_t frees_written_gen;     /* bs->file write gen they need */
 
@@ -621,6 +626,31 @@ int coroutine_fn qcow2_co_save_vmstate(BlockDriverState *bs,
 int coroutine_fn qcow2_co_load_vmstate(BlockDriverState *bs,
                                        QEMUIOVector *qiov, int64_t pos);
 
+/* ---- crypto.c ---- */
+typedef struct Qcow2Crypto Qcow2Crypto;
+typedef struct Qcow2CryptoCreate Qcow2CryptoCreate;
+int coroutine_fn qcow2_crypto_open(BlockDriverState *bs, QemuOpts *opts,
+                                   int flags, Error **errp);
+void qcow2_crypto_close(BlockDriverState *bs);
+/* Opened with its key: guest data can be read and written. */
+bool qcow2_crypto_can_io(BDRVQcow2State *s);
+/* In place over len bytes at host (guest offset guest), all multiples of
+ * 512: LUKS takes the IV from host / 512, legacy AES from guest / 512. */
+void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len);
+void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len);
+JsonValue *qcow2_crypto_info(BlockDriverState *bs);
+int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
+                              Error **errp);
+uint64_t qcow2_crypto_header_bytes(const Qcow2CryptoCreate *cc);
+int coroutine_fn qcow2_crypto_create(BlockDriverState *bs,
+                                     const Qcow2CryptoCreate *cc,
+                                     Error **errp);
+void qcow2_crypto_create_free(Qcow2CryptoCreate *cc);
+int coroutine_fn qcow2_crypto_amend(BlockDriverState *bs, QemuOpts *opts,
+                                    bool force, Error **errp);
+
 /* ---- resize.c ---- */
 int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,
                                    bool exact, PreallocMode prealloc,
@@ -637,6 +667,27 @@ int coroutine_fn qcow2_co_create(const char *filename, QemuOpts *opts,
                                  Error **errp);
 int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
                                      bool force, Error **errp);
+
+/*
+ * qemu-img amend -p, reported as QEMU 7.2 does: each operation (upgrade,
+ * refcount width change, downgrade) reports offset of work units done;
+ * operations not reached yet are projected at the size of those seen.
+ */
+typedef enum Qcow2AmendOp {
+    QCOW2_AMEND_NONE,
+    QCOW2_AMEND_UPGRADE,
+    QCOW2_AMEND_REFCOUNT_ORDER,
+    QCOW2_AMEND_ENCRYPTION,
+    QCOW2_AMEND_DOWNGRADE,
+} Qcow2AmendOp;
+
+typedef struct Qcow2AmendProgress {
+    Qcow2AmendOp current, last;
+    int total_ops, ops_completed;
+    int64_t offset_completed, last_work;
+} Qcow2AmendProgress;
+
+void qcow2_amend_status(BlockDriverState *bs, int64_t offset, int64_t work);
 BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
                                 Error **errp);
 int coroutine_fn qcow2_change_backing_file(BlockDriverState *bs,
