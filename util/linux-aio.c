@@ -1,8 +1,17 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Linux native AIO: requests queued by coroutines are submitted in batches
- * by a bottom half; completions are signalled on an eventfd that the event
+ * Linux native AIO: completions are signalled on an eventfd that the event
  * loop watches, and resume the waiting coroutine directly.
+ *
+ * Submission is adaptive. A request issued while completions are being
+ * dispatched (a coroutine resumed by a completion issues its next request,
+ * as qemu-img bench and copy-on-write do) is queued: the other completions
+ * harvested in the same pass usually issue requests too, and all of them go
+ * to the kernel in one io_submit() when the pass ends (or once
+ * LAIO_MAX_BATCH are queued). Any other request (one read from a socket by
+ * the NBD server, a guest request) is submitted at once: nothing says more
+ * are coming, and holding it back until the loop runs a bottom half only
+ * delays it while the device may be idle.
  */
 #include <libaio.h>
 #include <sys/eventfd.h>
@@ -12,7 +21,7 @@
 #include "util/coroutine.h"
 
 #define LAIO_MAX_EVENTS 128
-/* Submit without waiting for the bh once this many requests are queued. */
+/* Submit without waiting for the end of a batch once this many are queued. */
 #define LAIO_MAX_BATCH 32
 
 typedef struct LaioRequest {
@@ -34,6 +43,8 @@ struct LinuxAioState {
     LaioRequest *pending_head, *pending_tail;   /* not yet io_submit()ed */
     unsigned nr_pending;
     unsigned in_flight;
+    unsigned batching;      /* > 0: completions are being dispatched */
+    LaioStats stats;
 };
 
 /* Turn a raw io_event result into 0 / -errno, fixing up short transfers. */
@@ -83,6 +94,7 @@ static void laio_submit_pending(LinuxAioState *s)
             iocbs[n++] = &req->iocb;
         }
         ret = io_submit(s->ctx, n, iocbs);
+        s->stats.io_submit_calls++;
         if (ret == -EAGAIN) {
             /* Kernel queue full: retried when a completion frees a slot. */
             if (s->in_flight > 0) {
@@ -108,6 +120,7 @@ static void laio_submit_pending(LinuxAioState *s)
             s->pending_tail = NULL;
         }
         s->nr_pending -= ret;
+        s->stats.submitted += ret;
         if (s->in_flight == 0 && ret > 0) {
             /* Watched only while busy, so an idle state leaves aio_poll idle. */
             aio_set_fd_handler(s->aio, s->efd, laio_completion_cb, NULL, s);
@@ -137,6 +150,8 @@ static void laio_completion_cb(void *opaque)
 
     r = read(s->efd, &cnt, sizeof(cnt));
     (void)r;
+    /* Requests issued by the coroutines resumed here form one batch. */
+    s->batching++;
     do {
         n = io_getevents(s->ctx, 0, LAIO_MAX_EVENTS, events, &zero);
         if (n <= 0) {
@@ -149,6 +164,7 @@ static void laio_completion_cb(void *opaque)
             laio_complete(req, laio_result(req, (long)events[i].res));
         }
     } while (n == LAIO_MAX_EVENTS);
+    s->batching--;
     if (s->pending_head) {
         laio_submit_pending(s);
     }
@@ -178,6 +194,11 @@ LinuxAioState *laio_init(Error **errp)
     s->aio = qemu_get_aio_context();
     s->submit_bh = aio_bh_new(s->aio, laio_submit_bh, s);
     return s;
+}
+
+void laio_get_stats(LinuxAioState *s, LaioStats *stats)
+{
+    *stats = s->stats;
 }
 
 void laio_cleanup(LinuxAioState *s)
@@ -223,8 +244,11 @@ int coroutine_fn laio_co_submit(LinuxAioState *s, int fd, uint64_t offset,
     }
     s->pending_tail = &req;
     s->nr_pending++;
-    /* Requests issued in the same loop iteration share one io_submit(). */
-    if (s->nr_pending >= LAIO_MAX_BATCH) {
+    /*
+     * Batched while completions are dispatched, else submitted now. The bh
+     * covers a batch whose dispatch pass waits in a nested event loop.
+     */
+    if (!s->batching || s->nr_pending >= LAIO_MAX_BATCH) {
         laio_submit_pending(s);
     } else {
         qemu_bh_schedule(s->submit_bh);

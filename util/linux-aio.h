@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Linux native AIO (libaio) for aio=native. Requests from many coroutines are
- * batched into io_submit(); completions arrive on an eventfd watched by the
- * event loop and resume the submitting coroutine.
+ * Linux native AIO (libaio) for aio=native. A request is submitted at once,
+ * except those issued while completions are dispatched, which share one
+ * io_submit(); completions arrive on an eventfd watched by the event loop
+ * and resume the submitting coroutine.
  */
 #ifndef QEMU_LINUX_AIO_H
 #define QEMU_LINUX_AIO_H
@@ -18,7 +19,13 @@ enum {
     QEMU_AIO_WRITE = 2,
 };
 
+typedef struct LaioStats {
+    uint64_t io_submit_calls;   /* io_submit() system calls */
+    uint64_t submitted;         /* requests the kernel accepted */
+} LaioStats;
+
 LinuxAioState *laio_init(Error **errp);
+void laio_get_stats(LinuxAioState *s, LaioStats *stats);
 void laio_cleanup(LinuxAioState *s);
 /*
  * Submit a read or write of qiov at offset on fd and wait for it. Returns
