@@ -243,6 +243,40 @@ const char *qemu_prealloc_name(PreallocMode mode)
     return mode < ARRAY_SIZE(names) ? names[mode] : "?";
 }
 
+/*
+ * The image's name as QEMU prints it: a node opened with a key secret
+ * (a "strong" option no file name carries) is named by its options,
+ * json:{"driver": ..., "key-secret": ..., "file": {...}}.
+ */
+char *bdrv_display_name(BlockDriverState *bs)
+{
+    static const char *const strong[] = { "key-secret",
+                                          "encrypt.key-secret" };
+    JsonValue *o = NULL;
+    GString *out;
+
+    for (size_t i = 0; bs->options && i < ARRAY_SIZE(strong); i++) {
+        const char *v = qemu_opt_get(bs->options, strong[i]);
+        if (v) {
+            o = o ? o : json_new(JSON_OBJECT);
+            json_add_str(o, strong[i], v);
+        }
+    }
+    if (!o || !bs->file || !bs->file->drv->protocol_name) {
+        json_free(o);
+        return g_strdup(bdrv_get_filename(bs));
+    }
+    JsonValue *f = json_new(JSON_OBJECT);
+    json_add_str(f, "driver", bs->file->drv->protocol_name);
+    json_add_str(f, "filename", bs->file->filename);
+    json_add_str(o, "driver", bdrv_get_format_name(bs));
+    json_add(o, "file", f);
+    out = g_string_new("json:");
+    json_print_compact(out, o);
+    json_free(o);
+    return g_string_free(out, FALSE);
+}
+
 /* ---- format-specific info ---- */
 
 ImageInfoSpecific *image_info_specific_new(const char *type)

@@ -123,6 +123,9 @@ void image_info_add_str(ImageInfoSpecific *info, const char *key,
 void image_info_add_int(ImageInfoSpecific *info, const char *key, int64_t v);
 void image_info_add_bool(ImageInfoSpecific *info, const char *key, bool v);
 /* info takes v over. */
+/* The node's name as qemu-img info prints it: json:{...} when it was
+ * opened with a key secret (QEMU's "strong" option), else its file name. */
+char *bdrv_display_name(BlockDriverState *bs);
 void image_info_add_json(ImageInfoSpecific *info, const char *key,
                          JsonValue *v);
 void image_info_specific_free(ImageInfoSpecific *info);

@@ -370,19 +370,6 @@ static BlockBackend *img_open(const char *filename, const char *fmt,
     return img_open_as(img_image_opts, filename, fmt, flags, writethrough);
 }
 
-/* -o may be given several times: the lists are joined with ','. */
-static void accumulate_options(char **options, const char *optarg)
-{
-    char *old = *options;
-
-    if (!old) {
-        *options = g_strdup(optarg);
-    } else {
-        *options = g_strdup_printf("%s,%s", old, optarg);
-        g_free(old);
-    }
-}
-
 /*
  * QEMU's check of a -o argument: no leading comma, and no trailing comma
  * left unescaped (an odd number of them). Callers say "Invalid option
@@ -399,6 +386,27 @@ static bool valid_option_list(const char *list)
         commas++;
     }
     return commas % 2 == 0;
+}
+
+/*
+ * -o may be given several times: the lists are joined with ','. A list
+ * QEMU would refuse gets its one-line error here and false.
+ */
+static bool accumulate_options(char **options, const char *optarg)
+{
+    char *old = *options;
+
+    if (!valid_option_list(optarg)) {
+        error_report("Invalid option list: %s", optarg);
+        return false;
+    }
+    if (!old) {
+        *options = g_strdup(optarg);
+    } else {
+        *options = g_strdup_printf("%s,%s", old, optarg);
+        g_free(old);
+    }
+    return true;
 }
 
 /* True if one element of the option list is "help" or "?". */
@@ -745,7 +753,10 @@ static int img_create(int argc, char **argv)
             p.fmt = optarg;
             break;
         case 'o':
-            accumulate_options(&options, optarg);
+            if (!accumulate_options(&options, optarg)) {
+                g_free(options);
+                return 1;
+            }
             break;
         case 'q':
             p.quiet = true;
@@ -832,7 +843,7 @@ static ImgInfo *collect_image_info(BlockDriverState *bs, Error **errp)
     int64_t size;
     int n;
 
-    info->filename = g_strdup(bdrv_get_filename(bs));
+    info->filename = bdrv_display_name(bs);
     info->format = g_strdup(bdrv_get_format_name(bs));
     size = bdrv_getlength(bs);
     if (size < 0) {
@@ -1021,11 +1032,11 @@ static void dump_human_image_info(ImgInfo *info)
            dsize_buf);
     g_free(size_buf);
     g_free(dsize_buf);
-    if (info->has_cluster_size) {
-        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
-    }
     if (info->encrypted) {
         printf("encrypted: yes\n");
+    }
+    if (info->has_cluster_size) {
+        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
     }
     if (info->has_dirty_flag && info->dirty_flag) {
         printf("cleanly shut down: no\n");
@@ -1466,7 +1477,20 @@ struct ConvertState {
 
     bool compressed;                /* -c: whole clusters, compressed */
     int64_t cluster_size;           /* of the target, with -c */
+
+    bool salvage;                   /* --salvage: unreadable parts are zeroes */
+    bool quiet;                     /* -q: no salvage warnings either */
 };
+
+/* --salvage's note on what could not be read; -q silences it. */
+static void convert_salvage_warn(ConvertState *s, const char *what,
+                                 uint64_t offset, int ret)
+{
+    if (!s->quiet) {
+        fprintf(stderr, "%s: warning: error while reading %soffset %" PRIu64
+                ": %s\n", error_get_progname(), what, offset, strerror(-ret));
+    }
+}
 
 /* Bytes from offset that share one status and one source (> 0). */
 static int64_t convert_iteration(ConvertState *s, int64_t offset)
@@ -1497,13 +1521,31 @@ static int64_t convert_iteration(ConvertState *s, int64_t offset)
             BlockDriverState *base =
                 s->target_has_backing ? bdrv_get_backing(src) : NULL;
 
-            count = MIN(n, len - src_off);
-            ret = bdrv_block_status_above(src, base, src_off, count, &count,
-                                          NULL, NULL, NULL);
-            if (ret < 0) {
-                error_report("error while reading block status at offset "
-                             "%" PRId64 ": %s", offset, strerror(-ret));
-                return ret;
+            int64_t want = MIN(n, len - src_off);
+
+            /*
+             * --salvage: a failing range is asked again a quarter as long,
+             * down to one sector, which is then read as data (as QEMU).
+             */
+            for (;;) {
+                count = want;
+                ret = bdrv_block_status_above(src, base, src_off, count,
+                                              &count, NULL, NULL, NULL);
+                if (ret >= 0) {
+                    break;
+                }
+                if (!s->salvage) {
+                    error_report("error while reading block status at offset "
+                                 "%" PRId64 ": %s", offset, strerror(-ret));
+                    return ret;
+                }
+                if (want <= BDRV_SECTOR_SIZE) {
+                    convert_salvage_warn(s, "block status at ", src_off, ret);
+                    ret = BDRV_BLOCK_DATA;
+                    count = want;
+                    break;
+                }
+                want = QEMU_ALIGN_UP(DIV_ROUND_UP(want, 4), BDRV_SECTOR_SIZE);
             }
             if (count <= 0) {
                 count = MIN(n, len - src_off);
@@ -1617,6 +1659,29 @@ static int is_allocated_sectors_min(const uint8_t *buf, int64_t n,
  * Read [offset, offset + n) of the concatenated sources: one source, or
  * several when a compressed cluster spans the end of one (as QEMU's).
  */
+/*
+ * --salvage after a failed read: again sector by sector; what still fails
+ * is said (unless -q) and read as zeroes.
+ */
+static void coroutine_fn convert_co_salvage(ConvertState *s, BlockBackend *blk,
+                                            int64_t offset, int64_t bytes,
+                                            uint8_t *buf)
+{
+    while (bytes > 0) {
+        int64_t n = MIN(bytes, BDRV_SECTOR_SIZE -
+                               (offset & (BDRV_SECTOR_SIZE - 1)));
+        int ret = blk_co_pread(blk, offset, n, buf, 0);
+
+        if (ret < 0) {
+            convert_salvage_warn(s, "", offset, ret);
+            memset(buf, 0, n);
+        }
+        offset += n;
+        buf += n;
+        bytes -= n;
+    }
+}
+
 static int coroutine_fn convert_co_read(ConvertState *s, int64_t offset,
                                         int64_t n, uint8_t *buf)
 {
@@ -1644,7 +1709,9 @@ static int coroutine_fn convert_co_read(ConvertState *s, int64_t offset,
             int64_t avail = MIN(chunk, len - local);
 
             ret = blk_co_pread(s->src[i], local, avail, buf, 0);
-            if (ret < 0) {
+            if (ret < 0 && s->salvage) {
+                convert_co_salvage(s, s->src[i], local, avail, buf);
+            } else if (ret < 0) {
                 return ret;
             }
             memset(buf + avail, 0, chunk - avail);
@@ -1965,6 +2032,8 @@ typedef struct ConvertArgs {
     bool compressed;
     bool target_is_zero;
     bool force_share;
+    bool copy_range;            /* -C: accepted; offloading is not done */
+    bool explicit_min_sparse;   /* -S given */
     QemuOpts *user_opts;        /* -o parsed, for backing_file/backing_fmt */
 } ConvertArgs;
 
@@ -2051,6 +2120,7 @@ static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
         a->out_baseimg = optarg;
         break;
     case 'C':
+        a->copy_range = true;
         break;
     case 'c':
         a->compressed = true;
@@ -2059,7 +2129,9 @@ static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
         a->backing_fmt = optarg;
         break;
     case 'o':
-        accumulate_options(&a->options, optarg);
+        if (!accumulate_options(&a->options, optarg)) {
+            return -1;
+        }
         break;
     case 'l':
         a->snapshot = optarg;
@@ -2079,6 +2151,7 @@ static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
             return -1;
         }
         s->min_sparse = sval / BDRV_SECTOR_SIZE;
+        a->explicit_min_sparse = true;
         break;
     }
     case 'p':
@@ -2117,6 +2190,8 @@ static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
         }
         break;
     case OPTION_SALVAGE:
+        s->salvage = true;
+        break;
     case OPTION_BITMAPS:
         break;
     case OPTION_TARGET_IS_ZERO:
@@ -2155,6 +2230,18 @@ static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
     if (!a->out_fmt && !img_target_image_opts) {
         a->out_fmt = "raw";
     }
+    if (a->copy_range && a->compressed) {
+        error_report("Cannot enable copy offloading when -c is used");
+        return -1;
+    }
+    if (a->copy_range && a->explicit_min_sparse) {
+        error_report("Cannot enable copy offloading when -S is used");
+        return -1;
+    }
+    if (a->copy_range && s->salvage) {
+        error_report("Cannot use copy offloading in salvaging mode");
+        return -1;
+    }
     if (img_target_image_opts && !a->skip_create) {
         error_report("--target-image-opts requires use of -n flag");
         return -1;
@@ -2162,6 +2249,7 @@ static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
     if (a->quiet) {
         a->progress = false;
     }
+    s->quiet = a->quiet;
     if (!s->wr_in_order && a->compressed) {
         error_report("Out of order write and compress are mutually exclusive");
         return -1;
@@ -2883,11 +2971,9 @@ static int img_measure(int argc, char **argv)
             out_fmt = optarg;
             break;
         case 'o':
-            if (!valid_option_list(optarg)) {
-                error_report("Invalid option list: %s", optarg);
+            if (!accumulate_options(&options, optarg)) {
                 goto out;
             }
-            accumulate_options(&options, optarg);
             break;
         case 'l':
             /* the keyed form is checked here, as QEMU does */
@@ -3550,6 +3636,9 @@ static int img_snapshot(int argc, char **argv)
         error_exit("Expecting one image file name");
     }
     filename = argv[optind];
+    if (action == SNAPSHOT_LIST) {
+        flags |= BDRV_O_NO_IO;  /* as QEMU: no key needed to list */
+    }
 
     blk = img_open(filename, NULL, flags, false);
     bs = blk ? blk_bs(blk) : NULL;
@@ -4467,7 +4556,9 @@ static int img_amend(int argc, char **argv)
         case 'h':
             error_exit("see 'qemu-img --help'");
         case 'o':
-            accumulate_options(&options, optarg);
+            if (!accumulate_options(&options, optarg)) {
+                goto out_no_progress;
+            }
             break;
         case 'f':
             fmt = optarg;

@@ -10,24 +10,10 @@
 
 /* Guest data is encrypted through bounce buffers of at most this size. */
 #define LUKS_BOUNCE_SIZE        (1 * MiB)
-#define LUKS_DEFAULT_ITER_TIME  2000    /* ms, QEMU's default */
-/* Longest iter-time accepted: an hour. */
-#define LUKS_MAX_ITER_TIME      (3600 * 1000)
-
-typedef struct LuksParams {
-    const LuksCipherAlg *alg;
-    LuksMode mode;
-    LuksIvgen ivgen;
-    const LuksHashAlg *ivhash;  /* essiv only */
-    const LuksHashAlg *hash;
-} LuksParams;
 
 typedef struct BDRVLuksState {
-    LuksHeader hdr;
-    LuksParams p;
+    LuksVolume v;               /* the header and key slots at offset 0 */
     uint64_t payload;           /* bytes */
-    LuksCipher *cipher;         /* NULL when opened without I/O */
-    uint8_t mk[LUKS_MAX_KEY_BYTES]; /* the master key (amend adds slots) */
 } BDRVLuksState;
 
 static const QemuOptDesc luks_create_opts[] = {
@@ -77,254 +63,11 @@ static int luks_probe(const uint8_t *buf, int buf_size, const char *filename)
     return 0;
 }
 
-/* The header's "xts-plain64" / "cbc-essiv:sha256" / "ecb". */
-static int luks_parse_mode(const char *spec, LuksParams *p, Error **errp)
-{
-    g_autofree char *s = g_strdup(spec);
-    char *iv = strchr(s, '-'), *ivh = NULL;
-
-    if (iv) {
-        *iv++ = '\0';
-        ivh = strchr(iv, ':');
-        if (ivh) {
-            *ivh++ = '\0';
-        }
-    }
-    if (luks_mode_parse(s, &p->mode) < 0) {
-        error_setg(errp, "Cipher mode '%s' not supported", s);
-        return -ENOTSUP;
-    }
-    p->ivgen = LUKS_IVGEN_NONE;
-    if (p->mode == LUKS_MODE_ECB && !iv) {
-        return 0;               /* cryptsetup's plain "ecb" */
-    }
-    if (!iv) {
-        error_setg(errp, "Unexpected cipher mode string format '%s'", spec);
-        return -ENOTSUP;
-    }
-    if (luks_ivgen_parse(iv, &p->ivgen) < 0) {
-        error_setg(errp, "IV generator '%s' not supported", iv);
-        return -ENOTSUP;
-    }
-    p->ivhash = NULL;
-    if (p->ivgen == LUKS_IVGEN_ESSIV) {
-        if (!ivh || !(p->ivhash = luks_hash_find(ivh))) {
-            error_setg(errp, "Hash algorithm '%s' not supported",
-                       ivh ? ivh : "");
-            return -ENOTSUP;
-        }
-    }
-    return 0;
-}
-
-/*
- * Everything in the header that later code relies on, bounded: algorithms
- * known, key size that of the cipher, slots 4000 stripes between the
- * header and the payload without overlapping, iteration counts at most
- * LUKS_MAX_ITERS, payload inside the file.
- */
-static int luks_check_header(const LuksHeader *h, int64_t file_len,
-                             LuksParams *p, Error **errp)
-{
-    size_t key_len;
-    uint64_t slot_bytes;
-
-    if (h->version != LUKS_VERSION) {
-        error_setg(errp, "LUKS version %u is not supported", h->version);
-        return -ENOTSUP;
-    }
-    if (!(p->hash = luks_hash_find(h->hash_spec))) {
-        error_setg(errp, "Hash algorithm '%s' not supported", h->hash_spec);
-        return -ENOTSUP;
-    }
-    if (luks_parse_mode(h->cipher_mode, p, errp) < 0) {
-        return -ENOTSUP;
-    }
-    key_len = h->key_bytes / (p->mode == LUKS_MODE_XTS ? 2 : 1);
-    if (h->key_bytes == 0 || h->key_bytes > LUKS_MAX_KEY_BYTES ||
-        (p->mode == LUKS_MODE_XTS && h->key_bytes % 2) ||
-        !(p->alg = luks_cipher_find_family(h->cipher_name, key_len))) {
-        error_setg(errp, "Algorithm '%s' with key size %u bytes not "
-                   "supported", h->cipher_name,
-                   h->key_bytes / (p->mode == LUKS_MODE_XTS ? 2 : 1));
-        return -ENOTSUP;
-    }
-    if (h->mk_digest_iter == 0) {
-        error_setg(errp, "LUKS key iteration count is zero");
-        return -EINVAL;
-    }
-    if (h->mk_digest_iter > LUKS_MAX_ITERS) {
-        error_setg(errp, "LUKS master key iteration count %u exceeds the "
-                   "limit of %u", h->mk_digest_iter, LUKS_MAX_ITERS);
-        return -EINVAL;
-    }
-    if ((uint64_t)h->payload_offset * LUKS_SECTOR_SIZE < LUKS_HEADER_SIZE) {
-        error_setg(errp, "LUKS payload is overlapping with the header");
-        return -EINVAL;
-    }
-    if ((int64_t)h->payload_offset * LUKS_SECTOR_SIZE > file_len) {
-        error_setg(errp, "LUKS payload offset %u is beyond the end of the "
-                   "file", h->payload_offset);
-        return -EINVAL;
-    }
-    slot_bytes = (uint64_t)h->key_bytes * LUKS_STRIPES;
-    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
-        const LuksSlot *s = &h->slots[i];
-        uint64_t start = (uint64_t)s->key_offset * LUKS_SECTOR_SIZE;
-
-        if (s->active != LUKS_SLOT_ACTIVE && s->active != LUKS_SLOT_DISABLED) {
-            error_setg(errp, "Keyslot %d state (active/disable) is "
-                       "corrupted", i);
-            return -EINVAL;
-        }
-        if (s->stripes != LUKS_STRIPES) {
-            error_setg(errp, "Keyslot %d is corrupted (stripes %u != %u)",
-                       i, s->stripes, LUKS_STRIPES);
-            return -EINVAL;
-        }
-        if (start < LUKS_HEADER_SIZE) {
-            error_setg(errp, "Keyslot %d is overlapping with the LUKS "
-                       "header", i);
-            return -EINVAL;
-        }
-        if (start + slot_bytes >
-            (uint64_t)h->payload_offset * LUKS_SECTOR_SIZE) {
-            error_setg(errp, "Keyslot %d is overlapping with the "
-                       "encrypted payload", i);
-            return -EINVAL;
-        }
-        for (int j = 0; j < i; j++) {
-            uint64_t o = (uint64_t)h->slots[j].key_offset * LUKS_SECTOR_SIZE;
-            if (start < o + slot_bytes && o < start + slot_bytes) {
-                error_setg(errp, "Keyslots %d and %d are overlapping in "
-                           "the header", j, i);
-                return -EINVAL;
-            }
-        }
-        if (s->active == LUKS_SLOT_ACTIVE && s->iterations == 0) {
-            error_setg(errp, "Keyslot %d iteration count is zero", i);
-            return -EINVAL;
-        }
-        if (s->active == LUKS_SLOT_ACTIVE && s->iterations > LUKS_MAX_ITERS) {
-            error_setg(errp, "Keyslot %d iteration count %u exceeds the "
-                       "limit of %u", i, s->iterations, LUKS_MAX_ITERS);
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
-
-/* ---- unlocking ---- */
-
-/* The passphrase of secret sid (g_free after explicit_bzero), which must
- * be UTF-8 text as QEMU requires; NULL with an error. */
-static char *luks_passphrase(const char *sid, size_t *len, Error **errp)
-{
-    char *pass = secret_lookup_bytes(sid, len, errp);
-
-    if (pass && !g_utf8_validate(pass, *len, NULL)) {
-        error_setg(errp, "Data from secret %s is not valid UTF-8", sid);
-        explicit_bzero(pass, *len);
-        g_free(pass);
-        return NULL;
-    }
-    return pass;
-}
-
-static LuksCipher *luks_new_cipher(const LuksParams *p, const uint8_t *key,
-                                   size_t len, Error **errp)
-{
-    return luks_cipher_new(p->alg, p->mode, p->ivgen, p->ivhash, key, len,
-                           errp);
-}
-
-/* Bytes of a slot's key material, whole sectors. */
-static size_t luks_split_size(uint32_t key_bytes)
-{
-    return ROUND_UP((size_t)key_bytes * LUKS_STRIPES, LUKS_SECTOR_SIZE);
-}
-
-/*
- * Try slot i with the passphrase: 1 and the master key in mk if it opens
- * the digest, 0 if not, -errno on I/O errors.
- */
-static int coroutine_fn luks_try_slot(BlockDriverState *bs, int i,
-                                      const uint8_t *pass, size_t pass_len,
-                                      uint8_t *mk, Error **errp)
-{
-    BDRVLuksState *s = bs->opaque;
-    const LuksHeader *h = &s->hdr;
-    const LuksSlot *slot = &h->slots[i];
-    size_t split_len = luks_split_size(h->key_bytes);
-    uint8_t *split = g_malloc(split_len);
-    uint8_t key[LUKS_MAX_KEY_BYTES], digest[LUKS_DIGEST_LEN];
-    LuksCipher *c;
-    int ret;
-
-    ret = bdrv_co_pread(bs->file, (int64_t)slot->key_offset *
-                        LUKS_SECTOR_SIZE, split_len, split, 0);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Cannot read LUKS key slot %d", i);
-        goto out;
-    }
-    luks_pbkdf2(s->p.hash, pass, pass_len, slot->salt, LUKS_SALT_LEN,
-                slot->iterations, key, h->key_bytes);
-    c = luks_new_cipher(&s->p, key, h->key_bytes, errp);
-    if (!c) {
-        ret = -ENOTSUP;
-        goto out;
-    }
-    luks_cipher_decrypt(c, 0, split, split_len);
-    luks_cipher_free(c);
-    luks_af_merge(s->p.hash, split, h->key_bytes, LUKS_STRIPES, mk);
-    luks_pbkdf2(s->p.hash, mk, h->key_bytes, h->mk_digest_salt, LUKS_SALT_LEN,
-                h->mk_digest_iter, digest, LUKS_DIGEST_LEN);
-    ret = !memcmp(digest, h->mk_digest, LUKS_DIGEST_LEN);
-out:
-    explicit_bzero(split, split_len);
-    explicit_bzero(key, sizeof(key));
-    g_free(split);
-    return ret;
-}
-
-static int coroutine_fn luks_unlock(BlockDriverState *bs, const char *sid,
-                                    Error **errp)
-{
-    BDRVLuksState *s = bs->opaque;
-    uint8_t mk[LUKS_MAX_KEY_BYTES];
-    size_t pass_len;
-    char *pass = luks_passphrase(sid, &pass_len, errp);
-    int ret = 0;
-
-    if (!pass) {
-        return -EINVAL;
-    }
-    for (int i = 0; i < LUKS_NUM_SLOTS && ret == 0; i++) {
-        if (s->hdr.slots[i].active == LUKS_SLOT_ACTIVE) {
-            ret = luks_try_slot(bs, i, (const uint8_t *)pass, pass_len, mk,
-                                errp);
-        }
-    }
-    explicit_bzero(pass, pass_len);
-    g_free(pass);
-    if (ret == 0) {
-        error_setg(errp, "Invalid password, cannot unlock any keyslot");
-        ret = -EACCES;
-    } else if (ret > 0) {
-        s->cipher = luks_new_cipher(&s->p, mk, s->hdr.key_bytes, errp);
-        ret = s->cipher ? 0 : -ENOTSUP;
-        memcpy(s->mk, mk, s->hdr.key_bytes);
-    }
-    explicit_bzero(mk, sizeof(mk));
-    return ret;
-}
-
 static int coroutine_fn luks_open(BlockDriverState *bs, QemuOpts *options,
                                   int flags, Error **errp)
 {
     BDRVLuksState *s = bs->opaque;
     const char *sid = qemu_opt_get(options, "key-secret");
-    LuksDiskHeader d;
     int64_t file_len = bdrv_getlength(bs->file);
     int ret;
 
@@ -336,26 +79,16 @@ static int coroutine_fn luks_open(BlockDriverState *bs, QemuOpts *options,
         error_setg(errp, "Parameter 'key-secret' is required for cipher");
         return -EINVAL;
     }
-    ret = bdrv_co_pread(bs->file, 0, sizeof(d), &d, 0);
+    s->v = (LuksVolume) {
+        .file = bs->file, .base = 0, .len = file_len, .area = "file",
+    };
+    ret = luks_volume_open(&s->v, (flags & BDRV_O_NO_IO) ? NULL : sid,
+                           errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Unable to read LUKS header");
+        luks_volume_close(&s->v);
         return ret;
     }
-    if (!luks_header_to_cpu(&d, &s->hdr)) {
-        error_setg(errp, "Volume is not in LUKS format");
-        return -EINVAL;
-    }
-    ret = luks_check_header(&s->hdr, file_len, &s->p, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    s->payload = (uint64_t)s->hdr.payload_offset * LUKS_SECTOR_SIZE;
-    if (!(flags & BDRV_O_NO_IO)) {
-        ret = luks_unlock(bs, sid, errp);
-        if (ret < 0) {
-            return ret;
-        }
-    }
+    s->payload = (uint64_t)s->v.hdr.payload_offset * LUKS_SECTOR_SIZE;
     bs->encrypted = true;
     return 0;
 }
@@ -364,9 +97,7 @@ static void coroutine_fn luks_close(BlockDriverState *bs)
 {
     BDRVLuksState *s = bs->opaque;
 
-    luks_cipher_free(s->cipher);
-    s->cipher = NULL;
-    explicit_bzero(s->mk, sizeof(s->mk));
+    luks_volume_close(&s->v);
 }
 
 static void luks_refresh_limits(BlockDriverState *bs, Error **errp)
@@ -389,7 +120,7 @@ static int coroutine_fn luks_co_preadv(BlockDriverState *bs, int64_t offset,
     int ret = 0;
 
     assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
-    if (!s->cipher) {
+    if (!s->v.cipher) {
         qemu_vfree(buf);
         return -EIO;            /* opened without I/O: no key */
     }
@@ -400,7 +131,7 @@ static int coroutine_fn luks_co_preadv(BlockDriverState *bs, int64_t offset,
         if (ret < 0) {
             break;
         }
-        luks_cipher_decrypt(s->cipher, offset / LUKS_SECTOR_SIZE, buf, n);
+        luks_cipher_decrypt(s->v.cipher, offset / LUKS_SECTOR_SIZE, buf, n);
         qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
         offset += n;
         bytes -= n;
@@ -422,7 +153,7 @@ static int coroutine_fn luks_co_pwritev(BlockDriverState *bs, int64_t offset,
     int ret = 0;
 
     assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
-    if (!s->cipher) {
+    if (!s->v.cipher) {
         qemu_vfree(buf);
         return -EIO;            /* opened without I/O: no key */
     }
@@ -430,7 +161,7 @@ static int coroutine_fn luks_co_pwritev(BlockDriverState *bs, int64_t offset,
         size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
 
         qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
-        luks_cipher_encrypt(s->cipher, offset / LUKS_SECTOR_SIZE, buf, n);
+        luks_cipher_encrypt(s->v.cipher, offset / LUKS_SECTOR_SIZE, buf, n);
         ret = bdrv_co_pwrite(bs->file, s->payload + offset, n, buf,
                              flags & BDRV_REQ_FUA);
         if (ret < 0) {
@@ -481,213 +212,16 @@ static ImageInfoSpecific *luks_get_specific_info(BlockDriverState *bs,
                                                  Error **errp)
 {
     BDRVLuksState *s = bs->opaque;
-    const LuksHeader *h = &s->hdr;
     ImageInfoSpecific *info = image_info_specific_new("luks");
-    JsonValue *slots = json_new(JSON_ARRAY);
+    JsonValue *obj = json_new(JSON_OBJECT);
 
-    image_info_add_str(info, "cipher-alg", luks_cipher_name(s->p.alg));
-    image_info_add_str(info, "cipher-mode", luks_mode_name(s->p.mode));
-    if (s->p.ivgen != LUKS_IVGEN_NONE) {
-        image_info_add_str(info, "ivgen-alg", luks_ivgen_name(s->p.ivgen));
+    luks_volume_info(&s->v, obj);
+    for (guint i = 0; i < obj->members->len; i++) {
+        JsonValue *m = g_ptr_array_index(obj->members, i);
+        image_info_add_json(info, m->key, json_copy(m));
     }
-    if (s->p.ivhash) {
-        image_info_add_str(info, "ivgen-hash-alg",
-                           luks_hash_name(s->p.ivhash));
-    }
-    image_info_add_str(info, "hash-alg", luks_hash_name(s->p.hash));
-    image_info_add_int(info, "payload-offset", s->payload);
-    image_info_add_int(info, "master-key-iters", h->mk_digest_iter);
-    image_info_add_str(info, "uuid", h->uuid);
-    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
-        const LuksSlot *sl = &h->slots[i];
-        JsonValue *o = json_new(JSON_OBJECT);
-        bool active = sl->active == LUKS_SLOT_ACTIVE;
-
-        json_add_bool(o, "active", active);
-        if (active) {
-            json_add_int(o, "iters", sl->iterations);
-            json_add_int(o, "stripes", sl->stripes);
-        }
-        json_add_int(o, "key-offset",
-                     (int64_t)sl->key_offset * LUKS_SECTOR_SIZE);
-        json_add(slots, NULL, o);
-    }
-    image_info_add_json(info, "slots", slots);
+    json_free(obj);
     return info;
-}
-
-/* ---- create and measure ---- */
-
-typedef struct LuksCreate {
-    LuksParams p;
-    const char *key_secret;
-    uint64_t iter_time;
-    uint32_t key_bytes;
-    uint32_t slot_sectors;      /* per slot, aligned */
-    uint32_t payload_sectors;
-} LuksCreate;
-
-static const char *luks_create_param(QemuOpts *opts, const char *name,
-                                     const char *def)
-{
-    const char *val = qemu_opt_get(opts, name);
-
-    return val ? val : def;
-}
-
-/* The algorithms and the layout from the create options (QEMU's defaults:
- * aes-256, xts, plain64, sha256; essiv hashes with sha256). */
-static int luks_parse_create(QemuOpts *opts, LuksCreate *c, Error **errp)
-{
-    const char *alg, *mode, *ivgen, *ivhash, *hash;
-    uint64_t split_sectors;
-
-    memset(c, 0, sizeof(*c));
-    c->key_secret = qemu_opt_get(opts, "key-secret");
-    if (!c->key_secret) {
-        error_setg(errp, "Parameter 'key-secret' is required for cipher");
-        return -EINVAL;
-    }
-    alg = luks_create_param(opts, "cipher-alg", "aes-256");
-    mode = luks_create_param(opts, "cipher-mode", "xts");
-    ivgen = luks_create_param(opts, "ivgen-alg", "plain64");
-    ivhash = luks_create_param(opts, "ivgen-hash-alg", "sha256");
-    hash = luks_create_param(opts, "hash-alg", "sha256");
-    c->iter_time = qemu_opt_get_number(opts, "iter-time",
-                                       LUKS_DEFAULT_ITER_TIME);
-    if (!(c->p.alg = luks_cipher_find(alg))) {
-        error_setg(errp, "Parameter 'cipher-alg' does not accept value "
-                   "'%s'", alg);
-        return -EINVAL;
-    }
-    if (luks_mode_parse(mode, &c->p.mode) < 0) {
-        error_setg(errp, "Parameter 'cipher-mode' does not accept value "
-                   "'%s'", mode);
-        return -EINVAL;
-    }
-    if (luks_ivgen_parse(ivgen, &c->p.ivgen) < 0) {
-        error_setg(errp, "Parameter 'ivgen-alg' does not accept value "
-                   "'%s'", ivgen);
-        return -EINVAL;
-    }
-    if (!(c->p.hash = luks_hash_find(hash))) {
-        error_setg(errp, "Parameter 'hash-alg' does not accept value "
-                   "'%s'", hash);
-        return -EINVAL;
-    }
-    if (c->p.ivgen == LUKS_IVGEN_ESSIV &&
-        !(c->p.ivhash = luks_hash_find(ivhash))) {
-        error_setg(errp, "Parameter 'ivgen-hash-alg' does not accept value "
-                   "'%s'", ivhash);
-        return -EINVAL;
-    }
-    if (c->iter_time > LUKS_MAX_ITER_TIME) {
-        error_setg(errp, "iter-time must be at most %d ms",
-                   LUKS_MAX_ITER_TIME);
-        return -EINVAL;
-    }
-    c->key_bytes = luks_cipher_key_len(c->p.alg) *
-                   (c->p.mode == LUKS_MODE_XTS ? 2 : 1);
-    /* Slot 0 at 4096 bytes, each slot's material 4096-aligned, the
-     * payload right after the eighth (as QEMU and cryptsetup lay it). */
-    split_sectors = DIV_ROUND_UP((uint64_t)c->key_bytes * LUKS_STRIPES,
-                                 LUKS_SECTOR_SIZE);
-    c->slot_sectors = ROUND_UP(split_sectors, LUKS_SLOT_ALIGN_SECTORS);
-    c->payload_sectors = LUKS_SLOT_ALIGN_SECTORS +
-                         LUKS_NUM_SLOTS * c->slot_sectors;
-    return 0;
-}
-
-static void luks_format_uuid(const uint8_t *r, char *out)
-{
-    uint8_t u[16];
-
-    memcpy(u, r, 16);
-    u[6] = (u[6] & 0x0f) | 0x40;    /* version 4 */
-    u[8] = (u[8] & 0x3f) | 0x80;    /* RFC 4122 variant */
-    snprintf(out, LUKS_UUID_LEN,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
-             "%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3], u[4], u[5],
-             u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
-             u[15]);
-}
-
-static uint32_t luks_iters(uint64_t rate, uint64_t ms, unsigned div)
-{
-    uint64_t n = rate * ms / 1000 / div;
-
-    return MIN(MAX(n, LUKS_MIN_ITERS), LUKS_MAX_ITERS);
-}
-
-/*
- * Header and slot 0's key material for a new image: a random master key,
- * its digest, and slot 0 holding it under the passphrase.
- */
-static int luks_build(const LuksCreate *c, const uint8_t *pass,
-                      size_t pass_len, LuksHeader *h, uint8_t *split,
-                      Error **errp)
-{
-    uint8_t mk[LUKS_MAX_KEY_BYTES], key[LUKS_MAX_KEY_BYTES], r[16];
-    uint64_t rate = luks_pbkdf2_rate(c->p.hash, c->key_bytes);
-    LuksCipher *cipher;
-    int ret;
-
-    memset(h, 0, sizeof(*h));
-    h->version = LUKS_VERSION;
-    snprintf(h->cipher_name, sizeof(h->cipher_name), "%s",
-             luks_cipher_family(c->p.alg));
-    if (c->p.ivgen == LUKS_IVGEN_NONE) {
-        snprintf(h->cipher_mode, sizeof(h->cipher_mode), "%s",
-                 luks_mode_name(c->p.mode));
-    } else if (c->p.ivgen == LUKS_IVGEN_ESSIV) {
-        snprintf(h->cipher_mode, sizeof(h->cipher_mode), "%s-%s:%s",
-                 luks_mode_name(c->p.mode), luks_ivgen_name(c->p.ivgen),
-                 luks_hash_name(c->p.ivhash));
-    } else {
-        snprintf(h->cipher_mode, sizeof(h->cipher_mode), "%s-%s",
-                 luks_mode_name(c->p.mode), luks_ivgen_name(c->p.ivgen));
-    }
-    snprintf(h->hash_spec, sizeof(h->hash_spec), "%s",
-             luks_hash_name(c->p.hash));
-    h->payload_offset = c->payload_sectors;
-    h->key_bytes = c->key_bytes;
-    if ((ret = luks_random(mk, c->key_bytes, errp)) < 0 ||
-        (ret = luks_random(h->mk_digest_salt, LUKS_SALT_LEN, errp)) < 0 ||
-        (ret = luks_random(h->slots[0].salt, LUKS_SALT_LEN, errp)) < 0 ||
-        (ret = luks_random(r, sizeof(r), errp)) < 0) {
-        goto out;
-    }
-    luks_format_uuid(r, h->uuid);
-    h->mk_digest_iter = luks_iters(rate, c->iter_time, 8);
-    luks_pbkdf2(c->p.hash, mk, c->key_bytes, h->mk_digest_salt,
-                LUKS_SALT_LEN, h->mk_digest_iter, h->mk_digest,
-                LUKS_DIGEST_LEN);
-    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
-        h->slots[i].active = LUKS_SLOT_DISABLED;
-        h->slots[i].stripes = LUKS_STRIPES;
-        h->slots[i].key_offset = LUKS_SLOT_ALIGN_SECTORS +
-                                 i * c->slot_sectors;
-    }
-    h->slots[0].active = LUKS_SLOT_ACTIVE;
-    h->slots[0].iterations = luks_iters(rate, c->iter_time, 1);
-    luks_pbkdf2(c->p.hash, pass, pass_len, h->slots[0].salt, LUKS_SALT_LEN,
-                h->slots[0].iterations, key, c->key_bytes);
-    ret = luks_af_split(c->p.hash, mk, c->key_bytes, LUKS_STRIPES, split,
-                        errp);
-    if (ret < 0) {
-        goto out;
-    }
-    cipher = luks_new_cipher(&c->p, key, c->key_bytes, errp);
-    if (!cipher) {
-        ret = -ENOTSUP;
-        goto out;
-    }
-    luks_cipher_encrypt(cipher, 0, split, luks_split_size(c->key_bytes));
-    luks_cipher_free(cipher);
-out:
-    explicit_bzero(mk, sizeof(mk));
-    explicit_bzero(key, sizeof(key));
-    return ret;
 }
 
 /* The create options the protocol gets: all but ours and the size. */
@@ -710,43 +244,6 @@ static QemuOpts *luks_protocol_opts(QemuOpts *opts)
     return po;
 }
 
-static int coroutine_fn luks_write_new(BlockDriverState *file,
-                                       const LuksCreate *c,
-                                       const LuksHeader *h,
-                                       const uint8_t *split, uint64_t size,
-                                       PreallocMode prealloc, Error **errp)
-{
-    uint8_t *hdr = g_malloc0(LUKS_SLOT_ALIGN_SECTORS * LUKS_SECTOR_SIZE);
-    int ret;
-
-    luks_header_to_disk(h, (LuksDiskHeader *)hdr);
-    ret = bdrv_co_truncate(file, (uint64_t)c->payload_sectors *
-                           LUKS_SECTOR_SIZE + size, false, prealloc, errp);
-    if (ret < 0) {
-        goto out;
-    }
-    ret = bdrv_co_pwrite(file, (int64_t)h->slots[0].key_offset *
-                         LUKS_SECTOR_SIZE, luks_split_size(c->key_bytes),
-                         split, 0);
-    if (ret >= 0) {
-        ret = bdrv_co_flush(file);
-    }
-    /* The header last: until it is there, the file is no LUKS volume. */
-    if (ret >= 0) {
-        ret = bdrv_co_pwrite(file, 0, LUKS_SLOT_ALIGN_SECTORS *
-                             LUKS_SECTOR_SIZE, hdr, 0);
-    }
-    if (ret >= 0) {
-        ret = bdrv_co_flush(file);
-    }
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not write LUKS header");
-    }
-out:
-    g_free(hdr);
-    return ret;
-}
-
 static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
                                     Error **errp)
 {
@@ -754,15 +251,12 @@ static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
     const char *pre = qemu_opt_get(opts, "preallocation");
     PreallocMode prealloc = PREALLOC_MODE_OFF;
     BlockDriverState *file = NULL;
+    LuksVolume v = { .base = 0, .area = "file" };
     LuksCreate c;
-    LuksHeader h;
-    uint8_t *split = NULL;
-    char *pass = NULL;
-    size_t pass_len = 0, split_len;
     QemuOpts *po;
     int ret;
 
-    ret = luks_parse_create(opts, &c, errp);
+    ret = luks_create_parse(opts, "", &c, errp);
     if (ret < 0) {
         return ret;
     }
@@ -787,36 +281,23 @@ static int coroutine_fn luks_create(const char *filename, QemuOpts *opts,
     if (ret < 0) {
         return ret;
     }
-    split_len = luks_split_size(c.key_bytes);
-    pass = luks_passphrase(c.key_secret, &pass_len, errp);
-    if (!pass) {
-        ret = -EINVAL;
-        goto out;
-    }
-    split = g_malloc0(split_len);
-    ret = luks_build(&c, (const uint8_t *)pass, pass_len, &h, split, errp);
-    if (ret < 0) {
-        goto out;
-    }
     file = bdrv_open_child(filename, NULL, NULL, BDRV_O_RDWR | BDRV_O_RESIZE,
                            false, errp);
     if (!file) {
         ret = -EIO;
         goto out;
     }
-    ret = luks_write_new(file, &c, &h, split, size, prealloc, errp);
+    v.file = file;
+    v.len = (int64_t)c.payload_sectors * LUKS_SECTOR_SIZE;
+    ret = bdrv_co_truncate(file, v.len + size, false, prealloc, errp);
+    if (ret >= 0) {
+        ret = luks_volume_format(&v, &c, errp);
+    }
+    luks_volume_close(&v);
     bdrv_unref(file);
 out:
     if (ret < 0) {
         bdrv_co_delete_file(filename, NULL);
-    }
-    if (pass) {
-        explicit_bzero(pass, pass_len);
-        g_free(pass);
-    }
-    if (split) {
-        explicit_bzero(split, split_len);
-        g_free(split);
     }
     return ret;
 }
@@ -832,7 +313,7 @@ static BlockMeasureInfo *luks_measure(QemuOpts *opts, BlockDriverState *in_bs,
     size_t len;
     char *pass;
 
-    if (luks_parse_create(opts, &c, errp) < 0) {
+    if (luks_create_parse(opts, "", &c, errp) < 0) {
         return NULL;
     }
     pass = luks_passphrase(c.key_secret, &len, errp);
@@ -857,290 +338,13 @@ static BlockMeasureInfo *luks_measure(QemuOpts *opts, BlockDriverState *in_bs,
     return info;
 }
 
-/* ---- amend: key slots ---- */
-
-static int coroutine_fn luks_write_header(BlockDriverState *bs,
-                                          const LuksHeader *h)
-{
-    LuksDiskHeader d;
-    int ret;
-
-    luks_header_to_disk(h, &d);
-    ret = bdrv_co_pwrite(bs->file, 0, sizeof(d), &d, 0);
-    return ret < 0 ? ret : bdrv_co_flush(bs->file);
-}
-
-/* Slot i made to hold the master key under the passphrase of secret sid:
- * its key material first, then the header naming it active. */
-static int coroutine_fn luks_add_slot(BlockDriverState *bs, int i,
-                                      const char *sid, uint64_t iter_time,
-                                      Error **errp)
-{
-    BDRVLuksState *s = bs->opaque;
-    LuksHeader h = s->hdr;
-    LuksSlot *slot = &h.slots[i];
-    size_t split_len = luks_split_size(h.key_bytes), pass_len;
-    uint8_t *split = NULL, key[LUKS_MAX_KEY_BYTES];
-    char *pass = luks_passphrase(sid, &pass_len, errp);
-    LuksCipher *c = NULL;
-    int ret;
-
-    if (!pass) {
-        return -EINVAL;
-    }
-    split = g_malloc0(split_len);
-    ret = luks_random(slot->salt, LUKS_SALT_LEN, errp);
-    if (ret < 0) {
-        goto out;
-    }
-    slot->iterations = luks_iters(luks_pbkdf2_rate(s->p.hash, h.key_bytes),
-                                  iter_time, 1);
-    slot->stripes = LUKS_STRIPES;
-    luks_pbkdf2(s->p.hash, (const uint8_t *)pass, pass_len, slot->salt,
-                LUKS_SALT_LEN, slot->iterations, key, h.key_bytes);
-    ret = luks_af_split(s->p.hash, s->mk, h.key_bytes, LUKS_STRIPES, split,
-                        errp);
-    if (ret < 0) {
-        goto out;
-    }
-    c = luks_new_cipher(&s->p, key, h.key_bytes, errp);
-    if (!c) {
-        ret = -ENOTSUP;
-        goto out;
-    }
-    luks_cipher_encrypt(c, 0, split, split_len);
-    ret = bdrv_co_pwrite(bs->file, (int64_t)slot->key_offset *
-                         LUKS_SECTOR_SIZE, split_len, split, 0);
-    if (ret >= 0) {
-        ret = bdrv_co_flush(bs->file);
-    }
-    if (ret >= 0) {
-        slot->active = LUKS_SLOT_ACTIVE;
-        ret = luks_write_header(bs, &h);
-    }
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Cannot write LUKS key slot %d", i);
-    } else {
-        s->hdr = h;
-    }
-out:
-    luks_cipher_free(c);
-    explicit_bzero(key, sizeof(key));
-    explicit_bzero(split, split_len);
-    explicit_bzero(pass, pass_len);
-    g_free(split);
-    g_free(pass);
-    return ret;
-}
-
-/* Slot i disabled in the header, then its key material overwritten with
- * random bytes. */
-static int coroutine_fn luks_erase_slot(BlockDriverState *bs, int i,
-                                        Error **errp)
-{
-    BDRVLuksState *s = bs->opaque;
-    LuksHeader h = s->hdr;
-    size_t len = luks_split_size(h.key_bytes);
-    uint8_t *junk = g_malloc(len);
-    int ret;
-
-    h.slots[i].active = LUKS_SLOT_DISABLED;
-    h.slots[i].iterations = 0;
-    memset(h.slots[i].salt, 0, LUKS_SALT_LEN);
-    ret = luks_write_header(bs, &h);
-    if (ret >= 0) {
-        s->hdr = h;
-        ret = luks_random(junk, len, errp);
-        if (ret < 0) {
-            goto out;
-        }
-        ret = bdrv_co_pwrite(bs->file, (int64_t)h.slots[i].key_offset *
-                             LUKS_SECTOR_SIZE, len, junk, 0);
-    }
-    if (ret >= 0) {
-        ret = bdrv_co_flush(bs->file);
-    }
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Cannot erase LUKS key slot %d", i);
-    }
-out:
-    g_free(junk);
-    return ret;
-}
-
-static int coroutine_fn luks_amend_activate(BlockDriverState *bs,
-                                            int64_t keyslot,
-                                            const char *old_sid,
-                                            const char *new_sid,
-                                            uint64_t iter_time, bool force,
-                                            Error **errp)
-{
-    BDRVLuksState *s = bs->opaque;
-
-    if (!new_sid) {
-        error_setg(errp, "'new-secret' is required to activate a keyslot");
-        return -EINVAL;
-    }
-    if (old_sid) {
-        error_setg(errp, "'old-secret' must not be given when activating "
-                   "keyslots");
-        return -EINVAL;
-    }
-    if (keyslot < 0) {
-        for (keyslot = 0; keyslot < LUKS_NUM_SLOTS; keyslot++) {
-            if (s->hdr.slots[keyslot].active != LUKS_SLOT_ACTIVE) {
-                break;
-            }
-        }
-        if (keyslot == LUKS_NUM_SLOTS) {
-            error_setg(errp, "Can't add a keyslot - all keyslots are in use");
-            return -EINVAL;
-        }
-    } else if (s->hdr.slots[keyslot].active == LUKS_SLOT_ACTIVE && !force) {
-        error_setg(errp, "Refusing to overwrite active keyslot %d - please "
-                   "erase it first", (int)keyslot);
-        return -EINVAL;
-    }
-    return luks_add_slot(bs, keyslot, new_sid, iter_time, errp);
-}
-
-static int coroutine_fn luks_amend_erase(BlockDriverState *bs,
-                                         int64_t keyslot, const char *old_sid,
-                                         const char *new_sid, bool force,
-                                         Error **errp)
-{
-    BDRVLuksState *s = bs->opaque;
-    bool match[LUKS_NUM_SLOTS] = { false };
-    uint8_t mk[LUKS_MAX_KEY_BYTES];
-    int active = 0, n = 0, ret = 0;
-
-    if (new_sid) {
-        error_setg(errp, "'new-secret' must not be given when erasing "
-                   "keyslots");
-        return -EINVAL;
-    }
-    if (keyslot < 0 && !old_sid) {
-        error_setg(errp, "To erase keyslot(s), either explicit keyslot index "
-                   "or the password currently contained in them must be "
-                   "given");
-        return -EINVAL;
-    }
-    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
-        active += s->hdr.slots[i].active == LUKS_SLOT_ACTIVE;
-    }
-    if (keyslot >= 0) {
-        if (s->hdr.slots[keyslot].active != LUKS_SLOT_ACTIVE && !force) {
-            error_setg(errp, "Given keyslot %d is already erased (inactive) ",
-                       (int)keyslot);
-            return -EINVAL;
-        }
-        match[keyslot] = true;
-        n = 1;
-    }
-    if (old_sid) {
-        size_t len;
-        char *pass = luks_passphrase(old_sid, &len, errp);
-
-        if (!pass) {
-            return -EINVAL;
-        }
-        for (int i = 0; i < LUKS_NUM_SLOTS && ret >= 0; i++) {
-            bool want = keyslot < 0 || keyslot == i;
-
-            match[i] = false;
-            if (want && s->hdr.slots[i].active == LUKS_SLOT_ACTIVE) {
-                ret = luks_try_slot(bs, i, (const uint8_t *)pass, len, mk,
-                                    errp);
-                match[i] = ret > 0;
-            }
-        }
-        explicit_bzero(mk, sizeof(mk));
-        explicit_bzero(pass, len);
-        g_free(pass);
-        if (ret < 0) {
-            return ret;
-        }
-        n = 0;
-        for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
-            n += match[i];
-        }
-        if (n == 0) {
-            error_setg(errp, "No keyslots match given (old) password for "
-                       "erase operation");
-            return -EINVAL;
-        }
-    }
-    if (n == active && !force) {
-        int last = 0;
-        while (!match[last]) {
-            last++;
-        }
-        if (old_sid) {
-            error_setg(errp, "All the active keyslots match the (old) "
-                       "password that was given and erasing them will erase "
-                       "all the data in the image irreversibly - refusing "
-                       "operation");
-        } else {
-            error_setg(errp, "Attempt to erase the only active keyslot %d "
-                       "which will erase all the data in the image "
-                       "irreversibly - refusing operation", last);
-        }
-        return -EINVAL;
-    }
-    for (int i = 0; i < LUKS_NUM_SLOTS && ret >= 0; i++) {
-        if (match[i]) {
-            ret = luks_erase_slot(bs, i, errp);
-        }
-    }
-    return ret;
-}
-
-/* qemu-img amend: state=active adds a slot (new-secret, optionally at
- * keyslot), state=inactive erases slots (keyslot and/or old-secret), with
- * QEMU 7.2's options and messages. */
+/* qemu-img amend: key slots (luks-volume.c). */
 static int coroutine_fn luks_amend(BlockDriverState *bs, QemuOpts *opts,
                                    bool force, Error **errp)
 {
     BDRVLuksState *s = bs->opaque;
-    const char *state = qemu_opt_get(opts, "state");
-    const char *old_sid = qemu_opt_get(opts, "old-secret");
-    const char *new_sid = qemu_opt_get(opts, "new-secret");
-    int64_t keyslot = -1;
-    uint64_t iter_time = qemu_opt_get_number(opts, "iter-time",
-                                             LUKS_DEFAULT_ITER_TIME);
 
-    if (!state) {
-        error_setg(errp, "Parameter 'state' is missing");
-        return -EINVAL;
-    }
-    if (strcmp(state, "active") && strcmp(state, "inactive")) {
-        error_setg(errp, "Parameter 'state' does not accept value '%s'",
-                   state);
-        return -EINVAL;
-    }
-    if (qemu_opt_has(opts, "keyslot")) {
-        uint64_t k = qemu_opt_get_number(opts, "keyslot", 0);
-        if (k >= LUKS_NUM_SLOTS) {
-            error_setg(errp, "Invalid keyslot %" PRIu64 " specified, must be "
-                       "between 0 and %d", k, LUKS_NUM_SLOTS - 1);
-            return -EINVAL;
-        }
-        keyslot = k;
-    }
-    if (iter_time > LUKS_MAX_ITER_TIME) {
-        error_setg(errp, "iter-time must be at most %d ms",
-                   LUKS_MAX_ITER_TIME);
-        return -EINVAL;
-    }
-    if (!s->cipher) {
-        error_setg(errp, "Parameter 'key-secret' is required for cipher");
-        return -EINVAL;
-    }
-    if (!strcmp(state, "active")) {
-        return luks_amend_activate(bs, keyslot, old_sid, new_sid, iter_time,
-                                   force, errp);
-    }
-    return luks_amend_erase(bs, keyslot, old_sid, new_sid, force, errp);
+    return luks_volume_amend(&s->v, opts, "", force, errp);
 }
 
 static BlockDriver bdrv_luks = {

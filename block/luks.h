@@ -185,4 +185,76 @@ void luks_af_merge(const LuksHashAlg *h, const uint8_t *in, size_t block_size,
 /* Random bytes from getrandom(); 0 or -errno with an error. */
 int luks_random(void *buf, size_t len, Error **errp);
 
+/* ---- a LUKS volume inside a node (block/luks-volume.c) ---- */
+
+typedef struct BlockDriverState BlockDriverState;
+typedef struct QemuOpts QemuOpts;
+typedef struct JsonValue JsonValue;
+
+typedef struct LuksParams {
+    const LuksCipherAlg *alg;
+    LuksMode mode;
+    LuksIvgen ivgen;
+    const LuksHashAlg *ivhash;  /* essiv only */
+    const LuksHashAlg *hash;
+} LuksParams;
+
+/*
+ * The header and key slots at [base, base + len) of file: the whole file
+ * for the luks driver, the encryption header clusters for qcow2. Key
+ * material offsets in the header are relative to base.
+ */
+typedef struct LuksVolume {
+    BlockDriverState *file;
+    int64_t base;
+    int64_t len;
+    const char *area;           /* "file", "encryption header": messages */
+    LuksHeader hdr;
+    LuksParams p;
+    LuksCipher *cipher;         /* NULL when opened without a key */
+    uint8_t mk[LUKS_MAX_KEY_BYTES]; /* the master key (amend adds slots) */
+} LuksVolume;
+
+/* Create options parsed (names with the caller's prefix: "" or
+ * "encrypt."), and the layout they give. */
+typedef struct LuksCreate {
+    LuksParams p;
+    const char *key_secret;
+    uint64_t iter_time;
+    uint32_t key_bytes;
+    uint32_t slot_sectors;      /* per slot, aligned */
+    uint32_t payload_sectors;   /* header plus the eight slots */
+} LuksCreate;
+
+#define LUKS_DEFAULT_ITER_TIME  2000    /* ms, QEMU's default */
+/* Longest iter-time accepted: an hour. */
+#define LUKS_MAX_ITER_TIME      (3600 * 1000)
+
+/*
+ * Read and check the header in v (file, base, len and area set by the
+ * caller). With sid (the key secret's id) unlock it: v->cipher and v->mk
+ * then hold the master key. Errors: one line, QEMU's wording.
+ */
+int coroutine_fn luks_volume_open(LuksVolume *v, const char *sid,
+                                  Error **errp);
+void luks_volume_close(LuksVolume *v);
+/* QEMU's "format-specific" LUKS members (cipher-alg, ..., slots), added
+ * to the JSON object obj. */
+void luks_volume_info(const LuksVolume *v, JsonValue *obj);
+/* The passphrase of secret sid, UTF-8 as QEMU requires (explicit_bzero and
+ * g_free it); NULL with an error. */
+char *luks_passphrase(const char *sid, size_t *len, Error **errp);
+int luks_create_parse(QemuOpts *opts, const char *prefix, LuksCreate *c,
+                      Error **errp);
+/* Header and slot 0 (under the passphrase of c->key_secret) written at
+ * v->base of v->file, which has payload_sectors * 512 bytes there; the
+ * header last. v is then open without a key. */
+int coroutine_fn luks_volume_format(LuksVolume *v, const LuksCreate *c,
+                                    Error **errp);
+/* QEMU 7.2's amend of key slots: options state, keyslot, old-secret,
+ * new-secret, iter-time (with prefix). Needs an unlocked volume. */
+int coroutine_fn luks_volume_amend(LuksVolume *v, QemuOpts *opts,
+                                   const char *prefix, bool force,
+                                   Error **errp);
+
 #endif

@@ -1489,7 +1489,8 @@ static int coroutine_fn nbd_open(BlockDriverState *bs, QemuOpts *options,
         goto fail;
     }
     if ((flags & BDRV_O_RDWR) && (s->info.eflags & NBD_FLAG_READ_ONLY)) {
-        error_setg(errp, "nbd: the export is read-only; open it read-only");
+        /* QEMU 7.2 says only this; the cause is the read-only export */
+        error_setg(errp, "Could not open image: Permission denied");
         ret = -EACCES;
         goto fail;
     }

@@ -288,3 +288,41 @@ void json_dump_human(JsonValue *v, int indent)
         g_ptr_array_free(members, TRUE);
     }
 }
+
+/* Appends v as QEMU's one-line JSON ("{"a": 1, "b": {...}}"). */
+void json_print_compact(GString *out, JsonValue *v)
+{
+    GPtrArray *m;
+
+    switch (v->type) {
+    case JSON_STRING:
+        json_quote(out, v->str);
+        return;
+    case JSON_INT:
+        g_string_append_printf(out, "%" PRId64, v->num);
+        return;
+    case JSON_BOOL:
+        g_string_append(out, v->flag ? "true" : "false");
+        return;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        break;
+    }
+    m = v->type == JSON_OBJECT ? json_sorted_members(v) : NULL;
+    g_string_append_c(out, v->type == JSON_OBJECT ? '{' : '[');
+    for (guint i = 0; i < v->members->len; i++) {
+        JsonValue *e = g_ptr_array_index(m ? m : v->members, i);
+        if (i) {
+            g_string_append(out, ", ");
+        }
+        if (m) {
+            json_quote(out, e->key);
+            g_string_append(out, ": ");
+        }
+        json_print_compact(out, e);
+    }
+    g_string_append_c(out, v->type == JSON_OBJECT ? '}' : ']');
+    if (m) {
+        g_ptr_array_free(m, TRUE);
+    }
+}

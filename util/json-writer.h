@@ -51,6 +51,8 @@ void json_print(GString *out, JsonValue *v, int indent);
  * nested values four spaces per indent level further in.
  */
 void json_dump_human(JsonValue *v, int indent);
+/* Appends v on one line as QEMU writes json: names ({"a": 1, ...}). */
+void json_print_compact(GString *out, JsonValue *v);
 /* Prints v pretty-printed plus a newline on stdout, and frees it. */
 void json_dump(JsonValue *v);
 

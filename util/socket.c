@@ -345,7 +345,6 @@ static int coroutine_fn sock_co_connect_one(const struct sockaddr *sa,
 int coroutine_fn sock_co_connect(const SockAddr *addr, int64_t deadline,
                                  SockCancel *cancel, Error **errp)
 {
-    g_autofree char *where = sock_addr_describe(addr);
     struct addrinfo *res = NULL, *ai;
     int fd = -ECONNREFUSED;
 
@@ -378,10 +377,15 @@ int coroutine_fn sock_co_connect(const SockAddr *addr, int64_t deadline,
         }
     }
     if (fd < 0) {
+        /* QEMU 7.2's wording: the path, or host:port without brackets */
+        g_autofree char *name = addr->type == SOCK_ADDR_UNIX ?
+            g_strdup(addr->path) :
+            g_strdup_printf("%s:%d", addr->host, addr->port);
+
         if (fd == -ETIMEDOUT) {
-            error_setg(errp, "failed to connect to %s: timed out", where);
+            error_setg(errp, "Failed to connect to '%s': timed out", name);
         } else {
-            error_setg_errno(errp, -fd, "failed to connect to %s", where);
+            error_setg_errno(errp, -fd, "Failed to connect to '%s'", name);
         }
     }
     return fd;

@@ -542,6 +542,11 @@ static int coroutine_fn calculate_refcounts(Qcow2Check *c)
         ret = imrt_inc(c, s->refcount_table_offset,
                        (uint64_t)s->refcount_table_size * 8);
     }
+    if (ret >= 0 && s->crypt_method == QCOW2_CRYPT_LUKS &&
+        s->has_crypto_ext) {
+        /* The LUKS header and key slots (crypto.c). */
+        ret = imrt_inc(c, s->crypto_offset, s->crypto_length);
+    }
     if (ret >= 0) {
         ret = check_bitmaps(c);
     }

@@ -86,6 +86,7 @@ typedef struct Qcow2CreateParams {
     const char *backing_fmt;
     const char *data_file;
     bool data_file_raw;
+    Qcow2CryptoCreate *crypto;      /* encrypt.format=luks, else NULL */
 } Qcow2CreateParams;
 
 static int qcow2_parse_version(const char *compat, Error **errp)
@@ -117,19 +118,6 @@ static bool qcow2_check_cluster_size(uint64_t cs, bool extended_l2,
     return true;
 }
 
-static bool qcow2_refuse_encryption(QemuOpts *opts, Error **errp)
-{
-    const char *fmt = qemu_opt_get(opts, "encrypt.format");
-
-    if (qemu_opt_get_bool(opts, "encryption", false) ||
-        (fmt && strcmp(fmt, "none"))) {
-        error_setg(errp, "Encrypted qcow2 images cannot be created: no "
-                   "luks or aes driver");
-        return true;
-    }
-    return false;
-}
-
 /* Everything QEMU validates before writing anything (its messages). */
 static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
                                    Error **errp)
@@ -137,9 +125,6 @@ static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
     const char *pre = qemu_opt_get(opts, "preallocation");
     const char *ctype = qemu_opt_get(opts, "compression_type");
 
-    if (qcow2_refuse_encryption(opts, errp)) {
-        return -ENOTSUP;
-    }
     p->size = ROUND_UP(qemu_opt_get_size(opts, "size", 0),
                        BDRV_SECTOR_SIZE);
     p->version = qcow2_parse_version(qemu_opt_get(opts, "compat"), NULL);
@@ -235,7 +220,8 @@ static int qcow2_parse_create_opts(QemuOpts *opts, Qcow2CreateParams *p,
         }
         return -EINVAL;
     }
-    return 0;
+    /* Last: nothing to free on the errors above. */
+    return qcow2_crypto_parse_create(opts, &p->crypto, errp);
 }
 
 /* ---- create ---- */
@@ -355,6 +341,12 @@ static int coroutine_fn qcow2_create_finish(const char *filename,
             goto out;
         }
     }
+    if (p->crypto) {
+        ret = qcow2_crypto_create(bs, p->crypto, errp);
+        if (ret < 0) {
+            goto out;
+        }
+    }
     ret = 0;
 out:
     bdrv_unref(bs);
@@ -364,7 +356,7 @@ out:
 int coroutine_fn qcow2_co_create(const char *filename, QemuOpts *opts,
                                  Error **errp)
 {
-    Qcow2CreateParams p;
+    Qcow2CreateParams p = { 0 };
     QemuOpts *po;
     BlockDriverState *file = NULL;
     char *data_path = NULL;
@@ -401,6 +393,7 @@ int coroutine_fn qcow2_co_create(const char *filename, QemuOpts *opts,
     }
     ret = qcow2_create_finish(filename, &p, data_path, errp);
 out:
+    qcow2_crypto_create_free(p.crypto);
     g_free(data_path);
     return ret;
 }
@@ -722,6 +715,7 @@ typedef struct Qcow2Amend {
     bool data_file_raw;
     uint64_t refcount_bits;
     uint64_t new_size;
+    bool crypto_update;             /* encrypt.*: LUKS key slots */
 } Qcow2Amend;
 
 /* Read the options that are set (only those change). */
@@ -738,9 +732,12 @@ static int qcow2_amend_parse(BlockDriverState *bs, QemuOpts *opts,
         const char *name, *value;
         qemu_opts_nth(opts, i, &name, &value);
         if (g_str_has_prefix(name, "encrypt.")) {
-            error_setg(errp, "Can't amend encryption options - encryption "
-                       "not present");
-            return -EINVAL;
+            if (!s->crypto) {
+                error_setg(errp, "Can't amend encryption options - "
+                           "encryption not present");
+                return -EINVAL;
+            }
+            a->crypto_update = true;
         }
     }
     const char *compat = qemu_opt_get(opts, "compat");
@@ -994,6 +991,9 @@ int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
         ret = qcow2_co_truncate(bs, a.new_size, true, PREALLOC_MODE_OFF,
                                 errp);
         bdrv_refresh_total_bytes(bs);
+    }
+    if (ret >= 0 && a.crypto_update) {
+        ret = qcow2_crypto_amend(bs, opts, force, errp);
     }
     if (ret >= 0 && a.new_version < s->qcow_version) {
         qemu_co_mutex_lock(&s->lock);

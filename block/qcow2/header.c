@@ -304,6 +304,23 @@ static int coroutine_fn qcow2_read_extensions(BlockDriverState *bs,
                            "with LUKS encryption method");
                 return -EINVAL;
             }
+            if (len != 16) {
+                error_setg(errp, "CRYPTO header extension size %" PRIu32
+                           ", but expected size 16", len);
+                return -EINVAL;
+            }
+            {
+                uint64_t ch[2];
+                ret = bdrv_co_pread(bs->file, offset, sizeof(ch), ch, 0);
+                if (ret < 0) {
+                    error_setg_errno(errp, -ret, "Unable to read CRYPTO "
+                                     "header extension");
+                    return ret;
+                }
+                s->has_crypto_ext = true;
+                s->crypto_offset = be64_to_cpu(ch[0]);
+                s->crypto_length = be64_to_cpu(ch[1]);
+            }
             break;
         case QCOW2_EXT_BITMAPS:
             ret = qcow2_read_ext_bitmaps(bs, offset, len, scan, errp);
@@ -595,12 +612,6 @@ int coroutine_fn qcow2_read_header(BlockDriverState *bs, int flags,
                    s->crypt_method);
         return -EINVAL;
     }
-    if (s->crypt_method) {
-        error_setg(errp, "Encrypted qcow2 images (%s) are not supported: "
-                   "no luks or aes driver", s->crypt_method == QCOW2_CRYPT_AES
-                   ? "aes" : "luks");
-        return -ENOTSUP;
-    }
     ret = qcow2_check_tables(s, h, flags, errp);
     if (ret < 0) {
         return ret;
@@ -667,6 +678,14 @@ static bool qcow2_put_extensions(BDRVQcow2State *s, uint8_t *buf,
         !qcow2_put_ext(buf, pos, end, QCOW2_EXT_DATA_FILE,
                        s->image_data_file, strlen(s->image_data_file))) {
         return false;
+    }
+    if (s->crypt_method == QCOW2_CRYPT_LUKS && s->has_crypto_ext) {
+        uint64_t ch[2] = { cpu_to_be64(s->crypto_offset),
+                           cpu_to_be64(s->crypto_length) };
+        if (!qcow2_put_ext(buf, pos, end, QCOW2_EXT_CRYPTO_HEADER, ch,
+                           sizeof(ch))) {
+            return false;
+        }
     }
     /* QEMU leaves the feature table out of clusters of 4 KiB and less. */
     if (s->qcow_version >= 3 && s->cluster_size > 4096 &&

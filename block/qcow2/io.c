@@ -42,6 +42,80 @@ static void qcow2_inplace_end(BDRVQcow2State *s, Qcow2InPlace *w)
     }
 }
 
+/* ---- encrypted data (crypto.c): through bounce buffers ---- */
+
+#define QCOW2_CRYPT_BOUNCE      (1 * MiB)
+
+/* Read and decrypt host bytes of the data file into qiov. */
+static int coroutine_fn qcow2_read_encrypted(BlockDriverState *bs,
+                                             uint64_t host, uint64_t guest,
+                                             uint64_t bytes,
+                                             QEMUIOVector *qiov,
+                                             size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    size_t len = MIN(bytes, QCOW2_CRYPT_BOUNCE);
+    uint8_t *buf;
+    int ret = 0;
+
+    if (!qcow2_crypto_can_io(s)) {
+        return -EIO;            /* opened without the key */
+    }
+    buf = qemu_blockalign(len);
+    while (bytes > 0) {
+        size_t n = MIN(bytes, QCOW2_CRYPT_BOUNCE);
+
+        ret = bdrv_co_pread(s->data_file, host, n, buf, 0);
+        if (ret < 0) {
+            break;
+        }
+        qcow2_decrypt(s, host, guest, buf, n);
+        qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
+        host += n;
+        guest += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    explicit_bzero(buf, len);
+    qemu_vfree(buf);
+    return ret < 0 ? ret : 0;
+}
+
+/* Encrypt guest bytes from qiov and write them at host. */
+static int coroutine_fn qcow2_write_encrypted(BlockDriverState *bs,
+                                              uint64_t host, uint64_t guest,
+                                              uint64_t bytes,
+                                              QEMUIOVector *qiov,
+                                              size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    size_t len = MIN(bytes, QCOW2_CRYPT_BOUNCE);
+    uint8_t *buf;
+    int ret = 0;
+
+    if (!qcow2_crypto_can_io(s)) {
+        return -EIO;
+    }
+    buf = qemu_blockalign(len);
+    while (bytes > 0) {
+        size_t n = MIN(bytes, QCOW2_CRYPT_BOUNCE);
+
+        qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
+        qcow2_encrypt(s, host, guest, buf, n);
+        ret = bdrv_co_pwrite(s->data_file, host, n, buf, 0);
+        if (ret < 0) {
+            break;
+        }
+        host += n;
+        guest += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    explicit_bzero(buf, len);
+    qemu_vfree(buf);
+    return ret < 0 ? ret : 0;
+}
+
 /* ---- reads ---- */
 
 typedef struct Qcow2CompressJob {
@@ -140,6 +214,11 @@ static int coroutine_fn qcow2_read(BlockDriverState *bs, uint64_t offset,
             break;
         case QCOW2_SC_NORMAL:
             BLKDBG_EVENT(bs->file, "read_aio");
+            if (s->crypto) {
+                ret = qcow2_read_encrypted(bs, host, offset, cur, qiov,
+                                           qiov_offset);
+                break;
+            }
             ret = bdrv_co_preadv_part(s->data_file, host, cur, qiov,
                                       qiov_offset, 0);
             break;
@@ -287,6 +366,57 @@ static bool coroutine_fn qcow2_try_zero_cow(BlockDriverState *bs,
 }
 
 /*
+ * An encrypted allocation: COW head and tail read (decrypted with their
+ * old host offsets) into one buffer around the guest bytes, all of it
+ * encrypted for the new host offset and written at once.
+ */
+static int coroutine_fn qcow2_write_alloc_encrypted(BlockDriverState *bs,
+                                                    Qcow2Alloc *m,
+                                                    uint64_t host,
+                                                    uint64_t bytes,
+                                                    QEMUIOVector *qiov,
+                                                    size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t head = m->cow_start.bytes, tail = m->cow_end.bytes;
+    uint64_t total = head + bytes + tail;
+    uint8_t *buf;
+    QEMUIOVector v;
+    int ret = 0;
+
+    if (!qcow2_crypto_can_io(s)) {
+        return -EIO;
+    }
+    buf = qemu_blockalign(total);
+    if (head) {
+        qemu_iovec_init_buf(&v, buf, head);
+        BLKDBG_EVENT(bs->file, "cow_read");
+        ret = qcow2_read(bs, m->guest_offset + m->cow_start.offset, head,
+                         &v, 0);
+    }
+    if (qiov) {
+        qemu_iovec_to_buf(qiov, qiov_offset, buf + head, bytes);
+    } else {
+        memset(buf + head, 0, bytes);
+    }
+    if (ret >= 0 && tail) {
+        qemu_iovec_init_buf(&v, buf + head + bytes, tail);
+        BLKDBG_EVENT(bs->file, "cow_read");
+        ret = qcow2_read(bs, m->guest_offset + m->cow_end.offset, tail,
+                         &v, 0);
+    }
+    if (ret >= 0) {
+        qcow2_encrypt(s, host - head, m->guest_offset + m->cow_start.offset,
+                      buf, total);
+        BLKDBG_EVENT(bs->file, head || tail ? "cow_write" : "write_aio");
+        ret = bdrv_co_pwrite(s->data_file, host - head, total, buf, 0);
+    }
+    explicit_bzero(buf, total);
+    qemu_vfree(buf);
+    return ret;
+}
+
+/*
  * Write the guest bytes of an allocation together with its copy-on-write
  * regions in one request: [COW head][guest data][COW tail]. The COW data is
  * read through the image itself, whose L2 entries still map the old
@@ -303,6 +433,11 @@ static int coroutine_fn qcow2_write_alloc(BlockDriverState *bs, Qcow2Alloc *m,
     QEMUIOVector v;
     int ret = 0;
 
+    if (s->crypto) {
+        /* (zeroes on disk would not read as zeroes: no zero COW) */
+        return qcow2_write_alloc_encrypted(bs, m, host, bytes, qiov,
+                                           qiov_offset);
+    }
     if ((head || tail) && qcow2_try_zero_cow(bs, m)) {
         head = tail = 0;
     }
@@ -354,6 +489,10 @@ static int coroutine_fn qcow2_write_step(BlockDriverState *bs,
     uint64_t host;
     int ret;
 
+    if (s->crypto) {
+        /* One bounce buffer per step (plus its COW regions). */
+        *bytes = MIN(*bytes, (uint64_t)QCOW2_CRYPT_BOUNCE);
+    }
     qemu_co_mutex_lock(&s->lock);
     ret = qcow2_alloc_host_offset(bs, offset, bytes, &host, &m);
     if (ret >= 0 && !s->external_data) {
@@ -375,8 +514,13 @@ static int coroutine_fn qcow2_write_step(BlockDriverState *bs,
 
     if (!m) {
         BLKDBG_EVENT(bs->file, "write_aio");
-        ret = bdrv_co_pwritev_part(s->data_file, host, *bytes, qiov,
-                                   qiov_offset, 0);
+        if (s->crypto) {
+            ret = qcow2_write_encrypted(bs, host, offset, *bytes, qiov,
+                                        qiov_offset);
+        } else {
+            ret = bdrv_co_pwritev_part(s->data_file, host, *bytes, qiov,
+                                       qiov_offset, 0);
+        }
         qcow2_inplace_end(s, &w);
         return ret;
     }
@@ -686,8 +830,10 @@ int coroutine_fn qcow2_co_block_status(BlockDriverState *bs, bool want_zero,
         return ret;
     }
     *pnum = cur;
-    if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC ||
-        type == QCOW2_SC_UNALLOCATED_ALLOC) {
+    /* Encrypted data is not readable below this node (QEMU: no offset). */
+    if (!s->crypto && (type == QCOW2_SC_NORMAL ||
+                       type == QCOW2_SC_ZERO_ALLOC ||
+                       type == QCOW2_SC_UNALLOCATED_ALLOC)) {
         *map = host;
         *file = s->data_file;
         status |= BDRV_BLOCK_OFFSET_VALID;

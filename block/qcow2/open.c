@@ -13,6 +13,10 @@
 #define QCOW2_MIN_RB_CACHE_CLUSTERS 4
 
 static const QemuOptDesc qcow2_open_opts[] = {
+    { "encrypt.format", QEMU_OPT_STRING,
+      "Encryption data format 'luks' (the image's)" },
+    { "encrypt.key-secret", QEMU_OPT_STRING,
+      "ID of secret providing the LUKS passphrase" },
     { "data-file", QEMU_OPT_STRING,
       "Open this external data file instead of the one named in the image" },
     { "lazy-refcounts", QEMU_OPT_BOOL, "Postpone refcount updates" },
@@ -547,6 +551,7 @@ static void qcow2_free_state(BlockDriverState *bs)
     qcow2_refcount_close(bs);
     qcow2_free_snapshots(s);
     qcow2_free_header_state(s);
+    qcow2_crypto_close(bs);
     if (s->external_data) {
         bs->data_file = NULL;
         bdrv_unref(s->data_file);
@@ -624,6 +629,7 @@ static int coroutine_fn qcow2_open(BlockDriverState *bs, QemuOpts *opts,
     }
     if (ret >= 0) {
         table_cache_add_dependency_bs(s->l2_cache, s->data_file);
+        ret = qcow2_crypto_open(bs, opts, flags, errp);
     }
     s->snapshots_offset = h.snapshots_offset;
     s->nb_snapshots = h.nb_snapshots;
@@ -695,7 +701,8 @@ static void qcow2_refresh_limits(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
 
-    bs->bl.request_alignment = 1;
+    /* Encrypted data: whole 512-byte sectors (QEMU's alignment too). */
+    bs->bl.request_alignment = s->crypto ? 512 : 1;
     bs->bl.pwrite_zeroes_alignment = s->subcluster_size;
     bs->bl.pdiscard_alignment = s->cluster_size;
 }
@@ -778,10 +785,13 @@ static ImageInfoSpecific *qcow2_get_specific_info(BlockDriverState *bs,
 {
     BDRVQcow2State *s = bs->opaque;
     ImageInfoSpecific *info = image_info_specific_new("qcow2");
-    JsonValue *bitmaps;
+    JsonValue *bitmaps, *encrypt;
 
     image_info_add_str(info, "compression-type", "zlib");
     image_info_add_int(info, "refcount-bits", s->refcount_bits);
+    if ((encrypt = qcow2_crypto_info(bs))) {
+        image_info_add_json(info, "encrypt", encrypt);
+    }
     if (s->qcow_version == 2) {
         image_info_add_str(info, "compat", "0.10");
         return info;
@@ -811,7 +821,8 @@ static bool qcow2_has_zero_init(BlockDriverState *bs)
     BDRVQcow2State *s = bs->opaque;
     bool preallocated = s->l1_size > 0 && s->l1_table[0] != 0;
 
-    return !preallocated || bdrv_has_zero_init(s->data_file);
+    /* Encrypted preallocated clusters read as the decryption of zeroes. */
+    return !preallocated || (!s->crypto && bdrv_has_zero_init(s->data_file));
 }
 
 static const char *const qcow2_child_prefixes[] = { "data-file", NULL };

@@ -345,6 +345,10 @@ typedef struct BDRVQcow2State {
     uint32_t nb_bitmaps;
     uint64_t bitmap_directory_offset;
     uint64_t bitmap_directory_size;
+    bool has_crypto_ext;            /* the 0x0537be77 extension was read */
+    uint64_t crypto_offset;         /* LUKS header clusters (crypto.c) */
+    uint64_t crypto_length;
+    struct Qcow2Crypto *crypto;     /* encrypt.format=luks, opened */
 
     /* L1 table (kept whole, in CPU order) */
     uint64_t l1_table_offset;
@@ -620,6 +624,31 @@ int coroutine_fn qcow2_co_save_vmstate(BlockDriverState *bs,
                                        QEMUIOVector *qiov, int64_t pos);
 int coroutine_fn qcow2_co_load_vmstate(BlockDriverState *bs,
                                        QEMUIOVector *qiov, int64_t pos);
+
+/* ---- crypto.c ---- */
+typedef struct Qcow2Crypto Qcow2Crypto;
+typedef struct Qcow2CryptoCreate Qcow2CryptoCreate;
+int coroutine_fn qcow2_crypto_open(BlockDriverState *bs, QemuOpts *opts,
+                                   int flags, Error **errp);
+void qcow2_crypto_close(BlockDriverState *bs);
+/* Opened with its key: guest data can be read and written. */
+bool qcow2_crypto_can_io(BDRVQcow2State *s);
+/* In place over len bytes at host (guest offset guest), all multiples of
+ * 512: LUKS takes the IV from host / 512, legacy AES from guest / 512. */
+void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len);
+void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
+                   uint8_t *buf, size_t len);
+JsonValue *qcow2_crypto_info(BlockDriverState *bs);
+int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
+                              Error **errp);
+uint64_t qcow2_crypto_header_bytes(const Qcow2CryptoCreate *cc);
+int coroutine_fn qcow2_crypto_create(BlockDriverState *bs,
+                                     const Qcow2CryptoCreate *cc,
+                                     Error **errp);
+void qcow2_crypto_create_free(Qcow2CryptoCreate *cc);
+int coroutine_fn qcow2_crypto_amend(BlockDriverState *bs, QemuOpts *opts,
+                                    bool force, Error **errp);
 
 /* ---- resize.c ---- */
 int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,

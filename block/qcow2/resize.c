@@ -435,6 +435,7 @@ int coroutine_fn qcow2_make_empty(BlockDriverState *bs)
     }
     qemu_co_mutex_lock(&s->lock);
     if (s->qcow_version >= 3 && !s->nb_snapshots && !s->nb_bitmaps &&
+        s->crypt_method != QCOW2_CRYPT_LUKS &&
         3 + l1_clusters <= s->refcount_block_size && !s->external_data) {
         ret = qcow2_make_completely_empty(bs);
     } else {

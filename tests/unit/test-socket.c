@@ -399,7 +399,7 @@ static void test_connect_refused(void)
     a.addr = &gone;
     co_run(connect_entry, &a);
     g_assert_cmpint(a.fd, ==, -ECONNREFUSED);
-    g_assert_nonnull(strstr(a.err, "failed to connect to 127.0.0.1:"));
+    g_assert_nonnull(strstr(a.err, "Failed to connect to '127.0.0.1:"));
     g_free(a.err);
     sock_addr_clear(&gone);
 }
