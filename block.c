@@ -1696,6 +1696,12 @@ ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
     return NULL;
 }
 
+Job *bdrv_get_populate_job(BlockDriverState *bs)
+{
+    return bs->drv && bs->drv->bdrv_get_populate_job
+           ? bs->drv->bdrv_get_populate_job(bs) : NULL;
+}
+
 bool bdrv_is_encrypted(BlockDriverState *bs)
 {
     return bs->encrypted;

@@ -180,6 +180,10 @@ struct BlockDriver {
     int (*bdrv_get_info)(BlockDriverState *bs, BlockDriverInfo *bdi);
     ImageInfoSpecific *(*bdrv_get_specific_info)(BlockDriverState *bs,
                                                  Error **errp);
+    /* The node's own background job that copies its backing file's data
+     * into it (fvd's prefetch), while it runs or after it ended; NULL if
+     * none. Owned by the driver until close. */
+    Job *(*bdrv_get_populate_job)(BlockDriverState *bs);
     bool (*bdrv_has_zero_init)(BlockDriverState *bs);
     int coroutine_fn (*bdrv_co_check)(BlockDriverState *bs,
                                       BdrvCheckResult *res,
