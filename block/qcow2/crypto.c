@@ -194,6 +194,25 @@ bool qcow2_crypto_can_io(BDRVQcow2State *s)
                                         : s->crypto->v.cipher != NULL);
 }
 
+bool qcow2_crypto_host_iv(BDRVQcow2State *s)
+{
+    return qcow2_crypto_can_io(s) && !s->crypto->aes;
+}
+
+int coroutine_fn qcow2_write_encrypted_zero_cluster(BlockDriverState *bs,
+                                                   uint64_t host)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint8_t *buf = qemu_blockalign(s->cluster_size);
+    int ret;
+
+    memset(buf, 0, s->cluster_size);
+    qcow2_encrypt(s, host, 0, buf, s->cluster_size);
+    ret = bdrv_co_pwrite(bs->file, host, s->cluster_size, buf, 0);
+    qemu_vfree(buf);
+    return ret;
+}
+
 /* LUKS: the host sector is the IV's input; AES: the guest sector. */
 void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
                    uint8_t *buf, size_t len)
@@ -433,6 +452,17 @@ void qcow2_crypto_close(BlockDriverState *bs)
 bool qcow2_crypto_can_io(BDRVQcow2State *s)
 {
     return false;
+}
+
+bool qcow2_crypto_host_iv(BDRVQcow2State *s)
+{
+    return false;
+}
+
+int coroutine_fn qcow2_write_encrypted_zero_cluster(BlockDriverState *bs,
+                                                   uint64_t host)
+{
+    return -ENOTSUP;
 }
 
 void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
