@@ -55,7 +55,8 @@
                                  FVD_INCOMPAT_TABLE)
 /* Compatible features: unknown bits are ignored and kept. */
 #define FVD_COMPAT_COPY_ON_READ (UINT64_C(1) << 0)
-#define FVD_COMPAT_MASK         FVD_COMPAT_COPY_ON_READ
+#define FVD_COMPAT_COMPLETE     (UINT64_C(1) << 1)  /* base not needed */
+#define FVD_COMPAT_MASK         (FVD_COMPAT_COPY_ON_READ | FVD_COMPAT_COMPLETE)
 /* Autoclear features: a writer clears the bits it does not know. */
 #define FVD_AUTOCLEAR_MASK      UINT64_C(0)
 
@@ -296,6 +297,7 @@ typedef struct FvdPrefetch {
     int64_t bw_start_ns;
     uint64_t bw_bytes;
     bool drain_user;
+    bool drop_base;                 /* drop the base when complete */
     GSList *sleepers;               /* FvdSleeper: woken early by stop */
 } FvdPrefetch;
 
@@ -336,6 +338,7 @@ typedef struct BDRVFvdState {
     bool replayed_in_cache;         /* DIRTY image: replayed bits not home */
     bool copy_on_read;
     bool soft_dirty;                /* copy-on-read bits not yet home */
+    unsigned soft_writers;          /* flushes writing those home */
     uint64_t cor_inflight;          /* bytes of copy-on-read in progress */
     CoMutex meta_lock;              /* multi-step header changes */
     CoMutex hdr_lock;               /* one header write at a time */
@@ -481,6 +484,17 @@ int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
 int fvd_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
 ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp);
 extern const QemuOptDesc fvd_amend_opts[];
+/*
+ * Blocks still in the base (0: the image no longer needs its base). Counts
+ * bits and (compact image) mappings; the COMPLETE bit is never trusted.
+ */
+int coroutine_fn fvd_count_base_blocks(BDRVFvdState *s, uint64_t *missing);
+/*
+ * When every block is in the image: make that durable, then set COMPLETE
+ * (spec section 10); drop_base also drops the base in the same header
+ * write. 0 without a change when blocks are still in the base.
+ */
+int coroutine_fn fvd_record_complete(BlockDriverState *bs, bool drop_base);
 
 /* create.c */
 int coroutine_fn fvd_create(const char *filename, QemuOpts *opts,
@@ -543,6 +557,8 @@ uint64_t fvd_data_needed(BDRVFvdState *s);
 int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp);
 /* Close: cancel the job and wait for it. */
 void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs);
+/* The prefetch job of the session (it may have ended), or NULL. */
+Job *fvd_prefetch_job(BlockDriverState *bs);
 /* "running", "paused", "done", "cancelled", "failed", or NULL (none). */
 const char *fvd_prefetch_state(BDRVFvdState *s);
 

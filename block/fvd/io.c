@@ -404,9 +404,14 @@ int coroutine_fn fvd_co_flush(BlockDriverState *bs)
         return 0;
     }
     ret = fvd_journal_commit(bs);
-    if (ret >= 0 && s->soft_dirty && s->bitmap) {
+    /* A concurrent flush that took soft_dirty may still be writing those
+     * entries: write (and wait) too, or this flush would return before
+     * the bits it covers are home. */
+    if (ret >= 0 && (s->soft_dirty || s->soft_writers) && s->bitmap) {
         s->soft_dirty = false;
+        s->soft_writers++;
         ret = table_cache_write(s->bitmap);
+        s->soft_writers--;
         if (ret < 0) {
             s->soft_dirty = true;
         }

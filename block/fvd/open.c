@@ -40,6 +40,9 @@ static const QemuOptDesc fvd_open_opts[] = {
       "0: never pause)" },
     { "prefetch-alpha", QEMU_OPT_NUMBER,
       "Weight of the old average in percent (default 80)" },
+    { "prefetch-drop-base", QEMU_OPT_BOOL,
+      "When prefetch has copied every block, drop the base from the header "
+      "(default off)" },
     { NULL }
 };
 
@@ -365,6 +368,7 @@ static BlockDriver bdrv_fvd = {
 
     .bdrv_get_info          = fvd_get_info,
     .bdrv_get_specific_info = fvd_get_specific_info,
+    .bdrv_get_populate_job  = fvd_prefetch_job,
     .bdrv_has_zero_init     = fvd_has_zero_init,
     .bdrv_co_check          = fvd_co_check,
     .bdrv_amend_options     = fvd_amend_options,

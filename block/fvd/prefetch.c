@@ -292,6 +292,9 @@ static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
         if (ret >= 0) {
             ret = table_cache_flush(s->bitmap);
         }
+        if (ret >= 0) {
+            ret = fvd_record_complete(bs, pf->drop_base);
+        }
         pf->inflight--;
     }
 out:
@@ -356,6 +359,7 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     pf->measure_ns = measure * 1000000LL;
     pf->throttle_ns = throttle * 1000000LL;
     pf->alpha = alpha;
+    pf->drop_base = qemu_opt_get_bool(opts, "prefetch-drop-base", false);
     if (!qemu_opt_get_bool(opts, "prefetch", false) || bs->read_only ||
         !s->nb_blocks) {
         return 0;
@@ -410,4 +414,10 @@ const char *fvd_prefetch_state(BDRVFvdState *s)
                job_is_cancelled(pf->job) ? "cancelled" : "done";
     }
     return job_is_paused(pf->job) ? "paused" : "running";
+}
+
+Job *fvd_prefetch_job(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    return s->pf.job;
 }

@@ -7,7 +7,9 @@
  * limit and writers held at the hard limit while a commit is suspended,
  * and no background work left running after close; for compact images the
  * same orderings for table records and pages, concurrent chunk allocation
- * and the rule that a bit without a mapped chunk means "in the base".
+ * and the rule that a bit without a mapped chunk means "in the base";
+ * prefetch: races with guest writes, drains, the COMPLETE bit written
+ * only after the bitmap is home, and flushes racing the job's own.
  */
 #include "block_int.h"
 #include "block/fvd/fvd.h"
@@ -741,6 +743,144 @@ static void test_prefetch_drain(void)
     g_free(base);
 }
 
+/* The FVD file's fixed header and bitmap, read beside the open image. */
+static void read_file(const char *path, int64_t off, int64_t len, void *buf)
+{
+    BlockDriverState *f = bdrv_open(path, "raw", NULL, BDRV_O_FORCE_SHARE,
+                                    NULL);
+    g_assert(f);
+    g_assert_cmpint(bdrv_pread(f, off, len, buf, 0), ==, 0);
+    bdrv_unref(f);
+}
+
+/*
+ * COMPLETE (spec section 10) is written only after every prefetch bit is
+ * home: at the job's header write, the bitmap on disk is already full.
+ * With prefetch-drop-base=on the base name goes in a later header write,
+ * the coverage stays, and guest I/O goes on (nothing reads the base).
+ */
+static void test_prefetch_complete(void)
+{
+    char *base, *top;
+    BlockDriverState *bs = open_prefetch("pf4.fvd", "prefetch=on,"
+                                         "prefetch-bytes=64k,"
+                                         "prefetch-throttle-time=0,"
+                                         "prefetch-drop-base=on",
+                                         &base, &top);
+    BDRVFvdState *s = bs->opaque;
+    uint8_t hdr[192], bits[32];
+
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "header_write", "H"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "H"));
+    /* The first header write of the session is the job's COMPLETE. */
+    g_assert(s->header.compatible_features & FVD_COMPAT_COMPLETE);
+    read_file(top, s->header.bitmap_offset, sizeof(bits), bits);
+    for (unsigned i = 0; i < sizeof(bits); i++) {
+        g_assert_cmpint(bits[i], ==, 0xff);     /* 256 blocks, all home */
+    }
+    read_file(top, 0, sizeof(hdr), hdr);
+    g_assert_cmpint(hdr[24] & 2, ==, 0);        /* not yet on disk */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "H"), ==, 0);
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->pf.ret, ==, 0);
+    read_file(top, 0, sizeof(hdr), hdr);
+    g_assert_cmpint(hdr[24] & 2, ==, 2);
+    uint32_t base_len;
+    uint64_t coverage;
+    memcpy(&base_len, hdr + 140, 4);
+    memcpy(&coverage, hdr + 48, 8);
+    g_assert_cmpint(le32_to_cpu(base_len), ==, 0);      /* no base name */
+    g_assert_cmpint(le64_to_cpu(coverage), ==, 1 * MiB); /* kept */
+    g_assert(!s->names[FVD_NAME_BASE] && !bs->backing_file[0]);
+    g_assert_cmpint(s->nb_blocks, ==, 256);
+    /* The session goes on over the same coverage. */
+    int done = 0;
+    Writer w = { bs, 8192 + 10, 5000, 0x44, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(!done);
+    g_assert_cmpint(w.ret, ==, 0);
+    check_prefetched(bs, 8192 + 10, 5000, 0x44);
+    bdrv_unref(bs);
+
+    /* Reopened without the base (moved away): the image holds it all. */
+    char *away = g_strconcat(base, ".away", NULL);
+    g_assert_cmpint(rename(base, away), ==, 0);
+    bs = open_fvd(top, NULL);
+    g_assert(!bs->backing);
+    uint8_t *out = g_malloc(1 * MiB);
+    g_assert_cmpint(bdrv_pread(bs, 0, 1 * MiB, out, 0), ==, 0);
+    for (int64_t x = 0; x < 1 * MiB; x++) {
+        g_assert_cmpint(out[x], ==,
+                        x >= 8192 + 10 && x < 8192 + 5010 ? 0x44 : 0xee);
+    }
+    g_free(out);
+    bdrv_unref(bs);
+    unlink(away);
+    g_free(away);
+    unlink(top);
+    g_free(top);
+    g_free(base);
+}
+
+typedef struct Flusher {
+    BlockDriverState *bs;
+    bool internal;              /* the driver's own, as prefetch's end */
+    int ret;
+    bool done;
+} Flusher;
+
+static void coroutine_fn flusher_entry(void *opaque)
+{
+    Flusher *f = opaque;
+    f->ret = f->internal ? fvd_co_flush(f->bs) : bdrv_co_flush(f->bs);
+    f->done = true;
+}
+
+/*
+ * Two flushes and the copy-on-read bits: the first (the driver's own, as
+ * the prefetch job's end does; the layer serialises guest flushes among
+ * themselves) takes them and writes their bitmap entry home (held at a
+ * breakpoint); a guest flush must not
+ * return before that write is done, or a guest write into the copied
+ * block that it acknowledges could be lost with its bit (found by
+ * crashtest --prefetch).
+ */
+static void test_flush_waits_soft_bits(void)
+{
+    char *base = make_base("fbase.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("fl.fvd");
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw,"
+                              "copy_on_read=on", base);
+    create("fvd", top, c);
+    g_free(c);
+    char *dbg = g_strdup_printf("blkdebug::%s", top);
+    BlockDriverState *bs = open_fvd(dbg, NULL);
+    BDRVFvdState *s = bs->opaque;
+    uint8_t buf[4096];
+
+    g_free(dbg);
+    g_assert_cmpint(bdrv_pread(bs, 0, sizeof(buf), buf, 0), ==, 0);
+    AIO_WAIT_WHILE(s->cor_inflight);            /* the copy is written */
+    g_assert(s->soft_dirty);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "bitmap_update", "B"), ==, 0);
+    Flusher a = { bs, true }, b = { bs, false };
+    qemu_coroutine_enter(qemu_coroutine_create(flusher_entry, &a));
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "B"));
+    qemu_coroutine_enter(qemu_coroutine_create(flusher_entry, &b));
+    poll_a_while();
+    g_assert(!a.done);
+    g_assert(!b.done);          /* it waits for the entry the first writes */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "B"), ==, 0);
+    AIO_WAIT_WHILE(!a.done || !b.done);
+    g_assert_cmpint(a.ret, ==, 0);
+    g_assert_cmpint(b.ret, ==, 0);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-fvd.XXXXXX";
@@ -757,6 +897,8 @@ int main(int argc, char **argv)
     test_table_bit_without_mapping();
     test_prefetch_race();
     test_prefetch_drain();
+    test_prefetch_complete();
+    test_flush_waits_soft_bits();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);
