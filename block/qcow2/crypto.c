@@ -266,6 +266,21 @@ struct Qcow2CryptoCreate {
     bool aes;                   /* legacy AES: just the key secret */
 };
 
+/* The secret exists and is UTF-8: checked before any file is made, so
+ * that a bad one leaves nothing behind (as QEMU). */
+static bool qcow2_crypto_secret_ok(const char *sid, Error **errp)
+{
+    size_t len;
+    char *pass = luks_passphrase(sid, &len, errp);
+
+    if (!pass) {
+        return false;
+    }
+    explicit_bzero(pass, len);
+    g_free(pass);
+    return true;
+}
+
 /*
  * encrypt.format=luks and its options (encrypt.key-secret, cipher-alg,
  * ...): *out set for an encrypted image, NULL for a plain one.
@@ -295,6 +310,9 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
                        "for cipher");
             return -EINVAL;
         }
+        if (!qcow2_crypto_secret_ok(sid, errp)) {
+            return -EINVAL;
+        }
         cc = g_new0(Qcow2CryptoCreate, 1);
         cc->aes = true;
         cc->c.key_secret = sid;
@@ -307,7 +325,8 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
         return -EINVAL;
     }
     cc = g_new0(Qcow2CryptoCreate, 1);
-    if (luks_create_parse(opts, "encrypt.", &cc->c, errp) < 0) {
+    if (luks_create_parse(opts, "encrypt.", &cc->c, errp) < 0 ||
+        !qcow2_crypto_secret_ok(cc->c.key_secret, errp)) {
         g_free(cc);
         return -EINVAL;
     }
