@@ -293,14 +293,23 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
 
     *out = NULL;
     if (qemu_opt_get_bool(opts, "encryption", false)) {
-        if (fmt && strcmp(fmt, "aes")) {
-            error_setg(errp, "Options \"encryption\" and \"encrypt.format\" "
-                       "are mutually exclusive");
+        if (fmt) {
+            error_setg(errp, "'encrypt.format' and its alias 'encryption' "
+                       "can't be used at the same time");
             return -EINVAL;
         }
         fmt = "aes";
     }
-    if (!fmt || !strcmp(fmt, "none")) {
+    if (!fmt) {
+        /* encrypt.* options without a format: QEMU's message */
+        for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+            const char *name, *value;
+            qemu_opts_nth(opts, i, &name, &value);
+            if (g_str_has_prefix(name, "encrypt.")) {
+                error_setg(errp, "Parameter 'encrypt.format' is missing");
+                return -EINVAL;
+            }
+        }
         return 0;
     }
     if (!strcmp(fmt, "aes")) {
