@@ -783,6 +783,12 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
         image_info_add_str(info, "prefetch", pf);
         image_info_add_int(info, "prefetch-done", cur);
         image_info_add_int(info, "prefetch-total", total);
+        if (s->prof.path || s->pf.order) {
+            /* Blocks the profile puts first: 0 until the job has checked
+             * it against the base, and when it was refused. */
+            image_info_add_int(info, "prefetch-profile-blocks",
+                               s->pf.profile_blocks);
+        }
     }
     if (cnt.ret >= 0) {
         uint64_t in_image = fvd_blocks_in_image(s, cnt.allocated);
