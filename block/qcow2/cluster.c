@@ -1378,7 +1378,9 @@ static int coroutine_fn qcow2_expand_l2(BlockDriverState *bs,
                 }
                 host = h;
             }
-            ret = bdrv_co_pwrite_zeroes(bs->file, host, s->cluster_size, 0);
+            ret = qcow2_crypto_host_iv(s)
+                  ? qcow2_write_encrypted_zero_cluster(bs, host)
+                  : bdrv_co_pwrite_zeroes(bs->file, host, s->cluster_size, 0);
             if (ret < 0) {
                 table_cache_put(s->l2_cache, &page);
                 return ret;

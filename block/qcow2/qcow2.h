@@ -645,6 +645,13 @@ void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
 void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
                    uint8_t *buf, size_t len);
 JsonValue *qcow2_crypto_info(BlockDriverState *bs);
+/* LUKS with its key: data at a host offset can be encrypted without its
+ * guest offset. */
+bool qcow2_crypto_host_iv(BDRVQcow2State *s);
+/* One cluster at host reading as zeroes (LUKS; a downgrade's zero
+ * clusters: plain zeroes would read as garbage). */
+int coroutine_fn qcow2_write_encrypted_zero_cluster(BlockDriverState *bs,
+                                                   uint64_t host);
 int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
                               Error **errp);
 uint64_t qcow2_crypto_header_bytes(const Qcow2CryptoCreate *cc);
