@@ -4,8 +4,11 @@
  * a named event happens. Events are the requests themselves ("read",
  * "write", "flush", "zero", "discard", "truncate") and whatever format
  * drivers announce with BLKDBG_EVENT ("bitmap_update", "journal_write", ...):
- * a matching rule becomes active and the next request through this node
- * (the request that raised it, for request events) fails.
+ * a matching rule becomes active (replacing the rules armed by earlier
+ * events, QEMU's) and every later request through this node fails until
+ * another event replaces it (QEMU's); once=on removes it after one
+ * failure, only-next=on (ours) disarms it until its event happens again.
+ * Rules of request events fail only the request that raised them.
  *
  * Name: blkdebug:RULES_FILE:IMAGE (RULES_FILE may be empty), or options
  * config=, image= (or QEMU's x-image=), image.* for the image node (e.g.
@@ -17,6 +20,7 @@
  *   event = "write"      # required
  *   errno = "5"          # default EIO
  *   once = "on"          # remove the rule after it fired once
+ *   only-next = "on"     # ours: each event fails only the next request
  *   offset = "65536"     # only requests touching this byte
  *   sector = "128"       # QEMU's spelling: offset = sector * 512
  *   immediately = "on"   # accepted (QEMU's); failures are always at once
@@ -43,6 +47,7 @@ typedef struct BlkdebugRule {
     char *event;
     int error;
     bool once;
+    bool only_next;              /* ours: disarmed after one failure */
     int64_t offset;              /* -1: any */
     bool active;                 /* event seen, waiting for a request */
     int state;                   /* only in this state; 0: any */
@@ -160,7 +165,9 @@ static int blkdebug_parse_state(const char *key, const char *v, int *out,
 static int blkdebug_parse_iotype(const char *v, uint32_t *mask, Error **errp)
 {
     if (!v) {
-        *mask = (1u << BLKDEBUG_IO__MAX) - 1;
+        /* QEMU's default: every type but block-status. */
+        *mask = ((1u << BLKDEBUG_IO__MAX) - 1) &
+                ~(1u << BLKDEBUG_IO_BLOCK_STATUS);
         return 0;
     }
     for (unsigned i = 0; i < BLKDEBUG_IO__MAX; i++) {
@@ -203,9 +210,12 @@ static void blkdebug_debug_event(BlockDriverState *bs, const char *event);
 
 static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
                              const char *err, const char *once,
-                             const char *offset, const char *state,
-                             const char *iotype, Error **errp)
+                             const char *only_next, const char *offset,
+                             const char *state, const char *iotype,
+                             Error **errp)
 {
+    bool n = false;
+
     BlkdebugRule *r;
     int64_t e = EIO;
     bool o = false;
@@ -230,6 +240,11 @@ static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
         error_setg(errp, "blkdebug: invalid value for 'once': '%s'", once);
         return -EINVAL;
     }
+    if (only_next && !qemu_parse_bool(only_next, &n)) {
+        error_setg(errp, "blkdebug: invalid value for 'only-next': '%s'",
+                   only_next);
+        return -EINVAL;
+    }
     if (offset && qemu_strtosz(offset, NULL, &off) < 0) {
         error_setg(errp, "blkdebug: invalid offset '%s'", offset);
         return -EINVAL;
@@ -239,6 +254,7 @@ static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
     r->event = g_strdup(event);
     r->error = (int)e;
     r->once = o;
+    r->only_next = n;
     r->offset = offset ? (int64_t)off : -1;
     r->state = st;
     r->iotype_mask = mask;
@@ -247,7 +263,7 @@ static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
 }
 
 typedef struct RuleText {
-    char *event, *err, *once, *offset, *sector, *immediately;
+    char *event, *err, *once, *only_next, *offset, *sector, *immediately;
     char *state, *new_state, *iotype;
 } RuleText;
 
@@ -258,6 +274,7 @@ static void blkdebug_text_free(RuleText *t)
     g_free(t->event);
     g_free(t->err);
     g_free(t->once);
+    g_free(t->only_next);
     g_free(t->offset);
     g_free(t->sector);
     g_free(t->immediately);
@@ -293,8 +310,8 @@ static int blkdebug_flush_section(BDRVBlkdebugState *s, RuleText *t,
         ret = -EINVAL;
     }
     if (ret == 0 && section == SECTION_INJECT) {
-        ret = blkdebug_add_rule(s, t->event, t->err, t->once, offset,
-                                t->state, t->iotype, errp);
+        ret = blkdebug_add_rule(s, t->event, t->err, t->once, t->only_next,
+                                offset, t->state, t->iotype, errp);
     } else if (ret == 0 && section == SECTION_SET_STATE) {
         ret = blkdebug_add_set_state(s, t->event, t->state, t->new_state,
                                      errp);
@@ -320,6 +337,7 @@ static char **blkdebug_slot(RuleText *t, int section, const char *key)
     }
     return !strcmp(key, "errno") ? &t->err :
            !strcmp(key, "once") ? &t->once :
+           !strcmp(key, "only-next") ? &t->only_next :
            !strcmp(key, "offset") ? &t->offset :
            !strcmp(key, "sector") ? &t->sector :
            !strcmp(key, "iotype") ? &t->iotype :
@@ -587,7 +605,7 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
     if (qemu_opt_has(options, "event")) {
         ret = blkdebug_add_rule(s, qemu_opt_get(options, "event"),
                                 qemu_opt_get(options, "errno"),
-                                qemu_opt_get(options, "once"),
+                                qemu_opt_get(options, "once"), NULL,
                                 qemu_opt_get(options, "offset"), NULL, NULL,
                                 errp);
         if (ret < 0) {
@@ -703,8 +721,11 @@ static void blkdebug_debug_event(BlockDriverState *bs, const char *event)
 {
     BDRVBlkdebugState *s = bs->opaque;
     int new_state = s->state;
+    bool injected = false;
 
-    /* Rules bound to a state see the state before this event (QEMU's). */
+    /* Rules bound to a state see the state before this event (QEMU's). An
+     * event with error rules makes them the active set: rules armed by
+     * earlier events are disarmed (QEMU's). */
     for (guint i = 0; i < s->rules->len; i++) {
         BlkdebugRule *r = g_ptr_array_index(s->rules, i);
         if (strcmp(r->event, event) || (r->state && r->state != s->state)) {
@@ -712,9 +733,16 @@ static void blkdebug_debug_event(BlockDriverState *bs, const char *event)
         }
         if (r->set_state) {
             new_state = r->new_state;
-        } else {
-            r->active = true;
+            continue;
         }
+        if (!injected) {
+            for (guint j = 0; j < s->rules->len; j++) {
+                BlkdebugRule *o = g_ptr_array_index(s->rules, j);
+                o->active = false;
+            }
+            injected = true;
+        }
+        r->active = true;
     }
     s->state = new_state;
     if (!qemu_in_coroutine()) {
@@ -780,16 +808,33 @@ static bool blkdebug_is_suspended(BlockDriverState *bs, const char *tag)
     return false;
 }
 
+/* Rules of our request events ("read", ...) fail only the request that
+ * raised them. */
+static void blkdebug_disarm_request_event(BDRVBlkdebugState *s,
+                                          const char *event)
+{
+    for (guint i = 0; i < s->rules->len; i++) {
+        BlkdebugRule *r = g_ptr_array_index(s->rules, i);
+        if (!strcmp(r->event, event)) {
+            r->active = false;
+        }
+    }
+}
+
 /*
- * Announce the request's own event, then fail it if an active rule matches
- * its range. Returns 0 or -errno.
+ * Announce the request's own event (event NULL: none), then fail it if an
+ * active rule matches its range. Returns 0 or -errno.
  */
 static int blkdebug_check(BlockDriverState *bs, const char *event,
                           int iotype, int64_t offset, int64_t bytes)
 {
     BDRVBlkdebugState *s = bs->opaque;
 
-    blkdebug_debug_event(bs, event);
+    if (event) {
+        blkdebug_debug_event(bs, event);
+    } else {
+        event = "";
+    }
     for (guint i = 0; i < s->rules->len; i++) {
         BlkdebugRule *r = g_ptr_array_index(s->rules, i);
         if (!r->active) {
@@ -806,19 +851,15 @@ static int blkdebug_check(BlockDriverState *bs, const char *event,
         int err = r->error;
         if (r->once) {
             g_ptr_array_remove_index(s->rules, i);
-        } else {
-            /* One failure per announcement: the next one re-arms it. */
-            r->active = false;
+        } else if (r->only_next) {
+            r->active = false;   /* until its event happens again */
         }
+        /* Otherwise it stays armed (QEMU's): every later request it
+         * matches fails too, until another event replaces it. */
+        blkdebug_disarm_request_event(s, event);
         return -err;
     }
-    /* Request events that did not match stay armed only for themselves. */
-    for (guint i = 0; i < s->rules->len; i++) {
-        BlkdebugRule *r = g_ptr_array_index(s->rules, i);
-        if (!strcmp(r->event, event)) {
-            r->active = false;
-        }
-    }
+    blkdebug_disarm_request_event(s, event);
     return 0;
 }
 
@@ -897,6 +938,24 @@ static int coroutine_fn blkdebug_co_truncate(BlockDriverState *bs,
     return bdrv_co_truncate(bs->file, offset, exact, prealloc, errp);
 }
 
+/* QEMU's: block-status queries may fail too (rules with
+ * iotype=block-status); the answer is the image's. */
+static int coroutine_fn blkdebug_co_block_status(BlockDriverState *bs,
+                                                 bool want_zero,
+                                                 int64_t offset,
+                                                 int64_t bytes, int64_t *pnum,
+                                                 int64_t *map,
+                                                 BlockDriverState **file)
+{
+    (void)want_zero;
+    int ret = blkdebug_check(bs, NULL, BLKDEBUG_IO_BLOCK_STATUS, offset,
+                             bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_block_status(bs->file, offset, bytes, pnum, map, file);
+}
+
 static int64_t blkdebug_getlength(BlockDriverState *bs)
 {
     return bdrv_getlength(bs->file);
@@ -919,8 +978,9 @@ static BlockDriver bdrv_blkdebug = {
     .bdrv_co_pwritev        = blkdebug_co_pwritev,
     .bdrv_co_pwrite_zeroes  = blkdebug_co_pwrite_zeroes,
     .bdrv_co_pdiscard       = blkdebug_co_pdiscard,
-    .bdrv_co_flush          = blkdebug_co_flush,
+    .bdrv_co_flush_to_disk  = blkdebug_co_flush,
     .bdrv_co_truncate       = blkdebug_co_truncate,
+    .bdrv_co_block_status   = blkdebug_co_block_status,
     .bdrv_getlength         = blkdebug_getlength,
 
     .bdrv_debug_event       = blkdebug_debug_event,
