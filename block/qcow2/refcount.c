@@ -778,7 +778,15 @@ int64_t coroutine_fn qcow2_alloc_bytes(BlockDriverState *bs, uint64_t size)
 int coroutine_fn qcow2_free_clusters(BlockDriverState *bs, uint64_t offset,
                                      uint64_t size)
 {
-    return qcow2_update_refcount(bs, offset, size, -1);
+    int ret;
+
+    /* QEMU's event and message (upstream iotest 217 expects both). */
+    BLKDBG_EVENT(bs->file, "cluster_free");
+    ret = qcow2_update_refcount(bs, offset, size, -1);
+    if (ret < 0) {
+        fprintf(stderr, "qcow2_free_clusters failed: %s\n", strerror(-ret));
+    }
+    return ret;
 }
 
 /* ---- frees that wait for durable tables ---- */
