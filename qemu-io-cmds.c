@@ -859,6 +859,11 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
     if (bflag) {
         ret = bdrv_save_vmstate(bs, buf, offset, count);
         total = ret;
+        /* As QEMU's blk_save_vmstate: writethrough flushes it. */
+        if (ret >= 0 && !blk_enable_write_cache(blk)) {
+            int fret = blk_flush(blk);
+            ret = fret < 0 ? fret : ret;
+        }
     } else if (zflag) {
         ret = blk_pwrite_zeroes(blk, offset, count, flags);
         total = count;
