@@ -136,7 +136,6 @@ static char *blkdebug_unquote(char *v)
 static const char *blkdebug_alias(const char *event)
 {
     static const char *const aliases[][2] = {
-        { "read_aio", "read" }, { "write_aio", "write" },
         { "flush_to_disk", "flush" }, { "flush_to_os", "flush" },
         { "pwritev_zero", "zero" },
     };

@@ -107,6 +107,7 @@ static int coroutine_fn raw_co_preadv(BlockDriverState *bs, int64_t offset,
                                       BdrvRequestFlags flags)
 {
     BDRVRawState *s = bs->opaque;
+    BLKDBG_EVENT(bs->file, "read_aio");   /* guest data (QEMU's) */
     return bdrv_co_preadv_part(bs->file, offset + s->offset, bytes, qiov,
                                qiov_offset, flags);
 }
@@ -145,6 +146,7 @@ static int coroutine_fn raw_co_pwritev(BlockDriverState *bs, int64_t offset,
     if (raw_write_changes_format(bs, offset, bytes, qiov, qiov_offset)) {
         return -EPERM;
     }
+    BLKDBG_EVENT(bs->file, "write_aio");  /* guest data (QEMU's) */
     return bdrv_co_pwritev_part(bs->file, offset + s->offset, bytes, qiov,
                                 qiov_offset, flags);
 }

@@ -408,7 +408,11 @@ static int coroutine_fn qcow2_write_alloc_encrypted(BlockDriverState *bs,
     if (ret >= 0) {
         qcow2_encrypt(s, host - head, m->guest_offset + m->cow_start.offset,
                       buf, total);
-        BLKDBG_EVENT(bs->file, head || tail ? "cow_write" : "write_aio");
+        /* QEMU's order: the guest data's event, then the COW's. */
+        BLKDBG_EVENT(bs->file, "write_aio");
+        if (head || tail) {
+            BLKDBG_EVENT(bs->file, "cow_write");
+        }
         ret = bdrv_co_pwrite(s->data_file, host - head, total, buf, 0);
     }
     explicit_bzero(buf, total);
@@ -467,6 +471,8 @@ static int coroutine_fn qcow2_write_alloc(BlockDriverState *bs, Qcow2Alloc *m,
         qemu_iovec_add(&v, tbuf, tail);
     }
     if (ret >= 0) {
+        /* QEMU's order: the guest data's event, then the COW's. */
+        BLKDBG_EVENT(bs->file, "write_aio");
         BLKDBG_EVENT(bs->file, "cow_write");
         ret = bdrv_co_pwritev(s->data_file, host - head, head + bytes + tail,
                               &v, 0);
