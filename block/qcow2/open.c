@@ -342,7 +342,7 @@ int coroutine_fn qcow2_setup_caches(BlockDriverState *bs, QemuOpts *opts,
                                   "l2_load", "l2_update");
     s->refcount_cache = table_cache_new(bs->file, s->rb_slice_bytes,
                                         rb_pages, "refblock_load",
-                                        "refblock_update");
+                                        "refblock_update_part");
     qcow2_set_cache_ordering(bs);
     return 0;
 }
