@@ -76,9 +76,10 @@ crashtest-obj-y = tests/crashtest/crashtest.o tests/crashtest/model.o \
 tests/crashtest/crashtest: $(crashtest-obj-y) libqemublock.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_BLOCK) $(LIBS)
 
-# CI mode (as in tests/run-all): self-test of the checker, then 3600 crash
+# CI mode (as in tests/run-all): self-test of the checker, then 4600 crash
 # points: 400 on raw, 600 on add-cow, 300 on fvd with a data file and 300
-# without, as many again plus 200 as compact images (the table), 1000 on
+# without, as many again plus 200 as compact images (the table), 1000 with
+# fvd's prefetch job running (500 raw layout, 500 compact), 1000 on
 # qcow2 (over a backing file, without one with subclusters, with a data
 # file), each with its own cache mode, cluster size, cache size, queue
 # depth and timing.
@@ -90,6 +91,8 @@ check-crash: tests/crashtest/crashtest
 	@tests/crashtest/crashtest -f fvd --no-data-file -n 300
 	@tests/crashtest/crashtest -f fvd -o compact_image=on -n 500
 	@tests/crashtest/crashtest -f fvd --no-data-file -o compact_image=on -n 500
+	@tests/crashtest/crashtest -f fvd --prefetch -n 500
+	@tests/crashtest/crashtest -f fvd --no-data-file -o compact_image=on --prefetch -n 500
 	@tests/crashtest/crashtest -f qcow2 -n 400
 	@tests/crashtest/crashtest -f qcow2 -n 300 --no-backing -o extended_l2=on
 	@tests/crashtest/crashtest -f qcow2 -n 300 --data-file

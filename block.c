@@ -1062,7 +1062,12 @@ bdrv_co_open_format(OpenArgs *a, BlockDriver *drv, const char *name,
         .depth = a->depth,
     };
     BlockDriverState *file, *bs = NULL;
+    const char *backing_ref = qemu_opt_get(opts, "backing");
+    bool no_backing = backing_ref && !*backing_ref;
 
+    if (no_backing) {
+        qemu_opt_unset(opts, "backing");
+    }
     if (qemu_opt_has(opts, "file")) {
         /* QEMU's reference to another node by name: we have none. */
         const char *ref = qemu_opt_get(opts, "file");
@@ -1080,8 +1085,16 @@ bdrv_co_open_format(OpenArgs *a, BlockDriver *drv, const char *name,
     }
     /* The node shows its file's name, as the protocol normalised it
      * ("file:a.img" is "a.img"), as QEMU does. */
-    bs = bdrv_co_open_format_node(a, drv, file->filename, file, opts,
-                                  backing_opts, errp);
+    if (no_backing) {
+        /* "backing": null (or ""): this node opens no backing file. */
+        OpenArgs na = *a;
+        na.flags |= BDRV_O_NO_BACKING;
+        bs = bdrv_co_open_format_node(&na, drv, file->filename, file, opts,
+                                      backing_opts, errp);
+    } else {
+        bs = bdrv_co_open_format_node(a, drv, file->filename, file, opts,
+                                      backing_opts, errp);
+    }
 out:
     qemu_opts_del(file_opts);
     qemu_opts_del(backing_opts);
@@ -1683,6 +1696,12 @@ ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
     return NULL;
 }
 
+Job *bdrv_get_populate_job(BlockDriverState *bs)
+{
+    return bs->drv && bs->drv->bdrv_get_populate_job
+           ? bs->drv->bdrv_get_populate_job(bs) : NULL;
+}
+
 bool bdrv_is_encrypted(BlockDriverState *bs)
 {
     return bs->encrypted;
@@ -2237,15 +2256,8 @@ int coroutine_fn bdrv_co_amend_job(BlockDriverState *bs, QemuOpts *opts,
 
 void bdrv_amend_progress(BlockDriverState *bs, uint64_t done, uint64_t total)
 {
-    uint64_t current, old_total;
-
-    if (!bs->amend_job) {
-        return;
-    }
-    job_progress_get(bs->amend_job, &current, &old_total);
-    job_progress_set_total(bs->amend_job, total);
-    if (done > current) {
-        job_progress_update(bs->amend_job, done - current);
+    if (bs->amend_job) {
+        job_progress_set(bs->amend_job, done, total);
     }
 }
 

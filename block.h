@@ -294,6 +294,9 @@ int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
 /* NULL if the driver has nothing specific; free with ..._free. */
 ImageInfoSpecific *bdrv_get_specific_info(BlockDriverState *bs,
                                           Error **errp);
+/* The driver's job copying the backing file into bs (may have ended), or
+ * NULL: qemu-img rebase -b '' waits for it with -p progress. */
+Job *bdrv_get_populate_job(BlockDriverState *bs);
 /* True if the node's format encrypts the guest data (qemu-img info). */
 bool bdrv_is_encrypted(BlockDriverState *bs);
 /* True if a newly created image of this node reads as zeroes. */

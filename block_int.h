@@ -180,6 +180,10 @@ struct BlockDriver {
     int (*bdrv_get_info)(BlockDriverState *bs, BlockDriverInfo *bdi);
     ImageInfoSpecific *(*bdrv_get_specific_info)(BlockDriverState *bs,
                                                  Error **errp);
+    /* The node's own background job that copies its backing file's data
+     * into it (fvd's prefetch), while it runs or after it ended; NULL if
+     * none. Owned by the driver until close. */
+    Job *(*bdrv_get_populate_job)(BlockDriverState *bs);
     bool (*bdrv_has_zero_init)(BlockDriverState *bs);
     int coroutine_fn (*bdrv_co_check)(BlockDriverState *bs,
                                       BdrvCheckResult *res,
@@ -307,7 +311,8 @@ struct BdrvTrackedRequest {
 
 /*
  * For a driver's bdrv_amend_options: done of total units of its work (it
- * may call this as often as it likes; qemu-img amend -p prints it).
+ * may call this as often as it likes, and done/total may go back when the
+ * total grows; qemu-img amend -p prints 100 * done / total).
  */
 void bdrv_amend_progress(BlockDriverState *bs, uint64_t done,
                          uint64_t total);

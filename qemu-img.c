@@ -3365,6 +3365,30 @@ out:
     return ret;
 }
 
+/*
+ * Dropping the base: a format's own job that copies the base into the
+ * image (fvd's prefetch, opened with --image-opts ...,prefetch=on) runs
+ * to its end first, with -p progress; the copy after it finds what is
+ * left (nothing, once the job completed).
+ */
+static int rebase_wait_populate(BlockBackend *blk)
+{
+    Job *job = bdrv_get_populate_job(blk_bs(blk));
+    int ret;
+
+    if (!job) {
+        return 0;
+    }
+    job_set_progress_cb(job, img_job_progress, NULL);
+    ret = job_wait(job);
+    job_set_progress_cb(job, NULL, NULL);
+    if (ret < 0) {
+        error_report("Could not copy the backing file into the image: %s",
+                     strerror(-ret));
+    }
+    return ret;
+}
+
 /* Write the new backing file name (or none) into the image's header. */
 static int rebase_set_backing(const RebaseArgs *a, BlockDriverState *bs)
 {
@@ -3439,6 +3463,9 @@ static int img_rebase(int argc, char **argv)
                                       "'%s': ", a.out_baseimg);
                 goto out;
             }
+        }
+        if (!a.out_baseimg[0] && rebase_wait_populate(blk) < 0) {
+            goto out;
         }
         if (rebase_copy(&a, blk, new_backing) < 0) {
             goto out;
@@ -4523,6 +4550,16 @@ typedef struct AmendJob {
     Error **errp;
 } AmendJob;
 
+/* -p of amend: QEMU's amend status callback (100 * done / total, as
+ * float), which may go back when a driver's total grows. */
+static void amend_job_progress(Job *job, uint64_t current, uint64_t total,
+                               void *opaque)
+{
+    if (total) {
+        progress_print(100.f * (int64_t)current / (int64_t)total, 0);
+    }
+}
+
 /* The amend as a job: a driver's long work moves its progress. */
 static int coroutine_fn amend_job_run(Job *job, void *opaque)
 {
@@ -4621,7 +4658,7 @@ static int img_amend(int argc, char **argv)
     }
     progress_print(0.f, 0);
     AmendJob aj = { .bs = bs, .opts = opts, .force = force, .errp = &err };
-    ret = img_run_job(job_new(amend_job_run, &aj), img_job_progress, NULL);
+    ret = img_run_job(job_new(amend_job_run, &aj), amend_job_progress, NULL);
     progress_print(100.f, 0);
     if (ret == -ENOTSUP && !err) {
         error_report("Format driver '%s' does not support option amendment",

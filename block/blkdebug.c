@@ -24,12 +24,31 @@
 #include "block_int.h"
 #include "util/cutils.h"
 
+/* QEMU's BlkdebugIOType: which requests an error rule may fail. */
+enum {
+    BLKDEBUG_IO_READ,
+    BLKDEBUG_IO_WRITE,
+    BLKDEBUG_IO_WRITE_ZEROES,
+    BLKDEBUG_IO_DISCARD,
+    BLKDEBUG_IO_FLUSH,
+    BLKDEBUG_IO_BLOCK_STATUS,
+    BLKDEBUG_IO__MAX,
+};
+
+static const char *const blkdebug_iotypes[BLKDEBUG_IO__MAX] = {
+    "read", "write", "write-zeroes", "discard", "flush", "block-status",
+};
+
 typedef struct BlkdebugRule {
     char *event;
     int error;
     bool once;
     int64_t offset;              /* -1: any */
     bool active;                 /* event seen, waiting for a request */
+    int state;                   /* only in this state; 0: any */
+    uint32_t iotype_mask;        /* requests it may fail */
+    bool set_state;              /* a [set-state] rule: no error */
+    int new_state;               /* its state after the event */
 } BlkdebugRule;
 
 typedef struct BlkdebugBreak {
@@ -55,6 +74,7 @@ typedef struct BDRVBlkdebugState {
     GPtrArray *rules;            /* of BlkdebugRule * */
     GPtrArray *breaks;           /* of BlkdebugBreak * */
     GPtrArray *suspended;        /* of BlkdebugSuspended * */
+    int state;                   /* QEMU's state machine; starts at 1 */
 } BDRVBlkdebugState;
 
 static const QemuOptDesc blkdebug_open_opts[] = {
@@ -75,7 +95,11 @@ static const QemuOptDesc blkdebug_open_opts[] = {
     { NULL }
 };
 
-static const char *const blkdebug_child_prefixes[] = { "image", NULL };
+/* "image.*" opens the image; "inject-error.N.*" and "set-state.N.*" are
+ * QEMU's rule lists (json: arrays), read by blkdebug_open. */
+static const char *const blkdebug_child_prefixes[] = {
+    "image", "inject-error", "set-state", NULL
+};
 
 static void blkdebug_rule_free(gpointer p)
 {
@@ -119,17 +143,82 @@ static const char *blkdebug_alias(const char *event)
     return event;
 }
 
+/* A rule's state= or new_state= (a small non-negative number). */
+static int blkdebug_parse_state(const char *key, const char *v, int *out,
+                                Error **errp)
+{
+    int64_t n = 0;
+
+    if (v && (qemu_strtoi64(v, NULL, 0, &n) < 0 || n < 0 || n > INT_MAX)) {
+        error_setg(errp, "blkdebug: invalid %s '%s'", key, v);
+        return -EINVAL;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+static int blkdebug_parse_iotype(const char *v, uint32_t *mask, Error **errp)
+{
+    if (!v) {
+        *mask = (1u << BLKDEBUG_IO__MAX) - 1;
+        return 0;
+    }
+    for (unsigned i = 0; i < BLKDEBUG_IO__MAX; i++) {
+        if (!strcmp(v, blkdebug_iotypes[i])) {
+            *mask = 1u << i;
+            return 0;
+        }
+    }
+    error_setg(errp, "blkdebug: invalid iotype '%s'", v);
+    return -EINVAL;
+}
+
+/* A [set-state] rule: event (in state, 0: any) moves to new_state. */
+static int blkdebug_add_set_state(BDRVBlkdebugState *s, const char *event,
+                                  const char *state, const char *new_state,
+                                  Error **errp)
+{
+    BlkdebugRule *r;
+    int st, nst;
+
+    if (!event || !*event) {
+        error_setg(errp, "blkdebug: rule needs an 'event'");
+        return -EINVAL;
+    }
+    if (blkdebug_parse_state("state", state, &st, errp) < 0 ||
+        blkdebug_parse_state("new_state", new_state, &nst, errp) < 0) {
+        return -EINVAL;
+    }
+    r = g_new0(BlkdebugRule, 1);
+    r->event = g_strdup(blkdebug_alias(event));
+    r->offset = -1;
+    r->state = st;
+    r->set_state = true;
+    r->new_state = nst;
+    g_ptr_array_add(s->rules, r);
+    return 0;
+}
+
+static void blkdebug_debug_event(BlockDriverState *bs, const char *event);
+
 static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
                              const char *err, const char *once,
-                             const char *offset, Error **errp)
+                             const char *offset, const char *state,
+                             const char *iotype, Error **errp)
 {
     BlkdebugRule *r;
     int64_t e = EIO;
     bool o = false;
     uint64_t off = 0;
+    uint32_t mask;
+    int st;
 
     if (!event || !*event) {
         error_setg(errp, "blkdebug: rule needs an 'event'");
+        return -EINVAL;
+    }
+    if (blkdebug_parse_state("state", state, &st, errp) < 0 ||
+        blkdebug_parse_iotype(iotype, &mask, errp) < 0) {
         return -EINVAL;
     }
     if (err && (qemu_strtoi64(err, NULL, 0, &e) < 0 || e <= 0 ||
@@ -151,23 +240,43 @@ static int blkdebug_add_rule(BDRVBlkdebugState *s, const char *event,
     r->error = (int)e;
     r->once = o;
     r->offset = offset ? (int64_t)off : -1;
+    r->state = st;
+    r->iotype_mask = mask;
     g_ptr_array_add(s->rules, r);
     return 0;
 }
 
 typedef struct RuleText {
     char *event, *err, *once, *offset, *sector, *immediately;
+    char *state, *new_state, *iotype;
 } RuleText;
 
+enum { SECTION_NONE, SECTION_INJECT, SECTION_SET_STATE };
+
+static void blkdebug_text_free(RuleText *t)
+{
+    g_free(t->event);
+    g_free(t->err);
+    g_free(t->once);
+    g_free(t->offset);
+    g_free(t->sector);
+    g_free(t->immediately);
+    g_free(t->state);
+    g_free(t->new_state);
+    g_free(t->iotype);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Add the rule of one section (or one QEMU option list element). */
 static int blkdebug_flush_section(BDRVBlkdebugState *s, RuleText *t,
-                                  bool in_rule, Error **errp)
+                                  int section, Error **errp)
 {
     char *offset = t->offset;
     uint64_t sector;
     bool b;
     int ret = 0;
 
-    if (in_rule && t->sector) {
+    if (section == SECTION_INJECT && t->sector) {
         if (qemu_strtou64(t->sector, NULL, 0, &sector) < 0 ||
             sector > INT64_MAX / BDRV_SECTOR_SIZE) {
             error_setg(errp, "blkdebug: invalid sector '%s'", t->sector);
@@ -177,26 +286,44 @@ static int blkdebug_flush_section(BDRVBlkdebugState *s, RuleText *t,
                                      (uint64_t)(sector * BDRV_SECTOR_SIZE));
         }
     }
-    if (ret == 0 && in_rule && t->immediately &&
+    if (ret == 0 && section == SECTION_INJECT && t->immediately &&
         !qemu_parse_bool(t->immediately, &b)) {
         error_setg(errp, "blkdebug: invalid value for 'immediately': '%s'",
                    t->immediately);
         ret = -EINVAL;
     }
-    if (ret == 0 && in_rule) {
-        ret = blkdebug_add_rule(s, t->event, t->err, t->once, offset, errp);
+    if (ret == 0 && section == SECTION_INJECT) {
+        ret = blkdebug_add_rule(s, t->event, t->err, t->once, offset,
+                                t->state, t->iotype, errp);
+    } else if (ret == 0 && section == SECTION_SET_STATE) {
+        ret = blkdebug_add_set_state(s, t->event, t->state, t->new_state,
+                                     errp);
     }
     if (offset != t->offset) {
         g_free(offset);
     }
-    g_free(t->event);
-    g_free(t->err);
-    g_free(t->once);
-    g_free(t->offset);
-    g_free(t->sector);
-    g_free(t->immediately);
-    memset(t, 0, sizeof(*t));
+    blkdebug_text_free(t);
     return ret;
+}
+
+/* The slot of a key in a section of kind section, or NULL: unknown. */
+static char **blkdebug_slot(RuleText *t, int section, const char *key)
+{
+    if (!strcmp(key, "event")) {
+        return &t->event;
+    }
+    if (!strcmp(key, "state")) {
+        return &t->state;
+    }
+    if (section == SECTION_SET_STATE) {
+        return !strcmp(key, "new_state") ? &t->new_state : NULL;
+    }
+    return !strcmp(key, "errno") ? &t->err :
+           !strcmp(key, "once") ? &t->once :
+           !strcmp(key, "offset") ? &t->offset :
+           !strcmp(key, "sector") ? &t->sector :
+           !strcmp(key, "iotype") ? &t->iotype :
+           !strcmp(key, "immediately") ? &t->immediately : NULL;
 }
 
 static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
@@ -205,7 +332,7 @@ static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
     char *text = NULL;
     GError *gerr = NULL;
     RuleText t = { 0 };
-    bool in_rule = false;
+    int section = SECTION_NONE;
     int ret = 0;
 
     FILE *f = fopen(path, "r");
@@ -228,10 +355,12 @@ static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
             continue;
         }
         if (line[0] == '[') {
-            ret = blkdebug_flush_section(s, &t, in_rule, errp);
+            ret = blkdebug_flush_section(s, &t, section, errp);
             if (!strcmp(line, "[inject-error]")) {
-                in_rule = true;
-            } else {
+                section = SECTION_INJECT;
+            } else if (!strcmp(line, "[set-state]")) {
+                section = SECTION_SET_STATE;
+            } else if (ret == 0) {
                 error_setg(errp, "blkdebug: %s:%d: unknown section %s", path,
                            i + 1, line);
                 ret = -EINVAL;
@@ -239,21 +368,16 @@ static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
             continue;
         }
         char *eq = strchr(line, '=');
-        if (!eq || !in_rule) {
+        if (!eq || section == SECTION_NONE) {
             error_setg(errp, "blkdebug: %s:%d: expected 'key = value' in an "
-                       "[inject-error] section", path, i + 1);
+                       "[inject-error] or [set-state] section", path, i + 1);
             ret = -EINVAL;
             break;
         }
         *eq = '\0';
         char *key = g_strstrip(line);
         char *val = blkdebug_unquote(eq + 1);
-        char **slot = !strcmp(key, "event") ? &t.event :
-                      !strcmp(key, "errno") ? &t.err :
-                      !strcmp(key, "once") ? &t.once :
-                      !strcmp(key, "offset") ? &t.offset :
-                      !strcmp(key, "sector") ? &t.sector :
-                      !strcmp(key, "immediately") ? &t.immediately : NULL;
+        char **slot = blkdebug_slot(&t, section, key);
         if (!slot) {
             error_setg(errp, "blkdebug: %s:%d: unknown key '%s'", path, i + 1,
                        key);
@@ -264,13 +388,82 @@ static int blkdebug_read_config(BDRVBlkdebugState *s, const char *path,
         *slot = g_strdup(val);
     }
     if (ret == 0) {
-        ret = blkdebug_flush_section(s, &t, in_rule, errp);
+        ret = blkdebug_flush_section(s, &t, section, errp);
     } else {
-        blkdebug_flush_section(s, &t, false, NULL);
+        blkdebug_text_free(&t);
     }
     g_strfreev(lines);
     g_free(text);
     return ret;
+}
+
+/*
+ * QEMU's rule lists as options: inject-error.N.KEY and set-state.N.KEY
+ * (from a json: name's arrays), N counting from 0.
+ */
+static int blkdebug_option_rules(BDRVBlkdebugState *s, QemuOpts *options,
+                                 Error **errp)
+{
+    static const struct {
+        const char *prefix;
+        int section;
+    } lists[] = {
+        { "inject-error.", SECTION_INJECT },
+        { "set-state.", SECTION_SET_STATE },
+    };
+
+    for (unsigned l = 0; l < ARRAY_SIZE(lists); l++) {
+        size_t plen = strlen(lists[l].prefix);
+        uint64_t max = 0;
+        bool any = false;
+
+        /* Check every key first: unknown ones are refused (QEMU's). */
+        for (size_t i = 0; i < qemu_opts_count(options); i++) {
+            const char *name, *value, *dot;
+            uint64_t n;
+            RuleText t = { 0 };
+
+            qemu_opts_nth(options, i, &name, &value);
+            if (strncmp(name, lists[l].prefix, plen)) {
+                continue;
+            }
+            if (qemu_strtou64(name + plen, &dot, 10, &n) < 0 || *dot != '.' ||
+                n >= 4096 || !blkdebug_slot(&t, lists[l].section, dot + 1)) {
+                error_setg(errp, "Block protocol 'blkdebug' doesn't support "
+                           "the option '%s'", name);
+                return -EINVAL;
+            }
+            max = MAX(max, n);
+            any = true;
+        }
+        for (uint64_t n = 0; any && n <= max; n++) {
+            RuleText t = { 0 };
+            bool seen = false;
+
+            for (size_t i = 0; i < qemu_opts_count(options); i++) {
+                const char *name, *value, *dot;
+                uint64_t k;
+
+                qemu_opts_nth(options, i, &name, &value);
+                if (strncmp(name, lists[l].prefix, plen) ||
+                    qemu_strtou64(name + plen, &dot, 10, &k) < 0 || k != n) {
+                    continue;
+                }
+                char **slot = blkdebug_slot(&t, lists[l].section, dot + 1);
+                g_free(*slot);
+                *slot = g_strdup(value);
+                seen = true;
+            }
+            if (seen) {
+                int ret = blkdebug_flush_section(s, &t, lists[l].section,
+                                                 errp);
+                if (ret < 0) {
+                    return ret;
+                }
+            }
+        }
+    }
+    return 0;
 }
 
 /* align= and max-transfer= (QEMU's checks and messages). */
@@ -351,6 +544,7 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
     s->rules = g_ptr_array_new_with_free_func(blkdebug_rule_free);
     s->breaks = g_ptr_array_new_with_free_func(blkdebug_break_free);
     s->suspended = g_ptr_array_new();
+    s->state = 1;
     if (!image) {
         image = qemu_opt_get(options, "x-image");
     }
@@ -386,11 +580,16 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
             goto fail;
         }
     }
+    ret = blkdebug_option_rules(s, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
     if (qemu_opt_has(options, "event")) {
         ret = blkdebug_add_rule(s, qemu_opt_get(options, "event"),
                                 qemu_opt_get(options, "errno"),
                                 qemu_opt_get(options, "once"),
-                                qemu_opt_get(options, "offset"), errp);
+                                qemu_opt_get(options, "offset"), NULL, NULL,
+                                errp);
         if (ret < 0) {
             goto fail;
         }
@@ -410,6 +609,8 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
     }
     qemu_opts_del(image_opts);
     g_free(cfg_from_name);
+    /* QEMU's "none" event: its rules are armed from the start. */
+    blkdebug_debug_event(bs, "none");
     return 0;
 
 fail:
@@ -501,12 +702,21 @@ static void coroutine_fn blkdebug_suspend(BDRVBlkdebugState *s,
 static void blkdebug_debug_event(BlockDriverState *bs, const char *event)
 {
     BDRVBlkdebugState *s = bs->opaque;
+    int new_state = s->state;
+
+    /* Rules bound to a state see the state before this event (QEMU's). */
     for (guint i = 0; i < s->rules->len; i++) {
         BlkdebugRule *r = g_ptr_array_index(s->rules, i);
-        if (!strcmp(r->event, event)) {
+        if (strcmp(r->event, event) || (r->state && r->state != s->state)) {
+            continue;
+        }
+        if (r->set_state) {
+            new_state = r->new_state;
+        } else {
             r->active = true;
         }
     }
+    s->state = new_state;
     if (!qemu_in_coroutine()) {
         return;
     }
@@ -575,7 +785,7 @@ static bool blkdebug_is_suspended(BlockDriverState *bs, const char *tag)
  * its range. Returns 0 or -errno.
  */
 static int blkdebug_check(BlockDriverState *bs, const char *event,
-                          int64_t offset, int64_t bytes)
+                          int iotype, int64_t offset, int64_t bytes)
 {
     BDRVBlkdebugState *s = bs->opaque;
 
@@ -583,6 +793,10 @@ static int blkdebug_check(BlockDriverState *bs, const char *event,
     for (guint i = 0; i < s->rules->len; i++) {
         BlkdebugRule *r = g_ptr_array_index(s->rules, i);
         if (!r->active) {
+            continue;
+        }
+        /* iotype= (QEMU's): only these requests (truncate: ours, any). */
+        if (iotype >= 0 && !(r->iotype_mask & (1u << iotype))) {
             continue;
         }
         if (r->offset >= 0 && bytes >= 0 &&
@@ -614,7 +828,7 @@ static int coroutine_fn blkdebug_co_preadv(BlockDriverState *bs,
                                            size_t qiov_offset,
                                            BdrvRequestFlags flags)
 {
-    int ret = blkdebug_check(bs, "read", offset, bytes);
+    int ret = blkdebug_check(bs, "read", BLKDEBUG_IO_READ, offset, bytes);
     if (ret < 0) {
         return ret;
     }
@@ -628,7 +842,7 @@ static int coroutine_fn blkdebug_co_pwritev(BlockDriverState *bs,
                                             size_t qiov_offset,
                                             BdrvRequestFlags flags)
 {
-    int ret = blkdebug_check(bs, "write", offset, bytes);
+    int ret = blkdebug_check(bs, "write", BLKDEBUG_IO_WRITE, offset, bytes);
     if (ret < 0) {
         return ret;
     }
@@ -647,7 +861,8 @@ static int coroutine_fn blkdebug_co_pwrite_zeroes(BlockDriverState *bs,
                              bs->bl.pwrite_zeroes_alignment)) {
         return -ENOTSUP;
     }
-    int ret = blkdebug_check(bs, "zero", offset, bytes);
+    int ret = blkdebug_check(bs, "zero", BLKDEBUG_IO_WRITE_ZEROES, offset,
+                             bytes);
     if (ret < 0) {
         return ret;
     }
@@ -657,7 +872,7 @@ static int coroutine_fn blkdebug_co_pwrite_zeroes(BlockDriverState *bs,
 static int coroutine_fn blkdebug_co_pdiscard(BlockDriverState *bs,
                                              int64_t offset, int64_t bytes)
 {
-    int ret = blkdebug_check(bs, "discard", offset, bytes);
+    int ret = blkdebug_check(bs, "discard", BLKDEBUG_IO_DISCARD, offset, bytes);
     if (ret < 0) {
         return ret;
     }
@@ -666,7 +881,7 @@ static int coroutine_fn blkdebug_co_pdiscard(BlockDriverState *bs,
 
 static int coroutine_fn blkdebug_co_flush(BlockDriverState *bs)
 {
-    return blkdebug_check(bs, "flush", 0, -1);
+    return blkdebug_check(bs, "flush", BLKDEBUG_IO_FLUSH, 0, -1);
 }
 
 static int coroutine_fn blkdebug_co_truncate(BlockDriverState *bs,
@@ -674,7 +889,7 @@ static int coroutine_fn blkdebug_co_truncate(BlockDriverState *bs,
                                              PreallocMode prealloc,
                                              Error **errp)
 {
-    int ret = blkdebug_check(bs, "truncate", offset, -1);
+    int ret = blkdebug_check(bs, "truncate", -1, offset, -1);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "blkdebug: injected error");
         return ret;

@@ -75,6 +75,16 @@ void job_progress_update(Job *job, uint64_t done)
     }
 }
 
+void job_progress_set(Job *job, uint64_t current, uint64_t total)
+{
+    job->current = current;
+    job->total = total;
+    if (job->progress_cb) {
+        job->progress_cb(job, job->current, job->total,
+                         job->progress_opaque);
+    }
+}
+
 void job_progress_get(Job *job, uint64_t *current, uint64_t *total)
 {
     *current = job->current;

@@ -48,6 +48,8 @@ void job_start(Job *job);
 void job_progress_set_total(Job *job, uint64_t total);
 void job_progress_update(Job *job, uint64_t done);
 void job_progress_get(Job *job, uint64_t *current, uint64_t *total);
+/* Set current and total at once (current may go back) and tell. */
+void job_progress_set(Job *job, uint64_t current, uint64_t total);
 
 /* Pauses nest; the job stops at its next pause point. */
 void job_pause(Job *job);

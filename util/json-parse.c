@@ -459,8 +459,17 @@ static int json_flatten(const JsonNode *node, const char *prefix,
     const char *value = NULL;
 
     switch (node->type) {
-    case JSON_NODE_NULL:
-        return 0;               /* as if absent (QEMU ignores it too) */
+    case JSON_NODE_NULL: {
+        /* "backing": null is QEMU's "no backing file" (kept as an empty
+         * "backing" option, QEMU's older spelling); elsewhere as if
+         * absent. */
+        const char *last = strrchr(prefix, '.');
+        if (strcmp(last ? last + 1 : prefix, "backing")) {
+            return 0;
+        }
+        value = "";
+        break;
+    }
     case JSON_NODE_BOOL:
         value = node->boolean ? "on" : "off";
         break;

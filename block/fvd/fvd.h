@@ -55,7 +55,8 @@
                                  FVD_INCOMPAT_TABLE)
 /* Compatible features: unknown bits are ignored and kept. */
 #define FVD_COMPAT_COPY_ON_READ (UINT64_C(1) << 0)
-#define FVD_COMPAT_MASK         FVD_COMPAT_COPY_ON_READ
+#define FVD_COMPAT_COMPLETE     (UINT64_C(1) << 1)  /* base not needed */
+#define FVD_COMPAT_MASK         (FVD_COMPAT_COPY_ON_READ | FVD_COMPAT_COMPLETE)
 /* Autoclear features: a writer clears the bits it does not know. */
 #define FVD_AUTOCLEAR_MASK      UINT64_C(0)
 
@@ -275,6 +276,31 @@ typedef struct FvdThroughput {
     bool have;
 } FvdThroughput;
 
+/* Prefetch profiles (block/fvd/profile.c, docs/specs/fvd-profile.txt). */
+#define FVD_PROF_ID_SIZE        32          /* SHA-256 */
+#define FVD_PROF_MAX_RANGES     65536
+
+typedef struct FvdProfRange {
+    uint64_t start, len;            /* bytes in a file, blocks in memory */
+} FvdProfRange;
+
+/* A loaded profile: byte ranges of the base in the order to copy. */
+typedef struct FvdProfile {
+    char *path;                     /* NULL: none */
+    uint64_t base_size;
+    uint8_t base_id[FVD_PROF_ID_SIZE];
+    FvdProfRange *ranges;
+    uint32_t count;
+} FvdProfile;
+
+/* A recording: runs of blocks first read from the base, in order. */
+typedef struct FvdProfileRec {
+    char *path;                     /* NULL: not recording */
+    unsigned long *seen;            /* blocks noted */
+    GArray *ranges;                 /* FvdProfRange in blocks */
+    bool full;                      /* FVD_PROF_MAX_RANGES reached */
+} FvdProfileRec;
+
 /* Whole-image prefetch of the base, a job (block/fvd/prefetch.c). */
 typedef struct FvdPrefetch {
     Job *job;
@@ -286,6 +312,8 @@ typedef struct FvdPrefetch {
     int64_t measure_ns;
     int64_t throttle_ns;            /* longest random pause, 0: never */
     unsigned alpha;                 /* EWMA weight of the old average, % */
+    unsigned busy_duty;             /* % of time copying while the guest
+                                     * does I/O, 100: no limit */
     uint64_t cursor;                /* next block to look at */
     unsigned workers, inflight;
     CoQueue done_queue;
@@ -296,14 +324,19 @@ typedef struct FvdPrefetch {
     int64_t bw_start_ns;
     uint64_t bw_bytes;
     bool drain_user;
+    bool drop_base;                 /* drop the base when complete */
     GSList *sleepers;               /* FvdSleeper: woken early by stop */
+    FvdProfRange *order;            /* profile blocks to copy first */
+    uint32_t order_count, order_idx;
+    uint64_t order_pos;             /* next block in order[order_idx] */
+    uint64_t profile_blocks;        /* blocks the profile names */
 } FvdPrefetch;
 
 typedef struct FvdStats {
     uint64_t commits, journal_sectors, checkpoints, bg_commits;
     uint64_t cor_blocks, cow_reads, alloc_writes, pending_waits;
     uint64_t chunks_allocated, storage_grows;
-    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses;
+    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses, prefetch_rests;
 } FvdStats;
 
 typedef struct BDRVFvdState {
@@ -328,6 +361,10 @@ typedef struct BDRVFvdState {
     FvdAlloc *allocs;
     FvdJournal j;
     FvdPrefetch pf;
+    uint64_t guest_reqs;            /* guest reads and writes started */
+    unsigned guest_inflight;        /* and not finished */
+    FvdProfile prof;                /* prefetch-profile, loaded */
+    FvdProfileRec prof_rec;         /* prefetch-profile-record */
     bool compact;                   /* TABLE: data through the table */
     uint64_t chunk_size;
     FvdTable t;
@@ -336,6 +373,7 @@ typedef struct BDRVFvdState {
     bool replayed_in_cache;         /* DIRTY image: replayed bits not home */
     bool copy_on_read;
     bool soft_dirty;                /* copy-on-read bits not yet home */
+    unsigned soft_writers;          /* flushes writing those home */
     uint64_t cor_inflight;          /* bytes of copy-on-read in progress */
     CoMutex meta_lock;              /* multi-step header changes */
     CoMutex hdr_lock;               /* one header write at a time */
@@ -481,6 +519,17 @@ int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
 int fvd_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
 ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp);
 extern const QemuOptDesc fvd_amend_opts[];
+/*
+ * Blocks still in the base (0: the image no longer needs its base). Counts
+ * bits and (compact image) mappings; the COMPLETE bit is never trusted.
+ */
+int coroutine_fn fvd_count_base_blocks(BDRVFvdState *s, uint64_t *missing);
+/*
+ * When every block is in the image: make that durable, then set COMPLETE
+ * (spec section 10); drop_base also drops the base in the same header
+ * write. 0 without a change when blocks are still in the base.
+ */
+int coroutine_fn fvd_record_complete(BlockDriverState *bs, bool drop_base);
 
 /* create.c */
 int coroutine_fn fvd_create(const char *filename, QemuOpts *opts,
@@ -543,8 +592,24 @@ uint64_t fvd_data_needed(BDRVFvdState *s);
 int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp);
 /* Close: cancel the job and wait for it. */
 void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs);
+/* The prefetch job of the session (it may have ended), or NULL. */
+Job *fvd_prefetch_job(BlockDriverState *bs);
 /* "running", "paused", "done", "cancelled", "failed", or NULL (none). */
 const char *fvd_prefetch_state(BDRVFvdState *s);
+
+/* profile.c */
+int coroutine_fn fvd_profile_base_id(BlockDriverState *bs, uint64_t *size,
+                                     uint8_t id[FVD_PROF_ID_SIZE]);
+/* Open: start recording guest reads of the base (path NULL: don't). */
+int fvd_profile_record_setup(BlockDriverState *bs, const char *path,
+                             Error **errp);
+/* The guest read blocks [c, c + n) from the base. */
+void fvd_profile_note(BDRVFvdState *s, uint64_t c, uint64_t n);
+/* Close: write the recorded profile, free the recording. */
+void coroutine_fn fvd_profile_record_finish(BlockDriverState *bs);
+/* Open: read and check a profile (the base identity is checked later). */
+int fvd_profile_load(BDRVFvdState *s, const char *path, Error **errp);
+void fvd_profile_free(BDRVFvdState *s);
 
 /* Helpers shared by the files. */
 static inline uint64_t fvd_coverage(BDRVFvdState *s)

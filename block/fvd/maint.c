@@ -238,6 +238,8 @@ static int coroutine_fn fvd_rename(BlockDriverState *bs,
     uint64_t cov = s->header.base_coverage;
     int ret = 0;
 
+    uint64_t compat = s->header.compatible_features;
+
     if (drop) {
         ret = fvd_zero_base_blocks(bs);
         if (ret < 0) {
@@ -245,11 +247,14 @@ static int coroutine_fn fvd_rename(BlockDriverState *bs,
                              "in the base");
             return ret;
         }
+        /* No coverage left: nothing for COMPLETE to record. */
         s->header.base_coverage = 0;
+        s->header.compatible_features &= ~FVD_COMPAT_COMPLETE;
     }
     ret = fvd_set_names(bs, names, errp);
     if (ret < 0) {
         s->header.base_coverage = cov;
+        s->header.compatible_features = compat;
         return ret;
     }
     if (drop) {
@@ -403,6 +408,84 @@ static int coroutine_fn fvd_flush_all(BlockDriverState *bs)
     if (ret >= 0 && s->bitmap) {
         ret = table_cache_flush(s->bitmap);
     }
+    return ret;
+}
+
+int coroutine_fn fvd_count_base_blocks(BDRVFvdState *s, uint64_t *missing)
+{
+    uint64_t c = 0;
+    int ret = 0;
+
+    *missing = 0;
+    while (c < s->nb_blocks) {
+        uint64_t run;
+        bool in_image;
+        ret = fvd_block_run(s, c, s->nb_blocks, &in_image, &run);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!in_image) {
+            *missing += run;
+        }
+        c += run;
+    }
+    return 0;
+}
+
+/*
+ * Spec section 10: COMPLETE goes into the header only after every bit and
+ * mapping that makes the image complete is durable (journal records
+ * committed, copy-on-read and prefetch bits written home, both after
+ * their data), so a crash before the header write leaves the bit clear
+ * and one after it leaves a true bit. Bits are never cleared, so it stays
+ * true until the base is dropped.
+ */
+int coroutine_fn fvd_record_complete(BlockDriverState *bs, bool drop_base)
+{
+    BDRVFvdState *s = bs->opaque;
+    uint64_t missing = 0;
+    int ret = fvd_begin_change(bs);
+
+    if (ret < 0) {
+        return ret;
+    }
+    qemu_co_mutex_lock(&s->meta_lock);
+    while (fvd_alloc_wait(s, 0, UINT64_MAX)) {
+        /* copies in flight finish first */
+    }
+    if (!s->nb_blocks) {
+        goto out;               /* no base coverage (dropped already) */
+    }
+    ret = fvd_count_base_blocks(s, &missing);
+    if (ret < 0 || missing) {
+        goto out;
+    }
+    if (!(s->header.compatible_features & FVD_COMPAT_COMPLETE)) {
+        ret = fvd_flush_all(bs);
+        if (ret >= 0) {
+            s->header.compatible_features |= FVD_COMPAT_COMPLETE;
+            ret = fvd_write_header(bs);
+            if (ret < 0) {
+                s->header.compatible_features &= ~FVD_COMPAT_COMPLETE;
+            }
+        }
+    }
+    if (ret >= 0 && drop_base && s->names[FVD_NAME_BASE]) {
+        /*
+         * Nothing is in the base: only its name goes. The coverage and the
+         * bitmap stay (guest requests in flight rely on them; every bit is
+         * 1, so nothing reads the base), and so does COMPLETE. The base
+         * stays attached, unread, until the image is closed.
+         */
+        const char *names[FVD_NAME_COUNT] = { "", "" };
+        ret = fvd_set_names(bs, names, NULL);
+        if (ret >= 0) {
+            bs->backing_file[0] = '\0';
+            bs->backing_format[0] = '\0';
+        }
+    }
+out:
+    qemu_co_mutex_unlock(&s->meta_lock);
     return ret;
 }
 
@@ -591,6 +674,43 @@ static void coroutine_fn fvd_check_data_size(BlockDriverState *bs,
     }
 }
 
+/*
+ * COMPLETE set while blocks are still in the base: the bit is only a
+ * record (reads always follow the bitmap), so the data is fine, but the
+ * record is false; a repair clears it.
+ */
+static void coroutine_fn fvd_check_complete(BlockDriverState *bs,
+                                            BdrvCheckResult *res,
+                                            BdrvCheckMode fix)
+{
+    BDRVFvdState *s = bs->opaque;
+    bool repair = (fix & BDRV_FIX_ERRORS) && !bs->read_only;
+    uint64_t missing;
+
+    if (!(s->header.compatible_features & FVD_COMPAT_COMPLETE)) {
+        return;
+    }
+    if (fvd_count_base_blocks(s, &missing) < 0) {
+        res->check_errors++;
+        return;
+    }
+    if (!missing) {
+        return;
+    }
+    fprintf(stderr, "%s the image is marked complete, but %" PRIu64
+            " blocks are still in the base\n",
+            repair ? "Repairing" : "ERROR", missing);
+    if (repair && fvd_begin_change(bs) >= 0) {
+        s->header.compatible_features &= ~FVD_COMPAT_COMPLETE;
+        if (fvd_write_header(bs) >= 0) {
+            res->corruptions_fixed++;
+            return;
+        }
+        s->header.compatible_features |= FVD_COMPAT_COMPLETE;
+    }
+    res->corruptions++;
+}
+
 int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
                               BdrvCheckMode fix)
 {
@@ -607,6 +727,7 @@ int coroutine_fn fvd_co_check(BlockDriverState *bs, BdrvCheckResult *res,
                 "replayed in memory (open it read-write to apply it)\n");
     }
     fvd_check_data_size(bs, res, fix);
+    fvd_check_complete(bs, res, fix);
     if (s->compact) {
         fvd_check_chunks(bs, res, fix);
     }
@@ -662,6 +783,12 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
         image_info_add_str(info, "prefetch", pf);
         image_info_add_int(info, "prefetch-done", cur);
         image_info_add_int(info, "prefetch-total", total);
+        if (s->prof.path || s->pf.order) {
+            /* Blocks the profile puts first: 0 until the job has checked
+             * it against the base, and when it was refused. */
+            image_info_add_int(info, "prefetch-profile-blocks",
+                               s->pf.profile_blocks);
+        }
     }
     if (cnt.ret >= 0) {
         uint64_t in_image = fvd_blocks_in_image(s, cnt.allocated);
@@ -671,5 +798,8 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
          * file alone is a raw image of the disk). */
         image_info_add_bool(info, "complete", cnt.allocated == s->nb_blocks);
     }
+    /* The header's record of it (spec section 10), set by prefetch. */
+    image_info_add_bool(info, "complete-recorded",
+                        s->header.compatible_features & FVD_COMPAT_COMPLETE);
     return info;
 }

@@ -1016,6 +1016,134 @@ static void qcow2_set_refcount_order(BDRVQcow2State *s, int order)
 }
 
 /*
+ * amend -p for a refcount width change, as QEMU 7.2 reports it: QEMU walks
+ * the old refcount table once per round of allocating the new refblocks
+ * (and the new table) until a round allocates nothing, then once more to
+ * write them; each walk reports one step per old table entry, out of
+ * MAX(walks so far + 2, 3) walks. The rounds are simulated here on the used
+ * clusters (QEMU's first-fit allocation from cluster 0, a freed table
+ * lowering the search start), so the steps and totals are QEMU's; the
+ * structure itself is built as below.
+ */
+typedef struct RcWalkSim {
+    uint8_t *used;                  /* one byte per cluster: in use */
+    uint64_t nused;                 /* clusters in used[] */
+    uint32_t *cnt;                  /* clusters in use per new refblock */
+    bool *alloc;                    /* new refblock allocated */
+    uint64_t nranges;               /* entries in cnt[] and alloc[] */
+    uint64_t block;                 /* entries of a new refblock */
+    uint64_t free_idx;
+} RcWalkSim;
+
+static void rc_sim_grow(RcWalkSim *m, uint64_t cl)
+{
+    if (cl >= m->nused) {
+        uint64_t n = MAX(cl + 1, m->nused * 2);
+        m->used = g_realloc(m->used, n);
+        memset(m->used + m->nused, 0, n - m->nused);
+        m->nused = n;
+    }
+    uint64_t r = cl / m->block + 1;
+    if (r > m->nranges) {
+        uint64_t n = MAX(r, m->nranges * 2);
+        m->cnt = g_realloc(m->cnt, n * sizeof(*m->cnt));
+        m->alloc = g_realloc(m->alloc, n * sizeof(*m->alloc));
+        memset(m->cnt + m->nranges, 0, (n - m->nranges) * sizeof(*m->cnt));
+        memset(m->alloc + m->nranges, 0,
+               (n - m->nranges) * sizeof(*m->alloc));
+        m->nranges = n;
+    }
+}
+
+static void rc_sim_set(RcWalkSim *m, uint64_t cl, bool on)
+{
+    rc_sim_grow(m, cl);
+    if (m->used[cl] != on) {
+        m->used[cl] = on;
+        m->cnt[cl / m->block] += on ? 1 : -1;
+    }
+}
+
+/* QEMU's alloc_clusters_noref: n free clusters in a row from free_idx. */
+static uint64_t rc_sim_alloc(RcWalkSim *m, uint64_t n)
+{
+    uint64_t start;
+
+retry:
+    start = m->free_idx;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t cl = m->free_idx++;
+        if (cl < m->nused && m->used[cl]) {
+            goto retry;
+        }
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        rc_sim_set(m, start + i, true);
+    }
+    return start;
+}
+
+static void rc_sim_free(RcWalkSim *m, uint64_t start, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        rc_sim_set(m, start + i, false);
+    }
+    m->free_idx = MIN(m->free_idx, start);
+}
+
+static void rc_sim_walk_status(BlockDriverState *bs, uint64_t rt_size,
+                               int index, int total)
+{
+    for (uint64_t i = 0; i < rt_size; i++) {
+        qcow2_amend_status(bs, (int64_t)(index * rt_size + i),
+                           (int64_t)(total * rt_size));
+    }
+    qcow2_amend_status(bs, (int64_t)((index + 1) * rt_size),
+                       (int64_t)(total * rt_size));
+}
+
+/* The allocation walks; returns the index of the writing walk. */
+static int rc_sim_alloc_walks(BlockDriverState *bs, RcWalkSim *m,
+                              uint64_t rt_size, uint64_t limit)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t per_rt_cluster = s->cluster_size / sizeof(uint64_t);
+    uint64_t new_rt_size = 0, rt_start = 0, rt_clusters = 0;
+    uint64_t last_range = limit ? (limit - 1) / m->block : 0;
+    int walk = 0;
+    bool allocated;
+
+    do {
+        int total = MAX(walk + 2, 3);
+        allocated = false;
+        for (uint64_t r = 0; r <= last_range && r < m->nranges; r++) {
+            if (!m->cnt[r]) {
+                continue;
+            }
+            if (r >= new_rt_size) {
+                new_rt_size = ROUND_UP(r + 1, per_rt_cluster);
+            }
+            if (!m->alloc[r]) {
+                rc_sim_alloc(m, 1);
+                m->alloc[r] = true;
+                allocated = true;
+            }
+        }
+        rc_sim_walk_status(bs, rt_size, walk, total);
+        walk++;
+        if (allocated) {
+            if (rt_clusters) {
+                rc_sim_free(m, rt_start, rt_clusters);
+            }
+            rt_clusters = DIV_ROUND_UP(new_rt_size * sizeof(uint64_t),
+                                       s->cluster_size);
+            rt_start = rc_sim_alloc(m, rt_clusters);
+        }
+    } while (allocated);
+    return walk;
+}
+
+/*
  * Rewrite the refcount structure with entries of 2^order bits: every
  * refcount is copied (leaks stay leaks, as in QEMU) into a computed table
  * of the new width, new blocks and a new table go to clusters that are
@@ -1037,6 +1165,8 @@ int coroutine_fn qcow2_change_refcount_order(BlockDriverState *bs, int order,
     uint64_t new_max = order == 6 ? UINT64_MAX
                        : (UINT64_C(1) << (1 << order)) - 1;
     uint8_t *buf = NULL;
+    RcWalkSim sim = { 0 };
+    int write_walk = 0;
     int ret;
 
     c.res = &res;
@@ -1048,6 +1178,7 @@ int coroutine_fn qcow2_change_refcount_order(BlockDriverState *bs, int order,
     old_rt = g_memdup2(s->refcount_table, old_rt_size * sizeof(uint64_t));
     buf = qemu_blockalign(s->cluster_size);
     qcow2_set_refcount_order(s, order);
+    sim.block = s->refcount_block_size;
     for (uint64_t i = 0; i < old_rt_size; i++) {
         uint64_t off = old_rt[i] & QCOW2_REFT_OFFSET_MASK;
         if (!off) {
@@ -1085,7 +1216,14 @@ int coroutine_fn qcow2_change_refcount_order(BlockDriverState *bs, int order,
                 goto fail;
             }
             qcow2_set_refcount_ro(s, c.imrt.table, cl, rc);
+            if (s->amend_progress) {
+                rc_sim_set(&sim, cl, true);
+            }
         }
+    }
+    if (s->amend_progress) {
+        write_walk = rc_sim_alloc_walks(bs, &sim, old_rt_size,
+                                        old_rt_size * old.refcount_block_size);
     }
     ret = rebuild_refcounts(&c);
     if (ret < 0) {
@@ -1104,6 +1242,8 @@ int coroutine_fn qcow2_change_refcount_order(BlockDriverState *bs, int order,
     ret = qcow2_flush_caches(bs);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Failed to flush the refcount cache");
+    } else if (s->amend_progress) {
+        rc_sim_walk_status(bs, old_rt_size, write_walk, write_walk + 1);
     }
     goto out;
 
@@ -1111,6 +1251,9 @@ fail:
     qcow2_set_refcount_order(s, old.refcount_order);
     table_cache_invalidate(s->refcount_cache);
 out:
+    g_free(sim.used);
+    g_free(sim.cnt);
+    g_free(sim.alloc);
     qemu_vfree(buf);
     g_free(old_rt);
     g_free(c.imrt.table);

@@ -819,8 +819,8 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
     }
     if (sl.page && s->extended_l2) {
         /* A kept or unallocated cluster with a subcluster both allocated
-         * and zero is refused, as QEMU's write path does (one space in its
-         * message). */
+         * and zero, or an unallocated one with allocated subclusters, is
+         * refused, as QEMU's write path does (one space in its message). */
         uint64_t covered = 0;
         for (uint32_t i = sl.index; i < s->l2_slice_size && covered < *bytes;
              i++) {
@@ -829,8 +829,10 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
             covered += i == sl.index ? s->cluster_size - in_cluster
                                      : s->cluster_size;
             bool host = qcow2_entry_has_host(bs, e);
-            if (!(e & QCOW2_OFLAG_COMPRESSED) && ((b >> 32) & b) &&
-                (!host || (e & QCOW2_OFLAG_COPIED))) {
+            /* Also an unallocated cluster with allocated subclusters. */
+            if (!(e & QCOW2_OFLAG_COMPRESSED) &&
+                ((((b >> 32) & b) && (!host || (e & QCOW2_OFLAG_COPIED))) ||
+                 (!host && (b & 0xffffffffu)))) {
                 uint64_t l2_offset = s->l1_table[qcow2_l1_index(s, offset)] &
                                      QCOW2_L1E_OFFSET_MASK;
                 uint32_t l2_index = qcow2_l2_index(s, offset) +
@@ -1299,6 +1301,7 @@ int coroutine_fn qcow2_subcluster_zeroize(BlockDriverState *bs,
 
 typedef struct Qcow2Expand {
     GHashTable *done;               /* L2 tables already converted */
+    int64_t visited, total;         /* L1 entries, for amend -p (QEMU's) */
 } Qcow2Expand;
 
 /* Convert the zero entries of one L2 table (any L1, active or not). */
@@ -1376,19 +1379,20 @@ static int coroutine_fn qcow2_expand_l1(BlockDriverState *bs,
 
     for (uint32_t i = 0; i < size; i++) {
         uint64_t off = l1[i] & QCOW2_L1E_OFFSET_MASK;
-        if (!off || g_hash_table_contains(x->done, &l1[i])) {
-            continue;
+        if (off && !g_hash_table_contains(x->done, &off)) {
+            if (qcow2_offset_into_cluster(s, off)) {
+                return -EIO;
+            }
+            int ret = qcow2_expand_l2(bs, off, active);
+            if (ret < 0) {
+                return ret;
+            }
+            uint64_t *key = g_new(uint64_t, 1);
+            *key = off;
+            g_hash_table_add(x->done, key);
         }
-        if (qcow2_offset_into_cluster(s, off)) {
-            return -EIO;
-        }
-        int ret = qcow2_expand_l2(bs, off, active);
-        if (ret < 0) {
-            return ret;
-        }
-        uint64_t *key = g_new(uint64_t, 1);
-        *key = off;
-        g_hash_table_add(x->done, key);
+        /* One step per L1 entry, as QEMU reports it. */
+        qcow2_amend_status(bs, ++x->visited, x->total);
     }
     return 0;
 }
@@ -1404,6 +1408,11 @@ int coroutine_fn qcow2_expand_zero_clusters(BlockDriverState *bs)
     Qcow2Expand x = { g_hash_table_new_full(g_int64_hash, g_int64_equal,
                                             g_free, NULL) };
     int ret;
+
+    x.total = s->l1_size;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        x.total += s->snapshots[i].l1_size;
+    }
 
     ret = qcow2_expand_l1(bs, s->l1_table, s->l1_size, true, &x);
     for (uint32_t i = 0; ret >= 0 && i < s->nb_snapshots; i++) {

@@ -786,11 +786,48 @@ static int qcow2_amend_parse(BlockDriverState *bs, QemuOpts *opts,
 }
 
 /* v2 -> v3: snapshots get their v3 extra data, then the header. */
+void qcow2_amend_status(BlockDriverState *bs, int64_t offset, int64_t work)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2AmendProgress *p = s->amend_progress;
+    int64_t current_work, projected;
+
+    if (!p || p->total_ops <= 0) {
+        return;
+    }
+    if (p->current != p->last) {
+        if (p->last != QCOW2_AMEND_NONE) {
+            p->offset_completed += p->last_work;
+            p->ops_completed++;
+        }
+        p->last = p->current;
+    }
+    if (p->ops_completed >= p->total_ops) {
+        return;
+    }
+    p->last_work = work;
+    current_work = p->offset_completed + work;
+    /* The operations not reached yet, at the size of those seen. */
+    projected = current_work * (p->total_ops - p->ops_completed - 1) /
+                (p->ops_completed + 1);
+    bdrv_amend_progress(bs, p->offset_completed + offset,
+                        current_work + projected);
+}
+
+static void qcow2_amend_begin(BDRVQcow2State *s, Qcow2AmendOp op)
+{
+    if (s->amend_progress) {
+        s->amend_progress->current = op;
+    }
+}
+
 static int coroutine_fn qcow2_upgrade(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     bool rewrite = false;
     int ret;
+
+    qcow2_amend_status(bs, 0, 2);
 
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         rewrite |= s->snapshots[i].extra_data_size < 16;
@@ -803,6 +840,7 @@ static int coroutine_fn qcow2_upgrade(BlockDriverState *bs, Error **errp)
             return ret;
         }
     }
+    qcow2_amend_status(bs, 1, 2);
     s->qcow_version = 3;
     ret = qcow2_update_header(bs);
     if (ret >= 0) {
@@ -811,7 +849,9 @@ static int coroutine_fn qcow2_upgrade(BlockDriverState *bs, Error **errp)
     if (ret < 0) {
         s->qcow_version = 2;
         error_setg_errno(errp, -ret, "Failed to update the image header");
+        return ret;
     }
+    qcow2_amend_status(bs, 2, 2);
     return ret;
 }
 
@@ -914,6 +954,7 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
     int ret;
 
     if (a->new_version > s->qcow_version) {
+        qcow2_amend_begin(s, QCOW2_AMEND_UPGRADE);
         ret = qcow2_upgrade(bs, errp);
         if (ret < 0) {
             return ret;
@@ -926,6 +967,7 @@ static int coroutine_fn qcow2_amend_locked(BlockDriverState *bs,
                        "greater)");
             return -EINVAL;
         }
+        qcow2_amend_begin(s, QCOW2_AMEND_REFCOUNT_ORDER);
         ret = qcow2_change_refcount_order(bs, __builtin_ctzll(a->refcount_bits),
                                           errp);
         if (ret < 0) {
@@ -980,10 +1022,16 @@ int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
     Qcow2Amend a = { 0 };
     int ret;
 
+    Qcow2AmendProgress progress = { 0 };
+
     ret = qcow2_amend_parse(bs, opts, &a, errp);
     if (ret < 0) {
         return ret;
     }
+    /* QEMU counts a version change and a refcount width change. */
+    progress.total_ops = (a.new_version != s->qcow_version) +
+                         (a.refcount_bits != (uint64_t)s->refcount_bits);
+    s->amend_progress = &progress;
     qemu_co_mutex_lock(&s->lock);
     ret = qcow2_amend_locked(bs, &a, errp);
     qemu_co_mutex_unlock(&s->lock);
@@ -996,9 +1044,11 @@ int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
         ret = qcow2_crypto_amend(bs, opts, force, errp);
     }
     if (ret >= 0 && a.new_version < s->qcow_version) {
+        qcow2_amend_begin(s, QCOW2_AMEND_DOWNGRADE);
         qemu_co_mutex_lock(&s->lock);
         ret = qcow2_downgrade(bs, errp);
         qemu_co_mutex_unlock(&s->lock);
     }
+    s->amend_progress = NULL;
     return ret;
 }

@@ -363,6 +363,7 @@ typedef struct BDRVQcow2State {
     uint64_t free_cluster_index;
     uint64_t free_byte_offset;      /* compressed packing; 0: none */
     GArray *pending_frees;          /* not yet written out (Qcow2PendingFree) */
+    struct Qcow2AmendProgress *amend_progress;  /* amend -p; NULL: none */
     GArray *frees_written;          /* tables written, waiting for a flush */
     uint64_t frees_written_gen;     /* bs->file write gen they need */
 
@@ -666,6 +667,27 @@ int coroutine_fn qcow2_co_create(const char *filename, QemuOpts *opts,
                                  Error **errp);
 int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
                                      bool force, Error **errp);
+
+/*
+ * qemu-img amend -p, reported as QEMU 7.2 does: each operation (upgrade,
+ * refcount width change, downgrade) reports offset of work units done;
+ * operations not reached yet are projected at the size of those seen.
+ */
+typedef enum Qcow2AmendOp {
+    QCOW2_AMEND_NONE,
+    QCOW2_AMEND_UPGRADE,
+    QCOW2_AMEND_REFCOUNT_ORDER,
+    QCOW2_AMEND_ENCRYPTION,
+    QCOW2_AMEND_DOWNGRADE,
+} Qcow2AmendOp;
+
+typedef struct Qcow2AmendProgress {
+    Qcow2AmendOp current, last;
+    int total_ops, ops_completed;
+    int64_t offset_completed, last_work;
+} Qcow2AmendProgress;
+
+void qcow2_amend_status(BlockDriverState *bs, int64_t offset, int64_t work);
 BlockMeasureInfo *qcow2_measure(QemuOpts *opts, BlockDriverState *in_bs,
                                 Error **errp);
 int coroutine_fn qcow2_change_backing_file(BlockDriverState *bs,

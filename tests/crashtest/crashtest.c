@@ -16,15 +16,16 @@
 /* ---- how a format plugs in ---- */
 
 /* add-cow's bitmap pages and FVD's bitmap cache entries (by default) are
- * 4 KiB: one maps 32768 clusters (blocks). */
+ * 4 KiB: one maps 32768 clusters (blocks). --prefetch opens FVD with 512-byte
+ * entries, so that its small disks still span many of them. */
 static int64_t bitmap_page_size(int64_t cluster_size)
 {
-    return 4096;
+    return cfg.prefetch ? 512 : 4096;
 }
 
 static int64_t bitmap_page_span(int64_t cluster_size)
 {
-    return cluster_size * 4096 * 8;
+    return cluster_size * bitmap_page_size(cluster_size) * 8;
 }
 
 /* FVD journal sizes: the smallest make the ring wrap (checkpoints) within
@@ -79,6 +80,11 @@ static void qcow2_fit_create_opts(FormatPlug *plug)
 
 static void fvd_fit_create_opts(FormatPlug *plug)
 {
+    if (cfg.prefetch) {
+        /* Small blocks: the small disk still spans several cache entries
+         * (512 bytes, 4096 blocks each), so prefetch evicts. */
+        plug->max_cluster_bits = MIN(plug->max_cluster_bits, 11);
+    }
     if (create_opt_is("compact_image", "on")) {
         plug->max_cluster_bits = MIN(plug->max_cluster_bits, 16);
         plug->create_variants = fvd_compact_variants;
@@ -125,6 +131,7 @@ static struct {
     long cuts, flush_in_flight, write_during_flush;
     long meta_during_flush, meta_done_during_flush;
     long check_missed, check_false_alarm, leaky;
+    long pf_complete, pf_dropped;       /* --prefetch: at the cut */
     unsigned long requests, max_inflight;
 } stats;
 
@@ -169,6 +176,12 @@ static void plan_layout(IterConfig *ic, GRand *rng)
                      2 * MiB);
     int npages = g_rand_int_range(rng, 8, 25);
 
+    if (cfg.max_disk && span * npages > cfg.max_disk) {
+        /* Every byte of the disk is copied (prefetch): keep it small,
+         * with as many metadata pages as fit. */
+        span = MIN(span, QEMU_ALIGN_DOWN(cfg.max_disk, wl));
+        npages = (int)MAX(1, cfg.max_disk / span);
+    }
     wl = MIN(wl, span);
     memset(l, 0, sizeof(*l));
     l->size = span * npages;
@@ -256,6 +269,22 @@ static void choose_config(long iter, IterConfig *ic)
     ic->truncate = cfg.truncate >= 0 ? cfg.truncate : grow;
     plan_timing(ic, iter, rng);
     plan_layout(ic, rng);
+    if (cfg.prefetch) {
+        /* Copies from one block to 1 MiB, one to four in flight, sometimes
+         * throttled (pauses), sometimes dropping the base at the end. */
+        static const int64_t pf_bytes[] = { 512, 4096, 65536, 262144,
+                                            1048576 };
+        ic->prefetch_opts = g_strdup_printf(
+            "prefetch=on,cache-entry-size=512,prefetch-bytes=%" PRId64
+            ",prefetch-max-inflight=%d,prefetch-throttle-time=%d"
+            ",prefetch-drop-base=%s",
+            MAX(pf_bytes[g_rand_int_range(rng, 0, ARRAY_SIZE(pf_bytes))],
+                ic->cluster_size),
+            g_rand_int_range(rng, 1, 5),
+            g_rand_boolean(rng) ? 0 : g_rand_int_range(rng, 1, 20),
+            g_rand_boolean(rng) ? "on" : "off");
+        ic->prefetch_wait = g_rand_boolean(rng);
+    }
     if (cfg.plug.create_variants) {
         int n = 0;
         while (cfg.plug.create_variants[n]) {
@@ -285,6 +314,10 @@ static char *describe_config(const IterConfig *ic)
         } else {
             g_string_append(s, ", default cache");
         }
+    }
+    if (ic->prefetch_opts) {
+        g_string_append_printf(s, ", %s%s", ic->prefetch_opts,
+                               ic->prefetch_wait ? ", waits for it" : "");
     }
     g_string_append_printf(s, ", qd %d, %d steps%s%s", ic->qd, ic->steps,
                            ic->torn ? ", torn" : "",
@@ -423,8 +456,10 @@ static BlockBackend *open_simulated(const Paths *p, const IterConfig *ic,
     char *name = g_strconcat("crashsim:", p->img, NULL);
     int flags = BDRV_O_RDWR | BDRV_O_UNMAP | ic->open_flags;
 
-    if (cfg.open_opts && qemu_opts_parse(opts, cfg.open_opts, NULL,
-                                         errp) < 0) {
+    if ((ic->prefetch_opts && qemu_opts_parse(opts, ic->prefetch_opts, NULL,
+                                              errp) < 0) ||
+        (cfg.open_opts && qemu_opts_parse(opts, cfg.open_opts, NULL,
+                                          errp) < 0)) {
         qemu_opts_del(opts);
         return NULL;
     }
@@ -543,9 +578,17 @@ static uint64_t run_once(const Paths *p, Model *m, const IterConfig *ic,
     GRand *rng = g_rand_new_with_seed((guint32)iter_seed(iter, 1));
 
     crashsim_set_timing(&ic->timing);
+    /* The prefetch throttle's coin: the same in the dry and armed run. */
+    g_random_set_seed((guint32)iter_seed(iter, 6));
     BlockBackend *blk = open_simulated(p, ic, &err);
     if (blk) {
         int ret = run_workload(blk, m, ic, rng, why, ws);
+        Job *pf = bdrv_get_populate_job(blk_bs(blk));
+        if (ic->prefetch_wait && pf) {
+            /* Let it finish (completion, a dropped base) before the
+             * close cancels it; a cut makes it fail and end. */
+            job_wait(pf);
+        }
         if (ret < 0 && !crashsim_crashed() && !why->len) {
             g_string_append_printf(why, "I/O error before the cut: %s",
                                    strerror(-ret));
@@ -571,7 +614,7 @@ static const char *replay_flags(void)
     if (cfg.cache_pages >= 0) {
         snprintf(pages, sizeof(pages), " --cache-pages %d", cfg.cache_pages);
     }
-    snprintf(buf, sizeof(buf), "%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
+    snprintf(buf, sizeof(buf), "%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
              cfg.cache_mode ? " -c " : "",
              cfg.cache_mode ? cfg.cache_mode : "", qd, pages,
              cfg.data_file ? " --data-file" : "",
@@ -585,8 +628,25 @@ static const char *replay_flags(void)
              cfg.create_opts ? " -o " : "",
              cfg.create_opts ? cfg.create_opts : "",
              cfg.open_opts ? " --open-opts " : "",
-             cfg.open_opts ? cfg.open_opts : "");
+             cfg.open_opts ? cfg.open_opts : "",
+             cfg.prefetch ? " --prefetch" : "");
     return buf;
+}
+
+/* --prefetch: whether the crash copy's FVD header (fixed little-endian
+ * fields, docs/specs/fvd.txt) records completion or dropped the base. */
+static void note_prefetch(const Paths *p)
+{
+    uint8_t h[192];
+    int fd = open(p->img_crash, O_RDONLY | O_CLOEXEC);
+
+    if (fd >= 0 && pread(fd, h, sizeof(h), 0) == sizeof(h)) {
+        stats.pf_complete += (h[24] >> 1) & 1;    /* COMPLETE */
+        stats.pf_dropped += !(h[140] | h[141] | h[142] | h[143]); /* no base */
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
 }
 
 static void note_cut(const IterResult *res)
@@ -687,6 +747,9 @@ void run_iteration(long iter, CorruptFn *corrupt, IterResult *res)
         stage = NULL;
         res->ok = verify(&p, &m, why, &res->verdict);
         note_cut(res);
+        if (cfg.prefetch) {
+            note_prefetch(&p);
+        }
     }
     model_free(&m);
 
@@ -711,6 +774,7 @@ out:
     }
     paths_free(&p);
     g_free(desc);
+    g_free(ic.prefetch_opts);
     res->why = g_string_free(why, FALSE);
 }
 
@@ -725,10 +789,14 @@ static void usage(void)
            "                 [--data-file] [--no-backing] [--trace]\n"
            "                 [--self-test] [--unsafe] [--early-flush]\n"
            "                 [--no-data-file] [--open-opts OPTIONS]\n"
+           "                 [--prefetch] [--max-disk SIZE]\n"
            "Every choice not fixed by an option is drawn per crash point.\n"
            "--no-data-file leaves out the plug's extra file (FVD then keeps\n"
            "its data in the FVD file). --open-opts passes driver options\n"
            "to every open (e.g. -f fvd --open-opts prefetch=on).\n"
+           "--prefetch (fvd): the prefetch job copies the base while the\n"
+           "guest runs, with options drawn per crash point, on disks of at\n"
+           "most --max-disk bytes (default 4 MiB with --prefetch).\n"
            "--unsafe (cache=unsafe) and --early-flush (flushes of the data\n"
            "file return while they still run) break the stack on purpose:\n"
            "failures are expected (shows that the checker bites).\n");
@@ -754,6 +822,8 @@ static void parse_args(int argc, char **argv)
         { "no-backing", no_argument, NULL, 'B' },
         { "trace", no_argument, NULL, 'R' },
         { "open-opts", required_argument, NULL, 'O' },
+        { "prefetch", no_argument, NULL, 'F' },
+        { "max-disk", required_argument, NULL, 'M' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -788,9 +858,22 @@ static void parse_args(int argc, char **argv)
         case 'D': cfg.data_file = true; break;
         case 'B': cfg.no_backing = true; break;
         case 'R': cfg.trace = true; break;
+        case 'F': cfg.prefetch = true; break;
+        case 'M': cfg.max_disk = strtoll(optarg, NULL, 0); break;
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
         }
+    }
+    if (cfg.prefetch && (!cfg.fmt || strcmp(cfg.fmt, "fvd"))) {
+        fprintf(stderr, "crashtest: --prefetch needs -f fvd\n");
+        exit(2);
+    }
+    if (cfg.max_disk < 0 || cfg.max_disk > 64 * GiB) {
+        fprintf(stderr, "crashtest: --max-disk must be 0..64G\n");
+        exit(2);
+    }
+    if (cfg.prefetch && !cfg.max_disk) {
+        cfg.max_disk = 4 * MiB;
     }
     if (cfg.self_test && !seeded) {
         cfg.seed = 1;           /* the self-test's verdicts are fixed */
@@ -882,6 +965,10 @@ static void print_summary(long passed, long failed)
            "missed bad data, %ld false alarms, %ld images with leaks\n",
            stats.requests, stats.max_inflight, stats.check_missed,
            stats.check_false_alarm, stats.leaky);
+    if (cfg.prefetch) {
+        printf("prefetch: completion recorded at %ld cut points, the base "
+               "dropped at %ld\n", stats.pf_complete, stats.pf_dropped);
+    }
     printf("%ld passed, %ld failed\n", passed, failed);
 }
 

@@ -60,6 +60,8 @@ typedef struct Config {
     FormatPlug plug;
     char *create_opts;
     char *open_opts;            /* --open-opts: driver open options */
+    bool prefetch;              /* --prefetch: fvd's prefetch job runs */
+    int64_t max_disk;           /* --max-disk: cap on the virtual size */
     bool create_sets_cluster;   /* -o names plug.cluster_opt */
     uint64_t seed;
     long iterations;
@@ -114,6 +116,8 @@ typedef struct IterConfig {
     const char *variant;        /* of plug.create_variants, or NULL */
     int meta_pages;             /* metadata pages of the disk (0: none) */
     int cache_pages;            /* 0: format default */
+    char *prefetch_opts;        /* --prefetch: this point's job options */
+    bool prefetch_wait;         /* the guest waits for the job's end */
     int qd;
     int steps;
     bool torn;

@@ -7,7 +7,9 @@
  * limit and writers held at the hard limit while a commit is suspended,
  * and no background work left running after close; for compact images the
  * same orderings for table records and pages, concurrent chunk allocation
- * and the rule that a bit without a mapped chunk means "in the base".
+ * and the rule that a bit without a mapped chunk means "in the base";
+ * prefetch: races with guest writes, drains, the COMPLETE bit written
+ * only after the bitmap is home, and flushes racing the job's own.
  */
 #include "block_int.h"
 #include "block/fvd/fvd.h"
@@ -741,6 +743,322 @@ static void test_prefetch_drain(void)
     g_free(base);
 }
 
+/*
+ * While the guest does I/O, prefetch copies at most prefetch-busy-duty %
+ * of the time: a guest read during a copy (held at a breakpoint) makes the
+ * worker rest afterwards; with 100 it never rests.
+ */
+static void test_prefetch_busy(void)
+{
+    for (int duty = 50; duty <= 100; duty += 50) {
+        char *base, *top;
+        char *o = g_strdup_printf("prefetch=on,prefetch-bytes=64k,"
+                                  "prefetch-max-inflight=1,"
+                                  "prefetch-throttle-time=0,"
+                                  "prefetch-busy-duty=%d", duty);
+        BlockDriverState *bs = open_prefetch("pb.fvd", o, &base, &top);
+        BDRVFvdState *s = bs->opaque;
+        uint8_t buf[4096];
+
+        g_free(o);
+        g_assert_cmpint(bdrv_debug_breakpoint(bs, "prefetch_write", "P"), ==,
+                        0);
+        AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "P"));
+        g_assert_cmpint(bdrv_pread(bs, 512 * KiB, 4096, buf, 0), ==, 0);
+        g_assert_cmpint(buf[0], ==, 0xee);
+        g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "P"), ==, 0);
+        AIO_WAIT_WHILE(!s->pf.run_done);
+        g_assert_cmpint(s->stats.prefetch_rests, ==, duty < 100 ? 1 : 0);
+        check_prefetched(bs, 0, 0, 0);
+        bdrv_unref(bs);
+        unlink(top);
+        g_free(top);
+        unlink(base);
+        g_free(base);
+    }
+}
+
+/* The prefetch profile recorded so far, as "start+len ..." in blocks. */
+static char *recorded(BDRVFvdState *s)
+{
+    GString *g = g_string_new("");
+    for (guint i = 0; i < s->prof_rec.ranges->len; i++) {
+        FvdProfRange *r = &g_array_index(s->prof_rec.ranges, FvdProfRange, i);
+        g_string_append_printf(g, "%s%" PRIu64 "+%" PRIu64, i ? " " : "",
+                               r->start, r->len);
+    }
+    return g_string_free(g, false);
+}
+
+/*
+ * Profiles: the guest's first reads of base blocks are noted in order
+ * (once each, adjacent blocks merged, with or without copy-on-read); the
+ * profile serves an image of another block size over the same base (its
+ * byte ranges become that image's blocks) and the prefetch then copies
+ * everything.
+ */
+static void test_profile_record_use(void)
+{
+    char *base = make_base("prbase.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("pr1.fvd"), *top2 = path_of("pr2.fvd");
+    char *prof = path_of("pr.prof");
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw", base);
+    create("fvd", top, c);
+    g_free(c);
+    c = g_strdup_printf("backing_file=%s,backing_fmt=raw,block_size=65536",
+                        base);
+    create("fvd", top2, c);
+    g_free(c);
+
+    c = g_strdup_printf("copy_on_read=on,prefetch-profile-record=%s", prof);
+    BlockDriverState *bs = open_fvd(top, c);
+    g_free(c);
+    BDRVFvdState *s = bs->opaque;
+    uint8_t buf[8192];
+    g_assert_cmpint(bdrv_pread(bs, 512 * KiB + 100, 10, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 0, 8192, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 512 * KiB, 4096, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 516 * KiB, 4096, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 8192, 4096, buf, 0), ==, 0);
+    char *r = recorded(s);
+    g_assert_cmpstr(r, ==, "128+1 0+2 129+1 2+1");
+    g_free(r);
+    bdrv_unref(bs);             /* writes the profile */
+
+    c = g_strdup_printf("blkdebug::%s", top2);
+    char *o = g_strdup_printf("prefetch=on,prefetch-bytes=64k,"
+                              "prefetch-max-inflight=1,"
+                              "prefetch-throttle-time=0,"
+                              "prefetch-profile=%s", prof);
+    bs = open_fvd(c, o);
+    g_free(c);
+    g_free(o);
+    s = bs->opaque;
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "prefetch_write", "P"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "P"));
+    /* 512 KiB .. 516 KiB + 4 KiB lie in 64 KiB block 8, the rest in 0;
+     * the first copy is block 8. */
+    g_assert_cmpint(s->pf.order_count, ==, 4);
+    g_assert_cmpint(s->pf.profile_blocks, ==, 4);
+    g_assert_cmpint(s->pf.order[0].start, ==, 8);
+    g_assert_cmpint(s->pf.order_idx, ==, 0);
+    g_assert_cmpint(s->pf.order_pos, ==, 9);
+    g_assert_cmpint(s->pf.cursor, ==, 0);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "P"), ==, 0);
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 16);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+
+    /* Reopened, the profile's blocks and the rest are skipped. */
+    o = g_strdup_printf("prefetch=on,prefetch-profile=%s", prof);
+    bs = open_fvd(top2, o);
+    g_free(o);
+    s = bs->opaque;
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->pf.profile_blocks, ==, 4);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 0);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+    unlink(top);
+    unlink(top2);
+    unlink(prof);
+    unlink(base);
+    g_free(top);
+    g_free(top2);
+    g_free(prof);
+    g_free(base);
+}
+
+/*
+ * A recording keeps at most FVD_PROF_MAX_RANGES ranges; a profile of that
+ * many loads, one range more (a bigger file) is refused with one line.
+ */
+static void test_profile_limit(void)
+{
+    char *base = make_base("plbase.raw", 1 * GiB, 0);
+    char *top = path_of("pl.fvd"), *prof = path_of("pl.prof");
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw", base);
+    create("fvd", top, c);
+    g_free(c);
+    c = g_strdup_printf("prefetch-profile-record=%s", prof);
+    BlockDriverState *bs = open_fvd(top, c);
+    g_free(c);
+    BDRVFvdState *s = bs->opaque;
+    g_assert_cmpint(s->nb_blocks, ==, 262144);
+    for (uint64_t i = 0; i < 70000; i++) {
+        fvd_profile_note(s, 2 * i, 1);
+    }
+    fvd_profile_note(s, 2 * 65535 + 1, 1);      /* extends the last one */
+    g_assert_cmpint(s->prof_rec.ranges->len, ==, FVD_PROF_MAX_RANGES);
+    g_assert(s->prof_rec.full);
+    bdrv_unref(bs);
+    struct stat st;
+    g_assert_cmpint(stat(prof, &st), ==, 0);
+    g_assert_cmpint(st.st_size, ==, 56 + 16 * FVD_PROF_MAX_RANGES + 4);
+
+    c = g_strdup_printf("prefetch-profile=%s", prof);
+    bs = open_fvd(top, c);
+    s = bs->opaque;
+    g_assert_cmpint(s->prof.count, ==, FVD_PROF_MAX_RANGES);
+    g_assert_cmpint(s->prof.ranges[65535].len, ==, 2 * 4096);
+    bdrv_unref(bs);
+
+    g_assert_cmpint(truncate(prof, st.st_size + 16), ==, 0);
+    QemuOpts *o = qemu_opts_new();
+    Error *err = NULL;
+    g_assert_cmpint(qemu_opts_parse(o, c, NULL, &err), ==, 0);
+    g_assert(!bdrv_open(top, "fvd", o, BDRV_O_RDWR, &err));
+    g_assert(strstr(error_get_pretty(err), "bad size"));
+    error_free(err);
+    qemu_opts_del(o);
+    g_free(c);
+    unlink(top);
+    unlink(prof);
+    unlink(base);
+    g_free(top);
+    g_free(prof);
+    g_free(base);
+}
+
+/* The FVD file's fixed header and bitmap, read beside the open image. */
+static void read_file(const char *path, int64_t off, int64_t len, void *buf)
+{
+    BlockDriverState *f = bdrv_open(path, "raw", NULL, BDRV_O_FORCE_SHARE,
+                                    NULL);
+    g_assert(f);
+    g_assert_cmpint(bdrv_pread(f, off, len, buf, 0), ==, 0);
+    bdrv_unref(f);
+}
+
+/*
+ * COMPLETE (spec section 10) is written only after every prefetch bit is
+ * home: at the job's header write, the bitmap on disk is already full.
+ * With prefetch-drop-base=on the base name goes in a later header write,
+ * the coverage stays, and guest I/O goes on (nothing reads the base).
+ */
+static void test_prefetch_complete(void)
+{
+    char *base, *top;
+    BlockDriverState *bs = open_prefetch("pf4.fvd", "prefetch=on,"
+                                         "prefetch-bytes=64k,"
+                                         "prefetch-throttle-time=0,"
+                                         "prefetch-drop-base=on",
+                                         &base, &top);
+    BDRVFvdState *s = bs->opaque;
+    uint8_t hdr[192], bits[32];
+
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "header_write", "H"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "H"));
+    /* The first header write of the session is the job's COMPLETE. */
+    g_assert(s->header.compatible_features & FVD_COMPAT_COMPLETE);
+    read_file(top, s->header.bitmap_offset, sizeof(bits), bits);
+    for (unsigned i = 0; i < sizeof(bits); i++) {
+        g_assert_cmpint(bits[i], ==, 0xff);     /* 256 blocks, all home */
+    }
+    read_file(top, 0, sizeof(hdr), hdr);
+    g_assert_cmpint(hdr[24] & 2, ==, 0);        /* not yet on disk */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "H"), ==, 0);
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->pf.ret, ==, 0);
+    read_file(top, 0, sizeof(hdr), hdr);
+    g_assert_cmpint(hdr[24] & 2, ==, 2);
+    uint32_t base_len;
+    uint64_t coverage;
+    memcpy(&base_len, hdr + 140, 4);
+    memcpy(&coverage, hdr + 48, 8);
+    g_assert_cmpint(le32_to_cpu(base_len), ==, 0);      /* no base name */
+    g_assert_cmpint(le64_to_cpu(coverage), ==, 1 * MiB); /* kept */
+    g_assert(!s->names[FVD_NAME_BASE] && !bs->backing_file[0]);
+    g_assert_cmpint(s->nb_blocks, ==, 256);
+    /* The session goes on over the same coverage. */
+    int done = 0;
+    Writer w = { bs, 8192 + 10, 5000, 0x44, 0, &done };
+    start_writer(&w);
+    AIO_WAIT_WHILE(!done);
+    g_assert_cmpint(w.ret, ==, 0);
+    check_prefetched(bs, 8192 + 10, 5000, 0x44);
+    bdrv_unref(bs);
+
+    /* Reopened without the base (moved away): the image holds it all. */
+    char *away = g_strconcat(base, ".away", NULL);
+    g_assert_cmpint(rename(base, away), ==, 0);
+    bs = open_fvd(top, NULL);
+    g_assert(!bs->backing);
+    uint8_t *out = g_malloc(1 * MiB);
+    g_assert_cmpint(bdrv_pread(bs, 0, 1 * MiB, out, 0), ==, 0);
+    for (int64_t x = 0; x < 1 * MiB; x++) {
+        g_assert_cmpint(out[x], ==,
+                        x >= 8192 + 10 && x < 8192 + 5010 ? 0x44 : 0xee);
+    }
+    g_free(out);
+    bdrv_unref(bs);
+    unlink(away);
+    g_free(away);
+    unlink(top);
+    g_free(top);
+    g_free(base);
+}
+
+typedef struct Flusher {
+    BlockDriverState *bs;
+    bool internal;              /* the driver's own, as prefetch's end */
+    int ret;
+    bool done;
+} Flusher;
+
+static void coroutine_fn flusher_entry(void *opaque)
+{
+    Flusher *f = opaque;
+    f->ret = f->internal ? fvd_co_flush(f->bs) : bdrv_co_flush(f->bs);
+    f->done = true;
+}
+
+/*
+ * Two flushes and the copy-on-read bits: the first (the driver's own, as
+ * the prefetch job's end does; the layer serialises guest flushes among
+ * themselves) takes them and writes their bitmap entry home (held at a
+ * breakpoint); a guest flush must not
+ * return before that write is done, or a guest write into the copied
+ * block that it acknowledges could be lost with its bit (found by
+ * crashtest --prefetch).
+ */
+static void test_flush_waits_soft_bits(void)
+{
+    char *base = make_base("fbase.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("fl.fvd");
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw,"
+                              "copy_on_read=on", base);
+    create("fvd", top, c);
+    g_free(c);
+    char *dbg = g_strdup_printf("blkdebug::%s", top);
+    BlockDriverState *bs = open_fvd(dbg, NULL);
+    BDRVFvdState *s = bs->opaque;
+    uint8_t buf[4096];
+
+    g_free(dbg);
+    g_assert_cmpint(bdrv_pread(bs, 0, sizeof(buf), buf, 0), ==, 0);
+    AIO_WAIT_WHILE(s->cor_inflight);            /* the copy is written */
+    g_assert(s->soft_dirty);
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "bitmap_update", "B"), ==, 0);
+    Flusher a = { bs, true }, b = { bs, false };
+    qemu_coroutine_enter(qemu_coroutine_create(flusher_entry, &a));
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "B"));
+    qemu_coroutine_enter(qemu_coroutine_create(flusher_entry, &b));
+    poll_a_while();
+    g_assert(!a.done);
+    g_assert(!b.done);          /* it waits for the entry the first writes */
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "B"), ==, 0);
+    AIO_WAIT_WHILE(!a.done || !b.done);
+    g_assert_cmpint(a.ret, ==, 0);
+    g_assert_cmpint(b.ret, ==, 0);
+    bdrv_unref(bs);
+    unlink(top);
+    g_free(top);
+    unlink(base);
+    g_free(base);
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/var/tmp/test-fvd.XXXXXX";
@@ -757,6 +1075,11 @@ int main(int argc, char **argv)
     test_table_bit_without_mapping();
     test_prefetch_race();
     test_prefetch_drain();
+    test_prefetch_busy();
+    test_profile_record_use();
+    test_profile_limit();
+    test_prefetch_complete();
+    test_flush_waits_soft_bits();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     g_assert(system(cmd) == 0);
     g_free(cmd);

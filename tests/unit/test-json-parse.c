@@ -133,6 +133,13 @@ static void test_flatten(void)
     g_assert_cmpstr(s, ==, "offset=1024 size=1k ");
     g_free(s);
     qemu_opts_del(opts);
+
+    /* "backing": null (QEMU's "no backing file") is an empty "backing". */
+    opts = qemu_opts_new();
+    s = flat("{\"backing\": null, \"file\": {\"backing\": null}}", opts);
+    g_assert_cmpstr(s, ==, "backing= file.backing= ");
+    g_free(s);
+    qemu_opts_del(opts);
 }
 
 static void test_flatten_conflict(void)
