@@ -377,6 +377,21 @@ int coroutine_fn bdrv_co_pread(BlockDriverState *bs, int64_t offset,
 
 /* ---- writes ---- */
 
+static int coroutine_fn bdrv_flush_wait(BlockDriverState *bs, uint64_t gen,
+                                        bool force, uint64_t after_seq);
+
+/*
+ * Emulated FUA: the write just completed, but the caller counts it in
+ * write_gen only when the request ends, so bdrv_co_flush() would find the
+ * node clean right after another flush and skip the sync (a FUA write
+ * that followed a flush was then not durable). Wait for a flush that
+ * starts after the write completed.
+ */
+static int coroutine_fn bdrv_co_flush_fua(BlockDriverState *bs)
+{
+    return bdrv_flush_wait(bs, bs->write_gen, true, bs->flush_started);
+}
+
 static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
                                             int64_t offset, int64_t bytes,
                                             QEMUIOVector *qiov,
@@ -411,7 +426,7 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
         qiov_offset += n;
     }
     if (emulate_fua) {
-        ret = bdrv_co_flush(bs);
+        ret = bdrv_co_flush_fua(bs);
     }
     return ret;
 }
@@ -481,7 +496,7 @@ static int coroutine_fn bdrv_driver_pwrite_zeroes_one(BlockDriverState *bs,
         if (ret != -ENOTSUP) {
             if (ret >= 0 && (flags & BDRV_REQ_FUA) &&
                 !(drv->supported_zero_flags & BDRV_REQ_FUA)) {
-                ret = bdrv_co_flush(bs);
+                ret = bdrv_co_flush_fua(bs);
             }
             return ret;
         }

@@ -218,7 +218,11 @@ static ImageInfoSpecific *luks_get_specific_info(BlockDriverState *bs,
     luks_volume_info(&s->v, obj);
     for (guint i = 0; i < obj->members->len; i++) {
         JsonValue *m = g_ptr_array_index(obj->members, i);
-        image_info_add_json(info, m->key, json_copy(m));
+        JsonValue *c = json_copy(m);
+
+        g_free(c->key);         /* the item's key names it */
+        c->key = NULL;
+        image_info_add_json(info, m->key, c);
     }
     json_free(obj);
     return info;

@@ -51,12 +51,17 @@ struct AioContext {
     uint64_t bh_seq;
     bool in_poll;               /* loop may sleep: schedulers must kick */
     int event_fd;
+    unsigned fd_poll_skips;     /* aio_poll()s in a row that skipped the fds */
 
     GPtrArray *timers;          /* binary min-heap on expire_ns */
 
     AioIdleFunc *idle_fn;       /* see aio_set_idle_handler() */
     void *idle_opaque;
 };
+
+/* At most this many blocking aio_poll()s in a row return without polling
+ * the fds after a bottom half or timer ran. */
+#define AIO_MAX_FD_POLL_SKIPS 8
 
 static AioContext *main_ctx;
 static pthread_once_t main_ctx_once = PTHREAD_ONCE_INIT;
@@ -193,14 +198,19 @@ static void aio_notify(AioContext *ctx)
     (void)r;    /* EAGAIN: the counter is already non-zero, poll will wake */
 }
 
-/* Called with bh_lock held. */
-static void bh_schedule_locked(QEMUBH *bh)
+/*
+ * Called with bh_lock held. True if the loop may be asleep in ppoll() and
+ * must be kicked: the caller does so after dropping bh_lock, so that the
+ * woken loop does not block on the lock its waker still holds (a futex
+ * wait and wake per completion on the thread-pool path).
+ */
+static bool bh_schedule_locked(QEMUBH *bh)
 {
     AioContext *ctx = bh->ctx;
 
     bh->scheduled = true;
     if (bh->queued) {
-        return;
+        return false;
     }
     bh->queued = true;
     bh->seq = ++ctx->bh_seq;
@@ -211,26 +221,34 @@ static void bh_schedule_locked(QEMUBH *bh)
         ctx->bh_head = bh;
     }
     ctx->bh_tail = bh;
-    if (ctx->in_poll) {
-        aio_notify(ctx);
-    }
+    return __atomic_load_n(&ctx->in_poll, __ATOMIC_RELAXED);
 }
 
 void qemu_bh_schedule(QEMUBH *bh)
 {
-    pthread_mutex_lock(&bh->ctx->bh_lock);
-    bh_schedule_locked(bh);
-    pthread_mutex_unlock(&bh->ctx->bh_lock);
+    AioContext *ctx = bh->ctx;
+    bool kick;
+
+    pthread_mutex_lock(&ctx->bh_lock);
+    kick = bh_schedule_locked(bh);
+    pthread_mutex_unlock(&ctx->bh_lock);
+    if (kick) {
+        aio_notify(ctx);
+    }
 }
 
 void aio_bh_schedule_oneshot(AioContext *ctx, QEMUBHFunc *cb, void *opaque)
 {
     QEMUBH *bh = aio_bh_new(ctx, cb, opaque);
+    bool kick;
 
     pthread_mutex_lock(&ctx->bh_lock);
     bh->oneshot = true;
-    bh_schedule_locked(bh);
+    kick = bh_schedule_locked(bh);
     pthread_mutex_unlock(&ctx->bh_lock);
+    if (kick) {
+        aio_notify(ctx);
+    }
 }
 
 void qemu_bh_cancel(QEMUBH *bh)
@@ -497,6 +515,14 @@ static bool aio_run_idle_handler(AioContext *ctx)
     return true;
 }
 
+/* The loop thread is awake: schedulers need not kick it (loop thread). */
+static void aio_leave_poll(AioContext *ctx)
+{
+    if (__atomic_load_n(&ctx->in_poll, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&ctx->in_poll, false, __ATOMIC_RELAXED);
+    }
+}
+
 /*
  * Poll the fds (plus the notifier eventfd) for up to timeout_ns (-1 forever)
  * and dispatch the ready handlers.
@@ -539,16 +565,13 @@ static bool aio_dispatch_fds(AioContext *ctx, int64_t timeout_ns)
         tsp = &ts;
     }
     ret = ppoll(pfd, n + 1, tsp, NULL);
-    if (ctx->in_poll) {
-        /*
-         * Awake again: bottom halves that the handlers below schedule (a
-         * completion waking its coroutine) run at the next aio_poll()
-         * without an eventfd kick.
-         */
-        pthread_mutex_lock(&ctx->bh_lock);
-        ctx->in_poll = false;
-        pthread_mutex_unlock(&ctx->bh_lock);
-    }
+    /*
+     * Awake again: bottom halves that the handlers below schedule (a
+     * completion waking its coroutine) run at the next aio_poll() without
+     * an eventfd kick. No lock: a scheduler that still sees in_poll set
+     * only kicks once too often (the next poll returns at once).
+     */
+    aio_leave_poll(ctx);
 
     if (ret > 0) {
         if (pfd[n].revents) {
@@ -617,18 +640,27 @@ bool aio_poll(AioContext *ctx, bool blocking)
             timeout = 0;
         } else {
             timeout = aio_timers_deadline(ctx);
-            ctx->in_poll = true;
+            __atomic_store_n(&ctx->in_poll, true, __ATOMIC_RELAXED);
         }
         pthread_mutex_unlock(&ctx->bh_lock);
     }
 
-    progress |= aio_dispatch_fds(ctx, timeout);
-
-    if (ctx->in_poll) {
-        pthread_mutex_lock(&ctx->bh_lock);
-        ctx->in_poll = false;
-        pthread_mutex_unlock(&ctx->bh_lock);
+    if (blocking && progress &&
+        ctx->fd_poll_skips < AIO_MAX_FD_POLL_SKIPS) {
+        /*
+         * A bottom half or timer ran: return without the zero-timeout
+         * ppoll() that would only look at the fds. The caller polls again
+         * (AIO_WAIT_WHILE), and that call blocks in ppoll() if nothing else
+         * is pending, seeing the fds then. A completion waking a coroutine
+         * that wakes another through a bottom half (a CoMutex hand-off)
+         * made one useless ppoll() per step. Bounded, so that a stream of
+         * bottom halves cannot keep the fds unpolled.
+         */
+        ctx->fd_poll_skips++;
+        return true;
     }
+    ctx->fd_poll_skips = 0;
+    progress |= aio_dispatch_fds(ctx, timeout);
     if (blocking && !progress) {
         progress |= aio_bh_poll(ctx);
         progress |= aio_timers_run(ctx);

@@ -72,7 +72,9 @@ void aio_set_idle_handler(AioContext *ctx, AioIdleFunc *fn, void *opaque);
 /*
  * Run pending bottom halves, expired timers and ready fd handlers. When
  * blocking is true and nothing was ready, wait for the first event. Returns
- * true if progress was made (some callback ran).
+ * true if progress was made (some callback ran). A blocking call that ran
+ * a bottom half or timer may return before looking at the fds (a few times
+ * in a row at most): callers poll in a loop.
  */
 bool aio_poll(AioContext *ctx, bool blocking);
 

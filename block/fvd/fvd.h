@@ -276,6 +276,31 @@ typedef struct FvdThroughput {
     bool have;
 } FvdThroughput;
 
+/* Prefetch profiles (block/fvd/profile.c, docs/specs/fvd-profile.txt). */
+#define FVD_PROF_ID_SIZE        32          /* SHA-256 */
+#define FVD_PROF_MAX_RANGES     65536
+
+typedef struct FvdProfRange {
+    uint64_t start, len;            /* bytes in a file, blocks in memory */
+} FvdProfRange;
+
+/* A loaded profile: byte ranges of the base in the order to copy. */
+typedef struct FvdProfile {
+    char *path;                     /* NULL: none */
+    uint64_t base_size;
+    uint8_t base_id[FVD_PROF_ID_SIZE];
+    FvdProfRange *ranges;
+    uint32_t count;
+} FvdProfile;
+
+/* A recording: runs of blocks first read from the base, in order. */
+typedef struct FvdProfileRec {
+    char *path;                     /* NULL: not recording */
+    unsigned long *seen;            /* blocks noted */
+    GArray *ranges;                 /* FvdProfRange in blocks */
+    bool full;                      /* FVD_PROF_MAX_RANGES reached */
+} FvdProfileRec;
+
 /* Whole-image prefetch of the base, a job (block/fvd/prefetch.c). */
 typedef struct FvdPrefetch {
     Job *job;
@@ -287,6 +312,8 @@ typedef struct FvdPrefetch {
     int64_t measure_ns;
     int64_t throttle_ns;            /* longest random pause, 0: never */
     unsigned alpha;                 /* EWMA weight of the old average, % */
+    unsigned busy_duty;             /* % of time copying while the guest
+                                     * does I/O, 100: no limit */
     uint64_t cursor;                /* next block to look at */
     unsigned workers, inflight;
     CoQueue done_queue;
@@ -299,13 +326,17 @@ typedef struct FvdPrefetch {
     bool drain_user;
     bool drop_base;                 /* drop the base when complete */
     GSList *sleepers;               /* FvdSleeper: woken early by stop */
+    FvdProfRange *order;            /* profile blocks to copy first */
+    uint32_t order_count, order_idx;
+    uint64_t order_pos;             /* next block in order[order_idx] */
+    uint64_t profile_blocks;        /* blocks the profile names */
 } FvdPrefetch;
 
 typedef struct FvdStats {
     uint64_t commits, journal_sectors, checkpoints, bg_commits;
     uint64_t cor_blocks, cow_reads, alloc_writes, pending_waits;
     uint64_t chunks_allocated, storage_grows;
-    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses;
+    uint64_t alloc_waits, prefetch_blocks, prefetch_pauses, prefetch_rests;
 } FvdStats;
 
 typedef struct BDRVFvdState {
@@ -330,6 +361,10 @@ typedef struct BDRVFvdState {
     FvdAlloc *allocs;
     FvdJournal j;
     FvdPrefetch pf;
+    uint64_t guest_reqs;            /* guest reads and writes started */
+    unsigned guest_inflight;        /* and not finished */
+    FvdProfile prof;                /* prefetch-profile, loaded */
+    FvdProfileRec prof_rec;         /* prefetch-profile-record */
     bool compact;                   /* TABLE: data through the table */
     uint64_t chunk_size;
     FvdTable t;
@@ -561,6 +596,20 @@ void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs);
 Job *fvd_prefetch_job(BlockDriverState *bs);
 /* "running", "paused", "done", "cancelled", "failed", or NULL (none). */
 const char *fvd_prefetch_state(BDRVFvdState *s);
+
+/* profile.c */
+int coroutine_fn fvd_profile_base_id(BlockDriverState *bs, uint64_t *size,
+                                     uint8_t id[FVD_PROF_ID_SIZE]);
+/* Open: start recording guest reads of the base (path NULL: don't). */
+int fvd_profile_record_setup(BlockDriverState *bs, const char *path,
+                             Error **errp);
+/* The guest read blocks [c, c + n) from the base. */
+void fvd_profile_note(BDRVFvdState *s, uint64_t c, uint64_t n);
+/* Close: write the recorded profile, free the recording. */
+void coroutine_fn fvd_profile_record_finish(BlockDriverState *bs);
+/* Open: read and check a profile (the base identity is checked later). */
+int fvd_profile_load(BDRVFvdState *s, const char *path, Error **errp);
+void fvd_profile_free(BDRVFvdState *s);
 
 /* Helpers shared by the files. */
 static inline uint64_t fvd_coverage(BDRVFvdState *s)

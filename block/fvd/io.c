@@ -90,9 +90,9 @@ static int coroutine_fn fvd_next_run(BDRVFvdState *s, int64_t offset,
     return 0;
 }
 
-int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
-                               int64_t bytes, QEMUIOVector *qiov,
-                               size_t qiov_offset, BdrvRequestFlags flags)
+static int coroutine_fn fvd_do_read(BlockDriverState *bs, int64_t offset,
+                                    int64_t bytes, QEMUIOVector *qiov,
+                                    size_t qiov_offset)
 {
     BDRVFvdState *s = bs->opaque;
 
@@ -107,6 +107,9 @@ int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
         ret = fvd_next_run(s, offset, bytes, &in_image, &c, &run, &n);
         if (ret < 0) {
             return ret;
+        }
+        if (!in_image) {
+            fvd_profile_note(s, c, run);
         }
         if (in_image) {
             ret = fvd_data_preadv(bs, offset, n, qiov, qiov_offset);
@@ -123,6 +126,20 @@ int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
         qiov_offset += n;
     }
     return 0;
+}
+
+/* Guest requests are counted: prefetch yields to them (prefetch.c). */
+int coroutine_fn fvd_co_preadv(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes, QEMUIOVector *qiov,
+                               size_t qiov_offset, BdrvRequestFlags flags)
+{
+    BDRVFvdState *s = bs->opaque;
+
+    s->guest_reqs++;
+    s->guest_inflight++;
+    int ret = fvd_do_read(bs, offset, bytes, qiov, qiov_offset);
+    s->guest_inflight--;
+    return ret;
 }
 
 /* ---- writes ---- */
@@ -308,7 +325,13 @@ int coroutine_fn fvd_co_pwritev(BlockDriverState *bs, int64_t offset,
                                 int64_t bytes, QEMUIOVector *qiov,
                                 size_t qiov_offset, BdrvRequestFlags flags)
 {
-    return fvd_do_write(bs, offset, bytes, qiov, qiov_offset, flags);
+    BDRVFvdState *s = bs->opaque;
+
+    s->guest_reqs++;
+    s->guest_inflight++;
+    int ret = fvd_do_write(bs, offset, bytes, qiov, qiov_offset, flags);
+    s->guest_inflight--;
+    return ret;
 }
 
 /*

@@ -783,6 +783,12 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
         image_info_add_str(info, "prefetch", pf);
         image_info_add_int(info, "prefetch-done", cur);
         image_info_add_int(info, "prefetch-total", total);
+        if (s->prof.path || s->pf.order) {
+            /* Blocks the profile puts first: 0 until the job has checked
+             * it against the base, and when it was refused. */
+            image_info_add_int(info, "prefetch-profile-blocks",
+                               s->pf.profile_blocks);
+        }
     }
     if (cnt.ret >= 0) {
         uint64_t in_image = fvd_blocks_in_image(s, cnt.allocated);
@@ -792,8 +798,13 @@ ImageInfoSpecific *fvd_get_specific_info(BlockDriverState *bs, Error **errp)
          * file alone is a raw image of the disk). */
         image_info_add_bool(info, "complete", cnt.allocated == s->nb_blocks);
     }
-    /* The header's record of it (spec section 10), set by prefetch. */
-    image_info_add_bool(info, "complete-recorded",
-                        s->header.compatible_features & FVD_COMPAT_COMPLETE);
+    /* The header's record of it (spec section 10), set by prefetch;
+     * shown where there is a base to finish or the bit is set. */
+    if (s->nb_blocks || (s->header.compatible_features &
+                         FVD_COMPAT_COMPLETE)) {
+        image_info_add_bool(info, "complete-recorded",
+                            s->header.compatible_features &
+                            FVD_COMPAT_COMPLETE);
+    }
     return info;
 }

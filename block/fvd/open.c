@@ -40,6 +40,15 @@ static const QemuOptDesc fvd_open_opts[] = {
       "0: never pause)" },
     { "prefetch-alpha", QEMU_OPT_NUMBER,
       "Weight of the old average in percent (default 80)" },
+    { "prefetch-busy-duty", QEMU_OPT_NUMBER,
+      "Percent of the time prefetch may copy while the guest does I/O, "
+      "1..100 (default 10; 100: no limit)" },
+    { "prefetch-profile", QEMU_OPT_STRING,
+      "Profile file (prefetch-profile-record) whose blocks prefetch copies "
+      "first" },
+    { "prefetch-profile-record", QEMU_OPT_STRING,
+      "Record the order of the guest's first reads of base blocks into "
+      "this profile file, written at close" },
     { "prefetch-drop-base", QEMU_OPT_BOOL,
       "When prefetch has copied every block, drop the base from the header "
       "(default off)" },
@@ -184,6 +193,7 @@ static void fvd_free_state(BlockDriverState *bs)
     fvd_table_free(s);
     table_cache_free(s->bitmap);
     s->bitmap = NULL;
+    fvd_profile_free(s);
     bs->data_file = NULL;
     bdrv_unref(s->data_file);
     s->data_file = NULL;
@@ -300,6 +310,7 @@ static void coroutine_fn fvd_close(BlockDriverState *bs)
      * next open skips replay). The prefetch job stops first (paused by the
      * drain, it is cancelled and waited for). */
     fvd_prefetch_stop(bs);
+    fvd_profile_record_finish(bs);
     fvd_journal_stop(bs);
     if (!bs->read_only && (s->session_dirty || s->replayed_in_cache) &&
         fvd_opened(bs) && fvd_begin_change(bs) >= 0 &&

@@ -127,7 +127,7 @@ static bool coroutine_fn fvd_pf_wait(BDRVFvdState *s, uint64_t len)
  * record: a crash only makes them read from the unchanged base again).
  */
 static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
-                                    uint64_t run)
+                                    uint64_t run, int64_t *rest_ns)
 {
     BDRVFvdState *s = bs->opaque;
     int bits = s->header.block_bits;
@@ -137,6 +137,8 @@ static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
     uint8_t *buf = qemu_blockalign(len);
     QEMUIOVector v;
     int64_t t0 = qemu_clock_get_ns(), t1;
+    uint64_t reqs = s->guest_reqs;
+    bool busy = s->guest_inflight > 0;
     int ret;
 
     BLKDBG_EVENT(bs->backing, "prefetch_read");
@@ -157,6 +159,15 @@ static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
         s->soft_dirty = true;
         s->stats.prefetch_blocks += run;
     }
+    /* The guest did I/O meanwhile: rest so that the workers together copy
+     * at most busy_duty % of the time (duty d, w workers: rest w*100/d - 1
+     * times the copy's duration). */
+    busy = busy || s->guest_inflight > 0 || s->guest_reqs != reqs;
+    if (busy && s->pf.busy_duty < 100) {
+        *rest_ns = (qemu_clock_get_ns() - t0) *
+                   (int64_t)(s->pf.max_inflight * 100 / s->pf.busy_duty - 1);
+        s->stats.prefetch_rests++;
+    }
     qemu_vfree(buf);
     return ret;
 }
@@ -164,7 +175,8 @@ static int coroutine_fn fvd_pf_copy(BlockDriverState *bs, uint64_t c,
 /* One step at block c: skip a run in the image or copy a run in the base;
  * *next is where the next step starts. */
 static int coroutine_fn fvd_pf_step(BlockDriverState *bs, uint64_t c,
-                                    uint64_t end, uint64_t *next)
+                                    uint64_t end, uint64_t *next,
+                                    int64_t *rest_ns)
 {
     BDRVFvdState *s = bs->opaque;
     bool in_image, in2;
@@ -187,7 +199,7 @@ static int coroutine_fn fvd_pf_step(BlockDriverState *bs, uint64_t c,
     fvd_alloc_begin(s, &a, c, c + run);
     ret = fvd_block_run(s, c, c + run, &in2, &run2);
     if (ret >= 0 && !in2 && run2 == run) {
-        ret = fvd_pf_copy(bs, c, run);
+        ret = fvd_pf_copy(bs, c, run, rest_ns);
         if (ret >= 0) {
             job_progress_update(s->pf.job, run);
             *next = c + run;
@@ -216,14 +228,51 @@ static int coroutine_fn fvd_pf_range(BlockDriverState *bs, uint64_t c,
         if (c >= end) {
             break;
         }
+        int64_t rest_ns = 0;
         pf->inflight++;
-        int ret = fvd_pf_step(bs, c, end, &c);
+        int ret = fvd_pf_step(bs, c, end, &c, &rest_ns);
         pf->inflight--;
         if (ret < 0) {
             return ret;
         }
+        if (rest_ns > 0 && !fvd_pf_sleep(pf, rest_ns)) {
+            return 0;
+        }
     }
     return 0;
+}
+
+/*
+ * Claim the next unit of at most per blocks, [*c, *end): the profile's
+ * runs first, in their order, then every block in order (blocks already
+ * copied are skipped quickly). False when nothing is left.
+ */
+static bool fvd_pf_claim(BDRVFvdState *s, uint64_t per, uint64_t *c,
+                         uint64_t *end)
+{
+    FvdPrefetch *pf = &s->pf;
+
+    while (pf->order_idx < pf->order_count) {
+        FvdProfRange *r = &pf->order[pf->order_idx];
+        uint64_t r_end = MIN(r->start + r->len, s->nb_blocks);
+        uint64_t pos = MAX(pf->order_pos, r->start);
+        if (pos >= r_end) {
+            pf->order_idx++;
+            pf->order_pos = 0;
+            continue;
+        }
+        *c = pos;
+        *end = MIN(pos + per, r_end);
+        pf->order_pos = *end;
+        return true;
+    }
+    *c = pf->cursor;
+    *end = MIN(*c - *c % per + per, s->nb_blocks);
+    if (*c >= *end) {
+        return false;
+    }
+    pf->cursor = *end;
+    return true;
 }
 
 static void coroutine_fn fvd_pf_worker(void *opaque)
@@ -234,16 +283,13 @@ static void coroutine_fn fvd_pf_worker(void *opaque)
     uint64_t per = MAX(pf->bytes >> s->header.block_bits, UINT64_C(1));
 
     while (pf->ret >= 0 && pf->cursor < s->nb_blocks) {
-        if (!fvd_pf_wait(s, pf->bytes)) {
+        /* Claim the next unit before anything yields; the bandwidth cap
+         * counts its size (a profile's runs may be small). */
+        uint64_t c, end;
+        if (!fvd_pf_claim(s, per, &c, &end) ||
+            !fvd_pf_wait(s, (end - c) << s->header.block_bits)) {
             break;
         }
-        /* Claim the next unit before anything yields. */
-        uint64_t c = pf->cursor;
-        uint64_t end = MIN(c - c % per + per, s->nb_blocks);
-        if (c >= end) {
-            break;
-        }
-        pf->cursor = end;
         int ret = fvd_pf_range(bs, c, end);
         if (ret < 0 && pf->ret >= 0) {
             pf->ret = ret;      /* the prototype's rule: stop on an error */
@@ -251,6 +297,42 @@ static void coroutine_fn fvd_pf_worker(void *opaque)
     }
     pf->workers--;
     qemu_co_queue_restart_all(&pf->done_queue);
+}
+
+/*
+ * The loaded profile, if it was recorded over this base, becomes the
+ * order of blocks to copy first; over another base it is ignored with a
+ * warning. Bounded: one pass over the profile's (disjoint) ranges.
+ */
+static void coroutine_fn fvd_pf_use_profile(BlockDriverState *bs)
+{
+    BDRVFvdState *s = bs->opaque;
+    FvdPrefetch *pf = &s->pf;
+    FvdProfile *p = &s->prof;
+    uint8_t id[FVD_PROF_ID_SIZE];
+    uint64_t size;
+    int bits = s->header.block_bits;
+
+    if (!p->path) {
+        return;
+    }
+    if (fvd_profile_base_id(bs, &size, id) < 0 || size != p->base_size ||
+        memcmp(id, p->base_id, FVD_PROF_ID_SIZE)) {
+        error_report("warning: FVD prefetch profile '%s' was not recorded "
+                     "over this base; ignored", p->path);
+        return;
+    }
+    pf->order = g_new(FvdProfRange, MAX(p->count, 1));
+    for (uint32_t i = 0; i < p->count; i++) {
+        uint64_t c = p->ranges[i].start >> bits;
+        uint64_t e = MIN((p->ranges[i].start + p->ranges[i].len +
+                          s->block_size - 1) >> bits, s->nb_blocks);
+        if (c < e) {
+            pf->order[pf->order_count++] = (FvdProfRange) {
+                .start = c, .len = e - c };
+            pf->profile_blocks += e - c;
+        }
+    }
 }
 
 static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
@@ -276,6 +358,9 @@ static int coroutine_fn fvd_pf_run(Job *job, void *opaque)
         goto out;
     }
     job_progress_update(job, populated);
+    pf->inflight++;
+    fvd_pf_use_profile(bs);
+    pf->inflight--;
     pf->workers = pf->max_inflight;
     for (unsigned i = 1; i < pf->max_inflight; i++) {
         aio_co_schedule(qemu_coroutine_create(fvd_pf_worker, bs));
@@ -338,6 +423,8 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     int64_t throttle = qemu_opt_get_number(opts, "prefetch-throttle-time",
                                            30000);
     int64_t alpha = qemu_opt_get_number(opts, "prefetch-alpha", 80);
+    int64_t duty = qemu_opt_get_number(opts, "prefetch-busy-duty", 10);
+    const char *profile;
 
     qemu_co_queue_init(&pf->done_queue);
     pf->bytes = qemu_opt_get_size(opts, "prefetch-bytes", 1 * MiB);
@@ -347,11 +434,12 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     if (delay < 0 || delay > 86400 || inflight < 1 || inflight > 16 ||
         measure < 1 || measure > 60000 || throttle < 0 ||
         throttle > 3600000 || alpha < 0 || alpha > 100 ||
+        duty < 1 || duty > 100 ||
         pf->bytes < 512 || pf->bytes > 64 * MiB) {
         error_setg(errp, "Invalid FVD prefetch option (delay 0..86400 s, "
                    "max-inflight 1..16, measure-time 1..60000 ms, "
-                   "throttle-time 0..3600000 ms, alpha 0..100, bytes "
-                   "512..64M)");
+                   "throttle-time 0..3600000 ms, alpha 0..100, busy-duty "
+                   "1..100, bytes 512..64M)");
         return -EINVAL;
     }
     pf->start_delay_ns = delay * 1000000000LL;
@@ -359,6 +447,16 @@ int fvd_prefetch_setup(BlockDriverState *bs, QemuOpts *opts, Error **errp)
     pf->measure_ns = measure * 1000000LL;
     pf->throttle_ns = throttle * 1000000LL;
     pf->alpha = alpha;
+    pf->busy_duty = duty;
+    profile = qemu_opt_get(opts, "prefetch-profile");
+    if (profile && fvd_profile_load(s, profile, errp) < 0) {
+        return -EINVAL;
+    }
+    if (fvd_profile_record_setup(bs, qemu_opt_get(opts,
+                                                  "prefetch-profile-record"),
+                                 errp) < 0) {
+        return -EINVAL;
+    }
     pf->drop_base = qemu_opt_get_bool(opts, "prefetch-drop-base", false);
     if (!qemu_opt_get_bool(opts, "prefetch", false) || bs->read_only ||
         !s->nb_blocks) {
@@ -400,6 +498,9 @@ void coroutine_fn fvd_prefetch_stop(BlockDriverState *bs)
     }
     job_free(pf->job);
     pf->job = NULL;
+    g_free(pf->order);
+    pf->order = NULL;
+    pf->order_count = pf->order_idx = 0;
 }
 
 const char *fvd_prefetch_state(BDRVFvdState *s)

@@ -756,7 +756,8 @@ static uint64_t qcow2_in_place_run(BlockDriverState *bs, Qcow2L2Slice *sl,
  */
 static void qcow2_plan_cow(BlockDriverState *bs, Qcow2Alloc *m,
                            uint64_t offset, uint64_t bytes,
-                           uint64_t first_entry, uint64_t last_entry)
+                           uint64_t first_entry, uint64_t first_bitmap,
+                           uint64_t last_entry, uint64_t last_bitmap)
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t start = qcow2_offset_into_cluster(s, offset);
@@ -764,13 +765,31 @@ static void qcow2_plan_cow(BlockDriverState *bs, Qcow2Alloc *m,
     uint64_t last_base = (m->nb_clusters - 1) << s->cluster_bits;
     uint64_t from, to;
 
+    /*
+     * An old cluster with data is copied whole, except (QEMU's rule, so
+     * that the bitmaps match) that with subclusters the copy skips the
+     * leading and trailing subclusters not allocated in it.
+     */
     if (!m->keep_old && qcow2_old_has_data(bs, first_entry)) {
         from = 0;
+        if (s->extended_l2 && !(first_entry & QCOW2_OFLAG_COMPRESSED)) {
+            uint32_t alloc = first_bitmap & QCOW2_SC_ALL_ALLOC;
+            unsigned sc = start >> s->subcluster_bits;
+            unsigned first_alloc = alloc ? __builtin_ctz(alloc) : 32;
+            from = (uint64_t)MIN(sc, first_alloc) << s->subcluster_bits;
+        }
     } else {
         from = QEMU_ALIGN_DOWN(start, (uint64_t)s->subcluster_size);
     }
     if (!m->keep_old && qcow2_old_has_data(bs, last_entry)) {
         to = last_base + s->cluster_size;
+        if (s->extended_l2 && !(last_entry & QCOW2_OFLAG_COMPRESSED)) {
+            uint32_t alloc = last_bitmap & QCOW2_SC_ALL_ALLOC;
+            unsigned sc = ((end - 1) & (s->cluster_size - 1)) >>
+                          s->subcluster_bits;
+            unsigned trailing = alloc ? __builtin_clz(alloc) : 32;
+            to -= (uint64_t)MIN(31 - sc, trailing) << s->subcluster_bits;
+        }
     } else {
         to = ROUND_UP(end, (uint64_t)s->subcluster_size);
     }
@@ -866,8 +885,9 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
         return ret;
     }
     uint64_t first = qcow2_l2_entry(s, sl.page, sl.index);
+    uint64_t first_bitmap = qcow2_l2_bitmap(s, sl.page, sl.index);
     bool keep = qcow2_keeps_host(bs, first);
-    uint64_t n = 0, covered = 0, last = first;
+    uint64_t n = 0, covered = 0, last = first, last_bitmap = first_bitmap;
     uint64_t keep_host = first & QCOW2_L2E_OFFSET_MASK;
 
     for (uint32_t i = sl.index; i < s->l2_slice_size && covered < *bytes;
@@ -889,6 +909,7 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
             break;
         }
         last = e;
+        last_bitmap = b;
         covered += to - from;
         n++;
     }
@@ -908,6 +929,10 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
     } else if (keep) {
         host_start = keep_host;
     } else {
+        ret = qcow2_settle_frees_for_reuse(bs);
+        if (ret < 0) {
+            return ret;
+        }
         int64_t r = qcow2_alloc_clusters(bs, n << s->cluster_bits);
         if (r < 0) {
             return r;
@@ -916,7 +941,8 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
     }
     Qcow2Alloc *m = qcow2_alloc_register(s, guest_cluster, host_start, n,
                                          keep);
-    qcow2_plan_cow(bs, m, offset, covered, first, last);
+    qcow2_plan_cow(bs, m, offset, covered, first, first_bitmap, last,
+                   last_bitmap);
     *host = host_start + in_cluster;
     *bytes = covered;
     *alloc = m;
@@ -1352,7 +1378,9 @@ static int coroutine_fn qcow2_expand_l2(BlockDriverState *bs,
                 }
                 host = h;
             }
-            ret = bdrv_co_pwrite_zeroes(bs->file, host, s->cluster_size, 0);
+            ret = qcow2_crypto_host_iv(s)
+                  ? qcow2_write_encrypted_zero_cluster(bs, host)
+                  : bdrv_co_pwrite_zeroes(bs->file, host, s->cluster_size, 0);
             if (ret < 0) {
                 table_cache_put(s->l2_cache, &page);
                 return ret;

@@ -1020,17 +1020,18 @@ int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2Amend a = { 0 };
-    int ret;
-
     Qcow2AmendProgress progress = { 0 };
+    int ret;
 
     ret = qcow2_amend_parse(bs, opts, &a, errp);
     if (ret < 0) {
         return ret;
     }
-    /* QEMU counts a version change and a refcount width change. */
+    /* QEMU counts a version change, a refcount width change and an
+     * encryption update. */
     progress.total_ops = (a.new_version != s->qcow_version) +
-                         (a.refcount_bits != (uint64_t)s->refcount_bits);
+                         (a.refcount_bits != (uint64_t)s->refcount_bits) +
+                         a.crypto_update;
     s->amend_progress = &progress;
     qemu_co_mutex_lock(&s->lock);
     ret = qcow2_amend_locked(bs, &a, errp);
@@ -1041,6 +1042,7 @@ int coroutine_fn qcow2_amend_options(BlockDriverState *bs, QemuOpts *opts,
         bdrv_refresh_total_bytes(bs);
     }
     if (ret >= 0 && a.crypto_update) {
+        qcow2_amend_begin(s, QCOW2_AMEND_ENCRYPTION);
         ret = qcow2_crypto_amend(bs, opts, force, errp);
     }
     if (ret >= 0 && a.new_version < s->qcow_version) {

@@ -194,6 +194,25 @@ bool qcow2_crypto_can_io(BDRVQcow2State *s)
                                         : s->crypto->v.cipher != NULL);
 }
 
+bool qcow2_crypto_host_iv(BDRVQcow2State *s)
+{
+    return qcow2_crypto_can_io(s) && !s->crypto->aes;
+}
+
+int coroutine_fn qcow2_write_encrypted_zero_cluster(BlockDriverState *bs,
+                                                   uint64_t host)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint8_t *buf = qemu_blockalign(s->cluster_size);
+    int ret;
+
+    memset(buf, 0, s->cluster_size);
+    qcow2_encrypt(s, host, 0, buf, s->cluster_size);
+    ret = bdrv_co_pwrite(bs->file, host, s->cluster_size, buf, 0);
+    qemu_vfree(buf);
+    return ret;
+}
+
 /* LUKS: the host sector is the IV's input; AES: the guest sector. */
 void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
                    uint8_t *buf, size_t len)
@@ -247,6 +266,21 @@ struct Qcow2CryptoCreate {
     bool aes;                   /* legacy AES: just the key secret */
 };
 
+/* The secret exists and is UTF-8: checked before any file is made, so
+ * that a bad one leaves nothing behind (as QEMU). */
+static bool qcow2_crypto_secret_ok(const char *sid, Error **errp)
+{
+    size_t len;
+    char *pass = luks_passphrase(sid, &len, errp);
+
+    if (!pass) {
+        return false;
+    }
+    explicit_bzero(pass, len);
+    g_free(pass);
+    return true;
+}
+
 /*
  * encrypt.format=luks and its options (encrypt.key-secret, cipher-alg,
  * ...): *out set for an encrypted image, NULL for a plain one.
@@ -259,14 +293,23 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
 
     *out = NULL;
     if (qemu_opt_get_bool(opts, "encryption", false)) {
-        if (fmt && strcmp(fmt, "aes")) {
-            error_setg(errp, "Options \"encryption\" and \"encrypt.format\" "
-                       "are mutually exclusive");
+        if (fmt) {
+            error_setg(errp, "'encrypt.format' and its alias 'encryption' "
+                       "can't be used at the same time");
             return -EINVAL;
         }
         fmt = "aes";
     }
-    if (!fmt || !strcmp(fmt, "none")) {
+    if (!fmt) {
+        /* encrypt.* options without a format: QEMU's message */
+        for (size_t i = 0; i < qemu_opts_count(opts); i++) {
+            const char *name, *value;
+            qemu_opts_nth(opts, i, &name, &value);
+            if (g_str_has_prefix(name, "encrypt.")) {
+                error_setg(errp, "Parameter 'encrypt.format' is missing");
+                return -EINVAL;
+            }
+        }
         return 0;
     }
     if (!strcmp(fmt, "aes")) {
@@ -274,6 +317,9 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
         if (!sid) {
             error_setg(errp, "Parameter 'encrypt.key-secret' is required "
                        "for cipher");
+            return -EINVAL;
+        }
+        if (!qcow2_crypto_secret_ok(sid, errp)) {
             return -EINVAL;
         }
         cc = g_new0(Qcow2CryptoCreate, 1);
@@ -288,7 +334,8 @@ int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
         return -EINVAL;
     }
     cc = g_new0(Qcow2CryptoCreate, 1);
-    if (luks_create_parse(opts, "encrypt.", &cc->c, errp) < 0) {
+    if (luks_create_parse(opts, "encrypt.", &cc->c, errp) < 0 ||
+        !qcow2_crypto_secret_ok(cc->c.key_secret, errp)) {
         g_free(cc);
         return -EINVAL;
     }
@@ -433,6 +480,17 @@ void qcow2_crypto_close(BlockDriverState *bs)
 bool qcow2_crypto_can_io(BDRVQcow2State *s)
 {
     return false;
+}
+
+bool qcow2_crypto_host_iv(BDRVQcow2State *s)
+{
+    return false;
+}
+
+int coroutine_fn qcow2_write_encrypted_zero_cluster(BlockDriverState *bs,
+                                                   uint64_t host)
+{
+    return -ENOTSUP;
 }
 
 void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,

@@ -365,6 +365,9 @@ typedef struct BDRVQcow2State {
     GArray *pending_frees;          /* not yet written out (Qcow2PendingFree) */
     struct Qcow2AmendProgress *amend_progress;  /* amend -p; NULL: none */
     GArray *frees_written;          /* tables written, waiting for a flush */
+    /* Entries at the start of pending_frees / frees_written known not to
+     * free a cluster (qcow2_settle_frees_for_reuse). */
+    guint frees_checked_pending, frees_checked_written;
     uint64_t frees_written_gen;     /* bs->file write gen they need */
 
     /* caches */
@@ -544,6 +547,7 @@ void qcow2_free_entry_deferred(BlockDriverState *bs, uint64_t entry,
                                bool discard);
 int coroutine_fn qcow2_apply_durable_frees(BlockDriverState *bs);
 int coroutine_fn qcow2_settle_frees(BlockDriverState *bs);
+int coroutine_fn qcow2_settle_frees_for_reuse(BlockDriverState *bs);
 int64_t coroutine_fn qcow2_refcount_area(BlockDriverState *bs, uint64_t start,
                                          uint64_t additional, bool exact,
                                          uint64_t new_index,
@@ -641,6 +645,13 @@ void qcow2_encrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
 void qcow2_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest,
                    uint8_t *buf, size_t len);
 JsonValue *qcow2_crypto_info(BlockDriverState *bs);
+/* LUKS with its key: data at a host offset can be encrypted without its
+ * guest offset. */
+bool qcow2_crypto_host_iv(BDRVQcow2State *s);
+/* One cluster at host reading as zeroes (LUKS; a downgrade's zero
+ * clusters: plain zeroes would read as garbage). */
+int coroutine_fn qcow2_write_encrypted_zero_cluster(BlockDriverState *bs,
+                                                   uint64_t host);
 int qcow2_crypto_parse_create(QemuOpts *opts, Qcow2CryptoCreate **out,
                               Error **errp);
 uint64_t qcow2_crypto_header_bytes(const Qcow2CryptoCreate *cc);

@@ -833,6 +833,9 @@ static int coroutine_fn qcow2_apply_frees(BlockDriverState *bs, GArray *list)
     uint64_t oldest = qcow2_oldest_inplace(s);
     int ret = 0;
 
+    /* Entries go: look at the lists afresh next time. */
+    s->frees_checked_pending = s->frees_checked_written = 0;
+
     for (guint i = 0; i < list->len && ret >= 0;) {
         Qcow2PendingFree f = g_array_index(list, Qcow2PendingFree, i);
         if (f.seq > oldest) {
@@ -877,6 +880,7 @@ int coroutine_fn qcow2_apply_durable_frees(BlockDriverState *bs)
                             s->pending_frees->len);
         g_array_set_size(s->pending_frees, 0);
         s->frees_written_gen = gen;
+        s->frees_checked_pending = s->frees_checked_written = 0;
     }
     return ret;
 }
@@ -904,6 +908,52 @@ int coroutine_fn qcow2_settle_frees(BlockDriverState *bs)
         ret = qcow2_apply_frees(bs, s->pending_frees);
     }
     return ret;
+}
+
+/*
+ * Would the frees of list from entry *checked on free a cluster? Entries
+ * found not to (they only drop a shared cluster's count) are not looked
+ * at again: *checked moves past them.
+ */
+static bool coroutine_fn qcow2_frees_free_any(BlockDriverState *bs,
+                                              GArray *list, guint *checked)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    for (; *checked < list->len; (*checked)++) {
+        Qcow2PendingFree *f = &g_array_index(list, Qcow2PendingFree,
+                                             *checked);
+        uint64_t first = f->offset >> s->cluster_bits;
+        uint64_t end = qcow2_size_to_clusters(s, f->offset + f->bytes);
+
+        for (uint64_t c = first; c < end; c++) {
+            uint64_t rc;
+            if (qcow2_get_refcount(bs, c, &rc) < 0 || rc <= 1) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/*
+ * Before a data allocation: when queued frees would free clusters that
+ * first-fit allocation reaches (as QEMU reuses freed clusters at once),
+ * make the tables that dropped them durable and apply the frees, so the
+ * allocation reuses them and no durable table names a reused cluster.
+ * Frees that only drop a shared cluster's count cost nothing here.
+ */
+int coroutine_fn qcow2_settle_frees_for_reuse(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!qcow2_frees_free_any(bs, s->pending_frees,
+                              &s->frees_checked_pending) &&
+        !qcow2_frees_free_any(bs, s->frees_written,
+                              &s->frees_checked_written)) {
+        return 0;
+    }
+    return qcow2_settle_frees(bs);
 }
 
 /* ---- setup ---- */

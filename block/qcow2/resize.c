@@ -97,6 +97,53 @@ static int coroutine_fn qcow2_prealloc_data(BlockDriverState *bs,
     uint64_t nb_l2 = DIV_ROUND_UP(nb_data, s->l2_size) + 1;
     uint64_t area = last >= 0 ? (uint64_t)last + 1
                               : qcow2_size_to_clusters(s, file_size);
+    uint64_t in_cluster = qcow2_offset_into_cluster(s, old_length);
+
+    if (in_cluster) {
+        /*
+         * The old last cluster is partial: where it has a host cluster
+         * (metadata preallocation leaves it a hole), its new part gets
+         * host space now too, so that writes there do not grow the file
+         * (QEMU moves that cluster to new preallocated space).
+         */
+        uint64_t bytes = s->cluster_size - in_cluster, host = 0;
+        Qcow2SubclusterType type;
+
+        ret = qcow2_get_host_offset(bs, old_length, &bytes, &host, &type);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to preallocate the last "
+                             "cluster");
+            return ret;
+        }
+        uint64_t refcount = 0;
+
+        if ((type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC) &&
+            host && !s->external_data) {
+            /* Not a cluster an internal snapshot shares. */
+            ret = qcow2_get_refcount(bs, host >> s->cluster_bits, &refcount);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Failed to preallocate the "
+                                 "last cluster");
+                return ret;
+            }
+        }
+        if (refcount == 1) {
+            /* Written zeroes, not a zeroed range: a file system may keep
+             * the latter unwritten and split its extents on later writes
+             * (more host blocks). */
+            uint64_t n = s->cluster_size - in_cluster;
+            void *zeroes = qemu_blockalign(n);
+
+            memset(zeroes, 0, n);
+            ret = bdrv_co_pwrite(bs->file, host, n, zeroes, 0);
+            qemu_vfree(zeroes);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Failed to preallocate the "
+                                 "last cluster");
+                return ret;
+            }
+        }
+    }
     if (!nb_data) {
         return 0;
     }
@@ -397,6 +444,7 @@ static int coroutine_fn qcow2_make_completely_empty(BlockDriverState *bs)
     s->refcount_table[0] = 2 * cs;
     g_array_set_size(s->pending_frees, 0);
     g_array_set_size(s->frees_written, 0);
+    s->frees_checked_pending = s->frees_checked_written = 0;
     qcow2_invalidate_meta_clusters(s);
     BLKDBG_EVENT(bs->file, "refblock_alloc");
     ret = qcow2_write_reftable_entry(bs, 0);

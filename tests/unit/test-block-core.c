@@ -243,6 +243,16 @@ static void test_flush_merge(void)
     AIO_WAIT_WHILE(!all_done(f, N));
     g_assert_cmpuint(counter_flushes, ==, 2);
     g_assert(bdrv_write_gen_is_durable(bs, bdrv_get_write_gen(bs)));
+
+    /* A FUA write right after a flush (a journaling guest's commit block)
+     * is not yet counted as written when the layer emulates its FUA: it
+     * still costs a flush of its own, and so does a FUA zero write. */
+    counter_flushes = 0;
+    g_assert_cmpint(bdrv_pwrite(bs, 0, 512, (uint8_t[512]){ 0 },
+                                BDRV_REQ_FUA), ==, 0);
+    g_assert_cmpuint(counter_flushes, ==, 1);
+    g_assert_cmpint(bdrv_pwrite_zeroes(bs, 0, 512, BDRV_REQ_FUA), ==, 0);
+    g_assert_cmpuint(counter_flushes, ==, 2);
     bdrv_unref(bs);
 }
 

@@ -743,6 +743,184 @@ static void test_prefetch_drain(void)
     g_free(base);
 }
 
+/*
+ * While the guest does I/O, prefetch copies at most prefetch-busy-duty %
+ * of the time: a guest read during a copy (held at a breakpoint) makes the
+ * worker rest afterwards; with 100 it never rests.
+ */
+static void test_prefetch_busy(void)
+{
+    for (int duty = 50; duty <= 100; duty += 50) {
+        char *base, *top;
+        char *o = g_strdup_printf("prefetch=on,prefetch-bytes=64k,"
+                                  "prefetch-max-inflight=1,"
+                                  "prefetch-throttle-time=0,"
+                                  "prefetch-busy-duty=%d", duty);
+        BlockDriverState *bs = open_prefetch("pb.fvd", o, &base, &top);
+        BDRVFvdState *s = bs->opaque;
+        uint8_t buf[4096];
+
+        g_free(o);
+        g_assert_cmpint(bdrv_debug_breakpoint(bs, "prefetch_write", "P"), ==,
+                        0);
+        AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "P"));
+        g_assert_cmpint(bdrv_pread(bs, 512 * KiB, 4096, buf, 0), ==, 0);
+        g_assert_cmpint(buf[0], ==, 0xee);
+        g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "P"), ==, 0);
+        AIO_WAIT_WHILE(!s->pf.run_done);
+        g_assert_cmpint(s->stats.prefetch_rests, ==, duty < 100 ? 1 : 0);
+        check_prefetched(bs, 0, 0, 0);
+        bdrv_unref(bs);
+        unlink(top);
+        g_free(top);
+        unlink(base);
+        g_free(base);
+    }
+}
+
+/* The prefetch profile recorded so far, as "start+len ..." in blocks. */
+static char *recorded(BDRVFvdState *s)
+{
+    GString *g = g_string_new("");
+    for (guint i = 0; i < s->prof_rec.ranges->len; i++) {
+        FvdProfRange *r = &g_array_index(s->prof_rec.ranges, FvdProfRange, i);
+        g_string_append_printf(g, "%s%" PRIu64 "+%" PRIu64, i ? " " : "",
+                               r->start, r->len);
+    }
+    return g_string_free(g, false);
+}
+
+/*
+ * Profiles: the guest's first reads of base blocks are noted in order
+ * (once each, adjacent blocks merged, with or without copy-on-read); the
+ * profile serves an image of another block size over the same base (its
+ * byte ranges become that image's blocks) and the prefetch then copies
+ * everything.
+ */
+static void test_profile_record_use(void)
+{
+    char *base = make_base("prbase.raw", 1 * MiB, 1 * MiB);
+    char *top = path_of("pr1.fvd"), *top2 = path_of("pr2.fvd");
+    char *prof = path_of("pr.prof");
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw", base);
+    create("fvd", top, c);
+    g_free(c);
+    c = g_strdup_printf("backing_file=%s,backing_fmt=raw,block_size=65536",
+                        base);
+    create("fvd", top2, c);
+    g_free(c);
+
+    c = g_strdup_printf("copy_on_read=on,prefetch-profile-record=%s", prof);
+    BlockDriverState *bs = open_fvd(top, c);
+    g_free(c);
+    BDRVFvdState *s = bs->opaque;
+    uint8_t buf[8192];
+    g_assert_cmpint(bdrv_pread(bs, 512 * KiB + 100, 10, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 0, 8192, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 512 * KiB, 4096, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 516 * KiB, 4096, buf, 0), ==, 0);
+    g_assert_cmpint(bdrv_pread(bs, 8192, 4096, buf, 0), ==, 0);
+    char *r = recorded(s);
+    g_assert_cmpstr(r, ==, "128+1 0+2 129+1 2+1");
+    g_free(r);
+    bdrv_unref(bs);             /* writes the profile */
+
+    c = g_strdup_printf("blkdebug::%s", top2);
+    char *o = g_strdup_printf("prefetch=on,prefetch-bytes=64k,"
+                              "prefetch-max-inflight=1,"
+                              "prefetch-throttle-time=0,"
+                              "prefetch-profile=%s", prof);
+    bs = open_fvd(c, o);
+    g_free(c);
+    g_free(o);
+    s = bs->opaque;
+    g_assert_cmpint(bdrv_debug_breakpoint(bs, "prefetch_write", "P"), ==, 0);
+    AIO_WAIT_WHILE(!bdrv_debug_is_suspended(bs, "P"));
+    /* 512 KiB .. 516 KiB + 4 KiB lie in 64 KiB block 8, the rest in 0;
+     * the first copy is block 8. */
+    g_assert_cmpint(s->pf.order_count, ==, 4);
+    g_assert_cmpint(s->pf.profile_blocks, ==, 4);
+    g_assert_cmpint(s->pf.order[0].start, ==, 8);
+    g_assert_cmpint(s->pf.order_idx, ==, 0);
+    g_assert_cmpint(s->pf.order_pos, ==, 9);
+    g_assert_cmpint(s->pf.cursor, ==, 0);
+    g_assert_cmpint(bdrv_debug_remove_breakpoint(bs, "P"), ==, 0);
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 16);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+
+    /* Reopened, the profile's blocks and the rest are skipped. */
+    o = g_strdup_printf("prefetch=on,prefetch-profile=%s", prof);
+    bs = open_fvd(top2, o);
+    g_free(o);
+    s = bs->opaque;
+    AIO_WAIT_WHILE(!s->pf.run_done);
+    g_assert_cmpint(s->pf.profile_blocks, ==, 4);
+    g_assert_cmpint(s->stats.prefetch_blocks, ==, 0);
+    check_prefetched(bs, 0, 0, 0);
+    bdrv_unref(bs);
+    unlink(top);
+    unlink(top2);
+    unlink(prof);
+    unlink(base);
+    g_free(top);
+    g_free(top2);
+    g_free(prof);
+    g_free(base);
+}
+
+/*
+ * A recording keeps at most FVD_PROF_MAX_RANGES ranges; a profile of that
+ * many loads, one range more (a bigger file) is refused with one line.
+ */
+static void test_profile_limit(void)
+{
+    char *base = make_base("plbase.raw", 1 * GiB, 0);
+    char *top = path_of("pl.fvd"), *prof = path_of("pl.prof");
+    char *c = g_strdup_printf("backing_file=%s,backing_fmt=raw", base);
+    create("fvd", top, c);
+    g_free(c);
+    c = g_strdup_printf("prefetch-profile-record=%s", prof);
+    BlockDriverState *bs = open_fvd(top, c);
+    g_free(c);
+    BDRVFvdState *s = bs->opaque;
+    g_assert_cmpint(s->nb_blocks, ==, 262144);
+    for (uint64_t i = 0; i < 70000; i++) {
+        fvd_profile_note(s, 2 * i, 1);
+    }
+    fvd_profile_note(s, 2 * 65535 + 1, 1);      /* extends the last one */
+    g_assert_cmpint(s->prof_rec.ranges->len, ==, FVD_PROF_MAX_RANGES);
+    g_assert(s->prof_rec.full);
+    bdrv_unref(bs);
+    struct stat st;
+    g_assert_cmpint(stat(prof, &st), ==, 0);
+    g_assert_cmpint(st.st_size, ==, 56 + 16 * FVD_PROF_MAX_RANGES + 4);
+
+    c = g_strdup_printf("prefetch-profile=%s", prof);
+    bs = open_fvd(top, c);
+    s = bs->opaque;
+    g_assert_cmpint(s->prof.count, ==, FVD_PROF_MAX_RANGES);
+    g_assert_cmpint(s->prof.ranges[65535].len, ==, 2 * 4096);
+    bdrv_unref(bs);
+
+    g_assert_cmpint(truncate(prof, st.st_size + 16), ==, 0);
+    QemuOpts *o = qemu_opts_new();
+    Error *err = NULL;
+    g_assert_cmpint(qemu_opts_parse(o, c, NULL, &err), ==, 0);
+    g_assert(!bdrv_open(top, "fvd", o, BDRV_O_RDWR, &err));
+    g_assert(strstr(error_get_pretty(err), "bad size"));
+    error_free(err);
+    qemu_opts_del(o);
+    g_free(c);
+    unlink(top);
+    unlink(prof);
+    unlink(base);
+    g_free(top);
+    g_free(prof);
+    g_free(base);
+}
+
 /* The FVD file's fixed header and bitmap, read beside the open image. */
 static void read_file(const char *path, int64_t off, int64_t len, void *buf)
 {
@@ -897,6 +1075,9 @@ int main(int argc, char **argv)
     test_table_bit_without_mapping();
     test_prefetch_race();
     test_prefetch_drain();
+    test_prefetch_busy();
+    test_profile_record_use();
+    test_profile_limit();
     test_prefetch_complete();
     test_flush_waits_soft_bits();
     char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
