@@ -236,17 +236,26 @@ static void test_blkdebug(void)
     g_assert(g_file_set_contents(rules,
              "[inject-error]\nevent = \"write\"\nerrno = \"28\"\n"
              "once = \"on\"\n\n[inject-error]\nevent = \"bitmap_update\"\n"
-             "errno = \"5\"\n", -1, NULL));
+             "errno = \"5\"\n\n[inject-error]\nevent = \"journal_write\"\n"
+             "errno = \"28\"\nonly-next = \"on\"\n", -1, NULL));
     name = g_strdup_printf("blkdebug:%s:%s", rules, path);
     BlockDriverState *bs = bdrv_open(name, "raw", NULL, BDRV_O_RDWR, &err);
     g_assert(bs);
     g_assert_cmpint(bdrv_pwrite(bs, 0, 512, buf, 0), ==, -ENOSPC);
     g_assert_cmpint(bdrv_pwrite(bs, 0, 512, buf, 0), ==, 0);
     g_assert_cmpint(bdrv_pread(bs, 0, 512, buf, 0), ==, 0);
-    /* A format event arms a failure of the next request. */
+    /* A format event arms its rule: every later request fails (QEMU's)... */
     bdrv_debug_event(bs, "bitmap_update");
     g_assert_cmpint(bdrv_pread(bs, 0, 512, buf, 0), ==, -EIO);
+    g_assert_cmpint(bdrv_pwrite(bs, 0, 512, buf, 0), ==, -EIO);
+    /* ...until an event with rules of its own replaces it; only-next=on
+     * (ours) fails the next request only. */
+    bdrv_debug_event(bs, "journal_write");
+    g_assert_cmpint(bdrv_pread(bs, 0, 512, buf, 0), ==, -ENOSPC);
     g_assert_cmpint(bdrv_pread(bs, 0, 512, buf, 0), ==, 0);
+    bdrv_debug_event(bs, "journal_write");
+    g_assert_cmpint(bdrv_pwrite(bs, 0, 512, buf, 0), ==, -ENOSPC);
+    g_assert_cmpint(bdrv_pwrite(bs, 0, 512, buf, 0), ==, 0);
     bdrv_unref(bs);
 
     /* Inline rule with an offset restriction. */
