@@ -2274,6 +2274,40 @@ int bdrv_make_empty(BlockDriverState *bs)
     return c.ret;
 }
 
+typedef struct BitmapOpCo {
+    BlockDriverState *bs;
+    const BdrvBitmapOp *ops;
+    int nb_ops;
+    int *failed;
+    Error **errp;
+    int ret;
+} BitmapOpCo;
+
+static void coroutine_fn bdrv_bitmap_ops_entry(void *opaque)
+{
+    BitmapOpCo *c = opaque;
+    c->ret = c->bs->drv->bdrv_co_bitmap_ops(c->bs, c->ops, c->nb_ops,
+                                            c->failed, c->errp);
+}
+
+int bdrv_bitmap_ops(BlockDriverState *bs, const BdrvBitmapOp *ops,
+                    int nb_ops, int *failed, Error **errp)
+{
+    BitmapOpCo c = { .bs = bs, .ops = ops, .nb_ops = nb_ops,
+                     .failed = failed, .errp = errp };
+
+    *failed = 0;
+    if (!bs->drv || !bs->drv->bdrv_co_bitmap_ops) {
+        error_setg(errp, "Format '%s' does not support persistent bitmaps",
+                   bs->drv ? bs->drv->format_name : "");
+        return -ENOTSUP;
+    }
+    bdrv_drained_begin(bs);
+    bdrv_run_co(bdrv_bitmap_ops_entry, &c);
+    bdrv_drained_end(bs);
+    return c.ret;
+}
+
 static void coroutine_fn bdrv_snapshot_create_entry(void *opaque)
 {
     NamesCo *c = opaque;

@@ -42,6 +42,12 @@ enum {
     OPTION_BITMAPS,
     OPTION_SIZE,
     OPTION_ALLOW_HEADER_PROTOCOLS,
+    OPTION_BM_ADD,
+    OPTION_BM_REMOVE,
+    OPTION_BM_CLEAR,
+    OPTION_BM_ENABLE,
+    OPTION_BM_DISABLE,
+    OPTION_BM_MERGE,
 };
 
 typedef enum OutputFormat {
@@ -3604,6 +3610,153 @@ fail:
 }
 
 /* ------------------------------------------------------------------ */
+/* bitmap                                                             */
+
+/*
+ * qemu-img bitmap: the operations run in the order given, each one
+ * committed to the image before the next (so, as with QEMU, the ones
+ * before a failing operation stay done).
+ */
+static int img_bitmap(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"add", no_argument, 0, OPTION_BM_ADD},
+        {"remove", no_argument, 0, OPTION_BM_REMOVE},
+        {"clear", no_argument, 0, OPTION_BM_CLEAR},
+        {"enable", no_argument, 0, OPTION_BM_ENABLE},
+        {"disable", no_argument, 0, OPTION_BM_DISABLE},
+        {"merge", required_argument, 0, OPTION_BM_MERGE},
+        {"granularity", required_argument, 0, 'g'},
+        {"source-file", required_argument, 0, 'b'},
+        {"source-format", required_argument, 0, 'F'},
+        {0, 0, 0, 0}
+    };
+    static const char *const op_names[] = {
+        [BITMAP_OP_ADD] = "add", [BITMAP_OP_REMOVE] = "remove",
+        [BITMAP_OP_CLEAR] = "clear", [BITMAP_OP_ENABLE] = "enable",
+        [BITMAP_OP_DISABLE] = "disable", [BITMAP_OP_MERGE] = "merge",
+    };
+    g_autoptr(GArray) ops = g_array_new(FALSE, TRUE, sizeof(BdrvBitmapOp));
+    const char *fmt = NULL, *src_filename = NULL, *src_fmt = NULL;
+    const char *filename, *bitmap;
+    BlockBackend *blk = NULL, *src = NULL;
+    BlockDriverState *bs, *src_bs = NULL;
+    int64_t granularity = 0;
+    bool add = false, merge = false;
+    int c, ret = 1;
+
+    while ((c = getopt_long(argc, argv, ":b:f:F:g:h", long_options,
+                            NULL)) != -1) {
+        BdrvBitmapOp op = { 0 };
+
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'b':
+            src_filename = optarg;
+            break;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'F':
+            src_fmt = optarg;
+            break;
+        case 'g':
+            granularity = cvtnum("granularity", optarg);
+            if (granularity < 0) {
+                return 1;
+            }
+            break;
+        case OPTION_BM_ADD:
+        case OPTION_BM_REMOVE:
+        case OPTION_BM_CLEAR:
+        case OPTION_BM_ENABLE:
+        case OPTION_BM_DISABLE:
+        case OPTION_BM_MERGE:
+            op.type = BITMAP_OP_ADD + (c - OPTION_BM_ADD);
+            if (c == OPTION_BM_MERGE) {
+                op.src_name = optarg;
+                merge = true;
+            }
+            add |= c == OPTION_BM_ADD;
+            g_array_append_val(ops, op);
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (!ops->len) {
+        error_report("Need at least one of --add, --remove, --clear, "
+                     "--enable, --disable, or --merge");
+        return 1;
+    }
+    if (granularity && !add) {
+        error_report("granularity only supported with --add");
+        return 1;
+    }
+    if (src_fmt && !src_filename) {
+        error_report("-F only supported with -b");
+        return 1;
+    }
+    if (src_filename && !merge) {
+        error_report("Merge bitmap source file only supported with --merge");
+        return 1;
+    }
+    if (optind != argc - 2) {
+        error_report("Expecting filename and bitmap name");
+        return 1;
+    }
+    filename = argv[optind];
+    bitmap = argv[optind + 1];
+
+    /* Only bitmaps change: no backing chain, no guest data writes. */
+    blk = img_open(filename, fmt,
+                   BDRV_O_RDWR | BDRV_O_NO_BACKING | BDRV_O_BITMAPS, false);
+    bs = blk ? blk_bs(blk) : NULL;
+    if (!bs) {
+        goto out;
+    }
+    if (src_filename) {
+        src = img_open_as(false, src_filename, src_fmt, BDRV_O_NO_BACKING,
+                          false);
+        src_bs = src ? blk_bs(src) : NULL;
+        if (!src_bs) {
+            goto out;
+        }
+    }
+    for (guint i = 0; i < ops->len; i++) {
+        BdrvBitmapOp *op = &g_array_index(ops, BdrvBitmapOp, i);
+
+        op->name = bitmap;
+        op->granularity = granularity;
+        op->src_bs = src_bs;
+    }
+    {
+        Error *err = NULL;
+        int failed = 0;
+
+        if (bdrv_bitmap_ops(bs, &g_array_index(ops, BdrvBitmapOp, 0),
+                            ops->len, &failed, &err) < 0) {
+            failed = MAX(failed, 0);
+            error_report_prefixed(err, "Operation %s on bitmap %s failed: ",
+                                  op_names[g_array_index(ops, BdrvBitmapOp,
+                                                         failed).type],
+                                  bitmap);
+            goto out;
+        }
+    }
+    ret = 0;
+out:
+    blk_unref(src);
+    blk_unref(blk);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
 /* snapshot                                                           */
 
 enum {
@@ -4898,6 +5051,7 @@ typedef struct ImgCmd {
 static const ImgCmd img_cmds[] = {
     { "amend", img_amend },
     { "bench", img_bench },
+    { "bitmap", img_bitmap },
     { "check", img_check },
     { "commit", img_commit },
     { "compare", img_compare },
@@ -4933,6 +5087,9 @@ static void QEMU_NORETURN help(void)
 "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval]"
 " [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q]"
 " [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+"  bitmap (--merge source | --add | --remove | --clear | --enable |"
+" --disable)... [-b source_file [-F source_fmt]] [-g granularity]"
+" [--object objectdef] [--image-opts | -f fmt] filename bitmap\n"
 "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache]"
 " [-U] filename\n"
 "  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p]"
