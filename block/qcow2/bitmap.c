@@ -542,6 +542,8 @@ static int coroutine_fn bm_usable(Qcow2Bitmap *bm, Error **errp)
     if (bm->flags & BME_FLAG_IN_USE) {
         error_setg(errp, "Bitmap '%s' is inconsistent and cannot be used",
                    bm->name);
+        error_append_hint(errp, "Try block-dirty-bitmap-remove to delete "
+                          "this bitmap from disk\n");
         return -EINVAL;
     }
     return 0;
@@ -573,20 +575,19 @@ static int coroutine_fn bm_apply(BlockDriverState *bs, Qcow2BitmapList *l,
         if (!g) {
             g = MIN(MAX(s->cluster_size, 4096), 65536);
         }
-        if (g < 512 || (g & (g - 1))) {
-            error_setg(errp, "Granularity must be power of 2, and at least "
+        /* QEMU's granularity is 32 bits wide: 4 GiB and more fail. */
+        if (g < 512 || (g & (g - 1)) ||
+            g > (UINT64_C(1) << BME_MAX_GRAN_BITS)) {
+            error_setg(errp, "Granularity must be power of 2 and at least "
                        "512");
             return -EINVAL;
         }
         while ((UINT64_C(1) << bits) < g) {
             bits++;
         }
-        if (bits > BME_MAX_GRAN_BITS) {
-            error_setg(errp, "Granularity is too large (at most 2 GiB)");
-            return -EINVAL;
-        }
         if (strlen(op->name) > BME_MAX_NAME) {
-            error_setg(errp, "Bitmap name is too long (at most %d bytes)",
+            error_setg(errp, "Can't make bitmap '%s' persistent: Name length "
+                       "exceeds maximum (%d characters)", op->name,
                        BME_MAX_NAME);
             return -EINVAL;
         }
