@@ -2308,6 +2308,48 @@ int bdrv_bitmap_ops(BlockDriverState *bs, const BdrvBitmapOp *ops,
     return c.ret;
 }
 
+bool bdrv_supports_persistent_bitmaps(BlockDriverState *bs)
+{
+    return bs->drv && bs->drv->bdrv_supports_persistent_bitmaps &&
+           bs->drv->bdrv_supports_persistent_bitmaps(bs);
+}
+
+typedef struct BitmapListCo {
+    BlockDriverState *bs;
+    BdrvBitmapInfo **list;
+    int *n;
+    Error **errp;
+    int ret;
+} BitmapListCo;
+
+static void coroutine_fn bdrv_bitmap_list_entry(void *opaque)
+{
+    BitmapListCo *c = opaque;
+    c->ret = c->bs->drv->bdrv_co_bitmap_list(c->bs, c->list, c->n, c->errp);
+}
+
+int bdrv_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, int *n,
+                     Error **errp)
+{
+    BitmapListCo c = { .bs = bs, .list = list, .n = n, .errp = errp };
+
+    *list = NULL;
+    *n = 0;
+    if (!bs->drv || !bs->drv->bdrv_co_bitmap_list) {
+        return 0;
+    }
+    bdrv_run_co(bdrv_bitmap_list_entry, &c);
+    return c.ret;
+}
+
+void bdrv_bitmap_list_free(BdrvBitmapInfo *list, int n)
+{
+    for (int i = 0; i < n; i++) {
+        g_free(list[i].name);
+    }
+    g_free(list);
+}
+
 static void coroutine_fn bdrv_snapshot_create_entry(void *opaque)
 {
     NamesCo *c = opaque;

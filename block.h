@@ -376,6 +376,20 @@ typedef struct BdrvBitmapOp {
  */
 int bdrv_bitmap_ops(BlockDriverState *bs, const BdrvBitmapOp *ops,
                     int nb_ops, int *failed, Error **errp);
+/* One persistent bitmap, as bdrv_bitmap_list() reports it. */
+typedef struct BdrvBitmapInfo {
+    char *name;
+    uint64_t granularity;
+    bool enabled;
+    bool inconsistent;          /* in_use on disk: its bits are not valid */
+} BdrvBitmapInfo;
+/* Whether bs can hold persistent bitmaps (qcow2 v3). */
+bool bdrv_supports_persistent_bitmaps(BlockDriverState *bs);
+/* The persistent bitmaps of bs in directory order (the directory checked
+ * as for bdrv_bitmap_ops); free with bdrv_bitmap_list_free(). */
+int bdrv_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, int *n,
+                     Error **errp);
+void bdrv_bitmap_list_free(BdrvBitmapInfo *list, int n);
 /* Wait until no request is in flight on bs or below. */
 void bdrv_drain(BlockDriverState *bs);
 /*

@@ -200,6 +200,10 @@ struct BlockDriver {
      * image): it reads as its backing file afterwards. */
     int coroutine_fn (*bdrv_make_empty)(BlockDriverState *bs);
     /* qemu-img bitmap: change a persistent dirty bitmap. */
+    bool (*bdrv_supports_persistent_bitmaps)(BlockDriverState *bs);
+    int coroutine_fn (*bdrv_co_bitmap_list)(BlockDriverState *bs,
+                                            BdrvBitmapInfo **list, int *n,
+                                            Error **errp);
     int coroutine_fn (*bdrv_co_bitmap_ops)(BlockDriverState *bs,
                                            const BdrvBitmapOp *ops,
                                            int nb_ops, int *failed,

@@ -745,3 +745,37 @@ out:
     qemu_co_mutex_unlock(&s->lock);
     return ret;
 }
+
+bool qcow2_supports_persistent_bitmaps(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    return s->qcow_version >= 3;
+}
+
+int coroutine_fn qcow2_co_bitmap_list(BlockDriverState *bs,
+                                      BdrvBitmapInfo **list, int *n,
+                                      Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2BitmapList l = { 0 };
+    int ret;
+
+    qemu_co_mutex_lock(&s->lock);
+    ret = bm_load(bs, &l, errp);
+    qemu_co_mutex_unlock(&s->lock);
+    if (ret >= 0) {
+        *n = l.bms->len;
+        *list = g_new0(BdrvBitmapInfo, MAX(*n, 1));
+        for (int i = 0; i < *n; i++) {
+            Qcow2Bitmap *bm = g_ptr_array_index(l.bms, i);
+            (*list)[i].name = g_strdup(bm->name);
+            (*list)[i].granularity = UINT64_C(1) << bm->gran_bits;
+            (*list)[i].enabled = bm->flags & BME_FLAG_AUTO;
+            (*list)[i].inconsistent = bm->flags & BME_FLAG_IN_USE;
+        }
+    }
+    if (l.bms) {
+        bm_list_free(&l);
+    }
+    return ret;
+}

@@ -867,6 +867,8 @@ static BlockDriver bdrv_qcow2 = {
     .bdrv_measure           = qcow2_measure,
     .bdrv_make_empty        = qcow2_make_empty,
     .bdrv_co_bitmap_ops     = qcow2_co_bitmap_ops,
+    .bdrv_co_bitmap_list    = qcow2_co_bitmap_list,
+    .bdrv_supports_persistent_bitmaps = qcow2_supports_persistent_bitmaps,
 
     .bdrv_snapshot_create   = qcow2_snapshot_create,
     .bdrv_snapshot_goto     = qcow2_snapshot_goto,
