@@ -306,7 +306,11 @@ static int coroutine_fn bm_read_bits(BlockDriverState *bs, Qcow2Bitmap *bm,
     return 0;
 }
 
-/* Give bm a new table (and data clusters for bits, NULL: all zero). */
+/*
+ * Give bm a new table and data clusters: the bits from bits, or (bits
+ * NULL) all zero if bm->zero, else those on disk, copied one cluster at
+ * a time (memory: one cluster).
+ */
 static int coroutine_fn bm_rewrite(BlockDriverState *bs, Qcow2Bitmap *bm,
                                    const uint8_t *bits, Error **errp)
 {
@@ -315,13 +319,28 @@ static int coroutine_fn bm_rewrite(BlockDriverState *bs, Qcow2Bitmap *bm,
     uint64_t nbytes = DIV_ROUND_UP(nbits, 8);
     uint64_t *table = g_new0(uint64_t, MAX(bm->table_size, 1));
     uint8_t *zero = g_malloc0(s->cluster_size);
+    uint8_t *buf = g_malloc(s->cluster_size);
+    bool copy = !bits && !bm->zero && bm->table;
     int64_t off;
     int ret = 0;
 
-    for (uint32_t j = 0; bits && j < bm->table_size; j++) {
-        const uint8_t *c = bits + (size_t)j * s->cluster_size;
+    for (uint32_t j = 0; (bits || copy) && j < bm->table_size; j++) {
+        const uint8_t *c = bits ? bits + (size_t)j * s->cluster_size : buf;
         uint64_t n = MIN((uint64_t)s->cluster_size,
                          nbytes - (uint64_t)j * s->cluster_size);
+        if (copy) {
+            uint64_t old = bm->table[j] & BME_TE_OFFSET_MASK;
+            if (old) {
+                ret = bdrv_co_pread(bs->file, old, s->cluster_size, buf, 0);
+                if (ret < 0) {
+                    goto out;
+                }
+            } else if (bm->table[j] & 1) {
+                memset(buf, 0xff, s->cluster_size);
+            } else {
+                continue;
+            }
+        }
         if (!memcmp(c, zero, n)) {
             continue;
         }
@@ -371,6 +390,7 @@ out:
     }
     g_free(table);
     g_free(zero);
+    g_free(buf);
     return ret;
 }
 
@@ -418,12 +438,7 @@ static int coroutine_fn bm_commit(BlockDriverState *bs, Qcow2BitmapList *l,
         if (bm->flags & BME_FLAG_IN_USE) {
             continue;
         }
-        if (!bm->zero) {
-            ret = bm_read_bits(bs, bm, &bits, errp);
-            if (ret < 0) {
-                return ret;
-            }
-        }
+        bits = bm->zero ? NULL : bm->bits;  /* NULL: copied from disk */
         ret = bm_rewrite(bs, bm, bits, errp);
         g_free(bm->bits);
         bm->bits = NULL;
@@ -521,6 +536,12 @@ static void bm_merge_bits(uint8_t *dst, unsigned dgran, const uint8_t *src,
 {
     uint64_t nsrc = DIV_ROUND_UP(size, UINT64_C(1) << sgran);
 
+    if (sgran == dgran) {
+        for (uint64_t i = 0; i < DIV_ROUND_UP(nsrc, 8); i++) {
+            dst[i] |= src[i];
+        }
+        return;
+    }
     for (uint64_t i = 0; i < nsrc; i++) {
         if (!(i & 7) && !src[i / 8] && nsrc - i >= 8) {
             i += 7;
