@@ -2298,9 +2298,15 @@ int bdrv_bitmap_ops(BlockDriverState *bs, const BdrvBitmapOp *ops,
 
     *failed = 0;
     if (!bs->drv || !bs->drv->bdrv_co_bitmap_ops) {
-        error_setg(errp, "Format '%s' does not support persistent bitmaps",
-                   bs->drv ? bs->drv->format_name : "");
-        return -ENOTSUP;
+        /* As QEMU: the first operation fails (add: no persistent bitmaps
+         * here; the others: no such bitmap). */
+        if (ops[0].type == BITMAP_OP_ADD) {
+            error_setg(errp, "Can't store persistent bitmaps to '%s': "
+                       "Operation not supported", bdrv_get_format_name(bs));
+            return -ENOTSUP;
+        }
+        error_setg(errp, "Dirty bitmap '%s' not found", ops[0].name);
+        return -ENOENT;
     }
     bdrv_drained_begin(bs);
     bdrv_run_co(bdrv_bitmap_ops_entry, &c);

@@ -593,6 +593,11 @@ static int coroutine_fn bm_apply(BlockDriverState *bs, Qcow2BitmapList *l,
             error_setg(errp, "Bitmap already exists: %s", op->name);
             return -EEXIST;
         }
+        if (s->qcow_version < 3) {
+            error_setg(errp, "Can't make bitmap '%s' persistent: Cannot "
+                       "store dirty bitmaps in qcow2 v2 files", op->name);
+            return -ENOTSUP;
+        }
         if (!g) {
             g = MIN(MAX(s->cluster_size, 4096), 65536);
         }
@@ -725,11 +730,6 @@ int coroutine_fn qcow2_co_bitmap_ops(BlockDriverState *bs,
     int ret, done = 0;
 
     *failed = -1;
-    if (s->qcow_version < 3) {
-        *failed = 0;
-        error_setg(errp, "Cannot store dirty bitmaps in qcow2 v2 files");
-        return -ENOTSUP;
-    }
     if (bs->read_only) {
         *failed = 0;
         error_setg(errp, "Image is read-only");
