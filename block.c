@@ -2274,6 +2274,88 @@ int bdrv_make_empty(BlockDriverState *bs)
     return c.ret;
 }
 
+typedef struct BitmapOpCo {
+    BlockDriverState *bs;
+    const BdrvBitmapOp *ops;
+    int nb_ops;
+    int *failed;
+    Error **errp;
+    int ret;
+} BitmapOpCo;
+
+static void coroutine_fn bdrv_bitmap_ops_entry(void *opaque)
+{
+    BitmapOpCo *c = opaque;
+    c->ret = c->bs->drv->bdrv_co_bitmap_ops(c->bs, c->ops, c->nb_ops,
+                                            c->failed, c->errp);
+}
+
+int bdrv_bitmap_ops(BlockDriverState *bs, const BdrvBitmapOp *ops,
+                    int nb_ops, int *failed, Error **errp)
+{
+    BitmapOpCo c = { .bs = bs, .ops = ops, .nb_ops = nb_ops,
+                     .failed = failed, .errp = errp };
+
+    *failed = 0;
+    if (!bs->drv || !bs->drv->bdrv_co_bitmap_ops) {
+        /* As QEMU: the first operation fails (add: no persistent bitmaps
+         * here; the others: no such bitmap). */
+        if (ops[0].type == BITMAP_OP_ADD) {
+            error_setg(errp, "Can't store persistent bitmaps to '%s': "
+                       "Operation not supported", bdrv_get_format_name(bs));
+            return -ENOTSUP;
+        }
+        error_setg(errp, "Dirty bitmap '%s' not found", ops[0].name);
+        return -ENOENT;
+    }
+    bdrv_drained_begin(bs);
+    bdrv_run_co(bdrv_bitmap_ops_entry, &c);
+    bdrv_drained_end(bs);
+    return c.ret;
+}
+
+bool bdrv_supports_persistent_bitmaps(BlockDriverState *bs)
+{
+    return bs->drv && bs->drv->bdrv_supports_persistent_bitmaps &&
+           bs->drv->bdrv_supports_persistent_bitmaps(bs);
+}
+
+typedef struct BitmapListCo {
+    BlockDriverState *bs;
+    BdrvBitmapInfo **list;
+    int *n;
+    Error **errp;
+    int ret;
+} BitmapListCo;
+
+static void coroutine_fn bdrv_bitmap_list_entry(void *opaque)
+{
+    BitmapListCo *c = opaque;
+    c->ret = c->bs->drv->bdrv_co_bitmap_list(c->bs, c->list, c->n, c->errp);
+}
+
+int bdrv_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, int *n,
+                     Error **errp)
+{
+    BitmapListCo c = { .bs = bs, .list = list, .n = n, .errp = errp };
+
+    *list = NULL;
+    *n = 0;
+    if (!bs->drv || !bs->drv->bdrv_co_bitmap_list) {
+        return 0;
+    }
+    bdrv_run_co(bdrv_bitmap_list_entry, &c);
+    return c.ret;
+}
+
+void bdrv_bitmap_list_free(BdrvBitmapInfo *list, int n)
+{
+    for (int i = 0; i < n; i++) {
+        g_free(list[i].name);
+    }
+    g_free(list);
+}
+
 static void coroutine_fn bdrv_snapshot_create_entry(void *opaque)
 {
     NamesCo *c = opaque;

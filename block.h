@@ -59,6 +59,9 @@ typedef struct BlockDriverState BlockDriverState;
 /* Names read from image headers may use any image protocol, not only local
  * files (the user's opt-in: --allow-header-protocols). Inherited. */
 #define BDRV_O_HEADER_PROTOCOLS 0x100000
+/* qemu-img bitmap: the image is opened read-write for bitmap changes only
+ * (no guest data writes), so qcow2 keeps its persistent bitmaps valid. */
+#define BDRV_O_BITMAPS      0x200000
 
 /* Request flags */
 typedef enum BdrvRequestFlags {
@@ -353,6 +356,40 @@ int coroutine_fn bdrv_co_amend_job(BlockDriverState *bs, QemuOpts *opts,
 /* Make bs hold nothing of its own (reads go to its backing file).
  * -ENOTSUP if the format cannot. */
 int bdrv_make_empty(BlockDriverState *bs);
+
+/* qemu-img bitmap: one operation on a persistent dirty bitmap. */
+typedef enum BdrvBitmapOpType {
+    BITMAP_OP_ADD, BITMAP_OP_REMOVE, BITMAP_OP_CLEAR, BITMAP_OP_ENABLE,
+    BITMAP_OP_DISABLE, BITMAP_OP_MERGE,
+} BdrvBitmapOpType;
+typedef struct BdrvBitmapOp {
+    BdrvBitmapOpType type;
+    const char *name;           /* the bitmap changed */
+    uint64_t granularity;       /* add: bytes per bit, 0: default */
+    BlockDriverState *src_bs;   /* merge: image of the source (NULL: bs) */
+    const char *src_name;       /* merge: source bitmap */
+} BdrvBitmapOp;
+/*
+ * Run ops in order and store the result. On failure *failed is the index
+ * of the failing operation (the ones before it are stored, as QEMU's
+ * qemu-img bitmap). -ENOTSUP if the format has no persistent bitmaps.
+ */
+int bdrv_bitmap_ops(BlockDriverState *bs, const BdrvBitmapOp *ops,
+                    int nb_ops, int *failed, Error **errp);
+/* One persistent bitmap, as bdrv_bitmap_list() reports it. */
+typedef struct BdrvBitmapInfo {
+    char *name;
+    uint64_t granularity;
+    bool enabled;
+    bool inconsistent;          /* in_use on disk: its bits are not valid */
+} BdrvBitmapInfo;
+/* Whether bs can hold persistent bitmaps (qcow2 v3). */
+bool bdrv_supports_persistent_bitmaps(BlockDriverState *bs);
+/* The persistent bitmaps of bs in directory order (the directory checked
+ * as for bdrv_bitmap_ops); free with bdrv_bitmap_list_free(). */
+int bdrv_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, int *n,
+                     Error **errp);
+void bdrv_bitmap_list_free(BdrvBitmapInfo *list, int n);
 /* Wait until no request is in flight on bs or below. */
 void bdrv_drain(BlockDriverState *bs);
 /*

@@ -199,6 +199,15 @@ struct BlockDriver {
     /* Drop every cluster of the image (qemu-img commit empties the top
      * image): it reads as its backing file afterwards. */
     int coroutine_fn (*bdrv_make_empty)(BlockDriverState *bs);
+    /* qemu-img bitmap: change a persistent dirty bitmap. */
+    bool (*bdrv_supports_persistent_bitmaps)(BlockDriverState *bs);
+    int coroutine_fn (*bdrv_co_bitmap_list)(BlockDriverState *bs,
+                                            BdrvBitmapInfo **list, int *n,
+                                            Error **errp);
+    int coroutine_fn (*bdrv_co_bitmap_ops)(BlockDriverState *bs,
+                                           const BdrvBitmapOp *ops,
+                                           int nb_ops, int *failed,
+                                           Error **errp);
     /* qemu-img measure (opts validated against create_opts; in_bs may be
      * NULL). Not in coroutine context. */
     BlockMeasureInfo *(*bdrv_measure)(QemuOpts *opts, BlockDriverState *in_bs,

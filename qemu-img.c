@@ -42,6 +42,13 @@ enum {
     OPTION_BITMAPS,
     OPTION_SIZE,
     OPTION_ALLOW_HEADER_PROTOCOLS,
+    OPTION_BM_ADD,
+    OPTION_BM_REMOVE,
+    OPTION_BM_CLEAR,
+    OPTION_BM_ENABLE,
+    OPTION_BM_DISABLE,
+    OPTION_BM_MERGE,
+    OPTION_SKIP_BROKEN,
 };
 
 typedef enum OutputFormat {
@@ -2034,6 +2041,8 @@ typedef struct ConvertArgs {
     bool force_share;
     bool copy_range;            /* -C: accepted; offloading is not done */
     bool explicit_min_sparse;   /* -S given */
+    bool bitmaps;               /* --bitmaps: copy persistent bitmaps */
+    bool skip_broken;           /* --skip-broken-bitmaps */
     QemuOpts *user_opts;        /* -o parsed, for backing_file/backing_fmt */
 } ConvertArgs;
 
@@ -2193,6 +2202,10 @@ static int convert_parse_option(ConvertArgs *a, ConvertState *s, int c,
         s->salvage = true;
         break;
     case OPTION_BITMAPS:
+        a->bitmaps = true;
+        break;
+    case OPTION_SKIP_BROKEN:
+        a->skip_broken = true;
         break;
     case OPTION_TARGET_IS_ZERO:
         a->target_is_zero = true;
@@ -2217,6 +2230,7 @@ static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
         {"salvage", no_argument, 0, OPTION_SALVAGE},
         {"target-is-zero", no_argument, 0, OPTION_TARGET_IS_ZERO},
         {"bitmaps", no_argument, 0, OPTION_BITMAPS},
+        {"skip-broken-bitmaps", no_argument, 0, OPTION_SKIP_BROKEN},
         {0, 0, 0, 0}
     };
     int c;
@@ -2262,7 +2276,90 @@ static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
         error_report("--target-is-zero requires use of -n flag");
         return -1;
     }
+    if (a->skip_broken && !a->bitmaps) {
+        error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+        return -1;
+    }
     return 0;
+}
+
+/* --bitmaps, before the target is created: the source can have bitmaps
+ * and (unless --skip-broken-bitmaps) none is inconsistent. */
+static int convert_check_src_bitmaps(ConvertArgs *a, ConvertState *s)
+{
+    BlockDriverState *bs = blk_bs(s->src[0]);
+    BdrvBitmapInfo *list;
+    Error *err = NULL;
+    int n, ret = 0;
+
+    if (!bdrv_supports_persistent_bitmaps(bs)) {
+        error_report("Source lacks bitmap support");
+        return -1;
+    }
+    if (bdrv_bitmap_list(bs, &list, &n, &err) < 0) {
+        error_report_err(err);
+        return -1;
+    }
+    for (int i = 0; i < n && !a->skip_broken; i++) {
+        if (list[i].inconsistent) {
+            error_report("Cannot copy inconsistent bitmap '%s'",
+                         list[i].name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img "
+                    "bitmap --remove' to delete it\n");
+            ret = -1;
+            break;
+        }
+    }
+    bdrv_bitmap_list_free(list, n);
+    return ret;
+}
+
+/* --bitmaps, after the copy: each consistent bitmap of the source, with
+ * its granularity, bits and enabled state, added to the target. */
+static int convert_copy_bitmaps(ConvertArgs *a, ConvertState *s)
+{
+    BlockDriverState *src = blk_bs(s->src[0]), *dst = blk_bs(s->target);
+    g_autoptr(GArray) ops = g_array_new(FALSE, TRUE, sizeof(BdrvBitmapOp));
+    BdrvBitmapInfo *list;
+    Error *err = NULL;
+    int n, failed = 0, ret = 0;
+
+    if (bdrv_bitmap_list(src, &list, &n, &err) < 0) {
+        error_report_err(err);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        BdrvBitmapOp add = { BITMAP_OP_ADD, list[i].name,
+                             list[i].granularity, NULL, NULL };
+        BdrvBitmapOp merge = { BITMAP_OP_MERGE, list[i].name, 0, src,
+                               list[i].name };
+        BdrvBitmapOp disable = { BITMAP_OP_DISABLE, list[i].name, 0, NULL,
+                                 NULL };
+
+        if (list[i].inconsistent) {
+            /* convert_check_src_bitmaps() refused it without the option */
+            error_report("warning: Skipping inconsistent bitmap '%s'",
+                         list[i].name);
+            continue;
+        }
+        g_array_append_val(ops, add);
+        g_array_append_val(ops, merge);
+        if (!list[i].enabled) {
+            g_array_append_val(ops, disable);
+        }
+    }
+    if (ops->len && bdrv_bitmap_ops(dst, &g_array_index(ops, BdrvBitmapOp, 0),
+                                    ops->len, &failed, &err) < 0) {
+        BdrvBitmapOp *op = &g_array_index(ops, BdrvBitmapOp,
+                                          MAX(failed, 0));
+        error_report_prefixed(err, "Failed to %s bitmap %s: ",
+                              op->type == BITMAP_OP_ADD ? "create" :
+                              op->type == BITMAP_OP_MERGE ? "populate" :
+                              "disable", op->name);
+        ret = -1;
+    }
+    bdrv_bitmap_list_free(list, n);
+    return ret;
 }
 
 /* Open the sources (argv[0..src_num)) into s: 0, or -1 after an error. */
@@ -2498,6 +2595,10 @@ static int img_convert(int argc, char **argv)
         error_report("Must specify image file name");
         goto out;
     }
+    if (a.bitmaps && s.src_num > 1) {
+        error_report("Copying bitmaps only possible with single source");
+        goto out;
+    }
 
     /* As QEMU: nobody may write the sources while they are copied. */
     src_flags = BDRV_O_NO_SHARE | (a.force_share ? BDRV_O_FORCE_SHARE : 0);
@@ -2517,12 +2618,23 @@ static int img_convert(int argc, char **argv)
 
     if (convert_open_sources(&a, &s, argv + optind, src_flags,
                              src_writethrough) < 0 ||
+        (a.bitmaps && convert_check_src_bitmaps(&a, &s) < 0) ||
         convert_check_target_format(&a, &s) < 0 ||
-        convert_open_target(&a, &s, out_filename, flags, writethrough) < 0 ||
-        convert_setup_target(&a, &s) < 0) {
+        convert_open_target(&a, &s, out_filename, flags, writethrough) < 0) {
+        goto out;
+    }
+    if (a.bitmaps && !bdrv_supports_persistent_bitmaps(blk_bs(s.target))) {
+        error_report("Format driver '%s' does not support bitmaps",
+                     bdrv_get_format_name(blk_bs(s.target)));
+        goto out;
+    }
+    if (convert_setup_target(&a, &s) < 0) {
         goto out;
     }
     ret = convert_run(&s);
+    if (ret == 0 && a.bitmaps && convert_copy_bitmaps(&a, &s) < 0) {
+        ret = -1;
+    }
 
 out:
     if (ret == 0) {
@@ -3601,6 +3713,153 @@ static int img_resize(int argc, char **argv)
 fail:
     blk_unref(blk);
     return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* bitmap                                                             */
+
+/*
+ * qemu-img bitmap: the operations run in the order given, each one
+ * committed to the image before the next (so, as with QEMU, the ones
+ * before a failing operation stay done).
+ */
+static int img_bitmap(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, 0, 'h'},
+        IMG_OPEN_OPTIONS
+        {"object", required_argument, 0, OPTION_OBJECT},
+        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        {"add", no_argument, 0, OPTION_BM_ADD},
+        {"remove", no_argument, 0, OPTION_BM_REMOVE},
+        {"clear", no_argument, 0, OPTION_BM_CLEAR},
+        {"enable", no_argument, 0, OPTION_BM_ENABLE},
+        {"disable", no_argument, 0, OPTION_BM_DISABLE},
+        {"merge", required_argument, 0, OPTION_BM_MERGE},
+        {"granularity", required_argument, 0, 'g'},
+        {"source-file", required_argument, 0, 'b'},
+        {"source-format", required_argument, 0, 'F'},
+        {0, 0, 0, 0}
+    };
+    static const char *const op_names[] = {
+        [BITMAP_OP_ADD] = "add", [BITMAP_OP_REMOVE] = "remove",
+        [BITMAP_OP_CLEAR] = "clear", [BITMAP_OP_ENABLE] = "enable",
+        [BITMAP_OP_DISABLE] = "disable", [BITMAP_OP_MERGE] = "merge",
+    };
+    g_autoptr(GArray) ops = g_array_new(FALSE, TRUE, sizeof(BdrvBitmapOp));
+    const char *fmt = NULL, *src_filename = NULL, *src_fmt = NULL;
+    const char *filename, *bitmap;
+    BlockBackend *blk = NULL, *src = NULL;
+    BlockDriverState *bs, *src_bs = NULL;
+    int64_t granularity = 0;
+    bool add = false, merge = false;
+    int c, ret = 1;
+
+    while ((c = getopt_long(argc, argv, ":b:f:F:g:h", long_options,
+                            NULL)) != -1) {
+        BdrvBitmapOp op = { 0 };
+
+        switch (c) {
+        case 'h':
+            error_exit("see 'qemu-img --help'");
+        case 'b':
+            src_filename = optarg;
+            break;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'F':
+            src_fmt = optarg;
+            break;
+        case 'g':
+            granularity = cvtnum("granularity", optarg);
+            if (granularity < 0) {
+                return 1;
+            }
+            break;
+        case OPTION_BM_ADD:
+        case OPTION_BM_REMOVE:
+        case OPTION_BM_CLEAR:
+        case OPTION_BM_ENABLE:
+        case OPTION_BM_DISABLE:
+        case OPTION_BM_MERGE:
+            op.type = BITMAP_OP_ADD + (c - OPTION_BM_ADD);
+            if (c == OPTION_BM_MERGE) {
+                op.src_name = optarg;
+                merge = true;
+            }
+            add |= c == OPTION_BM_ADD;
+            g_array_append_val(ops, op);
+            break;
+        default:
+            common_option(c, argv);
+        }
+    }
+    if (!ops->len) {
+        error_report("Need at least one of --add, --remove, --clear, "
+                     "--enable, --disable, or --merge");
+        return 1;
+    }
+    if (granularity && !add) {
+        error_report("granularity only supported with --add");
+        return 1;
+    }
+    if (src_fmt && !src_filename) {
+        error_report("-F only supported with -b");
+        return 1;
+    }
+    if (src_filename && !merge) {
+        error_report("Merge bitmap source file only supported with --merge");
+        return 1;
+    }
+    if (optind != argc - 2) {
+        error_report("Expecting filename and bitmap name");
+        return 1;
+    }
+    filename = argv[optind];
+    bitmap = argv[optind + 1];
+
+    /* Only bitmaps change: no backing chain, no guest data writes. */
+    blk = img_open(filename, fmt,
+                   BDRV_O_RDWR | BDRV_O_NO_BACKING | BDRV_O_BITMAPS, false);
+    bs = blk ? blk_bs(blk) : NULL;
+    if (!bs) {
+        goto out;
+    }
+    if (src_filename) {
+        src = img_open_as(false, src_filename, src_fmt, BDRV_O_NO_BACKING,
+                          false);
+        src_bs = src ? blk_bs(src) : NULL;
+        if (!src_bs) {
+            goto out;
+        }
+    }
+    for (guint i = 0; i < ops->len; i++) {
+        BdrvBitmapOp *op = &g_array_index(ops, BdrvBitmapOp, i);
+
+        op->name = bitmap;
+        op->granularity = granularity;
+        op->src_bs = src_bs;
+    }
+    {
+        Error *err = NULL;
+        int failed = 0;
+
+        if (bdrv_bitmap_ops(bs, &g_array_index(ops, BdrvBitmapOp, 0),
+                            ops->len, &failed, &err) < 0) {
+            failed = MAX(failed, 0);
+            error_report_prefixed(err, "Operation %s on bitmap %s failed: ",
+                                  op_names[g_array_index(ops, BdrvBitmapOp,
+                                                         failed).type],
+                                  bitmap);
+            goto out;
+        }
+    }
+    ret = 0;
+out:
+    blk_unref(src);
+    blk_unref(blk);
+    return ret;
 }
 
 /* ------------------------------------------------------------------ */
@@ -4898,6 +5157,7 @@ typedef struct ImgCmd {
 static const ImgCmd img_cmds[] = {
     { "amend", img_amend },
     { "bench", img_bench },
+    { "bitmap", img_bitmap },
     { "check", img_check },
     { "commit", img_commit },
     { "compare", img_compare },
@@ -4933,6 +5193,9 @@ static void QEMU_NORETURN help(void)
 "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval]"
 " [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q]"
 " [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+"  bitmap (--merge source | --add | --remove | --clear | --enable |"
+" --disable)... [-b source_file [-F source_fmt]] [-g granularity]"
+" [--object objectdef] [--image-opts | -f fmt] filename bitmap\n"
 "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache]"
 " [-U] filename\n"
 "  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p]"
@@ -4942,7 +5205,8 @@ static void QEMU_NORETURN help(void)
 "  convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache]"
 " [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]"
 " [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W]"
-" [--target-is-zero] filename [filename2 [...]] output_filename\n"
+" [--target-is-zero] [--bitmaps [--skip-broken-bitmaps]]"
+" filename [filename2 [...]] output_filename\n"
 "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
 " [-o options] filename [size]\n"
 "  dd [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks]"

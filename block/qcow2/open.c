@@ -573,9 +573,15 @@ static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
     if (bs->read_only) {
         return 0;
     }
-    if (s->autoclear_features & ~QCOW2_AUTOCLEAR_MASK) {
-        /* Bits of features we do not maintain (bitmaps): not valid now. */
-        s->autoclear_features &= QCOW2_AUTOCLEAR_MASK;
+    uint64_t keep = QCOW2_AUTOCLEAR_MASK;
+    if (flags & BDRV_O_BITMAPS) {
+        /* qemu-img bitmap: no guest write follows, the bitmaps stay. */
+        keep |= QCOW2_AUTOCLEAR_BITMAPS;
+    }
+    if (s->autoclear_features & ~keep) {
+        /* Bits of features we do not maintain: not valid now. Data writes
+         * would leave enabled bitmaps stale: QEMU drops them all. */
+        s->autoclear_features &= keep;
         ret = qcow2_update_header(bs);
         if (ret >= 0) {
             ret = bdrv_co_flush(bs->file);
@@ -860,6 +866,9 @@ static BlockDriver bdrv_qcow2 = {
     .bdrv_change_backing_file = qcow2_change_backing_file,
     .bdrv_measure           = qcow2_measure,
     .bdrv_make_empty        = qcow2_make_empty,
+    .bdrv_co_bitmap_ops     = qcow2_co_bitmap_ops,
+    .bdrv_co_bitmap_list    = qcow2_co_bitmap_list,
+    .bdrv_supports_persistent_bitmaps = qcow2_supports_persistent_bitmaps,
 
     .bdrv_snapshot_create   = qcow2_snapshot_create,
     .bdrv_snapshot_goto     = qcow2_snapshot_goto,

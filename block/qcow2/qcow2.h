@@ -456,6 +456,13 @@ static inline unsigned qcow2_sc_index(BDRVQcow2State *s, uint64_t offset)
 int coroutine_fn qcow2_read_header(BlockDriverState *bs, int flags,
                                    Qcow2Header *h, Error **errp);
 int coroutine_fn qcow2_update_header(BlockDriverState *bs);
+bool qcow2_supports_persistent_bitmaps(BlockDriverState *bs);
+int coroutine_fn qcow2_co_bitmap_list(BlockDriverState *bs,
+                                      BdrvBitmapInfo **list, int *n,
+                                      Error **errp);
+int coroutine_fn qcow2_co_bitmap_ops(BlockDriverState *bs,
+                                     const BdrvBitmapOp *ops, int nb_ops,
+                                     int *failed, Error **errp);
 int coroutine_fn qcow2_mark_dirty(BlockDriverState *bs);
 int coroutine_fn qcow2_mark_clean(BlockDriverState *bs);
 int coroutine_fn qcow2_mark_corrupt(BlockDriverState *bs);
