@@ -80,6 +80,7 @@ typedef struct BDRVBlkdebugState {
     GPtrArray *breaks;           /* of BlkdebugBreak * */
     GPtrArray *suspended;        /* of BlkdebugSuspended * */
     int state;                   /* QEMU's state machine; starts at 1 */
+    uint64_t flushed_gen;        /* write_gen at the last good flush */
 } BDRVBlkdebugState;
 
 static const QemuOptDesc blkdebug_open_opts[] = {
@@ -921,7 +922,23 @@ static int coroutine_fn blkdebug_co_pdiscard(BlockDriverState *bs,
 
 static int coroutine_fn blkdebug_co_flush(BlockDriverState *bs)
 {
-    return blkdebug_check(bs, "flush", BLKDEBUG_IO_FLUSH, 0, -1);
+    BDRVBlkdebugState *s = bs->opaque;
+    uint64_t gen = bdrv_get_write_gen(bs);
+    int ret;
+
+    if (gen == s->flushed_gen) {
+        /* Nothing written through us since the last flush: QEMU skips
+         * its flush to disk, so no rule can fail it (breakpoints still
+         * see the event). */
+        blkdebug_debug_event(bs, "flush");
+        blkdebug_disarm_request_event(s, "flush");
+        return 0;
+    }
+    ret = blkdebug_check(bs, "flush", BLKDEBUG_IO_FLUSH, 0, -1);
+    if (ret == 0) {
+        s->flushed_gen = gen;
+    }
+    return ret;
 }
 
 static int coroutine_fn blkdebug_co_truncate(BlockDriverState *bs,
@@ -977,7 +994,7 @@ static BlockDriver bdrv_blkdebug = {
     .bdrv_co_pwritev        = blkdebug_co_pwritev,
     .bdrv_co_pwrite_zeroes  = blkdebug_co_pwrite_zeroes,
     .bdrv_co_pdiscard       = blkdebug_co_pdiscard,
-    .bdrv_co_flush_to_disk  = blkdebug_co_flush,
+    .bdrv_co_flush          = blkdebug_co_flush,
     .bdrv_co_truncate       = blkdebug_co_truncate,
     .bdrv_co_block_status   = blkdebug_co_block_status,
     .bdrv_getlength         = blkdebug_getlength,
