@@ -33,7 +33,7 @@ struct TableCache {
     TableEntry *entries;
     void *pages;                /* every page, in one aligned block */
     GHashTable *by_offset;      /* &entry->offset -> entry */
-    GHashTable *by_page;        /* entry->page -> entry */
+    unsigned page_shift;        /* log2(page_size): page -> entry index */
     GQueue lru;                 /* every entry; head = least recently used */
     CoQueue free_queue;         /* waiting for an evictable entry */
     uint64_t store_seq;         /* writes started so far */
@@ -63,7 +63,7 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
      * slices) costs its size, not a page-aligned allocation per page. */
     c->pages = qemu_memalign(MAX(page_size, 4096), page_size * num_pages);
     c->by_offset = g_hash_table_new(g_int64_hash, g_int64_equal);
-    c->by_page = g_hash_table_new(NULL, NULL);
+    c->page_shift = __builtin_ctzll(page_size);
     g_queue_init(&c->lru);
     c->load_event = load_event;
     c->store_event = store_event;
@@ -75,7 +75,6 @@ TableCache *table_cache_new(BlockDriverState *bs, size_t page_size,
         e->lru_link.data = e;
         qemu_co_queue_init(&e->waiters);
         g_queue_push_tail_link(&c->lru, &e->lru_link);
-        g_hash_table_insert(c->by_page, e->page, e);
     }
     return c;
 }
@@ -102,7 +101,6 @@ void table_cache_free(TableCache *c)
     }
     qemu_vfree(c->pages);
     g_hash_table_destroy(c->by_offset);
-    g_hash_table_destroy(c->by_page);
     g_free(c->entries);
     g_free(c);
 }
@@ -132,9 +130,12 @@ void table_cache_set_dependency(TableCache *c, TableCache *dep)
 
 static TableEntry *table_cache_entry_of(TableCache *c, void *page)
 {
-    TableEntry *e = g_hash_table_lookup(c->by_page, page);
-    assert(e);
-    return e;
+    /* entry i owns the i-th page of c->pages */
+    uintptr_t delta = (uintptr_t)page - (uintptr_t)c->pages;
+    size_t i = delta >> c->page_shift;
+
+    assert(!(delta & (c->page_size - 1)) && i < (size_t)c->num);
+    return &c->entries[i];
 }
 
 static void table_cache_touch(TableCache *c, TableEntry *e)

@@ -455,6 +455,43 @@ static int coroutine_fn qcow2_get_l2_slice_rw(BlockDriverState *bs,
 
 /* ---- lookups ---- */
 
+/* The subclusters of an extended entry whose type (qcow2_sc_type) is t,
+ * as a mask (bit i: subcluster i). */
+static uint32_t qcow2_sc_mask(BlockDriverState *bs, uint64_t entry,
+                              uint64_t bitmap, Qcow2SubclusterType t)
+{
+    uint32_t alloc = bitmap, zero = bitmap >> 32;
+
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        return t == QCOW2_SC_COMPRESSED ? UINT32_MAX : 0;
+    }
+    if (alloc & zero) {
+        return t == QCOW2_SC_INVALID ? UINT32_MAX : 0;
+    }
+    if (qcow2_entry_has_host(bs, entry)) {
+        switch (t) {
+        case QCOW2_SC_NORMAL:
+            return alloc;
+        case QCOW2_SC_ZERO_ALLOC:
+            return zero;
+        case QCOW2_SC_UNALLOCATED_ALLOC:
+            return ~(alloc | zero);
+        default:
+            return 0;
+        }
+    }
+    switch (t) {
+    case QCOW2_SC_INVALID:
+        return alloc;
+    case QCOW2_SC_ZERO_PLAIN:
+        return zero;
+    case QCOW2_SC_UNALLOCATED_PLAIN:
+        return ~(alloc | zero);
+    default:
+        return 0;
+    }
+}
+
 /* Subclusters of entry from sc on that share type t (and the count up to
  * the end of the cluster). */
 static unsigned qcow2_count_sc(BlockDriverState *bs, uint64_t entry,
@@ -462,16 +499,13 @@ static unsigned qcow2_count_sc(BlockDriverState *bs, uint64_t entry,
                                Qcow2SubclusterType t)
 {
     BDRVQcow2State *s = bs->opaque;
-    unsigned n = 0;
 
     if (t == QCOW2_SC_COMPRESSED || !s->extended_l2) {
         return s->subclusters_per_cluster - sc;
     }
-    while (sc + n < (unsigned)s->subclusters_per_cluster &&
-           qcow2_sc_type(bs, entry, bitmap, sc + n) == t) {
-        n++;
-    }
-    return n;
+    /* the run of ones from bit sc; bits past 31 are ones after the ~ */
+    uint64_t rest = (uint64_t)qcow2_sc_mask(bs, entry, bitmap, t) >> sc;
+    return __builtin_ctzll(~rest);
 }
 
 static int qcow2_check_host(BlockDriverState *bs, uint64_t entry,
