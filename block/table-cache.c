@@ -34,6 +34,7 @@ struct TableCache {
     void *pages;                /* every page, in one aligned block */
     GHashTable *by_offset;      /* &entry->offset -> entry */
     unsigned page_shift;        /* log2(page_size): page -> entry index */
+    TableEntry *last;           /* the last entry table_cache_get found */
     GQueue lru;                 /* every entry; head = least recently used */
     CoQueue free_queue;         /* waiting for an evictable entry */
     uint64_t store_seq;         /* writes started so far */
@@ -140,6 +141,9 @@ static TableEntry *table_cache_entry_of(TableCache *c, void *page)
 
 static void table_cache_touch(TableCache *c, TableEntry *e)
 {
+    if (c->lru.tail == &e->lru_link) {
+        return;                 /* the most recently used already */
+    }
     g_queue_unlink(&c->lru, &e->lru_link);
     g_queue_push_tail_link(&c->lru, &e->lru_link);
 }
@@ -345,7 +349,12 @@ int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
 
     assert(offset % c->page_size == 0 && offset <= INT64_MAX);
     for (;;) {
-        TableEntry *e = g_hash_table_lookup(c->by_offset, &key);
+        /* an entry's offset is its key in by_offset (-1: in none), so
+         * the page asked for last time needs no hash lookup */
+        TableEntry *e = c->last;
+        if (!e || e->offset != key) {
+            e = g_hash_table_lookup(c->by_offset, &key);
+        }
         if (e) {
             if (e->loading) {
                 qemu_co_queue_wait(&e->waiters, NULL);
@@ -354,6 +363,7 @@ int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
             table_cache_pin(e);
             table_cache_touch(c, e);
             c->stats.hits++;
+            c->last = e;
             *page = e->page;
             return 0;
         }
