@@ -1806,7 +1806,7 @@ static void coroutine_fn convert_co_do_copy(void *opaque)
 {
     ConvertWorker *w = opaque;
     ConvertState *s = w->s;
-    uint8_t *buf = qemu_blockalign(s->buf_size);
+    uint8_t *buf = qemu_blockalign_huge(s->buf_size);
 
     while (s->ret == -EINPROGRESS) {
         int64_t offset, n;
@@ -2839,7 +2839,7 @@ static int commit_data(BlockBackend *blk, BlockBackend *base_rw,
         }
     }
 
-    c.buf = qemu_blockalign(IO_BUF_SIZE);
+    c.buf = qemu_blockalign_huge(IO_BUF_SIZE);
     ret = img_run_job(job_new(commit_job_run, &c), img_job_progress, NULL);
     qemu_vfree(c.buf);
     if (ret == 0) {
@@ -3467,8 +3467,8 @@ static int rebase_copy(const RebaseArgs *a, BlockBackend *blk,
     if (r.size != 0) {
         r.step = (float)100 / (r.size / MIN(r.size, IO_BUF_SIZE));
     }
-    r.buf_old = qemu_blockalign(IO_BUF_SIZE);
-    r.buf_new = qemu_blockalign(IO_BUF_SIZE);
+    r.buf_old = qemu_blockalign_huge(IO_BUF_SIZE);
+    r.buf_new = qemu_blockalign_huge(IO_BUF_SIZE);
     ret = img_run_job(job_new(rebase_job_run, &r), rebase_job_progress, &r);
     qemu_vfree(r.buf_old);
     qemu_vfree(r.buf_new);
@@ -4464,8 +4464,8 @@ static int img_compare(int argc, char **argv)
         ret = 2;
         goto out;
     }
-    buf1 = qemu_blockalign(IO_BUF_SIZE);
-    buf2 = qemu_blockalign(IO_BUF_SIZE);
+    buf1 = qemu_blockalign_huge(IO_BUF_SIZE);
+    buf2 = qemu_blockalign_huge(IO_BUF_SIZE);
     ret = compare_images(&a, buf1, buf2);
 
 out:
@@ -4715,7 +4715,7 @@ static void bench_run(BenchData *data, int pattern)
     }
 
     /* One buffer shared by all requests: no per-request allocation */
-    data->buf = qemu_blockalign(MAX(data->bufsize, 1));
+    data->buf = qemu_blockalign_huge(MAX(data->bufsize, 1));
     memset(data->buf, pattern, data->bufsize);
     data->qiov = g_new(QEMUIOVector, 1);
     qemu_iovec_init_buf(data->qiov, data->buf, data->bufsize);

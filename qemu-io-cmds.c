@@ -340,7 +340,7 @@ static int parse_pattern(const char *arg)
 static void *qemu_io_alloc(size_t len, int pattern)
 {
     size_t extra = qemuio_misalign ? MISALIGN_OFFSET : 0;
-    uint8_t *buf = qemu_blockalign(MAX(len + extra, 1));
+    uint8_t *buf = qemu_blockalign_huge(MAX(len + extra, 1));
 
     memset(buf, pattern, len + extra);
     return buf + extra;

@@ -83,6 +83,12 @@ static inline uint64_t cpu_to_le64(uint64_t v) { return GUINT64_TO_LE(v); }
 /* Aligned buffer allocation (suitable for O_DIRECT); free with qemu_vfree. */
 void *qemu_memalign(size_t alignment, size_t size);
 void *qemu_blockalign(size_t size);          /* 4096-aligned */
+/*
+ * The same for a long-lived I/O buffer (a command's, not a request's):
+ * from 1 MiB on rounded up to 2 MiB huge pages, so that a large O_DIRECT
+ * request is one device request (fewer, larger segments).
+ */
+void *qemu_blockalign_huge(size_t size);
 void qemu_vfree(void *ptr);
 
 #endif
