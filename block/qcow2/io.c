@@ -650,6 +650,8 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset,
     if (s->stopped) {
         return -ENOMEDIUM;
     }
+    /* As QEMU: marked whether or not the write succeeds. */
+    qcow2_bitmaps_mark(s, offset, bytes);
     if (flags & BDRV_REQ_WRITE_COMPRESSED) {
         return qcow2_write_compressed(bs, offset, bytes, qiov, qiov_offset);
     }
@@ -735,6 +737,7 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
     if (s->qcow_version < 3 && bs->backing) {
         return -ENOTSUP;        /* no zero flag: the layer writes zeroes */
     }
+    qcow2_bitmaps_mark(s, offset, bytes);
     /* As QEMU's layer splits it: partial head, whole subclusters, tail. */
     if (pos % sc) {
         uint64_t head_end = MIN(ROUND_UP(pos, sc), end);
@@ -772,6 +775,7 @@ int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset,
          (uint64_t)(offset + bytes) != s->size)) {
         return -ENOTSUP;
     }
+    qcow2_bitmaps_mark(s, offset, bytes);
     qemu_co_mutex_lock(&s->lock);
     ret = qcow2_cluster_discard(bs, offset, bytes, false,
                                 s->discard_request);

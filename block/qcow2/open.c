@@ -552,6 +552,7 @@ static void qcow2_free_state(BlockDriverState *bs)
     qcow2_free_snapshots(s);
     qcow2_free_header_state(s);
     qcow2_crypto_close(bs);
+    qcow2_bitmaps_discard(s);
     if (s->external_data) {
         bs->data_file = NULL;
         bdrv_unref(s->data_file);
@@ -573,14 +574,9 @@ static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
     if (bs->read_only) {
         return 0;
     }
-    uint64_t keep = QCOW2_AUTOCLEAR_MASK;
-    if (flags & BDRV_O_BITMAPS) {
-        /* qemu-img bitmap: no guest write follows, the bitmaps stay. */
-        keep |= QCOW2_AUTOCLEAR_BITMAPS;
-    }
+    uint64_t keep = QCOW2_AUTOCLEAR_MASK | QCOW2_AUTOCLEAR_BITMAPS;
     if (s->autoclear_features & ~keep) {
-        /* Bits of features we do not maintain: not valid now. Data writes
-         * would leave enabled bitmaps stale: QEMU drops them all. */
+        /* Bits of features we do not maintain: not valid now. */
         s->autoclear_features &= keep;
         ret = qcow2_update_header(bs);
         if (ret >= 0) {
@@ -599,6 +595,35 @@ static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
         if (ret < 0 || res.check_errors) {
             ret = ret < 0 ? ret : -EIO;
             error_setg_errno(errp, -ret, "Could not repair dirty image");
+            return ret;
+        }
+    }
+    if (!(flags & BDRV_O_BITMAPS)) {
+        /*
+         * As QEMU: the enabled bitmaps are loaded and marked in_use, and
+         * track the guest writes (qemu-img bitmap writes no guest data
+         * and changes the directory itself).
+         */
+        Error *err = NULL;
+        ret = qcow2_bitmaps_open(bs, &err);
+        if (ret < 0 && (flags & BDRV_O_CHECK) &&
+            (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+            /* check -r repairs an image whose directory is broken: its
+             * bitmaps are dropped as by a program without bitmap support. */
+            error_report("warning: %s; the bitmaps are dropped",
+                         error_get_pretty(err));
+            error_free(err);
+            s->autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
+            ret = qcow2_update_header(bs);
+            if (ret >= 0) {
+                ret = bdrv_co_flush(bs->file);
+            }
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Could not update qcow2 header");
+                return ret;
+            }
+        } else if (ret < 0) {
+            error_propagate(errp, err);
             return ret;
         }
     }
@@ -665,8 +690,15 @@ static void coroutine_fn qcow2_close(BlockDriverState *bs)
     if (!bs->read_only && !s->stopped) {
         int result, ret;
 
-        /* As QEMU's inactivate: each cache's failure is reported. */
+        /* As QEMU's inactivate: bitmaps stored first, each cache's
+         * failure reported. */
+        Error *err = NULL;
         qemu_co_mutex_lock(&s->lock);
+        if (qcow2_bitmaps_store(bs, &err) < 0) {
+            error_report_err(err);
+            error_report("Persistent bitmaps are lost for node '%s'",
+                         bs->filename);
+        }
         result = qcow2_settle_frees(bs);
         ret = table_cache_flush(s->l2_cache);
         if (ret < 0) {

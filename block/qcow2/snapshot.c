@@ -729,7 +729,18 @@ int coroutine_fn qcow2_snapshot_goto(BlockDriverState *bs,
     if (i < 0) {
         ret = -ENOENT;
     } else {
-        ret = qcow2_snapshot_goto_locked(bs, &s->snapshots[i], errp);
+        ret = 0;
+        if (s->snapshots[i].disk_size != s->size) {
+            /* As QEMU's revert, which resizes the image. */
+            ret = qcow2_bitmaps_resize_check(bs, s->snapshots[i].disk_size,
+                                             errp);
+        }
+        if (ret >= 0) {
+            ret = qcow2_snapshot_goto_locked(bs, &s->snapshots[i], errp);
+        }
+        qcow2_bitmaps_resized(s);
+        /* Every guest byte may have changed (QEMU's bitmaps miss it). */
+        qcow2_bitmaps_mark(s, 0, s->size);
     }
     qemu_co_mutex_unlock(&s->lock);
     if (ret >= 0) {
