@@ -649,9 +649,10 @@ static bool bdrv_header_driver_allowed(BlockDriver *drv, const char *what,
                                        const char *name, const char *origin,
                                        int flags, Error **errp)
 {
-    if (drv->is_filter) {
-        error_setg(errp, "%s '%s'%s selects the filter driver '%s', which an "
+    if (drv->is_filter || drv->own_children) {
+        error_setg(errp, "%s '%s'%s selects the %s driver '%s', which an "
                    "image header may never name", what, name, origin,
+                   drv->is_filter ? "filter" : "options-only",
                    drv->format_name);
         return false;
     }
@@ -1159,8 +1160,10 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
             goto out;
         }
     }
-    /* A protocol named as the driver (-f file, -f blkdebug) is the node. */
-    if ((drv && drv->protocol_name) || (!drv && proto_only)) {
+    /* A protocol named as the driver (-f file, -f blkdebug) is the node;
+     * so is a driver that opens its own children (quorum). */
+    if ((drv && (drv->protocol_name || drv->own_children)) ||
+        (!drv && proto_only)) {
         bs = bdrv_co_open_protocol(drv, filename ? filename : fname, opts,
                                    a->flags, errp);
     } else if (!drv && !filename &&
@@ -1401,6 +1404,10 @@ void bdrv_unref(BlockDriverState *bs)
     bdrv_drained_begin(bs);
     bdrv_run_co(bdrv_close_entry, bs);
     bdrv_drained_end_closed(bs);
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        bdrv_unref(bs->children[i]);
+    }
+    g_free(bs->children);
     bdrv_unref(bs->backing);
     bdrv_unref(bs->file);
     bdrv_free(bs);

@@ -65,6 +65,10 @@ struct BlockDriver {
     bool local_file;
     bool is_filter;                 /* passes requests to bs->file; never
                                      * reachable from an image header */
+    /* Opens all its children itself from its options (quorum): the layer
+     * opens no file child, and no image header and no name prefix may
+     * select it (options only, as in QEMU). */
+    bool own_children;
     bool supports_backing;
     /* Protocols that need no name (null-co): opening one without a file
      * name is not an error. */
@@ -341,6 +345,12 @@ struct BlockDriverState {
     /* A data child the driver opened itself (add-cow's raw image); the
      * driver owns the reference, the layer only walks it (drain, debug). */
     BlockDriverState *data_file;
+    /* More children the driver opened itself (quorum's children.N), in a
+     * g_malloc'd array: the layer walks them (drain, permissions through
+     * bdrv_file_perm, parents) and drops them after bdrv_close; a failed
+     * bdrv_open leaves none. */
+    BlockDriverState **children;
+    unsigned nb_children;
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;
