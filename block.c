@@ -243,40 +243,6 @@ const char *qemu_prealloc_name(PreallocMode mode)
     return mode < ARRAY_SIZE(names) ? names[mode] : "?";
 }
 
-/*
- * The image's name as QEMU prints it: a node opened with a key secret
- * (a "strong" option no file name carries) is named by its options,
- * json:{"driver": ..., "key-secret": ..., "file": {...}}.
- */
-char *bdrv_display_name(BlockDriverState *bs)
-{
-    static const char *const strong[] = { "key-secret",
-                                          "encrypt.key-secret" };
-    JsonValue *o = NULL;
-    GString *out;
-
-    for (size_t i = 0; bs->options && i < ARRAY_SIZE(strong); i++) {
-        const char *v = qemu_opt_get(bs->options, strong[i]);
-        if (v) {
-            o = o ? o : json_new(JSON_OBJECT);
-            json_add_str(o, strong[i], v);
-        }
-    }
-    if (!o || !bs->file || !bs->file->drv->protocol_name) {
-        json_free(o);
-        return g_strdup(bdrv_get_filename(bs));
-    }
-    JsonValue *f = json_new(JSON_OBJECT);
-    json_add_str(f, "driver", bs->file->drv->protocol_name);
-    json_add_str(f, "filename", bs->file->filename);
-    json_add_str(o, "driver", bdrv_get_format_name(bs));
-    json_add(o, "file", f);
-    out = g_string_new("json:");
-    json_print_compact(out, o);
-    json_free(o);
-    return g_string_free(out, FALSE);
-}
-
 /* ---- format-specific info ---- */
 
 ImageInfoSpecific *image_info_specific_new(const char *type)
@@ -450,9 +416,18 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
 static void bdrv_free(BlockDriverState *bs)
 {
     bdrv_unlist_node(bs);
+    /* Children the driver opened itself (also after a failed open that
+     * got as far as bdrv_close). */
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        bdrv_unref(bs->children[i]);
+    }
+    g_free(bs->children);
     g_free(bs->node_name);
     if (bs->options) {
         qemu_opts_del(bs->options);
+    }
+    if (bs->given_opts) {
+        qemu_opts_del(bs->given_opts);
     }
     g_free(bs->opaque);
     g_free(bs);
@@ -583,6 +558,7 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
         goto fail;
     }
     bs->node_name = opts ? g_strdup(qemu_opt_get(opts, "node-name")) : NULL;
+    bs->given_opts = opts ? qemu_opts_clone(opts) : NULL;
     Error *local_err = NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
@@ -594,8 +570,7 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
     }
     ret = bdrv_refresh_total_bytes(bs);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not get the size of '%s'",
-                         filename);
+        error_setg_errno(errp, -ret, "Could not refresh total sector count");
         if (drv->bdrv_close) {
             drv->bdrv_close(bs);
         }
@@ -1018,7 +993,7 @@ bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
     }
     ret = bdrv_refresh_total_bytes(bs);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not get the size of '%s'", name);
+        error_setg_errno(errp, -ret, "Could not refresh total sector count");
         goto fail_close;
     }
     if (!(a->flags & BDRV_O_NO_BACKING) && bs->backing_file[0]) {
@@ -1207,7 +1182,11 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
         return -EPERM;
     }
     if (!user_name) {
-        name = bdrv_get_full_backing_filename(bs);
+        /* QEMU's message when the image's directory is unknown (quorum). */
+        name = bdrv_full_backing_filename(bs, errp);
+        if (!name) {
+            return -EINVAL;
+        }
     }
     OpenArgs a = {
         .filename = name,
@@ -1225,6 +1204,11 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
         error_propagate(errp, local_err);
         error_prepend(errp, "Could not open backing file: ");
         return -EINVAL;
+    }
+    if (user_name) {
+        char *bname = bdrv_display_name(bs->backing);
+        bs->backing_overridden = strcmp(bname, bs->backing_file) != 0;
+        g_free(bname);
     }
     return 0;
 }
@@ -1404,10 +1388,6 @@ void bdrv_unref(BlockDriverState *bs)
     bdrv_drained_begin(bs);
     bdrv_run_co(bdrv_close_entry, bs);
     bdrv_drained_end_closed(bs);
-    for (unsigned i = 0; i < bs->nb_children; i++) {
-        bdrv_unref(bs->children[i]);
-    }
-    g_free(bs->children);
     bdrv_unref(bs->backing);
     bdrv_unref(bs->file);
     bdrv_free(bs);
@@ -1612,14 +1592,6 @@ BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)
 const char *bdrv_get_backing_filename(BlockDriverState *bs)
 {
     return bs->backing_file;
-}
-
-char *bdrv_get_full_backing_filename(BlockDriverState *bs)
-{
-    if (!bs->backing_file[0]) {
-        return NULL;
-    }
-    return path_combine(bs->filename, bs->backing_file);
 }
 
 const char *bdrv_get_backing_format(BlockDriverState *bs)

@@ -370,7 +370,10 @@ static void quorum_blkverify(QuorumReq *r)
             fprintf(stderr, "quorum: offset=%" PRId64 " bytes=%" PRId64
                     " contents mismatch at offset %" PRId64 "\n",
                     r->offset, r->bytes, r->offset + k);
-            exit(1);
+            /* QEMU's exit(1), without running exit handlers in the middle
+             * of a request (the tool's output so far is kept). */
+            fflush(NULL);
+            _exit(1);
         }
     }
 }
@@ -583,6 +586,19 @@ static int coroutine_fn quorum_co_block_status(BlockDriverState *bs,
     return BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
 }
 
+/* Its children may live in different directories: none is the node's
+ * (QEMU's answer, whatever the children are). */
+static char *quorum_dirname(BlockDriverState *bs, Error **errp)
+{
+    (void)bs;
+    error_setg(errp, "Cannot generate a base directory for quorum nodes");
+    return NULL;
+}
+
+static const char *const quorum_strong_opts[] = {
+    "vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern", NULL
+};
+
 static BlockDriver bdrv_quorum = {
     .format_name            = "quorum",
     .instance_size          = sizeof(BDRVQuorumState),
@@ -590,6 +606,8 @@ static BlockDriver bdrv_quorum = {
     .filename_optional      = true,
     .open_opts              = quorum_open_opts,
     .child_prefixes         = quorum_child_prefixes,
+    .strong_opts            = quorum_strong_opts,
+    .bdrv_dirname           = quorum_dirname,
 
     .bdrv_open              = quorum_open,
     .bdrv_close             = quorum_close,
