@@ -199,16 +199,22 @@ static void coroutine_fn quorum_close(BlockDriverState *bs)
     (void)bs;
 }
 
+/*
+ * A read holds one buffer per child: requests are split at this size so
+ * that what a read allocates stays bounded (N x 64 MiB).
+ */
+#define QUORUM_MAX_TRANSFER (64 * 1024 * 1024)
+
 static void quorum_refresh_limits(BlockDriverState *bs, Error **errp)
 {
     (void)errp;
+    bs->bl.max_transfer = QUORUM_MAX_TRANSFER;
     for (unsigned i = 0; i < bs->nb_children; i++) {
         const BlockLimits *c = &bs->children[i]->bl;
 
         bs->bl.min_mem_alignment = MAX(bs->bl.min_mem_alignment,
                                        c->min_mem_alignment);
-        if (c->max_transfer &&
-            (!bs->bl.max_transfer || c->max_transfer < bs->bl.max_transfer)) {
+        if (c->max_transfer && c->max_transfer < bs->bl.max_transfer) {
             bs->bl.max_transfer = c->max_transfer;
         }
     }
