@@ -944,6 +944,32 @@ bdrv_co_open_protocol(BlockDriver *drv, const char *name, QemuOpts *opts,
     return bdrv_co_open_node(drv, name ? name : "", opts, flags, NULL, errp);
 }
 
+/*
+ * QEMU's error for options no node took: it names the first of them in
+ * its QDict's order.
+ */
+static void bdrv_unused_backing_opt(BlockDriver *drv, QemuOpts *backing_opts,
+                                    Error **errp)
+{
+    JsonValue *o = json_new(JSON_OBJECT);
+    GPtrArray *sorted;
+
+    for (size_t i = 0; i < qemu_opts_count(backing_opts); i++) {
+        const char *name;
+        g_autofree char *key = NULL;
+
+        qemu_opts_nth(backing_opts, i, &name, NULL);
+        key = g_strdup_printf("backing.%s", name);
+        json_add_str(o, key, "");
+    }
+    sorted = json_sorted_members(o);
+    error_setg(errp, "Block format '%s' does not support the option '%s'",
+               drv->format_name,
+               ((JsonValue *)g_ptr_array_index(sorted, 0))->key);
+    g_ptr_array_free(sorted, TRUE);
+    json_free(o);
+}
+
 /* Open a format node drv (NULL: probe) over file; takes file. */
 static BlockDriverState *coroutine_fn
 bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
@@ -996,15 +1022,25 @@ bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
         error_setg_errno(errp, -ret, "Could not refresh total sector count");
         goto fail_close;
     }
-    if (!(a->flags & BDRV_O_NO_BACKING) && bs->backing_file[0]) {
+    if (backing_opts && qemu_opts_count(backing_opts) &&
+        (a->flags & BDRV_O_NO_BACKING)) {
+        /* Nothing takes them (qemu-img info opens no backing file). */
+        bdrv_unused_backing_opt(drv, backing_opts, errp);
+        goto fail_close;
+    }
+    if (!(a->flags & BDRV_O_NO_BACKING) &&
+        (bs->backing_file[0] ||
+         (backing_opts && qemu_opts_count(backing_opts)))) {
+        /* As QEMU: backing.* options open a backing file even when the
+         * header names none. */
+        if (!drv->supports_backing) {
+            error_setg(errp, "Driver doesn't support backing files");
+            goto fail_close;
+        }
         ret = bdrv_co_open_backing(bs, backing_opts, a->depth, errp);
         if (ret < 0) {
             goto fail_close;
         }
-    } else if (backing_opts && qemu_opts_count(backing_opts)) {
-        error_setg(errp, "Image has no backing file to apply 'backing.' "
-                   "options to");
-        goto fail_close;
     }
     return bs;
 
@@ -1181,7 +1217,7 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
                                    bs->open_flags, errp)) {
         return -EPERM;
     }
-    if (!user_name) {
+    if (!user_name && bs->backing_file[0]) {
         /* QEMU's message when the image's directory is unknown (quorum). */
         name = bdrv_full_backing_filename(bs, errp);
         if (!name) {
