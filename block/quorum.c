@@ -66,6 +66,9 @@ static int quorum_count_children(QemuOpts *options)
     size_t total = 0, counted = 0;
     int n = 0;
 
+    if (!options) {
+        return 0;
+    }
     for (size_t i = 0; i < qemu_opts_count(options); i++) {
         const char *name, *value;
 
@@ -592,6 +595,22 @@ static int coroutine_fn quorum_co_block_status(BlockDriverState *bs,
     return BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
 }
 
+/* As QEMU's: a quorum is never reopened (its children would have to be
+ * reopened alike); the whole reopen fails and nothing changes. */
+static int quorum_reopen_prepare(BdrvReopenState *state, Error **errp)
+{
+    BlockDriverState *bs = state->bs;
+
+    if (bs->node_name) {
+        error_setg(errp, "Block format 'quorum' used by node '%s' does not "
+                   "support reopening files", bs->node_name);
+    } else {
+        error_setg(errp, "Block format 'quorum' does not support reopening "
+                   "files");
+    }
+    return -ENOTSUP;
+}
+
 /* Its children may live in different directories: none is the node's
  * (QEMU's answer, whatever the children are). */
 static char *quorum_dirname(BlockDriverState *bs, Error **errp)
@@ -620,6 +639,7 @@ static BlockDriver bdrv_quorum = {
     .bdrv_refresh_limits    = quorum_refresh_limits,
     .bdrv_getlength         = quorum_getlength,
     .bdrv_file_perm         = quorum_child_perm,
+    .bdrv_reopen_prepare    = quorum_reopen_prepare,
 
     .bdrv_co_preadv         = quorum_co_preadv,
     .bdrv_co_pwritev        = quorum_co_pwritev,
