@@ -982,6 +982,18 @@ static int64_t blkdebug_getlength(BlockDriverState *bs)
     return bdrv_getlength(bs->file);
 }
 
+/*
+ * Reopening (other flags, e.g. qemu-io's reopen -r) changes nothing here:
+ * the rules stay, the image below is reopened by the layer (QEMU's
+ * blkdebug does the same).
+ */
+static int blkdebug_reopen_prepare(BdrvReopenState *state, Error **errp)
+{
+    (void)state;
+    (void)errp;
+    return 0;
+}
+
 /* Options that change what the node does (QEMU's, and our inline rule):
  * with any of them its name is json:{...}. */
 static const char *const blkdebug_strong_opts[] = {
@@ -1040,6 +1052,7 @@ static BlockDriver bdrv_blkdebug = {
     .bdrv_open              = blkdebug_open,
     .bdrv_close             = blkdebug_close,
     .bdrv_refresh_limits    = blkdebug_refresh_limits,
+    .bdrv_reopen_prepare    = blkdebug_reopen_prepare,
 
     .bdrv_co_preadv         = blkdebug_co_preadv,
     .bdrv_co_pwritev        = blkdebug_co_pwritev,
