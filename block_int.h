@@ -65,6 +65,10 @@ struct BlockDriver {
     bool local_file;
     bool is_filter;                 /* passes requests to bs->file; never
                                      * reachable from an image header */
+    /* Opens all its children itself from its options (quorum): the layer
+     * opens no file child, and no image header and no name prefix may
+     * select it (options only, as in QEMU). */
+    bool own_children;
     bool supports_backing;
     /* Protocols that need no name (null-co): opening one without a file
      * name is not an error. */
@@ -90,6 +94,26 @@ struct BlockDriver {
      */
     bool (*header_name_config)(const char *name, char **key);
     const char *const *header_forbidden_opts;
+
+    /* ---- names (block/filename.c) ----
+     * Options that change what the node shows, so that its name alone no
+     * longer reopens it (QEMU's strong_runtime_opts); a trailing '.' names
+     * a prefix ("set-state."). Present ones make the name json:{...}.
+     */
+    const char *const *strong_opts;
+    /* The name of bs->file in a json: name; NULL: "file". */
+    const char *file_child_name;
+    /*
+     * The node's exact name, when one can be made (g_malloc'd), else NULL:
+     * opts is its json: description so far (the driver may add what its
+     * name gave, e.g. blkdebug's config), file_exact its file's exact name
+     * ("" if none). NULL callback: the generic rule.
+     */
+    char *(*bdrv_exact_filename)(BlockDriverState *bs, JsonValue *opts,
+                                 const char *file_exact);
+    /* The directory relative backing names are resolved against (with a
+     * trailing '/'), or NULL with errp set. NULL: the generic rule. */
+    char *(*bdrv_dirname)(BlockDriverState *bs, Error **errp);
 
     /* ---- probing ---- */
     /* Score 0..100 that buf (the first bytes of the image, zero padded to
@@ -341,6 +365,13 @@ struct BlockDriverState {
     /* A data child the driver opened itself (add-cow's raw image); the
      * driver owns the reference, the layer only walks it (drain, debug). */
     BlockDriverState *data_file;
+    /* More children the driver opened itself (quorum's children.N), in a
+     * g_malloc'd array: the layer walks them (drain, permissions through
+     * bdrv_file_perm, parents) and drops them after bdrv_close (also when
+     * the open fails after bdrv_open succeeded); a failed bdrv_open
+     * leaves none. */
+    BlockDriverState **children;
+    unsigned nb_children;
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;
@@ -385,6 +416,13 @@ struct BlockDriverState {
     CoQueue flush_queue;                /* waiting for the active flush */
     bool probed;                        /* format chosen by probing */
     QemuOpts *options;                  /* driver options given at open */
+    /* Nodes opened as protocols (and quorum): the options they were opened
+     * with, for their name (bs->options is the formats'). */
+    QemuOpts *given_opts;
+    /* The user named the backing file (backing.file.filename=...) and it
+     * is not what the header names: the backing node is part of bs's
+     * json: name (QEMU's bdrv_backing_overridden). */
+    bool backing_overridden;
     int backing_depth;                  /* links below the opened root */
 
     /* permissions (block/perm.c): what bs's users hold and share */

@@ -550,7 +550,12 @@ static void print_create_opts(QemuOpts *opts, const QemuOptDesc *const *descs)
                 printf("%s%s=%" PRIu64, sep, d->name,
                        qemu_opt_get_number(opts, d->name, 0));
             } else {
-                printf("%s%s=%s", sep, d->name, value);
+                /* QEMU's: a comma in a value is doubled, as options are
+                 * written ("backing_file=json:{'a': 1,, 'b': 2}"). */
+                g_auto(GStrv) parts = g_strsplit(value, ",", -1);
+                g_autofree char *escaped = g_strjoinv(",,", parts);
+
+                printf("%s%s=%s", sep, d->name, escaped);
             }
             sep = " ";
         }

@@ -1177,12 +1177,18 @@ static void bdrv_do_drained_begin(BlockDriverState *bs, int depth)
         bdrv_do_drained_begin(bs->data_file, depth + 1);
     }
     bdrv_do_drained_begin(bs->backing, depth + 1);
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        bdrv_do_drained_begin(bs->children[i], depth + 1);
+    }
 }
 
 static void bdrv_do_drained_end(BlockDriverState *bs, int depth)
 {
     if (!bs || depth > BDRV_DRAIN_MAX_DEPTH) {
         return;
+    }
+    for (unsigned i = bs->nb_children; i-- > 0;) {
+        bdrv_do_drained_end(bs->children[i], depth + 1);
     }
     bdrv_do_drained_end(bs->backing, depth + 1);
     if (bs->data_file != bs->file) {
@@ -1203,8 +1209,12 @@ static void bdrv_collect_parents(BlockDriverState *bs, GPtrArray *out,
     }
     for (BlockDriverState *p = bdrv_next_node(NULL); p;
          p = bdrv_next_node(p)) {
-        if ((p->file == bs || p->backing == bs || p->data_file == bs) &&
-            !g_ptr_array_find(out, p, NULL)) {
+        bool child = p->file == bs || p->backing == bs || p->data_file == bs;
+
+        for (unsigned i = 0; !child && i < p->nb_children; i++) {
+            child = p->children[i] == bs;
+        }
+        if (child && !g_ptr_array_find(out, p, NULL)) {
             g_ptr_array_add(out, p);
             bdrv_collect_parents(p, out, depth + 1);
         }
@@ -1272,6 +1282,11 @@ static bool bdrv_drain_poll(BlockDriverState *bs, int depth)
     if (bs->drv && bs->drv->bdrv_drain_poll && bs->drv->bdrv_drain_poll(bs)) {
         return true;
     }
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        if (bdrv_drain_poll(bs->children[i], depth + 1)) {
+            return true;
+        }
+    }
     return bdrv_drain_poll(bs->file, depth + 1) ||
            (bs->data_file != bs->file &&
             bdrv_drain_poll(bs->data_file, depth + 1)) ||
@@ -1331,6 +1346,9 @@ void bdrv_drained_end_closed(BlockDriverState *bs)
     assert(bs->quiesce_counter > 0);
     bs->quiesce_counter--;
     bdrv_parents_drained_end(bs);
+    for (unsigned i = bs->nb_children; i-- > 0;) {
+        bdrv_do_drained_end(bs->children[i], 1);
+    }
     bdrv_do_drained_end(bs->backing, 1);
     if (bs->data_file != bs->file) {
         bdrv_do_drained_end(bs->data_file, 1);

@@ -351,9 +351,13 @@ static int coroutine_fn luks_amend(BlockDriverState *bs, QemuOpts *opts,
     return luks_volume_amend(&s->v, opts, "", force, errp);
 }
 
+/* Options whose presence makes the node's name json:{...} (QEMU's). */
+static const char *const luks_strong_opts[] = { "key-secret", NULL };
+
 static BlockDriver bdrv_luks = {
     .format_name            = "luks",
     .instance_size          = sizeof(BDRVLuksState),
+    .strong_opts            = luks_strong_opts,
     .create_opts            = luks_create_opts,
     .open_opts              = luks_open_opts,
     .amend_opts             = luks_amend_opts,

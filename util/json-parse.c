@@ -457,6 +457,7 @@ static int json_flatten(const JsonNode *node, const char *prefix,
                         QemuOpts *opts, GHashTable *seen, Error **errp)
 {
     const char *value = NULL;
+    QemuOptJson json = QEMU_OPT_JSON_STRING;
 
     switch (node->type) {
     case JSON_NODE_NULL: {
@@ -472,8 +473,12 @@ static int json_flatten(const JsonNode *node, const char *prefix,
     }
     case JSON_NODE_BOOL:
         value = node->boolean ? "on" : "off";
+        json = QEMU_OPT_JSON_BOOL;
         break;
     case JSON_NODE_NUMBER:
+        value = node->text;
+        json = QEMU_OPT_JSON_NUMBER;
+        break;
     case JSON_NODE_STRING:
         value = node->text;
         break;
@@ -500,7 +505,7 @@ static int json_flatten(const JsonNode *node, const char *prefix,
     }
     g_hash_table_add(seen, g_strdup(prefix));
     if (!qemu_opt_has(opts, prefix)) {
-        qemu_opt_set(opts, prefix, value);
+        qemu_opt_set_json(opts, prefix, value, json);
     }
     return 0;
 }

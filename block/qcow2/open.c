@@ -865,10 +865,14 @@ static bool qcow2_has_zero_init(BlockDriverState *bs)
 
 static const char *const qcow2_child_prefixes[] = { "data-file", NULL };
 
+/* Options whose presence makes the node's name json:{...} (QEMU's). */
+static const char *const qcow2_strong_opts[] = { "encrypt.key-secret", NULL };
+
 static BlockDriver bdrv_qcow2 = {
     .format_name            = "qcow2",
     .child_prefixes         = qcow2_child_prefixes,
     .instance_size          = sizeof(BDRVQcow2State),
+    .strong_opts            = qcow2_strong_opts,
     .supports_backing       = true,
     .create_opts            = qcow2_create_opts,
     .open_opts              = qcow2_open_opts,
