@@ -347,7 +347,6 @@ static int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs,
     int64_t new_off;
     int ret;
 
-    BLKDBG_EVENT(bs->file, "l2_alloc_cow_read");
     new_off = qcow2_alloc_clusters(bs, s->cluster_size);
     if (new_off < 0) {
         return new_off;
@@ -367,6 +366,7 @@ static int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs,
     for (uint32_t off = 0; off < s->cluster_size; off += s->l2_slice_bytes) {
         void *page, *old = NULL;
         if (old_off) {
+            BLKDBG_EVENT(bs->file, "l2_alloc_cow_read");
             ret = table_cache_get(s->l2_cache, old_off + off, &old);
             if (ret < 0) {
                 goto fail;
@@ -1001,7 +1001,6 @@ int coroutine_fn qcow2_link_l2(BlockDriverState *bs, Qcow2Alloc *m)
         return ret;
     }
     assert(sl.index + m->nb_clusters <= s->l2_slice_size);
-    BLKDBG_EVENT(bs->file, "cluster_alloc");
     for (uint64_t i = 0; i < m->nb_clusters; i++) {
         uint32_t idx = sl.index + i;
         uint64_t old = qcow2_l2_entry(s, sl.page, idx);

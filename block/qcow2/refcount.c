@@ -156,9 +156,12 @@ int coroutine_fn qcow2_get_refcount(BlockDriverState *bs,
 
 /* ---- writing table entries ---- */
 
-/* Write the 512-byte group of reftable entries holding index, durably. */
+/*
+ * Write the 512-byte group of reftable entries holding index, durably,
+ * announcing blkdebug event `event` first.
+ */
 int coroutine_fn qcow2_write_reftable_entry(BlockDriverState *bs,
-                                            uint32_t index)
+                                            uint32_t index, const char *event)
 {
     BDRVQcow2State *s = bs->opaque;
     uint32_t per_sector = 512 / sizeof(uint64_t);
@@ -170,7 +173,7 @@ int coroutine_fn qcow2_write_reftable_entry(BlockDriverState *bs,
          s->refcount_table_size; i++) {
         buf[i] = cpu_to_be64(s->refcount_table[first + i]);
     }
-    BLKDBG_EVENT(bs->file, "reftable_update");
+    BLKDBG_EVENT(bs->file, event);
     ret = bdrv_co_pwrite(bs->file, s->refcount_table_offset +
                          first * sizeof(uint64_t), sizeof(buf), buf, 0);
     if (ret < 0) {
@@ -398,7 +401,7 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
     int64_t new_block;
     int ret;
 
-    BLKDBG_EVENT(bs->file, "refblock_alloc");
+    /* (QEMU's refblock_alloc event came just before, from the update.) */
     new_block = qcow2_alloc_noref(bs, 1, QCOW2_MAX_HOST_OFFSET);
     if (new_block < 0) {
         return new_block;
@@ -434,6 +437,7 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
         table_cache_mark_dirty(s->refcount_cache, page);
         table_cache_put(s->refcount_cache, &page);
     }
+    BLKDBG_EVENT(bs->file, "refblock_alloc_write");
     ret = table_cache_flush(s->refcount_cache);
     if (ret < 0) {
         return ret;
@@ -441,7 +445,8 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
     if (rt_index < s->refcount_table_size) {
         s->refcount_table[rt_index] = new_block;
         qcow2_invalidate_meta_clusters(s);
-        ret = qcow2_write_reftable_entry(bs, rt_index);
+        ret = qcow2_write_reftable_entry(bs, rt_index,
+                                         "refblock_alloc_hookup");
         if (ret < 0) {
             s->refcount_table[rt_index] = 0;
             qcow2_invalidate_meta_clusters(s);
@@ -454,7 +459,12 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
     int64_t r = qcow2_refcount_area(bs, blocks_used <<
                                     s->refcount_block_bits, 0, false,
                                     rt_index, new_block);
-    return r < 0 ? r : 0;
+    if (r < 0) {
+        return r;
+    }
+    /* QEMU loads the new block here before starting over. */
+    BLKDBG_EVENT(bs->file, "refblock_load");
+    return 0;
 }
 
 /*
@@ -479,6 +489,7 @@ static int coroutine_fn qcow2_ensure_refblocks(BlockDriverState *bs,
         if (block) {
             continue;
         }
+        BLKDBG_EVENT(bs->file, "refblock_alloc");
         ret = qcow2_alloc_refblock(bs, ri, c);
         return ret < 0 ? ret : -EAGAIN;
     }
@@ -553,6 +564,15 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
         for (uint64_t c = first; c <= last;) {
             uint64_t block, idx;
             void *page;
+            if (pass == 0 && (c == first || !(c & (s->refcount_block_size -
+                                                    1)))) {
+                /*
+                 * QEMU's events, once per refcount block an update
+                 * touches, before its (cached or read) block is used.
+                 */
+                BLKDBG_EVENT(bs->file, "refblock_alloc");
+                BLKDBG_EVENT(bs->file, "refblock_load");
+            }
             ret = qcow2_refblock_of(bs, c, &block);
             if (ret < 0) {
                 goto out;
@@ -668,6 +688,7 @@ int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size)
     int64_t offset;
     int ret;
 
+    BLKDBG_EVENT(bs->file, "cluster_alloc");
     do {
         offset = qcow2_alloc_noref(bs, n, QCOW2_MAX_HOST_OFFSET);
         if (offset < 0) {
@@ -729,6 +750,7 @@ int64_t coroutine_fn qcow2_alloc_bytes(BlockDriverState *bs, uint64_t size)
     uint64_t max = MIN(s->cluster_offset_mask, QCOW2_MAX_HOST_OFFSET);
     int ret;
 
+    BLKDBG_EVENT(bs->file, "cluster_alloc_bytes");
     assert(size > 0 && size <= s->cluster_size);
     if (offset) {
         uint64_t rc;
