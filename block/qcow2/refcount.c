@@ -825,10 +825,32 @@ void qcow2_free_deferred(BlockDriverState *bs, uint64_t offset,
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2PendingFree f = { offset, bytes, discard, s->inplace_seq };
+    GArray *l = s->pending_frees;
+    uint64_t cs = s->cluster_size;
 
-    if (bytes) {
-        g_array_append_val(s->pending_frees, f);
+    if (!bytes) {
+        return;
     }
+    /*
+     * Whole clusters right after the last queued range join it: one
+     * refcount update and one discard (one hole) per contiguous range, as
+     * QEMU does. (Compressed ranges never join: two of them may share a
+     * host cluster, which then loses two references.) The joined range
+     * waits for the later one's in-place writes too.
+     */
+    if (l->len && QEMU_IS_ALIGNED(offset | bytes, cs)) {
+        Qcow2PendingFree *last = &g_array_index(l, Qcow2PendingFree,
+                                                l->len - 1);
+        if (last->discard == discard && last->offset + last->bytes == offset &&
+            QEMU_IS_ALIGNED(last->offset | last->bytes, cs)) {
+            last->bytes += bytes;
+            last->seq = MAX(last->seq, f.seq);
+            s->frees_checked_pending = MIN(s->frees_checked_pending,
+                                           l->len - 1);
+            return;
+        }
+    }
+    g_array_append_val(l, f);
 }
 
 /* The host range an L2 entry holds, freed as above. */
@@ -875,15 +897,23 @@ static int coroutine_fn qcow2_apply_frees(BlockDriverState *bs, GArray *list)
         g_array_remove_index(list, i);
         ret = qcow2_update_refcount(bs, f.offset, f.bytes, -1);
         if (ret >= 0 && f.discard && !s->external_data) {
-            uint64_t start = ROUND_UP(f.offset, (uint64_t)s->cluster_size);
-            uint64_t end = QEMU_ALIGN_DOWN(f.offset + f.bytes,
-                                           (uint64_t)s->cluster_size);
-            uint64_t rc = 1;
-            if (end > start) {
-                qcow2_get_refcount(bs, start >> s->cluster_bits, &rc);
+            /* One discard per run of clusters that are free now. */
+            uint64_t cs = s->cluster_size;
+            uint64_t start = ROUND_UP(f.offset, cs);
+            uint64_t end = QEMU_ALIGN_DOWN(f.offset + f.bytes, cs);
+            uint64_t run = start;
+            for (uint64_t o = start; o < end; o += cs) {
+                uint64_t rc = 1;
+                qcow2_get_refcount(bs, o >> s->cluster_bits, &rc);
+                if (rc) {
+                    if (o > run) {
+                        bdrv_co_pdiscard(bs->file, run, o - run);
+                    }
+                    run = o + cs;
+                }
             }
-            if (!rc) {
-                bdrv_co_pdiscard(bs->file, start, end - start);
+            if (end > run) {
+                bdrv_co_pdiscard(bs->file, run, end - run);
             }
         }
     }
