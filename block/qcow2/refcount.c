@@ -836,17 +836,18 @@ void qcow2_free_deferred(BlockDriverState *bs, uint64_t offset,
      * refcount update and one discard (one hole) per contiguous range, as
      * QEMU does. (Compressed ranges never join: two of them may share a
      * host cluster, which then loses two references.) The joined range
-     * waits for the later one's in-place writes too.
+     * waits for the later one's in-place writes too. A range that
+     * qcow2_settle_frees_for_reuse already looked at takes nothing more
+     * (it would be scanned again, whole, before every allocation).
      */
-    if (l->len && QEMU_IS_ALIGNED(offset | bytes, cs)) {
+    if (l->len && l->len - 1 >= s->frees_checked_pending &&
+        QEMU_IS_ALIGNED(offset | bytes, cs)) {
         Qcow2PendingFree *last = &g_array_index(l, Qcow2PendingFree,
                                                 l->len - 1);
         if (last->discard == discard && last->offset + last->bytes == offset &&
             QEMU_IS_ALIGNED(last->offset | last->bytes, cs)) {
             last->bytes += bytes;
             last->seq = MAX(last->seq, f.seq);
-            s->frees_checked_pending = MIN(s->frees_checked_pending,
-                                           l->len - 1);
             return;
         }
     }
