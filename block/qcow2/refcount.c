@@ -886,16 +886,24 @@ static int coroutine_fn qcow2_apply_frees(BlockDriverState *bs, GArray *list)
     uint64_t oldest = qcow2_oldest_inplace(s);
     int ret = 0;
 
+    GArray *ready = g_array_new(FALSE, FALSE, sizeof(Qcow2PendingFree));
+    guint keep = 0, i;
+
     /* Entries go: look at the lists afresh next time. */
     s->frees_checked_pending = s->frees_checked_written = 0;
 
-    for (guint i = 0; i < list->len && ret >= 0;) {
+    /* Take the ready ones out in one pass (linear in the list). */
+    for (i = 0; i < list->len; i++) {
         Qcow2PendingFree f = g_array_index(list, Qcow2PendingFree, i);
         if (f.seq > oldest) {
-            i++;
-            continue;
+            g_array_index(list, Qcow2PendingFree, keep++) = f;
+        } else {
+            g_array_append_val(ready, f);
         }
-        g_array_remove_index(list, i);
+    }
+    g_array_set_size(list, keep);
+    for (i = 0; i < ready->len && ret >= 0; i++) {
+        Qcow2PendingFree f = g_array_index(ready, Qcow2PendingFree, i);
         ret = qcow2_update_refcount(bs, f.offset, f.bytes, -1);
         if (ret >= 0 && f.discard && !s->external_data) {
             /* One discard per run of clusters that are free now. */
@@ -918,6 +926,12 @@ static int coroutine_fn qcow2_apply_frees(BlockDriverState *bs, GArray *list)
             }
         }
     }
+    /* After a failure (that entry is dropped: a leak), the rest wait. */
+    if (i < ready->len) {
+        g_array_append_vals(list, &g_array_index(ready, Qcow2PendingFree, i),
+                            ready->len - i);
+    }
+    g_array_free(ready, TRUE);
     return ret;
 }
 
