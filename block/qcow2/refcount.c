@@ -832,11 +832,11 @@ void qcow2_free_deferred(BlockDriverState *bs, uint64_t offset,
         return;
     }
     /*
-     * Whole clusters right after the last queued range join it: one
-     * refcount update and one discard (one hole) per contiguous range, as
-     * QEMU does. (Compressed ranges never join: two of them may share a
-     * host cluster, which then loses two references.) The joined range
-     * waits for the later one's in-place writes too. A range that
+     * Whole clusters right after (or before) the last queued range join
+     * it: one refcount update and one discard (one hole) per contiguous
+     * range, as QEMU does. (Compressed ranges never join: two of them may
+     * share a host cluster, which then loses two references.) The joined
+     * range waits for the later one's in-place writes too. A range that
      * qcow2_settle_frees_for_reuse already looked at takes nothing more
      * (it would be scanned again, whole, before every allocation).
      */
@@ -844,8 +844,11 @@ void qcow2_free_deferred(BlockDriverState *bs, uint64_t offset,
         QEMU_IS_ALIGNED(offset | bytes, cs)) {
         Qcow2PendingFree *last = &g_array_index(l, Qcow2PendingFree,
                                                 l->len - 1);
-        if (last->discard == discard && last->offset + last->bytes == offset &&
-            QEMU_IS_ALIGNED(last->offset | last->bytes, cs)) {
+        if (last->discard == discard &&
+            QEMU_IS_ALIGNED(last->offset | last->bytes, cs) &&
+            (last->offset + last->bytes == offset ||
+             offset + bytes == last->offset)) {
+            last->offset = MIN(last->offset, offset);
             last->bytes += bytes;
             last->seq = MAX(last->seq, f.seq);
             return;
