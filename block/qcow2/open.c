@@ -340,8 +340,9 @@ int coroutine_fn qcow2_setup_caches(BlockDriverState *bs, QemuOpts *opts,
     s->l2_slice_size = cs.l2_entry >> s->l2_entry_shift;
     s->l2_cache = table_cache_new(bs->file, s->l2_slice_bytes, l2_pages,
                                   "l2_load", "l2_update");
+    /* refblock_load is raised by the refcount updates (as QEMU does). */
     s->refcount_cache = table_cache_new(bs->file, s->rb_slice_bytes,
-                                        rb_pages, "refblock_load",
+                                        rb_pages, NULL,
                                         "refblock_update_part");
     qcow2_set_cache_ordering(bs);
     return 0;

@@ -593,7 +593,7 @@ int64_t qcow2_refcount_metadata_size(int64_t clusters, size_t cluster_size,
                                      int refcount_order, bool generous,
                                      uint64_t *refblock_count);
 int coroutine_fn qcow2_write_reftable_entry(BlockDriverState *bs,
-                                            uint32_t index);
+                                            uint32_t index, const char *event);
 
 /* ---- snapshot.c ---- */
 int coroutine_fn qcow2_read_snapshots(BlockDriverState *bs, Error **errp);

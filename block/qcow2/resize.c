@@ -456,7 +456,7 @@ static int coroutine_fn qcow2_make_completely_empty(BlockDriverState *bs)
     s->frees_checked_pending = s->frees_checked_written = 0;
     qcow2_invalidate_meta_clusters(s);
     BLKDBG_EVENT(bs->file, "refblock_alloc");
-    ret = qcow2_write_reftable_entry(bs, 0);
+    ret = qcow2_write_reftable_entry(bs, 0, "reftable_update");
     if (ret < 0) {
         goto broken;
     }
