@@ -436,6 +436,35 @@ BlockDriverState *bdrv_open_header_file(BlockDriverState *parent,
                                         const char *name, const char *what,
                                         int flags, Error **errp);
 
+/*
+ * Range locks (block/range-lock.c), for a driver's own serialisation
+ * (add-cow and FVD allocations): *list holds the ranges [start, end), in
+ * the driver's units, that are locked now. The caller checks with
+ * bdrv_range_wait() and locks with bdrv_range_lock() without yielding in
+ * between; it does not nest locks.
+ */
+typedef struct BdrvRangeLock {
+    uint64_t start, end;
+    CoQueue waiters;
+    struct BdrvRangeLock *next;
+} BdrvRangeLock;
+
+/* The first locked range of list overlapping [start, end), or NULL. */
+BdrvRangeLock *bdrv_range_overlap(BdrvRangeLock *list, uint64_t start,
+                                  uint64_t end);
+/*
+ * Wait until the first locked range overlapping [start, end) is unlocked:
+ * false without one (no wait). Others may be locked by then, so callers
+ * look again. *waits (when not NULL) counts the waits, before each one.
+ */
+bool coroutine_fn bdrv_range_wait(BdrvRangeLock *list, uint64_t start,
+                                  uint64_t end, uint64_t *waits);
+/* Lock [start, end) with l (the caller's, until bdrv_range_unlock()). */
+void bdrv_range_lock(BdrvRangeLock **list, BdrvRangeLock *l, uint64_t start,
+                     uint64_t end);
+/* Unlock l and wake everyone waiting on it. */
+void bdrv_range_unlock(BdrvRangeLock **list, BdrvRangeLock *l);
+
 /* ---- permissions (block/perm.c) ---- */
 /* "write, resize" style names of the bits in perm (g_free). */
 char *bdrv_perm_names(uint64_t perm);
