@@ -465,6 +465,26 @@ void bdrv_range_lock(BdrvRangeLock **list, BdrvRangeLock *l, uint64_t start,
 /* Unlock l and wake everyone waiting on it. */
 void bdrv_range_unlock(BdrvRangeLock **list, BdrvRangeLock *l);
 
+/*
+ * Encrypted data through bounce buffers (block/io.c), for formats that
+ * encrypt guest data (luks, qcow2). crypt() en- or decrypts buf in place:
+ * n bytes at host offset host that hold guest offset guest.
+ */
+typedef void BdrvCryptFunc(void *opaque, bool encrypt, uint64_t host,
+                           uint64_t guest, uint8_t *buf, size_t n);
+/*
+ * Read host bytes [host, +bytes) of bs, decrypt them and copy them into qiov
+ * at qiov_offset; or (write) copy them out of qiov, encrypt them and write
+ * them there. One request of bs (with flags) per piece of at most bounce
+ * bytes; the bounce buffer is wiped before it is freed. 0 or -errno.
+ */
+int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
+                                      uint64_t host, uint64_t guest,
+                                      uint64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags, size_t bounce,
+                                      BdrvCryptFunc *crypt, void *opaque);
+
 /* ---- permissions (block/perm.c) ---- */
 /* "write, resize" style names of the bits in perm (g_free). */
 char *bdrv_perm_names(uint64_t perm);

@@ -700,6 +700,46 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
                                 flags | BDRV_REQ_ZERO_WRITE);
 }
 
+/* ---- encrypted data through bounce buffers ---- */
+
+int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
+                                      uint64_t host, uint64_t guest,
+                                      uint64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags, size_t bounce,
+                                      BdrvCryptFunc *crypt, void *opaque)
+{
+    size_t len = MIN(bytes, bounce);
+    uint8_t *buf = qemu_blockalign(len);
+    int ret = 0;
+
+    while (bytes > 0) {
+        size_t n = MIN(bytes, bounce);
+
+        if (write) {
+            qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
+            crypt(opaque, true, host, guest, buf, n);
+            ret = bdrv_co_pwrite(bs, host, n, buf, flags);
+        } else {
+            ret = bdrv_co_pread(bs, host, n, buf, flags);
+            if (ret >= 0) {
+                crypt(opaque, false, host, guest, buf, n);
+                qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
+            }
+        }
+        if (ret < 0) {
+            break;
+        }
+        host += n;
+        guest += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    explicit_bzero(buf, len);
+    qemu_vfree(buf);
+    return ret < 0 ? ret : 0;
+}
+
 /* ---- discard ---- */
 
 int coroutine_fn bdrv_co_pdiscard(BlockDriverState *bs, int64_t offset,
