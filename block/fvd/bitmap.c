@@ -214,9 +214,11 @@ void fvd_bitmap_set_pending(BDRVFvdState *s, uint64_t start, uint64_t end)
     }
 }
 
-int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
-                                       uint64_t end, BlockDriverState *dep,
-                                       uint64_t gen)
+/* Set or clear bits [start, end) in the cached entries. */
+static int coroutine_fn fvd_bitmap_change_cached(BDRVFvdState *s, bool set,
+                                                 uint64_t start, uint64_t end,
+                                                 BlockDriverState *dep,
+                                                 uint64_t gen)
 {
     while (start < end) {
         uint64_t index = start / s->entry_bits;
@@ -228,7 +230,11 @@ int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
         if (ret < 0) {
             return ret;
         }
-        fvd_bits_set(page, start - ent_first, ent_end - ent_first);
+        if (set) {
+            fvd_bits_set(page, start - ent_first, ent_end - ent_first);
+        } else {
+            fvd_bits_clear(page, start - ent_first, ent_end - ent_first);
+        }
         if (dep) {
             table_cache_mark_dirty_gen(s->bitmap, page, dep, gen);
         } else {
@@ -240,25 +246,17 @@ int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
     return 0;
 }
 
+int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
+                                       uint64_t end, BlockDriverState *dep,
+                                       uint64_t gen)
+{
+    return fvd_bitmap_change_cached(s, true, start, end, dep, gen);
+}
+
 int coroutine_fn fvd_bitmap_clear_cached(BDRVFvdState *s, uint64_t start,
                                          uint64_t end)
 {
-    while (start < end) {
-        uint64_t index = start / s->entry_bits;
-        uint64_t ent_first = index * s->entry_bits;
-        uint64_t ent_end = MIN(end, ent_first + s->entry_bits);
-        uint8_t *page;
-        int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
-                                  (void **)&page);
-        if (ret < 0) {
-            return ret;
-        }
-        fvd_bits_clear(page, start - ent_first, ent_end - ent_first);
-        table_cache_mark_dirty(s->bitmap, page);
-        table_cache_put(s->bitmap, (void **)&page);
-        start = ent_end;
-    }
-    return 0;
+    return fvd_bitmap_change_cached(s, false, start, end, NULL, 0);
 }
 
 /* ---- replay overlay (read-only opens of dirty images) ---- */
