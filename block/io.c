@@ -161,26 +161,31 @@ static int64_t bdrv_max_transfer(BlockDriverState *bs)
 
 /* ---- reads ---- */
 
-/* Aligned read of [offset, offset+bytes), split at max_transfer. */
-static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
-                                           int64_t offset, int64_t bytes,
-                                           QEMUIOVector *qiov,
-                                           size_t qiov_offset,
-                                           BdrvRequestFlags flags)
+/*
+ * Aligned read or write of [offset, offset+bytes), passed to the driver in
+ * pieces of at most max_transfer: the last piece's result (0 for none).
+ */
+static int coroutine_fn bdrv_driver_rw(BlockDriverState *bs, bool write,
+                                       int64_t offset, int64_t bytes,
+                                       QEMUIOVector *qiov, size_t qiov_offset,
+                                       BdrvRequestFlags flags)
 {
     BlockDriver *drv = bs->drv;
     int64_t max = bdrv_max_transfer(bs);
+    int ret = 0;
 
     assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
     assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
     assert(qiov_offset + bytes <= qiov->size);
-    if (!drv->bdrv_co_preadv) {
+    if (!(write ? drv->bdrv_co_pwritev : drv->bdrv_co_preadv)) {
         return -ENOTSUP;
     }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
-        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset,
-                                      flags);
+
+        ret = write ?
+            drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset, flags) :
+            drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset, flags);
         if (ret < 0) {
             return ret;
         }
@@ -188,7 +193,19 @@ static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
         bytes -= n;
         qiov_offset += n;
     }
-    return 0;
+    return ret;
+}
+
+static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
+{
+    int ret = bdrv_driver_rw(bs, false, offset, bytes, qiov, qiov_offset,
+                             flags);
+
+    return ret < 0 ? ret : 0;
 }
 
 static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
@@ -399,33 +416,17 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
                                             BdrvRequestFlags flags)
 {
     BlockDriver *drv = bs->drv;
-    int64_t max = bdrv_max_transfer(bs);
     BdrvRequestFlags drv_flags = flags & drv->supported_write_flags;
     bool emulate_fua = (flags & BDRV_REQ_FUA) && !(drv_flags & BDRV_REQ_FUA);
-    int ret = 0;
+    int ret;
 
-    assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
-    assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
-    assert(qiov_offset + bytes <= qiov->size);
-    if (!drv->bdrv_co_pwritev) {
-        return -ENOTSUP;
-    }
     if ((flags & BDRV_REQ_WRITE_COMPRESSED) &&
         !(drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED)) {
         return -ENOTSUP;
     }
-    while (bytes > 0) {
-        int64_t n = MIN(bytes, max);
-        ret = drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset,
-                                   drv_flags);
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        bytes -= n;
-        qiov_offset += n;
-    }
-    if (emulate_fua) {
+    ret = bdrv_driver_rw(bs, true, offset, bytes, qiov, qiov_offset,
+                         drv_flags);
+    if (ret >= 0 && emulate_fua) {
         ret = bdrv_co_flush_fua(bs);
     }
     return ret;
