@@ -145,6 +145,25 @@ static int fvd_extra_sources(BDRVFvdState *s, uint64_t index,
     return n;
 }
 
+/*
+ * Pin entry index's cached page (*page, for table_cache_put) and gather
+ * what the entry reads as into src: the page, then its shadows and
+ * replayed bits. Returns their count or -errno. The shadows are looked up
+ * after the (possibly yielding) get, so all belong to the same instant.
+ */
+static int coroutine_fn fvd_entry_sources(BDRVFvdState *s, uint64_t index,
+                                          const uint8_t **src, uint8_t **page)
+{
+    int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
+                              (void **)page);
+
+    if (ret < 0) {
+        return ret;
+    }
+    src[0] = *page;
+    return 1 + fvd_extra_sources(s, index, src + 1);
+}
+
 int coroutine_fn fvd_bitmap_run(BDRVFvdState *s, uint64_t start, uint64_t end,
                                 bool *in_image, uint64_t *len)
 {
@@ -158,15 +177,10 @@ int coroutine_fn fvd_bitmap_run(BDRVFvdState *s, uint64_t start, uint64_t end,
         uint64_t ent_end = MIN(end, ent_first + s->entry_bits);
         const uint8_t *src[FVD_MAX_SOURCES];
         uint8_t *page;
-        int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
-                                  (void **)&page);
-        if (ret < 0) {
-            return ret;
+        int n = fvd_entry_sources(s, index, src, &page);
+        if (n < 0) {
+            return n;
         }
-        /* Shadows are looked up after the (possibly yielding) get, so both
-         * belong to the same instant. */
-        src[0] = page;
-        int n = 1 + fvd_extra_sources(s, index, src + 1);
         if (first) {
             uint64_t w = fvd_or_word(src, n, (b - ent_first) / 64);
             want = w & (UINT64_C(1) << ((b - ent_first) % 64));
@@ -300,13 +314,10 @@ int coroutine_fn fvd_bitmap_count(BDRVFvdState *s, uint64_t *allocated,
     for (uint64_t index = 0; index < entries; index++) {
         const uint8_t *src[FVD_MAX_SOURCES];
         uint8_t *page;
-        int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
-                                  (void **)&page);
-        if (ret < 0) {
-            return ret;
+        int n = fvd_entry_sources(s, index, src, &page);
+        if (n < 0) {
+            return n;
         }
-        src[0] = page;
-        int n = 1 + fvd_extra_sources(s, index, src + 1);
         uint64_t first = index * s->entry_bits;
         for (uint64_t w = 0; w < s->entry_bits / 64; w++) {
             uint64_t x = fvd_or_word(src, n, w);
