@@ -476,6 +476,25 @@ out:
     return buf;
 }
 
+/*
+ * The arguments of readv, writev and aio_read from optind on: the offset,
+ * then the lengths of the buffers (create_iovec, filled with pattern).
+ * Returns the buffer, or NULL after printing ct's usage or the error.
+ */
+static void *parse_offset_iovec(const cmdinfo_t *ct, int argc, char **argv,
+                                int pattern, int64_t *offset,
+                                QEMUIOVector *qiov)
+{
+    if (optind > argc - 2) {
+        qemuio_command_usage(ct);
+        return NULL;
+    }
+    if (parse_offset(argv[optind], offset) < 0) {
+        return NULL;
+    }
+    return create_iovec(qiov, &argv[optind + 1], argc - optind - 1, pattern);
+}
+
 /* ---- read ---- */
 
 static void read_help(void)
@@ -690,18 +709,7 @@ static int readv_f(BlockBackend *blk, int argc, char **argv)
         }
     }
 
-    if (optind > argc - 2) {
-        qemuio_command_usage(&readv_cmd);
-        return -EINVAL;
-    }
-
-    ret = parse_offset(argv[optind], &offset);
-    if (ret < 0) {
-        return ret;
-    }
-    optind++;
-
-    buf = create_iovec(&qiov, &argv[optind], argc - optind, 0xab);
+    buf = parse_offset_iovec(&readv_cmd, argc, argv, 0xab, &offset, &qiov);
     if (!buf) {
         return -EINVAL;
     }
@@ -959,18 +967,8 @@ static int writev_f(BlockBackend *blk, int argc, char **argv)
         }
     }
 
-    if (optind > argc - 2) {
-        qemuio_command_usage(&writev_cmd);
-        return -EINVAL;
-    }
-
-    ret = parse_offset(argv[optind], &offset);
-    if (ret < 0) {
-        return ret;
-    }
-    optind++;
-
-    buf = create_iovec(&qiov, &argv[optind], argc - optind, pattern);
+    buf = parse_offset_iovec(&writev_cmd, argc, argv, pattern, &offset,
+                             &qiov);
     if (!buf) {
         return -EINVAL;
     }
@@ -1119,19 +1117,8 @@ static int aio_read_f(BlockBackend *blk, int argc, char **argv)
         }
     }
 
-    if (optind > argc - 2) {
-        g_free(ctx);
-        qemuio_command_usage(&aio_read_cmd);
-        return -EINVAL;
-    }
-
-    if (parse_offset(argv[optind], &ctx->offset) < 0) {
-        g_free(ctx);
-        return -EINVAL;
-    }
-    optind++;
-
-    ctx->buf = create_iovec(&ctx->qiov, &argv[optind], argc - optind, 0xab);
+    ctx->buf = parse_offset_iovec(&aio_read_cmd, argc, argv, 0xab,
+                                  &ctx->offset, &ctx->qiov);
     if (!ctx->buf) {
         g_free(ctx);
         return -EINVAL;
