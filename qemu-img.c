@@ -94,6 +94,14 @@ static bool img_target_image_opts;
 #define IMG_OPEN_OPTIONS \
     {"allow-header-protocols", no_argument, 0, OPTION_ALLOW_HEADER_PROTOCOLS},
 
+/* Exits unless one argument, the image file name (argv[optind]), is left. */
+static void expect_one_image(int argc)
+{
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+}
+
 /* Handles the getopt cases every command shares; exits on errors. */
 static void common_option(int c, char **argv)
 {
@@ -1189,9 +1197,7 @@ static int img_info(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (output) {
         output_format = parse_output_format(output);
     }
@@ -1362,9 +1368,7 @@ static int img_check(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     filename = argv[optind];
     if (output) {
         output_format = parse_output_format(output);
@@ -2910,9 +2914,7 @@ static int commit_parse_args(CommitArgs *a, int argc, char **argv)
     if (a->quiet) {
         a->progress = false;
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     a->filename = argv[optind];
     return 0;
 }
@@ -3285,9 +3287,7 @@ static void rebase_parse_args(RebaseArgs *a, int argc, char **argv)
     if (a->quiet) {
         a->progress = false;
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (!a->unsafe && !a->out_baseimg) {
         error_exit("Must specify backing file (-b) or use unsafe mode (-u)");
     }
@@ -3918,9 +3918,7 @@ static int img_snapshot(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     filename = argv[optind];
     if (action == SNAPSHOT_LIST) {
         flags |= BDRV_O_NO_IO;  /* as QEMU: no key needed to list */
@@ -4161,9 +4159,7 @@ static int img_map(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (output) {
         output_format = parse_output_format(output);
     }
@@ -4683,9 +4679,7 @@ static int bench_parse_args(BenchArgs *a, int argc, char **argv)
             return -1;
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (!a->is_write && a->flush_interval) {
         error_report("--flush-interval is only available in write tests");
         return -1;
