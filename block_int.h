@@ -485,6 +485,27 @@ int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
                                       BdrvRequestFlags flags, size_t bounce,
                                       BdrvCryptFunc *crypt, void *opaque);
 
+/*
+ * Asynchronous requests (block/io.c), for bdrv_aio_* and blk_aio_*:
+ * t->entry(t->arg) runs in a new coroutine (counted in *t->in_flight while
+ * it runs, unless NULL), then t->cb(t->opaque, *t->ret) runs, from the
+ * event loop if the coroutine finished before bdrv_aio_task_start()
+ * returned (a callback never runs before that). t is the first member of a
+ * g_malloc'ed block that is freed after the callback.
+ */
+typedef struct BdrvAioTask {
+    CoroutineEntry *entry;
+    void *arg;
+    int *ret;
+    unsigned *in_flight;
+    BlockCompletionFunc *cb;
+    void *opaque;
+    bool submitting;
+    bool done;
+} BdrvAioTask;
+
+void bdrv_aio_task_start(BdrvAioTask *t);
+
 /* ---- permissions (block/perm.c) ---- */
 /* "write, resize" style names of the bits in perm (g_free). */
 char *bdrv_perm_names(uint64_t perm);

@@ -701,6 +701,44 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
                                 flags | BDRV_REQ_ZERO_WRITE);
 }
 
+/* ---- asynchronous requests ---- */
+
+static void bdrv_aio_task_complete(void *opaque)
+{
+    BdrvAioTask *t = opaque;
+
+    t->cb(t->opaque, *t->ret);
+    g_free(t);
+}
+
+static void coroutine_fn bdrv_aio_task_entry(void *opaque)
+{
+    BdrvAioTask *t = opaque;
+
+    if (t->in_flight) {
+        (*t->in_flight)++;
+    }
+    t->entry(t->arg);
+    if (t->in_flight) {
+        (*t->in_flight)--;
+    }
+    t->done = true;
+    if (!t->submitting) {
+        bdrv_aio_task_complete(t);
+    }
+}
+
+void bdrv_aio_task_start(BdrvAioTask *t)
+{
+    t->submitting = true;
+    qemu_coroutine_enter(qemu_coroutine_create(bdrv_aio_task_entry, t));
+    t->submitting = false;
+    if (t->done) {
+        aio_bh_schedule_oneshot(qemu_get_aio_context(),
+                                bdrv_aio_task_complete, t);
+    }
+}
+
 /* ---- encrypted data through bounce buffers ---- */
 
 int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
