@@ -161,31 +161,37 @@ static int64_t bdrv_max_transfer(BlockDriverState *bs)
 
 /* ---- reads ---- */
 
+/* A driver's bdrv_co_preadv or bdrv_co_pwritev. */
+typedef int coroutine_fn BdrvDriverRwFunc(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset,
+                                          BdrvRequestFlags flags);
+
 /*
- * Aligned read or write of [offset, offset+bytes), passed to the driver in
- * pieces of at most max_transfer: the last piece's result (0 for none).
+ * Aligned read or write of [offset, offset+bytes), passed to the driver's
+ * fn (NULL: -ENOTSUP) in pieces of at most max_transfer: the last piece's
+ * result (0 for none).
  */
-static int coroutine_fn bdrv_driver_rw(BlockDriverState *bs, bool write,
+static int coroutine_fn bdrv_driver_rw(BlockDriverState *bs,
+                                       BdrvDriverRwFunc *fn,
                                        int64_t offset, int64_t bytes,
                                        QEMUIOVector *qiov, size_t qiov_offset,
                                        BdrvRequestFlags flags)
 {
-    BlockDriver *drv = bs->drv;
     int64_t max = bdrv_max_transfer(bs);
     int ret = 0;
 
     assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
     assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
     assert(qiov_offset + bytes <= qiov->size);
-    if (!(write ? drv->bdrv_co_pwritev : drv->bdrv_co_preadv)) {
+    if (!fn) {
         return -ENOTSUP;
     }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
 
-        ret = write ?
-            drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset, flags) :
-            drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset, flags);
+        ret = fn(bs, offset, n, qiov, qiov_offset, flags);
         if (ret < 0) {
             return ret;
         }
@@ -202,8 +208,8 @@ static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
                                            size_t qiov_offset,
                                            BdrvRequestFlags flags)
 {
-    int ret = bdrv_driver_rw(bs, false, offset, bytes, qiov, qiov_offset,
-                             flags);
+    int ret = bdrv_driver_rw(bs, bs->drv->bdrv_co_preadv, offset, bytes,
+                             qiov, qiov_offset, flags);
 
     return ret < 0 ? ret : 0;
 }
@@ -424,8 +430,8 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
         !(drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED)) {
         return -ENOTSUP;
     }
-    ret = bdrv_driver_rw(bs, true, offset, bytes, qiov, qiov_offset,
-                         drv_flags);
+    ret = bdrv_driver_rw(bs, drv->bdrv_co_pwritev, offset, bytes, qiov,
+                         qiov_offset, drv_flags);
     if (ret >= 0 && emulate_fua) {
         ret = bdrv_co_flush_fua(bs);
     }
