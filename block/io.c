@@ -214,11 +214,7 @@ static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
     return ret < 0 ? ret : 0;
 }
 
-static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
-                                            int64_t offset, int64_t bytes,
-                                            QEMUIOVector *qiov,
-                                            size_t qiov_offset,
-                                            BdrvRequestFlags flags);
+static BdrvDriverRwFunc bdrv_driver_pwritev;
 
 /*
  * Copy-on-read: for the parts of the range that bs does not hold itself,
