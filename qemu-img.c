@@ -93,6 +93,10 @@ static bool img_target_image_opts;
 
 #define IMG_OPEN_OPTIONS \
     {"allow-header-protocols", no_argument, 0, OPTION_ALLOW_HEADER_PROTOCOLS},
+/* --object and --image-opts, for the commands that take both. */
+#define IMG_OBJECT_OPTIONS \
+    {"object", required_argument, 0, OPTION_OBJECT}, \
+    {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
 
 /* Exits unless one argument, the image file name (argv[optind]), is left. */
 static void expect_one_image(int argc)
@@ -1165,8 +1169,7 @@ static int img_info(int argc, char **argv)
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
         {"backing-chain", no_argument, 0, OPTION_BACKING_CHAIN},
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -1318,8 +1321,7 @@ static int img_check(int argc, char **argv)
         {"format", required_argument, 0, 'f'},
         {"repair", required_argument, 0, 'r'},
         {"output", required_argument, 0, OPTION_OUTPUT},
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -2227,8 +2229,7 @@ static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {"target-image-opts", no_argument, 0, OPTION_TARGET_IMAGE_OPTS},
         {"salvage", no_argument, 0, OPTION_SALVAGE},
@@ -2873,8 +2874,7 @@ static int commit_parse_args(CommitArgs *a, int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {0, 0, 0, 0}
     };
     int c;
@@ -3241,8 +3241,7 @@ static void rebase_parse_args(RebaseArgs *a, int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -3604,8 +3603,7 @@ static int img_resize(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"preallocation", required_argument, 0, OPTION_PREALLOCATION},
         {"shrink", no_argument, 0, OPTION_SHRINK},
         {0, 0, 0, 0}
@@ -3728,8 +3726,7 @@ static int img_bitmap(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"add", no_argument, 0, OPTION_BM_ADD},
         {"remove", no_argument, 0, OPTION_BM_REMOVE},
         {"clear", no_argument, 0, OPTION_BM_CLEAR},
@@ -3877,8 +3874,7 @@ static int img_snapshot(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -4115,8 +4111,7 @@ static int img_map(int argc, char **argv)
         IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {"start-offset", required_argument, 0, OPTION_START_OFFSET},
         {"max-length", required_argument, 0, OPTION_MAX_LENGTH},
@@ -4392,8 +4387,7 @@ static int img_compare(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -4826,8 +4820,7 @@ static int img_amend(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force", no_argument, 0, OPTION_FORCE},
         {0, 0, 0, 0}
     };
@@ -5066,8 +5059,7 @@ static int img_dd(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
