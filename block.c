@@ -2567,34 +2567,9 @@ int bdrv_load_vmstate(BlockDriverState *bs, uint8_t *buf, int64_t pos,
 
 /* A request run in its own coroutine; the entry is one of the RwCo ones. */
 typedef struct AioArgs {
+    BdrvAioTask t;              /* first: the block is freed through it */
     RwCo c;
-    CoroutineEntry *entry;
-    BlockCompletionFunc *cb;
-    void *opaque;
-    bool submitting;
-    bool done;
 } AioArgs;
-
-static void bdrv_aio_complete(void *opaque)
-{
-    AioArgs *acb = opaque;
-    acb->cb(acb->opaque, acb->c.ret);
-    g_free(acb);
-}
-
-static void coroutine_fn bdrv_aio_entry(void *opaque)
-{
-    AioArgs *acb = opaque;
-
-    acb->c.bs->in_flight++;
-    acb->entry(&acb->c);
-    acb->c.bs->in_flight--;
-    acb->done = true;
-    /* Callbacks never run before the submitting function returned. */
-    if (!acb->submitting) {
-        bdrv_aio_complete(acb);
-    }
-}
 
 static void bdrv_aio_submit(CoroutineEntry *entry, BlockDriverState *bs,
                             int64_t offset, int64_t bytes, QEMUIOVector *qiov,
@@ -2605,16 +2580,10 @@ static void bdrv_aio_submit(CoroutineEntry *entry, BlockDriverState *bs,
 
     acb->c = (RwCo) { .bs = bs, .offset = offset, .bytes = bytes,
                       .qiov = qiov, .flags = flags };
-    acb->entry = entry;
-    acb->cb = cb;
-    acb->opaque = opaque;
-    acb->submitting = true;
-    qemu_coroutine_enter(qemu_coroutine_create(bdrv_aio_entry, acb));
-    acb->submitting = false;
-    if (acb->done) {
-        aio_bh_schedule_oneshot(qemu_get_aio_context(), bdrv_aio_complete,
-                                acb);
-    }
+    acb->t = (BdrvAioTask) { .entry = entry, .arg = &acb->c,
+                             .ret = &acb->c.ret, .in_flight = &bs->in_flight,
+                             .cb = cb, .opaque = opaque };
+    bdrv_aio_task_start(&acb->t);
 }
 
 void bdrv_aio_preadv(BlockDriverState *bs, int64_t offset, QEMUIOVector *qiov,

@@ -474,6 +474,76 @@ BlockDriverState *bdrv_open_header_file(BlockDriverState *parent,
                                         const char *name, const char *what,
                                         int flags, Error **errp);
 
+/*
+ * Range locks (block/range-lock.c), for a driver's own serialisation
+ * (add-cow and FVD allocations): *list holds the ranges [start, end), in
+ * the driver's units, that are locked now. The caller checks with
+ * bdrv_range_wait() and locks with bdrv_range_lock() without yielding in
+ * between; it does not nest locks.
+ */
+typedef struct BdrvRangeLock {
+    uint64_t start, end;
+    CoQueue waiters;
+    struct BdrvRangeLock *next;
+} BdrvRangeLock;
+
+/* The first locked range of list overlapping [start, end), or NULL. */
+BdrvRangeLock *bdrv_range_overlap(BdrvRangeLock *list, uint64_t start,
+                                  uint64_t end);
+/*
+ * Wait until the first locked range overlapping [start, end) is unlocked:
+ * false without one (no wait). Others may be locked by then, so callers
+ * look again. *waits (when not NULL) counts the waits, before each one.
+ */
+bool coroutine_fn bdrv_range_wait(BdrvRangeLock *list, uint64_t start,
+                                  uint64_t end, uint64_t *waits);
+/* Lock [start, end) with l (the caller's, until bdrv_range_unlock()). */
+void bdrv_range_lock(BdrvRangeLock **list, BdrvRangeLock *l, uint64_t start,
+                     uint64_t end);
+/* Unlock l and wake everyone waiting on it. */
+void bdrv_range_unlock(BdrvRangeLock **list, BdrvRangeLock *l);
+
+/*
+ * Encrypted data through bounce buffers (block/io.c), for formats that
+ * encrypt guest data (luks, qcow2). crypt() en- or decrypts buf in place:
+ * n bytes at host offset host that hold guest offset guest.
+ */
+typedef void BdrvCryptFunc(void *opaque, bool encrypt, uint64_t host,
+                           uint64_t guest, uint8_t *buf, size_t n);
+/*
+ * Read host bytes [host, +bytes) of bs, decrypt them and copy them into qiov
+ * at qiov_offset; or (write) copy them out of qiov, encrypt them and write
+ * them there. One request of bs (with flags) per piece of at most bounce
+ * bytes; the bounce buffer is wiped before it is freed. 0 or -errno.
+ */
+int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
+                                      uint64_t host, uint64_t guest,
+                                      uint64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags, size_t bounce,
+                                      BdrvCryptFunc *crypt, void *opaque);
+
+/*
+ * Asynchronous requests (block/io.c), for bdrv_aio_* and blk_aio_*:
+ * t->entry(t->arg) runs in a new coroutine (counted in *t->in_flight while
+ * it runs, unless NULL), then t->cb(t->opaque, *t->ret) runs, from the
+ * event loop if the coroutine finished before bdrv_aio_task_start()
+ * returned (a callback never runs before that). t is the first member of a
+ * g_malloc'ed block that is freed after the callback.
+ */
+typedef struct BdrvAioTask {
+    CoroutineEntry *entry;
+    void *arg;
+    int *ret;
+    unsigned *in_flight;
+    BlockCompletionFunc *cb;
+    void *opaque;
+    bool submitting;
+    bool done;
+} BdrvAioTask;
+
+void bdrv_aio_task_start(BdrvAioTask *t);
+
 /* ---- permissions (block/perm.c) ---- */
 /* "write, resize" style names of the bits in perm (g_free). */
 char *bdrv_perm_names(uint64_t perm);

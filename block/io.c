@@ -161,26 +161,37 @@ static int64_t bdrv_max_transfer(BlockDriverState *bs)
 
 /* ---- reads ---- */
 
-/* Aligned read of [offset, offset+bytes), split at max_transfer. */
-static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
-                                           int64_t offset, int64_t bytes,
-                                           QEMUIOVector *qiov,
-                                           size_t qiov_offset,
-                                           BdrvRequestFlags flags)
+/* A driver's bdrv_co_preadv or bdrv_co_pwritev. */
+typedef int coroutine_fn BdrvDriverRwFunc(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset,
+                                          BdrvRequestFlags flags);
+
+/*
+ * Aligned read or write of [offset, offset+bytes), passed to the driver's
+ * fn (NULL: -ENOTSUP) in pieces of at most max_transfer: the last piece's
+ * result (0 for none).
+ */
+static int coroutine_fn bdrv_driver_rw(BlockDriverState *bs,
+                                       BdrvDriverRwFunc *fn,
+                                       int64_t offset, int64_t bytes,
+                                       QEMUIOVector *qiov, size_t qiov_offset,
+                                       BdrvRequestFlags flags)
 {
-    BlockDriver *drv = bs->drv;
     int64_t max = bdrv_max_transfer(bs);
+    int ret = 0;
 
     assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
     assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
     assert(qiov_offset + bytes <= qiov->size);
-    if (!drv->bdrv_co_preadv) {
+    if (!fn) {
         return -ENOTSUP;
     }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
-        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset,
-                                      flags);
+
+        ret = fn(bs, offset, n, qiov, qiov_offset, flags);
         if (ret < 0) {
             return ret;
         }
@@ -188,14 +199,22 @@ static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
         bytes -= n;
         qiov_offset += n;
     }
-    return 0;
+    return ret;
 }
 
-static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
-                                            int64_t offset, int64_t bytes,
-                                            QEMUIOVector *qiov,
-                                            size_t qiov_offset,
-                                            BdrvRequestFlags flags);
+static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
+{
+    int ret = bdrv_driver_rw(bs, bs->drv->bdrv_co_preadv, offset, bytes,
+                             qiov, qiov_offset, flags);
+
+    return ret < 0 ? ret : 0;
+}
+
+static BdrvDriverRwFunc bdrv_driver_pwritev;
 
 /*
  * Copy-on-read: for the parts of the range that bs does not hold itself,
@@ -399,33 +418,17 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
                                             BdrvRequestFlags flags)
 {
     BlockDriver *drv = bs->drv;
-    int64_t max = bdrv_max_transfer(bs);
     BdrvRequestFlags drv_flags = flags & drv->supported_write_flags;
     bool emulate_fua = (flags & BDRV_REQ_FUA) && !(drv_flags & BDRV_REQ_FUA);
-    int ret = 0;
+    int ret;
 
-    assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
-    assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
-    assert(qiov_offset + bytes <= qiov->size);
-    if (!drv->bdrv_co_pwritev) {
-        return -ENOTSUP;
-    }
     if ((flags & BDRV_REQ_WRITE_COMPRESSED) &&
         !(drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED)) {
         return -ENOTSUP;
     }
-    while (bytes > 0) {
-        int64_t n = MIN(bytes, max);
-        ret = drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset,
-                                   drv_flags);
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        bytes -= n;
-        qiov_offset += n;
-    }
-    if (emulate_fua) {
+    ret = bdrv_driver_rw(bs, drv->bdrv_co_pwritev, offset, bytes, qiov,
+                         qiov_offset, drv_flags);
+    if (ret >= 0 && emulate_fua) {
         ret = bdrv_co_flush_fua(bs);
     }
     return ret;
@@ -698,6 +701,84 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
     }
     return bdrv_co_pwritev_part(bs, offset, bytes, NULL, 0,
                                 flags | BDRV_REQ_ZERO_WRITE);
+}
+
+/* ---- asynchronous requests ---- */
+
+static void bdrv_aio_task_complete(void *opaque)
+{
+    BdrvAioTask *t = opaque;
+
+    t->cb(t->opaque, *t->ret);
+    g_free(t);
+}
+
+static void coroutine_fn bdrv_aio_task_entry(void *opaque)
+{
+    BdrvAioTask *t = opaque;
+
+    if (t->in_flight) {
+        (*t->in_flight)++;
+    }
+    t->entry(t->arg);
+    if (t->in_flight) {
+        (*t->in_flight)--;
+    }
+    t->done = true;
+    if (!t->submitting) {
+        bdrv_aio_task_complete(t);
+    }
+}
+
+void bdrv_aio_task_start(BdrvAioTask *t)
+{
+    t->submitting = true;
+    qemu_coroutine_enter(qemu_coroutine_create(bdrv_aio_task_entry, t));
+    t->submitting = false;
+    if (t->done) {
+        aio_bh_schedule_oneshot(qemu_get_aio_context(),
+                                bdrv_aio_task_complete, t);
+    }
+}
+
+/* ---- encrypted data through bounce buffers ---- */
+
+int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
+                                      uint64_t host, uint64_t guest,
+                                      uint64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags, size_t bounce,
+                                      BdrvCryptFunc *crypt, void *opaque)
+{
+    size_t len = MIN(bytes, bounce);
+    uint8_t *buf = qemu_blockalign(len);
+    int ret = 0;
+
+    while (bytes > 0) {
+        size_t n = MIN(bytes, bounce);
+
+        if (write) {
+            qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
+            crypt(opaque, true, host, guest, buf, n);
+            ret = bdrv_co_pwrite(bs, host, n, buf, flags);
+        } else {
+            ret = bdrv_co_pread(bs, host, n, buf, flags);
+            if (ret >= 0) {
+                crypt(opaque, false, host, guest, buf, n);
+                qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
+            }
+        }
+        if (ret < 0) {
+            break;
+        }
+        host += n;
+        guest += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    explicit_bzero(buf, len);
+    qemu_vfree(buf);
+    return ret < 0 ? ret : 0;
 }
 
 /* ---- discard ---- */

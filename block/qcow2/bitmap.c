@@ -525,12 +525,8 @@ static int coroutine_fn bm_commit(BlockDriverState *bs, Qcow2BitmapList *l,
     } else {
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
     }
-    ret = qcow2_update_header(bs);
-    if (ret >= 0) {
-        ret = bdrv_co_flush(bs->file);
-    }
+    ret = qcow2_commit_header(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update qcow2 header");
         return ret;
     }
     /* Committed: the old clusters are unreachable now. */

@@ -579,12 +579,8 @@ static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
     if (s->autoclear_features & ~keep) {
         /* Bits of features we do not maintain: not valid now. */
         s->autoclear_features &= keep;
-        ret = qcow2_update_header(bs);
-        if (ret >= 0) {
-            ret = bdrv_co_flush(bs->file);
-        }
+        ret = qcow2_commit_header(bs, errp);
         if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not update qcow2 header");
             return ret;
         }
     }

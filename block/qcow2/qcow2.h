@@ -458,6 +458,8 @@ static inline unsigned qcow2_sc_index(BDRVQcow2State *s, uint64_t offset)
 int coroutine_fn qcow2_read_header(BlockDriverState *bs, int flags,
                                    Qcow2Header *h, Error **errp);
 int coroutine_fn qcow2_update_header(BlockDriverState *bs);
+/* qcow2_update_header, then a flush of the file; errors say so in errp. */
+int coroutine_fn qcow2_commit_header(BlockDriverState *bs, Error **errp);
 bool qcow2_supports_persistent_bitmaps(BlockDriverState *bs);
 int coroutine_fn qcow2_co_bitmap_list(BlockDriverState *bs,
                                       BdrvBitmapInfo **list, int *n,
