@@ -243,40 +243,6 @@ const char *qemu_prealloc_name(PreallocMode mode)
     return mode < ARRAY_SIZE(names) ? names[mode] : "?";
 }
 
-/*
- * The image's name as QEMU prints it: a node opened with a key secret
- * (a "strong" option no file name carries) is named by its options,
- * json:{"driver": ..., "key-secret": ..., "file": {...}}.
- */
-char *bdrv_display_name(BlockDriverState *bs)
-{
-    static const char *const strong[] = { "key-secret",
-                                          "encrypt.key-secret" };
-    JsonValue *o = NULL;
-    GString *out;
-
-    for (size_t i = 0; bs->options && i < ARRAY_SIZE(strong); i++) {
-        const char *v = qemu_opt_get(bs->options, strong[i]);
-        if (v) {
-            o = o ? o : json_new(JSON_OBJECT);
-            json_add_str(o, strong[i], v);
-        }
-    }
-    if (!o || !bs->file || !bs->file->drv->protocol_name) {
-        json_free(o);
-        return g_strdup(bdrv_get_filename(bs));
-    }
-    JsonValue *f = json_new(JSON_OBJECT);
-    json_add_str(f, "driver", bs->file->drv->protocol_name);
-    json_add_str(f, "filename", bs->file->filename);
-    json_add_str(o, "driver", bdrv_get_format_name(bs));
-    json_add(o, "file", f);
-    out = g_string_new("json:");
-    json_print_compact(out, o);
-    json_free(o);
-    return g_string_free(out, FALSE);
-}
-
 /* ---- format-specific info ---- */
 
 ImageInfoSpecific *image_info_specific_new(const char *type)
@@ -450,9 +416,18 @@ static BlockDriverState *bdrv_new(BlockDriver *drv, const char *filename,
 static void bdrv_free(BlockDriverState *bs)
 {
     bdrv_unlist_node(bs);
+    /* Children the driver opened itself (also after a failed open that
+     * got as far as bdrv_close). */
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        bdrv_unref(bs->children[i]);
+    }
+    g_free(bs->children);
     g_free(bs->node_name);
     if (bs->options) {
         qemu_opts_del(bs->options);
+    }
+    if (bs->given_opts) {
+        qemu_opts_del(bs->given_opts);
     }
     g_free(bs->opaque);
     g_free(bs);
@@ -583,6 +558,7 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
         goto fail;
     }
     bs->node_name = opts ? g_strdup(qemu_opt_get(opts, "node-name")) : NULL;
+    bs->given_opts = opts ? qemu_opts_clone(opts) : NULL;
     Error *local_err = NULL;
     bdrv_refresh_limits(bs, &local_err);
     if (local_err) {
@@ -594,8 +570,7 @@ bdrv_co_open_node(BlockDriver *drv, const char *filename, QemuOpts *opts,
     }
     ret = bdrv_refresh_total_bytes(bs);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not get the size of '%s'",
-                         filename);
+        error_setg_errno(errp, -ret, "Could not refresh total sector count");
         if (drv->bdrv_close) {
             drv->bdrv_close(bs);
         }
@@ -649,9 +624,10 @@ static bool bdrv_header_driver_allowed(BlockDriver *drv, const char *what,
                                        const char *name, const char *origin,
                                        int flags, Error **errp)
 {
-    if (drv->is_filter) {
-        error_setg(errp, "%s '%s'%s selects the filter driver '%s', which an "
+    if (drv->is_filter || drv->own_children) {
+        error_setg(errp, "%s '%s'%s selects the %s driver '%s', which an "
                    "image header may never name", what, name, origin,
+                   drv->is_filter ? "filter" : "options-only",
                    drv->format_name);
         return false;
     }
@@ -968,6 +944,32 @@ bdrv_co_open_protocol(BlockDriver *drv, const char *name, QemuOpts *opts,
     return bdrv_co_open_node(drv, name ? name : "", opts, flags, NULL, errp);
 }
 
+/*
+ * QEMU's error for options no node took: it names the first of them in
+ * its QDict's order.
+ */
+static void bdrv_unused_backing_opt(BlockDriver *drv, QemuOpts *backing_opts,
+                                    Error **errp)
+{
+    JsonValue *o = json_new(JSON_OBJECT);
+    GPtrArray *sorted;
+
+    for (size_t i = 0; i < qemu_opts_count(backing_opts); i++) {
+        const char *name;
+        g_autofree char *key = NULL;
+
+        qemu_opts_nth(backing_opts, i, &name, NULL);
+        key = g_strdup_printf("backing.%s", name);
+        json_add_str(o, key, "");
+    }
+    sorted = json_sorted_members(o);
+    error_setg(errp, "Block format '%s' does not support the option '%s'",
+               drv->format_name,
+               ((JsonValue *)g_ptr_array_index(sorted, 0))->key);
+    g_ptr_array_free(sorted, TRUE);
+    json_free(o);
+}
+
 /* Open a format node drv (NULL: probe) over file; takes file. */
 static BlockDriverState *coroutine_fn
 bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
@@ -1017,18 +1019,28 @@ bdrv_co_open_format_node(OpenArgs *a, BlockDriver *drv, const char *name,
     }
     ret = bdrv_refresh_total_bytes(bs);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not get the size of '%s'", name);
+        error_setg_errno(errp, -ret, "Could not refresh total sector count");
         goto fail_close;
     }
-    if (!(a->flags & BDRV_O_NO_BACKING) && bs->backing_file[0]) {
+    if (backing_opts && qemu_opts_count(backing_opts) &&
+        (a->flags & BDRV_O_NO_BACKING)) {
+        /* Nothing takes them (qemu-img info opens no backing file). */
+        bdrv_unused_backing_opt(drv, backing_opts, errp);
+        goto fail_close;
+    }
+    if (!(a->flags & BDRV_O_NO_BACKING) &&
+        (bs->backing_file[0] ||
+         (backing_opts && qemu_opts_count(backing_opts)))) {
+        /* As QEMU: backing.* options open a backing file even when the
+         * header names none. */
+        if (!drv->supports_backing) {
+            error_setg(errp, "Driver doesn't support backing files");
+            goto fail_close;
+        }
         ret = bdrv_co_open_backing(bs, backing_opts, a->depth, errp);
         if (ret < 0) {
             goto fail_close;
         }
-    } else if (backing_opts && qemu_opts_count(backing_opts)) {
-        error_setg(errp, "Image has no backing file to apply 'backing.' "
-                   "options to");
-        goto fail_close;
     }
     return bs;
 
@@ -1159,8 +1171,10 @@ static BlockDriverState *coroutine_fn bdrv_co_open_graph(OpenArgs *a,
             goto out;
         }
     }
-    /* A protocol named as the driver (-f file, -f blkdebug) is the node. */
-    if ((drv && drv->protocol_name) || (!drv && proto_only)) {
+    /* A protocol named as the driver (-f file, -f blkdebug) is the node;
+     * so is a driver that opens its own children (quorum). */
+    if ((drv && (drv->protocol_name || drv->own_children)) ||
+        (!drv && proto_only)) {
         bs = bdrv_co_open_protocol(drv, filename ? filename : fname, opts,
                                    a->flags, errp);
     } else if (!drv && !filename &&
@@ -1203,8 +1217,12 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
                                    bs->open_flags, errp)) {
         return -EPERM;
     }
-    if (!user_name) {
-        name = bdrv_get_full_backing_filename(bs);
+    if (!user_name && bs->backing_file[0]) {
+        /* QEMU's message when the image's directory is unknown (quorum). */
+        name = bdrv_full_backing_filename(bs, errp);
+        if (!name) {
+            return -EINVAL;
+        }
     }
     OpenArgs a = {
         .filename = name,
@@ -1222,6 +1240,11 @@ static int coroutine_fn bdrv_co_open_backing(BlockDriverState *bs,
         error_propagate(errp, local_err);
         error_prepend(errp, "Could not open backing file: ");
         return -EINVAL;
+    }
+    if (user_name) {
+        char *bname = bdrv_display_name(bs->backing);
+        bs->backing_overridden = strcmp(bname, bs->backing_file) != 0;
+        g_free(bname);
     }
     return 0;
 }
@@ -1605,14 +1628,6 @@ BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)
 const char *bdrv_get_backing_filename(BlockDriverState *bs)
 {
     return bs->backing_file;
-}
-
-char *bdrv_get_full_backing_filename(BlockDriverState *bs)
-{
-    if (!bs->backing_file[0]) {
-        return NULL;
-    }
-    return path_combine(bs->filename, bs->backing_file);
 }
 
 const char *bdrv_get_backing_format(BlockDriverState *bs)
@@ -2552,34 +2567,9 @@ int bdrv_load_vmstate(BlockDriverState *bs, uint8_t *buf, int64_t pos,
 
 /* A request run in its own coroutine; the entry is one of the RwCo ones. */
 typedef struct AioArgs {
+    BdrvAioTask t;              /* first: the block is freed through it */
     RwCo c;
-    CoroutineEntry *entry;
-    BlockCompletionFunc *cb;
-    void *opaque;
-    bool submitting;
-    bool done;
 } AioArgs;
-
-static void bdrv_aio_complete(void *opaque)
-{
-    AioArgs *acb = opaque;
-    acb->cb(acb->opaque, acb->c.ret);
-    g_free(acb);
-}
-
-static void coroutine_fn bdrv_aio_entry(void *opaque)
-{
-    AioArgs *acb = opaque;
-
-    acb->c.bs->in_flight++;
-    acb->entry(&acb->c);
-    acb->c.bs->in_flight--;
-    acb->done = true;
-    /* Callbacks never run before the submitting function returned. */
-    if (!acb->submitting) {
-        bdrv_aio_complete(acb);
-    }
-}
 
 static void bdrv_aio_submit(CoroutineEntry *entry, BlockDriverState *bs,
                             int64_t offset, int64_t bytes, QEMUIOVector *qiov,
@@ -2590,16 +2580,10 @@ static void bdrv_aio_submit(CoroutineEntry *entry, BlockDriverState *bs,
 
     acb->c = (RwCo) { .bs = bs, .offset = offset, .bytes = bytes,
                       .qiov = qiov, .flags = flags };
-    acb->entry = entry;
-    acb->cb = cb;
-    acb->opaque = opaque;
-    acb->submitting = true;
-    qemu_coroutine_enter(qemu_coroutine_create(bdrv_aio_entry, acb));
-    acb->submitting = false;
-    if (acb->done) {
-        aio_bh_schedule_oneshot(qemu_get_aio_context(), bdrv_aio_complete,
-                                acb);
-    }
+    acb->t = (BdrvAioTask) { .entry = entry, .arg = &acb->c,
+                             .ret = &acb->c.ret, .in_flight = &bs->in_flight,
+                             .cb = cb, .opaque = opaque };
+    bdrv_aio_task_start(&acb->t);
 }
 
 void bdrv_aio_preadv(BlockDriverState *bs, int64_t offset, QEMUIOVector *qiov,

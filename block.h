@@ -126,8 +126,9 @@ void image_info_add_str(ImageInfoSpecific *info, const char *key,
 void image_info_add_int(ImageInfoSpecific *info, const char *key, int64_t v);
 void image_info_add_bool(ImageInfoSpecific *info, const char *key, bool v);
 /* info takes v over. */
-/* The node's name as qemu-img info prints it: json:{...} when it was
- * opened with a key secret (QEMU's "strong" option), else its file name. */
+/* The node's name as QEMU 7.2 prints it (block/filename.c): its exact
+ * file name, or json:{...} when that alone would not reopen the same graph
+ * (strong options such as a key secret, filters, quorum). g_free. */
 char *bdrv_display_name(BlockDriverState *bs);
 void image_info_add_json(ImageInfoSpecific *info, const char *key,
                          JsonValue *v);
@@ -284,8 +285,11 @@ BlockDriverState *bdrv_get_backing(BlockDriverState *bs);   /* or NULL */
 BlockDriverState *bdrv_skip_filters(BlockDriverState *bs);
 /* Backing file name as stored in the image ("" if none). */
 const char *bdrv_get_backing_filename(BlockDriverState *bs);
-/* Backing name resolved against the image's directory; g_free; NULL if none */
+/* Backing name resolved against the image's directory (QEMU's
+ * bdrv_dirname: that of the node's primary file); g_free; NULL if none or
+ * when no directory can be determined (quorum: errp says why). */
 char *bdrv_get_full_backing_filename(BlockDriverState *bs);
+char *bdrv_full_backing_filename(BlockDriverState *bs, Error **errp);
 const char *bdrv_get_backing_format(BlockDriverState *bs);  /* "" if none */
 int bdrv_get_flags(BlockDriverState *bs);
 bool bdrv_is_read_only(BlockDriverState *bs);

@@ -65,6 +65,10 @@ struct BlockDriver {
     bool local_file;
     bool is_filter;                 /* passes requests to bs->file; never
                                      * reachable from an image header */
+    /* Opens all its children itself from its options (quorum): the layer
+     * opens no file child, and no image header and no name prefix may
+     * select it (options only, as in QEMU). */
+    bool own_children;
     bool supports_backing;
     /* Protocols that need no name (null-co): opening one without a file
      * name is not an error. */
@@ -90,6 +94,26 @@ struct BlockDriver {
      */
     bool (*header_name_config)(const char *name, char **key);
     const char *const *header_forbidden_opts;
+
+    /* ---- names (block/filename.c) ----
+     * Options that change what the node shows, so that its name alone no
+     * longer reopens it (QEMU's strong_runtime_opts); a trailing '.' names
+     * a prefix ("set-state."). Present ones make the name json:{...}.
+     */
+    const char *const *strong_opts;
+    /* The name of bs->file in a json: name; NULL: "file". */
+    const char *file_child_name;
+    /*
+     * The node's exact name, when one can be made (g_malloc'd), else NULL:
+     * opts is its json: description so far (the driver may add what its
+     * name gave, e.g. blkdebug's config), file_exact its file's exact name
+     * ("" if none). NULL callback: the generic rule.
+     */
+    char *(*bdrv_exact_filename)(BlockDriverState *bs, JsonValue *opts,
+                                 const char *file_exact);
+    /* The directory relative backing names are resolved against (with a
+     * trailing '/'), or NULL with errp set. NULL: the generic rule. */
+    char *(*bdrv_dirname)(BlockDriverState *bs, Error **errp);
 
     /* ---- probing ---- */
     /* Score 0..100 that buf (the first bytes of the image, zero padded to
@@ -341,6 +365,13 @@ struct BlockDriverState {
     /* A data child the driver opened itself (add-cow's raw image); the
      * driver owns the reference, the layer only walks it (drain, debug). */
     BlockDriverState *data_file;
+    /* More children the driver opened itself (quorum's children.N), in a
+     * g_malloc'd array: the layer walks them (drain, permissions through
+     * bdrv_file_perm, parents) and drops them after bdrv_close (also when
+     * the open fails after bdrv_open succeeded); a failed bdrv_open
+     * leaves none. */
+    BlockDriverState **children;
+    unsigned nb_children;
 
     int open_flags;                     /* BDRV_O_* */
     bool read_only;
@@ -385,6 +416,13 @@ struct BlockDriverState {
     CoQueue flush_queue;                /* waiting for the active flush */
     bool probed;                        /* format chosen by probing */
     QemuOpts *options;                  /* driver options given at open */
+    /* Nodes opened as protocols (and quorum): the options they were opened
+     * with, for their name (bs->options is the formats'). */
+    QemuOpts *given_opts;
+    /* The user named the backing file (backing.file.filename=...) and it
+     * is not what the header names: the backing node is part of bs's
+     * json: name (QEMU's bdrv_backing_overridden). */
+    bool backing_overridden;
     int backing_depth;                  /* links below the opened root */
 
     /* permissions (block/perm.c): what bs's users hold and share */
@@ -435,6 +473,76 @@ int coroutine_fn bdrv_co_delete_file(const char *filename, Error **errp);
 BlockDriverState *bdrv_open_header_file(BlockDriverState *parent,
                                         const char *name, const char *what,
                                         int flags, Error **errp);
+
+/*
+ * Range locks (block/range-lock.c), for a driver's own serialisation
+ * (add-cow and FVD allocations): *list holds the ranges [start, end), in
+ * the driver's units, that are locked now. The caller checks with
+ * bdrv_range_wait() and locks with bdrv_range_lock() without yielding in
+ * between; it does not nest locks.
+ */
+typedef struct BdrvRangeLock {
+    uint64_t start, end;
+    CoQueue waiters;
+    struct BdrvRangeLock *next;
+} BdrvRangeLock;
+
+/* The first locked range of list overlapping [start, end), or NULL. */
+BdrvRangeLock *bdrv_range_overlap(BdrvRangeLock *list, uint64_t start,
+                                  uint64_t end);
+/*
+ * Wait until the first locked range overlapping [start, end) is unlocked:
+ * false without one (no wait). Others may be locked by then, so callers
+ * look again. *waits (when not NULL) counts the waits, before each one.
+ */
+bool coroutine_fn bdrv_range_wait(BdrvRangeLock *list, uint64_t start,
+                                  uint64_t end, uint64_t *waits);
+/* Lock [start, end) with l (the caller's, until bdrv_range_unlock()). */
+void bdrv_range_lock(BdrvRangeLock **list, BdrvRangeLock *l, uint64_t start,
+                     uint64_t end);
+/* Unlock l and wake everyone waiting on it. */
+void bdrv_range_unlock(BdrvRangeLock **list, BdrvRangeLock *l);
+
+/*
+ * Encrypted data through bounce buffers (block/io.c), for formats that
+ * encrypt guest data (luks, qcow2). crypt() en- or decrypts buf in place:
+ * n bytes at host offset host that hold guest offset guest.
+ */
+typedef void BdrvCryptFunc(void *opaque, bool encrypt, uint64_t host,
+                           uint64_t guest, uint8_t *buf, size_t n);
+/*
+ * Read host bytes [host, +bytes) of bs, decrypt them and copy them into qiov
+ * at qiov_offset; or (write) copy them out of qiov, encrypt them and write
+ * them there. One request of bs (with flags) per piece of at most bounce
+ * bytes; the bounce buffer is wiped before it is freed. 0 or -errno.
+ */
+int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
+                                      uint64_t host, uint64_t guest,
+                                      uint64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags, size_t bounce,
+                                      BdrvCryptFunc *crypt, void *opaque);
+
+/*
+ * Asynchronous requests (block/io.c), for bdrv_aio_* and blk_aio_*:
+ * t->entry(t->arg) runs in a new coroutine (counted in *t->in_flight while
+ * it runs, unless NULL), then t->cb(t->opaque, *t->ret) runs, from the
+ * event loop if the coroutine finished before bdrv_aio_task_start()
+ * returned (a callback never runs before that). t is the first member of a
+ * g_malloc'ed block that is freed after the callback.
+ */
+typedef struct BdrvAioTask {
+    CoroutineEntry *entry;
+    void *arg;
+    int *ret;
+    unsigned *in_flight;
+    BlockCompletionFunc *cb;
+    void *opaque;
+    bool submitting;
+    bool done;
+} BdrvAioTask;
+
+void bdrv_aio_task_start(BdrvAioTask *t);
 
 /* ---- permissions (block/perm.c) ---- */
 /* "write, resize" style names of the bits in perm (g_free). */

@@ -93,6 +93,18 @@ static bool img_target_image_opts;
 
 #define IMG_OPEN_OPTIONS \
     {"allow-header-protocols", no_argument, 0, OPTION_ALLOW_HEADER_PROTOCOLS},
+/* --object and --image-opts, for the commands that take both. */
+#define IMG_OBJECT_OPTIONS \
+    {"object", required_argument, 0, OPTION_OBJECT}, \
+    {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+
+/* Exits unless one argument, the image file name (argv[optind]), is left. */
+static void expect_one_image(int argc)
+{
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+}
 
 /* Handles the getopt cases every command shares; exits on errors. */
 static void common_option(int c, char **argv)
@@ -550,7 +562,12 @@ static void print_create_opts(QemuOpts *opts, const QemuOptDesc *const *descs)
                 printf("%s%s=%" PRIu64, sep, d->name,
                        qemu_opt_get_number(opts, d->name, 0));
             } else {
-                printf("%s%s=%s", sep, d->name, value);
+                /* QEMU's: a comma in a value is doubled, as options are
+                 * written ("backing_file=json:{'a': 1,, 'b': 2}"). */
+                g_auto(GStrv) parts = g_strsplit(value, ",", -1);
+                g_autofree char *escaped = g_strjoinv(",,", parts);
+
+                printf("%s%s=%s", sep, d->name, escaped);
             }
             sep = " ";
         }
@@ -1157,8 +1174,7 @@ static int img_info(int argc, char **argv)
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
         {"backing-chain", no_argument, 0, OPTION_BACKING_CHAIN},
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -1189,9 +1205,7 @@ static int img_info(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (output) {
         output_format = parse_output_format(output);
     }
@@ -1312,8 +1326,7 @@ static int img_check(int argc, char **argv)
         {"format", required_argument, 0, 'f'},
         {"repair", required_argument, 0, 'r'},
         {"output", required_argument, 0, OPTION_OUTPUT},
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -1362,9 +1375,7 @@ static int img_check(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     filename = argv[optind];
     if (output) {
         output_format = parse_output_format(output);
@@ -2223,8 +2234,7 @@ static int convert_parse_args(ConvertArgs *a, ConvertState *s, int argc,
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {"target-image-opts", no_argument, 0, OPTION_TARGET_IMAGE_OPTS},
         {"salvage", no_argument, 0, OPTION_SALVAGE},
@@ -2869,8 +2879,7 @@ static int commit_parse_args(CommitArgs *a, int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {0, 0, 0, 0}
     };
     int c;
@@ -2910,9 +2919,7 @@ static int commit_parse_args(CommitArgs *a, int argc, char **argv)
     if (a->quiet) {
         a->progress = false;
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     a->filename = argv[optind];
     return 0;
 }
@@ -3239,8 +3246,7 @@ static void rebase_parse_args(RebaseArgs *a, int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -3285,9 +3291,7 @@ static void rebase_parse_args(RebaseArgs *a, int argc, char **argv)
     if (a->quiet) {
         a->progress = false;
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (!a->unsafe && !a->out_baseimg) {
         error_exit("Must specify backing file (-b) or use unsafe mode (-u)");
     }
@@ -3604,8 +3608,7 @@ static int img_resize(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"preallocation", required_argument, 0, OPTION_PREALLOCATION},
         {"shrink", no_argument, 0, OPTION_SHRINK},
         {0, 0, 0, 0}
@@ -3728,8 +3731,7 @@ static int img_bitmap(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"add", no_argument, 0, OPTION_BM_ADD},
         {"remove", no_argument, 0, OPTION_BM_REMOVE},
         {"clear", no_argument, 0, OPTION_BM_CLEAR},
@@ -3877,8 +3879,7 @@ static int img_snapshot(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -3918,9 +3919,7 @@ static int img_snapshot(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     filename = argv[optind];
     if (action == SNAPSHOT_LIST) {
         flags |= BDRV_O_NO_IO;  /* as QEMU: no key needed to list */
@@ -4117,8 +4116,7 @@ static int img_map(int argc, char **argv)
         IMG_OPEN_OPTIONS
         {"format", required_argument, 0, 'f'},
         {"output", required_argument, 0, OPTION_OUTPUT},
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {"start-offset", required_argument, 0, OPTION_START_OFFSET},
         {"max-length", required_argument, 0, OPTION_MAX_LENGTH},
@@ -4161,9 +4159,7 @@ static int img_map(int argc, char **argv)
             common_option(c, argv);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (output) {
         output_format = parse_output_format(output);
     }
@@ -4396,8 +4392,7 @@ static int img_compare(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };
@@ -4683,9 +4678,7 @@ static int bench_parse_args(BenchArgs *a, int argc, char **argv)
             return -1;
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    expect_one_image(argc);
     if (!a->is_write && a->flush_interval) {
         error_report("--flush-interval is only available in write tests");
         return -1;
@@ -4832,8 +4825,7 @@ static int img_amend(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force", no_argument, 0, OPTION_FORCE},
         {0, 0, 0, 0}
     };
@@ -5072,8 +5064,7 @@ static int img_dd(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, 0, 'h'},
         IMG_OPEN_OPTIONS
-        {"object", required_argument, 0, OPTION_OBJECT},
-        {"image-opts", no_argument, 0, OPTION_IMAGE_OPTS},
+        IMG_OBJECT_OPTIONS
         {"force-share", no_argument, 0, 'U'},
         {0, 0, 0, 0}
     };

@@ -399,6 +399,40 @@ static bool buffer_matches(const uint8_t *buf, int64_t len, int pattern)
     return true;
 }
 
+/* What read, readv and aio_read do with the data once it is in. */
+typedef struct ReadCheck {
+    bool Cflag, qflag, vflag, Pflag;
+    int pattern;
+} ReadCheck;
+
+/*
+ * The read of count bytes at offset into buf took ns: check that
+ * [pattern_offset, +pattern_count) of buf holds the pattern (-P), then
+ * unless -q dump buf (-v) and report total bytes read. -EINVAL if the
+ * pattern does not match.
+ */
+static int read_check(const ReadCheck *rc, const uint8_t *buf, int64_t ns,
+                      int64_t offset, int64_t count, int64_t total,
+                      int64_t pattern_offset, int64_t pattern_count)
+{
+    int ret = 0;
+
+    if (rc->Pflag && !buffer_matches(buf + pattern_offset, pattern_count,
+                                     rc->pattern)) {
+        printf("Pattern verification failed at offset %" PRId64 ", %"
+               PRId64 " bytes\n", offset + pattern_offset, pattern_count);
+        ret = -EINVAL;
+    }
+    if (rc->qflag) {
+        return ret;
+    }
+    if (rc->vflag) {
+        dump_buffer(buf, offset, count);
+    }
+    print_report("read", ns, offset, count, total, 1, rc->Cflag);
+    return ret;
+}
+
 /*
  * Build qiov over one buffer from the length arguments of readv/writev/aio_*.
  * Returns the buffer (qemu_io_free) or NULL after printing why.
@@ -440,6 +474,25 @@ static void *create_iovec(QEMUIOVector *qiov, char **argv, int nr_iov,
 out:
     g_free(sizes);
     return buf;
+}
+
+/*
+ * The arguments of readv, writev and aio_read from optind on: the offset,
+ * then the lengths of the buffers (create_iovec, filled with pattern).
+ * Returns the buffer, or NULL after printing ct's usage or the error.
+ */
+static void *parse_offset_iovec(const cmdinfo_t *ct, int argc, char **argv,
+                                int pattern, int64_t *offset,
+                                QEMUIOVector *qiov)
+{
+    if (optind > argc - 2) {
+        qemuio_command_usage(ct);
+        return NULL;
+    }
+    if (parse_offset(argv[optind], offset) < 0) {
+        return NULL;
+    }
+    return create_iovec(qiov, &argv[optind + 1], argc - optind - 1, pattern);
 }
 
 /* ---- read ---- */
@@ -495,9 +548,9 @@ static bool check_sector_aligned(int64_t offset, int64_t count)
 static int read_f(BlockBackend *blk, int argc, char **argv)
 {
     BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
-    bool Cflag = false, qflag = false, vflag = false;
-    bool Pflag = false, sflag = false, lflag = false, bflag = false;
-    int c, pattern = 0;
+    ReadCheck rc = { 0 };
+    bool sflag = false, lflag = false, bflag = false;
+    int c;
     int64_t offset, count, total = 0;
     int64_t pattern_offset = 0, pattern_count = 0;
     int64_t t1, t2;
@@ -510,7 +563,7 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
             bflag = true;
             break;
         case 'C':
-            Cflag = true;
+            rc.Cflag = true;
             break;
         case 'l':
             lflag = true;
@@ -522,14 +575,14 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
             /* ignored for backwards compatibility */
             break;
         case 'P':
-            Pflag = true;
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
+            rc.Pflag = true;
+            rc.pattern = parse_pattern(optarg);
+            if (rc.pattern < 0) {
                 return -EINVAL;
             }
             break;
         case 'q':
-            qflag = true;
+            rc.qflag = true;
             break;
         case 's':
             sflag = true;
@@ -538,7 +591,7 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
             }
             break;
         case 'v':
-            vflag = true;
+            rc.vflag = true;
             break;
         default:
             qemuio_command_usage(&read_cmd);
@@ -556,7 +609,7 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
         return ret;
     }
 
-    if (!Pflag && (lflag || sflag)) {
+    if (!rc.Pflag && (lflag || sflag)) {
         qemuio_command_usage(&read_cmd);
         return -EINVAL;
     }
@@ -585,24 +638,10 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
 
     if (ret < 0) {
         printf("read failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        ret = read_check(&rc, buf, t2 - t1, offset, count, total,
+                         pattern_offset, pattern_count);
     }
-    ret = 0;
-
-    if (Pflag && !buffer_matches(buf + pattern_offset, pattern_count,
-                                 pattern)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %"
-               PRId64 " bytes\n", offset + pattern_offset, pattern_count);
-        ret = -EINVAL;
-    }
-    if (qflag) {
-        goto out;
-    }
-    if (vflag) {
-        dump_buffer(buf, offset, count);
-    }
-    print_report("read", t2 - t1, offset, count, total, 1, Cflag);
-out:
     qemu_io_free(buf);
     return ret;
 }
@@ -640,8 +679,8 @@ static const cmdinfo_t readv_cmd = {
 
 static int readv_f(BlockBackend *blk, int argc, char **argv)
 {
-    bool Cflag = false, qflag = false, vflag = false, Pflag = false;
-    int c, pattern = 0, ret;
+    ReadCheck rc = { 0 };
+    int c, ret;
     int64_t offset, t1, t2;
     QEMUIOVector qiov;
     uint8_t *buf;
@@ -649,20 +688,20 @@ static int readv_f(BlockBackend *blk, int argc, char **argv)
     while ((c = getopt(argc, argv, "CP:qv")) != -1) {
         switch (c) {
         case 'C':
-            Cflag = true;
+            rc.Cflag = true;
             break;
         case 'P':
-            Pflag = true;
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
+            rc.Pflag = true;
+            rc.pattern = parse_pattern(optarg);
+            if (rc.pattern < 0) {
                 return -EINVAL;
             }
             break;
         case 'q':
-            qflag = true;
+            rc.qflag = true;
             break;
         case 'v':
-            vflag = true;
+            rc.vflag = true;
             break;
         default:
             qemuio_command_usage(&readv_cmd);
@@ -670,18 +709,7 @@ static int readv_f(BlockBackend *blk, int argc, char **argv)
         }
     }
 
-    if (optind > argc - 2) {
-        qemuio_command_usage(&readv_cmd);
-        return -EINVAL;
-    }
-
-    ret = parse_offset(argv[optind], &offset);
-    if (ret < 0) {
-        return ret;
-    }
-    optind++;
-
-    buf = create_iovec(&qiov, &argv[optind], argc - optind, 0xab);
+    buf = parse_offset_iovec(&readv_cmd, argc, argv, 0xab, &offset, &qiov);
     if (!buf) {
         return -EINVAL;
     }
@@ -692,23 +720,10 @@ static int readv_f(BlockBackend *blk, int argc, char **argv)
 
     if (ret < 0) {
         printf("readv failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        ret = read_check(&rc, buf, t2 - t1, offset, qiov.size, qiov.size, 0,
+                         qiov.size);
     }
-    ret = 0;
-
-    if (Pflag && !buffer_matches(buf, qiov.size, pattern)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %zu "
-               "bytes\n", offset, qiov.size);
-        ret = -EINVAL;
-    }
-    if (qflag) {
-        goto out;
-    }
-    if (vflag) {
-        dump_buffer(buf, offset, qiov.size);
-    }
-    print_report("read", t2 - t1, offset, qiov.size, qiov.size, 1, Cflag);
-out:
     qemu_iovec_destroy(&qiov);
     qemu_io_free(buf);
     return ret;
@@ -952,18 +967,8 @@ static int writev_f(BlockBackend *blk, int argc, char **argv)
         }
     }
 
-    if (optind > argc - 2) {
-        qemuio_command_usage(&writev_cmd);
-        return -EINVAL;
-    }
-
-    ret = parse_offset(argv[optind], &offset);
-    if (ret < 0) {
-        return ret;
-    }
-    optind++;
-
-    buf = create_iovec(&qiov, &argv[optind], argc - optind, pattern);
+    buf = parse_offset_iovec(&writev_cmd, argc, argv, pattern, &offset,
+                             &qiov);
     if (!buf) {
         return -EINVAL;
     }
@@ -994,8 +999,8 @@ typedef struct AioCtx {
     int64_t offset;
     int64_t bytes;
     uint8_t *buf;
-    bool qflag, vflag, Cflag, Pflag, zflag;
-    int pattern;
+    ReadCheck rc;               /* -q and -C for writes too */
+    bool zflag;
     int64_t t1;
 } AioCtx;
 
@@ -1016,9 +1021,9 @@ static void aio_write_done(void *opaque, int ret)
 
     if (ret < 0) {
         printf("aio_write failed: %s\n", strerror(-ret));
-    } else if (!ctx->qflag) {
+    } else if (!ctx->rc.qflag) {
         print_report("wrote", t2 - ctx->t1, ctx->offset, ctx->bytes,
-                     ctx->bytes, 1, ctx->Cflag);
+                     ctx->bytes, 1, ctx->rc.Cflag);
     }
     aio_ctx_free(ctx);
 }
@@ -1030,21 +1035,10 @@ static void aio_read_done(void *opaque, int ret)
 
     if (ret < 0) {
         printf("readv failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        read_check(&ctx->rc, ctx->buf, t2 - ctx->t1, ctx->offset, ctx->bytes,
+                   ctx->bytes, 0, ctx->bytes);
     }
-    if (ctx->Pflag && !buffer_matches(ctx->buf, ctx->bytes, ctx->pattern)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %"
-               PRId64 " bytes\n", ctx->offset, ctx->bytes);
-    }
-    if (ctx->qflag) {
-        goto out;
-    }
-    if (ctx->vflag) {
-        dump_buffer(ctx->buf, ctx->offset, ctx->bytes);
-    }
-    print_report("read", t2 - ctx->t1, ctx->offset, ctx->bytes, ctx->bytes,
-                 1, ctx->Cflag);
-out:
     aio_ctx_free(ctx);
 }
 
@@ -1095,12 +1089,12 @@ static int aio_read_f(BlockBackend *blk, int argc, char **argv)
     while ((c = getopt(argc, argv, "CP:iqv")) != -1) {
         switch (c) {
         case 'C':
-            ctx->Cflag = true;
+            ctx->rc.Cflag = true;
             break;
         case 'P':
-            ctx->Pflag = true;
-            ctx->pattern = parse_pattern(optarg);
-            if (ctx->pattern < 0) {
+            ctx->rc.Pflag = true;
+            ctx->rc.pattern = parse_pattern(optarg);
+            if (ctx->rc.pattern < 0) {
                 g_free(ctx);
                 return -EINVAL;
             }
@@ -1111,10 +1105,10 @@ static int aio_read_f(BlockBackend *blk, int argc, char **argv)
             g_free(ctx);
             return 0;
         case 'q':
-            ctx->qflag = true;
+            ctx->rc.qflag = true;
             break;
         case 'v':
-            ctx->vflag = true;
+            ctx->rc.vflag = true;
             break;
         default:
             g_free(ctx);
@@ -1123,19 +1117,8 @@ static int aio_read_f(BlockBackend *blk, int argc, char **argv)
         }
     }
 
-    if (optind > argc - 2) {
-        g_free(ctx);
-        qemuio_command_usage(&aio_read_cmd);
-        return -EINVAL;
-    }
-
-    if (parse_offset(argv[optind], &ctx->offset) < 0) {
-        g_free(ctx);
-        return -EINVAL;
-    }
-    optind++;
-
-    ctx->buf = create_iovec(&ctx->qiov, &argv[optind], argc - optind, 0xab);
+    ctx->buf = parse_offset_iovec(&aio_read_cmd, argc, argv, 0xab,
+                                  &ctx->offset, &ctx->qiov);
     if (!ctx->buf) {
         g_free(ctx);
         return -EINVAL;
@@ -1194,13 +1177,13 @@ static int aio_write_f(BlockBackend *blk, int argc, char **argv)
     while ((c = getopt(argc, argv, "CfiqP:uz")) != -1) {
         switch (c) {
         case 'C':
-            ctx->Cflag = true;
+            ctx->rc.Cflag = true;
             break;
         case 'f':
             flags |= BDRV_REQ_FUA;
             break;
         case 'q':
-            ctx->qflag = true;
+            ctx->rc.qflag = true;
             break;
         case 'u':
             flags |= BDRV_REQ_MAY_UNMAP;
@@ -1242,7 +1225,7 @@ static int aio_write_f(BlockBackend *blk, int argc, char **argv)
         g_free(ctx);
         return -EINVAL;
     }
-    if (ctx->zflag && ctx->Pflag) {
+    if (ctx->zflag && ctx->rc.Pflag) {
         printf("-z and -P cannot be specified at the same time\n");
         g_free(ctx);
         return -EINVAL;

@@ -228,6 +228,49 @@ static const cmdinfo_t open_cmd = {
     .help = open_help,
 };
 
+/*
+ * The options of the command line and of 'open' that set open flags: 1 if
+ * c is one of them, 0 if not, -1 after printing why its value is bad.
+ */
+static int open_flag_option(int c, int *flags, bool *writethrough)
+{
+    switch (c) {
+    case 's':
+        *flags |= BDRV_O_SNAPSHOT;
+        return 1;
+    case 'n':
+        *flags |= BDRV_O_NOCACHE;
+        *writethrough = false;
+        return 1;
+    case 'C':
+        *flags |= BDRV_O_COPY_ON_READ;
+        return 1;
+    case 'k':
+        *flags |= BDRV_O_NATIVE_AIO;
+        return 1;
+    case 't':
+        if (bdrv_parse_cache_mode(optarg, flags, writethrough) < 0) {
+            error_report("Invalid cache option: %s", optarg);
+            return -1;
+        }
+        return 1;
+    case 'd':
+        if (parse_discard_flags(optarg, flags) < 0) {
+            error_report("Invalid discard option: %s", optarg);
+            return -1;
+        }
+        return 1;
+    case 'i':
+        if (bdrv_parse_aio(optarg, flags) < 0) {
+            error_report("Invalid aio option: %s", optarg);
+            return -1;
+        }
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static int open_f(BlockBackend *blk, int argc, char **argv)
 {
     int flags = BDRV_O_UNMAP;
@@ -237,43 +280,17 @@ static int open_f(BlockBackend *blk, int argc, char **argv)
     int c, ret;
 
     while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
+        ret = open_flag_option(c, &flags, &writethrough);
+        if (ret < 0) {
+            ret = -EINVAL;
+            goto out;
+        }
+        if (ret) {
+            continue;
+        }
         switch (c) {
-        case 's':
-            flags |= BDRV_O_SNAPSHOT;
-            break;
-        case 'n':
-            flags |= BDRV_O_NOCACHE;
-            writethrough = false;
-            break;
-        case 'C':
-            flags |= BDRV_O_COPY_ON_READ;
-            break;
         case 'r':
             readonly = true;
-            break;
-        case 'k':
-            flags |= BDRV_O_NATIVE_AIO;
-            break;
-        case 't':
-            if (bdrv_parse_cache_mode(optarg, &flags, &writethrough) < 0) {
-                error_report("Invalid cache option: %s", optarg);
-                ret = -EINVAL;
-                goto out;
-            }
-            break;
-        case 'd':
-            if (parse_discard_flags(optarg, &flags) < 0) {
-                error_report("Invalid discard option: %s", optarg);
-                ret = -EINVAL;
-                goto out;
-            }
-            break;
-        case 'i':
-            if (bdrv_parse_aio(optarg, &flags) < 0) {
-                error_report("Invalid aio option: %s", optarg);
-                ret = -EINVAL;
-                goto out;
-            }
             break;
         case 'o':
             if (image_opts) {
@@ -544,23 +561,14 @@ int main(int argc, char **argv)
 
     while ((c = getopt_long(argc, argv, "hVc:d:f:rsnCmki:t:T:U",
                             long_options, NULL)) != -1) {
+        ret = open_flag_option(c, &flags, &writethrough);
+        if (ret < 0) {
+            exit(1);
+        }
+        if (ret) {
+            continue;
+        }
         switch (c) {
-        case 's':
-            flags |= BDRV_O_SNAPSHOT;
-            break;
-        case 'n':
-            flags |= BDRV_O_NOCACHE;
-            writethrough = false;
-            break;
-        case 'C':
-            flags |= BDRV_O_COPY_ON_READ;
-            break;
-        case 'd':
-            if (parse_discard_flags(optarg, &flags) < 0) {
-                error_report("Invalid discard option: %s", optarg);
-                exit(1);
-            }
-            break;
         case 'f':
             format = optarg;
             break;
@@ -572,21 +580,6 @@ int main(int argc, char **argv)
             break;
         case 'm':
             qemuio_misalign = true;
-            break;
-        case 'k':
-            flags |= BDRV_O_NATIVE_AIO;
-            break;
-        case 'i':
-            if (bdrv_parse_aio(optarg, &flags) < 0) {
-                error_report("Invalid aio option: %s", optarg);
-                exit(1);
-            }
-            break;
-        case 't':
-            if (bdrv_parse_cache_mode(optarg, &flags, &writethrough) < 0) {
-                error_report("Invalid cache option: %s", optarg);
-                exit(1);
-            }
             break;
         case 'T':
             /* Tracing is not implemented; accepted for compatibility. */

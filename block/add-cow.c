@@ -20,13 +20,6 @@ _Static_assert(ADD_COW_MAX_FMT_NAME <
                sizeof(((BlockDriverState *)0)->backing_format),
                "an add-cow backing format fits bs->backing_format");
 
-/* An allocating write in flight over clusters [start, end). */
-typedef struct AddCowAlloc {
-    uint64_t start, end;
-    CoQueue waiters;
-    struct AddCowAlloc *next;
-} AddCowAlloc;
-
 typedef struct BDRVAddCowState {
     AddCowHeader header;
     char *image_name;            /* as stored in the header */
@@ -35,7 +28,7 @@ typedef struct BDRVAddCowState {
     int cache_pages;             /* bitmap cache size (cache-size option) */
     uint64_t cluster_size;
     uint64_t nb_clusters;
-    AddCowAlloc *allocs;
+    BdrvRangeLock *allocs;       /* allocating writes, in clusters */
     CoMutex meta_lock;           /* header changes, truncate */
     bool autoclear_pending;      /* unknown autoclear bits still on disk */
 } BDRVAddCowState;
@@ -635,52 +628,6 @@ static int coroutine_fn add_cow_set_bits(BDRVAddCowState *s, uint64_t start,
     return 0;
 }
 
-/* ---- allocation serialisation ---- */
-
-static AddCowAlloc *add_cow_alloc_overlap(BDRVAddCowState *s, uint64_t start,
-                                          uint64_t end)
-{
-    for (AddCowAlloc *a = s->allocs; a; a = a->next) {
-        if (a->start < end && start < a->end) {
-            return a;
-        }
-    }
-    return NULL;
-}
-
-/* Wait until no allocation overlaps [start, end); returns true if waited. */
-static bool coroutine_fn add_cow_alloc_wait(BDRVAddCowState *s,
-                                            uint64_t start, uint64_t end)
-{
-    AddCowAlloc *a = add_cow_alloc_overlap(s, start, end);
-    if (!a) {
-        return false;
-    }
-    qemu_co_queue_wait(&a->waiters, NULL);
-    return true;
-}
-
-static void add_cow_alloc_begin(BDRVAddCowState *s, AddCowAlloc *a,
-                                uint64_t start, uint64_t end)
-{
-    a->start = start;
-    a->end = end;
-    qemu_co_queue_init(&a->waiters);
-    a->next = s->allocs;
-    s->allocs = a;
-}
-
-static void add_cow_alloc_end(BDRVAddCowState *s, AddCowAlloc *a)
-{
-    for (AddCowAlloc **p = &s->allocs; *p; p = &(*p)->next) {
-        if (*p == a) {
-            *p = a->next;
-            break;
-        }
-    }
-    qemu_co_queue_restart_all(&a->waiters);
-}
-
 /* ---- reads ---- */
 
 /* Read [offset, offset+bytes) of the backing image (zero without one). */
@@ -870,13 +817,13 @@ static int coroutine_fn add_cow_do_write(BlockDriverState *bs, int64_t offset,
                 ret = bdrv_co_pwrite_zeroes(s->image, offset, n, flags);
             }
         } else {
-            if (add_cow_alloc_wait(s, c, c + run)) {
+            if (bdrv_range_wait(s->allocs, c, c + run, NULL)) {
                 continue;       /* bits may have changed: look again */
             }
-            AddCowAlloc a;
+            BdrvRangeLock a;
             uint64_t run2;
             bool set2;
-            add_cow_alloc_begin(s, &a, c, c + run);
+            bdrv_range_lock(&s->allocs, &a, c, c + run);
             /*
              * Bits read before the reservation may be stale (the scan can
              * yield between pages while another allocation completes):
@@ -884,14 +831,14 @@ static int coroutine_fn add_cow_do_write(BlockDriverState *bs, int64_t offset,
              */
             ret = add_cow_run(s, c, c + run, &set2, &run2);
             if (ret >= 0 && (set2 || run2 != run)) {
-                add_cow_alloc_end(s, &a);
+                bdrv_range_unlock(&s->allocs, &a);
                 continue;
             }
             if (ret >= 0) {
                 ret = add_cow_write_alloc(bs, c, c + run, offset, n, qiov,
                                           qiov_offset, flags);
             }
-            add_cow_alloc_end(s, &a);
+            bdrv_range_unlock(&s->allocs, &a);
         }
         if (ret < 0) {
             return ret;
@@ -960,7 +907,7 @@ static int coroutine_fn add_cow_co_pdiscard(BlockDriverState *bs,
         if (ret < 0) {
             return ret;
         }
-        if (set && !add_cow_alloc_overlap(s, c, c + run)) {
+        if (set && !bdrv_range_overlap(s->allocs, c, c + run)) {
             int64_t start = c << bits;
             int64_t len = MIN((int64_t)((c + run) << bits),
                               (int64_t)s->header.size) - start;

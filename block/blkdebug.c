@@ -81,6 +81,7 @@ typedef struct BDRVBlkdebugState {
     GPtrArray *suspended;        /* of BlkdebugSuspended * */
     int state;                   /* QEMU's state machine; starts at 1 */
     uint64_t flushed_gen;        /* write_gen at the last good flush */
+    char *config_file;           /* the rules file read, or NULL */
 } BDRVBlkdebugState;
 
 static const QemuOptDesc blkdebug_open_opts[] = {
@@ -593,6 +594,7 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
         goto fail;
     }
     if (config) {
+        s->config_file = g_strdup(config);
         ret = blkdebug_read_config(s, config, errp);
         if (ret < 0) {
             goto fail;
@@ -634,6 +636,8 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs, QemuOpts *options,
 fail:
     qemu_opts_del(image_opts);
     g_free(cfg_from_name);
+    g_free(s->config_file);
+    s->config_file = NULL;
     g_ptr_array_free(s->rules, TRUE);
     g_ptr_array_free(s->breaks, TRUE);
     g_ptr_array_free(s->suspended, TRUE);
@@ -675,6 +679,7 @@ static void blkdebug_refresh_limits(BlockDriverState *bs, Error **errp)
 static void coroutine_fn blkdebug_close(BlockDriverState *bs)
 {
     BDRVBlkdebugState *s = bs->opaque;
+    g_free(s->config_file);
     if (s->rules) {
         g_ptr_array_free(s->rules, TRUE);
         g_ptr_array_free(s->breaks, TRUE);
@@ -977,6 +982,61 @@ static int64_t blkdebug_getlength(BlockDriverState *bs)
     return bdrv_getlength(bs->file);
 }
 
+/*
+ * Reopening (other flags, e.g. qemu-io's reopen -r) changes nothing here:
+ * the rules stay, the image below is reopened by the layer (QEMU's
+ * blkdebug does the same).
+ */
+static int blkdebug_reopen_prepare(BdrvReopenState *state, Error **errp)
+{
+    (void)state;
+    (void)errp;
+    return 0;
+}
+
+/* Options that change what the node does (QEMU's, and our inline rule):
+ * with any of them its name is json:{...}. */
+static const char *const blkdebug_strong_opts[] = {
+    "config", "inject-error.", "set-state.", "align", "max-transfer",
+    "opt-write-zero", "max-write-zero", "opt-discard", "max-discard",
+    "event", "errno", "once", "offset", NULL
+};
+
+/*
+ * QEMU's rule: blkdebug:RULES_FILE:IMAGE names the node when its image has
+ * an exact name and nothing but a rules file was given besides.
+ */
+static char *blkdebug_exact_filename(BlockDriverState *bs, JsonValue *opts,
+                                     const char *file_exact)
+{
+    static const char *const plain[] = { "config", "image", "x-image",
+                                         "driver" };
+    BDRVBlkdebugState *s = bs->opaque;
+    bool has_config = false;
+
+    for (guint i = 0; i < opts->members->len; i++) {
+        const JsonValue *m = g_ptr_array_index(opts->members, i);
+        bool ok = false;
+
+        for (size_t k = 0; k < ARRAY_SIZE(plain); k++) {
+            ok |= !strcmp(m->key, plain[k]);
+        }
+        has_config |= !strcmp(m->key, "config");
+        if (!ok) {
+            file_exact = "";
+        }
+    }
+    /* A rules file named by blkdebug:RULES:IMAGE is an option to QEMU. */
+    if (s->config_file && !has_config) {
+        json_add_str(opts, "config", s->config_file);
+    }
+    if (!file_exact[0]) {
+        return NULL;
+    }
+    return g_strdup_printf("blkdebug:%s:%s",
+                           s->config_file ? s->config_file : "", file_exact);
+}
+
 static BlockDriver bdrv_blkdebug = {
     .format_name            = "blkdebug",
     .protocol_name          = "blkdebug",
@@ -985,10 +1045,14 @@ static BlockDriver bdrv_blkdebug = {
     .open_opts              = blkdebug_open_opts,
     .child_prefixes         = blkdebug_child_prefixes,
     .filename_optional      = true,
+    .strong_opts            = blkdebug_strong_opts,
+    .file_child_name        = "image",
+    .bdrv_exact_filename    = blkdebug_exact_filename,
 
     .bdrv_open              = blkdebug_open,
     .bdrv_close             = blkdebug_close,
     .bdrv_refresh_limits    = blkdebug_refresh_limits,
+    .bdrv_reopen_prepare    = blkdebug_reopen_prepare,
 
     .bdrv_co_preadv         = blkdebug_co_preadv,
     .bdrv_co_pwritev        = blkdebug_co_pwritev,

@@ -609,32 +609,9 @@ int blk_truncate(BlockBackend *blk, int64_t offset, bool exact,
 /* ---- asynchronous wrappers ---- */
 
 typedef struct BlkAioCo {
+    BdrvAioTask t;              /* first: the block is freed through it */
     BlkRwCo c;
-    CoroutineEntry *entry;
-    BlockCompletionFunc *cb;
-    void *opaque;
-    bool submitting;
-    bool done;
 } BlkAioCo;
-
-static void blk_aio_complete(void *opaque)
-{
-    BlkAioCo *acb = opaque;
-    acb->cb(acb->opaque, acb->c.ret);
-    g_free(acb);
-}
-
-static void coroutine_fn blk_aio_entry(void *opaque)
-{
-    BlkAioCo *acb = opaque;
-
-    acb->entry(&acb->c);
-    acb->done = true;
-    /* Callbacks never run before the submitting function returned. */
-    if (!acb->submitting) {
-        blk_aio_complete(acb);
-    }
-}
 
 static void blk_aio_submit(CoroutineEntry *entry, BlockBackend *blk,
                            int64_t offset, int64_t bytes, QEMUIOVector *qiov,
@@ -645,16 +622,9 @@ static void blk_aio_submit(CoroutineEntry *entry, BlockBackend *blk,
 
     acb->c = (BlkRwCo) { .blk = blk, .offset = offset, .bytes = bytes,
                          .qiov = qiov, .flags = flags };
-    acb->entry = entry;
-    acb->cb = cb;
-    acb->opaque = opaque;
-    acb->submitting = true;
-    qemu_coroutine_enter(qemu_coroutine_create(blk_aio_entry, acb));
-    acb->submitting = false;
-    if (acb->done) {
-        aio_bh_schedule_oneshot(qemu_get_aio_context(), blk_aio_complete,
-                                acb);
-    }
+    acb->t = (BdrvAioTask) { .entry = entry, .arg = &acb->c,
+                             .ret = &acb->c.ret, .cb = cb, .opaque = opaque };
+    bdrv_aio_task_start(&acb->t);
 }
 
 void blk_aio_preadv(BlockBackend *blk, int64_t offset, QEMUIOVector *qiov,

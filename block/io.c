@@ -161,26 +161,37 @@ static int64_t bdrv_max_transfer(BlockDriverState *bs)
 
 /* ---- reads ---- */
 
-/* Aligned read of [offset, offset+bytes), split at max_transfer. */
-static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
-                                           int64_t offset, int64_t bytes,
-                                           QEMUIOVector *qiov,
-                                           size_t qiov_offset,
-                                           BdrvRequestFlags flags)
+/* A driver's bdrv_co_preadv or bdrv_co_pwritev. */
+typedef int coroutine_fn BdrvDriverRwFunc(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset,
+                                          BdrvRequestFlags flags);
+
+/*
+ * Aligned read or write of [offset, offset+bytes), passed to the driver's
+ * fn (NULL: -ENOTSUP) in pieces of at most max_transfer: the last piece's
+ * result (0 for none).
+ */
+static int coroutine_fn bdrv_driver_rw(BlockDriverState *bs,
+                                       BdrvDriverRwFunc *fn,
+                                       int64_t offset, int64_t bytes,
+                                       QEMUIOVector *qiov, size_t qiov_offset,
+                                       BdrvRequestFlags flags)
 {
-    BlockDriver *drv = bs->drv;
     int64_t max = bdrv_max_transfer(bs);
+    int ret = 0;
 
     assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
     assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
     assert(qiov_offset + bytes <= qiov->size);
-    if (!drv->bdrv_co_preadv) {
+    if (!fn) {
         return -ENOTSUP;
     }
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
-        int ret = drv->bdrv_co_preadv(bs, offset, n, qiov, qiov_offset,
-                                      flags);
+
+        ret = fn(bs, offset, n, qiov, qiov_offset, flags);
         if (ret < 0) {
             return ret;
         }
@@ -188,14 +199,22 @@ static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
         bytes -= n;
         qiov_offset += n;
     }
-    return 0;
+    return ret;
 }
 
-static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
-                                            int64_t offset, int64_t bytes,
-                                            QEMUIOVector *qiov,
-                                            size_t qiov_offset,
-                                            BdrvRequestFlags flags);
+static int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           size_t qiov_offset,
+                                           BdrvRequestFlags flags)
+{
+    int ret = bdrv_driver_rw(bs, bs->drv->bdrv_co_preadv, offset, bytes,
+                             qiov, qiov_offset, flags);
+
+    return ret < 0 ? ret : 0;
+}
+
+static BdrvDriverRwFunc bdrv_driver_pwritev;
 
 /*
  * Copy-on-read: for the parts of the range that bs does not hold itself,
@@ -399,33 +418,17 @@ static int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs,
                                             BdrvRequestFlags flags)
 {
     BlockDriver *drv = bs->drv;
-    int64_t max = bdrv_max_transfer(bs);
     BdrvRequestFlags drv_flags = flags & drv->supported_write_flags;
     bool emulate_fua = (flags & BDRV_REQ_FUA) && !(drv_flags & BDRV_REQ_FUA);
-    int ret = 0;
+    int ret;
 
-    assert(QEMU_IS_ALIGNED(offset, bs->bl.request_alignment));
-    assert(QEMU_IS_ALIGNED(bytes, bs->bl.request_alignment));
-    assert(qiov_offset + bytes <= qiov->size);
-    if (!drv->bdrv_co_pwritev) {
-        return -ENOTSUP;
-    }
     if ((flags & BDRV_REQ_WRITE_COMPRESSED) &&
         !(drv->supported_write_flags & BDRV_REQ_WRITE_COMPRESSED)) {
         return -ENOTSUP;
     }
-    while (bytes > 0) {
-        int64_t n = MIN(bytes, max);
-        ret = drv->bdrv_co_pwritev(bs, offset, n, qiov, qiov_offset,
-                                   drv_flags);
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        bytes -= n;
-        qiov_offset += n;
-    }
-    if (emulate_fua) {
+    ret = bdrv_driver_rw(bs, drv->bdrv_co_pwritev, offset, bytes, qiov,
+                         qiov_offset, drv_flags);
+    if (ret >= 0 && emulate_fua) {
         ret = bdrv_co_flush_fua(bs);
     }
     return ret;
@@ -698,6 +701,84 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
     }
     return bdrv_co_pwritev_part(bs, offset, bytes, NULL, 0,
                                 flags | BDRV_REQ_ZERO_WRITE);
+}
+
+/* ---- asynchronous requests ---- */
+
+static void bdrv_aio_task_complete(void *opaque)
+{
+    BdrvAioTask *t = opaque;
+
+    t->cb(t->opaque, *t->ret);
+    g_free(t);
+}
+
+static void coroutine_fn bdrv_aio_task_entry(void *opaque)
+{
+    BdrvAioTask *t = opaque;
+
+    if (t->in_flight) {
+        (*t->in_flight)++;
+    }
+    t->entry(t->arg);
+    if (t->in_flight) {
+        (*t->in_flight)--;
+    }
+    t->done = true;
+    if (!t->submitting) {
+        bdrv_aio_task_complete(t);
+    }
+}
+
+void bdrv_aio_task_start(BdrvAioTask *t)
+{
+    t->submitting = true;
+    qemu_coroutine_enter(qemu_coroutine_create(bdrv_aio_task_entry, t));
+    t->submitting = false;
+    if (t->done) {
+        aio_bh_schedule_oneshot(qemu_get_aio_context(),
+                                bdrv_aio_task_complete, t);
+    }
+}
+
+/* ---- encrypted data through bounce buffers ---- */
+
+int coroutine_fn bdrv_co_crypt_bounce(BlockDriverState *bs, bool write,
+                                      uint64_t host, uint64_t guest,
+                                      uint64_t bytes, QEMUIOVector *qiov,
+                                      size_t qiov_offset,
+                                      BdrvRequestFlags flags, size_t bounce,
+                                      BdrvCryptFunc *crypt, void *opaque)
+{
+    size_t len = MIN(bytes, bounce);
+    uint8_t *buf = qemu_blockalign(len);
+    int ret = 0;
+
+    while (bytes > 0) {
+        size_t n = MIN(bytes, bounce);
+
+        if (write) {
+            qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
+            crypt(opaque, true, host, guest, buf, n);
+            ret = bdrv_co_pwrite(bs, host, n, buf, flags);
+        } else {
+            ret = bdrv_co_pread(bs, host, n, buf, flags);
+            if (ret >= 0) {
+                crypt(opaque, false, host, guest, buf, n);
+                qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
+            }
+        }
+        if (ret < 0) {
+            break;
+        }
+        host += n;
+        guest += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    explicit_bzero(buf, len);
+    qemu_vfree(buf);
+    return ret < 0 ? ret : 0;
 }
 
 /* ---- discard ---- */
@@ -1177,12 +1258,18 @@ static void bdrv_do_drained_begin(BlockDriverState *bs, int depth)
         bdrv_do_drained_begin(bs->data_file, depth + 1);
     }
     bdrv_do_drained_begin(bs->backing, depth + 1);
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        bdrv_do_drained_begin(bs->children[i], depth + 1);
+    }
 }
 
 static void bdrv_do_drained_end(BlockDriverState *bs, int depth)
 {
     if (!bs || depth > BDRV_DRAIN_MAX_DEPTH) {
         return;
+    }
+    for (unsigned i = bs->nb_children; i-- > 0;) {
+        bdrv_do_drained_end(bs->children[i], depth + 1);
     }
     bdrv_do_drained_end(bs->backing, depth + 1);
     if (bs->data_file != bs->file) {
@@ -1203,8 +1290,12 @@ static void bdrv_collect_parents(BlockDriverState *bs, GPtrArray *out,
     }
     for (BlockDriverState *p = bdrv_next_node(NULL); p;
          p = bdrv_next_node(p)) {
-        if ((p->file == bs || p->backing == bs || p->data_file == bs) &&
-            !g_ptr_array_find(out, p, NULL)) {
+        bool child = p->file == bs || p->backing == bs || p->data_file == bs;
+
+        for (unsigned i = 0; !child && i < p->nb_children; i++) {
+            child = p->children[i] == bs;
+        }
+        if (child && !g_ptr_array_find(out, p, NULL)) {
             g_ptr_array_add(out, p);
             bdrv_collect_parents(p, out, depth + 1);
         }
@@ -1272,6 +1363,11 @@ static bool bdrv_drain_poll(BlockDriverState *bs, int depth)
     if (bs->drv && bs->drv->bdrv_drain_poll && bs->drv->bdrv_drain_poll(bs)) {
         return true;
     }
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        if (bdrv_drain_poll(bs->children[i], depth + 1)) {
+            return true;
+        }
+    }
     return bdrv_drain_poll(bs->file, depth + 1) ||
            (bs->data_file != bs->file &&
             bdrv_drain_poll(bs->data_file, depth + 1)) ||
@@ -1331,6 +1427,9 @@ void bdrv_drained_end_closed(BlockDriverState *bs)
     assert(bs->quiesce_counter > 0);
     bs->quiesce_counter--;
     bdrv_parents_drained_end(bs);
+    for (unsigned i = bs->nb_children; i-- > 0;) {
+        bdrv_do_drained_end(bs->children[i], 1);
+    }
     bdrv_do_drained_end(bs->backing, 1);
     if (bs->data_file != bs->file) {
         bdrv_do_drained_end(bs->data_file, 1);

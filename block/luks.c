@@ -109,37 +109,42 @@ static void luks_refresh_limits(BlockDriverState *bs, Error **errp)
 
 /* ---- I/O: offset and bytes are multiples of 512 (request_alignment) ---- */
 
+/* Sector numbers are guest sectors (the payload's own). */
+static void luks_crypt(void *opaque, bool encrypt, uint64_t host,
+                       uint64_t guest, uint8_t *buf, size_t n)
+{
+    BDRVLuksState *s = opaque;
+
+    if (encrypt) {
+        luks_cipher_encrypt(s->v.cipher, guest / LUKS_SECTOR_SIZE, buf, n);
+    } else {
+        luks_cipher_decrypt(s->v.cipher, guest / LUKS_SECTOR_SIZE, buf, n);
+    }
+}
+
+/* Guest bytes [offset, +bytes) through the payload, one bounce at a time. */
+static int coroutine_fn luks_co_rw(BlockDriverState *bs, bool write,
+                                   int64_t offset, int64_t bytes,
+                                   QEMUIOVector *qiov, size_t qiov_offset,
+                                   BdrvRequestFlags flags)
+{
+    BDRVLuksState *s = bs->opaque;
+
+    assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
+    if (!s->v.cipher) {
+        return -EIO;            /* opened without I/O: no key */
+    }
+    return bdrv_co_crypt_bounce(bs->file, write, s->payload + offset, offset,
+                                bytes, qiov, qiov_offset, flags,
+                                LUKS_BOUNCE_SIZE, luks_crypt, s);
+}
+
 static int coroutine_fn luks_co_preadv(BlockDriverState *bs, int64_t offset,
                                        int64_t bytes, QEMUIOVector *qiov,
                                        size_t qiov_offset,
                                        BdrvRequestFlags flags)
 {
-    BDRVLuksState *s = bs->opaque;
-    size_t len = MIN(bytes, LUKS_BOUNCE_SIZE);
-    uint8_t *buf = qemu_blockalign(len);
-    int ret = 0;
-
-    assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
-    if (!s->v.cipher) {
-        qemu_vfree(buf);
-        return -EIO;            /* opened without I/O: no key */
-    }
-    while (bytes > 0) {
-        size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
-
-        ret = bdrv_co_pread(bs->file, s->payload + offset, n, buf, 0);
-        if (ret < 0) {
-            break;
-        }
-        luks_cipher_decrypt(s->v.cipher, offset / LUKS_SECTOR_SIZE, buf, n);
-        qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
-        offset += n;
-        bytes -= n;
-        qiov_offset += n;
-    }
-    explicit_bzero(buf, len);
-    qemu_vfree(buf);
-    return ret < 0 ? ret : 0;
+    return luks_co_rw(bs, false, offset, bytes, qiov, qiov_offset, 0);
 }
 
 static int coroutine_fn luks_co_pwritev(BlockDriverState *bs, int64_t offset,
@@ -147,33 +152,8 @@ static int coroutine_fn luks_co_pwritev(BlockDriverState *bs, int64_t offset,
                                         size_t qiov_offset,
                                         BdrvRequestFlags flags)
 {
-    BDRVLuksState *s = bs->opaque;
-    size_t len = MIN(bytes, LUKS_BOUNCE_SIZE);
-    uint8_t *buf = qemu_blockalign(len);
-    int ret = 0;
-
-    assert(offset % LUKS_SECTOR_SIZE == 0 && bytes % LUKS_SECTOR_SIZE == 0);
-    if (!s->v.cipher) {
-        qemu_vfree(buf);
-        return -EIO;            /* opened without I/O: no key */
-    }
-    while (bytes > 0) {
-        size_t n = MIN(bytes, LUKS_BOUNCE_SIZE);
-
-        qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
-        luks_cipher_encrypt(s->v.cipher, offset / LUKS_SECTOR_SIZE, buf, n);
-        ret = bdrv_co_pwrite(bs->file, s->payload + offset, n, buf,
-                             flags & BDRV_REQ_FUA);
-        if (ret < 0) {
-            break;
-        }
-        offset += n;
-        bytes -= n;
-        qiov_offset += n;
-    }
-    explicit_bzero(buf, len);
-    qemu_vfree(buf);
-    return ret < 0 ? ret : 0;
+    return luks_co_rw(bs, true, offset, bytes, qiov, qiov_offset,
+                      flags & BDRV_REQ_FUA);
 }
 
 static int64_t luks_getlength(BlockDriverState *bs)
@@ -351,9 +331,13 @@ static int coroutine_fn luks_amend(BlockDriverState *bs, QemuOpts *opts,
     return luks_volume_amend(&s->v, opts, "", force, errp);
 }
 
+/* Options whose presence makes the node's name json:{...} (QEMU's). */
+static const char *const luks_strong_opts[] = { "key-secret", NULL };
+
 static BlockDriver bdrv_luks = {
     .format_name            = "luks",
     .instance_size          = sizeof(BDRVLuksState),
+    .strong_opts            = luks_strong_opts,
     .create_opts            = luks_create_opts,
     .open_opts              = luks_open_opts,
     .amend_opts             = luks_amend_opts,

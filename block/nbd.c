@@ -278,15 +278,39 @@ static int coroutine_fn nbd_c_send(BDRVNBDState *s, const void *a, size_t la,
                              NULL);
 }
 
+/* Send option opt with its data; a failure is said in errp. */
 static int coroutine_fn nbd_c_opt(BDRVNBDState *s, uint32_t opt,
-                                  const void *data, uint32_t len)
+                                  const void *data, uint32_t len,
+                                  Error **errp)
 {
     uint8_t hdr[NBD_OPT_HDR_LEN], *p = hdr;
+    int ret;
 
     p = nbd_put64(p, NBD_OPTS_MAGIC);
     p = nbd_put32(p, opt);
     nbd_put32(p, len);
-    return nbd_c_send(s, hdr, sizeof(hdr), data, len);
+    ret = nbd_c_send(s, hdr, sizeof(hdr), data, len);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "nbd: sending to the server");
+    }
+    return ret;
+}
+
+/*
+ * Send option opt about export name: its data is the name's length (32
+ * bits), the name, then the option's own tail.
+ */
+static int coroutine_fn nbd_c_opt_export(BDRVNBDState *s, uint32_t opt,
+                                         const char *name, const void *tail,
+                                         uint32_t tlen, Error **errp)
+{
+    uint32_t nlen = strlen(name);
+    g_autofree uint8_t *q = g_malloc(4 + nlen + tlen);
+    uint8_t *p = nbd_put32(q, nlen);
+
+    memcpy(p, name, nlen);
+    memcpy(p + nlen, tail, tlen);
+    return nbd_c_opt(s, opt, q, 4 + nlen + tlen, errp);
 }
 
 /* One option reply; *data (g_free) holds its payload. */
@@ -341,9 +365,8 @@ static int coroutine_fn nbd_c_starttls(BDRVNBDState *s, const char *exp,
     uint32_t type, len;
     int ret;
 
-    ret = nbd_c_opt(s, NBD_OPT_STARTTLS, NULL, 0);
+    ret = nbd_c_opt(s, NBD_OPT_STARTTLS, NULL, 0, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "nbd: sending to the server");
         return ret;
     }
     ret = nbd_c_reply(s, NBD_OPT_STARTTLS, &type, &d, &len, errp);
@@ -410,7 +433,6 @@ static int nbd_c_tls_dropped(int ret, Error **errp)
 static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
 {
     const char *exp = s->export ? s->export : "";
-    uint32_t elen = strlen(exp);
     int ret;
 
     ret = nbd_c_greet(s, errp);
@@ -420,31 +442,32 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
 
     /* Structured replies, then base:allocation if they were accepted. */
     for (int step = 0; step < 2; step++) {
-        g_autofree uint8_t *q = NULL;
-        uint32_t qlen = 0, opt;
+        uint32_t opt;
 
         if (step == 0) {
+            Error *local_err = NULL;
+
             opt = NBD_OPT_STRUCTURED_REPLY;
+            ret = nbd_c_opt(s, opt, NULL, 0, &local_err);
+            if (ret < 0 && s->tls) {
+                error_free(local_err);
+                return nbd_c_tls_dropped(ret, errp);
+            }
+            error_propagate(errp, local_err);
         } else {
+            uint32_t mlen = strlen(NBD_META_BASE_ALLOCATION);
+            uint8_t t[8 + sizeof(NBD_META_BASE_ALLOCATION)];
+
             if (!s->neg.structured) {
                 break;
             }
             opt = NBD_OPT_SET_META_CONTEXT;
-            qlen = 4 + elen + 4 + 4 + strlen(NBD_META_BASE_ALLOCATION);
-            q = g_malloc(qlen);
-            uint8_t *p = nbd_put32(q, elen);
-            memcpy(p, exp, elen);
-            p = nbd_put32(p + elen, 1);
-            p = nbd_put32(p, strlen(NBD_META_BASE_ALLOCATION));
-            memcpy(p, NBD_META_BASE_ALLOCATION,
-                   strlen(NBD_META_BASE_ALLOCATION));
+            memcpy(nbd_put32(nbd_put32(t, 1), mlen), NBD_META_BASE_ALLOCATION,
+                   mlen);
+            ret = nbd_c_opt_export(s, opt, exp, t, 8 + mlen, errp);
         }
-        ret = nbd_c_opt(s, opt, q, qlen);
         if (ret < 0) {
-            if (step == 0 && s->tls) {
-                return nbd_c_tls_dropped(ret, errp);
-            }
-            goto send_fail;
+            return ret;
         }
         for (;;) {
             g_autofree uint8_t *d = NULL;
@@ -479,17 +502,12 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
     }
 
     /* NBD_OPT_GO with block sizes */
-    {
-        g_autofree uint8_t *q = g_malloc(4 + elen + 2 + 2);
-        uint8_t *p = nbd_put32(q, elen);
+    uint8_t go[4];
 
-        memcpy(p, exp, elen);
-        p = nbd_put16(p + elen, 1);
-        nbd_put16(p, NBD_INFO_BLOCK_SIZE);
-        ret = nbd_c_opt(s, NBD_OPT_GO, q, 4 + elen + 4);
-        if (ret < 0) {
-            goto send_fail;
-        }
+    nbd_put16(nbd_put16(go, 1), NBD_INFO_BLOCK_SIZE);
+    ret = nbd_c_opt_export(s, NBD_OPT_GO, exp, go, sizeof(go), errp);
+    if (ret < 0) {
+        return ret;
     }
     s->neg.min_block = 1;
     s->neg.max_block = NBD_MAX_BUFFER_SIZE;
@@ -551,10 +569,6 @@ static int coroutine_fn nbd_c_negotiate(BDRVNBDState *s, Error **errp)
         return -EPROTO;
     }
     return 0;
-
-send_fail:
-    error_setg_errno(errp, -ret, "nbd: sending to the server");
-    return ret;
 }
 
 /* ------------------------------------------------------------------ */
@@ -619,10 +633,9 @@ static int nbd_c_list_error(uint32_t opt, uint32_t type, const uint8_t *msg,
 static int coroutine_fn nbd_c_list_names(BDRVNBDState *s, GPtrArray *list,
                                          Error **errp)
 {
-    int ret = nbd_c_opt(s, NBD_OPT_LIST, NULL, 0);
+    int ret = nbd_c_opt(s, NBD_OPT_LIST, NULL, 0, errp);
 
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "nbd: sending to the server");
         return ret;
     }
     for (;;) {
@@ -667,19 +680,14 @@ static int coroutine_fn nbd_c_list_names(BDRVNBDState *s, GPtrArray *list,
 static int coroutine_fn nbd_c_list_info(BDRVNBDState *s, NBDExportDesc *e,
                                         Error **errp)
 {
-    uint32_t nlen = strlen(e->name);
-    g_autofree uint8_t *q = g_malloc(4 + nlen + 2 + 4);
-    uint8_t *p = nbd_put32(q, nlen);
+    uint8_t t[6];
     bool have_export = false;
     int ret;
 
-    memcpy(p, e->name, nlen);
-    p = nbd_put16(p + nlen, 2);
-    p = nbd_put16(p, NBD_INFO_DESCRIPTION);
-    nbd_put16(p, NBD_INFO_BLOCK_SIZE);
-    ret = nbd_c_opt(s, NBD_OPT_INFO, q, 4 + nlen + 6);
+    nbd_put16(nbd_put16(nbd_put16(t, 2), NBD_INFO_DESCRIPTION),
+              NBD_INFO_BLOCK_SIZE);
+    ret = nbd_c_opt_export(s, NBD_OPT_INFO, e->name, t, sizeof(t), errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "nbd: sending to the server");
         return ret;
     }
     for (;;) {
@@ -742,16 +750,13 @@ bad:
 static int coroutine_fn nbd_c_list_contexts(BDRVNBDState *s,
                                             NBDExportDesc *e, Error **errp)
 {
-    uint32_t nlen = strlen(e->name);
-    g_autofree uint8_t *q = g_malloc(4 + nlen + 4);
-    uint8_t *p = nbd_put32(q, nlen);
+    uint8_t none[4];
     int ret;
 
-    memcpy(p, e->name, nlen);
-    nbd_put32(p + nlen, 0);
-    ret = nbd_c_opt(s, NBD_OPT_LIST_META_CONTEXT, q, 4 + nlen + 4);
+    nbd_put32(none, 0);
+    ret = nbd_c_opt_export(s, NBD_OPT_LIST_META_CONTEXT, e->name, none,
+                           sizeof(none), errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "nbd: sending to the server");
         return ret;
     }
     e->contexts = g_ptr_array_new_with_free_func(g_free);
@@ -781,10 +786,9 @@ static int coroutine_fn nbd_c_list_contexts(BDRVNBDState *s,
 /* Structured replies (so that contexts may be listed); 1 if accepted. */
 static int coroutine_fn nbd_c_list_structured(BDRVNBDState *s, Error **errp)
 {
-    int ret = nbd_c_opt(s, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+    int ret = nbd_c_opt(s, NBD_OPT_STRUCTURED_REPLY, NULL, 0, errp);
 
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "nbd: sending to the server");
         return ret;
     }
     for (;;) {
@@ -833,7 +837,7 @@ static int coroutine_fn nbd_c_list_all(BDRVNBDState *s, GPtrArray *list,
             return ret;
         }
     }
-    nbd_c_opt(s, NBD_OPT_ABORT, NULL, 0);     /* a courtesy: no wait */
+    nbd_c_opt(s, NBD_OPT_ABORT, NULL, 0, NULL); /* a courtesy: no wait */
     return 0;
 }
 

@@ -172,6 +172,10 @@ static void perm_collect(PermUpdate *u, BlockDriverState *bs, uint64_t perm,
                        e->shared, force_share, depth);
     perm_collect_child(u, bs, bs->backing, false, BDRV_CHILD_COW, e->perm,
                        e->shared, force_share, depth);
+    for (unsigned i = 0; i < bs->nb_children; i++) {
+        perm_collect_child(u, bs, bs->children[i], true, 0, e->perm,
+                           e->shared, force_share, depth);
+    }
 }
 
 /* Check every node in visit order; on a failure, abort those checked. */

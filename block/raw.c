@@ -255,9 +255,13 @@ static BlockMeasureInfo *raw_measure(QemuOpts *opts, BlockDriverState *in_bs,
     return info;
 }
 
+/* Options whose presence makes the node's name json:{...} (QEMU's). */
+static const char *const raw_strong_opts[] = { "offset", "size", NULL };
+
 static BlockDriver bdrv_raw = {
     .format_name            = "raw",
     .instance_size          = sizeof(BDRVRawState),
+    .strong_opts            = raw_strong_opts,
     .create_opts            = raw_create_opts,
     .open_opts              = raw_open_opts,
     .passthrough_snapshots  = true,

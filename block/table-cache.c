@@ -309,20 +309,26 @@ static TableEntry *table_cache_find_victim(TableCache *c)
     return NULL;
 }
 
+/* Give the clean, evictable entry e to offset, pinned. */
+static void table_cache_claim(TableCache *c, TableEntry *e, uint64_t offset)
+{
+    if (e->offset >= 0) {
+        g_hash_table_remove(c->by_offset, &e->offset);
+    }
+    e->offset = offset;
+    g_hash_table_insert(c->by_offset, &e->offset, e);
+    e->ref = 1;
+    table_cache_touch(c, e);
+}
+
 /* Load offset into the clean, evictable entry e and pin it. */
 static int coroutine_fn table_cache_load(TableCache *c, TableEntry *e,
                                          uint64_t offset)
 {
     int ret;
 
-    if (e->offset >= 0) {
-        g_hash_table_remove(c->by_offset, &e->offset);
-    }
-    e->offset = offset;
-    g_hash_table_insert(c->by_offset, &e->offset, e);
     e->loading = true;
-    e->ref = 1;
-    table_cache_touch(c, e);
+    table_cache_claim(c, e, offset);
     c->stats.misses++;
     if (c->load_event) {
         BLKDBG_EVENT(c->bs, c->load_event);
@@ -342,7 +348,9 @@ static int coroutine_fn table_cache_load(TableCache *c, TableEntry *e,
     return ret;
 }
 
-int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
+/* Pin the page at offset: read it (load) or zero it when not cached. */
+static int coroutine_fn table_cache_pin_page(TableCache *c, uint64_t offset,
+                                             bool load, void **page)
 {
     int64_t key = offset;
     int ret;
@@ -362,7 +370,9 @@ int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
             }
             table_cache_pin(e);
             table_cache_touch(c, e);
-            c->stats.hits++;
+            if (load) {
+                c->stats.hits++;
+            }
             c->last = e;
             *page = e->page;
             return 0;
@@ -379,57 +389,29 @@ int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
             }
             continue;       /* the world may have changed while we yielded */
         }
-        ret = table_cache_load(c, victim, offset);
-        if (ret < 0) {
-            return ret;
+        if (load) {
+            ret = table_cache_load(c, victim, offset);
+            if (ret < 0) {
+                return ret;
+            }
+        } else {
+            table_cache_claim(c, victim, offset);
+            memset(victim->page, 0, c->page_size);
         }
         *page = victim->page;
         return 0;
     }
 }
 
+int coroutine_fn table_cache_get(TableCache *c, uint64_t offset, void **page)
+{
+    return table_cache_pin_page(c, offset, true, page);
+}
+
 int coroutine_fn table_cache_get_empty(TableCache *c, uint64_t offset,
                                        void **page)
 {
-    int64_t key = offset;
-    int ret;
-
-    assert(offset % c->page_size == 0 && offset <= INT64_MAX);
-    for (;;) {
-        TableEntry *e = g_hash_table_lookup(c->by_offset, &key);
-        if (e) {
-            if (e->loading) {
-                qemu_co_queue_wait(&e->waiters, NULL);
-                continue;
-            }
-            table_cache_pin(e);
-            table_cache_touch(c, e);
-            *page = e->page;
-            return 0;
-        }
-        TableEntry *victim = table_cache_find_victim(c);
-        if (!victim) {
-            qemu_co_queue_wait(&c->free_queue, NULL);
-            continue;
-        }
-        if (victim->dirty) {
-            ret = table_cache_evict_dirty(c, victim);
-            if (ret < 0) {
-                return ret;
-            }
-            continue;
-        }
-        if (victim->offset >= 0) {
-            g_hash_table_remove(c->by_offset, &victim->offset);
-        }
-        victim->offset = offset;
-        g_hash_table_insert(c->by_offset, &victim->offset, victim);
-        victim->ref = 1;
-        table_cache_touch(c, victim);
-        memset(victim->page, 0, c->page_size);
-        *page = victim->page;
-        return 0;
-    }
+    return table_cache_pin_page(c, offset, false, page);
 }
 
 void table_cache_put(TableCache *c, void **page)

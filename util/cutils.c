@@ -227,6 +227,11 @@ static bool path_has_protocol(const char *path)
     return path[strcspn(path, ":/")] == ':';
 }
 
+bool path_is_protocol_name(const char *path)
+{
+    return path_has_protocol(path);
+}
+
 char *path_combine(const char *base_path, const char *filename)
 {
     const char *p, *slash;

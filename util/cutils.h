@@ -30,6 +30,8 @@ char *size_to_str(uint64_t val);
  * interpret it relative to the directory of base_path. g_free the result. */
 char *path_combine(const char *base_path, const char *filename);
 bool path_is_absolute(const char *path);
+/* Does path start with "proto:" (a colon before any slash)? */
+bool path_is_protocol_name(const char *path);
 
 /* strncpy that always NUL-terminates (pstrcpy in QEMU). */
 void pstrcpy(char *buf, int buf_size, const char *str);

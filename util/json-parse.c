@@ -249,6 +249,30 @@ static bool json_object_has_key(JsonNode *obj, const char *key)
     return false;
 }
 
+/*
+ * After an item of a container that close ends (what: "dict" or "list"):
+ * 1 at close, 0 after an error, -1 after a ',' (more items follow). The
+ * close or ',' is consumed.
+ */
+static int json_parse_separator(JsonParser *ps, char close, const char *what)
+{
+    json_skip_space(ps);
+    if (*ps->p == close) {
+        ps->p++;
+        return 1;
+    }
+    if (*ps->p != ',') {
+        if (*ps->p) {
+            json_error(ps, "expected separator in %s", what);
+        } else {
+            json_error(ps, "premature EOI");
+        }
+        return 0;
+    }
+    ps->p++;
+    return -1;
+}
+
 /* The members after '{' up to and including '}'. */
 static bool json_parse_members(JsonParser *ps, JsonNode *obj)
 {
@@ -260,6 +284,7 @@ static bool json_parse_members(JsonParser *ps, JsonNode *obj)
     for (;;) {
         char *key;
         JsonNode *value;
+        int ret;
 
         json_skip_space(ps);
         if (*ps->p == '\0') {
@@ -297,17 +322,10 @@ static bool json_parse_members(JsonParser *ps, JsonNode *obj)
         }
         value->key = key;
         g_ptr_array_add(obj->children, value);
-        json_skip_space(ps);
-        if (*ps->p == '}') {
-            ps->p++;
-            return true;
+        ret = json_parse_separator(ps, '}', "dict");
+        if (ret >= 0) {
+            return ret;
         }
-        if (*ps->p != ',') {
-            json_error(ps, *ps->p ? "expected separator in dict"
-                                  : "premature EOI");
-            return false;
-        }
-        ps->p++;
     }
 }
 
@@ -321,22 +339,16 @@ static bool json_parse_elements(JsonParser *ps, JsonNode *arr)
     }
     for (;;) {
         JsonNode *value = json_parse_value(ps);
+        int ret;
 
         if (!value) {
             return false;
         }
         g_ptr_array_add(arr->children, value);
-        json_skip_space(ps);
-        if (*ps->p == ']') {
-            ps->p++;
-            return true;
+        ret = json_parse_separator(ps, ']', "list");
+        if (ret >= 0) {
+            return ret;
         }
-        if (*ps->p != ',') {
-            json_error(ps, *ps->p ? "expected separator in list"
-                                  : "premature EOI");
-            return false;
-        }
-        ps->p++;
     }
 }
 
@@ -457,6 +469,7 @@ static int json_flatten(const JsonNode *node, const char *prefix,
                         QemuOpts *opts, GHashTable *seen, Error **errp)
 {
     const char *value = NULL;
+    QemuOptJson json = QEMU_OPT_JSON_STRING;
 
     switch (node->type) {
     case JSON_NODE_NULL: {
@@ -472,8 +485,12 @@ static int json_flatten(const JsonNode *node, const char *prefix,
     }
     case JSON_NODE_BOOL:
         value = node->boolean ? "on" : "off";
+        json = QEMU_OPT_JSON_BOOL;
         break;
     case JSON_NODE_NUMBER:
+        value = node->text;
+        json = QEMU_OPT_JSON_NUMBER;
+        break;
     case JSON_NODE_STRING:
         value = node->text;
         break;
@@ -500,7 +517,7 @@ static int json_flatten(const JsonNode *node, const char *prefix,
     }
     g_hash_table_add(seen, g_strdup(prefix));
     if (!qemu_opt_has(opts, prefix)) {
-        qemu_opt_set(opts, prefix, value);
+        qemu_opt_set_json(opts, prefix, value, json);
     }
     return 0;
 }

@@ -188,6 +188,10 @@ void json_quote(GString *out, const char *s)
     g_string_append_c(out, '"');
 }
 
+/*
+ * Appends v, pretty-printed at indent level indent, or with indent < 0 on
+ * one line as QEMU writes json: names ("{"a": 1, "b": {...}}").
+ */
 void json_print(GString *out, JsonValue *v, int indent)
 {
     GPtrArray *members;
@@ -212,16 +216,22 @@ void json_print(GString *out, JsonValue *v, int indent)
     for (guint i = 0; i < members->len; i++) {
         JsonValue *m = g_ptr_array_index(members, i);
 
-        g_string_append_printf(out, "%s\n%*s", i ? "," : "",
-                               4 * (indent + 1), "");
+        if (indent >= 0) {
+            g_string_append_printf(out, "%s\n%*s", i ? "," : "",
+                                   4 * (indent + 1), "");
+        } else if (i) {
+            g_string_append(out, ", ");
+        }
         if (v->type == JSON_OBJECT) {
             json_quote(out, m->key);
             g_string_append(out, ": ");
         }
-        json_print(out, m, indent + 1);
+        json_print(out, m, indent >= 0 ? indent + 1 : -1);
     }
-    g_string_append_printf(out, "\n%*s%c", 4 * indent, "",
-                           v->type == JSON_OBJECT ? '}' : ']');
+    if (indent >= 0) {
+        g_string_append_printf(out, "\n%*s", 4 * indent, "");
+    }
+    g_string_append_c(out, v->type == JSON_OBJECT ? '}' : ']');
     if (v->type == JSON_OBJECT) {
         g_ptr_array_free(members, TRUE);
     }
@@ -289,40 +299,7 @@ void json_dump_human(JsonValue *v, int indent)
     }
 }
 
-/* Appends v as QEMU's one-line JSON ("{"a": 1, "b": {...}}"). */
 void json_print_compact(GString *out, JsonValue *v)
 {
-    GPtrArray *m;
-
-    switch (v->type) {
-    case JSON_STRING:
-        json_quote(out, v->str);
-        return;
-    case JSON_INT:
-        g_string_append_printf(out, "%" PRId64, v->num);
-        return;
-    case JSON_BOOL:
-        g_string_append(out, v->flag ? "true" : "false");
-        return;
-    case JSON_ARRAY:
-    case JSON_OBJECT:
-        break;
-    }
-    m = v->type == JSON_OBJECT ? json_sorted_members(v) : NULL;
-    g_string_append_c(out, v->type == JSON_OBJECT ? '{' : '[');
-    for (guint i = 0; i < v->members->len; i++) {
-        JsonValue *e = g_ptr_array_index(m ? m : v->members, i);
-        if (i) {
-            g_string_append(out, ", ");
-        }
-        if (m) {
-            json_quote(out, e->key);
-            g_string_append(out, ": ");
-        }
-        json_print_compact(out, e);
-    }
-    g_string_append_c(out, v->type == JSON_OBJECT ? '}' : ']');
-    if (m) {
-        g_ptr_array_free(m, TRUE);
-    }
+    json_print(out, v, -1);
 }

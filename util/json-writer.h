@@ -43,7 +43,8 @@ void json_add_bool(JsonValue *obj, const char *key, bool b);
 GPtrArray *json_sorted_members(JsonValue *obj);
 /* Appends s as a quoted, escaped JSON string. */
 void json_quote(GString *out, const char *s);
-/* Appends v pretty-printed at the given indent level (no newline). */
+/* Appends v pretty-printed at the given indent level (no newline);
+ * indent < 0: on one line, as json_print_compact(). */
 void json_print(GString *out, JsonValue *v, int indent);
 /*
  * Prints v on stdout as QEMU's human "Format specific information": object

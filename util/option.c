@@ -9,6 +9,7 @@
 typedef struct QemuOpt {
     char *name;
     char *value;
+    QemuOptJson json;           /* what it was in a json: description */
 } QemuOpt;
 
 struct QemuOpts {
@@ -54,7 +55,8 @@ static int qemu_opt_find(const QemuOpts *opts, const char *name)
     return -1;
 }
 
-void qemu_opt_set(QemuOpts *opts, const char *name, const char *value)
+void qemu_opt_set_json(QemuOpts *opts, const char *name, const char *value,
+                       QemuOptJson json)
 {
     int i = qemu_opt_find(opts, name);
     QemuOpt *opt;
@@ -63,12 +65,25 @@ void qemu_opt_set(QemuOpts *opts, const char *name, const char *value)
         opt = g_ptr_array_index(opts->list, i);
         g_free(opt->value);
         opt->value = g_strdup(value);
+        opt->json = json;
         return;
     }
     opt = g_new0(QemuOpt, 1);
     opt->name = g_strdup(name);
     opt->value = g_strdup(value);
+    opt->json = json;
     g_ptr_array_add(opts->list, opt);
+}
+
+void qemu_opt_set(QemuOpts *opts, const char *name, const char *value)
+{
+    qemu_opt_set_json(opts, name, value, QEMU_OPT_JSON_STRING);
+}
+
+QemuOptJson qemu_opts_nth_json(const QemuOpts *opts, size_t i)
+{
+    assert(i < opts->list->len);
+    return ((QemuOpt *)g_ptr_array_index(opts->list, i))->json;
 }
 
 QemuOpts *qemu_opts_clone(const QemuOpts *opts)
@@ -79,7 +94,7 @@ QemuOpts *qemu_opts_clone(const QemuOpts *opts)
     for (i = 0; i < opts->list->len; i++) {
         QemuOpt *opt = g_ptr_array_index(opts->list, i);
 
-        qemu_opt_set(copy, opt->name, opt->value);
+        qemu_opt_set_json(copy, opt->name, opt->value, opt->json);
     }
     return copy;
 }
@@ -245,7 +260,8 @@ QemuOpts *qemu_opts_extract_prefix(QemuOpts *opts, const char *prefix)
             if (!sub) {
                 sub = qemu_opts_new();
             }
-            qemu_opt_set(sub, opt->name + plen + 1, opt->value);
+            qemu_opt_set_json(sub, opt->name + plen + 1, opt->value,
+                              opt->json);
             g_ptr_array_remove_index(opts->list, i);
         } else {
             i++;

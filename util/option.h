@@ -48,6 +48,20 @@ int qemu_opts_check_types(QemuOpts *opts, const QemuOptDesc *desc,
                           Error **errp);
 
 void qemu_opt_set(QemuOpts *opts, const char *name, const char *value);
+/*
+ * What a value was in the json: description it came from (numbers and
+ * booleans are kept as text, "42" and "on"), so that a node's name can be
+ * printed back as QEMU prints it; qemu_opt_set makes a string. Clone and
+ * extract_prefix keep it.
+ */
+typedef enum QemuOptJson {
+    QEMU_OPT_JSON_STRING = 0,
+    QEMU_OPT_JSON_NUMBER,
+    QEMU_OPT_JSON_BOOL,
+} QemuOptJson;
+void qemu_opt_set_json(QemuOpts *opts, const char *name, const char *value,
+                       QemuOptJson json);
+QemuOptJson qemu_opts_nth_json(const QemuOpts *opts, size_t i);
 void qemu_opt_set_number(QemuOpts *opts, const char *name, uint64_t value);
 void qemu_opt_set_bool(QemuOpts *opts, const char *name, bool value);
 bool qemu_opt_unset(QemuOpts *opts, const char *name);

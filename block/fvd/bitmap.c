@@ -145,6 +145,25 @@ static int fvd_extra_sources(BDRVFvdState *s, uint64_t index,
     return n;
 }
 
+/*
+ * Pin entry index's cached page (*page, for table_cache_put) and gather
+ * what the entry reads as into src: the page, then its shadows and
+ * replayed bits. Returns their count or -errno. The shadows are looked up
+ * after the (possibly yielding) get, so all belong to the same instant.
+ */
+static int coroutine_fn fvd_entry_sources(BDRVFvdState *s, uint64_t index,
+                                          const uint8_t **src, uint8_t **page)
+{
+    int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
+                              (void **)page);
+
+    if (ret < 0) {
+        return ret;
+    }
+    src[0] = *page;
+    return 1 + fvd_extra_sources(s, index, src + 1);
+}
+
 int coroutine_fn fvd_bitmap_run(BDRVFvdState *s, uint64_t start, uint64_t end,
                                 bool *in_image, uint64_t *len)
 {
@@ -158,15 +177,10 @@ int coroutine_fn fvd_bitmap_run(BDRVFvdState *s, uint64_t start, uint64_t end,
         uint64_t ent_end = MIN(end, ent_first + s->entry_bits);
         const uint8_t *src[FVD_MAX_SOURCES];
         uint8_t *page;
-        int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
-                                  (void **)&page);
-        if (ret < 0) {
-            return ret;
+        int n = fvd_entry_sources(s, index, src, &page);
+        if (n < 0) {
+            return n;
         }
-        /* Shadows are looked up after the (possibly yielding) get, so both
-         * belong to the same instant. */
-        src[0] = page;
-        int n = 1 + fvd_extra_sources(s, index, src + 1);
         if (first) {
             uint64_t w = fvd_or_word(src, n, (b - ent_first) / 64);
             want = w & (UINT64_C(1) << ((b - ent_first) % 64));
@@ -214,9 +228,11 @@ void fvd_bitmap_set_pending(BDRVFvdState *s, uint64_t start, uint64_t end)
     }
 }
 
-int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
-                                       uint64_t end, BlockDriverState *dep,
-                                       uint64_t gen)
+/* Set or clear bits [start, end) in the cached entries. */
+static int coroutine_fn fvd_bitmap_change_cached(BDRVFvdState *s, bool set,
+                                                 uint64_t start, uint64_t end,
+                                                 BlockDriverState *dep,
+                                                 uint64_t gen)
 {
     while (start < end) {
         uint64_t index = start / s->entry_bits;
@@ -228,7 +244,11 @@ int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
         if (ret < 0) {
             return ret;
         }
-        fvd_bits_set(page, start - ent_first, ent_end - ent_first);
+        if (set) {
+            fvd_bits_set(page, start - ent_first, ent_end - ent_first);
+        } else {
+            fvd_bits_clear(page, start - ent_first, ent_end - ent_first);
+        }
         if (dep) {
             table_cache_mark_dirty_gen(s->bitmap, page, dep, gen);
         } else {
@@ -240,25 +260,17 @@ int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
     return 0;
 }
 
+int coroutine_fn fvd_bitmap_set_cached(BDRVFvdState *s, uint64_t start,
+                                       uint64_t end, BlockDriverState *dep,
+                                       uint64_t gen)
+{
+    return fvd_bitmap_change_cached(s, true, start, end, dep, gen);
+}
+
 int coroutine_fn fvd_bitmap_clear_cached(BDRVFvdState *s, uint64_t start,
                                          uint64_t end)
 {
-    while (start < end) {
-        uint64_t index = start / s->entry_bits;
-        uint64_t ent_first = index * s->entry_bits;
-        uint64_t ent_end = MIN(end, ent_first + s->entry_bits);
-        uint8_t *page;
-        int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
-                                  (void **)&page);
-        if (ret < 0) {
-            return ret;
-        }
-        fvd_bits_clear(page, start - ent_first, ent_end - ent_first);
-        table_cache_mark_dirty(s->bitmap, page);
-        table_cache_put(s->bitmap, (void **)&page);
-        start = ent_end;
-    }
-    return 0;
+    return fvd_bitmap_change_cached(s, false, start, end, NULL, 0);
 }
 
 /* ---- replay overlay (read-only opens of dirty images) ---- */
@@ -302,13 +314,10 @@ int coroutine_fn fvd_bitmap_count(BDRVFvdState *s, uint64_t *allocated,
     for (uint64_t index = 0; index < entries; index++) {
         const uint8_t *src[FVD_MAX_SOURCES];
         uint8_t *page;
-        int ret = table_cache_get(s->bitmap, fvd_entry_offset(s, index),
-                                  (void **)&page);
-        if (ret < 0) {
-            return ret;
+        int n = fvd_entry_sources(s, index, src, &page);
+        if (n < 0) {
+            return n;
         }
-        src[0] = page;
-        int n = 1 + fvd_extra_sources(s, index, src + 1);
         uint64_t first = index * s->entry_bits;
         for (uint64_t w = 0; w < s->entry_bits / 64; w++) {
             uint64_t x = fvd_or_word(src, n, w);

@@ -218,11 +218,7 @@ _Static_assert(sizeof(FvdRecordHeader) == FVD_REC_HDR, "record header");
 /* ---- driver state ---- */
 
 /* Allocating writes and copy-on-read in flight over blocks [start, end). */
-typedef struct FvdAlloc {
-    uint64_t start, end;
-    CoQueue waiters;
-    struct FvdAlloc *next;
-} FvdAlloc;
+typedef BdrvRangeLock FvdAlloc;
 
 /*
  * Bits of one cache entry of the bitmap that are set in memory but not yet
@@ -486,13 +482,26 @@ int coroutine_fn fvd_co_block_status(BlockDriverState *bs, bool want_zero,
                                      int64_t *pnum, int64_t *map,
                                      BlockDriverState **file);
 /* The allocation in flight over a block of [start, end), or NULL. */
-FvdAlloc *fvd_alloc_overlap(BDRVFvdState *s, uint64_t start, uint64_t end);
+static inline FvdAlloc *fvd_alloc_overlap(BDRVFvdState *s, uint64_t start,
+                                          uint64_t end)
+{
+    return bdrv_range_overlap(s->allocs, start, end);
+}
 /* Wait for an allocation overlapping [start, end); false if none. */
-bool coroutine_fn fvd_alloc_wait(BDRVFvdState *s, uint64_t start,
-                                 uint64_t end);
-void fvd_alloc_begin(BDRVFvdState *s, FvdAlloc *a, uint64_t start,
-                     uint64_t end);
-void fvd_alloc_end(BDRVFvdState *s, FvdAlloc *a);
+static inline bool coroutine_fn fvd_alloc_wait(BDRVFvdState *s,
+                                               uint64_t start, uint64_t end)
+{
+    return bdrv_range_wait(s->allocs, start, end, &s->stats.alloc_waits);
+}
+static inline void fvd_alloc_begin(BDRVFvdState *s, FvdAlloc *a,
+                                   uint64_t start, uint64_t end)
+{
+    bdrv_range_lock(&s->allocs, a, start, end);
+}
+static inline void fvd_alloc_end(BDRVFvdState *s, FvdAlloc *a)
+{
+    bdrv_range_unlock(&s->allocs, a);
+}
 int coroutine_fn fvd_read_base(BlockDriverState *bs, int64_t offset,
                                int64_t bytes, QEMUIOVector *qiov,
                                size_t qiov_offset);

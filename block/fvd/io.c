@@ -7,51 +7,6 @@
  */
 #include "block/fvd/fvd.h"
 
-/* ---- allocation serialisation ---- */
-
-FvdAlloc *fvd_alloc_overlap(BDRVFvdState *s, uint64_t start, uint64_t end)
-{
-    for (FvdAlloc *a = s->allocs; a; a = a->next) {
-        if (a->start < end && start < a->end) {
-            return a;
-        }
-    }
-    return NULL;
-}
-
-bool coroutine_fn fvd_alloc_wait(BDRVFvdState *s, uint64_t start,
-                                 uint64_t end)
-{
-    FvdAlloc *a = fvd_alloc_overlap(s, start, end);
-    if (!a) {
-        return false;
-    }
-    s->stats.alloc_waits++;
-    qemu_co_queue_wait(&a->waiters, NULL);
-    return true;
-}
-
-void fvd_alloc_begin(BDRVFvdState *s, FvdAlloc *a, uint64_t start,
-                     uint64_t end)
-{
-    a->start = start;
-    a->end = end;
-    qemu_co_queue_init(&a->waiters);
-    a->next = s->allocs;
-    s->allocs = a;
-}
-
-void fvd_alloc_end(BDRVFvdState *s, FvdAlloc *a)
-{
-    for (FvdAlloc **p = &s->allocs; *p; p = &(*p)->next) {
-        if (*p == a) {
-            *p = a->next;
-            break;
-        }
-    }
-    qemu_co_queue_restart_all(&a->waiters);
-}
-
 /* ---- reads ---- */
 
 /* Guest bytes still in the base: the base image, or zeroes without one. */

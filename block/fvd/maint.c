@@ -19,10 +19,28 @@ const QemuOptDesc fvd_amend_opts[] = {
 /* ---- resize ---- */
 
 /*
- * Grow: the new area lies past the coverage, so it reads from the data
- * storage; stale bytes there (from before a shrink) are zeroed and the
- * storage extended, durably, before the header commits the new size.
+ * The commit point of a grow whose preparation ended with ret: the header
+ * takes the new size (only if ret >= 0). Errors not said yet are said.
  */
+static int coroutine_fn fvd_grow_commit(BlockDriverState *bs, int ret,
+                                        uint64_t old, uint64_t new,
+                                        Error **errp)
+{
+    BDRVFvdState *s = bs->opaque;
+
+    if (ret >= 0) {
+        s->header.virtual_size = new;
+        ret = fvd_write_header(bs);
+        if (ret < 0) {
+            s->header.virtual_size = old;
+        }
+    }
+    if (ret < 0 && errp && !*errp) {
+        error_setg_errno(errp, -ret, "Could not grow the FVD image");
+    }
+    return ret;
+}
+
 /*
  * Compact image: stale bytes past the old end in its last chunk are zeroed
  * and the new table entries cleared home (a crash after a shrink may have
@@ -50,19 +68,14 @@ static int coroutine_fn fvd_grow_compact(BlockDriverState *bs, uint64_t old,
     if (ret >= 0) {
         ret = fvd_table_resize(bs, new);
     }
-    if (ret >= 0) {
-        s->header.virtual_size = new;
-        ret = fvd_write_header(bs);
-        if (ret < 0) {
-            s->header.virtual_size = old;
-        }
-    }
-    if (ret < 0 && errp && !*errp) {
-        error_setg_errno(errp, -ret, "Could not grow the FVD image");
-    }
-    return ret;
+    return fvd_grow_commit(bs, ret, old, new, errp);
 }
 
+/*
+ * Grow: the new area lies past the coverage, so it reads from the data
+ * storage; stale bytes there (from before a shrink) are zeroed and the
+ * storage extended, durably, before the header commits the new size.
+ */
 static int coroutine_fn fvd_grow(BlockDriverState *bs, uint64_t old,
                                  uint64_t new, Error **errp)
 {
@@ -91,17 +104,7 @@ static int coroutine_fn fvd_grow(BlockDriverState *bs, uint64_t old,
     if (ret >= 0) {
         ret = bdrv_co_flush(s->data);
     }
-    if (ret >= 0) {
-        s->header.virtual_size = new;
-        ret = fvd_write_header(bs);
-        if (ret < 0) {
-            s->header.virtual_size = old;
-        }
-    }
-    if (ret < 0 && errp && !*errp) {
-        error_setg_errno(errp, -ret, "Could not grow the FVD image");
-    }
-    return ret;
+    return fvd_grow_commit(bs, ret, old, new, errp);
 }
 
 /* Shrink: one header write (commit point) with the new size and the

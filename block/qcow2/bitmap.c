@@ -42,6 +42,12 @@ typedef struct Qcow2Bitmap {
     bool zero;                  /* all bits clear (new or cleared) */
     uint64_t old_table_offset;  /* to free after the switch */
     uint64_t *old_table;
+    uint32_t old_table_size;
+    uint32_t disk_table_size;   /* of table (a resize changes table_size) */
+    bool keep;                  /* bm_commit: table and data as they are */
+    /* Loaded by a writable open (s->bm_live): */
+    bool live_enabled;          /* guest writes set bits */
+    uint64_t covered;           /* guest bytes the bits cover */
 } Qcow2Bitmap;
 
 typedef struct Qcow2BitmapList {
@@ -189,6 +195,7 @@ static int coroutine_fn bm_load(BlockDriverState *bs, Qcow2BitmapList *l,
         bm->gran_bits = e.granularity_bits;
         bm->table_offset = be64_to_cpu(e.bitmap_table_offset);
         bm->table_size = be32_to_cpu(e.bitmap_table_size);
+        bm->disk_table_size = bm->table_size;
         pos += ROUND_UP(esize, 8);
         if (strlen(bm->name) != nsize) {
             error_setg(errp, "Bitmap name contains a NUL byte");
@@ -217,7 +224,12 @@ static int coroutine_fn bm_load(BlockDriverState *bs, Qcow2BitmapList *l,
                        bm->name, bm->gran_bits);
             goto out;
         }
-        if (bm->table_size != bm_table_size(s, s->size, bm->gran_bits) ||
+        /*
+         * As QEMU: an inconsistent bitmap may have the size of before a
+         * resize that was not stored (a crash); it is only removed.
+         */
+        if ((!(bm->flags & BME_FLAG_IN_USE) &&
+             bm->table_size != bm_table_size(s, s->size, bm->gran_bits)) ||
             bm->table_size > BME_MAX_TABLE_SIZE ||
             (uint64_t)bm->table_size * s->cluster_size > BME_MAX_PHYS_SIZE) {
             error_setg(errp, "Bitmap '%s' has an invalid table size",
@@ -381,6 +393,8 @@ static int coroutine_fn bm_rewrite(BlockDriverState *bs, Qcow2Bitmap *bm,
     }
     bm->old_table_offset = bm->table_offset;
     bm->old_table = bm->table;
+    bm->old_table_size = bm->disk_table_size;
+    bm->disk_table_size = bm->table_size;
     bm->table = table;
     table = NULL;
     bm->table_offset = off;
@@ -412,48 +426,19 @@ static void coroutine_fn bm_free_table(BlockDriverState *bs,
     qcow2_free_clusters(bs, table_offset, (uint64_t)size * 8);
 }
 
-/* Write the new directory, switch the header to it, free what is old. */
-static int coroutine_fn bm_commit(BlockDriverState *bs, Qcow2BitmapList *l,
-                                  Error **errp)
+/* The directory of l as on disk; NULL if too large. */
+static uint8_t *bm_dir_build(Qcow2BitmapList *l, uint64_t *sizep)
 {
-    BDRVQcow2State *s = bs->opaque;
-    uint64_t old_off = s->bitmap_directory_offset;
-    uint64_t old_size = s->bitmap_directory_size;
-    bool had = s->nb_bitmaps &&
-               (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS);
     uint64_t size = 0, pos = 0;
-    int64_t off = 0;
     uint8_t *dir;
-    int ret;
 
-    /*
-     * As QEMU when it closes an image: every bitmap but the inconsistent
-     * ones is written anew (data, then table, in directory order), then
-     * the directory; the old clusters are freed after the switch.
-     */
-    for (guint i = 0; i < l->bms->len; i++) {
-        Qcow2Bitmap *bm = g_ptr_array_index(l->bms, i);
-        uint8_t *bits = NULL;
-
-        if (bm->flags & BME_FLAG_IN_USE) {
-            continue;
-        }
-        bits = bm->zero ? NULL : bm->bits;  /* NULL: copied from disk */
-        ret = bm_rewrite(bs, bm, bits, errp);
-        g_free(bm->bits);
-        bm->bits = NULL;
-        if (ret < 0) {
-            return ret;
-        }
-    }
     for (guint i = 0; i < l->bms->len; i++) {
         Qcow2Bitmap *bm = g_ptr_array_index(l->bms, i);
         size += ROUND_UP(sizeof(Qcow2DiskBitmapDirEntry) + strlen(bm->name),
                          8);
     }
     if (size > QCOW2_MAX_BITMAP_DIR_SIZE) {
-        error_setg(errp, "Bitmap directory would be too large");
-        return -EFBIG;
+        return NULL;
     }
     dir = g_malloc0(size + 1);
     for (guint i = 0; i < l->bms->len; i++) {
@@ -469,6 +454,49 @@ static int coroutine_fn bm_commit(BlockDriverState *bs, Qcow2BitmapList *l,
         memcpy(dir + pos, &e, sizeof(e));
         memcpy(dir + pos + sizeof(e), bm->name, strlen(bm->name));
         pos += ROUND_UP(sizeof(e) + strlen(bm->name), 8);
+    }
+    *sizep = size;
+    return dir;
+}
+
+/* Write the new directory, switch the header to it, free what is old. */
+static int coroutine_fn bm_commit(BlockDriverState *bs, Qcow2BitmapList *l,
+                                  Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t old_off = s->bitmap_directory_offset;
+    uint64_t old_size = s->bitmap_directory_size;
+    bool had = s->nb_bitmaps &&
+               (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS);
+    uint64_t size = 0;
+    int64_t off = 0;
+    uint8_t *dir;
+    int ret;
+
+    /*
+     * As QEMU when it closes an image: every bitmap but the inconsistent
+     * ones is written anew (data, then table, in directory order), then
+     * the directory; the old clusters are freed after the switch.
+     */
+    for (guint i = 0; i < l->bms->len; i++) {
+        Qcow2Bitmap *bm = g_ptr_array_index(l->bms, i);
+        uint8_t *bits = NULL;
+
+        if ((bm->flags & BME_FLAG_IN_USE) || bm->keep) {
+            continue;
+        }
+        bits = bm->zero ? NULL : bm->bits;  /* NULL: copied from disk */
+        ret = bm_rewrite(bs, bm, bits, errp);
+        g_free(bm->bits);
+        bm->bits = NULL;
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    dir = bm_dir_build(l, &size);
+    if (!dir) {
+        error_setg(errp, "Bitmap directory would be too large");
+        return -EFBIG;
     }
     ret = 0;
     if (size) {
@@ -497,12 +525,8 @@ static int coroutine_fn bm_commit(BlockDriverState *bs, Qcow2BitmapList *l,
     } else {
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
     }
-    ret = qcow2_update_header(bs);
-    if (ret >= 0) {
-        ret = bdrv_co_flush(bs->file);
-    }
+    ret = qcow2_commit_header(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update qcow2 header");
         return ret;
     }
     /* Committed: the old clusters are unreachable now. */
@@ -510,14 +534,14 @@ static int coroutine_fn bm_commit(BlockDriverState *bs, Qcow2BitmapList *l,
         Qcow2Bitmap *bm = g_ptr_array_index(l->bms, i);
         if (bm->old_table) {
             bm_free_table(bs, bm->old_table_offset, bm->old_table,
-                          bm->table_size);
+                          bm->old_table_size);
             g_free(bm->old_table);
             bm->old_table = NULL;
         }
     }
     for (guint i = 0; i < l->dropped->len; i++) {
         Qcow2Bitmap *bm = g_ptr_array_index(l->dropped, i);
-        bm_free_table(bs, bm->table_offset, bm->table, bm->table_size);
+        bm_free_table(bs, bm->table_offset, bm->table, bm->disk_table_size);
     }
     g_ptr_array_set_size(l->dropped, 0);
     if (had) {
@@ -798,5 +822,264 @@ int coroutine_fn qcow2_co_bitmap_list(BlockDriverState *bs,
     if (l.bms) {
         bm_list_free(&l);
     }
+    return ret;
+}
+
+/*
+ * Bitmaps of a writable open (as QEMU 7.2 loads them): the bits of each
+ * enabled, consistent bitmap are kept in memory and the bitmap is marked
+ * in_use on disk before any guest write; guest writes, zero writes and
+ * discards set its bits; the close stores it anew with in_use cleared.
+ * A crash leaves it in_use (inconsistent). Disabled bitmaps stay as they
+ * are on disk (consistent) unless a resize changes their size.
+ */
+
+/* Bits [start, end) set. */
+static void bm_set_range(uint8_t *b, uint64_t start, uint64_t end)
+{
+    for (; start < end && (start & 7); start++) {
+        b[start / 8] |= 1u << (start % 8);
+    }
+    if (end - start >= 8 && start < end) {
+        uint64_t n = (end - start) / 8;
+        memset(b + start / 8, 0xff, n);
+        start += n * 8;
+    }
+    for (; start < end; start++) {
+        b[start / 8] |= 1u << (start % 8);
+    }
+}
+
+void qcow2_bitmaps_do_mark(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t bytes)
+{
+    GPtrArray *bms = s->bm_live->bms;
+
+    for (guint i = 0; i < bms->len; i++) {
+        Qcow2Bitmap *bm = g_ptr_array_index(bms, i);
+        uint64_t end = MIN(offset + bytes, bm->covered);
+
+        if (!bm->live_enabled || offset >= end) {
+            continue;
+        }
+        bm_set_range(bm->bits, offset >> bm->gran_bits,
+                     ((end - 1) >> bm->gran_bits) + 1);
+    }
+}
+
+void qcow2_bitmaps_discard(BDRVQcow2State *s)
+{
+    if (s->bm_live) {
+        bm_list_free(s->bm_live);
+        g_free(s->bm_live);
+        s->bm_live = NULL;
+    }
+}
+
+/*
+ * Load the bits of the consistent bitmaps of l (all: the disabled ones
+ * too), mark them in_use in the directory, written in place (only flags
+ * change: each 4-byte field is in one sector, so a torn write leaves
+ * valid entries) and flushed, and move them to s->bm_live.
+ */
+static int coroutine_fn bm_take(BlockDriverState *bs, Qcow2BitmapList *l,
+                                bool all, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    GPtrArray *taken = g_ptr_array_new();
+    uint64_t size = 0;
+    uint8_t *dir = NULL, *bits;
+    int ret = 0;
+
+    for (guint i = 0; i < l->bms->len; i++) {
+        Qcow2Bitmap *bm = g_ptr_array_index(l->bms, i);
+
+        if ((bm->flags & BME_FLAG_IN_USE) ||
+            (!all && !(bm->flags & BME_FLAG_AUTO))) {
+            continue;
+        }
+        ret = bm_read_bits(bs, bm, &bits, errp);
+        if (ret < 0) {
+            goto out;
+        }
+        bm->flags |= BME_FLAG_IN_USE;
+        bm->live_enabled = bm->flags & BME_FLAG_AUTO;
+        bm->covered = s->size;
+        g_ptr_array_add(taken, bm);
+    }
+    if (!taken->len) {
+        goto out;
+    }
+    dir = bm_dir_build(l, &size);
+    if (!dir || size != s->bitmap_directory_size) {
+        error_setg(errp, "Can't update bitmap directory: %s",
+                   strerror(EINVAL));
+        ret = -EINVAL;
+        goto out;
+    }
+    ret = qcow2_pre_write_overlap_check(bs, QCOW2_OL_BITMAP_DIRECTORY,
+                                        s->bitmap_directory_offset, size);
+    if (ret >= 0) {
+        ret = bdrv_co_pwrite(bs->file, s->bitmap_directory_offset, size,
+                             dir, 0);
+    }
+    if (ret >= 0) {
+        ret = bdrv_co_flush(bs->file);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Can't update bitmap directory");
+        goto out;
+    }
+    if (!s->bm_live) {
+        s->bm_live = g_new0(Qcow2BitmapList, 1);
+        s->bm_live->bms = g_ptr_array_new_with_free_func(bm_free);
+        s->bm_live->dropped = g_ptr_array_new_with_free_func(bm_free);
+    }
+    for (guint i = 0; i < taken->len; i++) {
+        Qcow2Bitmap *bm = g_ptr_array_index(taken, i);
+        guint k;
+        if (g_ptr_array_find(l->bms, bm, &k)) {
+            g_ptr_array_add(s->bm_live->bms,
+                            g_ptr_array_steal_index(l->bms, k));
+        }
+    }
+out:
+    g_ptr_array_free(taken, TRUE);
+    g_free(dir);
+    return ret;
+}
+
+/* Writable open (lock held): take the enabled consistent bitmaps. */
+int coroutine_fn qcow2_bitmaps_open(BlockDriverState *bs, Error **errp)
+{
+    Qcow2BitmapList l = { 0 };
+    int ret;
+
+    ret = bm_load(bs, &l, errp);
+    if (ret >= 0) {
+        ret = bm_take(bs, &l, false, errp);
+    }
+    bm_list_free(&l);
+    if (ret < 0) {
+        qcow2_bitmaps_discard(bs->opaque);
+    }
+    return ret;
+}
+
+/*
+ * Before a resize to new_size (lock held): as QEMU, refused while a
+ * bitmap is inconsistent; every other bitmap (the disabled ones too) is
+ * loaded and marked in_use, to be stored with the new size at close.
+ */
+int coroutine_fn qcow2_bitmaps_resize_check(BlockDriverState *bs,
+                                            uint64_t new_size, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2BitmapList l = { 0 };
+    uint64_t total = 0;
+    int ret;
+
+    ret = bm_load(bs, &l, errp);
+    for (guint i = 0; ret >= 0 && i < l.bms->len; i++) {
+        Qcow2Bitmap *bm = g_ptr_array_index(l.bms, i);
+        uint64_t ts = bm_table_size(s, new_size, bm->gran_bits);
+
+        if ((bm->flags & BME_FLAG_IN_USE) &&
+            !(s->bm_live && bm_find(s->bm_live, bm->name))) {
+            ret = bm_usable(bm, errp);
+            break;
+        }
+        total += ts;
+        if (ts > BME_MAX_TABLE_SIZE ||
+            ts * s->cluster_size > BME_MAX_PHYS_SIZE ||
+            total > BME_MAX_TOTAL_ENTRIES) {
+            error_setg(errp, "Bitmap '%s' is too big", bm->name);
+            ret = -EFBIG;
+        }
+    }
+    if (ret >= 0) {
+        ret = bm_take(bs, &l, true, errp);
+    }
+    if (l.bms) {
+        bm_list_free(&l);
+    }
+    return ret < 0 ? -ENOTSUP : 0;
+}
+
+/* The in-memory bits follow s->size (new bits clear, as QEMU). */
+void qcow2_bitmaps_resized(BDRVQcow2State *s)
+{
+    if (!s->bm_live) {
+        return;
+    }
+    for (guint i = 0; i < s->bm_live->bms->len; i++) {
+        Qcow2Bitmap *bm = g_ptr_array_index(s->bm_live->bms, i);
+        uint64_t g = UINT64_C(1) << bm->gran_bits;
+        uint64_t oldbits = DIV_ROUND_UP(bm->covered, g);
+        uint64_t newbits = DIV_ROUND_UP(s->size, g);
+        uint32_t ts = bm_table_size(s, s->size, bm->gran_bits);
+        size_t oldlen = (size_t)bm->table_size * s->cluster_size + 1;
+        size_t newlen = (size_t)ts * s->cluster_size + 1;
+
+        if (bm->covered == s->size) {
+            continue;
+        }
+        for (uint64_t b = newbits; b < oldbits && (b & 7); b++) {
+            bm->bits[b / 8] &= ~(1u << (b % 8));
+        }
+        if (ROUND_UP(newbits, 8) < oldbits) {
+            memset(bm->bits + ROUND_UP(newbits, 8) / 8, 0,
+                   DIV_ROUND_UP(oldbits, 8) - ROUND_UP(newbits, 8) / 8);
+        }
+        bm->bits = g_realloc(bm->bits, newlen);
+        if (newlen > oldlen) {
+            memset(bm->bits + oldlen, 0, newlen - oldlen);
+        }
+        bm->table_size = ts;
+        bm->covered = s->size;
+    }
+}
+
+/*
+ * Close (lock held): store the bitmaps taken at open anew, in_use
+ * cleared (bitmaps added meanwhile, disabled and inconsistent ones stay
+ * as they are), as bm_commit does. On failure they stay in_use.
+ */
+int coroutine_fn qcow2_bitmaps_store(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2BitmapList l = { 0 };
+    bool any = false;
+    int ret;
+
+    if (!s->bm_live) {
+        return 0;
+    }
+    qcow2_bitmaps_resized(s);
+    ret = bm_load(bs, &l, errp);
+    for (guint i = 0; ret >= 0 && i < l.bms->len; i++) {
+        Qcow2Bitmap *bm = g_ptr_array_index(l.bms, i);
+        Qcow2Bitmap *lv = bm_find(s->bm_live, bm->name);
+
+        if (lv && lv->bits && (bm->flags & BME_FLAG_IN_USE) &&
+            lv->gran_bits == bm->gran_bits) {
+            g_free(bm->bits);
+            bm->bits = lv->bits;
+            lv->bits = NULL;
+            bm->flags &= ~BME_FLAG_IN_USE;
+            bm->table_size = lv->table_size;
+            bm->zero = false;
+            any = true;
+        } else {
+            bm->keep = true;
+        }
+    }
+    if (ret >= 0 && any) {
+        ret = bm_commit(bs, &l, errp);
+    }
+    if (l.bms) {
+        bm_list_free(&l);
+    }
+    qcow2_bitmaps_discard(s);
     return ret;
 }

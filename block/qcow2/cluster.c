@@ -347,7 +347,6 @@ static int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs,
     int64_t new_off;
     int ret;
 
-    BLKDBG_EVENT(bs->file, "l2_alloc_cow_read");
     new_off = qcow2_alloc_clusters(bs, s->cluster_size);
     if (new_off < 0) {
         return new_off;
@@ -367,6 +366,7 @@ static int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs,
     for (uint32_t off = 0; off < s->cluster_size; off += s->l2_slice_bytes) {
         void *page, *old = NULL;
         if (old_off) {
+            BLKDBG_EVENT(bs->file, "l2_alloc_cow_read");
             ret = table_cache_get(s->l2_cache, old_off + off, &old);
             if (ret < 0) {
                 goto fail;
@@ -782,6 +782,35 @@ static uint64_t qcow2_in_place_run(BlockDriverState *bs, Qcow2L2Slice *sl,
 }
 
 /*
+ * Does a cluster that keeps its host cluster but is not written in place
+ * (a preallocated zero cluster, unallocated subclusters) follow the
+ * in-place run of `run` bytes, at the next host cluster? QEMU then writes
+ * the run and it as one request and links them together afterwards.
+ */
+static bool qcow2_kept_follows(BlockDriverState *bs, Qcow2L2Slice *sl,
+                               uint64_t offset, uint64_t run, uint64_t bytes)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t in_cluster = qcow2_offset_into_cluster(s, offset);
+    uint64_t i = sl->index + ((in_cluster + run) >> s->cluster_bits);
+
+    if (run >= bytes || i >= s->l2_slice_size) {
+        return false;
+    }
+    uint64_t e = qcow2_l2_entry(s, sl->page, i);
+    uint64_t first = qcow2_l2_entry(s, sl->page, sl->index);
+    if (!qcow2_keeps_host(bs, e)) {
+        return false;
+    }
+    if (s->external_data) {
+        return true;
+    }
+    return (e & QCOW2_L2E_OFFSET_MASK) ==
+           (first & QCOW2_L2E_OFFSET_MASK) +
+           ((i - sl->index) << s->cluster_bits);
+}
+
+/*
  * Copy-on-write regions of an allocation of n clusters starting at the
  * cluster of offset, for the guest bytes [offset, offset + bytes): the
  * untouched parts of the first and last cluster that must be carried over
@@ -812,6 +841,11 @@ static void qcow2_plan_cow(BlockDriverState *bs, Qcow2Alloc *m,
             unsigned first_alloc = alloc ? __builtin_ctz(alloc) : 32;
             from = (uint64_t)MIN(sc, first_alloc) << s->subcluster_bits;
         }
+    } else if (m->keep_old &&
+               qcow2_sc_type(bs, first_entry, first_bitmap,
+                             start >> s->subcluster_bits) == QCOW2_SC_NORMAL) {
+        /* Kept data before the write stays where it is (QEMU's). */
+        from = start;
     } else {
         from = QEMU_ALIGN_DOWN(start, (uint64_t)s->subcluster_size);
     }
@@ -824,6 +858,11 @@ static void qcow2_plan_cow(BlockDriverState *bs, Qcow2Alloc *m,
             unsigned trailing = alloc ? __builtin_clz(alloc) : 32;
             to -= (uint64_t)MIN(31 - sc, trailing) << s->subcluster_bits;
         }
+    } else if (m->keep_old &&
+               qcow2_sc_type(bs, last_entry, last_bitmap,
+                             ((end - 1) & (s->cluster_size - 1)) >>
+                             s->subcluster_bits) == QCOW2_SC_NORMAL) {
+        to = end;
     } else {
         to = ROUND_UP(end, (uint64_t)s->subcluster_size);
     }
@@ -902,7 +941,7 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
     if (sl.page && (s->l1_table[qcow2_l1_index(s, offset)] &
                     QCOW2_OFLAG_COPIED)) {
         uint64_t n = qcow2_in_place_run(bs, &sl, offset, *bytes, host);
-        if (n) {
+        if (n && !qcow2_kept_follows(bs, &sl, offset, n, *bytes)) {
             qcow2_l2_put(s, &sl);
             if (s->external_data) {
                 *host = offset;
@@ -931,7 +970,8 @@ int coroutine_fn qcow2_alloc_host_offset(BlockDriverState *bs,
         uint64_t from = i == sl.index ? in_cluster : 0;
         uint64_t to = MIN((uint64_t)s->cluster_size,
                           from + *bytes - covered);
-        if (i != sl.index && (qcow2_in_place(bs, e, b, from, to) ||
+        /* A kept run may hold in-place clusters (one request, QEMU's). */
+        if (i != sl.index && ((!keep && qcow2_in_place(bs, e, b, from, to)) ||
                               qcow2_keeps_host(bs, e) != keep ||
                               (keep && !s->external_data &&
                                (e & QCOW2_L2E_OFFSET_MASK) !=
@@ -1035,7 +1075,6 @@ int coroutine_fn qcow2_link_l2(BlockDriverState *bs, Qcow2Alloc *m)
         return ret;
     }
     assert(sl.index + m->nb_clusters <= s->l2_slice_size);
-    BLKDBG_EVENT(bs->file, "cluster_alloc");
     for (uint64_t i = 0; i < m->nb_clusters; i++) {
         uint32_t idx = sl.index + i;
         uint64_t old = qcow2_l2_entry(s, sl.page, idx);

@@ -8,6 +8,20 @@
 #include "util/cutils.h"
 #include "util/secret.h"
 
+/* The options create and amend share, last in both lists. */
+#define QCOW2_COMMON_OPTS \
+    { "size", QEMU_OPT_SIZE, "Virtual disk size" }, \
+    { "compat", QEMU_OPT_STRING, \
+      "Compatibility level (v2 [0.10] or v3 [1.1])" }, \
+    { "backing_file", QEMU_OPT_STRING, "File name of a base image" }, \
+    { "backing_fmt", QEMU_OPT_STRING, "Image format of the base image" }, \
+    { "data_file", QEMU_OPT_STRING, "File name of an external data file" }, \
+    { "data_file_raw", QEMU_OPT_BOOL, \
+      "The external data file must stay valid as a raw image" }, \
+    { "lazy_refcounts", QEMU_OPT_BOOL, "Postpone refcount updates", "off" }, \
+    { "refcount_bits", QEMU_OPT_NUMBER, \
+      "Width of a reference count entry in bits", "16" },
+
 /* Creation options, in QEMU's order (qemu-img prints them in this order). */
 const QemuOptDesc qcow2_create_opts[] = {
     { "encryption", QEMU_OPT_BOOL, "Encrypt the image with format 'aes'. "
@@ -33,17 +47,7 @@ const QemuOptDesc qcow2_create_opts[] = {
       "Preallocation mode (allowed values: off, metadata, falloc, full)" },
     { "compression_type", QEMU_OPT_STRING,
       "Compression method used for image cluster compression", "zlib" },
-    { "size", QEMU_OPT_SIZE, "Virtual disk size" },
-    { "compat", QEMU_OPT_STRING,
-      "Compatibility level (v2 [0.10] or v3 [1.1])" },
-    { "backing_file", QEMU_OPT_STRING, "File name of a base image" },
-    { "backing_fmt", QEMU_OPT_STRING, "Image format of the base image" },
-    { "data_file", QEMU_OPT_STRING, "File name of an external data file" },
-    { "data_file_raw", QEMU_OPT_BOOL,
-      "The external data file must stay valid as a raw image" },
-    { "lazy_refcounts", QEMU_OPT_BOOL, "Postpone refcount updates", "off" },
-    { "refcount_bits", QEMU_OPT_NUMBER,
-      "Width of a reference count entry in bits", "16" },
+    QCOW2_COMMON_OPTS
     { NULL }
 };
 
@@ -58,17 +62,7 @@ const QemuOptDesc qcow2_amend_opts[] = {
       "New secret to set in the matching keyslots. Empty string to erase" },
     { "encrypt.iter-time", QEMU_OPT_NUMBER,
       "Time to spend in PBKDF in milliseconds" },
-    { "size", QEMU_OPT_SIZE, "Virtual disk size" },
-    { "compat", QEMU_OPT_STRING,
-      "Compatibility level (v2 [0.10] or v3 [1.1])" },
-    { "backing_file", QEMU_OPT_STRING, "File name of a base image" },
-    { "backing_fmt", QEMU_OPT_STRING, "Image format of the base image" },
-    { "data_file", QEMU_OPT_STRING, "File name of an external data file" },
-    { "data_file_raw", QEMU_OPT_BOOL,
-      "The external data file must stay valid as a raw image" },
-    { "lazy_refcounts", QEMU_OPT_BOOL, "Postpone refcount updates", "off" },
-    { "refcount_bits", QEMU_OPT_NUMBER,
-      "Width of a reference count entry in bits", "16" },
+    QCOW2_COMMON_OPTS
     { NULL }
 };
 

@@ -780,6 +780,20 @@ out:
     return ret;
 }
 
+/* Write the header and flush the file: a commit point. */
+int coroutine_fn qcow2_commit_header(BlockDriverState *bs, Error **errp)
+{
+    int ret = qcow2_update_header(bs);
+
+    if (ret >= 0) {
+        ret = bdrv_co_flush(bs->file);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update qcow2 header");
+    }
+    return ret;
+}
+
 /* ---- dirty and corrupt bits ---- */
 
 /* Set the dirty bit on disk (durably) before refcounts may go stale. */

@@ -46,74 +46,33 @@ static void qcow2_inplace_end(BDRVQcow2State *s, Qcow2InPlace *w)
 
 #define QCOW2_CRYPT_BOUNCE      (1 * MiB)
 
-/* Read and decrypt host bytes of the data file into qiov. */
-static int coroutine_fn qcow2_read_encrypted(BlockDriverState *bs,
-                                             uint64_t host, uint64_t guest,
-                                             uint64_t bytes,
-                                             QEMUIOVector *qiov,
-                                             size_t qiov_offset)
+static void qcow2_crypt(void *opaque, bool encrypt, uint64_t host,
+                        uint64_t guest, uint8_t *buf, size_t n)
+{
+    if (encrypt) {
+        qcow2_encrypt(opaque, host, guest, buf, n);
+    } else {
+        qcow2_decrypt(opaque, host, guest, buf, n);
+    }
+}
+
+/*
+ * Read and decrypt host bytes of the data file into qiov (write: encrypt
+ * guest bytes from qiov and write them at host).
+ */
+static int coroutine_fn qcow2_crypt_io(BlockDriverState *bs, bool write,
+                                       uint64_t host, uint64_t guest,
+                                       uint64_t bytes, QEMUIOVector *qiov,
+                                       size_t qiov_offset)
 {
     BDRVQcow2State *s = bs->opaque;
-    size_t len = MIN(bytes, QCOW2_CRYPT_BOUNCE);
-    uint8_t *buf;
-    int ret = 0;
 
     if (!qcow2_crypto_can_io(s)) {
         return -EIO;            /* opened without the key */
     }
-    buf = qemu_blockalign(len);
-    while (bytes > 0) {
-        size_t n = MIN(bytes, QCOW2_CRYPT_BOUNCE);
-
-        ret = bdrv_co_pread(s->data_file, host, n, buf, 0);
-        if (ret < 0) {
-            break;
-        }
-        qcow2_decrypt(s, host, guest, buf, n);
-        qemu_iovec_from_buf(qiov, qiov_offset, buf, n);
-        host += n;
-        guest += n;
-        bytes -= n;
-        qiov_offset += n;
-    }
-    explicit_bzero(buf, len);
-    qemu_vfree(buf);
-    return ret < 0 ? ret : 0;
-}
-
-/* Encrypt guest bytes from qiov and write them at host. */
-static int coroutine_fn qcow2_write_encrypted(BlockDriverState *bs,
-                                              uint64_t host, uint64_t guest,
-                                              uint64_t bytes,
-                                              QEMUIOVector *qiov,
-                                              size_t qiov_offset)
-{
-    BDRVQcow2State *s = bs->opaque;
-    size_t len = MIN(bytes, QCOW2_CRYPT_BOUNCE);
-    uint8_t *buf;
-    int ret = 0;
-
-    if (!qcow2_crypto_can_io(s)) {
-        return -EIO;
-    }
-    buf = qemu_blockalign(len);
-    while (bytes > 0) {
-        size_t n = MIN(bytes, QCOW2_CRYPT_BOUNCE);
-
-        qemu_iovec_to_buf(qiov, qiov_offset, buf, n);
-        qcow2_encrypt(s, host, guest, buf, n);
-        ret = bdrv_co_pwrite(s->data_file, host, n, buf, 0);
-        if (ret < 0) {
-            break;
-        }
-        host += n;
-        guest += n;
-        bytes -= n;
-        qiov_offset += n;
-    }
-    explicit_bzero(buf, len);
-    qemu_vfree(buf);
-    return ret < 0 ? ret : 0;
+    return bdrv_co_crypt_bounce(s->data_file, write, host, guest, bytes, qiov,
+                                qiov_offset, 0, QCOW2_CRYPT_BOUNCE,
+                                qcow2_crypt, s);
 }
 
 /* ---- reads ---- */
@@ -215,8 +174,8 @@ static int coroutine_fn qcow2_read(BlockDriverState *bs, uint64_t offset,
         case QCOW2_SC_NORMAL:
             BLKDBG_EVENT(bs->file, "read_aio");
             if (s->crypto) {
-                ret = qcow2_read_encrypted(bs, host, offset, cur, qiov,
-                                           qiov_offset);
+                ret = qcow2_crypt_io(bs, false, host, offset, cur, qiov,
+                                     qiov_offset);
                 break;
             }
             ret = bdrv_co_preadv_part(s->data_file, host, cur, qiov,
@@ -521,8 +480,8 @@ static int coroutine_fn qcow2_write_step(BlockDriverState *bs,
     if (!m) {
         BLKDBG_EVENT(bs->file, "write_aio");
         if (s->crypto) {
-            ret = qcow2_write_encrypted(bs, host, offset, *bytes, qiov,
-                                        qiov_offset);
+            ret = qcow2_crypt_io(bs, true, host, offset, *bytes, qiov,
+                                 qiov_offset);
         } else {
             ret = bdrv_co_pwritev_part(s->data_file, host, *bytes, qiov,
                                        qiov_offset, 0);
@@ -650,6 +609,8 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset,
     if (s->stopped) {
         return -ENOMEDIUM;
     }
+    /* As QEMU: marked whether or not the write succeeds. */
+    qcow2_bitmaps_mark(s, offset, bytes);
     if (flags & BDRV_REQ_WRITE_COMPRESSED) {
         return qcow2_write_compressed(bs, offset, bytes, qiov, qiov_offset);
     }
@@ -735,6 +696,7 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
     if (s->qcow_version < 3 && bs->backing) {
         return -ENOTSUP;        /* no zero flag: the layer writes zeroes */
     }
+    qcow2_bitmaps_mark(s, offset, bytes);
     /* As QEMU's layer splits it: partial head, whole subclusters, tail. */
     if (pos % sc) {
         uint64_t head_end = MIN(ROUND_UP(pos, sc), end);
@@ -772,6 +734,7 @@ int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset,
          (uint64_t)(offset + bytes) != s->size)) {
         return -ENOTSUP;
     }
+    qcow2_bitmaps_mark(s, offset, bytes);
     qemu_co_mutex_lock(&s->lock);
     ret = qcow2_cluster_discard(bs, offset, bytes, false,
                                 s->discard_request);

@@ -340,8 +340,9 @@ int coroutine_fn qcow2_setup_caches(BlockDriverState *bs, QemuOpts *opts,
     s->l2_slice_size = cs.l2_entry >> s->l2_entry_shift;
     s->l2_cache = table_cache_new(bs->file, s->l2_slice_bytes, l2_pages,
                                   "l2_load", "l2_update");
+    /* refblock_load is raised by the refcount updates (as QEMU does). */
     s->refcount_cache = table_cache_new(bs->file, s->rb_slice_bytes,
-                                        rb_pages, "refblock_load",
+                                        rb_pages, NULL,
                                         "refblock_update_part");
     qcow2_set_cache_ordering(bs);
     return 0;
@@ -552,6 +553,7 @@ static void qcow2_free_state(BlockDriverState *bs)
     qcow2_free_snapshots(s);
     qcow2_free_header_state(s);
     qcow2_crypto_close(bs);
+    qcow2_bitmaps_discard(s);
     if (s->external_data) {
         bs->data_file = NULL;
         bdrv_unref(s->data_file);
@@ -573,21 +575,12 @@ static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
     if (bs->read_only) {
         return 0;
     }
-    uint64_t keep = QCOW2_AUTOCLEAR_MASK;
-    if (flags & BDRV_O_BITMAPS) {
-        /* qemu-img bitmap: no guest write follows, the bitmaps stay. */
-        keep |= QCOW2_AUTOCLEAR_BITMAPS;
-    }
+    uint64_t keep = QCOW2_AUTOCLEAR_MASK | QCOW2_AUTOCLEAR_BITMAPS;
     if (s->autoclear_features & ~keep) {
-        /* Bits of features we do not maintain: not valid now. Data writes
-         * would leave enabled bitmaps stale: QEMU drops them all. */
+        /* Bits of features we do not maintain: not valid now. */
         s->autoclear_features &= keep;
-        ret = qcow2_update_header(bs);
-        if (ret >= 0) {
-            ret = bdrv_co_flush(bs->file);
-        }
+        ret = qcow2_commit_header(bs, errp);
         if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not update qcow2 header");
             return ret;
         }
     }
@@ -599,6 +592,35 @@ static int coroutine_fn qcow2_open_fixups(BlockDriverState *bs, int flags,
         if (ret < 0 || res.check_errors) {
             ret = ret < 0 ? ret : -EIO;
             error_setg_errno(errp, -ret, "Could not repair dirty image");
+            return ret;
+        }
+    }
+    if (!(flags & BDRV_O_BITMAPS)) {
+        /*
+         * As QEMU: the enabled bitmaps are loaded and marked in_use, and
+         * track the guest writes (qemu-img bitmap writes no guest data
+         * and changes the directory itself).
+         */
+        Error *err = NULL;
+        ret = qcow2_bitmaps_open(bs, &err);
+        if (ret < 0 && (flags & BDRV_O_CHECK) &&
+            (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+            /* check -r repairs an image whose directory is broken: its
+             * bitmaps are dropped as by a program without bitmap support. */
+            error_report("warning: %s; the bitmaps are dropped",
+                         error_get_pretty(err));
+            error_free(err);
+            s->autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
+            ret = qcow2_update_header(bs);
+            if (ret >= 0) {
+                ret = bdrv_co_flush(bs->file);
+            }
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Could not update qcow2 header");
+                return ret;
+            }
+        } else if (ret < 0) {
+            error_propagate(errp, err);
             return ret;
         }
     }
@@ -665,8 +687,15 @@ static void coroutine_fn qcow2_close(BlockDriverState *bs)
     if (!bs->read_only && !s->stopped) {
         int result, ret;
 
-        /* As QEMU's inactivate: each cache's failure is reported. */
+        /* As QEMU's inactivate: bitmaps stored first, each cache's
+         * failure reported. */
+        Error *err = NULL;
         qemu_co_mutex_lock(&s->lock);
+        if (qcow2_bitmaps_store(bs, &err) < 0) {
+            error_report_err(err);
+            error_report("Persistent bitmaps are lost for node '%s'",
+                         bs->filename);
+        }
         result = qcow2_settle_frees(bs);
         ret = table_cache_flush(s->l2_cache);
         if (ret < 0) {
@@ -833,10 +862,14 @@ static bool qcow2_has_zero_init(BlockDriverState *bs)
 
 static const char *const qcow2_child_prefixes[] = { "data-file", NULL };
 
+/* Options whose presence makes the node's name json:{...} (QEMU's). */
+static const char *const qcow2_strong_opts[] = { "encrypt.key-secret", NULL };
+
 static BlockDriver bdrv_qcow2 = {
     .format_name            = "qcow2",
     .child_prefixes         = qcow2_child_prefixes,
     .instance_size          = sizeof(BDRVQcow2State),
+    .strong_opts            = qcow2_strong_opts,
     .supports_backing       = true,
     .create_opts            = qcow2_create_opts,
     .open_opts              = qcow2_open_opts,

@@ -345,6 +345,8 @@ typedef struct BDRVQcow2State {
     uint32_t nb_bitmaps;
     uint64_t bitmap_directory_offset;
     uint64_t bitmap_directory_size;
+    /* Bitmaps loaded by a writable open (bitmap.c): in_use on disk. */
+    struct Qcow2BitmapList *bm_live;
     bool has_crypto_ext;            /* the 0x0537be77 extension was read */
     uint64_t crypto_offset;         /* LUKS header clusters (crypto.c) */
     uint64_t crypto_length;
@@ -456,6 +458,8 @@ static inline unsigned qcow2_sc_index(BDRVQcow2State *s, uint64_t offset)
 int coroutine_fn qcow2_read_header(BlockDriverState *bs, int flags,
                                    Qcow2Header *h, Error **errp);
 int coroutine_fn qcow2_update_header(BlockDriverState *bs);
+/* qcow2_update_header, then a flush of the file; errors say so in errp. */
+int coroutine_fn qcow2_commit_header(BlockDriverState *bs, Error **errp);
 bool qcow2_supports_persistent_bitmaps(BlockDriverState *bs);
 int coroutine_fn qcow2_co_bitmap_list(BlockDriverState *bs,
                                       BdrvBitmapInfo **list, int *n,
@@ -463,6 +467,23 @@ int coroutine_fn qcow2_co_bitmap_list(BlockDriverState *bs,
 int coroutine_fn qcow2_co_bitmap_ops(BlockDriverState *bs,
                                      const BdrvBitmapOp *ops, int nb_ops,
                                      int *failed, Error **errp);
+int coroutine_fn qcow2_bitmaps_open(BlockDriverState *bs, Error **errp);
+int coroutine_fn qcow2_bitmaps_store(BlockDriverState *bs, Error **errp);
+void qcow2_bitmaps_discard(BDRVQcow2State *s);
+int coroutine_fn qcow2_bitmaps_resize_check(BlockDriverState *bs,
+                                            uint64_t new_size, Error **errp);
+void qcow2_bitmaps_resized(BDRVQcow2State *s);
+void qcow2_bitmaps_do_mark(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t bytes);
+
+/* A guest write, zero write or discard: dirty in every enabled bitmap. */
+static inline void qcow2_bitmaps_mark(BDRVQcow2State *s, uint64_t offset,
+                                      uint64_t bytes)
+{
+    if (s->bm_live && bytes) {
+        qcow2_bitmaps_do_mark(s, offset, bytes);
+    }
+}
 int coroutine_fn qcow2_mark_dirty(BlockDriverState *bs);
 int coroutine_fn qcow2_mark_clean(BlockDriverState *bs);
 int coroutine_fn qcow2_mark_corrupt(BlockDriverState *bs);
@@ -574,7 +595,7 @@ int64_t qcow2_refcount_metadata_size(int64_t clusters, size_t cluster_size,
                                      int refcount_order, bool generous,
                                      uint64_t *refblock_count);
 int coroutine_fn qcow2_write_reftable_entry(BlockDriverState *bs,
-                                            uint32_t index);
+                                            uint32_t index, const char *event);
 
 /* ---- snapshot.c ---- */
 int coroutine_fn qcow2_read_snapshots(BlockDriverState *bs, Error **errp);

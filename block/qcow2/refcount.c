@@ -156,9 +156,12 @@ int coroutine_fn qcow2_get_refcount(BlockDriverState *bs,
 
 /* ---- writing table entries ---- */
 
-/* Write the 512-byte group of reftable entries holding index, durably. */
+/*
+ * Write the 512-byte group of reftable entries holding index, durably,
+ * announcing blkdebug event `event` first.
+ */
 int coroutine_fn qcow2_write_reftable_entry(BlockDriverState *bs,
-                                            uint32_t index)
+                                            uint32_t index, const char *event)
 {
     BDRVQcow2State *s = bs->opaque;
     uint32_t per_sector = 512 / sizeof(uint64_t);
@@ -170,7 +173,7 @@ int coroutine_fn qcow2_write_reftable_entry(BlockDriverState *bs,
          s->refcount_table_size; i++) {
         buf[i] = cpu_to_be64(s->refcount_table[first + i]);
     }
-    BLKDBG_EVENT(bs->file, "reftable_update");
+    BLKDBG_EVENT(bs->file, event);
     ret = bdrv_co_pwrite(bs->file, s->refcount_table_offset +
                          first * sizeof(uint64_t), sizeof(buf), buf, 0);
     if (ret < 0) {
@@ -398,7 +401,7 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
     int64_t new_block;
     int ret;
 
-    BLKDBG_EVENT(bs->file, "refblock_alloc");
+    /* (QEMU's refblock_alloc event came just before, from the update.) */
     new_block = qcow2_alloc_noref(bs, 1, QCOW2_MAX_HOST_OFFSET);
     if (new_block < 0) {
         return new_block;
@@ -434,6 +437,7 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
         table_cache_mark_dirty(s->refcount_cache, page);
         table_cache_put(s->refcount_cache, &page);
     }
+    BLKDBG_EVENT(bs->file, "refblock_alloc_write");
     ret = table_cache_flush(s->refcount_cache);
     if (ret < 0) {
         return ret;
@@ -441,7 +445,8 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
     if (rt_index < s->refcount_table_size) {
         s->refcount_table[rt_index] = new_block;
         qcow2_invalidate_meta_clusters(s);
-        ret = qcow2_write_reftable_entry(bs, rt_index);
+        ret = qcow2_write_reftable_entry(bs, rt_index,
+                                         "refblock_alloc_hookup");
         if (ret < 0) {
             s->refcount_table[rt_index] = 0;
             qcow2_invalidate_meta_clusters(s);
@@ -454,7 +459,12 @@ static int coroutine_fn qcow2_alloc_refblock(BlockDriverState *bs,
     int64_t r = qcow2_refcount_area(bs, blocks_used <<
                                     s->refcount_block_bits, 0, false,
                                     rt_index, new_block);
-    return r < 0 ? r : 0;
+    if (r < 0) {
+        return r;
+    }
+    /* QEMU loads the new block here before starting over. */
+    BLKDBG_EVENT(bs->file, "refblock_load");
+    return 0;
 }
 
 /*
@@ -479,6 +489,7 @@ static int coroutine_fn qcow2_ensure_refblocks(BlockDriverState *bs,
         if (block) {
             continue;
         }
+        BLKDBG_EVENT(bs->file, "refblock_alloc");
         ret = qcow2_alloc_refblock(bs, ri, c);
         return ret < 0 ? ret : -EAGAIN;
     }
@@ -553,6 +564,15 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
         for (uint64_t c = first; c <= last;) {
             uint64_t block, idx;
             void *page;
+            if (pass == 0 && (c == first || !(c & (s->refcount_block_size -
+                                                    1)))) {
+                /*
+                 * QEMU's events, once per refcount block an update
+                 * touches, before its (cached or read) block is used.
+                 */
+                BLKDBG_EVENT(bs->file, "refblock_alloc");
+                BLKDBG_EVENT(bs->file, "refblock_load");
+            }
             ret = qcow2_refblock_of(bs, c, &block);
             if (ret < 0) {
                 goto out;
@@ -668,6 +688,7 @@ int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size)
     int64_t offset;
     int ret;
 
+    BLKDBG_EVENT(bs->file, "cluster_alloc");
     do {
         offset = qcow2_alloc_noref(bs, n, QCOW2_MAX_HOST_OFFSET);
         if (offset < 0) {
@@ -729,6 +750,7 @@ int64_t coroutine_fn qcow2_alloc_bytes(BlockDriverState *bs, uint64_t size)
     uint64_t max = MIN(s->cluster_offset_mask, QCOW2_MAX_HOST_OFFSET);
     int ret;
 
+    BLKDBG_EVENT(bs->file, "cluster_alloc_bytes");
     assert(size > 0 && size <= s->cluster_size);
     if (offset) {
         uint64_t rc;
@@ -803,10 +825,36 @@ void qcow2_free_deferred(BlockDriverState *bs, uint64_t offset,
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2PendingFree f = { offset, bytes, discard, s->inplace_seq };
+    GArray *l = s->pending_frees;
+    uint64_t cs = s->cluster_size;
 
-    if (bytes) {
-        g_array_append_val(s->pending_frees, f);
+    if (!bytes) {
+        return;
     }
+    /*
+     * Whole clusters right after (or before) the last queued range join
+     * it: one refcount update and one discard (one hole) per contiguous
+     * range, as QEMU does. (Compressed ranges never join: two of them may
+     * share a host cluster, which then loses two references.) The joined
+     * range waits for the later one's in-place writes too. A range that
+     * qcow2_settle_frees_for_reuse already looked at takes nothing more
+     * (it would be scanned again, whole, before every allocation).
+     */
+    if (l->len && l->len - 1 >= s->frees_checked_pending &&
+        QEMU_IS_ALIGNED(offset | bytes, cs)) {
+        Qcow2PendingFree *last = &g_array_index(l, Qcow2PendingFree,
+                                                l->len - 1);
+        if (last->discard == discard &&
+            QEMU_IS_ALIGNED(last->offset | last->bytes, cs) &&
+            (last->offset + last->bytes == offset ||
+             offset + bytes == last->offset)) {
+            last->offset = MIN(last->offset, offset);
+            last->bytes += bytes;
+            last->seq = MAX(last->seq, f.seq);
+            return;
+        }
+    }
+    g_array_append_val(l, f);
 }
 
 /* The host range an L2 entry holds, freed as above. */
@@ -841,30 +889,52 @@ static int coroutine_fn qcow2_apply_frees(BlockDriverState *bs, GArray *list)
     uint64_t oldest = qcow2_oldest_inplace(s);
     int ret = 0;
 
+    GArray *ready = g_array_new(FALSE, FALSE, sizeof(Qcow2PendingFree));
+    guint keep = 0, i;
+
     /* Entries go: look at the lists afresh next time. */
     s->frees_checked_pending = s->frees_checked_written = 0;
 
-    for (guint i = 0; i < list->len && ret >= 0;) {
+    /* Take the ready ones out in one pass (linear in the list). */
+    for (i = 0; i < list->len; i++) {
         Qcow2PendingFree f = g_array_index(list, Qcow2PendingFree, i);
         if (f.seq > oldest) {
-            i++;
-            continue;
+            g_array_index(list, Qcow2PendingFree, keep++) = f;
+        } else {
+            g_array_append_val(ready, f);
         }
-        g_array_remove_index(list, i);
+    }
+    g_array_set_size(list, keep);
+    for (i = 0; i < ready->len && ret >= 0; i++) {
+        Qcow2PendingFree f = g_array_index(ready, Qcow2PendingFree, i);
         ret = qcow2_update_refcount(bs, f.offset, f.bytes, -1);
         if (ret >= 0 && f.discard && !s->external_data) {
-            uint64_t start = ROUND_UP(f.offset, (uint64_t)s->cluster_size);
-            uint64_t end = QEMU_ALIGN_DOWN(f.offset + f.bytes,
-                                           (uint64_t)s->cluster_size);
-            uint64_t rc = 1;
-            if (end > start) {
-                qcow2_get_refcount(bs, start >> s->cluster_bits, &rc);
+            /* One discard per run of clusters that are free now. */
+            uint64_t cs = s->cluster_size;
+            uint64_t start = ROUND_UP(f.offset, cs);
+            uint64_t end = QEMU_ALIGN_DOWN(f.offset + f.bytes, cs);
+            uint64_t run = start;
+            for (uint64_t o = start; o < end; o += cs) {
+                uint64_t rc = 1;
+                qcow2_get_refcount(bs, o >> s->cluster_bits, &rc);
+                if (rc) {
+                    if (o > run) {
+                        bdrv_co_pdiscard(bs->file, run, o - run);
+                    }
+                    run = o + cs;
+                }
             }
-            if (!rc) {
-                bdrv_co_pdiscard(bs->file, start, end - start);
+            if (end > run) {
+                bdrv_co_pdiscard(bs->file, run, end - run);
             }
         }
     }
+    /* After a failure (that entry is dropped: a leak), the rest wait. */
+    if (i < ready->len) {
+        g_array_append_vals(list, &g_array_index(ready, Qcow2PendingFree, i),
+                            ready->len - i);
+    }
+    g_array_free(ready, TRUE);
     return ret;
 }
 

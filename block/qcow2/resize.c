@@ -345,6 +345,13 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,
         ret = -ENOTSUP;
         goto out;
     }
+    if ((uint64_t)offset != old) {
+        /* See bitmap.c for which bitmaps prevent a resize (as QEMU). */
+        ret = qcow2_bitmaps_resize_check(bs, offset, errp);
+        if (ret < 0) {
+            goto out;
+        }
+    }
     if ((uint64_t)offset < old) {
         if (prealloc != PREALLOC_MODE_OFF) {
             error_setg(errp, "Preallocation can't be used for shrinking an "
@@ -375,6 +382,8 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset,
             error_setg_errno(errp, -ret, "Failed to zero out new clusters");
         }
     }
+    /* After the zeroing: as QEMU, the new bits are clear. */
+    qcow2_bitmaps_resized(s);
     return ret;
 out:
     qemu_co_mutex_unlock(&s->lock);
@@ -447,7 +456,7 @@ static int coroutine_fn qcow2_make_completely_empty(BlockDriverState *bs)
     s->frees_checked_pending = s->frees_checked_written = 0;
     qcow2_invalidate_meta_clusters(s);
     BLKDBG_EVENT(bs->file, "refblock_alloc");
-    ret = qcow2_write_reftable_entry(bs, 0);
+    ret = qcow2_write_reftable_entry(bs, 0, "reftable_update");
     if (ret < 0) {
         goto broken;
     }

@@ -540,6 +540,28 @@ static void qcow2_new_snapshot_id(BDRVQcow2State *s, char *id, size_t len)
     snprintf(id, len, "%lu", max + 1);
 }
 
+/*
+ * A snapshot's references changed, with result ret: unless that failed,
+ * make the change durable, then recompute the active tree's COPIED flags
+ * (addend 0) and make those durable too.
+ */
+static int coroutine_fn qcow2_snapshot_settle(BlockDriverState *bs, int ret)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (ret >= 0) {
+        ret = qcow2_flush_caches(bs);
+    }
+    if (ret >= 0) {
+        ret = qcow2_update_snapshot_refcount(bs, s->l1_table_offset,
+                                             s->l1_size, 0);
+    }
+    if (ret >= 0) {
+        ret = qcow2_flush_caches(bs);
+    }
+    return ret;
+}
+
 /* ---- create ---- */
 
 int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
@@ -702,16 +724,7 @@ static int coroutine_fn qcow2_snapshot_goto_locked(BlockDriverState *bs,
     s->free_discard = s->discard_snapshot;
     ret = qcow2_tree_refcount(bs, old_l1, old_size, -1, false);
     s->free_discard = false;
-    if (ret >= 0) {
-        ret = qcow2_flush_caches(bs);
-    }
-    if (ret >= 0) {
-        ret = qcow2_update_snapshot_refcount(bs, s->l1_table_offset,
-                                             s->l1_size, 0);
-    }
-    if (ret >= 0) {
-        ret = qcow2_flush_caches(bs);
-    }
+    ret = qcow2_snapshot_settle(bs, ret);
 out:
     g_free(new_l1);
     g_free(old_l1);
@@ -729,7 +742,18 @@ int coroutine_fn qcow2_snapshot_goto(BlockDriverState *bs,
     if (i < 0) {
         ret = -ENOENT;
     } else {
-        ret = qcow2_snapshot_goto_locked(bs, &s->snapshots[i], errp);
+        ret = 0;
+        if (s->snapshots[i].disk_size != s->size) {
+            /* As QEMU's revert, which resizes the image. */
+            ret = qcow2_bitmaps_resize_check(bs, s->snapshots[i].disk_size,
+                                             errp);
+        }
+        if (ret >= 0) {
+            ret = qcow2_snapshot_goto_locked(bs, &s->snapshots[i], errp);
+        }
+        qcow2_bitmaps_resized(s);
+        /* Every guest byte may have changed (QEMU's bitmaps miss it). */
+        qcow2_bitmaps_mark(s, 0, s->size);
     }
     qemu_co_mutex_unlock(&s->lock);
     if (ret >= 0) {
@@ -855,16 +879,7 @@ int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs,
                                   (uint64_t)sn.l1_size * 8);
     }
     s->free_discard = false;
-    if (ret >= 0) {
-        ret = qcow2_flush_caches(bs);
-    }
-    if (ret >= 0) {
-        ret = qcow2_update_snapshot_refcount(bs, s->l1_table_offset,
-                                             s->l1_size, 0);
-    }
-    if (ret >= 0) {
-        ret = qcow2_flush_caches(bs);
-    }
+    ret = qcow2_snapshot_settle(bs, ret);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Failed to free the cluster and L1 "
                          "table");

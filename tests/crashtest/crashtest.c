@@ -383,6 +383,147 @@ static void make_backing(const Paths *p, const Layout *l)
     close(fd);
 }
 
+/*
+ * --bitmap (qcow2): the image gets an enabled persistent bitmap before the
+ * run (as qemu-img bitmap --add); after the cut it must be in_use
+ * (inconsistent), or consistent with a bit set for every acknowledged
+ * write (as QEMU 7.2 keeps them).
+ */
+#define CT_BITMAP_GRAN  4096
+
+static void add_bitmap(const Paths *p)
+{
+    QemuOpts *opts = qemu_opts_new();
+    BdrvBitmapOp op = { .type = BITMAP_OP_ADD, .name = "ct",
+                        .granularity = CT_BITMAP_GRAN };
+    Error *err = NULL;
+    int failed;
+
+    if (p->data) {
+        qemu_opt_set(opts, plug_data_file_open_opt(), p->data);
+    }
+    BlockDriverState *bs = bdrv_open(p->img, cfg.fmt, opts,
+                                     BDRV_O_RDWR | BDRV_O_NO_BACKING |
+                                     BDRV_O_BITMAPS, &err);
+    qemu_opts_del(opts);
+    if (!bs || bdrv_bitmap_ops(bs, &op, 1, &failed, &err) < 0) {
+        die("--bitmap: add the bitmap", err);
+    }
+    bdrv_unref(bs);
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return be32_to_cpu(v);
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return be64_to_cpu(v);
+}
+
+static bool read_at(int fd, void *buf, size_t len, uint64_t off)
+{
+    return len <= 64 * MiB && pread(fd, buf, len, off) == (ssize_t)len;
+}
+
+/* The bitmap of the crash copy: see add_bitmap. */
+static bool verify_bitmap(const Paths *p, const Model *m, GString *why)
+{
+    uint8_t h[4096], e[24], byte;
+    uint64_t *table = NULL;
+    bool ok = false;
+    int fd = open(p->img_crash, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || !read_at(fd, h, sizeof(h), 0)) {
+        g_string_append(why, "bitmap: cannot read the header; ");
+        goto out;
+    }
+    uint32_t cb = get_be32(h + 20), hlen = get_be32(h + 100), pos = hlen;
+    uint64_t cs = UINT64_C(1) << cb, dir_off = 0;
+    if (!(get_be64(h + 88) & 1)) {
+        g_string_append(why, "bitmap: autoclear bit 0 is clear (the "
+                        "bitmaps are lost); ");
+        goto out;
+    }
+    while (pos + 8 <= sizeof(h) && get_be32(h + pos)) {
+        if (get_be32(h + pos) == 0x23852875 && pos + 32 <= sizeof(h)) {
+            dir_off = get_be64(h + pos + 24);
+            break;
+        }
+        pos += 8 + ROUND_UP(get_be32(h + pos + 4), 8);
+    }
+    if (!dir_off || !read_at(fd, e, sizeof(e), dir_off)) {
+        g_string_append(why, "bitmap: no bitmap directory; ");
+        goto out;
+    }
+    uint32_t flags = get_be32(e + 12), ts = get_be32(e + 8);
+    unsigned gb = e[17];
+    if (flags & 1) {
+        ok = true;              /* in_use: inconsistent, as after QEMU's */
+        goto out;
+    }
+    if (gb != 12 || !ts || ts > 4096) {
+        g_string_append_printf(why, "bitmap: granularity bits %u, table "
+                               "size %u; ", gb, ts);
+        goto out;
+    }
+    table = g_new(uint64_t, ts);
+    if (!read_at(fd, table, ts * 8, get_be64(e))) {
+        g_string_append(why, "bitmap: cannot read its table; ");
+        goto out;
+    }
+    /* Bits past a size the run set may have been dropped (as QEMU's). */
+    int64_t limit = m->initial_size;
+    for (guint i = 0; i < m->sizes->len; i++) {
+        limit = MIN(limit, g_array_index(m->sizes, SizeRec, i).size);
+    }
+    ok = true;
+    for (guint i = 0; ok && i < m->writes->len; i++) {
+        const WriteRec *w = &g_array_index(m->writes, WriteRec, i);
+        int64_t last = -1;
+        if (w->state != W_ACKED) {
+            continue;
+        }
+        for (int64_t c = w->first; ok && c < w->end; c++) {
+            int64_t off = layout_cell_offset(m->layout, c);
+            uint64_t bit = (uint64_t)off >> gb, te;
+            if (off < 0 || off >= limit || (int64_t)bit == last) {
+                continue;
+            }
+            last = bit;
+            te = bit / (cs * 8) < ts ? be64_to_cpu(table[bit / (cs * 8)])
+                                     : 0;
+            if (te & 1) {
+                continue;       /* all ones */
+            }
+            byte = 0;
+            if ((te & UINT64_C(0x00fffffffffffe00)) &&
+                !read_at(fd, &byte, 1, (te & UINT64_C(0x00fffffffffffe00)) +
+                         (bit % (cs * 8)) / 8)) {
+                byte = 0;
+            }
+            if (!(byte & (1u << (bit % 8)))) {
+                g_string_append_printf(why, "bitmap: consistent, but the "
+                                       "acknowledged write %u at %" PRId64
+                                       " is not marked; ",
+                                       i + ID_FIRST_WRITE, off);
+                ok = false;
+            }
+        }
+    }
+out:
+    g_free(table);
+    if (fd >= 0) {
+        close(fd);
+    }
+    return ok;
+}
+
 /* Formats without a backing file get the initial pattern written in. */
 static void prefill_image(const Paths *p, const Layout *l)
 {
@@ -441,6 +582,9 @@ static void create_image(const Paths *p, const IterConfig *ic)
     qemu_opts_del(opts);
     if (!cfg.plug.backing) {
         prefill_image(p, &ic->layout);
+    }
+    if (cfg.bitmap) {
+        add_bitmap(p);
     }
 }
 
@@ -745,7 +889,9 @@ void run_iteration(long iter, CorruptFn *corrupt, IterResult *res)
             g_rand_free(r);
         }
         stage = NULL;
-        res->ok = verify(&p, &m, why, &res->verdict);
+        /* Before verify, whose writable open stores the bitmap again. */
+        bool bm_ok = !cfg.bitmap || verify_bitmap(&p, &m, why);
+        res->ok = verify(&p, &m, why, &res->verdict) && bm_ok;
         note_cut(res);
         if (cfg.prefetch) {
             note_prefetch(&p);
@@ -789,7 +935,7 @@ static void usage(void)
            "                 [--data-file] [--no-backing] [--trace]\n"
            "                 [--self-test] [--unsafe] [--early-flush]\n"
            "                 [--no-data-file] [--open-opts OPTIONS]\n"
-           "                 [--prefetch] [--max-disk SIZE]\n"
+           "                 [--prefetch] [--max-disk SIZE] [--bitmap]\n"
            "Every choice not fixed by an option is drawn per crash point.\n"
            "--no-data-file leaves out the plug's extra file (FVD then keeps\n"
            "its data in the FVD file). --open-opts passes driver options\n"
@@ -797,6 +943,8 @@ static void usage(void)
            "--prefetch (fvd): the prefetch job copies the base while the\n"
            "guest runs, with options drawn per crash point, on disks of at\n"
            "most --max-disk bytes (default 4 MiB with --prefetch).\n"
+           "--bitmap (qcow2): an enabled persistent bitmap; after the cut\n"
+           "it must be in_use or mark every acknowledged write.\n"
            "--unsafe (cache=unsafe) and --early-flush (flushes of the data\n"
            "file return while they still run) break the stack on purpose:\n"
            "failures are expected (shows that the checker bites).\n");
@@ -824,6 +972,7 @@ static void parse_args(int argc, char **argv)
         { "open-opts", required_argument, NULL, 'O' },
         { "prefetch", no_argument, NULL, 'F' },
         { "max-disk", required_argument, NULL, 'M' },
+        { "bitmap", no_argument, NULL, 'A' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -860,12 +1009,17 @@ static void parse_args(int argc, char **argv)
         case 'R': cfg.trace = true; break;
         case 'F': cfg.prefetch = true; break;
         case 'M': cfg.max_disk = strtoll(optarg, NULL, 0); break;
+        case 'A': cfg.bitmap = true; break;
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
         }
     }
     if (cfg.prefetch && (!cfg.fmt || strcmp(cfg.fmt, "fvd"))) {
         fprintf(stderr, "crashtest: --prefetch needs -f fvd\n");
+        exit(2);
+    }
+    if (cfg.bitmap && (!cfg.fmt || strcmp(cfg.fmt, "qcow2"))) {
+        fprintf(stderr, "crashtest: --bitmap needs -f qcow2\n");
         exit(2);
     }
     if (cfg.max_disk < 0 || cfg.max_disk > 64 * GiB) {

@@ -80,6 +80,7 @@ typedef struct Config {
     bool no_backing;            /* --no-backing: no backing file */
     const char *early_flush;    /* self-test fault: "data" or NULL */
     bool no_data_file;          /* --no-data-file: the plug's extra file off */
+    bool bitmap;                /* --bitmap (qcow2): an enabled bitmap */
     char *dir;
 } Config;
 

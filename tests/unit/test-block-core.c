@@ -301,6 +301,79 @@ static BlockBackend *user(BlockDriverState *bs, uint64_t perm,
     return blk;
 }
 
+/* ---- asynchronous wrappers ---- */
+
+typedef struct AioDone {
+    int ret;
+    bool done;
+    const bool *submitting;     /* the submitter has not returned yet */
+} AioDone;
+
+static void aio_done_cb(void *opaque, int ret)
+{
+    AioDone *d = opaque;
+
+    g_assert(!*d->submitting);
+    d->ret = ret;
+    d->done = true;
+}
+
+/*
+ * bdrv_aio_* and blk_aio_*: the callback comes from the event loop, never
+ * before the submitting call returned, also when the request fails without
+ * yielding; the node counts the request while it runs.
+ */
+static void test_aio_wrappers(void)
+{
+    BlockDriverState *bs = open_counter();
+    BlockBackend *blk = user(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                             BLK_PERM_ALL);
+    uint8_t buf[4096] = { 0 };
+    QEMUIOVector qiov;
+    bool submitting;
+    AioDone d = { .submitting = &submitting };
+
+    qemu_iovec_init_buf(&qiov, buf, sizeof(buf));
+    counter_writes = 0;
+    submitting = true;
+    bdrv_aio_pwritev(bs, 0, &qiov, 0, aio_done_cb, &d);
+    submitting = false;
+    g_assert(!d.done);
+    g_assert_cmpuint(bs->in_flight, >, 0);
+    AIO_WAIT_WHILE(!d.done);
+    g_assert_cmpint(d.ret, ==, 0);
+    g_assert_cmpuint(counter_writes, ==, 1);
+    g_assert_cmpuint(bs->in_flight, ==, 0);
+
+    /* Fails at once (negative offset), still reported after the return. */
+    d.done = false;
+    submitting = true;
+    bdrv_aio_pwritev(bs, -4096, &qiov, 0, aio_done_cb, &d);
+    submitting = false;
+    g_assert(!d.done);
+    AIO_WAIT_WHILE(!d.done);
+    g_assert_cmpint(d.ret, ==, -EIO);
+    g_assert_cmpuint(bs->in_flight, ==, 0);
+
+    d.done = false;
+    submitting = true;
+    blk_aio_preadv(blk, 4096, &qiov, 0, aio_done_cb, &d);
+    submitting = false;
+    g_assert(!d.done);
+    AIO_WAIT_WHILE(!d.done);
+    g_assert_cmpint(d.ret, ==, 0);
+
+    d.done = false;
+    submitting = true;
+    blk_aio_flush(blk, aio_done_cb, &d);
+    submitting = false;
+    g_assert(!d.done);
+    AIO_WAIT_WHILE(!d.done);
+    g_assert_cmpint(d.ret, ==, 0);
+    blk_unref(blk);
+    bdrv_unref(bs);
+}
+
 static void test_blk_bounds(void)
 {
     BlockDriverState *bs = open_counter();
@@ -1239,6 +1312,7 @@ int main(int argc, char **argv)
 
     test_flush_merge();
     test_sync_wrappers();
+    test_aio_wrappers();
     test_blk_bounds();
     test_blk_perm();
     test_blk_cache_and_stats();

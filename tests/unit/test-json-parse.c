@@ -142,6 +142,33 @@ static void test_flatten(void)
     qemu_opts_del(opts);
 }
 
+/* What each value was in the JSON is kept (for printing names back),
+ * through clones and prefix extraction. */
+static void test_flatten_types(void)
+{
+    QemuOpts *opts = qemu_opts_new(), *copy, *file;
+    char *s;
+
+    s = flat("{\"driver\": \"raw\", \"offset\": 512, "
+             "\"file\": {\"locking\": false, \"filename\": \"5\"}}", opts);
+    g_free(s);
+    qemu_opt_set(opts, "size", "1024");
+    copy = qemu_opts_clone(opts);
+    g_assert_cmpint(qemu_opts_nth_json(copy, 0), ==, QEMU_OPT_JSON_STRING);
+    g_assert_cmpint(qemu_opts_nth_json(copy, 1), ==, QEMU_OPT_JSON_NUMBER);
+    g_assert_cmpint(qemu_opts_nth_json(copy, 4), ==, QEMU_OPT_JSON_STRING);
+    file = qemu_opts_extract_prefix(copy, "file");
+    g_assert_cmpint(qemu_opts_count(file), ==, 2);
+    g_assert_cmpint(qemu_opts_nth_json(file, 0), ==, QEMU_OPT_JSON_BOOL);
+    g_assert_cmpint(qemu_opts_nth_json(file, 1), ==, QEMU_OPT_JSON_STRING);
+    /* A value set again is a string. */
+    qemu_opt_set(copy, "offset", "4096");
+    g_assert_cmpint(qemu_opts_nth_json(copy, 1), ==, QEMU_OPT_JSON_STRING);
+    qemu_opts_del(file);
+    qemu_opts_del(copy);
+    qemu_opts_del(opts);
+}
+
 static void test_flatten_conflict(void)
 {
     QemuOpts *opts = qemu_opts_new();
@@ -164,6 +191,7 @@ int main(int argc, char **argv)
     g_test_add_func("/json/errors", test_errors);
     g_test_add_func("/json/nesting-limit", test_nesting_limit);
     g_test_add_func("/json/flatten", test_flatten);
+    g_test_add_func("/json/flatten-types", test_flatten_types);
     g_test_add_func("/json/flatten-conflict", test_flatten_conflict);
     return g_test_run();
 }

@@ -129,6 +129,31 @@ static void test_empty_object(void)
     json_free(NULL);
 }
 
+/* One line, as in json: filenames, members in QEMU's order. */
+static void test_compact(void)
+{
+    JsonValue *obj = json_new(JSON_OBJECT);
+    JsonValue *file = json_new(JSON_OBJECT);
+    JsonValue *list = json_new(JSON_ARRAY);
+    GString *out = g_string_new(NULL);
+
+    json_add_str(file, "filename", "a \"b\".img");
+    json_add_str(file, "driver", "file");
+    json_add_int(list, NULL, -1);
+    json_add_bool(list, NULL, true);
+    json_add(list, NULL, json_new(JSON_ARRAY));
+    json_add(list, NULL, json_new(JSON_OBJECT));
+    json_add(obj, "file", file);
+    json_add_str(obj, "driver", "qcow2");
+    json_add(obj, "list", list);
+    json_print_compact(out, obj);
+    g_assert_cmpstr(out->str, ==, "{\"list\": [-1, true, [], {}], "
+                    "\"driver\": \"qcow2\", \"file\": {\"driver\": \"file\", "
+                    "\"filename\": \"a \\\"b\\\".img\"}}");
+    g_string_free(out, TRUE);
+    json_free(obj);
+}
+
 static JsonValue *bitmap_list(void)
 {
     JsonValue *list = json_new(JSON_ARRAY);
@@ -201,6 +226,7 @@ int main(int argc, char **argv)
     g_test_add_func("/json-writer/nesting", test_nesting);
     g_test_add_func("/json-writer/member-order", test_member_order);
     g_test_add_func("/json-writer/empty-object", test_empty_object);
+    g_test_add_func("/json-writer/compact", test_compact);
     g_test_add_func("/json-writer/copy", test_copy);
     g_test_add_func("/json-writer/dump-human", test_dump_human);
     return g_test_run();
