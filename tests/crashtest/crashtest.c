@@ -439,11 +439,19 @@ static bool verify_bitmap(const Paths *p, const Model *m, GString *why)
     bool ok = false;
     int fd = open(p->img_crash, O_RDONLY | O_CLOEXEC);
 
-    if (fd < 0 || !read_at(fd, h, sizeof(h), 0)) {
+    /* A small image (512-byte clusters, cut early) may be shorter than
+     * 4 KiB: what is past its end reads as zeroes (no more extensions). */
+    memset(h, 0, sizeof(h));
+    ssize_t got = fd < 0 ? -1 : pread(fd, h, sizeof(h), 0);
+    if (got < 104) {
         g_string_append(why, "bitmap: cannot read the header; ");
         goto out;
     }
     uint32_t cb = get_be32(h + 20), hlen = get_be32(h + 100), pos = hlen;
+    if (cb < 9 || cb > 21) {
+        g_string_append_printf(why, "bitmap: cluster bits %u; ", cb);
+        goto out;
+    }
     uint64_t cs = UINT64_C(1) << cb, dir_off = 0;
     if (!(get_be64(h + 88) & 1)) {
         g_string_append(why, "bitmap: autoclear bit 0 is clear (the "
