@@ -264,8 +264,13 @@ class RealServer:
         # nr_copies 3 like the test server's default; one node, so dog asks
         fmt = [os.path.join(peer, 'dog'), 'cluster', 'format', '-c', '3',
                '-p', str(self.port)] + (['-l'] if locking else [])
-        subprocess.run(fmt, input='yes\n', text=True, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.run(fmt, input='yes\n', text=True, check=True,
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        except BaseException:
+            self.stop()
+            raise
 
     def start(self):
         pidfile = os.path.join(self.tmp, 'pid')
@@ -276,12 +281,18 @@ class RealServer:
                         'local:' + os.path.join(self.tmp, 'shm'), '-P',
                         pidfile, '-n', self.dir], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
+        # The daemon writes its pid file before it serves; under load both
+        # can take seconds. Never keep the pid of an earlier (killed) sheep:
+        # stop() would then leave this one running.
+        self.pid = None
+        for _ in range(600):
             if os.path.exists(pidfile) and open(pidfile).read().strip():
                 self.pid = int(open(pidfile).read())
                 break
             time.sleep(0.05)
-        for _ in range(100):
+        if self.pid is None:
+            raise RuntimeError('sheep wrote no pid file')
+        for _ in range(300):
             r = subprocess.run([os.path.join(self.peer, 'dog'), 'node',
                                 'list', '-p', str(self.port)],
                                stdout=subprocess.DEVNULL,
@@ -289,6 +300,7 @@ class RealServer:
             if r.returncode == 0:
                 return
             time.sleep(0.1)
+        self.stop()
         raise RuntimeError('sheep did not start')
 
     def _wait_gone(self):
@@ -691,6 +703,13 @@ def test_snapshot_clone_delete(srv):
 
 def test_locking(make_server):
     srv = make_server()
+    try:
+        locking_checks(srv)
+    finally:
+        srv.stop()
+
+
+def locking_checks(srv):
     c = srv.client()
     vid = c.new_vdi('locked').vid
     r = c.vdi_info('locked', op=LOCK_VDI)
@@ -738,7 +757,6 @@ def test_locking(make_server):
     eq(c.vdi_info('shared', op=LOCK_VDI).result, VDI_LOCKED,
        'locking is still enforced after a restart')
     c.close()
-    srv.stop()
 
 
 def test_nolocking(srv):
